@@ -1,0 +1,45 @@
+//! The ABI shared by the VMM and the guest kernel.
+//!
+//! Everything both sides must agree on lives here exactly once: I/O port
+//! numbers, the hypervisor CPUID leaves, exit-status conventions, the PVH boot
+//! structures and the hypercall parameter block. The crate is `no_std` and has
+//! no dependencies except, for the VMM side only (`vmm` feature), `vm-memory`,
+//! whose `ByteValued` marks these `#[repr(C)]` types as safe to copy in and
+//! out of guest memory.
+//!
+//! This crate must never contain behaviour: only layouts, numbers and the
+//! small pure helpers that encode or decode them.
+
+#![no_std]
+
+pub mod boot;
+pub mod cpuid;
+pub mod exit;
+pub mod hypercall;
+pub mod ports;
+pub mod syscall;
+
+/// Version of the hinting ABI. The VMM advertises it through CPUID
+/// ([`cpuid::LEAF_FEATURES`]); the guest reports the version it speaks in
+/// its `Hello` hypercall and the VMM refuses a mismatch.
+pub const ABI_VERSION: u32 = 1;
+
+/// Size of a guest page (and of a host page for the guest RAM mapping).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// A guest-physical address. Its own type so that it is never confused with
+/// a guest-virtual or host-virtual address.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GuestPhys(pub u64);
+
+impl GuestPhys {
+    /// The page frame number of this address.
+    pub const fn pfn(self) -> u64 {
+        self.0 / PAGE_SIZE
+    }
+    /// The offset of this address inside its page.
+    pub const fn page_offset(self) -> u64 {
+        self.0 % PAGE_SIZE
+    }
+}

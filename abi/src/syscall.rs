@@ -1,0 +1,60 @@
+//! The guest's own system-call ABI, between the guest kernel and the user
+//! programs it runs. The VMM never sees it; it lives here so that the kernel
+//! and the user programs share one definition.
+//!
+//! Convention: `int 0x80` with the number in RAX and arguments in RDI, RSI,
+//! RDX; the result comes back in RAX, a negative [`errno`] on failure.
+
+/// The interrupt vector of the system-call gate.
+pub const VECTOR: u8 = 0x80;
+
+/// System-call numbers.
+pub mod nr {
+    /// `write(ptr, len)` to the console; returns bytes written.
+    pub const WRITE: u64 = 1;
+    /// `exit(status)`; does not return.
+    pub const EXIT: u64 = 2;
+    /// `mmap(len, prot)`: anonymous private memory, zero-filled on first
+    /// touch; returns the address.
+    pub const MMAP: u64 = 3;
+    /// `munmap(addr, len)`.
+    pub const MUNMAP: u64 = 4;
+    /// `mprotect(addr, len, prot)`.
+    pub const MPROTECT: u64 = 5;
+    /// `yield()`: give up the CPU.
+    pub const YIELD: u64 = 6;
+    /// `getpid()`.
+    pub const GETPID: u64 = 7;
+    /// `clock()`: nanoseconds since boot.
+    pub const CLOCK: u64 = 8;
+    /// `getcpu()`: the index of the CPU running the caller.
+    pub const GETCPU: u64 = 9;
+}
+
+/// Protection bits for `mmap` and `mprotect`.
+pub mod prot {
+    pub const NONE: u64 = 0;
+    pub const READ: u64 = 1;
+    pub const WRITE: u64 = 2;
+    /// Every valid bit.
+    pub const ALL: u64 = READ | WRITE;
+}
+
+/// Error numbers (returned negated).
+pub mod errno {
+    pub const EFAULT: i64 = 14;
+    pub const EINVAL: i64 = 22;
+    pub const ENOMEM: i64 = 12;
+    pub const ENOSYS: i64 = 38;
+}
+
+/// Lowest address of the user half of an address space.
+pub const USER_BASE: u64 = 0x40_0000;
+/// One past the highest user address (the canonical lower half).
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+/// Where `mmap` starts handing out addresses.
+pub const MMAP_BASE: u64 = 0x10_0000_0000;
+/// Top of the initial user stack.
+pub const STACK_TOP: u64 = 0x7fff_ffff_0000;
+/// Size of the user stack region.
+pub const STACK_SIZE: u64 = 256 * 1024;

@@ -1,0 +1,297 @@
+//! x86-64 four-level page tables: entries, and a mapper that walks and edits
+//! them through the [`PhysMem`] trait.
+//!
+//! The mapper never dereferences a physical address itself: the kernel
+//! supplies table reads and writes (through its direct map) and fresh zeroed
+//! frames, and host tests supply a simulated physical memory. Every change
+//! that can leave a stale TLB entry returns a `#[must_use]` [`Flush`], so
+//! the caller has to decide whether to invalidate.
+
+/// Flags of a page-table entry.
+pub mod flags {
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITABLE: u64 = 1 << 1;
+    pub const USER: u64 = 1 << 2;
+    pub const WRITE_THROUGH: u64 = 1 << 3;
+    pub const NO_CACHE: u64 = 1 << 4;
+    pub const ACCESSED: u64 = 1 << 5;
+    pub const DIRTY: u64 = 1 << 6;
+    pub const HUGE: u64 = 1 << 7;
+    pub const GLOBAL: u64 = 1 << 8;
+    pub const NO_EXECUTE: u64 = 1 << 63;
+}
+
+/// Bits 12..52 of an entry: the physical address it points to.
+pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Entries per table.
+pub const ENTRIES: usize = 512;
+/// First PML4 slot of the kernel half (shared by every address space).
+pub const KERNEL_PML4_SLOT: usize = 256;
+
+/// Physical memory as the mapper sees it.
+pub trait PhysMem {
+    /// Entry `index` of the table at physical address `table`.
+    fn read_entry(&self, table: u64, index: usize) -> u64;
+    /// Sets entry `index` of the table at physical address `table`.
+    fn write_entry(&mut self, table: u64, index: usize, value: u64);
+    /// A zeroed frame for a new table, or `None` when out of memory.
+    fn alloc_table(&mut self) -> Option<u64>;
+    /// Gives back a table frame that is no longer referenced.
+    fn free_table(&mut self, table: u64);
+}
+
+/// A TLB invalidation the caller owes for `addr`.
+#[must_use = "a changed mapping may stay cached in the TLB: flush it or say why not"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Flush(u64);
+
+impl Flush {
+    /// The virtual address to invalidate.
+    pub fn addr(self) -> u64 {
+        self.0
+    }
+    /// Drops the obligation: the caller reloads CR3 or the address space
+    /// has never been live.
+    pub fn ignore(self) {}
+}
+
+/// Why a mapping change failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// The page is mapped already.
+    AlreadyMapped,
+    /// No frame for an intermediate table.
+    NoMemory,
+    /// A huge page is in the way.
+    HugePage,
+    /// The address is not canonical or not in the user half.
+    BadAddress,
+}
+
+/// Indices into the four levels for `va` (PML4 first).
+pub const fn indices(va: u64) -> [usize; 4] {
+    [
+        ((va >> 39) & 511) as usize,
+        ((va >> 30) & 511) as usize,
+        ((va >> 21) & 511) as usize,
+        ((va >> 12) & 511) as usize,
+    ]
+}
+
+/// Edits the page tables rooted at `root` (a PML4's physical address).
+pub struct Mapper<'m, M: PhysMem> {
+    root: u64,
+    mem: &'m mut M,
+}
+
+impl<'m, M: PhysMem> Mapper<'m, M> {
+    pub fn new(root: u64, mem: &'m mut M) -> Self {
+        Self { root, mem }
+    }
+
+    /// The leaf table (level 1) for `va`, creating missing levels with
+    /// `table_flags` when `create` is set.
+    fn leaf_table(&mut self, va: u64, create: bool, table_flags: u64) -> Result<Option<u64>, MapError> {
+        let idx = indices(va);
+        let mut table = self.root;
+        for &i in &idx[..3] {
+            let e = self.mem.read_entry(table, i);
+            if e & flags::PRESENT == 0 {
+                if !create {
+                    return Ok(None);
+                }
+                let new = self.mem.alloc_table().ok_or(MapError::NoMemory)?;
+                self.mem.write_entry(table, i, new | table_flags | flags::PRESENT);
+                table = new;
+            } else if e & flags::HUGE != 0 {
+                return Err(MapError::HugePage);
+            } else {
+                table = e & ADDR_MASK;
+            }
+        }
+        Ok(Some(table))
+    }
+
+    /// Maps the 4 KiB page at `va` to the frame at `pa` with `leaf_flags`
+    /// (PRESENT is added). A new mapping needs no flush.
+    pub fn map(&mut self, va: u64, pa: u64, leaf_flags: u64) -> Result<(), MapError> {
+        check_user(va)?;
+        let table_flags = flags::WRITABLE | flags::USER;
+        let t = self.leaf_table(va, true, table_flags)?.ok_or(MapError::NoMemory)?;
+        let i = indices(va)[3];
+        if self.mem.read_entry(t, i) & flags::PRESENT != 0 {
+            return Err(MapError::AlreadyMapped);
+        }
+        self.mem.write_entry(t, i, (pa & ADDR_MASK) | leaf_flags | flags::PRESENT);
+        Ok(())
+    }
+
+    /// The entry mapping `va`, if present.
+    pub fn translate(&mut self, va: u64) -> Option<u64> {
+        let t = self.leaf_table(va, false, 0).ok()??;
+        let e = self.mem.read_entry(t, indices(va)[3]);
+        (e & flags::PRESENT != 0).then_some(e)
+    }
+
+    /// Removes the mapping of `va`; returns the old entry and the flush
+    /// owed, or `None` if nothing was mapped.
+    pub fn unmap(&mut self, va: u64) -> Option<(u64, Flush)> {
+        let t = self.leaf_table(va, false, 0).ok()??;
+        let i = indices(va)[3];
+        let e = self.mem.read_entry(t, i);
+        if e & flags::PRESENT == 0 {
+            return None;
+        }
+        self.mem.write_entry(t, i, 0);
+        Some((e, Flush(va)))
+    }
+
+    /// Read-modify-write of the entry mapping `va`: `change` gets the old
+    /// entry and returns the new one. Returns `None` if nothing is mapped.
+    pub fn update(&mut self, va: u64, change: impl FnOnce(u64) -> u64) -> Option<Flush> {
+        let t = self.leaf_table(va, false, 0).ok()??;
+        let i = indices(va)[3];
+        let old = self.mem.read_entry(t, i);
+        if old & flags::PRESENT == 0 {
+            return None;
+        }
+        let new = change(old);
+        self.mem.write_entry(t, i, new);
+        Some(Flush(va))
+    }
+
+    /// Tears down the user half: calls `leaf` with every present leaf entry
+    /// and frees every table below the PML4 slots `0..KERNEL_PML4_SLOT`.
+    /// The PML4 itself is left to the caller.
+    pub fn destroy_user_half(&mut self, mut leaf: impl FnMut(u64)) {
+        for i4 in 0..KERNEL_PML4_SLOT {
+            let e4 = self.mem.read_entry(self.root, i4);
+            if e4 & flags::PRESENT == 0 {
+                continue;
+            }
+            self.free_level(e4 & ADDR_MASK, 3, &mut leaf);
+            self.mem.write_entry(self.root, i4, 0);
+        }
+    }
+
+    fn free_level(&mut self, table: u64, level: u32, leaf: &mut impl FnMut(u64)) {
+        for i in 0..ENTRIES {
+            let e = self.mem.read_entry(table, i);
+            if e & flags::PRESENT == 0 {
+                continue;
+            }
+            if level == 1 {
+                leaf(e);
+            } else if e & flags::HUGE == 0 {
+                self.free_level(e & ADDR_MASK, level - 1, leaf);
+            }
+        }
+        self.mem.free_table(table);
+    }
+}
+
+/// User pages live in the canonical lower half, page-aligned.
+fn check_user(va: u64) -> Result<(), MapError> {
+    if va % 4096 != 0 || va >= (KERNEL_PML4_SLOT as u64) << 39 {
+        return Err(MapError::BadAddress);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Simulated physical memory: tables by address.
+    #[derive(Default)]
+    struct FakeMem {
+        tables: HashMap<u64, [u64; ENTRIES]>,
+        next: u64,
+        freed: Vec<u64>,
+    }
+
+    impl FakeMem {
+        fn new_root(&mut self) -> u64 {
+            self.alloc_table().unwrap()
+        }
+    }
+
+    impl PhysMem for FakeMem {
+        fn read_entry(&self, table: u64, index: usize) -> u64 {
+            self.tables[&table][index]
+        }
+        fn write_entry(&mut self, table: u64, index: usize, value: u64) {
+            self.tables.get_mut(&table).unwrap()[index] = value;
+        }
+        fn alloc_table(&mut self) -> Option<u64> {
+            self.next += 0x1000;
+            self.tables.insert(0x100_0000 + self.next, [0; ENTRIES]);
+            Some(0x100_0000 + self.next)
+        }
+        fn free_table(&mut self, table: u64) {
+            self.tables.remove(&table).unwrap();
+            self.freed.push(table);
+        }
+    }
+
+    #[test]
+    fn map_translate_unmap_round_trip() {
+        let mut mem = FakeMem::default();
+        let root = mem.new_root();
+        let mut m = Mapper::new(root, &mut mem);
+        m.map(0x40_0000, 0x5000, flags::USER | flags::WRITABLE).unwrap();
+        let e = m.translate(0x40_0000).unwrap();
+        assert_eq!(e & ADDR_MASK, 0x5000);
+        assert_eq!(e & flags::WRITABLE, flags::WRITABLE);
+        assert_eq!(m.translate(0x40_1000), None);
+        assert_eq!(
+            m.map(0x40_0000, 0x6000, 0),
+            Err(MapError::AlreadyMapped)
+        );
+        let (old, flush) = m.unmap(0x40_0000).unwrap();
+        assert_eq!(old & ADDR_MASK, 0x5000);
+        assert_eq!(flush.addr(), 0x40_0000);
+        assert_eq!(m.translate(0x40_0000), None);
+    }
+
+    #[test]
+    fn update_is_a_read_modify_write() {
+        let mut mem = FakeMem::default();
+        let root = mem.new_root();
+        let mut m = Mapper::new(root, &mut mem);
+        m.map(0x7000_0000, 0x9000, flags::USER | flags::WRITABLE).unwrap();
+        let f = m.update(0x7000_0000, |e| e & !flags::WRITABLE).unwrap();
+        f.ignore();
+        assert_eq!(m.translate(0x7000_0000).unwrap() & flags::WRITABLE, 0);
+        assert!(m.update(0x7000_1000, |e| e).is_none());
+    }
+
+    #[test]
+    fn kernel_half_and_unaligned_addresses_are_refused() {
+        let mut mem = FakeMem::default();
+        let root = mem.new_root();
+        let mut m = Mapper::new(root, &mut mem);
+        assert_eq!(m.map(0xffff_8000_0000_0000, 0, 0), Err(MapError::BadAddress));
+        assert_eq!(m.map(0x40_0010, 0, 0), Err(MapError::BadAddress));
+    }
+
+    #[test]
+    fn destroy_frees_every_table_and_reports_every_leaf() {
+        let mut mem = FakeMem::default();
+        let root = mem.new_root();
+        let mut m = Mapper::new(root, &mut mem);
+        for va in [0x40_0000u64, 0x40_1000, 0x10_0000_0000, 0x7fff_fff0_0000] {
+            m.map(va, va & 0xff_f000, flags::USER).unwrap();
+        }
+        let mut leaves = Vec::new();
+        m.destroy_user_half(|e| leaves.push(e & ADDR_MASK));
+        assert_eq!(leaves.len(), 4);
+        // Only the root is left.
+        assert_eq!(mem.tables.len(), 1);
+        assert!(mem.tables.contains_key(&root));
+        // Two pages share PDPT, PD and PT; 64 GiB adds a PD and a PT; the stack
+        // slot adds a PDPT, a PD and a PT.
+        assert_eq!(mem.freed.len(), 8);
+    }
+}

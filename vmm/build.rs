@@ -1,0 +1,71 @@
+//! Builds the bundled guest (user programs, then the kernel that embeds
+//! them) for `x86_64-unknown-none` and hands the kernel's path to the VMM
+//! through the `GUEST_KERNEL_ELF` environment variable.
+//!
+//! The nested `cargo` uses its own target directory so that it never waits
+//! on the lock of the build that runs this script.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUEST_TARGET: &str = "x86_64-unknown-none";
+const GUEST_PROFILE: &str = "guest";
+
+fn cargo_build(workspace: &Path, target_dir: &Path, args: &[&str], extra_env: &[(&str, &Path)]) {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .arg("build")
+        .args(["--target", GUEST_TARGET, "--profile", GUEST_PROFILE])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(args);
+    // The outer build's flags and wrappers are for the host, not the guest.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTDOCFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo for the guest: {e}"));
+    if !status.success() {
+        panic!(
+            "building the guest failed ({status}); is the {GUEST_TARGET} target installed? \
+             (rustup target add {GUEST_TARGET})"
+        );
+    }
+}
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let workspace = manifest.parent().expect("vmm/ sits in the workspace").to_path_buf();
+    let target_dir = workspace.join("target").join("guest");
+    let out = target_dir.join(GUEST_TARGET).join(GUEST_PROFILE);
+
+    cargo_build(&workspace, &target_dir, &["-p", "guest-user", "--features", "user"], &[]);
+    let user = out.join("guest-user");
+    cargo_build(
+        &workspace,
+        &target_dir,
+        &["-p", "guest-kernel", "--features", "kernel"],
+        &[("GUEST_USER_ELF", &user)],
+    );
+    let kernel = out.join("guest-kernel");
+    println!("cargo:rustc-env=GUEST_KERNEL_ELF={}", kernel.display());
+    println!("cargo:rustc-env=GUEST_USER_ELF={}", user.display());
+    for dir in ["guest-kernel", "guest-user", "abi"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed={}", workspace.join(".cargo").display());
+}
