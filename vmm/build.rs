@@ -49,11 +49,19 @@ fn cargo_build(workspace: &Path, target_dir: &Path, args: &[&str], extra_env: &[
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let workspace = manifest.parent().expect("vmm/ sits in the workspace").to_path_buf();
+    let workspace = manifest
+        .parent()
+        .expect("vmm/ sits in the workspace")
+        .to_path_buf();
     let target_dir = workspace.join("target").join("guest");
     let out = target_dir.join(GUEST_TARGET).join(GUEST_PROFILE);
 
-    cargo_build(&workspace, &target_dir, &["-p", "guest-user", "--features", "user"], &[]);
+    cargo_build(
+        &workspace,
+        &target_dir,
+        &["-p", "guest-user", "--features", "user"],
+        &[],
+    );
     let user = out.join("guest-user");
     cargo_build(
         &workspace,
@@ -67,5 +75,8 @@ fn main() {
     for dir in ["guest-kernel", "guest-user", "abi"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", workspace.join(".cargo").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join(".cargo").display()
+    );
 }

@@ -193,8 +193,14 @@ mod tests {
     #[test]
     fn refuses_truncated_and_foreign_images() {
         let img = image(0x40_0000, 0x40_0000);
-        assert_eq!(Elf::parse(&img[..130]).err(), Some(ElfError::SegmentOutsideImage));
-        assert_eq!(Elf::parse(&img[..100]).err(), Some(ElfError::BadProgramHeaders));
+        assert_eq!(
+            Elf::parse(&img[..130]).err(),
+            Some(ElfError::SegmentOutsideImage)
+        );
+        assert_eq!(
+            Elf::parse(&img[..100]).err(),
+            Some(ElfError::BadProgramHeaders)
+        );
         assert_eq!(Elf::parse(&img[..20]).err(), Some(ElfError::TooShort));
         let mut bad = img.clone();
         bad[18] = 3;

@@ -91,7 +91,12 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
 
     /// The leaf table (level 1) for `va`, creating missing levels with
     /// `table_flags` when `create` is set.
-    fn leaf_table(&mut self, va: u64, create: bool, table_flags: u64) -> Result<Option<u64>, MapError> {
+    fn leaf_table(
+        &mut self,
+        va: u64,
+        create: bool,
+        table_flags: u64,
+    ) -> Result<Option<u64>, MapError> {
         let idx = indices(va);
         let mut table = self.root;
         for &i in &idx[..3] {
@@ -101,7 +106,8 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
                     return Ok(None);
                 }
                 let new = self.mem.alloc_table().ok_or(MapError::NoMemory)?;
-                self.mem.write_entry(table, i, new | table_flags | flags::PRESENT);
+                self.mem
+                    .write_entry(table, i, new | table_flags | flags::PRESENT);
                 table = new;
             } else if e & flags::HUGE != 0 {
                 return Err(MapError::HugePage);
@@ -117,12 +123,15 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
     pub fn map(&mut self, va: u64, pa: u64, leaf_flags: u64) -> Result<(), MapError> {
         check_user(va)?;
         let table_flags = flags::WRITABLE | flags::USER;
-        let t = self.leaf_table(va, true, table_flags)?.ok_or(MapError::NoMemory)?;
+        let t = self
+            .leaf_table(va, true, table_flags)?
+            .ok_or(MapError::NoMemory)?;
         let i = indices(va)[3];
         if self.mem.read_entry(t, i) & flags::PRESENT != 0 {
             return Err(MapError::AlreadyMapped);
         }
-        self.mem.write_entry(t, i, (pa & ADDR_MASK) | leaf_flags | flags::PRESENT);
+        self.mem
+            .write_entry(t, i, (pa & ADDR_MASK) | leaf_flags | flags::PRESENT);
         Ok(())
     }
 
@@ -240,15 +249,13 @@ mod tests {
         let mut mem = FakeMem::default();
         let root = mem.new_root();
         let mut m = Mapper::new(root, &mut mem);
-        m.map(0x40_0000, 0x5000, flags::USER | flags::WRITABLE).unwrap();
+        m.map(0x40_0000, 0x5000, flags::USER | flags::WRITABLE)
+            .unwrap();
         let e = m.translate(0x40_0000).unwrap();
         assert_eq!(e & ADDR_MASK, 0x5000);
         assert_eq!(e & flags::WRITABLE, flags::WRITABLE);
         assert_eq!(m.translate(0x40_1000), None);
-        assert_eq!(
-            m.map(0x40_0000, 0x6000, 0),
-            Err(MapError::AlreadyMapped)
-        );
+        assert_eq!(m.map(0x40_0000, 0x6000, 0), Err(MapError::AlreadyMapped));
         let (old, flush) = m.unmap(0x40_0000).unwrap();
         assert_eq!(old & ADDR_MASK, 0x5000);
         assert_eq!(flush.addr(), 0x40_0000);
@@ -260,7 +267,8 @@ mod tests {
         let mut mem = FakeMem::default();
         let root = mem.new_root();
         let mut m = Mapper::new(root, &mut mem);
-        m.map(0x7000_0000, 0x9000, flags::USER | flags::WRITABLE).unwrap();
+        m.map(0x7000_0000, 0x9000, flags::USER | flags::WRITABLE)
+            .unwrap();
         let f = m.update(0x7000_0000, |e| e & !flags::WRITABLE).unwrap();
         f.ignore();
         assert_eq!(m.translate(0x7000_0000).unwrap() & flags::WRITABLE, 0);
@@ -272,7 +280,10 @@ mod tests {
         let mut mem = FakeMem::default();
         let root = mem.new_root();
         let mut m = Mapper::new(root, &mut mem);
-        assert_eq!(m.map(0xffff_8000_0000_0000, 0, 0), Err(MapError::BadAddress));
+        assert_eq!(
+            m.map(0xffff_8000_0000_0000, 0, 0),
+            Err(MapError::BadAddress)
+        );
         assert_eq!(m.map(0x40_0010, 0, 0), Err(MapError::BadAddress));
     }
 

@@ -69,13 +69,27 @@ impl VmaSet {
     }
 
     /// Adds `[start, start + len)`.
-    pub fn insert(&mut self, start: u64, len: u64, prot: u64, backing: Backing) -> Result<(), VmaError> {
+    pub fn insert(
+        &mut self,
+        start: u64,
+        len: u64,
+        prot: u64,
+        backing: Backing,
+    ) -> Result<(), VmaError> {
         let end = check_range(start, len)?;
         let i = self.areas.partition_point(|a| a.end <= start);
         if self.areas.get(i).is_some_and(|a| a.start < end) {
             return Err(VmaError::Overlap);
         }
-        self.areas.insert(i, Vma { start, end, prot, backing });
+        self.areas.insert(
+            i,
+            Vma {
+                start,
+                end,
+                prot,
+                backing,
+            },
+        );
         Ok(())
     }
 
@@ -166,8 +180,14 @@ mod tests {
         assert_eq!(s.find(0x12fff).unwrap().start, 0x10000);
         assert!(s.find(0x13000).is_none());
         assert!(s.find(0xffff).is_none());
-        assert_eq!(s.insert(0x12000, 0x1000, RW, Backing::Anonymous), Err(VmaError::Overlap));
-        assert_eq!(s.insert(0x12001, 0x1000, RW, Backing::Anonymous), Err(VmaError::BadRange));
+        assert_eq!(
+            s.insert(0x12000, 0x1000, RW, Backing::Anonymous),
+            Err(VmaError::Overlap)
+        );
+        assert_eq!(
+            s.insert(0x12001, 0x1000, RW, Backing::Anonymous),
+            Err(VmaError::BadRange)
+        );
     }
 
     #[test]
@@ -178,7 +198,11 @@ mod tests {
         let v: Vec<_> = s.iter().map(|a| (a.start, a.end, a.prot)).collect();
         assert_eq!(
             v,
-            vec![(0x10000, 0x11000, RW), (0x11000, 0x13000, R), (0x13000, 0x14000, RW)]
+            vec![
+                (0x10000, 0x11000, RW),
+                (0x11000, 0x13000, R),
+                (0x13000, 0x14000, RW)
+            ]
         );
     }
 
@@ -191,7 +215,10 @@ mod tests {
         assert_eq!(s.remove(0x13000, 0x10000), Err(VmaError::NotMapped));
         s.remove(0x11000, 0x2000).unwrap();
         let v: Vec<_> = s.iter().map(|a| (a.start, a.end)).collect();
-        assert_eq!(v, vec![(0x10000, 0x11000), (0x13000, 0x14000), (0x20000, 0x21000)]);
+        assert_eq!(
+            v,
+            vec![(0x10000, 0x11000), (0x13000, 0x14000), (0x20000, 0x21000)]
+        );
     }
 
     #[test]

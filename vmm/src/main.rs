@@ -1,1 +1,32 @@
-fn main(){}
+//! The `vmm` binary: parse the command line, run, report, exit.
+//!
+//! All logic lives in the library; this file must never do more than turn
+//! results into one stderr line and an exit status.
+
+use vmm::cli::{self, Command};
+
+fn main() {
+    let cli = match cli::parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(cli::parse_error_status(&e));
+        }
+    };
+    vmm::logger::init();
+    let status = match cli.command {
+        Command::Run(args) => match vmm::run(&args) {
+            Ok(status) => status,
+            Err(e) => {
+                eprintln!("vmm: error: {e}");
+                if let Some((vcpu, dump)) = e.register_dump() {
+                    for line in dump.to_string().lines() {
+                        eprintln!("vmm: vcpu{vcpu}: {line}");
+                    }
+                }
+                e.exit_status()
+            }
+        },
+    };
+    std::process::exit(status);
+}

@@ -43,7 +43,7 @@ pub fn validate_size(size: u64) -> Result<(), MemoryError> {
     if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&size) {
         return Err(MemoryError::BadSize(size));
     }
-    if size % pagehint_abi::PAGE_SIZE != 0 {
+    if !size.is_multiple_of(pagehint_abi::PAGE_SIZE) {
         return Err(MemoryError::Unaligned(size));
     }
     Ok(())
@@ -79,8 +79,8 @@ impl GuestRam {
                 std::io::Error::last_os_error()
             );
         }
-        let region = GuestRegionMmap::new(region, GuestAddress(0))
-            .ok_or(MemoryError::BadSize(size))?;
+        let region =
+            GuestRegionMmap::new(region, GuestAddress(0)).ok_or(MemoryError::BadSize(size))?;
         let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(MemoryError::Collection)?;
         log::debug!("memory: {size} bytes of guest RAM at host {host:p}");
         Ok(Self { mem, size })
@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn rejects_sizes_out_of_range() {
-        assert!(matches!(validate_size(1 << 20), Err(MemoryError::BadSize(_))));
+        assert!(matches!(
+            validate_size(1 << 20),
+            Err(MemoryError::BadSize(_))
+        ));
         assert!(matches!(
             validate_size(MMIO_HOLE_START + 4096),
             Err(MemoryError::BadSize(_))
@@ -136,7 +139,9 @@ mod tests {
         let ram = GuestRam::new(64 << 20).expect("map");
         assert_eq!(ram.size(), 64 << 20);
         assert_ne!(ram.host_base(), 0);
-        ram.mem().write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
+        ram.mem()
+            .write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
         let v: u32 = ram.mem().read_obj(GuestAddress(0x1000)).unwrap();
         assert_eq!(v, 0xdead_beef);
         assert!(ram.contains(0, 64 << 20));

@@ -1,0 +1,187 @@
+//! The guest kernel: boots through PVH, brings up every CPU, and runs the
+//! user program the command line names, one instance per CPU unless told
+//! otherwise, under a preemptive scheduler.
+//!
+//! Kernel code is emulated (about 1 us per instruction) on the development
+//! machines, so boot does no per-frame work and the kernel stays out of the
+//! way of user programs, which run natively.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod clock;
+mod console;
+mod hv;
+mod mm;
+mod percpu;
+mod process;
+mod sched;
+mod smp;
+mod sync;
+mod syscall;
+mod trap;
+
+use core::sync::atomic::Ordering;
+
+use arch::{apic, boot, cpu, gdt, idt};
+use guest_kernel::cmdline;
+use guest_kernel::elf::Elf;
+use pagehint_abi::boot::CMDLINE_MAX;
+use pagehint_abi::exit::guest;
+
+/// The user programs, built by `vmm/build.rs` from the `guest-user` crate.
+static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
+
+/// Pages of each IST stack.
+const IST_PAGES: u64 = 2;
+
+fn fail(status: u32, what: core::fmt::Arguments) -> ! {
+    println!("guest: fatal: {what}");
+    hv::exit(status)
+}
+
+/// Sets up this CPU's tables, per-CPU data, LAPIC and timer.
+fn init_cpu(index: usize) {
+    let Some(ist) = mm::alloc_contiguous(IST_PAGES * 2) else {
+        fail(
+            guest::BAD_MACHINE,
+            format_args!("no memory for cpu {index}'s IST stacks"),
+        );
+    };
+    let ist = mm::phys_to_virt(ist);
+    let size = IST_PAGES * pagehint_abi::PAGE_SIZE;
+    gdt::init(index, [ist + size, ist + 2 * size]);
+    idt::load();
+    // SAFETY: the kernel PML4 maps the kernel half exactly as the boot one.
+    unsafe { cpu::write_cr3(boot::kernel_pml4_phys()) };
+    percpu::init_this(index, apic::id());
+    apic::enable(trap::SPURIOUS_VECTOR);
+    sched::init_cpu();
+    trap::start_timer();
+    percpu::ONLINE.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Reads the NUL-terminated command line at physical address `pa`.
+fn read_cmdline(pa: u64) -> &'static str {
+    if pa == 0 || pa >= pagehint_abi::boot::MMIO_HOLE_START {
+        return "";
+    }
+    // SAFETY: the loader placed the command line in RAM below 4 GiB, which
+    // the direct map covers; at most CMDLINE_MAX bytes are read.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(mm::phys_to_virt(pa) as *const u8, CMDLINE_MAX) };
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
+    core::str::from_utf8(&bytes[..len]).unwrap_or("")
+}
+
+#[no_mangle]
+extern "C" fn kmain_bsp(start_info: u32) -> ! {
+    println!("guest: pagehint kernel booting");
+    let (info, ranges, nranges) = match mm::read_start_info(start_info as u64) {
+        Ok(r) => r,
+        Err(e) => fail(
+            guest::BAD_MACHINE,
+            format_args!("bad PVH start info: {e:?}"),
+        ),
+    };
+    let mem = match mm::init(&ranges[..nranges]) {
+        Ok(m) => m,
+        Err(e) => fail(guest::BAD_MACHINE, format_args!("memory: {e:?}")),
+    };
+    idt::build(trap::SYSCALL_VECTOR);
+    init_cpu(0);
+    let hv = hv::Hypervisor::detect();
+    clock::init(hv.map_or(0, |h| h.tsc_khz));
+    match hv {
+        Some(h) => {
+            let r = hv::hello(0);
+            println!(
+                "guest: hypervisor PageHintVMM, ABI {}, hypercall port {:#x} (hello: {:?}), TSC {} kHz",
+                h.abi_version, h.port, r, h.tsc_khz
+            );
+        }
+        None => println!("guest: not under PageHintVMM; running without hypercalls"),
+    }
+    let wanted = smp::cpu_count();
+    let cpus = smp::start_aps(wanted, hv.map_or(0, |h| h.tsc_khz));
+    println!(
+        "guest: {} MiB RAM, {} free frames, heap {} KiB, {}/{} cpus online",
+        mem.total_frames / 256,
+        mm::free_frames(),
+        mem.heap_bytes / 1024,
+        cpus,
+        wanted
+    );
+    if cpus < wanted {
+        fail(
+            guest::BAD_MACHINE,
+            format_args!("only {cpus} of {wanted} cpus came up"),
+        );
+    }
+    let line = read_cmdline(info.cmdline_paddr);
+    let cmd = match cmdline::parse(line) {
+        Ok(c) => c,
+        Err(e) => fail(
+            guest::BAD_COMMAND_LINE,
+            format_args!("command line {line:?}: {e:?}"),
+        ),
+    };
+    if cmd.program == "crash-kernel" {
+        // A deliberate kernel fault, to show (and test) the diagnostics.
+        println!("guest: crash-kernel: reading a non-canonical address");
+        // SAFETY: none; this faults on purpose.
+        let v = unsafe { (0x8000_0000_0000_0000u64 as *const u64).read_volatile() };
+        println!("guest: survived {v}");
+    }
+    if cmd.program == "triple-fault" {
+        println!("guest: triple-fault: loading an empty IDT and trapping");
+        idt::load_empty();
+        // SAFETY: none; with no IDT the breakpoint escalates to a triple
+        // fault, which the VMM must report.
+        unsafe { core::arch::asm!("int3") };
+    }
+    let elf = match Elf::parse(USER_ELF) {
+        Ok(e) => e,
+        Err(e) => fail(
+            guest::BAD_MACHINE,
+            format_args!("user program image: {e:?}"),
+        ),
+    };
+    let copies = cmd.copies.map_or(cpus, |c| c as usize);
+    let mut args = alloc::string::String::from(cmd.program);
+    if !cmd.args.is_empty() {
+        args.push(' ');
+        args.push_str(cmd.args);
+    }
+    for i in 0..copies {
+        match process::create(&elf, &args, i as u32) {
+            Ok(task) => sched::spawn(task, i % cpus),
+            Err(e) => fail(
+                guest::BAD_MACHINE,
+                format_args!("starting {}: {e:?}", cmd.program),
+            ),
+        }
+    }
+    sched::idle_loop()
+}
+
+#[no_mangle]
+extern "C" fn kmain_ap(index: u32) -> ! {
+    init_cpu(index as usize);
+    println!("guest: cpu {} online (apic id {})", index, apic::id());
+    if let Some(r) = hv::hello(index) {
+        if r != 0 {
+            println!("guest: cpu {index}: hello refused ({r})");
+        }
+    }
+    sched::idle_loop()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    console::write_fmt_unlocked(format_args!("\nKERNEL PANIC: {info}\n"));
+    hv::exit(guest::KERNEL_PANIC)
+}

@@ -1,0 +1,227 @@
+//! Physical memory: the firmware memory map, the frame allocator, the
+//! kernel heap, and conversions between physical and kernel-virtual
+//! addresses.
+//!
+//! Bring-up is O(number of memory-map entries), never O(frames): the frame
+//! allocator initialises lazily and the heap is one contiguous block. This
+//! module must never write into a free frame.
+
+pub mod addr_space;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::NonNull;
+
+use linked_list_allocator::Heap;
+
+use crate::arch::boot::{kernel_end_phys, KERNEL_VMA, PHYS_MAP};
+use crate::sync::SpinLock;
+use guest_kernel::frame::{FrameAllocator, PfnRange, MAX_RANGES};
+use guest_kernel::paging::PhysMem;
+use pagehint_abi::boot::{MemmapEntry, StartInfo, E820_RAM, MMIO_HOLE_START, START_INFO_MAGIC};
+use pagehint_abi::PAGE_SIZE;
+
+/// Kernel-virtual address of physical address `pa` (through the direct
+/// map).
+pub const fn phys_to_virt(pa: u64) -> u64 {
+    PHYS_MAP + pa
+}
+
+/// Physical address of a kernel-virtual address in the image or the
+/// direct map.
+pub fn virt_to_phys(va: u64) -> u64 {
+    if va >= KERNEL_VMA {
+        va - KERNEL_VMA
+    } else {
+        va - PHYS_MAP
+    }
+}
+
+/// Why the memory map was refused.
+#[derive(Debug, Clone, Copy)]
+pub enum MemError {
+    BadStartInfo,
+    NoUsableMemory,
+    TooManyRanges,
+    HeapTooSmall,
+}
+
+/// What `init` found.
+#[derive(Debug, Clone, Copy)]
+pub struct MemInfo {
+    pub total_frames: u64,
+    pub heap_bytes: u64,
+}
+
+static FRAMES: SpinLock<Option<FrameAllocator<'static>>> = SpinLock::new(None);
+
+struct KernelHeap(SpinLock<Heap>);
+
+#[global_allocator]
+static HEAP: KernelHeap = KernelHeap(SpinLock::new(Heap::empty()));
+
+// SAFETY: the heap hands out disjoint blocks under its lock.
+unsafe impl GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.0
+            .lock()
+            .allocate_first_fit(layout)
+            .map_or(core::ptr::null_mut(), |p| p.as_ptr())
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(p) = NonNull::new(ptr) {
+            // SAFETY: `ptr` came from `alloc` with the same layout.
+            unsafe { self.0.lock().deallocate(p, layout) }
+        }
+    }
+}
+
+/// Reads the PVH start info at physical address `start_info`, returning it
+/// and the RAM ranges of its memory map.
+pub fn read_start_info(
+    start_info: u64,
+) -> Result<(StartInfo, [PfnRange; MAX_RANGES], usize), MemError> {
+    if start_info == 0 || start_info >= MMIO_HOLE_START {
+        return Err(MemError::BadStartInfo);
+    }
+    // SAFETY: the loader placed the start info in RAM below 4 GiB, which
+    // the direct map covers; `read_unaligned` tolerates any placement.
+    let info: StartInfo =
+        unsafe { (phys_to_virt(start_info) as *const StartInfo).read_unaligned() };
+    if info.magic != START_INFO_MAGIC
+        || info.memmap_paddr == 0
+        || info.memmap_paddr >= MMIO_HOLE_START
+    {
+        return Err(MemError::BadStartInfo);
+    }
+    let mut ranges = [PfnRange::default(); MAX_RANGES];
+    let mut n = 0;
+    for i in 0..info.memmap_entries.min(128) as u64 {
+        let at = phys_to_virt(info.memmap_paddr + i * core::mem::size_of::<MemmapEntry>() as u64);
+        // SAFETY: as above; the entry count is bounded.
+        let e: MemmapEntry = unsafe { (at as *const MemmapEntry).read_unaligned() };
+        if e.kind != E820_RAM {
+            continue;
+        }
+        let start = e.addr.div_ceil(PAGE_SIZE);
+        let end = e.addr.saturating_add(e.size).min(MMIO_HOLE_START) / PAGE_SIZE;
+        if start < end {
+            if n == MAX_RANGES {
+                return Err(MemError::TooManyRanges);
+            }
+            ranges[n] = PfnRange { start, end };
+            n += 1;
+        }
+    }
+    Ok((info, ranges, n))
+}
+
+/// Sets up the frame allocator over `ranges` (frames below the end of the
+/// kernel image excluded) and a heap of `heap_pages`.
+pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
+    let max_pfn = ranges
+        .iter()
+        .map(|r| r.end)
+        .max()
+        .ok_or(MemError::NoUsableMemory)?;
+    // The allocator's link array sits right after the kernel image.
+    let links_start = kernel_end_phys().div_ceil(PAGE_SIZE);
+    let links_pages = (max_pfn * 4).div_ceil(PAGE_SIZE);
+    let first_free = links_start + links_pages;
+    let mut usable = [PfnRange::default(); MAX_RANGES];
+    let mut n = 0;
+    for r in ranges {
+        let start = r.start.max(first_free);
+        if start < r.end {
+            usable[n] = PfnRange { start, end: r.end };
+            n += 1;
+        }
+    }
+    // SAFETY: the frames of the link array are excluded from the ranges
+    // above, so nothing else ever uses them; the direct map covers them.
+    let links: &'static mut [u32] = unsafe {
+        core::slice::from_raw_parts_mut(
+            phys_to_virt(links_start * PAGE_SIZE) as *mut u32,
+            max_pfn as usize,
+        )
+    };
+    let mut frames =
+        FrameAllocator::new(links, &usable[..n]).map_err(|_| MemError::TooManyRanges)?;
+    let total = frames.total_frames();
+    // A heap of 1/16 of RAM, between 1 and 16 MiB.
+    let heap_pages = (total / 16).clamp(256, 4096);
+    let heap_pfn = frames
+        .alloc_contiguous(heap_pages)
+        .ok_or(MemError::HeapTooSmall)?;
+    let heap_bytes = heap_pages * PAGE_SIZE;
+    // SAFETY: the block is ours alone, mapped by the direct map, and the
+    // heap is initialised once, before any allocation.
+    unsafe {
+        HEAP.0.lock().init(
+            phys_to_virt(heap_pfn * PAGE_SIZE) as *mut u8,
+            heap_bytes as usize,
+        )
+    };
+    *FRAMES.lock() = Some(frames);
+    Ok(MemInfo {
+        total_frames: total,
+        heap_bytes,
+    })
+}
+
+/// A zeroed frame, by physical address.
+pub fn alloc_zeroed_frame() -> Option<u64> {
+    let pfn = FRAMES.lock().as_mut()?.alloc()?;
+    let pa = pfn * PAGE_SIZE;
+    // SAFETY: the frame was just handed to us; the direct map covers it.
+    // `write_bytes` becomes `rep stos`, one emulated instruction.
+    unsafe { core::ptr::write_bytes(phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize) };
+    Some(pa)
+}
+
+/// `n` contiguous never-used frames (for stacks), by physical address.
+pub fn alloc_contiguous(n: u64) -> Option<u64> {
+    Some(FRAMES.lock().as_mut()?.alloc_contiguous(n)? * PAGE_SIZE)
+}
+
+/// Returns a frame from [`alloc_zeroed_frame`].
+pub fn free_frame(pa: u64) {
+    if let Some(f) = FRAMES.lock().as_mut() {
+        if f.free(pa / PAGE_SIZE).is_err() {
+            crate::println!("mm: refused to free frame {pa:#x} (not allocated)");
+        }
+    }
+}
+
+/// Frames not in use.
+pub fn free_frames() -> u64 {
+    FRAMES.lock().as_ref().map_or(0, |f| f.free_frames())
+}
+
+/// Page tables as the kernel sees them: through the direct map.
+pub struct KernelPhys;
+
+impl PhysMem for KernelPhys {
+    fn read_entry(&self, table: u64, index: usize) -> u64 {
+        // SAFETY: `table` is a page-table frame the mapper walked to; the
+        // direct map covers it; `index` < 512.
+        unsafe {
+            (phys_to_virt(table) as *const u64)
+                .add(index)
+                .read_volatile()
+        }
+    }
+    fn write_entry(&mut self, table: u64, index: usize, value: u64) {
+        // SAFETY: as above.
+        unsafe {
+            (phys_to_virt(table) as *mut u64)
+                .add(index)
+                .write_volatile(value)
+        }
+    }
+    fn alloc_table(&mut self) -> Option<u64> {
+        alloc_zeroed_frame()
+    }
+    fn free_table(&mut self, table: u64) {
+        free_frame(table)
+    }
+}

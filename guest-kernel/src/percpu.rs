@@ -1,0 +1,86 @@
+//! Per-CPU data, reached through the GS base while in the kernel.
+//!
+//! Fields that only the owning CPU touches are `Cell`s and are accessed
+//! with interrupts off; the run queue, which other CPUs push to, is behind
+//! a lock. Nothing here may be touched by another CPU except through
+//! [`PerCpu::run_queue`] and the identity fields.
+
+use alloc::collections::VecDeque;
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::arch::cpu::{wrmsr, MSR_GS_BASE, MSR_KERNEL_GS_BASE};
+use crate::arch::gdt::MAX_CPUS;
+use crate::sched::{Pending, Task, TaskPtr};
+use crate::sync::SpinLock;
+
+#[repr(C)]
+pub struct PerCpu {
+    /// Must stay the first field: `this()` reads it at GS:0.
+    self_ptr: Cell<u64>,
+
+    pub index: Cell<u32>,
+    pub apic_id: Cell<u32>,
+    pub current: Cell<*mut Task>,
+    pub idle: Cell<*mut Task>,
+    pub pending: Cell<Pending>,
+    pub run_queue: SpinLock<VecDeque<TaskPtr>>,
+    pub ticks: AtomicU64,
+}
+
+// SAFETY: the `Cell` fields are only used by the owning CPU with interrupts
+// off; the shared fields are a lock and atomics.
+unsafe impl Sync for PerCpu {}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const INIT: PerCpu = PerCpu {
+    self_ptr: Cell::new(0),
+    index: Cell::new(0),
+    apic_id: Cell::new(0),
+    current: Cell::new(core::ptr::null_mut()),
+    idle: Cell::new(core::ptr::null_mut()),
+    pending: Cell::new(Pending::None),
+    run_queue: SpinLock::new(VecDeque::new()),
+    ticks: AtomicU64::new(0),
+};
+
+static CPUS: [PerCpu; MAX_CPUS] = [INIT; MAX_CPUS];
+
+/// CPUs that finished bring-up.
+pub static ONLINE: AtomicU32 = AtomicU32::new(0);
+
+/// Points this CPU's GS base at its slot.
+pub fn init_this(index: usize, apic_id: u32) {
+    let c = &CPUS[index];
+    c.self_ptr.set(c as *const PerCpu as u64);
+    c.index.set(index as u32);
+    c.apic_id.set(apic_id);
+    // SAFETY: GS base is the kernel's per-CPU pointer by design; the user
+    // half of the swap starts at 0.
+    unsafe {
+        wrmsr(MSR_GS_BASE, c as *const PerCpu as u64);
+        wrmsr(MSR_KERNEL_GS_BASE, 0);
+    }
+}
+
+/// This CPU's data.
+pub fn this() -> &'static PerCpu {
+    let p: u64;
+    // SAFETY: in the kernel, GS:0 holds this CPU's slot address
+    // (`init_this`, and the trap entry swaps GS on every user transition).
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(readonly, nostack, preserves_flags))
+    };
+    // SAFETY: the slot is a static.
+    unsafe { &*(p as *const PerCpu) }
+}
+
+/// CPU `index`'s data (for pushing work to it).
+pub fn get(index: usize) -> &'static PerCpu {
+    &CPUS[index]
+}
+
+/// Number of CPUs online.
+pub fn online() -> u32 {
+    ONLINE.load(Ordering::Acquire)
+}

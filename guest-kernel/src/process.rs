@@ -1,0 +1,60 @@
+//! Starting a user program: a fresh address space, the ELF image copied
+//! into it, a stack with the argument string on top, and a task.
+//!
+//! The image is the kernel's embedded user-program ELF; it is checked by
+//! `guest_kernel::elf` before anything is copied.
+
+use alloc::boxed::Box;
+
+use guest_kernel::elf::{Elf, PF_W, PF_X};
+use guest_kernel::vma::Backing;
+use pagehint_abi::syscall::{prot, STACK_SIZE, STACK_TOP};
+use pagehint_abi::PAGE_SIZE;
+
+use crate::mm::addr_space::{AddressSpace, AsError};
+use crate::sched::Task;
+
+/// Builds a task that runs `elf` with `args` as instance `instance`.
+pub fn create(elf: &Elf, args: &str, instance: u32) -> Result<Box<Task>, AsError> {
+    let mut space = AddressSpace::new()?;
+    for seg in elf.segments() {
+        let start = seg.vaddr & !(PAGE_SIZE - 1);
+        let end = (seg.vaddr + seg.mem_size).next_multiple_of(PAGE_SIZE);
+        let mut p = prot::READ;
+        if seg.flags & PF_W != 0 {
+            p |= prot::WRITE;
+        }
+        if seg.flags & PF_X != 0 {
+            p |= prot::EXEC;
+        }
+        space.add_area(start, end - start, p, Backing::Image)?;
+        let data = elf.data(&seg);
+        let mut va = start;
+        while va < end {
+            let pa = space.populate(va)?;
+            // The part of the file data that falls in this page.
+            let page_lo = va.max(seg.vaddr);
+            let page_hi = (va + PAGE_SIZE).min(seg.vaddr + seg.file_size);
+            if page_lo < page_hi {
+                let from = (page_lo - seg.vaddr) as usize;
+                let to = (page_hi - seg.vaddr) as usize;
+                space.write_populated(pa, page_lo - va, &data[from..to]);
+            }
+            va += PAGE_SIZE;
+        }
+    }
+    // The stack: filled on demand, but its top page now, for the arguments.
+    space.add_area(STACK_TOP - STACK_SIZE, STACK_SIZE, prot::RW, Backing::Stack)?;
+    let top_page = STACK_TOP - PAGE_SIZE;
+    let pa = space.populate(top_page)?;
+    let args_at = STACK_TOP - 512;
+    space.write_populated(pa, args_at - top_page, args.as_bytes());
+    // As after a call: RSP + 8 is 16-byte aligned at the entry point.
+    let rsp = args_at - 64 - 8;
+    Ok(Task::new_user(
+        space,
+        elf.entry(),
+        rsp,
+        [args_at, args.len() as u64, instance as u64],
+    ))
+}

@@ -1,0 +1,225 @@
+//! Tasks and the preemptive scheduler: a run queue per CPU, round robin,
+//! a time slice of one timer tick, and an idle task per CPU.
+//!
+//! A task is switched out only at a trap boundary (timer tick from user
+//! mode, `yield`, `exit`), with interrupts off, so kernel code is never
+//! preempted. A task that leaves the CPU is requeued or freed by the *next*
+//! task, after the switch (`finish_switch`), so no other CPU can pick it up
+//! while its registers are still being saved.
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::arch::idt::TrapFrame;
+use crate::arch::{apic, boot, cpu, gdt, switch};
+use crate::mm::addr_space::AddressSpace;
+use crate::percpu;
+use crate::trap::RESCHEDULE_VECTOR;
+
+/// Kernel stack per task.
+const KSTACK_WORDS: usize = 2048;
+
+pub struct Task {
+    pub pid: u32,
+    saved_rsp: u64,
+    kstack: Vec<u64>,
+    pub space: Option<AddressSpace>,
+}
+
+/// A task pointer that may cross CPUs (through a run queue).
+pub struct TaskPtr(*mut Task);
+// SAFETY: a task is owned by exactly one run queue or one CPU at a time.
+unsafe impl Send for TaskPtr {}
+
+/// What the next task must do for the one that just left the CPU.
+#[derive(Clone, Copy)]
+pub enum Pending {
+    None,
+    Requeue(*mut Task),
+    Reap(*mut Task),
+}
+
+/// Why the current task leaves the CPU.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Preempt,
+    Yield,
+    Exit,
+}
+
+static NEXT_PID: AtomicU32 = AtomicU32::new(1);
+static LIVE: AtomicU32 = AtomicU32::new(0);
+static STARTED: AtomicU32 = AtomicU32::new(0);
+static WORST_STATUS: AtomicU32 = AtomicU32::new(0);
+
+impl Task {
+    /// A user task that starts at `entry` with `rsp` and the three argument
+    /// registers, in `space`.
+    pub fn new_user(space: AddressSpace, entry: u64, rsp: u64, args: [u64; 3]) -> Box<Task> {
+        let mut t = Box::new(Task {
+            pid: NEXT_PID.fetch_add(1, Ordering::Relaxed),
+            saved_rsp: 0,
+            kstack: vec![0u64; KSTACK_WORDS],
+            space: Some(space),
+        });
+        let frame_words = core::mem::size_of::<TrapFrame>() / 8;
+        let top = t.kstack.as_mut_ptr_range().end;
+        // SAFETY: the stack is KSTACK_WORDS long, far more than a trap
+        // frame plus a switch frame.
+        let frame_ptr = unsafe { top.sub(frame_words) };
+        let frame = TrapFrame {
+            rip: entry,
+            cs: gdt::USER_CODE as u64,
+            rflags: 0x202,
+            rsp,
+            ss: gdt::USER_DATA as u64,
+            rdi: args[0],
+            rsi: args[1],
+            rdx: args[2],
+            ..TrapFrame::default()
+        };
+        // SAFETY: `frame_ptr` is aligned and inside the stack.
+        unsafe { (frame_ptr as *mut TrapFrame).write(frame) };
+        t.saved_rsp = switch::initial_stack(frame_ptr);
+        t
+    }
+
+    fn idle() -> Box<Task> {
+        Box::new(Task {
+            pid: 0,
+            saved_rsp: 0,
+            kstack: Vec::new(),
+            space: None,
+        })
+    }
+
+    fn stack_top(&self) -> u64 {
+        self.kstack.as_ptr_range().end as u64
+    }
+}
+
+/// Puts a new task on CPU `cpu`'s run queue and wakes that CPU.
+pub fn spawn(task: Box<Task>, cpu: usize) {
+    LIVE.fetch_add(1, Ordering::AcqRel);
+    STARTED.fetch_add(1, Ordering::Relaxed);
+    let target = percpu::get(cpu);
+    target
+        .run_queue
+        .lock()
+        .push_back(TaskPtr(Box::into_raw(task)));
+    if cpu != percpu::this().index.get() as usize {
+        apic::send_ipi(target.apic_id.get(), RESCHEDULE_VECTOR);
+    }
+}
+
+/// The task running on this CPU, `None` in the idle task.
+pub fn current() -> Option<&'static mut Task> {
+    let c = percpu::this();
+    let t = c.current.get();
+    if t.is_null() || t == c.idle.get() {
+        None
+    } else {
+        // SAFETY: the current task is owned by this CPU while it runs, and
+        // interrupts are off in the kernel.
+        Some(unsafe { &mut *t })
+    }
+}
+
+/// Makes the boot context of this CPU its idle task.
+pub fn init_cpu() {
+    let c = percpu::this();
+    let idle = Box::into_raw(Task::idle());
+    c.idle.set(idle);
+    c.current.set(idle);
+}
+
+/// Picks the next task and switches to it. Called with interrupts off.
+pub fn schedule(reason: Reason) {
+    let c = percpu::this();
+    let prev = c.current.get();
+    let idle = c.idle.get();
+    let next = c.run_queue.lock().pop_front().map(|t| t.0);
+    let next = match next {
+        Some(n) => n,
+        None if reason == Reason::Exit => idle,
+        None => return,
+    };
+    if prev != idle {
+        c.pending.set(match reason {
+            Reason::Exit => Pending::Reap(prev),
+            _ => Pending::Requeue(prev),
+        });
+    }
+    // SAFETY: `next` came off our run queue (or is our idle task), so this
+    // CPU owns it now.
+    let n = unsafe { &*next };
+    let root = n
+        .space
+        .as_ref()
+        .map_or(boot::kernel_pml4_phys(), |s| s.root());
+    if n.pid != 0 {
+        gdt::set_kernel_stack(c.index.get() as usize, n.stack_top());
+    }
+    // SAFETY: every address space shares the kernel half, so the kernel
+    // stack and code stay mapped across the switch.
+    unsafe { cpu::write_cr3(root) };
+    c.current.set(next);
+    // SAFETY: `prev` is the running task (its slot outlives the switch);
+    // `next` holds a stack pointer saved by `switch` or built by
+    // `initial_stack`.
+    unsafe { switch::switch(core::ptr::addr_of_mut!((*prev).saved_rsp), n.saved_rsp) };
+    finish_switch();
+}
+
+/// Runs on the new task's stack right after every switch.
+#[no_mangle]
+extern "C" fn finish_switch() {
+    let c = percpu::this();
+    match c.pending.replace(Pending::None) {
+        Pending::None => {}
+        Pending::Requeue(t) => c.run_queue.lock().push_back(TaskPtr(t)),
+        // SAFETY: the exited task is off every queue and no CPU runs it;
+        // its address space is no longer loaded (CR3 was switched).
+        Pending::Reap(t) => drop(unsafe { Box::from_raw(t) }),
+    }
+}
+
+/// The timer tick: preempts a task that was running in user mode.
+pub fn tick(frame: &TrapFrame) {
+    percpu::this()
+        .ticks
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    if frame.from_user() {
+        schedule(Reason::Preempt);
+    }
+}
+
+/// Ends the current task with `status`; ends the machine after the last.
+pub fn exit_current(status: u32) -> ! {
+    WORST_STATUS.fetch_max(status, Ordering::AcqRel);
+    if LIVE.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let worst = WORST_STATUS.load(Ordering::Acquire);
+        crate::println!(
+            "guest: all {} processes exited, status {}",
+            STARTED.load(Ordering::Relaxed),
+            worst
+        );
+        crate::hv::exit(worst);
+    }
+    schedule(Reason::Exit);
+    unreachable!("an exited task was scheduled again");
+}
+
+/// The idle loop of every CPU: run queued tasks, otherwise halt until an
+/// interrupt (timer tick or reschedule IPI).
+pub fn idle_loop() -> ! {
+    loop {
+        cpu::interrupts_off();
+        if !percpu::this().run_queue.lock().is_empty() {
+            schedule(Reason::Yield);
+        }
+        cpu::wait_for_interrupt();
+    }
+}

@@ -1,0 +1,87 @@
+//! Bringing up the application processors: copy the real-mode trampoline
+//! below 1 MiB, then INIT/SIPI each AP in turn and wait for it to report.
+//!
+//! APs start one at a time because they share the boot stack slot and CPU
+//! index handed over in `AP_BOOT_STACK`/`AP_BOOT_CPU`.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::{apic, boot, cpu};
+use crate::mm::{self, phys_to_virt};
+use crate::percpu;
+use pagehint_abi::boot::AP_TRAMPOLINE_ADDR;
+use pagehint_abi::PAGE_SIZE;
+
+/// Stack pointer the next AP starts on (read by `boot.rs`).
+#[no_mangle]
+static AP_BOOT_STACK: AtomicU64 = AtomicU64::new(0);
+/// Index of the next AP (read by `boot.rs`).
+#[no_mangle]
+static AP_BOOT_CPU: AtomicU64 = AtomicU64::new(0);
+
+/// Pages of each AP's boot (later idle) stack.
+const AP_STACK_PAGES: u64 = 4;
+
+/// How many CPUs the firmware describes: CPUID.1 EBX[23:16] when HTT is
+/// set, which both this VMM and QEMU fill in; 1 otherwise.
+pub fn cpu_count() -> usize {
+    let (_, ebx, _, edx) = cpu::cpuid(1, 0);
+    if edx & (1 << 28) != 0 {
+        (((ebx >> 16) & 0xff) as usize).clamp(1, crate::arch::gdt::MAX_CPUS)
+    } else {
+        1
+    }
+}
+
+/// Starts CPUs 1..n (APIC IDs equal to indices); returns how many came up,
+/// the bootstrap CPU included.
+pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
+    if n <= 1 {
+        return 1;
+    }
+    let code = boot::ap_trampoline();
+    // SAFETY: the trampoline page is reserved low memory that no allocator
+    // hands out (everything below the kernel image is excluded).
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            code.as_ptr(),
+            phys_to_virt(AP_TRAMPOLINE_ADDR) as *mut u8,
+            code.len(),
+        )
+    };
+    // Give each AP up to ~200 ms (TSC-timed when the frequency is known).
+    let budget = if tsc_khz != 0 {
+        tsc_khz as u64 * 200
+    } else {
+        0
+    };
+    for i in 1..n {
+        let Some(stack) = mm::alloc_contiguous(AP_STACK_PAGES) else {
+            crate::println!("guest: no memory for cpu {i}'s stack");
+            return i;
+        };
+        AP_BOOT_STACK.store(
+            phys_to_virt(stack + AP_STACK_PAGES * PAGE_SIZE),
+            Ordering::Release,
+        );
+        AP_BOOT_CPU.store(i as u64, Ordering::Release);
+        let before = percpu::online();
+        apic::start_ap(i as u32, (AP_TRAMPOLINE_ADDR >> 12) as u8);
+        let t0 = cpu::rdtsc();
+        let mut spins: u64 = 0;
+        while percpu::online() == before {
+            core::hint::spin_loop();
+            spins += 1;
+            let expired = if budget != 0 {
+                cpu::rdtsc().wrapping_sub(t0) > budget
+            } else {
+                spins > 200_000
+            };
+            if expired {
+                crate::println!("guest: cpu {i} did not come up");
+                return i;
+            }
+        }
+    }
+    n
+}

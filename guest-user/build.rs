@@ -1,0 +1,11 @@
+//! Links the user-program binary with `linker.ld` for the guest target.
+
+fn main() {
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if target == "x86_64-unknown-none" {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+        println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
+        println!("cargo:rustc-link-arg-bins=--no-pie");
+    }
+    println!("cargo:rerun-if-changed=linker.ld");
+}

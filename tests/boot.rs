@@ -1,0 +1,93 @@
+//! The bundled guest boots under real KVM: every CPU comes up, user
+//! programs run at CPL3 under the preemptive scheduler, and their exit
+//! status becomes the VMM's.
+
+mod common;
+
+use common::boot;
+
+#[test]
+fn default_program_greets_from_every_cpu_and_exits_zero() {
+    let r = boot(&[], &[]);
+    r.expect_status(0)
+        .expect_stdout("guest: pagehint kernel booting")
+        .expect_stdout("hypervisor PageHintVMM, ABI 1")
+        .expect_stdout("(hello: Some(0))")
+        .expect_stdout("cpu 1 online (apic id 1)")
+        .expect_stdout("2/2 cpus online")
+        .expect_stdout("hello from cpu 0,")
+        .expect_stdout("hello from cpu 1,")
+        .expect_stdout("all 2 processes exited, status 0");
+}
+
+#[test]
+fn three_vcpus_all_report_in() {
+    let r = boot(&["--vcpus", "3", "--mem", "64M"], &["hello"]);
+    r.expect_status(0)
+        .expect_stdout("3/3 cpus online")
+        .expect_stdout("hello from cpu 2,");
+    // One greeting per CPU, from distinct processes.
+    assert_eq!(
+        r.stdout.matches("hello from cpu").count(),
+        3,
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn guest_exit_status_becomes_the_vmm_status() {
+    boot(&["--vcpus", "1"], &["copies=1", "exit", "7"]).expect_status(7);
+    boot(&["--vcpus", "1"], &["copies=1", "exit", "0"]).expect_status(0);
+}
+
+#[test]
+fn timer_preempts_user_programs_sharing_a_cpu() {
+    // Four CPU-bound processes on two CPUs: each is descheduled while
+    // its neighbour runs, which only a preemptive scheduler can do.
+    let r = boot(&[], &["copies=4", "preempt", "200"]);
+    r.expect_status(0);
+    let lines: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("preempt:"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{}", r.stdout);
+    for l in lines {
+        let n: u64 = l
+            .rsplit("descheduled ")
+            .next()
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("unparsable line {l:?}"));
+        assert!(n >= 2, "process was not preempted: {l}");
+    }
+}
+
+#[test]
+fn anonymous_mmap_mprotect_munmap_work() {
+    let r = boot(&[], &["mm", "128"]);
+    r.expect_status(0);
+    assert_eq!(
+        r.stdout.matches("mm: ok pages=128 errors=0").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn user_fault_kills_only_the_process() {
+    let r = boot(&["--vcpus", "1"], &["copies=1", "segv"]);
+    r.expect_status(1)
+        .expect_stdout("segv: writing to read-only page")
+        .expect_stdout("killed: #PF page fault (write)");
+    assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
+}
+
+#[test]
+fn unknown_program_is_reported() {
+    boot(&["--vcpus", "1"], &["no-such-program"])
+        .expect_status(5)
+        .expect_stdout("unknown program 'no-such-program'");
+}

@@ -1,0 +1,120 @@
+//! Bad input from a user or a guest ends the VMM with a one-line error and
+//! a distinct exit status, never a panic or a hang.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{boot, guest_user_path, require_kvm, vmm};
+use pagehint_abi::exit::{guest, vmm as code};
+
+fn one_line_error(stderr: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    assert!(lines[0].starts_with("vmm: error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn missing_kernel_file() {
+    let r = vmm(
+        &["run", "--kernel", "/nonexistent/kernel.elf"],
+        Duration::from_secs(30),
+    );
+    r.expect_status(code::NO_INPUT);
+    one_line_error(&r.stderr);
+    assert!(r.stderr.contains("/nonexistent/kernel.elf"), "{}", r.stderr);
+}
+
+#[test]
+fn kernel_that_is_not_an_elf() {
+    let path = std::env::temp_dir().join(format!("vmm-test-not-elf-{}", std::process::id()));
+    std::fs::write(&path, b"#!/bin/sh\necho this is not a kernel\n").unwrap();
+    let r = vmm(
+        &["run", "--kernel", path.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    std::fs::remove_file(&path).ok();
+    r.expect_status(code::BAD_KERNEL);
+    one_line_error(&r.stderr);
+}
+
+#[test]
+fn elf_without_pvh_note() {
+    let user = guest_user_path();
+    assert!(user.exists(), "{} missing", user.display());
+    let r = vmm(
+        &["run", "--kernel", user.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    r.expect_status(code::BAD_KERNEL);
+    one_line_error(&r.stderr);
+    assert!(r.stderr.contains("PVH"), "{}", r.stderr);
+}
+
+#[test]
+fn too_little_and_too_much_memory() {
+    for mem in ["1M", "8G"] {
+        let r = vmm(&["run", "--mem", mem], Duration::from_secs(30));
+        r.expect_status(code::CONFIG);
+        one_line_error(&r.stderr);
+    }
+}
+
+#[test]
+fn bad_flags_and_values() {
+    for args in [
+        &["run", "--no-such-flag"][..],
+        &["run", "--mem", "lots"],
+        &["run", "--vcpus", "zero"],
+        &["frobnicate"],
+    ] {
+        let r = vmm(args, Duration::from_secs(30));
+        r.expect_status(code::USAGE);
+        assert!(r.stderr.contains("error"), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn zero_vcpus_is_a_config_error() {
+    let r = vmm(&["run", "--vcpus", "0"], Duration::from_secs(30));
+    r.expect_status(code::CONFIG);
+    one_line_error(&r.stderr);
+}
+
+#[test]
+fn guest_kernel_exception_is_diagnosed() {
+    let r = boot(&["--vcpus", "1"], &["crash-kernel"]);
+    r.expect_status(guest::CPU_EXCEPTION as i32)
+        .expect_stdout("KERNEL PANIC: CPU exception #GP general protection (vector 13)")
+        .expect_stdout("rip 0xffffffff8");
+}
+
+#[test]
+fn guest_triple_fault_ends_the_run_with_a_register_dump() {
+    let r = boot(&["--vcpus", "2"], &["triple-fault"]);
+    r.expect_status(code::GUEST_TRIPLE_FAULT);
+    r.expect_stderr("triple fault");
+    r.expect_stderr("rip");
+}
+
+#[test]
+fn timeout_stops_a_guest_that_never_exits() {
+    require_kvm();
+    let r = vmm(
+        &[
+            "run",
+            "--timeout",
+            "2",
+            "--",
+            "copies=2",
+            "preempt",
+            "100000",
+        ],
+        Duration::from_secs(60),
+    );
+    r.expect_status(code::TIMEOUT);
+    assert!(r.elapsed < Duration::from_secs(20), "took {:?}", r.elapsed);
+    one_line_error(&r.stderr);
+}

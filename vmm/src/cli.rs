@@ -1,0 +1,173 @@
+//! The command line: `vmm run [--kernel PATH] [--mem SIZE] [--vcpus N]
+//! [--timeout SECS] [-- ARGS...]`.
+//!
+//! Parsing only checks syntax (numbers, sizes); whether a value can work
+//! (enough RAM, a vCPU count KVM allows) is decided by `run`, which reports
+//! it with the configuration exit status. This module must never touch KVM
+//! or files.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pagehint_abi::exit::vmm::USAGE;
+
+/// A KVM mini-hypervisor for the page-hinting guest.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmm",
+    version,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest kernel and run it until it exits.
+    Run(RunArgs),
+}
+
+/// Options of `vmm run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Guest kernel (a PVH ELF); default: the bundled guest.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Guest RAM: bytes, or a number with K, M or G (binary units).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub vcpus: u32,
+    /// Stop the guest after this many seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Guest command line, joined with spaces.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+/// Parses `256M`, `1G`, `512K` (also `KiB`, `MB`, ... and lower case) or
+/// plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!(
+            "'{s}' is not a size (e.g. 256M, 1G, 512K, 1048576)"
+        ));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("'{s}' has an unknown unit (use K, M or G)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses a non-negative number of seconds.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is not a valid timeout"))
+}
+
+/// Parses the process arguments.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Cli::try_parse_from(args)
+}
+
+/// The exit status for a parse failure: 0 for `--help`/`--version`, the
+/// usage status for everything else.
+pub fn parse_error_status(e: &clap::Error) -> i32 {
+    if e.use_stderr() {
+        USAGE
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut v = vec!["vmm", "run"];
+        v.extend_from_slice(args);
+        parse_from(v).map(|c| match c.command {
+            Command::Run(r) => r,
+        })
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("512kib"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("12T").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("17179869184G").is_err());
+    }
+
+    #[test]
+    fn defaults_and_trailing_args() {
+        let r = run_args(&[]).unwrap();
+        assert_eq!(
+            (r.mem, r.vcpus, r.timeout, r.kernel),
+            (256 << 20, 2, None, None)
+        );
+        let r = run_args(&[
+            "--mem",
+            "1G",
+            "--vcpus",
+            "4",
+            "--timeout",
+            "1.5",
+            "--",
+            "hello",
+            "-x",
+        ])
+        .unwrap();
+        assert_eq!((r.mem, r.vcpus), (1 << 30, 4));
+        assert_eq!(r.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(r.args, ["hello", "-x"]);
+    }
+
+    #[test]
+    fn errors_map_to_usage_but_help_does_not() {
+        let e = run_args(&["--bogus"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
+        let e = run_args(&["--vcpus", "x"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
+        let e = run_args(&["--timeout", "-1"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
+        let e = parse_from(["vmm"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
+        let e = parse_from(["vmm", "--help"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), 0);
+        let e = parse_from(["vmm", "--version"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), 0);
+    }
+}

@@ -1,0 +1,283 @@
+//! The `vmm` library: boots a PVH guest kernel on KVM and runs it until the
+//! guest writes its exit status, fails, or runs out of time.
+//!
+//! [`run`] wires the modules together: check the configuration, load the
+//! kernel into fresh guest RAM, open KVM, create the VM, its devices and its
+//! vCPU threads, wait for the first vCPU to stop (or the timeout), then stop
+//! and join every vCPU thread. [`VmmError`] gathers every module's error and
+//! maps it to the documented exit status. Nothing here may panic on
+//! anything the guest or the user sends.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pagehint_abi::exit::{status_from_guest, vmm as status};
+use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT, HYPERCALL_PORT};
+
+pub mod arch;
+pub mod cli;
+pub mod devices;
+pub mod hypercall;
+pub mod kvm;
+pub mod loader;
+pub mod logger;
+pub mod memory;
+pub mod metrics;
+pub mod vstate;
+
+use arch::x86_64::regs::RegDump;
+use cli::RunArgs;
+use devices::bus::{BusError, ExitDevice, PioBus};
+use devices::serial::{SerialDevice, SerialError};
+use hypercall::HypercallDevice;
+use kvm::{KvmContext, KvmError};
+use loader::LoaderError;
+use memory::{GuestRam, MemoryError};
+use metrics::Metrics;
+use vstate::vcpu::{self, StopReason, Vcpu, VcpuError, VcpuReport};
+use vstate::vm::{Vm, VmError};
+
+/// The guest kernel built with this VMM.
+pub static BUNDLED_KERNEL: &[u8] = include_bytes!(env!("GUEST_KERNEL_ELF"));
+
+/// Most vCPUs we support (APIC IDs stay below 255, tables stay small).
+pub const MAX_VCPUS: u32 = 64;
+/// Width of the exit port (QEMU's `isa-debug-exit,iosize=0x04`).
+const EXIT_PORT_LEN: u16 = 4;
+/// Width of the hypercall doorbell.
+const HYPERCALL_PORT_LEN: u16 = 4;
+
+/// Everything that can end a VMM run other than the guest's own exit.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// A configuration that cannot work.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot set up the port bus: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    /// The guest triple-faulted.
+    #[error("guest triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu}")]
+    TripleFault { vcpu: u8, dump: RegDump },
+    /// KVM could not run the guest.
+    #[error("KVM failure on vCPU {vcpu}: {what}")]
+    KvmFailure {
+        vcpu: u8,
+        what: String,
+        dump: RegDump,
+    },
+    /// The guest made an exit we do not handle.
+    #[error("unhandled exit on vCPU {vcpu}: {what}")]
+    UnexpectedExit {
+        vcpu: u8,
+        what: String,
+        dump: RegDump,
+    },
+    /// `--timeout` expired.
+    #[error("guest did not exit within the {0:?} timeout")]
+    Timeout(Duration),
+    /// A bug of the VMM (a vCPU thread panicked or vanished).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl VmmError {
+    /// The process exit status for this error (`pagehint_abi::exit::vmm`).
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            VmmError::Config(_) => status::CONFIG,
+            VmmError::Memory(MemoryError::BadSize(_) | MemoryError::Unaligned(_)) => status::CONFIG,
+            VmmError::Memory(_) => status::INTERNAL,
+            VmmError::Loader(LoaderError::Read { .. }) => status::NO_INPUT,
+            VmmError::Loader(LoaderError::CmdlineTooLong(_)) => status::USAGE,
+            VmmError::Loader(LoaderError::WriteBootInfo(_)) => status::INTERNAL,
+            VmmError::Loader(_) => status::BAD_KERNEL,
+            VmmError::Kvm(KvmError::SupportedCpuid(_)) => status::INTERNAL,
+            VmmError::Kvm(_) => status::KVM_UNAVAILABLE,
+            VmmError::Vm(_) | VmmError::Vcpu(_) | VmmError::Bus(_) | VmmError::Serial(_) => {
+                status::INTERNAL
+            }
+            VmmError::TripleFault { .. } => status::GUEST_TRIPLE_FAULT,
+            VmmError::KvmFailure { .. } => status::KVM_FAILURE,
+            VmmError::UnexpectedExit { .. } => status::UNEXPECTED_EXIT,
+            VmmError::Timeout(_) => status::TIMEOUT,
+            VmmError::Internal(_) => status::INTERNAL,
+        }
+    }
+
+    /// The registers of the vCPU that failed, when the error has them.
+    pub fn register_dump(&self) -> Option<(u8, &RegDump)> {
+        match self {
+            VmmError::TripleFault { vcpu, dump }
+            | VmmError::KvmFailure { vcpu, dump, .. }
+            | VmmError::UnexpectedExit { vcpu, dump, .. } => Some((*vcpu, dump)),
+            _ => None,
+        }
+    }
+}
+
+/// Checks the parts of the configuration that need no host resources.
+fn check_vcpus(vcpus: u32) -> Result<u8, VmmError> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(VmmError::Config(format!(
+            "--vcpus {vcpus} is out of range: need 1 to {MAX_VCPUS}"
+        )));
+    }
+    u8::try_from(vcpus).map_err(|_| VmmError::Config(format!("--vcpus {vcpus} is too large")))
+}
+
+/// Turns the first vCPU report into the run's result.
+fn outcome(report: VcpuReport) -> Result<i32, VmmError> {
+    let vcpu = report.index;
+    match report.reason {
+        StopReason::GuestExit(value) => {
+            log::info!("guest exited with value {value} (vCPU {vcpu})");
+            Ok(status_from_guest(value))
+        }
+        StopReason::TripleFault(dump) => Err(VmmError::TripleFault { vcpu, dump }),
+        StopReason::KvmFailure(what, dump) => Err(VmmError::KvmFailure { vcpu, what, dump }),
+        StopReason::UnexpectedExit(what, dump) => {
+            Err(VmmError::UnexpectedExit { vcpu, what, dump })
+        }
+        StopReason::Stopped => Err(VmmError::Internal(format!(
+            "vCPU {vcpu} stopped before anything asked it to"
+        ))),
+        StopReason::Panicked => Err(VmmError::Internal(format!("vCPU {vcpu} thread panicked"))),
+    }
+}
+
+/// Boots the guest described by `args` and runs it to the end. Returns the
+/// exit status the guest asked for, or the error that ended the run.
+pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
+    let vcpu_count = check_vcpus(args.vcpus)?;
+    memory::validate_size(args.mem)?;
+    let cmdline = loader::build_cmdline(&args.args)?;
+    let image: Cow<'_, [u8]> = match &args.kernel {
+        Some(path) => Cow::Owned(loader::read_kernel(path)?),
+        None => Cow::Borrowed(BUNDLED_KERNEL),
+    };
+
+    let ram = GuestRam::new(args.mem)?;
+    let entry = loader::load_kernel(&ram, &image)?;
+    loader::write_boot_info(&ram, &cmdline)?;
+    drop(image);
+
+    let kvm = KvmContext::new()?;
+    if usize::from(vcpu_count) > kvm.max_vcpus() {
+        return Err(VmmError::Config(format!(
+            "--vcpus {vcpu_count} exceeds KVM_CAP_MAX_VCPUS ({})",
+            kvm.max_vcpus()
+        )));
+    }
+    let supported = kvm.supported_cpuid()?;
+    let vm = Vm::new(&kvm)?;
+    vm.register_ram(&ram)?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut bus = PioBus::new(metrics.clone());
+    let (serial, serial_irq) = SerialDevice::new(std::io::stdout(), metrics.clone())?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    bus.insert(COM1_BASE, COM1_LEN, Arc::new(Mutex::new(serial)))?;
+    bus.insert(
+        EXIT_PORT,
+        EXIT_PORT_LEN,
+        Arc::new(Mutex::new(ExitDevice::new())),
+    )?;
+    let hypercalls = HypercallDevice::new(ram.clone(), metrics.clone());
+    bus.insert(
+        HYPERCALL_PORT,
+        HYPERCALL_PORT_LEN,
+        Arc::new(Mutex::new(hypercalls)),
+    )?;
+    let bus = Arc::new(bus);
+
+    let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+    for index in 0..vcpu_count {
+        let fd = vm.create_vcpu(index)?;
+        let vcpu = Vcpu::new(index, fd, bus.clone(), metrics.clone());
+        vcpu.configure(&supported, vcpu_count, entry)?;
+        vcpus.push(vcpu);
+    }
+
+    vcpu::register_kick_signal()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        match vcpu::spawn(vcpu, stop.clone(), tx.clone()) {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                vcpu::stop_and_join(handles, &stop);
+                return Err(e.into());
+            }
+        }
+    }
+    drop(tx);
+    log::info!(
+        "running {vcpu_count} vCPU(s), {} bytes of RAM, entry {entry:#x}",
+        ram.size()
+    );
+
+    let first = match args.timeout {
+        Some(limit) => rx.recv_timeout(limit),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    };
+    vcpu::stop_and_join(handles, &stop);
+    let _ = std::io::stdout().flush();
+    log::info!("metrics: {}", metrics.to_json());
+
+    match first {
+        Ok(report) => outcome(report),
+        Err(RecvTimeoutError::Timeout) => Err(VmmError::Timeout(args.timeout.unwrap_or_default())),
+        Err(RecvTimeoutError::Disconnected) => Err(VmmError::Internal(
+            "every vCPU thread ended without a report".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpu_count_limits() {
+        assert_eq!(check_vcpus(0).unwrap_err().exit_status(), status::CONFIG);
+        assert_eq!(check_vcpus(65).unwrap_err().exit_status(), status::CONFIG);
+        assert_eq!(check_vcpus(64).unwrap(), 64);
+        assert_eq!(check_vcpus(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn guest_exit_and_faults_map_to_statuses() {
+        let report = |reason| VcpuReport { index: 1, reason };
+        assert_eq!(outcome(report(StopReason::GuestExit(0))).unwrap(), 0);
+        assert_eq!(outcome(report(StopReason::GuestExit(1000))).unwrap(), 63);
+        let dump = RegDump::default();
+        let e = outcome(report(StopReason::TripleFault(dump))).unwrap_err();
+        assert_eq!(e.exit_status(), status::GUEST_TRIPLE_FAULT);
+        assert_eq!(e.register_dump().map(|(v, _)| v), Some(1));
+        let e = outcome(report(StopReason::KvmFailure("x".into(), dump))).unwrap_err();
+        assert_eq!(e.exit_status(), status::KVM_FAILURE);
+        let e = outcome(report(StopReason::UnexpectedExit("y".into(), dump))).unwrap_err();
+        assert_eq!(e.exit_status(), status::UNEXPECTED_EXIT);
+        assert_eq!(
+            VmmError::Timeout(Duration::ZERO).exit_status(),
+            status::TIMEOUT
+        );
+    }
+}

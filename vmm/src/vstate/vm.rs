@@ -1,0 +1,89 @@
+//! The VM file descriptor: creation, the in-kernel interrupt controllers,
+//! the guest RAM memslot and irqfds.
+//!
+//! This module must never run vCPUs or decide the memory layout; it applies
+//! what it is given.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::kvm::KvmContext;
+use crate::memory::GuestRam;
+
+/// Guest-physical address of the three pages KVM needs for the real-mode
+/// TSS on Intel hosts; just below the 4 GiB BIOS area, above the LAPIC.
+pub const TSS_ADDR: usize = 0xfffb_d000;
+/// The memslot guest RAM uses.
+pub const RAM_SLOT: u32 = 0;
+
+/// Why the VM could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("KVM_CREATE_VM failed: {0}")]
+    Create(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    TssAddr(#[source] kvm_ioctls::Error),
+    #[error("KVM_CREATE_IRQCHIP failed: {0}")]
+    Irqchip(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_USER_MEMORY_REGION failed: {0}")]
+    Memslot(#[source] kvm_ioctls::Error),
+    #[error("KVM_IRQFD for GSI {gsi} failed: {source}")]
+    Irqfd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM_CREATE_VCPU {index} failed: {source}")]
+    CreateVcpu {
+        index: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// One VM.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Creates a VM with the in-kernel PIC, IOAPIC and LAPICs.
+    pub fn new(kvm: &KvmContext) -> Result<Self, VmError> {
+        let fd = kvm.kvm().create_vm().map_err(VmError::Create)?;
+        fd.set_tss_address(TSS_ADDR).map_err(VmError::TssAddr)?;
+        fd.create_irq_chip().map_err(VmError::Irqchip)?;
+        Ok(Self { fd })
+    }
+
+    /// Registers guest RAM as memslot 0.
+    pub fn register_ram(&self, ram: &GuestRam) -> Result<(), VmError> {
+        let region = kvm_userspace_memory_region {
+            slot: RAM_SLOT,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_base(),
+        };
+        // SAFETY: the host range is the mapping owned by `ram`'s
+        // GuestMemoryMmap. The caller keeps a clone of that memory alive
+        // (in the devices and in `run`) for as long as the VM exists, so KVM
+        // never sees the mapping disappear under the memslot.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(VmError::Memslot)
+    }
+
+    /// Makes a write to `evt` raise interrupt line `gsi`.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+
+    /// Creates vCPU `index` (its APIC ID is the index).
+    pub fn create_vcpu(&self, index: u8) -> Result<VcpuFd, VmError> {
+        self.fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VmError::CreateVcpu { index, source })
+    }
+}
