@@ -35,6 +35,9 @@ use pagehint_abi::exit::guest;
 /// The user programs, built by `vmm/build.rs` from the `guest-user` crate.
 static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
 
+/// A port that neither this VMM nor QEMU's microvm claims.
+const UNCLAIMED_PORT: u16 = 0x0700;
+
 /// Pages of each IST stack.
 const IST_PAGES: u64 = 2;
 
@@ -137,11 +140,26 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         println!("guest: survived {v}");
     }
     if cmd.program == "triple-fault" {
-        println!("guest: triple-fault: loading an empty IDT and trapping");
+        println!("guest: triple-fault: loading an empty IDT and waiting for the timer");
         idt::load_empty();
-        // SAFETY: none; with no IDT the breakpoint escalates to a triple
-        // fault, which the VMM must report.
-        unsafe { core::arch::asm!("int3") };
+        // With no IDT, the next timer interrupt escalates to a triple fault,
+        // which the VMM must report. (An interrupt, not an exception raised
+        // by an instruction: the development machines' instruction emulator
+        // reports the latter as an emulation failure instead.)
+        loop {
+            cpu::wait_for_interrupt();
+        }
+    }
+    if cmd.program == "portio" {
+        // `portio N`: N writes to a port no device claims, then exit: the
+        // benchmark times runs with two values of N to get the cost of one
+        // exit to the VMM and back.
+        let n: u64 = cmd.args.trim().parse().unwrap_or(0);
+        for _ in 0..n {
+            cpu::outb(UNCLAIMED_PORT, 0);
+        }
+        println!("guest: portio: {n} writes to port {UNCLAIMED_PORT:#x}");
+        hv::exit(guest::SUCCESS);
     }
     let elf = match Elf::parse(USER_ELF) {
         Ok(e) => e,

@@ -201,7 +201,7 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
 
 /// User pages live in the canonical lower half, page-aligned.
 fn check_user(va: u64) -> Result<(), MapError> {
-    if va % 4096 != 0 || va >= (KERNEL_PML4_SLOT as u64) << 39 {
+    if !va.is_multiple_of(4096) || va >= (KERNEL_PML4_SLOT as u64) << 39 {
         return Err(MapError::BadAddress);
     }
     Ok(())

@@ -191,7 +191,7 @@ pub fn tick(frame: &TrapFrame) {
     percpu::this()
         .ticks
         .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    if frame.from_user() {
+    if frame.came_from_user() {
         schedule(Reason::Preempt);
     }
 }

@@ -59,7 +59,7 @@ const NAMES: [&str; 32] = [
 #[no_mangle]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector {
-        v if v == SYSCALL_VECTOR as u64 && frame.from_user() => syscall::dispatch(frame),
+        v if v == SYSCALL_VECTOR as u64 && frame.came_from_user() => syscall::dispatch(frame),
         v if v < 32 => exception(frame),
         v if v == TIMER_VECTOR as u64 => {
             apic::eoi();
@@ -67,7 +67,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         }
         v if v == RESCHEDULE_VECTOR as u64 => {
             apic::eoi();
-            if frame.from_user() {
+            if frame.came_from_user() {
                 sched::schedule(Reason::Preempt);
             }
         }
@@ -78,7 +78,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 
 fn exception(frame: &mut TrapFrame) {
     let v = frame.vector as usize;
-    if frame.from_user() {
+    if frame.came_from_user() {
         if frame.vector == PAGE_FAULT {
             let addr = cpu::read_cr2();
             // Error code bits: 1 = write, 4 = instruction fetch.

@@ -45,7 +45,7 @@ pub enum VmaError {
 const PAGE: u64 = 4096;
 
 fn check_range(start: u64, len: u64) -> Result<u64, VmaError> {
-    if len == 0 || start % PAGE != 0 || len % PAGE != 0 {
+    if len == 0 || !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
         return Err(VmaError::BadRange);
     }
     start.checked_add(len).ok_or(VmaError::BadRange)

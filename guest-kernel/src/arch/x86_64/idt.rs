@@ -40,7 +40,7 @@ pub struct TrapFrame {
 
 impl TrapFrame {
     /// True if the trap interrupted user mode.
-    pub fn from_user(&self) -> bool {
+    pub fn came_from_user(&self) -> bool {
         self.cs & 3 == 3
     }
 }
