@@ -28,6 +28,16 @@ pub const AP_TRAMPOLINE_ADDR: u64 = 0x8000;
 pub const KERNEL_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole; guest RAM never reaches past it.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// The virtio-mmio block device: base, register window size and GSI. The
+/// VMM announces it on the guest command line the way Linux and Firecracker
+/// do: `virtio_mmio.device=4K@0xd0000000:5`.
+pub const VIRTIO_BLK_MMIO_BASE: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_BLK_IRQ: u32 = 5;
+/// The command-line key of a virtio-mmio device.
+pub const VIRTIO_MMIO_CMDLINE_KEY: &str = "virtio_mmio.device";
+/// I/O APIC base address (KVM's in-kernel IOAPIC).
+pub const IOAPIC_BASE: u64 = 0xfec0_0000;
 /// Local APIC base address.
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
 

@@ -33,6 +33,9 @@ pub mod vmm {
     pub const BAD_KERNEL: i32 = 65;
     /// An input file (kernel, disk) is missing or unreadable.
     pub const NO_INPUT: i32 = 66;
+    /// The disk image is malformed (empty, not a whole number of 512-byte
+    /// sectors, or, for `mkdisk`, not a valid source).
+    pub const BAD_DISK: i32 = 67;
     /// `/dev/kvm` is missing or lacks a capability we need.
     pub const KVM_UNAVAILABLE: i32 = 69;
     /// An internal error of the VMM (an ioctl that should not fail).

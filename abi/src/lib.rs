@@ -14,6 +14,7 @@
 
 pub mod boot;
 pub mod cpuid;
+pub mod disk;
 pub mod exit;
 pub mod hypercall;
 pub mod ports;
