@@ -38,6 +38,57 @@ pub mod nr {
     pub const CLOCK: u64 = 8;
     /// `getcpu()`: the index of the CPU running the caller.
     pub const GETCPU: u64 = 9;
+    /// `open(name_ptr, name_len)`: a file of the disk; returns an fd.
+    pub const OPEN: u64 = 10;
+    /// `read(fd, buf, len)`: from the file position; returns bytes read.
+    pub const READ: u64 = 11;
+    /// `close(fd)`.
+    pub const CLOSE: u64 = 12;
+    /// `fstat(fd, out)`: writes a [`super::FileStat`].
+    pub const FSTAT: u64 = 13;
+    /// `dirent(i, out)`: writes directory entry `i` as a
+    /// `pagehint_abi::disk::DirEntry`; `-ENOENT` past the end.
+    pub const DIRENT: u64 = 14;
+    /// `mmap_file(len, prot, fd, offset, shared)`: maps a file; `offset`
+    /// page-aligned; shared mappings are read-only (the disk is), private
+    /// ones copy on write.
+    pub const MMAP_FILE: u64 = 15;
+    /// `kstats(out)`: writes the kernel's [`super::KernelStats`].
+    pub const KSTATS: u64 = 16;
+}
+
+/// What `fstat` writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub file_id: u32,
+    pub _reserved: u32,
+}
+
+/// Kernel counters, for workloads to report alongside their results.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// User page faults handled (all kinds).
+    pub page_faults: u64,
+    /// Faults that mapped a file page.
+    pub file_faults: u64,
+    /// Copy-on-write copies made.
+    pub cow_copies: u64,
+    /// Page-cache lookups that hit / missed.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Block requests sent to the disk, and pages they carried.
+    pub disk_requests: u64,
+    pub disk_pages: u64,
+    /// Page-cache frames reclaimed under memory pressure.
+    pub reclaimed: u64,
+    /// TLB shootdown rounds (IPIs to other CPUs).
+    pub shootdowns: u64,
+    /// Frames free now, and in the page cache now.
+    pub free_frames: u64,
+    pub cached_frames: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.
@@ -58,6 +109,11 @@ pub mod errno {
     pub const EINVAL: i64 = 22;
     pub const ENOMEM: i64 = 12;
     pub const ENOSYS: i64 = 38;
+    pub const ENOENT: i64 = 2;
+    pub const EBADF: i64 = 9;
+    pub const EACCES: i64 = 13;
+    pub const EMFILE: i64 = 24;
+    pub const EIO: i64 = 5;
 }
 
 /// Lowest address of the user half of an address space.

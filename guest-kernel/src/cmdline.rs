@@ -17,6 +17,34 @@ pub struct Cmdline<'a> {
     pub args: &'a str,
     /// `copies=N`, if given.
     pub copies: Option<u32>,
+    /// `virtio_mmio.device=SIZE@BASE:IRQ`, if given.
+    pub virtio_mmio: Option<VirtioMmio>,
+}
+
+/// A virtio-mmio device announced on the command line (Linux's syntax).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmio {
+    pub size: u64,
+    pub base: u64,
+    pub irq: u32,
+}
+
+/// Parses `4K@0xd0000000:5`.
+fn parse_virtio_mmio(v: &str) -> Option<VirtioMmio> {
+    let (size, rest) = v.split_once('@')?;
+    let (base, irq) = rest.split_once(':')?;
+    let (num, shift) = match size.as_bytes().last()? {
+        b'K' | b'k' => (&size[..size.len() - 1], 10),
+        b'M' | b'm' => (&size[..size.len() - 1], 20),
+        _ => (size, 0),
+    };
+    let size = num.parse::<u64>().ok()?.checked_shl(shift)?;
+    let base = u64::from_str_radix(base.strip_prefix("0x")?, 16).ok()?;
+    Some(VirtioMmio {
+        size,
+        base,
+        irq: irq.parse().ok()?,
+    })
 }
 
 /// Why a command line was refused.
@@ -33,6 +61,7 @@ pub const DEFAULT_PROGRAM: &str = "hello";
 pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
     let mut program = None;
     let mut copies = None;
+    let mut virtio_mmio = None;
     let mut args = "";
     let mut rest = text.trim();
     while !rest.is_empty() {
@@ -49,6 +78,9 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
                             return Err(CmdlineError::BadOption);
                         }
                         copies = Some(n);
+                    }
+                    pagehint_abi::boot::VIRTIO_MMIO_CMDLINE_KEY => {
+                        virtio_mmio = Some(parse_virtio_mmio(value).ok_or(CmdlineError::BadOption)?);
                     }
                     _ => return Err(CmdlineError::BadOption),
                 }
@@ -67,6 +99,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
         program: program.unwrap_or(DEFAULT_PROGRAM),
         args,
         copies,
+        virtio_mmio,
     })
 }
 
@@ -90,6 +123,21 @@ mod tests {
         assert_eq!(c.copies, Some(3));
         // After the program name, `=` is an argument like any other.
         assert_eq!(parse("echo a=b").unwrap().args, "a=b");
+    }
+
+    #[test]
+    fn virtio_mmio_devices_use_linux_syntax() {
+        let c = parse("virtio_mmio.device=4K@0xd0000000:5 copies=1 scan-read 2").unwrap();
+        assert_eq!(
+            c.virtio_mmio,
+            Some(VirtioMmio { size: 4096, base: 0xd000_0000, irq: 5 })
+        );
+        assert_eq!(c.program, "scan-read");
+        assert_eq!(c.args, "2");
+        for bad in ["4K@d0000000:5", "4K@0xd0000000", "x@0x1:2", "4K0xd:5"] {
+            let line = format!("virtio_mmio.device={bad}");
+            assert_eq!(parse(&line), Err(CmdlineError::BadOption), "{bad}");
+        }
     }
 
     #[test]

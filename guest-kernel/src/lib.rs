@@ -13,5 +13,7 @@ extern crate alloc;
 pub mod cmdline;
 pub mod elf;
 pub mod frame;
+pub mod frames;
 pub mod paging;
+pub mod phfs;
 pub mod vma;

@@ -14,6 +14,8 @@ extern crate alloc;
 mod arch;
 mod clock;
 mod console;
+mod drivers;
+mod fs;
 mod hv;
 mod mm;
 mod percpu;
@@ -132,6 +134,21 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             format_args!("command line {line:?}: {e:?}"),
         ),
     };
+    if let Some(dev) = cmd.virtio_mmio {
+        match drivers::virtio_blk::init(dev.base, dev.irq, trap::VIRTIO_BLK_VECTOR) {
+            Ok(sectors) => match fs::mount() {
+                Ok(files) => println!(
+                    "guest: disk {} KiB at {:#x} irq {}, {} files",
+                    sectors / 2,
+                    dev.base,
+                    dev.irq,
+                    files
+                ),
+                Err(e) => println!("guest: disk present but not mountable: {e:?}"),
+            },
+            Err(e) => fail(guest::BAD_MACHINE, format_args!("virtio block device: {e:?}")),
+        }
+    }
     if cmd.program == "crash-kernel" {
         // A deliberate kernel fault, to show (and test) the diagnostics.
         println!("guest: crash-kernel: reading a non-canonical address");

@@ -55,6 +55,60 @@ impl Flush {
     pub fn ignore(self) {}
 }
 
+/// An open read-modify-write of one entry; see
+/// [`Mapper::modify_prot_start`].
+#[must_use = "an open transaction leaves the page unmapped until committed"]
+#[derive(Debug)]
+pub struct PteTxn {
+    table: u64,
+    index: usize,
+    va: u64,
+    /// The entry as it was when the transaction opened.
+    pub old: u64,
+}
+
+/// The TLB work a batch of page-table changes owes, to be paid once at the
+/// end of the batch (Linux's lazy MMU mode and `mmu_gather`, in small):
+/// a few pages are invalidated one by one, many by one full flush.
+#[must_use = "the collected invalidations must be carried out"]
+#[derive(Debug, Default)]
+pub struct FlushBatch {
+    addrs: [u64; FlushBatch::MAX_SINGLE],
+    count: usize,
+}
+
+impl FlushBatch {
+    /// Beyond this many pages a full flush is cheaper.
+    pub const MAX_SINGLE: usize = 32;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one owed invalidation.
+    pub fn add(&mut self, f: Flush) {
+        if self.count < Self::MAX_SINGLE {
+            self.addrs[self.count] = f.0;
+        }
+        self.count += 1;
+    }
+
+    /// Pages changed in the batch.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// What to do: `Some(addresses)` to invalidate one by one, `None` for a
+    /// full flush (or nothing, when empty).
+    pub fn finish(self) -> Option<([u64; FlushBatch::MAX_SINGLE], usize)> {
+        (self.count <= Self::MAX_SINGLE).then_some((self.addrs, self.count))
+    }
+}
+
 /// Why a mapping change failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapError {
@@ -169,6 +223,29 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
         Some(Flush(va))
     }
 
+    /// Opens a read-modify-write transaction on the entry mapping `va`
+    /// (`ptep_modify_prot_start`, seed 004): the entry is cleared while the
+    /// transaction is open, so no CPU can use or update a stale copy of
+    /// it; `modify_prot_commit` writes the new value. `None` if nothing is
+    /// mapped.
+    pub fn modify_prot_start(&mut self, va: u64) -> Option<PteTxn> {
+        let t = self.leaf_table(va, false, 0).ok()??;
+        let i = indices(va)[3];
+        let old = self.mem.read_entry(t, i);
+        if old & flags::PRESENT == 0 {
+            return None;
+        }
+        self.mem.write_entry(t, i, 0);
+        Some(PteTxn { table: t, index: i, va, old })
+    }
+
+    /// Closes a transaction with the new entry (`ptep_modify_prot_commit`).
+    /// The flush is owed for the old entry.
+    pub fn modify_prot_commit(&mut self, txn: PteTxn, new: u64) -> Flush {
+        self.mem.write_entry(txn.table, txn.index, new);
+        Flush(txn.va)
+    }
+
     /// Tears down the user half: calls `leaf` with every present leaf entry
     /// and frees every table below the PML4 slots `0..KERNEL_PML4_SLOT`.
     /// The PML4 itself is left to the caller.
@@ -273,6 +350,33 @@ mod tests {
         f.ignore();
         assert_eq!(m.translate(0x7000_0000).unwrap() & flags::WRITABLE, 0);
         assert!(m.update(0x7000_1000, |e| e).is_none());
+    }
+
+    #[test]
+    fn prot_transaction_clears_then_commits() {
+        let mut mem = FakeMem::default();
+        let root = mem.new_root();
+        let mut m = Mapper::new(root, &mut mem);
+        m.map(0x40_0000, 0x5000, flags::USER | flags::WRITABLE).unwrap();
+        let txn = m.modify_prot_start(0x40_0000).unwrap();
+        assert_eq!(m.translate(0x40_0000), None, "cleared while open");
+        let new = txn.old & !flags::WRITABLE;
+        let mut batch = FlushBatch::new();
+        batch.add(m.modify_prot_commit(txn, new));
+        assert_eq!(m.translate(0x40_0000).unwrap() & flags::WRITABLE, 0);
+        assert!(m.modify_prot_start(0x40_1000).is_none());
+        let (addrs, n) = batch.finish().unwrap();
+        assert_eq!(&addrs[..n], &[0x40_0000]);
+    }
+
+    #[test]
+    fn large_batches_become_one_full_flush() {
+        let mut b = FlushBatch::new();
+        for i in 0..=FlushBatch::MAX_SINGLE as u64 {
+            b.add(Flush(i * 4096));
+        }
+        assert_eq!(b.len(), FlushBatch::MAX_SINGLE + 1);
+        assert!(b.finish().is_none());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct PerCpu {
     pub pending: Cell<Pending>,
     pub run_queue: SpinLock<VecDeque<TaskPtr>>,
     pub ticks: AtomicU64,
+    /// Latest TLB shootdown this CPU has carried out (`mm::tlb`).
+    pub tlb_ack: AtomicU64,
 }
 
 // SAFETY: the `Cell` fields are only used by the owning CPU with interrupts
@@ -42,6 +44,7 @@ const INIT: PerCpu = PerCpu {
     pending: Cell::new(Pending::None),
     run_queue: SpinLock::new(VecDeque::new()),
     ticks: AtomicU64::new(0),
+    tlb_ack: AtomicU64::new(0),
 };
 
 static CPUS: [PerCpu; MAX_CPUS] = [INIT; MAX_CPUS];

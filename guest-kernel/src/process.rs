@@ -11,12 +11,29 @@ use guest_kernel::vma::Backing;
 use pagehint_abi::syscall::{prot, STACK_SIZE, STACK_TOP};
 use pagehint_abi::PAGE_SIZE;
 
-use crate::mm::addr_space::{AddressSpace, AsError};
+use crate::mm::{self, addr_space::AsError, MmState};
 use crate::sched::Task;
 
 /// Builds a task that runs `elf` with `args` as instance `instance`.
 pub fn create(elf: &Elf, args: &str, instance: u32) -> Result<Box<Task>, AsError> {
-    let mut space = AddressSpace::new()?;
+    mm::with(|st| {
+        let asid = st.create_space()?;
+        match load(st, asid, elf, args) {
+            Ok(rsp) => {
+                let root = st.root(asid).ok_or(AsError::NoSpace)?;
+                Ok(Task::new_user(asid, root, elf.entry(), rsp, [STACK_TOP - 512, args.len() as u64, instance as u64]))
+            }
+            Err(e) => {
+                st.destroy_space(asid);
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Copies the image into `asid` and sets up the stack; returns the initial
+/// stack pointer.
+fn load(st: &mut MmState, asid: u32, elf: &Elf, args: &str) -> Result<u64, AsError> {
     for seg in elf.segments() {
         let start = seg.vaddr & !(PAGE_SIZE - 1);
         let end = (seg.vaddr + seg.mem_size).next_multiple_of(PAGE_SIZE);
@@ -27,34 +44,28 @@ pub fn create(elf: &Elf, args: &str, instance: u32) -> Result<Box<Task>, AsError
         if seg.flags & PF_X != 0 {
             p |= prot::EXEC;
         }
-        space.add_area(start, end - start, p, Backing::Image)?;
+        st.add_area(asid, start, end - start, p, Backing::Image)?;
         let data = elf.data(&seg);
         let mut va = start;
         while va < end {
-            let pa = space.populate(va)?;
+            let pa = st.populate_anon(asid, va)?;
             // The part of the file data that falls in this page.
             let page_lo = va.max(seg.vaddr);
             let page_hi = (va + PAGE_SIZE).min(seg.vaddr + seg.file_size);
             if page_lo < page_hi {
                 let from = (page_lo - seg.vaddr) as usize;
                 let to = (page_hi - seg.vaddr) as usize;
-                space.write_populated(pa, page_lo - va, &data[from..to]);
+                MmState::write_frame(pa, page_lo - va, &data[from..to]);
             }
             va += PAGE_SIZE;
         }
     }
     // The stack: filled on demand, but its top page now, for the arguments.
-    space.add_area(STACK_TOP - STACK_SIZE, STACK_SIZE, prot::RW, Backing::Stack)?;
+    st.add_area(asid, STACK_TOP - STACK_SIZE, STACK_SIZE, prot::RW, Backing::Stack)?;
     let top_page = STACK_TOP - PAGE_SIZE;
-    let pa = space.populate(top_page)?;
+    let pa = st.populate_anon(asid, top_page)?;
     let args_at = STACK_TOP - 512;
-    space.write_populated(pa, args_at - top_page, args.as_bytes());
+    MmState::write_frame(pa, args_at - top_page, args.as_bytes());
     // As after a call: RSP + 8 is 16-byte aligned at the entry point.
-    let rsp = args_at - 64 - 8;
-    Ok(Task::new_user(
-        space,
-        elf.entry(),
-        rsp,
-        [args_at, args.len() as u64, instance as u64],
-    ))
+    Ok(args_at - 64 - 8)
 }

@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::arch::idt::TrapFrame;
 use crate::arch::{apic, boot, cpu, gdt, switch};
-use crate::mm::addr_space::AddressSpace;
+use crate::mm;
 use crate::percpu;
 use crate::trap::RESCHEDULE_VECTOR;
 
@@ -25,7 +25,19 @@ pub struct Task {
     pub pid: u32,
     saved_rsp: u64,
     kstack: Vec<u64>,
-    pub space: Option<AddressSpace>,
+    /// The address space (`mm::MmState::spaces`), `None` for idle tasks.
+    pub asid: Option<u32>,
+    /// Its page-table root, for CR3.
+    root: u64,
+    /// Open files: index into the file system's directory and position.
+    pub files: Vec<Option<OpenFile>>,
+}
+
+/// An open file of a task.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenFile {
+    pub file: u32,
+    pub pos: u64,
 }
 
 /// A task pointer that may cross CPUs (through a run queue).
@@ -57,12 +69,14 @@ static WORST_STATUS: AtomicU32 = AtomicU32::new(0);
 impl Task {
     /// A user task that starts at `entry` with `rsp` and the three argument
     /// registers, in `space`.
-    pub fn new_user(space: AddressSpace, entry: u64, rsp: u64, args: [u64; 3]) -> Box<Task> {
+    pub fn new_user(asid: u32, root: u64, entry: u64, rsp: u64, args: [u64; 3]) -> Box<Task> {
         let mut t = Box::new(Task {
             pid: NEXT_PID.fetch_add(1, Ordering::Relaxed),
             saved_rsp: 0,
             kstack: vec![0u64; KSTACK_WORDS],
-            space: Some(space),
+            asid: Some(asid),
+            root,
+            files: Vec::new(),
         });
         let frame_words = core::mem::size_of::<TrapFrame>() / 8;
         let top = t.kstack.as_mut_ptr_range().end;
@@ -91,7 +105,9 @@ impl Task {
             pid: 0,
             saved_rsp: 0,
             kstack: Vec::new(),
-            space: None,
+            asid: None,
+            root: boot::kernel_pml4_phys(),
+            files: Vec::new(),
         })
     }
 
@@ -155,10 +171,7 @@ pub fn schedule(reason: Reason) {
     // SAFETY: `next` came off our run queue (or is our idle task), so this
     // CPU owns it now.
     let n = unsafe { &*next };
-    let root = n
-        .space
-        .as_ref()
-        .map_or(boot::kernel_pml4_phys(), |s| s.root());
+    let root = n.root;
     if n.pid != 0 {
         gdt::set_kernel_stack(c.index.get() as usize, n.stack_top());
     }
@@ -180,9 +193,14 @@ extern "C" fn finish_switch() {
     match c.pending.replace(Pending::None) {
         Pending::None => {}
         Pending::Requeue(t) => c.run_queue.lock().push_back(TaskPtr(t)),
-        // SAFETY: the exited task is off every queue and no CPU runs it;
-        // its address space is no longer loaded (CR3 was switched).
-        Pending::Reap(t) => drop(unsafe { Box::from_raw(t) }),
+        Pending::Reap(t) => {
+            // SAFETY: the exited task is off every queue and no CPU runs
+            // it; its address space is no longer loaded (CR3 was switched).
+            let task = unsafe { Box::from_raw(t) };
+            if let Some(asid) = task.asid {
+                mm::with(|st| st.destroy_space(asid));
+            }
+        }
     }
 }
 

@@ -27,6 +27,13 @@ impl<T> SpinLock<T> {
     }
 
     pub fn lock(&self) -> SpinGuard<'_, T> {
+        self.lock_answering(|| {})
+    }
+
+    /// Like [`Self::lock`], calling `poll` while it waits: a CPU spinning
+    /// here has interrupts off, so requests it must answer (a TLB
+    /// shootdown from the lock's holder) are polled instead.
+    pub fn lock_answering(&self, poll: impl Fn()) -> SpinGuard<'_, T> {
         let irq = cpu::interrupts_off();
         while self
             .locked
@@ -34,6 +41,7 @@ impl<T> SpinLock<T> {
             .is_err()
         {
             while self.locked.load(Ordering::Relaxed) {
+                poll();
                 core::hint::spin_loop();
             }
         }

@@ -1,46 +1,58 @@
-//! The system calls of user programs (`int 0x80`; numbers and errors in
-//! `pagehint_abi::syscall`).
+//! The system calls of user programs (`int3`; numbers, structures and
+//! errors in `pagehint_abi::syscall`).
 //!
 //! Every argument comes from user mode and is checked before use; a bad one
 //! gets a negative errno, never a kernel fault. User memory is reached only
-//! through `AddressSpace::copy_from_user`.
+//! through `MmState::copy_from_user`/`copy_to_user`.
+
+use alloc::vec;
 
 use crate::arch::idt::TrapFrame;
 use crate::mm::addr_space::AsError;
-use crate::sched::{self, Reason};
-use crate::{clock, console, percpu};
-use pagehint_abi::syscall::{errno, nr, prot};
+use crate::mm::{self, MmState};
+use crate::sched::{self, OpenFile, Reason};
+use crate::{clock, console, fs, percpu};
+use guest_kernel::vma::Backing;
+use pagehint_abi::disk::{BLOCK_SIZE, NAME_MAX};
+use pagehint_abi::syscall::{errno, nr, prot, FileStat};
+use pagehint_abi::PAGE_SIZE;
 
 /// Longest single `write`.
 const MAX_WRITE: usize = 4096;
 /// Largest single `mmap`.
 const MAX_MMAP: u64 = 1 << 32;
+/// Open files per task.
+const MAX_FILES: usize = 64;
+/// Largest single `read`.
+const MAX_READ: u64 = 1 << 20;
 
 fn err(e: AsError) -> i64 {
     -match e {
         AsError::NoMemory => errno::ENOMEM,
         AsError::BadRange => errno::EINVAL,
-        AsError::Fault => errno::EFAULT,
+        AsError::Fault | AsError::NoSpace => errno::EFAULT,
+        AsError::Io => errno::EIO,
     }
 }
 
 pub fn dispatch(frame: &mut TrapFrame) {
-    let (a0, a1, a2) = (frame.rdi, frame.rsi, frame.rdx);
+    let a = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
     let result: i64 = match frame.rax {
-        nr::WRITE => write(a0, a1),
-        nr::EXIT => sched::exit_current(a0.min(u32::MAX as u64) as u32),
-        nr::MMAP => with_space(|s| {
-            if a0 == 0 || a0 > MAX_MMAP || a1 & !prot::ALL != 0 {
+        nr::WRITE => write(a[0], a[1]),
+        nr::EXIT => sched::exit_current(a[0].min(u32::MAX as u64) as u32),
+        nr::MMAP => with_space(|st, asid| {
+            if a[0] == 0 || a[0] > MAX_MMAP || a[1] & !prot::ALL != 0 {
                 return -errno::EINVAL;
             }
-            s.mmap(a0, a1).map_or_else(err, |a| a as i64)
+            st.mmap(asid, a[0], a[1], Backing::Anonymous).map_or_else(err, |v| v as i64)
         }),
-        nr::MUNMAP => with_space(|s| s.munmap(a0, a1).map_or_else(err, |_| 0)),
-        nr::MPROTECT => with_space(|s| {
-            if a2 & !prot::ALL != 0 {
+        nr::MMAP_FILE => mmap_file(a),
+        nr::MUNMAP => with_space(|st, asid| st.munmap(asid, a[0], a[1]).map_or_else(err, |_| 0)),
+        nr::MPROTECT => with_space(|st, asid| {
+            if a[2] & !prot::ALL != 0 {
                 return -errno::EINVAL;
             }
-            s.mprotect(a0, a1, a2).map_or_else(err, |_| 0)
+            st.mprotect(asid, a[0], a[1], a[2]).map_or_else(err, |_| 0)
         }),
         nr::YIELD => {
             sched::schedule(Reason::Yield);
@@ -49,16 +61,47 @@ pub fn dispatch(frame: &mut TrapFrame) {
         nr::GETPID => sched::current().map_or(0, |t| t.pid as i64),
         nr::CLOCK => clock::now_ns() as i64,
         nr::GETCPU => percpu::this().index.get() as i64,
+        nr::OPEN => open(a[0], a[1]),
+        nr::READ => read(a[0], a[1], a[2]),
+        nr::CLOSE => match file_slot(a[0]) {
+            Some(slot) => {
+                *slot = None;
+                0
+            }
+            None => -errno::EBADF,
+        },
+        nr::FSTAT => fstat(a[0], a[1]),
+        nr::DIRENT => dirent(a[0], a[1]),
+        nr::KSTATS => {
+            let s = mm::kernel_stats();
+            copy_out(a[0], &s)
+        }
         _ => -errno::ENOSYS,
     };
     frame.rax = result as u64;
 }
 
-fn with_space(f: impl FnOnce(&mut crate::mm::addr_space::AddressSpace) -> i64) -> i64 {
-    match sched::current().and_then(|t| t.space.as_mut()) {
-        Some(s) => f(s),
+/// Runs `f` with the caller's address space under the memory lock.
+fn with_space(f: impl FnOnce(&mut MmState, u32) -> i64) -> i64 {
+    match sched::current().and_then(|t| t.asid) {
+        Some(asid) => mm::with(|st| f(st, asid)),
         None => -errno::EFAULT,
     }
+}
+
+/// Copies a plain structure out to user memory.
+fn copy_out<T: Copy>(va: u64, value: &T) -> i64 {
+    // SAFETY: `T` is one of the ABI's `#[repr(C)]` integer structures,
+    // viewed as its bytes.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(value as *const T as *const u8, core::mem::size_of::<T>())
+    };
+    with_space(|st, asid| st.copy_to_user(asid, va, bytes).map_or_else(err, |_| 0))
+}
+
+fn file_slot(fd: u64) -> Option<&'static mut Option<OpenFile>> {
+    let t = sched::current()?;
+    t.files.get_mut(fd as usize).filter(|s| s.is_some())
 }
 
 fn write(ptr: u64, len: u64) -> i64 {
@@ -67,8 +110,8 @@ fn write(ptr: u64, len: u64) -> i64 {
     let mut done = 0;
     while done < len {
         let n = (len - done).min(buf.len());
-        let r = with_space(|s| {
-            s.copy_from_user(ptr + done as u64, &mut buf[..n])
+        let r = with_space(|st, asid| {
+            st.copy_from_user(asid, ptr + done as u64, &mut buf[..n])
                 .map_or_else(err, |_| 0)
         });
         if r < 0 {
@@ -78,4 +121,107 @@ fn write(ptr: u64, len: u64) -> i64 {
         done += n;
     }
     done as i64
+}
+
+fn open(name_ptr: u64, name_len: u64) -> i64 {
+    if name_len == 0 || name_len > NAME_MAX as u64 {
+        return -errno::ENOENT;
+    }
+    let mut name = [0u8; NAME_MAX];
+    let n = name_len as usize;
+    let r = with_space(|st, asid| st.copy_from_user(asid, name_ptr, &mut name[..n]).map_or_else(err, |_| 0));
+    if r < 0 {
+        return r;
+    }
+    let Some(file) = core::str::from_utf8(&name[..n]).ok().and_then(fs::lookup) else {
+        return -errno::ENOENT;
+    };
+    let Some(t) = sched::current() else { return -errno::EFAULT };
+    let slot = match t.files.iter().position(|f| f.is_none()) {
+        Some(i) => i,
+        None if t.files.len() < MAX_FILES => {
+            t.files.push(None);
+            t.files.len() - 1
+        }
+        None => return -errno::EMFILE,
+    };
+    t.files[slot] = Some(OpenFile { file, pos: 0 });
+    slot as i64
+}
+
+/// `read`: page by page through the page cache into user memory.
+fn read(fd: u64, buf: u64, len: u64) -> i64 {
+    let Some(Some(of)) = file_slot(fd).map(|s| *s) else { return -errno::EBADF };
+    let Some(entry) = fs::entry(of.file) else { return -errno::EBADF };
+    let len = len.min(MAX_READ).min(entry.size.saturating_sub(of.pos));
+    let mut done = 0u64;
+    let mut page = vec![0u8; BLOCK_SIZE];
+    while done < len {
+        let pos = of.pos + done;
+        let off = pos % PAGE_SIZE;
+        let n = (PAGE_SIZE - off).min(len - done);
+        let r = with_space(|st, asid| {
+            let pfn = match st.get_file_page(of.file, pos / PAGE_SIZE) {
+                Ok(p) => p,
+                Err(e) => return err(e),
+            };
+            // SAFETY: we hold a reference on the cache frame; the direct
+            // map covers it.
+            let src = unsafe { &*(mm::phys_to_virt(pfn * PAGE_SIZE) as *const [u8; BLOCK_SIZE]) };
+            page[..n as usize].copy_from_slice(&src[off as usize..(off + n) as usize]);
+            if st.frames.put(pfn) {
+                mm::free_frame(pfn * PAGE_SIZE);
+            }
+            st.copy_to_user(asid, buf + done, &page[..n as usize])
+                .map_or_else(err, |_| 0)
+        });
+        if r < 0 {
+            if done == 0 {
+                return r;
+            }
+            break;
+        }
+        done += n;
+    }
+    if let Some(Some(f)) = file_slot(fd) {
+        f.pos += done;
+    }
+    done as i64
+}
+
+fn fstat(fd: u64, out: u64) -> i64 {
+    let Some(Some(of)) = file_slot(fd).map(|s| *s) else { return -errno::EBADF };
+    let Some(e) = fs::entry(of.file) else { return -errno::EBADF };
+    let st = FileStat {
+        size: e.size,
+        file_id: e.file_id,
+        _reserved: 0,
+    };
+    copy_out(out, &st)
+}
+
+fn dirent(index: u64, out: u64) -> i64 {
+    match fs::entry(index.min(u32::MAX as u64) as u32) {
+        Some(e) => copy_out(out, &e),
+        None => -errno::ENOENT,
+    }
+}
+
+/// `mmap_file(len, prot, fd, offset, shared)`.
+fn mmap_file(a: [u64; 5]) -> i64 {
+    let (len, p, fd, offset, shared) = (a[0], a[1], a[2], a[3], a[4] != 0);
+    if len == 0 || len > MAX_MMAP || p & !prot::ALL != 0 || offset % PAGE_SIZE != 0 {
+        return -errno::EINVAL;
+    }
+    if shared && p & prot::WRITE != 0 {
+        // The disk is read-only: no writable shared file mappings.
+        return -errno::EACCES;
+    }
+    let Some(Some(of)) = file_slot(fd).map(|s| *s) else { return -errno::EBADF };
+    let backing = Backing::File {
+        file: of.file,
+        pgoff: offset / PAGE_SIZE,
+        shared,
+    };
+    with_space(|st, asid| st.mmap(asid, len, p, backing).map_or_else(err, |v| v as i64))
 }

@@ -16,6 +16,9 @@ use pagehint_abi::syscall::prot;
 
 pub const TIMER_VECTOR: u8 = 0x20;
 pub const RESCHEDULE_VECTOR: u8 = 0x21;
+pub const SHOOTDOWN_VECTOR: u8 = 0x22;
+/// The virtio block device's completion interrupt.
+pub const VIRTIO_BLK_VECTOR: u8 = 0x30;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 pub use pagehint_abi::syscall::VECTOR as SYSCALL_VECTOR;
 
@@ -71,6 +74,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
                 sched::schedule(Reason::Preempt);
             }
         }
+        v if v == SHOOTDOWN_VECTOR as u64 => {
+            crate::mm::tlb::answer();
+            apic::eoi();
+        }
+        v if v == VIRTIO_BLK_VECTOR as u64 => {
+            crate::drivers::virtio_blk::interrupt();
+            apic::eoi();
+        }
         v if v == SPURIOUS_VECTOR as u64 => {}
         _ => apic::eoi(),
     }
@@ -90,8 +101,8 @@ fn exception(frame: &mut TrapFrame) {
                 (prot::READ, "read")
             };
             if let Some(task) = sched::current() {
-                if let Some(space) = task.space.as_mut() {
-                    if space.handle_fault(addr, need).is_ok() {
+                if let Some(asid) = task.asid {
+                    if crate::mm::with(|st| st.fault(asid, addr, need)).is_ok() {
                         return;
                     }
                 }

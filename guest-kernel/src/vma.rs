@@ -17,6 +17,24 @@ pub enum Backing {
     Image,
     /// The user stack (zero-filled on first touch).
     Stack,
+    /// A file: page `pgoff` of `file` is mapped at the area's start.
+    /// `shared` mappings map page-cache frames; private ones map them
+    /// read-only and copy on the first write.
+    File { file: u32, pgoff: u64, shared: bool },
+}
+
+impl Backing {
+    /// The same backing for a piece of the area starting `delta` bytes in.
+    fn advanced(self, delta: u64) -> Self {
+        match self {
+            Backing::File { file, pgoff, shared } => Backing::File {
+                file,
+                pgoff: pgoff + delta / PAGE,
+                shared,
+            },
+            other => other,
+        }
+    }
 }
 
 /// One area: `[start, end)`, page-aligned.
@@ -27,6 +45,18 @@ pub struct Vma {
     /// `pagehint_abi::syscall::prot` bits.
     pub prot: u64,
     pub backing: Backing,
+}
+
+impl Vma {
+    /// For a file area: the file and page index mapped at `addr`.
+    pub fn file_page(&self, addr: u64) -> Option<(u32, u64, bool)> {
+        match self.backing {
+            Backing::File { file, pgoff, shared } if self.start <= addr && addr < self.end => {
+                Some((file, pgoff + (addr - self.start) / PAGE, shared))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Why a request was refused.
@@ -130,12 +160,14 @@ impl VmaSet {
         let tail = self.areas[last - 1];
         if tail.end > end {
             self.areas[last - 1].end = end;
-            self.areas.insert(last, Vma { start: end, ..tail });
+            let backing = tail.backing.advanced(end - tail.start);
+            self.areas.insert(last, Vma { start: end, backing, ..tail });
         }
         let head = self.areas[first];
         if head.start < start {
             self.areas[first].end = start;
-            self.areas.insert(first + 1, Vma { start, ..head });
+            let backing = head.backing.advanced(start - head.start);
+            self.areas.insert(first + 1, Vma { start, backing, ..head });
             return Ok(first + 1..last + 1);
         }
         Ok(first..last)
@@ -219,6 +251,18 @@ mod tests {
             v,
             vec![(0x10000, 0x11000), (0x13000, 0x14000), (0x20000, 0x21000)]
         );
+    }
+
+    #[test]
+    fn splitting_a_file_area_keeps_file_offsets() {
+        let mut s = VmaSet::new();
+        let f = Backing::File { file: 7, pgoff: 10, shared: false };
+        s.insert(0x10000, 0x4000, R, f).unwrap();
+        s.protect(0x11000, 0x1000, RW).unwrap();
+        assert_eq!(s.find(0x10000).unwrap().file_page(0x10000), Some((7, 10, false)));
+        assert_eq!(s.find(0x11000).unwrap().file_page(0x11000), Some((7, 11, false)));
+        assert_eq!(s.find(0x13000).unwrap().file_page(0x13fff), Some((7, 13, false)));
+        assert_eq!(s.find(0x13000).unwrap().file_page(0x14000), None);
     }
 
     #[test]

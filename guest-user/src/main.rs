@@ -8,50 +8,22 @@
 #![no_std]
 #![no_main]
 
-use core::arch::asm;
-use core::fmt::Write;
-
-use guest_user::{arg_u64, split_program, LineBuf};
+use guest_user::{arg_u64, split_program};
 use pagehint_abi::exit::guest;
 use pagehint_abi::syscall::{nr, prot};
+use sys::{clock_ns, cpu, exit, pid, syscall3, write};
 
-fn syscall3(n: u64, a: u64, b: u64, c: u64) -> i64 {
-    let ret: i64;
-    // SAFETY: `int3` is the kernel's system-call trap (see
-    // `pagehint_abi::syscall`); it preserves every register but RAX.
-    unsafe {
-        asm!("int3", inlateout("rax") n as i64 => ret,
-             in("rdi") a, in("rsi") b, in("rdx") c, options(nostack))
-    };
-    ret
-}
-
-fn write(bytes: &[u8]) {
-    syscall3(nr::WRITE, bytes.as_ptr() as u64, bytes.len() as u64, 0);
-}
-
-fn exit(status: u32) -> ! {
-    syscall3(nr::EXIT, status as u64, 0, 0);
-    unreachable!("exit returned")
-}
-
-fn pid() -> u64 {
-    syscall3(nr::GETPID, 0, 0, 0) as u64
-}
-fn cpu() -> u64 {
-    syscall3(nr::GETCPU, 0, 0, 0) as u64
-}
-fn clock_ns() -> u64 {
-    syscall3(nr::CLOCK, 0, 0, 0) as u64
-}
+mod sys;
+mod workloads;
 
 macro_rules! say {
     ($($arg:tt)*) => {{
-        let mut b = LineBuf::<160>::default();
-        let _ = writeln!(b, $($arg)*);
-        write(b.as_bytes());
+        let mut b = guest_user::LineBuf::<320>::default();
+        let _ = core::fmt::Write::write_fmt(&mut b, format_args!("{}\n", format_args!($($arg)*)));
+        crate::sys::write(b.as_bytes());
     }};
 }
+pub(crate) use say;
 
 #[no_mangle]
 #[link_section = ".text._start"]
@@ -67,8 +39,14 @@ extern "C" fn _start(args_ptr: *const u8, args_len: usize, instance: u64) -> ! {
         "mm" => mm(arg_u64(rest, 64)),
         "segv" => segv(),
         "exit" => arg_u64(rest, 0) as u32,
+        "files" => workloads::list_files(),
+        "scan-read" => workloads::scan(arg_u64(rest, 1), workloads::Access::Read),
+        "scan-mmap" => workloads::scan(arg_u64(rest, 1), workloads::Access::Mmap),
+        "churn" => workloads::churn(rest),
+        "mprotect" => workloads::mprotect_toggle(rest),
+        "cow" => workloads::cow(),
         _ => {
-            say!("unknown program '{program}' (known: hello preempt mm segv exit crash-kernel)");
+            say!("unknown program '{program}' (known: hello preempt mm segv exit files scan-read scan-mmap churn mprotect cow crash-kernel triple-fault portio)");
             guest::BAD_COMMAND_LINE
         }
     };

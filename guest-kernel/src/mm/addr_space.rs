@@ -1,16 +1,18 @@
-//! A user address space: its page tables, its areas, demand paging of
-//! anonymous memory, and the `mmap`/`munmap`/`mprotect` operations.
+//! User address spaces: page tables, areas, demand paging of anonymous and
+//! file memory, copy-on-write, and `mmap`/`munmap`/`mprotect`.
 //!
-//! The kernel half (PML4 slots 256..512) is shared with every other address
-//! space and never edited here. Frames mapped here are owned by this
-//! address space alone and go back to the allocator when it is dropped.
+//! Every operation here runs under the memory-management lock (it is a
+//! method of [`MmState`]) and keeps the frame records (reference and map
+//! counts, reverse map, `WRITABLE_MAPPED`) in step with the page tables.
+//! The kernel half (PML4 slots 256..512) is shared and never edited here.
 
-use guest_kernel::paging::{flags, Flush, MapError, Mapper, ADDR_MASK, ENTRIES, KERNEL_PML4_SLOT};
+use guest_kernel::frames::{flag, Mapping};
+use guest_kernel::paging::{flags, Flush, FlushBatch, MapError, Mapper, ADDR_MASK, ENTRIES, KERNEL_PML4_SLOT};
 use guest_kernel::vma::{Backing, VmaError, VmaSet};
 use pagehint_abi::syscall::{prot, MMAP_BASE, STACK_TOP, USER_END};
 use pagehint_abi::PAGE_SIZE;
 
-use super::{alloc_zeroed_frame, free_frame, phys_to_virt, KernelPhys};
+use super::{free_frame, phys_to_virt, KernelPhys, MmState};
 use crate::arch::{boot, cpu};
 
 /// Why a user memory operation failed.
@@ -20,6 +22,10 @@ pub enum AsError {
     BadRange,
     /// The access is not allowed by the area's protection, or no area.
     Fault,
+    /// The disk failed to deliver a file page.
+    Io,
+    /// No such address space.
+    NoSpace,
 }
 
 impl From<MapError> for AsError {
@@ -42,12 +48,8 @@ impl From<VmaError> for AsError {
 }
 
 /// Leaf flags for a protection.
-fn leaf_flags(p: u64) -> u64 {
-    let mut f = if p & prot::EXEC != 0 {
-        0
-    } else {
-        flags::NO_EXECUTE
-    };
+pub fn leaf_flags(p: u64) -> u64 {
+    let mut f = if p & prot::EXEC != 0 { 0 } else { flags::NO_EXECUTE };
     if p & (prot::READ | prot::EXEC) != 0 {
         f |= flags::USER;
     }
@@ -57,14 +59,19 @@ fn leaf_flags(p: u64) -> u64 {
     f
 }
 
-/// Flushes a TLB entry if this address space is the one loaded.
-fn flush(f: Flush, pml4: u64) {
-    if cpu::read_cr3() & ADDR_MASK == pml4 {
-        cpu::invlpg(f.addr());
-    } else {
-        // Not live on this CPU, and processes are single-threaded: the
-        // next CR3 load drops stale entries.
-        f.ignore();
+/// Pays the TLB debt of a batch on this CPU if `pml4` is loaded here.
+/// Processes are single-threaded and pinned, so an address space is live on
+/// at most this CPU; one that is not loaded has no TLB entries anywhere
+/// (every switch reloads CR3).
+pub fn flush_local(batch: FlushBatch, pml4: u64) {
+    if cpu::read_cr3() & ADDR_MASK != pml4 {
+        let _ = batch.finish();
+        return;
+    }
+    match batch.finish() {
+        Some((addrs, n)) => addrs[..n].iter().for_each(|&a| cpu::invlpg(a)),
+        // SAFETY: reloading the same CR3 only drops TLB entries.
+        None => unsafe { cpu::write_cr3(pml4) },
     }
 }
 
@@ -76,7 +83,7 @@ pub struct AddressSpace {
 impl AddressSpace {
     /// An empty user half over the shared kernel half.
     pub fn new() -> Result<Self, AsError> {
-        let pml4 = alloc_zeroed_frame().ok_or(AsError::NoMemory)?;
+        let pml4 = super::alloc_zeroed_frame().ok_or(AsError::NoMemory)?;
         let kernel = phys_to_virt(boot::kernel_pml4_phys()) as *const u64;
         let new = phys_to_virt(pml4) as *mut u64;
         // SAFETY: both are page-table frames in the direct map; only the
@@ -99,166 +106,300 @@ impl AddressSpace {
         self.pml4
     }
 
-    fn mapper<'a>(&self, phys: &'a mut KernelPhys) -> Mapper<'a, KernelPhys> {
-        Mapper::new(self.pml4, phys)
+    /// The current entry for `va`, if present.
+    pub fn translate(&self, va: u64) -> Option<u64> {
+        Mapper::new(self.pml4, &mut KernelPhys).translate(va)
+    }
+}
+
+fn check_user_range(start: u64, len: u64) -> Result<u64, AsError> {
+    match start.checked_add(len) {
+        Some(end) if end <= USER_END => Ok(end),
+        _ => Err(AsError::BadRange),
+    }
+}
+
+impl MmState {
+    fn space(&mut self, asid: u32) -> Result<&mut AddressSpace, AsError> {
+        self.spaces.get_mut(&asid).ok_or(AsError::NoSpace)
     }
 
-    /// Declares an area; pages are filled on first touch (or by `populate`).
-    pub fn add_area(
-        &mut self,
-        start: u64,
-        len: u64,
-        p: u64,
-        backing: Backing,
-    ) -> Result<(), AsError> {
-        Ok(self.vmas.insert(start, len, p, backing)?)
-    }
-
-    /// Maps a zeroed frame at `va` with the area's protection and returns
-    /// its physical address (program loading).
-    pub fn populate(&mut self, va: u64) -> Result<u64, AsError> {
-        let p = self.vmas.find(va).ok_or(AsError::Fault)?.prot;
-        let pa = alloc_zeroed_frame().ok_or(AsError::NoMemory)?;
-        if let Err(e) = self.mapper(&mut KernelPhys).map(va, pa, leaf_flags(p)) {
-            free_frame(pa);
-            return Err(e.into());
+    /// Maps frame `pa` at `va` of `asid` and records the mapping. Takes
+    /// its own reference; a writable mapping marks the frame
+    /// `WRITABLE_MAPPED` (seed 000: the first writable PTE of a page).
+    pub(super) fn map_frame(&mut self, asid: u32, va: u64, pa: u64, leaf: u64) -> Result<(), AsError> {
+        let pml4 = self.space(asid)?.pml4;
+        Mapper::new(pml4, &mut KernelPhys).map(va, pa, leaf)?;
+        let pfn = pa / PAGE_SIZE;
+        let _ = self.frames.rmap_add(pfn, Mapping { asid, va });
+        if leaf & flags::WRITABLE != 0 {
+            self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
         }
-        Ok(pa)
+        Ok(())
     }
 
-    /// Resolves a user page fault at `addr` for an access needing `need`
-    /// (`prot` bits): fills a missing page of an area that allows the
-    /// access, or refuses.
-    pub fn handle_fault(&mut self, addr: u64, need: u64) -> Result<(), AsError> {
-        let vma = *self.vmas.find(addr).ok_or(AsError::Fault)?;
+    /// Removes the mapping at `va` of `asid`; frees the frame if that was
+    /// its last reference. Returns the flush owed.
+    pub(super) fn unmap_frame(&mut self, asid: u32, va: u64) -> Option<Flush> {
+        let pml4 = self.spaces.get(&asid)?.pml4;
+        let (old, flush) = Mapper::new(pml4, &mut KernelPhys).unmap(va)?;
+        let pa = old & ADDR_MASK;
+        if self.frames.rmap_remove(pa / PAGE_SIZE, Mapping { asid, va }) == Ok(true) {
+            free_frame(pa);
+        }
+        Some(flush)
+    }
+
+    /// A new empty address space; returns its id.
+    pub fn create_space(&mut self) -> Result<u32, AsError> {
+        let asid = self.next_asid;
+        self.next_asid += 1;
+        let s = AddressSpace::new()?;
+        self.spaces.insert(asid, s);
+        Ok(asid)
+    }
+
+    /// Physical root of `asid`.
+    pub fn root(&self, asid: u32) -> Option<u64> {
+        self.spaces.get(&asid).map(|s| s.pml4)
+    }
+
+    /// Tears an address space down, dropping every mapping. Must not be
+    /// loaded on any CPU.
+    pub fn destroy_space(&mut self, asid: u32) {
+        let Some(space) = self.spaces.remove(&asid) else { return };
+        let mut leaves = alloc::vec::Vec::new();
+        for vma in space.vmas.iter() {
+            let mut va = vma.start;
+            while va < vma.end {
+                if let Some(e) = space.translate(va) {
+                    leaves.push((va, e & ADDR_MASK));
+                }
+                va += PAGE_SIZE;
+            }
+        }
+        for (va, pa) in leaves {
+            if self.frames.rmap_remove(pa / PAGE_SIZE, Mapping { asid, va }) == Ok(true) {
+                free_frame(pa);
+            }
+        }
+        // The frames are accounted for; now free the tables.
+        Mapper::new(space.pml4, &mut KernelPhys).destroy_user_half(|_| {});
+        free_frame(space.pml4);
+    }
+
+    /// Declares an area of `asid`.
+    pub fn add_area(&mut self, asid: u32, start: u64, len: u64, p: u64, backing: Backing) -> Result<(), AsError> {
+        check_user_range(start, len)?;
+        Ok(self.space(asid)?.vmas.insert(start, len, p, backing)?)
+    }
+
+    /// A zeroed anonymous frame mapped at `va` with the area's protection;
+    /// returns its physical address (program loading, demand-zero).
+    pub fn populate_anon(&mut self, asid: u32, va: u64) -> Result<u64, AsError> {
+        let p = self.space(asid)?.vmas.find(va).ok_or(AsError::Fault)?.prot;
+        let pa = self.alloc_frame().ok_or(AsError::NoMemory)?;
+        self.frames.set_flags(pa / PAGE_SIZE, flag::ANON);
+        let r = self.map_frame(asid, va, pa, leaf_flags(p));
+        // Drop the allocation's reference: the mapping holds its own.
+        if self.frames.put(pa / PAGE_SIZE) {
+            free_frame(pa);
+        }
+        r.map(|_| pa)
+    }
+
+    /// Resolves a user page fault at `addr` needing `need` (`prot` bits).
+    pub fn fault(&mut self, asid: u32, addr: u64, need: u64) -> Result<(), AsError> {
+        self.stats.page_faults += 1;
+        let vma = *self.space(asid)?.vmas.find(addr).ok_or(AsError::Fault)?;
         if vma.prot & need != need {
             return Err(AsError::Fault);
         }
         let page = addr & !(PAGE_SIZE - 1);
-        if let Some(e) = self.mapper(&mut KernelPhys).translate(page) {
-            // Present: the access is legal only if the entry now allows it
-            // (a TLB entry older than an mprotect); otherwise refuse rather
-            // than fault again for ever.
-            let want = leaf_flags(need);
-            let allowed = e & want & (flags::USER | flags::WRITABLE)
-                == want & (flags::USER | flags::WRITABLE)
-                && (need & prot::EXEC == 0 || e & flags::NO_EXECUTE == 0);
-            if allowed {
+        if let Some(e) = self.space(asid)?.translate(page) {
+            let want = leaf_flags(need) & (flags::USER | flags::WRITABLE);
+            let exec_ok = need & prot::EXEC == 0 || e & flags::NO_EXECUTE == 0;
+            if e & want == want && exec_ok {
+                // A TLB entry older than the page tables: drop it.
                 cpu::invlpg(page);
                 return Ok(());
             }
+            // Present but read-only where the area allows writing: a
+            // private file page to copy.
+            if need & prot::WRITE != 0 && vma.file_page(page).is_some_and(|(_, _, shared)| !shared) {
+                return self.cow(asid, page, e, vma.prot);
+            }
             return Err(AsError::Fault);
         }
-        match vma.backing {
-            Backing::Anonymous | Backing::Stack => self.populate(page).map(|_| ()),
-            Backing::Image => Err(AsError::Fault),
+        match vma.file_page(page) {
+            None => self.populate_anon(asid, page).map(|_| ()),
+            Some((file, index, shared)) => {
+                self.stats.file_faults += 1;
+                let pfn = self.get_file_page(file, index)?;
+                let r = if shared || need & prot::WRITE == 0 {
+                    // Map the cache page itself, never writable.
+                    let leaf = leaf_flags(vma.prot & !prot::WRITE);
+                    self.map_frame(asid, page, pfn * PAGE_SIZE, leaf)
+                } else {
+                    self.copy_into_anon(asid, page, pfn * PAGE_SIZE, vma.prot)
+                };
+                if self.frames.put(pfn) {
+                    free_frame(pfn * PAGE_SIZE);
+                }
+                r
+            }
         }
     }
 
-    /// `mmap`: a new anonymous area of `len` bytes.
-    pub fn mmap(&mut self, len: u64, p: u64) -> Result<u64, AsError> {
-        let len = len
-            .checked_next_multiple_of(PAGE_SIZE)
-            .ok_or(AsError::BadRange)?;
-        let start = self.vmas.find_gap(len, MMAP_BASE, STACK_TOP - (1 << 30))?;
-        self.vmas.insert(start, len, p, Backing::Anonymous)?;
+    /// Replaces the read-only mapping `old` at `page` with a private copy.
+    fn cow(&mut self, asid: u32, page: u64, old: u64, p: u64) -> Result<(), AsError> {
+        let src = old & ADDR_MASK;
+        // Keep the source alive across the unmap.
+        self.frames.get(src / PAGE_SIZE);
+        if let Some(f) = self.unmap_frame(asid, page) {
+            cpu::invlpg(f.addr());
+        }
+        let r = self.copy_into_anon(asid, page, src, p);
+        if self.frames.put(src / PAGE_SIZE) {
+            free_frame(src);
+        }
+        r
+    }
+
+    /// Maps at `page` a new anonymous frame holding a copy of `src`.
+    fn copy_into_anon(&mut self, asid: u32, page: u64, src: u64, p: u64) -> Result<(), AsError> {
+        let pa = self.alloc_frame().ok_or(AsError::NoMemory)?;
+        // SAFETY: both frames are ours (a reference is held on each) and in
+        // the direct map; one `rep movs`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                phys_to_virt(src) as *const u8,
+                phys_to_virt(pa) as *mut u8,
+                PAGE_SIZE as usize,
+            )
+        };
+        self.stats.cow_copies += 1;
+        self.frames.set_flags(pa / PAGE_SIZE, flag::ANON);
+        let r = self.map_frame(asid, page, pa, leaf_flags(p));
+        if self.frames.put(pa / PAGE_SIZE) {
+            free_frame(pa);
+        }
+        r
+    }
+
+    /// `mmap` of anonymous memory.
+    pub fn mmap(&mut self, asid: u32, len: u64, p: u64, backing: Backing) -> Result<u64, AsError> {
+        let len = len.checked_next_multiple_of(PAGE_SIZE).ok_or(AsError::BadRange)?;
+        let space = self.space(asid)?;
+        let start = space.vmas.find_gap(len, MMAP_BASE, STACK_TOP - (1 << 30))?;
+        space.vmas.insert(start, len, p, backing)?;
         Ok(start)
     }
 
-    /// `munmap`: removes the range and frees its frames.
-    pub fn munmap(&mut self, start: u64, len: u64) -> Result<(), AsError> {
-        check_user_range(start, len)?;
-        self.vmas.remove(start, len)?;
-        let mut phys = KernelPhys;
-        let mut m = self.mapper(&mut phys);
+    /// `munmap`: removes the range and drops its mappings.
+    pub fn munmap(&mut self, asid: u32, start: u64, len: u64) -> Result<(), AsError> {
+        let end = check_user_range(start, len)?;
+        self.space(asid)?.vmas.remove(start, len)?;
+        let mut batch = FlushBatch::new();
         let mut va = start;
-        while va < start + len {
-            if let Some((old, f)) = m.unmap(va) {
-                flush(f, self.pml4);
-                free_frame(old & ADDR_MASK);
+        while va < end {
+            if let Some(f) = self.unmap_frame(asid, va) {
+                batch.add(f);
             }
             va += PAGE_SIZE;
         }
+        let pml4 = self.space(asid)?.pml4;
+        flush_local(batch, pml4);
         Ok(())
     }
 
-    /// `mprotect`: changes the protection of a mapped range, populated
-    /// pages included. `PROT_NONE` keeps the frame but drops user access.
-    pub fn mprotect(&mut self, start: u64, len: u64, p: u64) -> Result<(), AsError> {
-        check_user_range(start, len)?;
-        self.vmas.protect(start, len, p)?;
-        let new = leaf_flags(p);
+    /// `mprotect`: one read-modify-write transaction per present page
+    /// (seed 004), all in one batch whose TLB work is paid once at the end.
+    /// Private file pages stay read-only (they are copied on write).
+    pub fn mprotect(&mut self, asid: u32, start: u64, len: u64, p: u64) -> Result<(), AsError> {
+        let end = check_user_range(start, len)?;
+        let space = self.space(asid)?;
+        space.vmas.protect(start, len, p)?;
+        let pml4 = space.pml4;
+        let mut batch = FlushBatch::new();
         let mask = flags::USER | flags::WRITABLE | flags::NO_EXECUTE;
-        let pml4 = self.pml4;
         let mut phys = KernelPhys;
-        let mut m = self.mapper(&mut phys);
+        let mut m = Mapper::new(pml4, &mut phys);
         let mut va = start;
-        while va < start + len {
-            if let Some(f) = m.update(va, |e| (e & !mask) | new) {
-                flush(f, pml4);
+        while va < end {
+            if let Some(txn) = m.modify_prot_start(va) {
+                let pfn = (txn.old & ADDR_MASK) / PAGE_SIZE;
+                let mut leaf = leaf_flags(p);
+                if self.frames.flags(pfn) & flag::CACHED != 0 {
+                    leaf &= !flags::WRITABLE;
+                } else if leaf & flags::WRITABLE != 0 {
+                    self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
+                }
+                let new = (txn.old & !mask) | leaf;
+                batch.add(m.modify_prot_commit(txn, new));
             }
             va += PAGE_SIZE;
         }
+        self.stats.mprotect_batches += 1;
+        flush_local(batch, pml4);
         Ok(())
     }
 
-    /// Copies user bytes at `va` into `out`, filling pages on demand and
-    /// checking read permission page by page.
-    pub fn copy_from_user(&mut self, va: u64, out: &mut [u8]) -> Result<(), AsError> {
+    /// The frame behind user page `page` for an access needing `need`,
+    /// faulted in if missing.
+    fn user_frame(&mut self, asid: u32, at: u64, need: u64) -> Result<u64, AsError> {
+        let page = at & !(PAGE_SIZE - 1);
+        let want = leaf_flags(need) & (flags::USER | flags::WRITABLE);
+        for _ in 0..2 {
+            if let Some(e) = self.space(asid)?.translate(page) {
+                if e & want == want {
+                    return Ok(e & ADDR_MASK);
+                }
+            }
+            self.fault(asid, at, need)?;
+        }
+        Err(AsError::Fault)
+    }
+
+    /// Copies user bytes at `va` into `out`.
+    pub fn copy_from_user(&mut self, asid: u32, va: u64, out: &mut [u8]) -> Result<(), AsError> {
         check_user_range(va, out.len() as u64)?;
         let mut done = 0;
         while done < out.len() {
             let at = va + done as u64;
-            let page = at & !(PAGE_SIZE - 1);
-            let entry = match self.mapper(&mut KernelPhys).translate(page) {
-                Some(e) => e,
-                None => {
-                    self.handle_fault(at, prot::READ)?;
-                    self.mapper(&mut KernelPhys)
-                        .translate(page)
-                        .ok_or(AsError::Fault)?
-                }
-            };
-            if entry & flags::USER == 0 {
-                return Err(AsError::Fault);
-            }
-            let offset = at - page;
-            let n = ((PAGE_SIZE - offset) as usize).min(out.len() - done);
-            let src = phys_to_virt((entry & ADDR_MASK) + offset) as *const u8;
+            let pa = self.user_frame(asid, at, prot::READ)?;
+            let off = at % PAGE_SIZE;
+            let n = ((PAGE_SIZE - off) as usize).min(out.len() - done);
             // SAFETY: the frame is mapped user-readable in this address
             // space and the direct map covers it; `n` stays in the page.
-            unsafe { core::ptr::copy_nonoverlapping(src, out[done..].as_mut_ptr(), n) };
+            unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa + off) as *const u8, out[done..].as_mut_ptr(), n) };
             done += n;
         }
         Ok(())
     }
 
-    /// Copies `data` into the populated page at `va` (program loading).
-    pub fn write_populated(&mut self, pa: u64, offset: u64, data: &[u8]) {
+    /// Copies `data` to user memory at `va` (which must be writable).
+    pub fn copy_to_user(&mut self, asid: u32, va: u64, data: &[u8]) -> Result<(), AsError> {
+        check_user_range(va, data.len() as u64)?;
+        let mut done = 0;
+        while done < data.len() {
+            let at = va + done as u64;
+            let pa = self.user_frame(asid, at, prot::WRITE)?;
+            let off = at % PAGE_SIZE;
+            let n = ((PAGE_SIZE - off) as usize).min(data.len() - done);
+            // SAFETY: the frame is mapped user-writable in this address
+            // space (so it is anonymous, never a cache page); `n` stays in
+            // the page.
+            unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), phys_to_virt(pa + off) as *mut u8, n) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into the frame at `pa` at `offset` (program loading).
+    pub fn write_frame(pa: u64, offset: u64, data: &[u8]) {
         debug_assert!(offset + data.len() as u64 <= PAGE_SIZE);
-        // SAFETY: `pa` is a frame this address space owns; the copy stays
-        // inside it.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                phys_to_virt(pa + offset) as *mut u8,
-                data.len(),
-            )
-        };
-    }
-}
-
-fn check_user_range(start: u64, len: u64) -> Result<(), AsError> {
-    match start.checked_add(len) {
-        Some(end) if end <= USER_END => Ok(()),
-        _ => Err(AsError::BadRange),
-    }
-}
-
-impl Drop for AddressSpace {
-    fn drop(&mut self) {
-        let mut phys = KernelPhys;
-        Mapper::new(self.pml4, &mut phys).destroy_user_half(|e| free_frame(e & ADDR_MASK));
-        free_frame(self.pml4);
+        // SAFETY: `pa` is a frame the caller owns; the copy stays inside it.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(pa + offset) as *mut u8, data.len()) };
     }
 }

@@ -7,6 +7,8 @@
 //! module must never write into a free frame.
 
 pub mod addr_space;
+pub mod filemap;
+pub mod tlb;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
@@ -15,7 +17,12 @@ use linked_list_allocator::Heap;
 
 use crate::arch::boot::{kernel_end_phys, KERNEL_VMA, PHYS_MAP};
 use crate::sync::SpinLock;
+use alloc::collections::BTreeMap;
+
+use addr_space::AddressSpace;
 use guest_kernel::frame::{FrameAllocator, PfnRange, MAX_RANGES};
+use guest_kernel::frames::FrameTable;
+use pagehint_abi::syscall::KernelStats;
 use guest_kernel::paging::PhysMem;
 use pagehint_abi::boot::{MemmapEntry, StartInfo, E820_RAM, MMIO_HOLE_START, START_INFO_MAGIC};
 use pagehint_abi::PAGE_SIZE;
@@ -53,6 +60,58 @@ pub struct MemInfo {
 }
 
 static FRAMES: SpinLock<Option<FrameAllocator<'static>>> = SpinLock::new(None);
+
+/// Everything the memory-management lock protects: frame records (page
+/// cache, LRU, reverse map), every user address space, and counters.
+pub struct MmState {
+    pub frames: FrameTable,
+    pub spaces: BTreeMap<u32, AddressSpace>,
+    next_asid: u32,
+    pub stats: MmStats,
+}
+
+/// Counters kept under the lock.
+#[derive(Default, Clone, Copy)]
+pub struct MmStats {
+    pub page_faults: u64,
+    pub file_faults: u64,
+    pub cow_copies: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub disk_requests: u64,
+    pub disk_pages: u64,
+    pub reclaimed: u64,
+    pub shootdowns: u64,
+    pub mprotect_batches: u64,
+}
+
+static MM: SpinLock<Option<MmState>> = SpinLock::new(None);
+
+/// Runs `f` under the memory-management lock. While waiting for it, this
+/// CPU answers TLB shootdowns (the holder may be waiting for them).
+pub fn with<R>(f: impl FnOnce(&mut MmState) -> R) -> R {
+    let mut g = MM.lock_answering(tlb::answer);
+    let st = g.as_mut().expect("memory management used before mm::init");
+    f(st)
+}
+
+/// The counters, as the `kstats` system call reports them.
+pub fn kernel_stats() -> KernelStats {
+    let (s, cached) = with(|st| (st.stats, st.frames.cached()));
+    KernelStats {
+        page_faults: s.page_faults,
+        file_faults: s.file_faults,
+        cow_copies: s.cow_copies,
+        cache_hits: s.cache_hits,
+        cache_misses: s.cache_misses,
+        disk_requests: s.disk_requests,
+        disk_pages: s.disk_pages,
+        reclaimed: s.reclaimed,
+        shootdowns: s.shootdowns,
+        free_frames: free_frames(),
+        cached_frames: cached,
+    }
+}
 
 struct KernelHeap(SpinLock<Heap>);
 
@@ -162,6 +221,12 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
         )
     };
     *FRAMES.lock() = Some(frames);
+    *MM.lock() = Some(MmState {
+        frames: FrameTable::new(max_pfn as usize),
+        spaces: BTreeMap::new(),
+        next_asid: 1,
+        stats: MmStats::default(),
+    });
     Ok(MemInfo {
         total_frames: total,
         heap_bytes,

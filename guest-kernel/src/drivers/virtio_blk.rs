@@ -1,0 +1,246 @@
+//! virtio-mmio (version 2) transport and block driver: one split queue, one
+//! request in flight, reads straight into page frames.
+//!
+//! The device is found through the command line (`virtio_mmio.device=`).
+//! Requests are serialised by the driver lock; completion is signalled by
+//! the device's interrupt (routed by the I/O APIC to the waiting CPU),
+//! with the timer tick as a fallback wake-up. Never panics on what the
+//! device reports: a bad status is an I/O error for the caller.
+
+use core::sync::atomic::{fence, AtomicU64, Ordering};
+
+use crate::arch::{apic, cpu, ioapic};
+use crate::mm;
+use crate::sync::SpinLock;
+
+const MAGIC: u64 = 0x000;
+const VERSION: u64 = 0x004;
+const DEVICE_ID: u64 = 0x008;
+const DEVICE_FEATURES: u64 = 0x010;
+const DEVICE_FEATURES_SEL: u64 = 0x014;
+const DRIVER_FEATURES: u64 = 0x020;
+const DRIVER_FEATURES_SEL: u64 = 0x024;
+const QUEUE_SEL: u64 = 0x030;
+const QUEUE_NUM_MAX: u64 = 0x034;
+const QUEUE_NUM: u64 = 0x038;
+const QUEUE_READY: u64 = 0x044;
+const QUEUE_NOTIFY: u64 = 0x050;
+const INTERRUPT_STATUS: u64 = 0x060;
+const INTERRUPT_ACK: u64 = 0x064;
+const STATUS: u64 = 0x070;
+const QUEUE_DESC: u64 = 0x080;
+const QUEUE_DRIVER: u64 = 0x090;
+const QUEUE_DEVICE: u64 = 0x0a0;
+const CONFIG: u64 = 0x100;
+
+const S_ACKNOWLEDGE: u32 = 1;
+const S_DRIVER: u32 = 2;
+const S_DRIVER_OK: u32 = 4;
+const S_FEATURES_OK: u32 = 8;
+const S_FAILED: u32 = 128;
+
+const F_RO: u64 = 1 << 5;
+const F_VERSION_1: u64 = 1 << 32;
+
+const T_IN: u32 = 0;
+const DESC_NEXT: u16 = 1;
+const DESC_WRITE: u16 = 2;
+
+/// Descriptors in the queue.
+const QSIZE: u16 = 64;
+/// Most data pages in one request.
+pub const MAX_PAGES: usize = 32;
+
+/// Layout of the one queue page.
+const DESC_OFF: u64 = 0;
+const AVAIL_OFF: u64 = 1024;
+const USED_OFF: u64 = 2048;
+const HEADER_OFF: u64 = 3072;
+const STATUS_OFF: u64 = 3088;
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlkError {
+    NoDevice,
+    BadDevice,
+    TooLarge,
+    /// The device completed the request with this status.
+    Device(u8),
+}
+
+struct Device {
+    base: u64,
+    irq: u32,
+    vector: u8,
+    queue: u64,
+    capacity: u64,
+    read_only: bool,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+static DEV: SpinLock<Option<Device>> = SpinLock::new(None);
+/// The device window, for the interrupt handler, which must not take the
+/// lock: the waiter holds it while it sleeps.
+static BASE: AtomicU64 = AtomicU64::new(0);
+
+fn reg(base: u64, off: u64) -> *mut u32 {
+    (mm::phys_to_virt(base) + off) as *mut u32
+}
+
+fn rd(base: u64, off: u64) -> u32 {
+    // SAFETY: `base` is the device window from the command line, inside the
+    // uncached MMIO hole of the direct map; offsets are virtio registers.
+    unsafe { reg(base, off).read_volatile() }
+}
+
+fn wr(base: u64, off: u64, v: u32) {
+    // SAFETY: as for `rd`.
+    unsafe { reg(base, off).write_volatile(v) }
+}
+
+fn q16(queue: u64, off: u64) -> *mut u16 {
+    mm::phys_to_virt(queue + off) as *mut u16
+}
+
+/// Initialises the device at `base` with interrupt line `irq`, delivered on
+/// `vector`. Returns its capacity in 512-byte sectors.
+pub fn init(base: u64, irq: u32, vector: u8) -> Result<u64, BlkError> {
+    if base < pagehint_abi::boot::MMIO_HOLE_START || base >= 0x1_0000_0000 {
+        return Err(BlkError::BadDevice);
+    }
+    if rd(base, MAGIC) != 0x7472_6976 || rd(base, VERSION) != 2 || rd(base, DEVICE_ID) != 2 {
+        return Err(BlkError::BadDevice);
+    }
+    wr(base, STATUS, 0);
+    wr(base, STATUS, S_ACKNOWLEDGE);
+    wr(base, STATUS, S_ACKNOWLEDGE | S_DRIVER);
+    wr(base, DEVICE_FEATURES_SEL, 0);
+    let lo = rd(base, DEVICE_FEATURES) as u64;
+    wr(base, DEVICE_FEATURES_SEL, 1);
+    let features = lo | (rd(base, DEVICE_FEATURES) as u64) << 32;
+    if features & F_VERSION_1 == 0 {
+        wr(base, STATUS, S_FAILED);
+        return Err(BlkError::BadDevice);
+    }
+    let accept = features & (F_VERSION_1 | F_RO);
+    wr(base, DRIVER_FEATURES_SEL, 0);
+    wr(base, DRIVER_FEATURES, accept as u32);
+    wr(base, DRIVER_FEATURES_SEL, 1);
+    wr(base, DRIVER_FEATURES, (accept >> 32) as u32);
+    wr(base, STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    if rd(base, STATUS) & S_FEATURES_OK == 0 {
+        wr(base, STATUS, S_FAILED);
+        return Err(BlkError::BadDevice);
+    }
+    wr(base, QUEUE_SEL, 0);
+    if (rd(base, QUEUE_NUM_MAX) as u16) < QSIZE {
+        wr(base, STATUS, S_FAILED);
+        return Err(BlkError::BadDevice);
+    }
+    let queue = mm::alloc_zeroed_frame().ok_or(BlkError::BadDevice)?;
+    wr(base, QUEUE_NUM, QSIZE as u32);
+    for (off, addr) in [(QUEUE_DESC, DESC_OFF), (QUEUE_DRIVER, AVAIL_OFF), (QUEUE_DEVICE, USED_OFF)] {
+        let pa = queue + addr;
+        wr(base, off, pa as u32);
+        wr(base, off + 4, (pa >> 32) as u32);
+    }
+    wr(base, QUEUE_READY, 1);
+    wr(base, STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    let capacity = rd(base, CONFIG) as u64 | (rd(base, CONFIG + 4) as u64) << 32;
+    BASE.store(base, Ordering::Release);
+    *DEV.lock() = Some(Device {
+        base,
+        irq,
+        vector,
+        queue,
+        capacity,
+        read_only: features & F_RO != 0,
+        avail_idx: 0,
+        used_seen: 0,
+    });
+    Ok(capacity)
+}
+
+/// Capacity in 512-byte sectors and whether the disk is read-only.
+pub fn info() -> Option<(u64, bool)> {
+    DEV.lock().as_ref().map(|d| (d.capacity, d.read_only))
+}
+
+fn write_desc(queue: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    let p = mm::phys_to_virt(queue + DESC_OFF + 16 * i as u64) as *mut u8;
+    // SAFETY: descriptor `i` < QSIZE lies in the queue page we own.
+    unsafe {
+        (p as *mut u64).write_volatile(addr);
+        (p.add(8) as *mut u32).write_volatile(len);
+        (p.add(12) as *mut u16).write_volatile(flags);
+        (p.add(14) as *mut u16).write_volatile(next);
+    }
+}
+
+/// Reads 4 KiB blocks starting at `block` into the frames `pages` (physical
+/// addresses), in one request.
+pub fn read_pages(block: u64, pages: &[u64]) -> Result<(), BlkError> {
+    if pages.is_empty() || pages.len() > MAX_PAGES {
+        return Err(BlkError::TooLarge);
+    }
+    let mut guard = DEV.lock();
+    let d = guard.as_mut().ok_or(BlkError::NoDevice)?;
+    let sector = block * 8;
+    if sector + 8 * pages.len() as u64 > d.capacity {
+        return Err(BlkError::TooLarge);
+    }
+    let q = d.queue;
+    let header = mm::phys_to_virt(q + HEADER_OFF) as *mut u8;
+    // SAFETY: the header and status bytes live in our queue page.
+    unsafe {
+        (header as *mut u32).write_volatile(T_IN);
+        (header.add(4) as *mut u32).write_volatile(0);
+        (header.add(8) as *mut u64).write_volatile(sector);
+        (mm::phys_to_virt(q + STATUS_OFF) as *mut u8).write_volatile(0xff);
+    }
+    write_desc(q, 0, q + HEADER_OFF, 16, DESC_NEXT, 1);
+    for (i, &pa) in pages.iter().enumerate() {
+        let i = i as u16 + 1;
+        write_desc(q, i, pa, 4096, DESC_WRITE | DESC_NEXT, i + 1);
+    }
+    let last = pages.len() as u16 + 1;
+    write_desc(q, last, q + STATUS_OFF, 1, DESC_WRITE, 0);
+    // Route the completion interrupt to this CPU before kicking the device.
+    ioapic::route(d.irq, d.vector, apic::id());
+    // SAFETY: the avail ring lives in our queue page.
+    unsafe {
+        q16(q, AVAIL_OFF + 4 + 2 * (d.avail_idx % QSIZE) as u64).write_volatile(0);
+        fence(Ordering::SeqCst);
+        d.avail_idx = d.avail_idx.wrapping_add(1);
+        q16(q, AVAIL_OFF + 2).write_volatile(d.avail_idx);
+    }
+    fence(Ordering::SeqCst);
+    wr(d.base, QUEUE_NOTIFY, 0);
+    loop {
+        // SAFETY: the used ring index lives in our queue page.
+        let used = unsafe { q16(q, USED_OFF + 2).read_volatile() };
+        if used != d.used_seen {
+            d.used_seen = used;
+            break;
+        }
+        // The device interrupt (or the next tick) ends the wait.
+        cpu::wait_for_interrupt();
+    }
+    fence(Ordering::SeqCst);
+    // SAFETY: as above.
+    let status = unsafe { (mm::phys_to_virt(q + STATUS_OFF) as *const u8).read_volatile() };
+    if status != 0 {
+        return Err(BlkError::Device(status));
+    }
+    Ok(())
+}
+
+/// The device interrupt: acknowledge it. The waiter polls the used ring.
+pub fn interrupt() {
+    let base = BASE.load(Ordering::Acquire);
+    if base != 0 {
+        let s = rd(base, INTERRUPT_STATUS);
+        wr(base, INTERRUPT_ACK, s);
+    }
+}

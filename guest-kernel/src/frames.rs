@@ -1,0 +1,397 @@
+//! Per-frame metadata, the page cache index with its LRU, and the reverse
+//! map, kept together because every change to one is made under the same
+//! lock (the kernel's memory-management lock) and usually touches all three.
+//!
+//! Arrays are indexed by frame number and allocated zeroed in one piece
+//! (`vec![0; n]` becomes a zeroing allocation, one `rep stos` in the
+//! kernel), so setting this up costs nothing per frame. Nothing here
+//! touches page tables or a frame's contents: the kernel does that and
+//! keeps these records in step.
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Frame flags.
+pub mod flag {
+    /// In the page cache (then `file`/`index` say where).
+    pub const CACHED: u32 = 1 << 0;
+    /// Anonymous memory of a process (or a copy-on-write copy).
+    pub const ANON: u32 = 1 << 1;
+    /// Contents differ from the disk (never set for the read-only file
+    /// system; kept for writable files).
+    pub const DIRTY: u32 = 1 << 2;
+    /// I/O in flight: neither reclaim nor the fault path may use it.
+    pub const LOCKED: u32 = 1 << 3;
+    /// Some PTE maps it writable (seed 000's `PG_writable`): the first
+    /// writable mapping sets it, the last unmapping clears it.
+    pub const WRITABLE_MAPPED: u32 = 1 << 4;
+    /// Reserved for the page-state hints of the hinting issue.
+    pub const HINT_STATE_MASK: u32 = 0xff << 8;
+}
+
+/// Marks "none" in the LRU and rmap links.
+const NIL: u32 = u32::MAX;
+
+/// One mapping of a frame: address space id and virtual address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub asid: u32,
+    pub va: u64,
+}
+
+#[derive(Clone, Copy)]
+struct RmapEntry {
+    m: Mapping,
+    next: u32,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameTableError {
+    OutOfRange,
+    AlreadyCached,
+    NotMapped,
+}
+
+pub struct FrameTable {
+    refcount: Vec<u32>,
+    mapcount: Vec<u32>,
+    flags: Vec<u32>,
+    file: Vec<u32>,
+    index: Vec<u64>,
+    lru_prev: Vec<u32>,
+    lru_next: Vec<u32>,
+    lru_head: u32,
+    lru_tail: u32,
+    lru_len: u64,
+    rmap_head: Vec<u32>,
+    rmap_pool: Vec<RmapEntry>,
+    rmap_free: u32,
+    cache: BTreeMap<(u32, u64), u32>,
+}
+
+impl FrameTable {
+    /// Records for frames `0..frames`.
+    pub fn new(frames: usize) -> Self {
+        Self {
+            refcount: vec![0; frames],
+            mapcount: vec![0; frames],
+            flags: vec![0; frames],
+            file: vec![0; frames],
+            index: vec![0; frames],
+            // Links are stored +1 so that zeroed memory means "none".
+            lru_prev: vec![0; frames],
+            lru_next: vec![0; frames],
+            lru_head: NIL,
+            lru_tail: NIL,
+            lru_len: 0,
+            rmap_head: vec![0; frames],
+            rmap_pool: Vec::new(),
+            rmap_free: NIL,
+            cache: BTreeMap::new(),
+        }
+    }
+
+    fn check(&self, pfn: u64) -> Result<usize, FrameTableError> {
+        if (pfn as usize) < self.flags.len() {
+            Ok(pfn as usize)
+        } else {
+            Err(FrameTableError::OutOfRange)
+        }
+    }
+
+    pub fn flags(&self, pfn: u64) -> u32 {
+        self.flags.get(pfn as usize).copied().unwrap_or(0)
+    }
+    pub fn set_flags(&mut self, pfn: u64, f: u32) {
+        if let Some(x) = self.flags.get_mut(pfn as usize) {
+            *x |= f;
+        }
+    }
+    pub fn clear_flags(&mut self, pfn: u64, f: u32) {
+        if let Some(x) = self.flags.get_mut(pfn as usize) {
+            *x &= !f;
+        }
+    }
+    pub fn refcount(&self, pfn: u64) -> u32 {
+        self.refcount.get(pfn as usize).copied().unwrap_or(0)
+    }
+    pub fn mapcount(&self, pfn: u64) -> u32 {
+        self.mapcount.get(pfn as usize).copied().unwrap_or(0)
+    }
+
+    /// Takes a reference.
+    pub fn get(&mut self, pfn: u64) {
+        if let Some(r) = self.refcount.get_mut(pfn as usize) {
+            *r += 1;
+        }
+    }
+
+    /// Takes a reference only if the count is not zero (the frame may have
+    /// been freed meanwhile): `get_page_unless_zero`.
+    pub fn get_unless_zero(&mut self, pfn: u64) -> bool {
+        match self.refcount.get_mut(pfn as usize) {
+            Some(r) if *r > 0 => {
+                *r += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops a reference; returns true when it was the last, and the frame
+    /// is to be freed (its flags are cleared then).
+    pub fn put(&mut self, pfn: u64) -> bool {
+        let Some(r) = self.refcount.get_mut(pfn as usize) else {
+            return false;
+        };
+        if *r == 0 {
+            return false;
+        }
+        *r -= 1;
+        if *r == 0 {
+            self.flags[pfn as usize] = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    // ---- page cache -------------------------------------------------------
+
+    /// The cached frame of (`file`, `index`), moved to the LRU front.
+    pub fn lookup(&mut self, file: u32, index: u64) -> Option<u64> {
+        let pfn = *self.cache.get(&(file, index))?;
+        self.lru_remove(pfn);
+        self.lru_push_front(pfn);
+        Some(pfn as u64)
+    }
+
+    /// Inserts a frame (which the caller holds a reference to) into the
+    /// cache; the cache takes its own reference.
+    pub fn insert(&mut self, file: u32, index: u64, pfn: u64) -> Result<(), FrameTableError> {
+        let i = self.check(pfn)?;
+        if self.cache.contains_key(&(file, index)) || self.flags[i] & flag::CACHED != 0 {
+            return Err(FrameTableError::AlreadyCached);
+        }
+        self.cache.insert((file, index), pfn as u32);
+        self.flags[i] |= flag::CACHED;
+        self.file[i] = file;
+        self.index[i] = index;
+        self.refcount[i] += 1;
+        self.lru_push_front(pfn as u32);
+        Ok(())
+    }
+
+    /// Removes a frame from the cache and drops the cache's reference;
+    /// returns true if that freed it.
+    pub fn remove(&mut self, pfn: u64) -> bool {
+        let Ok(i) = self.check(pfn) else { return false };
+        if self.flags[i] & flag::CACHED == 0 {
+            return false;
+        }
+        self.cache.remove(&(self.file[i], self.index[i]));
+        self.flags[i] &= !flag::CACHED;
+        self.lru_remove(pfn as u32);
+        self.put(pfn)
+    }
+
+    /// (file, index) of a cached frame.
+    pub fn owner(&self, pfn: u64) -> Option<(u32, u64)> {
+        let i = self.check(pfn).ok()?;
+        (self.flags[i] & flag::CACHED != 0).then(|| (self.file[i], self.index[i]))
+    }
+
+    /// Cached frames.
+    pub fn cached(&self) -> u64 {
+        self.lru_len
+    }
+
+    /// Up to `n` reclaim candidates, least recently used first: cached,
+    /// not locked.
+    pub fn lru_victims(&self, n: usize, out: &mut Vec<u64>) {
+        let mut p = self.lru_tail;
+        while p != NIL && out.len() < n {
+            if self.flags[p as usize] & flag::LOCKED == 0 {
+                out.push(p as u64);
+            }
+            p = decode(self.lru_prev[p as usize]);
+        }
+    }
+
+    fn lru_push_front(&mut self, pfn: u32) {
+        let i = pfn as usize;
+        self.lru_prev[i] = encode(NIL);
+        self.lru_next[i] = encode(self.lru_head);
+        if self.lru_head != NIL {
+            self.lru_prev[self.lru_head as usize] = encode(pfn);
+        } else {
+            self.lru_tail = pfn;
+        }
+        self.lru_head = pfn;
+        self.lru_len += 1;
+    }
+
+    fn lru_remove(&mut self, pfn: u32) {
+        let i = pfn as usize;
+        let (prev, next) = (decode(self.lru_prev[i]), decode(self.lru_next[i]));
+        if prev != NIL {
+            self.lru_next[prev as usize] = encode(next);
+        } else {
+            self.lru_head = next;
+        }
+        if next != NIL {
+            self.lru_prev[next as usize] = encode(prev);
+        } else {
+            self.lru_tail = prev;
+        }
+        self.lru_prev[i] = 0;
+        self.lru_next[i] = 0;
+        self.lru_len -= 1;
+    }
+
+    // ---- reverse map ------------------------------------------------------
+
+    /// Records that `m` maps `pfn` (one more map count and reference).
+    pub fn rmap_add(&mut self, pfn: u64, m: Mapping) -> Result<(), FrameTableError> {
+        let i = self.check(pfn)?;
+        let slot = if self.rmap_free != NIL {
+            let s = self.rmap_free;
+            self.rmap_free = self.rmap_pool[s as usize].next;
+            self.rmap_pool[s as usize] = RmapEntry { m, next: decode(self.rmap_head[i]) };
+            s
+        } else {
+            self.rmap_pool.push(RmapEntry { m, next: decode(self.rmap_head[i]) });
+            (self.rmap_pool.len() - 1) as u32
+        };
+        self.rmap_head[i] = encode(slot);
+        self.mapcount[i] += 1;
+        self.refcount[i] += 1;
+        Ok(())
+    }
+
+    /// Forgets the mapping `m` of `pfn`; returns true if that dropped the
+    /// last reference (free the frame).
+    pub fn rmap_remove(&mut self, pfn: u64, m: Mapping) -> Result<bool, FrameTableError> {
+        let i = self.check(pfn)?;
+        let mut prev = NIL;
+        let mut cur = decode(self.rmap_head[i]);
+        while cur != NIL {
+            let e = self.rmap_pool[cur as usize];
+            if e.m == m {
+                if prev == NIL {
+                    self.rmap_head[i] = encode(e.next);
+                } else {
+                    self.rmap_pool[prev as usize].next = e.next;
+                }
+                self.rmap_pool[cur as usize].next = self.rmap_free;
+                self.rmap_free = cur;
+                self.mapcount[i] -= 1;
+                if self.mapcount[i] == 0 {
+                    self.flags[i] &= !flag::WRITABLE_MAPPED;
+                }
+                return Ok(self.put(pfn));
+            }
+            prev = cur;
+            cur = e.next;
+        }
+        Err(FrameTableError::NotMapped)
+    }
+
+    /// Every mapping of `pfn`, copied out (the caller edits page tables and
+    /// calls `rmap_remove` for each).
+    pub fn mappings(&self, pfn: u64, out: &mut Vec<Mapping>) {
+        let Ok(i) = self.check(pfn) else { return };
+        let mut cur = decode(self.rmap_head[i]);
+        while cur != NIL {
+            let e = self.rmap_pool[cur as usize];
+            out.push(e.m);
+            cur = e.next;
+        }
+    }
+}
+
+fn encode(link: u32) -> u32 {
+    link.wrapping_add(1)
+}
+fn decode(stored: u32) -> u32 {
+    stored.wrapping_sub(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_insert_lookup_remove_and_references() {
+        let mut t = FrameTable::new(16);
+        t.get(3); // the caller's reference
+        t.insert(1, 0, 3).unwrap();
+        assert_eq!(t.refcount(3), 2);
+        assert_eq!(t.insert(1, 0, 4), Err(FrameTableError::AlreadyCached));
+        assert_eq!(t.lookup(1, 0), Some(3));
+        assert_eq!(t.lookup(1, 1), None);
+        assert_eq!(t.owner(3), Some((1, 0)));
+        assert!(!t.put(3));
+        assert!(t.remove(3), "the cache held the last reference");
+        assert_eq!(t.lookup(1, 0), None);
+        assert_eq!(t.cached(), 0);
+    }
+
+    #[test]
+    fn lru_gives_least_recently_used_first_and_skips_locked() {
+        let mut t = FrameTable::new(16);
+        for (i, pfn) in [5u64, 6, 7].iter().enumerate() {
+            t.insert(1, i as u64, *pfn).unwrap();
+        }
+        t.lookup(1, 0); // 5 becomes most recent
+        let mut v = Vec::new();
+        t.lru_victims(10, &mut v);
+        assert_eq!(v, vec![6, 7, 5]);
+        t.set_flags(6, flag::LOCKED);
+        v.clear();
+        t.lru_victims(2, &mut v);
+        assert_eq!(v, vec![7, 5]);
+        t.remove(7);
+        v.clear();
+        t.lru_victims(10, &mut v);
+        assert_eq!(v, vec![5]);
+    }
+
+    #[test]
+    fn rmap_tracks_every_mapping_and_the_last_put_frees() {
+        let mut t = FrameTable::new(16);
+        t.get(9);
+        let a = Mapping { asid: 1, va: 0x1000 };
+        let b = Mapping { asid: 2, va: 0x5000 };
+        t.rmap_add(9, a).unwrap();
+        t.set_flags(9, flag::WRITABLE_MAPPED);
+        t.rmap_add(9, b).unwrap();
+        assert_eq!(t.mapcount(9), 2);
+        let mut m = Vec::new();
+        t.mappings(9, &mut m);
+        assert_eq!(m.len(), 2);
+        assert!(m.contains(&a) && m.contains(&b));
+        assert_eq!(t.rmap_remove(9, a), Ok(false));
+        assert_eq!(t.flags(9) & flag::WRITABLE_MAPPED, flag::WRITABLE_MAPPED);
+        assert_eq!(t.rmap_remove(9, a), Err(FrameTableError::NotMapped));
+        assert!(!t.put(9));
+        assert_eq!(t.rmap_remove(9, b), Ok(true));
+        assert_eq!(t.flags(9), 0, "a freed frame keeps no flags");
+        // Pool slots are reused.
+        t.get(2);
+        t.rmap_add(2, a).unwrap();
+        assert_eq!(t.rmap_pool.len(), 2);
+    }
+
+    #[test]
+    fn get_unless_zero_refuses_free_frames() {
+        let mut t = FrameTable::new(4);
+        assert!(!t.get_unless_zero(1));
+        t.get(1);
+        assert!(t.get_unless_zero(1));
+        assert_eq!(t.refcount(1), 2);
+        assert!(!t.get_unless_zero(99));
+    }
+}

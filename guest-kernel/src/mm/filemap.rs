@@ -1,0 +1,133 @@
+//! The page cache's kernel side: finding a file page (reading it, with
+//! read-ahead, on a miss) and reclaiming cache frames, least recently used
+//! first, when the allocator runs dry.
+//!
+//! Reclaim tears a frame out of every address space through the reverse
+//! map, the guest's "pte notifier" (seed 002), and pays the TLB debt on
+//! other CPUs with one shootdown per round before any frame is freed.
+
+use alloc::vec::Vec;
+
+use guest_kernel::frames::{flag, Mapping};
+use guest_kernel::paging::{Mapper, ADDR_MASK};
+use pagehint_abi::PAGE_SIZE;
+
+use super::{free_frame, tlb, KernelPhys, MmState};
+use crate::drivers::virtio_blk;
+use crate::fs;
+use crate::mm::addr_space::AsError;
+
+/// Most pages read ahead with one request.
+const READAHEAD: u64 = 16;
+/// Frames reclaimed per round.
+const RECLAIM_BATCH: usize = 32;
+
+impl MmState {
+    /// A frame, reclaiming page-cache frames if none is free. The caller
+    /// gets one reference.
+    pub fn alloc_frame(&mut self) -> Option<u64> {
+        let pa = match super::alloc_zeroed_frame() {
+            Some(pa) => pa,
+            None => {
+                self.reclaim(RECLAIM_BATCH);
+                super::alloc_zeroed_frame()?
+            }
+        };
+        self.frames.get(pa / PAGE_SIZE);
+        Some(pa)
+    }
+
+    /// The cached frame number of page `index` of `file`, read from disk
+    /// (with read-ahead) on a miss. The caller gets one reference.
+    pub fn get_file_page(&mut self, file: u32, index: u64) -> Result<u64, AsError> {
+        if let Some(pfn) = self.frames.lookup(file, index) {
+            self.stats.cache_hits += 1;
+            self.frames.get(pfn);
+            return Ok(pfn);
+        }
+        self.stats.cache_misses += 1;
+        let entry = fs::entry(file).ok_or(AsError::Io)?;
+        if index >= entry.blocks() {
+            return Err(AsError::Fault);
+        }
+        // The run of missing pages from `index`, up to READAHEAD.
+        let mut pages: Vec<u64> = Vec::new();
+        let last = (index + READAHEAD).min(entry.blocks());
+        for i in index..last {
+            if i > index && self.frames.lookup(file, i).is_some() {
+                break;
+            }
+            match self.alloc_frame() {
+                Some(pa) => pages.push(pa),
+                None if pages.is_empty() => return Err(AsError::NoMemory),
+                None => break,
+            }
+        }
+        for &pa in &pages {
+            self.frames.set_flags(pa / PAGE_SIZE, flag::LOCKED);
+        }
+        let r = virtio_blk::read_pages(entry.first_block + index, &pages);
+        self.stats.disk_requests += 1;
+        self.stats.disk_pages += pages.len() as u64;
+        let mut result = Err(AsError::Io);
+        for (k, &pa) in pages.iter().enumerate() {
+            let pfn = pa / PAGE_SIZE;
+            self.frames.clear_flags(pfn, flag::LOCKED);
+            if r.is_ok() && self.frames.insert(file, index + k as u64, pfn).is_ok() && k == 0 {
+                // Keep the allocation's reference for the caller.
+                result = Ok(pfn);
+                continue;
+            }
+            if self.frames.put(pfn) {
+                free_frame(pa);
+            }
+        }
+        if let Err(e) = r {
+            crate::println!("guest: disk read of file {file} page {index} failed: {e:?}");
+        }
+        result
+    }
+
+    /// Frees up to `n` page-cache frames, least recently used first,
+    /// unmapping them from every address space. Returns how many.
+    pub fn reclaim(&mut self, n: usize) -> usize {
+        let mut victims = Vec::new();
+        self.frames.lru_victims(n, &mut victims);
+        let mut torn = Vec::new();
+        let mut maps = Vec::new();
+        for &pfn in &victims {
+            // Only the cache and the mappings may hold it.
+            if self.frames.refcount(pfn) != 1 + self.frames.mapcount(pfn) {
+                continue;
+            }
+            maps.clear();
+            self.frames.mappings(pfn, &mut maps);
+            for &Mapping { asid, va } in &maps {
+                if let Some(space) = self.spaces.get(&asid) {
+                    let mut phys = KernelPhys;
+                    if let Some((old, flush)) = Mapper::new(space.root(), &mut phys).unmap(va) {
+                        debug_assert_eq!((old & ADDR_MASK) / PAGE_SIZE, pfn);
+                        flush.ignore(); // paid below by the shootdown
+                    }
+                }
+                let _ = self.frames.rmap_remove(pfn, Mapping { asid, va });
+            }
+            torn.push(pfn);
+        }
+        if torn.is_empty() {
+            return 0;
+        }
+        // No CPU may keep a TLB entry for a frame about to be reused.
+        tlb::shootdown_all();
+        self.stats.shootdowns += 1;
+        let mut freed = 0;
+        for pfn in torn {
+            if self.frames.remove(pfn) {
+                free_frame(pfn * PAGE_SIZE);
+                freed += 1;
+            }
+        }
+        self.stats.reclaimed += freed as u64;
+        freed
+    }
+}

@@ -1,0 +1,281 @@
+//! The memory workloads: file scans through `read()` and `mmap`, anonymous
+//! churn, mprotect toggling and copy-on-write of a file mapping.
+//!
+//! Each checks every byte it reads against what the disk generator wrote
+//! (`pagehint_abi::disk::fill_block`) or what it wrote itself, and ends with
+//! one `result:` line of `key=value` pairs: bytes processed, time, kernel
+//! counters, and integrity errors.
+
+use pagehint_abi::disk::{fill_block, verify_block, DirEntry, BLOCK_SIZE};
+use pagehint_abi::exit::guest;
+use pagehint_abi::syscall::{nr, prot, FileStat, KernelStats};
+
+use crate::say;
+use crate::sys::{clock_ns, kstats, syscall3, syscall5};
+
+/// How a scan reads files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Mmap,
+}
+
+/// Bytes read per `read()` call.
+const CHUNK: u64 = 64 * 1024;
+
+fn mmap_anon(len: u64) -> Option<*mut u8> {
+    let a = syscall3(nr::MMAP, len, prot::RW, 0);
+    (a > 0).then_some(a as u64 as *mut u8)
+}
+
+fn dirent(i: u64) -> Option<DirEntry> {
+    let mut e = DirEntry::default();
+    (syscall3(nr::DIRENT, i, &mut e as *mut DirEntry as u64, 0) == 0).then_some(e)
+}
+
+fn open(e: &DirEntry) -> Option<u64> {
+    let name = e.name()?;
+    let fd = syscall3(nr::OPEN, name.as_ptr() as u64, name.len() as u64, 0);
+    (fd >= 0).then_some(fd as u64)
+}
+
+/// Checks `data` (block `index` of a generated file of `size` bytes with
+/// id `id`); returns the number of bad blocks (0 or 1).
+fn check_block(id: u32, index: u64, size: u64, data: &[u8]) -> u64 {
+    if id == 0 {
+        return 0; // not a generated file: nothing to compare against
+    }
+    if data.len() == BLOCK_SIZE {
+        let block: &[u8; BLOCK_SIZE] = data.try_into().expect("a full block");
+        return verify_block(id, index, block).is_err() as u64;
+    }
+    let mut expect = [0u8; BLOCK_SIZE];
+    fill_block(id, index, size, &mut expect);
+    (data != &expect[..data.len()]) as u64
+}
+
+fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
+    KernelStats {
+        page_faults: after.page_faults - before.page_faults,
+        file_faults: after.file_faults - before.file_faults,
+        cow_copies: after.cow_copies - before.cow_copies,
+        cache_hits: after.cache_hits - before.cache_hits,
+        cache_misses: after.cache_misses - before.cache_misses,
+        disk_requests: after.disk_requests - before.disk_requests,
+        disk_pages: after.disk_pages - before.disk_pages,
+        reclaimed: after.reclaimed - before.reclaimed,
+        shootdowns: after.shootdowns - before.shootdowns,
+        free_frames: after.free_frames,
+        cached_frames: after.cached_frames,
+    }
+}
+
+/// `files`: the directory.
+pub fn list_files() -> u32 {
+    let mut i = 0;
+    while let Some(e) = dirent(i) {
+        say!("file {} {} bytes id {}", e.name().unwrap_or("?"), e.size, e.file_id);
+        i += 1;
+    }
+    say!("result: program=files files={i}");
+    guest::SUCCESS
+}
+
+/// `scan-read N` / `scan-mmap N`: every file, N passes, every block checked.
+pub fn scan(passes: u64, how: Access) -> u32 {
+    let Some(buf) = mmap_anon(CHUNK) else {
+        say!("result: program=scan errors=1 reason=no-memory");
+        return guest::FAILURE;
+    };
+    let before = kstats();
+    let t0 = clock_ns();
+    let (mut bytes, mut errors, mut files) = (0u64, 0u64, 0u64);
+    for _ in 0..passes {
+        let mut i = 0;
+        while let Some(e) = dirent(i) {
+            i += 1;
+            files += 1;
+            let Some(fd) = open(&e) else {
+                errors += 1;
+                continue;
+            };
+            let mut st = FileStat::default();
+            syscall3(nr::FSTAT, fd, &mut st as *mut FileStat as u64, 0);
+            if st.size != e.size || st.file_id != e.file_id {
+                errors += 1;
+            }
+            let (b, err) = match how {
+                Access::Read => scan_read(fd, &e, buf),
+                Access::Mmap => scan_mmap(fd, &e),
+            };
+            bytes += b;
+            errors += err;
+            syscall3(nr::CLOSE, fd, 0, 0);
+        }
+    }
+    let ms = (clock_ns() - t0) / 1_000_000;
+    let k = counters_line(&before, &kstats());
+    let name = if how == Access::Read { "scan-read" } else { "scan-mmap" };
+    say!(
+        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={}",
+        k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
+        k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames
+    );
+    if errors == 0 { guest::SUCCESS } else { guest::FAILURE }
+}
+
+fn scan_read(fd: u64, e: &DirEntry, buf: *mut u8) -> (u64, u64) {
+    let (mut pos, mut errors) = (0u64, 0u64);
+    while pos < e.size {
+        let n = syscall3(nr::READ, fd, buf as u64, CHUNK);
+        if n <= 0 {
+            return (pos, errors + 1);
+        }
+        // SAFETY: the kernel wrote `n` bytes into our `CHUNK`-byte buffer.
+        let data = unsafe { core::slice::from_raw_parts(buf, n as usize) };
+        // `pos` stays block-aligned: every read but the last is CHUNK long.
+        for (k, block) in data.chunks(BLOCK_SIZE).enumerate() {
+            errors += check_block(e.file_id, pos / BLOCK_SIZE as u64 + k as u64, e.size, block);
+        }
+        pos += n as u64;
+    }
+    (pos, errors)
+}
+
+fn scan_mmap(fd: u64, e: &DirEntry) -> (u64, u64) {
+    if e.size == 0 {
+        return (0, 0);
+    }
+    let a = syscall5(nr::MMAP_FILE, e.size, prot::READ, fd, 0, 1);
+    if a <= 0 {
+        return (0, 1);
+    }
+    // SAFETY: a fresh read-only mapping of the whole file.
+    let data = unsafe { core::slice::from_raw_parts(a as u64 as *const u8, e.size as usize) };
+    let mut errors = 0;
+    for (k, block) in data.chunks(BLOCK_SIZE).enumerate() {
+        errors += check_block(e.file_id, k as u64, e.size, block);
+    }
+    syscall3(nr::MUNMAP, a as u64, e.size.next_multiple_of(4096), 0);
+    (e.size, errors)
+}
+
+fn pattern(wave: u64, i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ wave
+}
+
+/// `churn WAVES MIB`: map, touch, verify and unmap MIB MiB, WAVES times.
+pub fn churn(rest: &str) -> u32 {
+    let mut words = rest.split_whitespace();
+    let waves = words.next().and_then(|w| w.parse().ok()).unwrap_or(4u64);
+    let mib = words.next().and_then(|w| w.parse().ok()).unwrap_or(16u64);
+    let len = mib << 20;
+    let before = kstats();
+    let t0 = clock_ns();
+    let mut errors = 0u64;
+    for wave in 0..waves {
+        let Some(p) = mmap_anon(len) else {
+            errors += 1;
+            break;
+        };
+        // SAFETY: a fresh read-write mapping of `len` bytes.
+        let words = unsafe { core::slice::from_raw_parts_mut(p as *mut u64, (len / 8) as usize) };
+        for (i, w) in words.iter_mut().enumerate().step_by(512) {
+            errors += (*w != 0) as u64;
+            *w = pattern(wave, i);
+        }
+        for (i, w) in words.iter().enumerate().step_by(512) {
+            errors += (*w != pattern(wave, i)) as u64;
+        }
+        if syscall3(nr::MUNMAP, p as u64, len, 0) != 0 {
+            errors += 1;
+        }
+    }
+    let ms = (clock_ns() - t0) / 1_000_000;
+    let k = counters_line(&before, &kstats());
+    say!(
+        "result: program=churn waves={waves} bytes={} ms={ms} errors={errors} faults={} free_frames={}",
+        waves * len, k.page_faults, k.free_frames
+    );
+    if errors == 0 { guest::SUCCESS } else { guest::FAILURE }
+}
+
+/// `mprotect PAGES ROUNDS`: toggle a populated range read-only and back,
+/// checking the data survives every transaction.
+pub fn mprotect_toggle(rest: &str) -> u32 {
+    let mut words = rest.split_whitespace();
+    let pages = words.next().and_then(|w| w.parse().ok()).unwrap_or(256u64);
+    let rounds = words.next().and_then(|w| w.parse().ok()).unwrap_or(20u64);
+    let len = pages * 4096;
+    let Some(p) = mmap_anon(len) else {
+        say!("result: program=mprotect errors=1 reason=no-memory");
+        return guest::FAILURE;
+    };
+    // SAFETY: a fresh read-write mapping of `len` bytes.
+    let words = unsafe { core::slice::from_raw_parts_mut(p as *mut u64, (len / 8) as usize) };
+    let t0 = clock_ns();
+    let mut errors = 0u64;
+    for round in 0..rounds {
+        for (i, w) in words.iter_mut().enumerate().step_by(512) {
+            *w = pattern(round, i);
+        }
+        errors += (syscall3(nr::MPROTECT, p as u64, len, prot::READ) != 0) as u64;
+        for (i, w) in words.iter().enumerate().step_by(512) {
+            errors += (*w != pattern(round, i)) as u64;
+        }
+        errors += (syscall3(nr::MPROTECT, p as u64, len, prot::RW) != 0) as u64;
+    }
+    let ms = (clock_ns() - t0) / 1_000_000;
+    say!("result: program=mprotect pages={pages} rounds={rounds} calls={} ms={ms} errors={errors}", rounds * 2);
+    if errors == 0 { guest::SUCCESS } else { guest::FAILURE }
+}
+
+/// `cow`: a private writable mapping of the first file; written pages hold
+/// what was written, untouched ones the file, and the file itself (seen
+/// through a shared mapping afterwards) is unchanged.
+pub fn cow() -> u32 {
+    let Some(e) = dirent(0) else {
+        say!("result: program=cow errors=1 reason=no-files");
+        return guest::FAILURE;
+    };
+    let Some(fd) = open(&e) else { return guest::FAILURE };
+    let len = e.size.next_multiple_of(4096);
+    let a = syscall5(nr::MMAP_FILE, len, prot::RW, fd, 0, 0);
+    if a <= 0 {
+        say!("result: program=cow errors=1 reason=mmap-{a}");
+        return guest::FAILURE;
+    }
+    let base = a as u64 as *mut u8;
+    let blocks = e.size.div_ceil(4096) as usize;
+    let before = kstats();
+    let mut errors = 0u64;
+    // Write a marker into every other page.
+    for b in (0..blocks).step_by(2) {
+        // SAFETY: inside our private mapping.
+        unsafe { (base.add(b * 4096 + 100) as *mut u64).write_volatile(0xc0ffee ^ b as u64) };
+    }
+    for b in 0..blocks {
+        // SAFETY: inside our private mapping.
+        let page = unsafe { core::slice::from_raw_parts(base.add(b * 4096), 4096) };
+        if b % 2 == 0 {
+            // SAFETY: as above.
+            let v = unsafe { (base.add(b * 4096 + 100) as *const u64).read_volatile() };
+            errors += (v != 0xc0ffee ^ b as u64) as u64;
+        } else {
+            let n = (e.size as usize - b * 4096).min(4096);
+            errors += check_block(e.file_id, b as u64, e.size, &page[..n]);
+        }
+    }
+    let k = counters_line(&before, &kstats());
+    syscall3(nr::MUNMAP, a as u64, len, 0);
+    // The file must be untouched.
+    let (_, file_errors) = scan_mmap(fd, &e);
+    let stray = syscall5(nr::MMAP_FILE, len, prot::RW, fd, 0, 1);
+    errors += file_errors + (stray >= 0) as u64;
+    say!(
+        "result: program=cow pages={blocks} cow_copies={} errors={errors} shared_writable_refused={}",
+        k.cow_copies,
+        stray < 0
+    );
+    if errors == 0 { guest::SUCCESS } else { guest::FAILURE }
+}
