@@ -22,9 +22,23 @@ impl Image {
         let files = dir.join("files");
         let path = dir.join("disk.img");
         let count = count.to_string();
-        let args = ["gen-files", "--dir", files.to_str().unwrap(), "--count", &count, "--size", size];
+        let args = [
+            "gen-files",
+            "--dir",
+            files.to_str().unwrap(),
+            "--count",
+            &count,
+            "--size",
+            size,
+        ];
         vmm(&args, Duration::from_secs(60)).expect_status(0);
-        let args = ["mkdisk", "--from", files.to_str().unwrap(), "--out", path.to_str().unwrap()];
+        let args = [
+            "mkdisk",
+            "--from",
+            files.to_str().unwrap(),
+            "--out",
+            path.to_str().unwrap(),
+        ];
         vmm(&args, Duration::from_secs(60)).expect_status(0);
         Image { dir, path }
     }
@@ -64,25 +78,48 @@ fn read_scan_larger_than_memory_reclaims_and_stays_correct() {
     // 16 MiB of files, 16 MiB of guest RAM: the cache must be reclaimed.
     let img = Image::new("read", 4, "4M");
     assert!(exists(&img.path));
-    let r = boot(&["--mem", "16M", "--vcpus", "1", "--disk", img.arg()], &["copies=1", "scan-read", "2"]);
+    let r = boot(
+        &["--mem", "16M", "--vcpus", "1", "--disk", img.arg()],
+        &["copies=1", "scan-read", "2"],
+    );
     r.expect_status(0).expect_stdout("4 files");
-    assert_eq!(results(&r.stdout, "scan-read", "errors"), vec![0], "{}", r.stdout);
-    assert_eq!(results(&r.stdout, "scan-read", "bytes"), vec![2 * 16 << 20]);
-    assert!(results(&r.stdout, "scan-read", "reclaimed")[0] > 0, "{}", r.stdout);
+    assert_eq!(
+        results(&r.stdout, "scan-read", "errors"),
+        vec![0],
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        results(&r.stdout, "scan-read", "bytes"),
+        vec![2 * (16 << 20)]
+    );
+    assert!(
+        results(&r.stdout, "scan-read", "reclaimed")[0] > 0,
+        "{}",
+        r.stdout
+    );
     // Read-ahead: far fewer requests than pages.
     let req = results(&r.stdout, "scan-read", "disk_requests")[0];
     let pages = results(&r.stdout, "scan-read", "disk_pages")[0];
-    assert!(pages >= 8192 && req * 8 <= pages, "requests {req} pages {pages}");
+    assert!(
+        pages >= 8192 && req * 8 <= pages,
+        "requests {req} pages {pages}"
+    );
 }
 
 #[test]
 fn mmap_scan_on_every_cpu_reclaims_mapped_pages() {
     let img = Image::new("mmap", 4, "4M");
-    let r = boot(&["--mem", "16M", "--vcpus", "2", "--disk", img.arg()], &["scan-mmap", "1"]);
+    let r = boot(
+        &["--mem", "16M", "--vcpus", "2", "--disk", img.arg()],
+        &["scan-mmap", "1"],
+    );
     r.expect_status(0);
     let errors = results(&r.stdout, "scan-mmap", "errors");
     assert_eq!(errors, vec![0, 0], "{}", r.stdout);
-    assert!(results(&r.stdout, "scan-mmap", "file_faults").iter().all(|&f| f > 0));
+    assert!(results(&r.stdout, "scan-mmap", "file_faults")
+        .iter()
+        .all(|&f| f > 0));
     let reclaimed: u64 = results(&r.stdout, "scan-mmap", "reclaimed").iter().sum();
     assert!(reclaimed > 0, "{}", r.stdout);
 }
@@ -93,7 +130,12 @@ fn private_file_mapping_copies_on_write() {
     let r = boot(&["--vcpus", "1", "--disk", img.arg()], &["copies=1", "cow"]);
     r.expect_status(0);
     assert_eq!(results(&r.stdout, "cow", "errors"), vec![0], "{}", r.stdout);
-    assert_eq!(results(&r.stdout, "cow", "cow_copies"), vec![32], "{}", r.stdout);
+    assert_eq!(
+        results(&r.stdout, "cow", "cow_copies"),
+        vec![32],
+        "{}",
+        r.stdout
+    );
     r.expect_stdout("shared_writable_refused=true");
 }
 
@@ -101,19 +143,35 @@ fn private_file_mapping_copies_on_write() {
 fn anonymous_churn_and_mprotect_toggling_keep_data() {
     let r = boot(&["--mem", "32M"], &["churn", "3", "4"]);
     r.expect_status(0);
-    assert_eq!(results(&r.stdout, "churn", "errors"), vec![0, 0], "{}", r.stdout);
+    assert_eq!(
+        results(&r.stdout, "churn", "errors"),
+        vec![0, 0],
+        "{}",
+        r.stdout
+    );
     let r = boot(&[], &["mprotect", "128", "6"]);
     r.expect_status(0);
-    assert_eq!(results(&r.stdout, "mprotect", "errors"), vec![0, 0], "{}", r.stdout);
+    assert_eq!(
+        results(&r.stdout, "mprotect", "errors"),
+        vec![0, 0],
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
 fn disk_flag_errors() {
-    let r = vmm(&["run", "--disk", "/nonexistent/disk.img"], Duration::from_secs(30));
+    let r = vmm(
+        &["run", "--disk", "/nonexistent/disk.img"],
+        Duration::from_secs(30),
+    );
     r.expect_status(pagehint_abi::exit::vmm::NO_INPUT);
     let empty = std::env::temp_dir().join(format!("vmm-empty-disk-{}", std::process::id()));
     std::fs::write(&empty, b"").unwrap();
-    let r = vmm(&["run", "--disk", empty.to_str().unwrap()], Duration::from_secs(30));
+    let r = vmm(
+        &["run", "--disk", empty.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
     std::fs::remove_file(&empty).ok();
     r.expect_status(pagehint_abi::exit::vmm::BAD_DISK);
 }
@@ -122,8 +180,12 @@ fn disk_flag_errors() {
 fn a_disk_that_is_not_phfs_is_reported_not_fatal() {
     let junk = std::env::temp_dir().join(format!("vmm-junk-disk-{}", std::process::id()));
     std::fs::write(&junk, vec![0x5a; 64 * 1024]).unwrap();
-    let r = boot(&["--vcpus", "1", "--disk", junk.to_str().unwrap()], &["copies=1", "files"]);
+    let r = boot(
+        &["--vcpus", "1", "--disk", junk.to_str().unwrap()],
+        &["copies=1", "files"],
+    );
     std::fs::remove_file(&junk).ok();
-    r.expect_status(0).expect_stdout("not mountable: Format(BadMagic)");
+    r.expect_status(0)
+        .expect_stdout("not mountable: Format(BadMagic)");
     assert_eq!(results(&r.stdout, "files", "files"), vec![0]);
 }

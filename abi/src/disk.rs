@@ -124,8 +124,12 @@ pub enum BlockError {
     /// Zeroes where data should be (a page lost by the host, say).
     Zeroed,
     BadMagic,
-    WrongFile { found: u32 },
-    WrongIndex { found: u64 },
+    WrongFile {
+        found: u32,
+    },
+    WrongIndex {
+        found: u64,
+    },
     BadChecksum,
 }
 
@@ -167,8 +171,14 @@ mod tests {
         assert_eq!(verify_block(1, 0, &b), Err(BlockError::Zeroed));
         fill_block(7, 3, 40960, &mut b);
         assert_eq!(verify_block(7, 3, &b), Ok(()));
-        assert_eq!(verify_block(8, 3, &b), Err(BlockError::WrongFile { found: 7 }));
-        assert_eq!(verify_block(7, 4, &b), Err(BlockError::WrongIndex { found: 3 }));
+        assert_eq!(
+            verify_block(8, 3, &b),
+            Err(BlockError::WrongFile { found: 7 })
+        );
+        assert_eq!(
+            verify_block(7, 4, &b),
+            Err(BlockError::WrongIndex { found: 3 })
+        );
         b[2000] ^= 1;
         assert_eq!(verify_block(7, 3, &b), Err(BlockError::BadChecksum));
     }

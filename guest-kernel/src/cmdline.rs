@@ -80,7 +80,8 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
                         copies = Some(n);
                     }
                     pagehint_abi::boot::VIRTIO_MMIO_CMDLINE_KEY => {
-                        virtio_mmio = Some(parse_virtio_mmio(value).ok_or(CmdlineError::BadOption)?);
+                        virtio_mmio =
+                            Some(parse_virtio_mmio(value).ok_or(CmdlineError::BadOption)?);
                     }
                     _ => return Err(CmdlineError::BadOption),
                 }
@@ -130,7 +131,11 @@ mod tests {
         let c = parse("virtio_mmio.device=4K@0xd0000000:5 copies=1 scan-read 2").unwrap();
         assert_eq!(
             c.virtio_mmio,
-            Some(VirtioMmio { size: 4096, base: 0xd000_0000, irq: 5 })
+            Some(VirtioMmio {
+                size: 4096,
+                base: 0xd000_0000,
+                irq: 5
+            })
         );
         assert_eq!(c.program, "scan-read");
         assert_eq!(c.args, "2");

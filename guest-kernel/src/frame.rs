@@ -92,14 +92,20 @@ impl<'a> FrameAllocator<'a> {
 
     /// One frame, or `None` when memory is exhausted.
     pub fn alloc(&mut self) -> Option<u64> {
+        self.alloc_fresh().map(|(pfn, _)| pfn)
+    }
+
+    /// One frame, and whether it was never handed out before (so still
+    /// holds what the machine started with: zeroes, in fresh VM memory).
+    pub fn alloc_fresh(&mut self) -> Option<(u64, bool)> {
         if self.free_head != NIL {
             let pfn = self.free_head;
             self.free_head = self.links[pfn as usize];
             self.links[pfn as usize] = IN_USE;
             self.free_count -= 1;
-            return Some(pfn as u64);
+            return Some((pfn as u64, false));
         }
-        self.alloc_contiguous(1)
+        self.alloc_contiguous(1).map(|pfn| (pfn, true))
     }
 
     /// `n` physically contiguous frames, from never-used memory only (for
@@ -207,6 +213,16 @@ mod tests {
         assert_eq!(a.alloc(), Some(y));
         assert_eq!(a.alloc(), Some(x));
         assert_eq!(a.alloc(), Some(12));
+    }
+
+    #[test]
+    fn only_never_used_frames_are_fresh() {
+        let mut links = vec![0; 32];
+        let mut a = FrameAllocator::new(&mut links, &ranges()).unwrap();
+        assert_eq!(a.alloc_fresh(), Some((10, true)));
+        a.free(10).unwrap();
+        assert_eq!(a.alloc_fresh(), Some((10, false)));
+        assert_eq!(a.alloc_fresh(), Some((11, true)));
     }
 
     #[test]

@@ -259,10 +259,16 @@ impl FrameTable {
         let slot = if self.rmap_free != NIL {
             let s = self.rmap_free;
             self.rmap_free = self.rmap_pool[s as usize].next;
-            self.rmap_pool[s as usize] = RmapEntry { m, next: decode(self.rmap_head[i]) };
+            self.rmap_pool[s as usize] = RmapEntry {
+                m,
+                next: decode(self.rmap_head[i]),
+            };
             s
         } else {
-            self.rmap_pool.push(RmapEntry { m, next: decode(self.rmap_head[i]) });
+            self.rmap_pool.push(RmapEntry {
+                m,
+                next: decode(self.rmap_head[i]),
+            });
             (self.rmap_pool.len() - 1) as u32
         };
         self.rmap_head[i] = encode(slot);
@@ -363,8 +369,14 @@ mod tests {
     fn rmap_tracks_every_mapping_and_the_last_put_frees() {
         let mut t = FrameTable::new(16);
         t.get(9);
-        let a = Mapping { asid: 1, va: 0x1000 };
-        let b = Mapping { asid: 2, va: 0x5000 };
+        let a = Mapping {
+            asid: 1,
+            va: 0x1000,
+        };
+        let b = Mapping {
+            asid: 2,
+            va: 0x5000,
+        };
         t.rmap_add(9, a).unwrap();
         t.set_flags(9, flag::WRITABLE_MAPPED);
         t.rmap_add(9, b).unwrap();

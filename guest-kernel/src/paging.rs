@@ -236,7 +236,12 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
             return None;
         }
         self.mem.write_entry(t, i, 0);
-        Some(PteTxn { table: t, index: i, va, old })
+        Some(PteTxn {
+            table: t,
+            index: i,
+            va,
+            old,
+        })
     }
 
     /// Closes a transaction with the new entry (`ptep_modify_prot_commit`).
@@ -357,7 +362,8 @@ mod tests {
         let mut mem = FakeMem::default();
         let root = mem.new_root();
         let mut m = Mapper::new(root, &mut mem);
-        m.map(0x40_0000, 0x5000, flags::USER | flags::WRITABLE).unwrap();
+        m.map(0x40_0000, 0x5000, flags::USER | flags::WRITABLE)
+            .unwrap();
         let txn = m.modify_prot_start(0x40_0000).unwrap();
         assert_eq!(m.translate(0x40_0000), None, "cleared while open");
         let new = txn.old & !flags::WRITABLE;

@@ -6,7 +6,9 @@
 
 use alloc::vec::Vec;
 
-use pagehint_abi::disk::{DirEntry, Superblock, BLOCK_SIZE, DIR_ENTRIES_PER_BLOCK, MAGIC, MAX_FILES, NAME_MAX};
+use pagehint_abi::disk::{
+    DirEntry, Superblock, BLOCK_SIZE, DIR_ENTRIES_PER_BLOCK, MAGIC, MAX_FILES, NAME_MAX,
+};
 
 /// Why an image was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,8 +19,12 @@ pub enum FsError {
     /// The image is smaller than its superblock says.
     Truncated,
     /// A file reaches outside the image or into the directory.
-    FileOutOfRange { index: usize },
-    BadName { index: usize },
+    FileOutOfRange {
+        index: usize,
+    },
+    BadName {
+        index: usize,
+    },
 }
 
 fn u32_at(b: &[u8], o: usize) -> u32 {
@@ -31,7 +37,10 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 }
 
 /// Reads block 0; `image_blocks` is the device's size in 4 KiB blocks.
-pub fn parse_superblock(block: &[u8; BLOCK_SIZE], image_blocks: u64) -> Result<Superblock, FsError> {
+pub fn parse_superblock(
+    block: &[u8; BLOCK_SIZE],
+    image_blocks: u64,
+) -> Result<Superblock, FsError> {
     let mut magic = [0u8; 8];
     magic.copy_from_slice(&block[..8]);
     if magic != MAGIC {
@@ -136,7 +145,10 @@ mod tests {
         let mut b = superblock(1, 10);
         b[0] = b'X';
         assert_eq!(parse_superblock(&b, 10), Err(FsError::BadMagic));
-        assert_eq!(parse_superblock(&superblock(1, 10), 5), Err(FsError::Truncated));
+        assert_eq!(
+            parse_superblock(&superblock(1, 10), 5),
+            Err(FsError::Truncated)
+        );
         let sb = parse_superblock(&superblock(2, 10), 10).unwrap();
         assert_eq!(
             validate(&sb, &[entry("a", 4096 * 9, 2)]),
@@ -146,6 +158,9 @@ mod tests {
             validate(&sb, &[entry("a", 10, 1)]),
             Err(FsError::FileOutOfRange { index: 0 })
         );
-        assert_eq!(validate(&sb, &[entry("", 10, 3)]), Err(FsError::BadName { index: 0 }));
+        assert_eq!(
+            validate(&sb, &[entry("", 10, 3)]),
+            Err(FsError::BadName { index: 0 })
+        );
     }
 }

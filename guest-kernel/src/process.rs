@@ -21,7 +21,13 @@ pub fn create(elf: &Elf, args: &str, instance: u32) -> Result<Box<Task>, AsError
         match load(st, asid, elf, args) {
             Ok(rsp) => {
                 let root = st.root(asid).ok_or(AsError::NoSpace)?;
-                Ok(Task::new_user(asid, root, elf.entry(), rsp, [STACK_TOP - 512, args.len() as u64, instance as u64]))
+                Ok(Task::new_user(
+                    asid,
+                    root,
+                    elf.entry(),
+                    rsp,
+                    [STACK_TOP - 512, args.len() as u64, instance as u64],
+                ))
             }
             Err(e) => {
                 st.destroy_space(asid);
@@ -61,7 +67,13 @@ fn load(st: &mut MmState, asid: u32, elf: &Elf, args: &str) -> Result<u64, AsErr
         }
     }
     // The stack: filled on demand, but its top page now, for the arguments.
-    st.add_area(asid, STACK_TOP - STACK_SIZE, STACK_SIZE, prot::RW, Backing::Stack)?;
+    st.add_area(
+        asid,
+        STACK_TOP - STACK_SIZE,
+        STACK_SIZE,
+        prot::RW,
+        Backing::Stack,
+    )?;
     let top_page = STACK_TOP - PAGE_SIZE;
     let pa = st.populate_anon(asid, top_page)?;
     let args_at = STACK_TOP - 512;

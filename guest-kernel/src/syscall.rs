@@ -5,15 +5,13 @@
 //! gets a negative errno, never a kernel fault. User memory is reached only
 //! through `MmState::copy_from_user`/`copy_to_user`.
 
-use alloc::vec;
-
 use crate::arch::idt::TrapFrame;
 use crate::mm::addr_space::AsError;
 use crate::mm::{self, MmState};
 use crate::sched::{self, OpenFile, Reason};
 use crate::{clock, console, fs, percpu};
 use guest_kernel::vma::Backing;
-use pagehint_abi::disk::{BLOCK_SIZE, NAME_MAX};
+use pagehint_abi::disk::NAME_MAX;
 use pagehint_abi::syscall::{errno, nr, prot, FileStat};
 use pagehint_abi::PAGE_SIZE;
 
@@ -44,7 +42,8 @@ pub fn dispatch(frame: &mut TrapFrame) {
             if a[0] == 0 || a[0] > MAX_MMAP || a[1] & !prot::ALL != 0 {
                 return -errno::EINVAL;
             }
-            st.mmap(asid, a[0], a[1], Backing::Anonymous).map_or_else(err, |v| v as i64)
+            st.mmap(asid, a[0], a[1], Backing::Anonymous)
+                .map_or_else(err, |v| v as i64)
         }),
         nr::MMAP_FILE => mmap_file(a),
         nr::MUNMAP => with_space(|st, asid| st.munmap(asid, a[0], a[1]).map_or_else(err, |_| 0)),
@@ -129,14 +128,19 @@ fn open(name_ptr: u64, name_len: u64) -> i64 {
     }
     let mut name = [0u8; NAME_MAX];
     let n = name_len as usize;
-    let r = with_space(|st, asid| st.copy_from_user(asid, name_ptr, &mut name[..n]).map_or_else(err, |_| 0));
+    let r = with_space(|st, asid| {
+        st.copy_from_user(asid, name_ptr, &mut name[..n])
+            .map_or_else(err, |_| 0)
+    });
     if r < 0 {
         return r;
     }
     let Some(file) = core::str::from_utf8(&name[..n]).ok().and_then(fs::lookup) else {
         return -errno::ENOENT;
     };
-    let Some(t) = sched::current() else { return -errno::EFAULT };
+    let Some(t) = sched::current() else {
+        return -errno::EFAULT;
+    };
     let slot = match t.files.iter().position(|f| f.is_none()) {
         Some(i) => i,
         None if t.files.len() < MAX_FILES => {
@@ -151,11 +155,14 @@ fn open(name_ptr: u64, name_len: u64) -> i64 {
 
 /// `read`: page by page through the page cache into user memory.
 fn read(fd: u64, buf: u64, len: u64) -> i64 {
-    let Some(Some(of)) = file_slot(fd).map(|s| *s) else { return -errno::EBADF };
-    let Some(entry) = fs::entry(of.file) else { return -errno::EBADF };
+    let Some(Some(of)) = file_slot(fd).map(|s| *s) else {
+        return -errno::EBADF;
+    };
+    let Some(entry) = fs::entry(of.file) else {
+        return -errno::EBADF;
+    };
     let len = len.min(MAX_READ).min(entry.size.saturating_sub(of.pos));
     let mut done = 0u64;
-    let mut page = vec![0u8; BLOCK_SIZE];
     while done < len {
         let pos = of.pos + done;
         let off = pos % PAGE_SIZE;
@@ -165,15 +172,14 @@ fn read(fd: u64, buf: u64, len: u64) -> i64 {
                 Ok(p) => p,
                 Err(e) => return err(e),
             };
-            // SAFETY: we hold a reference on the cache frame; the direct
-            // map covers it.
-            let src = unsafe { &*(mm::phys_to_virt(pfn * PAGE_SIZE) as *const [u8; BLOCK_SIZE]) };
-            page[..n as usize].copy_from_slice(&src[off as usize..(off + n) as usize]);
+            let src = mm::phys_to_virt(pfn * PAGE_SIZE + off) as *const u8;
+            // SAFETY: we hold a reference on the cache frame until the copy
+            // is done, and `off + n` stays inside it.
+            let r = unsafe { st.copy_ptr_to_user(asid, buf + done, src, n as usize) };
             if st.frames.put(pfn) {
                 mm::free_frame(pfn * PAGE_SIZE);
             }
-            st.copy_to_user(asid, buf + done, &page[..n as usize])
-                .map_or_else(err, |_| 0)
+            r.map_or_else(err, |_| 0)
         });
         if r < 0 {
             if done == 0 {
@@ -190,8 +196,12 @@ fn read(fd: u64, buf: u64, len: u64) -> i64 {
 }
 
 fn fstat(fd: u64, out: u64) -> i64 {
-    let Some(Some(of)) = file_slot(fd).map(|s| *s) else { return -errno::EBADF };
-    let Some(e) = fs::entry(of.file) else { return -errno::EBADF };
+    let Some(Some(of)) = file_slot(fd).map(|s| *s) else {
+        return -errno::EBADF;
+    };
+    let Some(e) = fs::entry(of.file) else {
+        return -errno::EBADF;
+    };
     let st = FileStat {
         size: e.size,
         file_id: e.file_id,
@@ -217,11 +227,16 @@ fn mmap_file(a: [u64; 5]) -> i64 {
         // The disk is read-only: no writable shared file mappings.
         return -errno::EACCES;
     }
-    let Some(Some(of)) = file_slot(fd).map(|s| *s) else { return -errno::EBADF };
+    let Some(Some(of)) = file_slot(fd).map(|s| *s) else {
+        return -errno::EBADF;
+    };
     let backing = Backing::File {
         file: of.file,
         pgoff: offset / PAGE_SIZE,
         shared,
     };
-    with_space(|st, asid| st.mmap(asid, len, p, backing).map_or_else(err, |v| v as i64))
+    with_space(|st, asid| {
+        st.mmap(asid, len, p, backing)
+            .map_or_else(err, |v| v as i64)
+    })
 }

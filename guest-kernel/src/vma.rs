@@ -27,7 +27,11 @@ impl Backing {
     /// The same backing for a piece of the area starting `delta` bytes in.
     fn advanced(self, delta: u64) -> Self {
         match self {
-            Backing::File { file, pgoff, shared } => Backing::File {
+            Backing::File {
+                file,
+                pgoff,
+                shared,
+            } => Backing::File {
                 file,
                 pgoff: pgoff + delta / PAGE,
                 shared,
@@ -51,7 +55,11 @@ impl Vma {
     /// For a file area: the file and page index mapped at `addr`.
     pub fn file_page(&self, addr: u64) -> Option<(u32, u64, bool)> {
         match self.backing {
-            Backing::File { file, pgoff, shared } if self.start <= addr && addr < self.end => {
+            Backing::File {
+                file,
+                pgoff,
+                shared,
+            } if self.start <= addr && addr < self.end => {
                 Some((file, pgoff + (addr - self.start) / PAGE, shared))
             }
             _ => None,
@@ -161,13 +169,27 @@ impl VmaSet {
         if tail.end > end {
             self.areas[last - 1].end = end;
             let backing = tail.backing.advanced(end - tail.start);
-            self.areas.insert(last, Vma { start: end, backing, ..tail });
+            self.areas.insert(
+                last,
+                Vma {
+                    start: end,
+                    backing,
+                    ..tail
+                },
+            );
         }
         let head = self.areas[first];
         if head.start < start {
             self.areas[first].end = start;
             let backing = head.backing.advanced(start - head.start);
-            self.areas.insert(first + 1, Vma { start, backing, ..head });
+            self.areas.insert(
+                first + 1,
+                Vma {
+                    start,
+                    backing,
+                    ..head
+                },
+            );
             return Ok(first + 1..last + 1);
         }
         Ok(first..last)
@@ -256,12 +278,25 @@ mod tests {
     #[test]
     fn splitting_a_file_area_keeps_file_offsets() {
         let mut s = VmaSet::new();
-        let f = Backing::File { file: 7, pgoff: 10, shared: false };
+        let f = Backing::File {
+            file: 7,
+            pgoff: 10,
+            shared: false,
+        };
         s.insert(0x10000, 0x4000, R, f).unwrap();
         s.protect(0x11000, 0x1000, RW).unwrap();
-        assert_eq!(s.find(0x10000).unwrap().file_page(0x10000), Some((7, 10, false)));
-        assert_eq!(s.find(0x11000).unwrap().file_page(0x11000), Some((7, 11, false)));
-        assert_eq!(s.find(0x13000).unwrap().file_page(0x13fff), Some((7, 13, false)));
+        assert_eq!(
+            s.find(0x10000).unwrap().file_page(0x10000),
+            Some((7, 10, false))
+        );
+        assert_eq!(
+            s.find(0x11000).unwrap().file_page(0x11000),
+            Some((7, 11, false))
+        );
+        assert_eq!(
+            s.find(0x13000).unwrap().file_page(0x13fff),
+            Some((7, 13, false))
+        );
         assert_eq!(s.find(0x13000).unwrap().file_page(0x14000), None);
     }
 

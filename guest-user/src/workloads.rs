@@ -74,7 +74,12 @@ fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
 pub fn list_files() -> u32 {
     let mut i = 0;
     while let Some(e) = dirent(i) {
-        say!("file {} {} bytes id {}", e.name().unwrap_or("?"), e.size, e.file_id);
+        say!(
+            "file {} {} bytes id {}",
+            e.name().unwrap_or("?"),
+            e.size,
+            e.file_id
+        );
         i += 1;
     }
     say!("result: program=files files={i}");
@@ -115,13 +120,21 @@ pub fn scan(passes: u64, how: Access) -> u32 {
     }
     let ms = (clock_ns() - t0) / 1_000_000;
     let k = counters_line(&before, &kstats());
-    let name = if how == Access::Read { "scan-read" } else { "scan-mmap" };
+    let name = if how == Access::Read {
+        "scan-read"
+    } else {
+        "scan-mmap"
+    };
     say!(
         "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={}",
         k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
         k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames
     );
-    if errors == 0 { guest::SUCCESS } else { guest::FAILURE }
+    if errors == 0 {
+        guest::SUCCESS
+    } else {
+        guest::FAILURE
+    }
 }
 
 fn scan_read(fd: u64, e: &DirEntry, buf: *mut u8) -> (u64, u64) {
@@ -197,7 +210,11 @@ pub fn churn(rest: &str) -> u32 {
         "result: program=churn waves={waves} bytes={} ms={ms} errors={errors} faults={} free_frames={}",
         waves * len, k.page_faults, k.free_frames
     );
-    if errors == 0 { guest::SUCCESS } else { guest::FAILURE }
+    if errors == 0 {
+        guest::SUCCESS
+    } else {
+        guest::FAILURE
+    }
 }
 
 /// `mprotect PAGES ROUNDS`: toggle a populated range read-only and back,
@@ -226,8 +243,15 @@ pub fn mprotect_toggle(rest: &str) -> u32 {
         errors += (syscall3(nr::MPROTECT, p as u64, len, prot::RW) != 0) as u64;
     }
     let ms = (clock_ns() - t0) / 1_000_000;
-    say!("result: program=mprotect pages={pages} rounds={rounds} calls={} ms={ms} errors={errors}", rounds * 2);
-    if errors == 0 { guest::SUCCESS } else { guest::FAILURE }
+    say!(
+        "result: program=mprotect pages={pages} rounds={rounds} calls={} ms={ms} errors={errors}",
+        rounds * 2
+    );
+    if errors == 0 {
+        guest::SUCCESS
+    } else {
+        guest::FAILURE
+    }
 }
 
 /// `cow`: a private writable mapping of the first file; written pages hold
@@ -238,7 +262,9 @@ pub fn cow() -> u32 {
         say!("result: program=cow errors=1 reason=no-files");
         return guest::FAILURE;
     };
-    let Some(fd) = open(&e) else { return guest::FAILURE };
+    let Some(fd) = open(&e) else {
+        return guest::FAILURE;
+    };
     let len = e.size.next_multiple_of(4096);
     let a = syscall5(nr::MMAP_FILE, len, prot::RW, fd, 0, 0);
     if a <= 0 {
@@ -277,5 +303,9 @@ pub fn cow() -> u32 {
         k.cow_copies,
         stray < 0
     );
-    if errors == 0 { guest::SUCCESS } else { guest::FAILURE }
+    if errors == 0 {
+        guest::SUCCESS
+    } else {
+        guest::FAILURE
+    }
 }

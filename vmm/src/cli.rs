@@ -1,5 +1,6 @@
 //! The command line: `vmm run [--kernel PATH] [--mem SIZE] [--vcpus N]
-//! [--timeout SECS] [-- ARGS...]`.
+//! [--timeout SECS] [--disk PATH [--disk-rw]] [-- ARGS...]`, and the host
+//! tools `vmm gen-files` and `vmm mkdisk`.
 //!
 //! Parsing only checks syntax (numbers, sizes); whether a value can work
 //! (enough RAM, a vCPU count KVM allows) is decided by `run`, which reports
@@ -31,6 +32,38 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest kernel and run it until it exits.
     Run(RunArgs),
+    /// Write files of verifiable generated blocks.
+    GenFiles(GenFilesArgs),
+    /// Build a PHFS disk image from the files of a directory.
+    Mkdisk(MkdiskArgs),
+}
+
+/// Options of `vmm gen-files`.
+#[derive(Debug, Clone, Args)]
+pub struct GenFilesArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Number of files (fNNNNN.bin, from f00000.bin).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub count: u32,
+    /// Size of each file: bytes, or a number with K, M or G; at least 1.
+    #[arg(long, value_name = "SIZE", value_parser = parse_nonzero_size)]
+    pub size: u64,
+    /// File id of the first file; file n gets FIRST_ID + n.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub first_id: u32,
+}
+
+/// Options of `vmm mkdisk`.
+#[derive(Debug, Clone, Args)]
+pub struct MkdiskArgs {
+    /// Directory whose regular files go into the image.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// The image to write (replaced atomically).
+    #[arg(long, value_name = "IMAGE")]
+    pub out: PathBuf,
 }
 
 /// Options of `vmm run`.
@@ -48,6 +81,12 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+    /// Disk image for the virtio block device (read-only unless --disk-rw).
+    #[arg(long, value_name = "PATH")]
+    pub disk: Option<PathBuf>,
+    /// Let the guest write to the disk image.
+    #[arg(long, requires = "disk")]
+    pub disk_rw: bool,
     /// Guest command line, joined with spaces.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
@@ -74,6 +113,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses a size like [`parse_size`] that must not be zero.
+pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err(format!("'{s}' must be at least 1 byte")),
+        n => Ok(n),
+    }
 }
 
 /// Parses a non-negative number of seconds.
@@ -113,6 +160,7 @@ mod tests {
         v.extend_from_slice(args);
         parse_from(v).map(|c| match c.command {
             Command::Run(r) => r,
+            other => panic!("not run: {other:?}"),
         })
     }
 
@@ -153,6 +201,60 @@ mod tests {
         assert_eq!((r.mem, r.vcpus), (1 << 30, 4));
         assert_eq!(r.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(r.args, ["hello", "-x"]);
+    }
+
+    #[test]
+    fn disk_flags_and_tools() {
+        let r = run_args(&["--disk", "/tmp/x.img"]).unwrap();
+        assert_eq!(
+            (r.disk.as_deref(), r.disk_rw),
+            (Some(std::path::Path::new("/tmp/x.img")), false)
+        );
+        assert!(run_args(&["--disk", "a", "--disk-rw"]).unwrap().disk_rw);
+        let e = run_args(&["--disk-rw"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
+
+        let c = parse_from([
+            "vmm",
+            "gen-files",
+            "--dir",
+            "d",
+            "--count",
+            "3",
+            "--size",
+            "6K",
+        ]);
+        match c.unwrap().command {
+            Command::GenFiles(g) => assert_eq!((g.count, g.size, g.first_id), (3, 6144, 1)),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &[
+                "vmm",
+                "gen-files",
+                "--dir",
+                "d",
+                "--count",
+                "3",
+                "--size",
+                "0",
+            ][..],
+            &[
+                "vmm",
+                "gen-files",
+                "--dir",
+                "d",
+                "--count",
+                "100001",
+                "--size",
+                "1",
+            ],
+            &["vmm", "mkdisk", "--from", "d"],
+        ] {
+            assert_eq!(parse_error_status(&parse_from(bad).unwrap_err()), USAGE);
+        }
+        let c = parse_from(["vmm", "mkdisk", "--from", "d", "--out", "x.img"]).unwrap();
+        assert!(matches!(c.command, Command::Mkdisk(_)));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The `vmm` library: boots a PVH guest kernel on KVM and runs it until the
 //! guest writes its exit status, fails, or runs out of time.
 //!
-//! [`run`] wires the modules together: check the configuration, load the
-//! kernel into fresh guest RAM, open KVM, create the VM, its devices and its
-//! vCPU threads, wait for the first vCPU to stop (or the timeout), then stop
-//! and join every vCPU thread. [`VmmError`] gathers every module's error and
+//! [`run`] wires the modules together: check the configuration, open the
+//! disk image if any, load the kernel into fresh guest RAM, open KVM, create
+//! the VM, its devices (and the block device's worker thread) and its vCPU
+//! threads, wait for the first vCPU to stop (or the timeout), then stop and
+//! join every vCPU thread and the worker. [`VmmError`] gathers every module's error and
 //! maps it to the documented exit status. Nothing here may panic on
 //! anything the guest or the user sends.
 
@@ -15,24 +16,33 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pagehint_abi::boot::{
+    VIRTIO_BLK_IRQ, VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_CMDLINE_KEY, VIRTIO_MMIO_SIZE,
+};
 use pagehint_abi::exit::{status_from_guest, vmm as status};
 use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT, HYPERCALL_PORT};
 
 pub mod arch;
 pub mod cli;
 pub mod devices;
+pub mod disk_image;
 pub mod hypercall;
 pub mod kvm;
 pub mod loader;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
+pub mod tools;
 pub mod vstate;
 
 use arch::x86_64::regs::RegDump;
 use cli::RunArgs;
+use devices::blk_worker::{BlockWorker, WorkerError};
 use devices::bus::{BusError, ExitDevice, PioBus};
+use devices::disk::{DiskError, DiskFile};
+use devices::mmio::{MmioBus, MmioError};
 use devices::serial::{SerialDevice, SerialError};
+use devices::virtio_mmio::{VirtioBlock, VirtioMmioError, QUEUE_NOTIFY};
 use hypercall::HypercallDevice;
 use kvm::{KvmContext, KvmError};
 use loader::LoaderError;
@@ -71,6 +81,14 @@ pub enum VmmError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Serial(#[from] SerialError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("cannot set up the MMIO bus: {0}")]
+    Mmio(#[from] MmioError),
+    #[error(transparent)]
+    Virtio(#[from] VirtioMmioError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
     /// The guest triple-faulted.
     #[error("guest triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu}")]
     TripleFault { vcpu: u8, dump: RegDump },
@@ -109,9 +127,14 @@ impl VmmError {
             VmmError::Loader(_) => status::BAD_KERNEL,
             VmmError::Kvm(KvmError::SupportedCpuid(_)) => status::INTERNAL,
             VmmError::Kvm(_) => status::KVM_UNAVAILABLE,
-            VmmError::Vm(_) | VmmError::Vcpu(_) | VmmError::Bus(_) | VmmError::Serial(_) => {
-                status::INTERNAL
-            }
+            VmmError::Disk(e) => e.exit_status(),
+            VmmError::Vm(_)
+            | VmmError::Vcpu(_)
+            | VmmError::Bus(_)
+            | VmmError::Serial(_)
+            | VmmError::Mmio(_)
+            | VmmError::Virtio(_)
+            | VmmError::Worker(_) => status::INTERNAL,
             VmmError::TripleFault { .. } => status::GUEST_TRIPLE_FAULT,
             VmmError::KvmFailure { .. } => status::KVM_FAILURE,
             VmmError::UnexpectedExit { .. } => status::UNEXPECTED_EXIT,
@@ -141,6 +164,64 @@ fn check_vcpus(vcpus: u32) -> Result<u8, VmmError> {
     u8::try_from(vcpus).map_err(|_| VmmError::Config(format!("--vcpus {vcpus} is too large")))
 }
 
+/// A size as the kernel's `memparse` reads it: `4K`, `1M`, or bytes.
+fn cmdline_size(bytes: u64) -> String {
+    match bytes {
+        0 => "0".into(),
+        b if b.is_multiple_of(1 << 30) => format!("{}G", b >> 30),
+        b if b.is_multiple_of(1 << 20) => format!("{}M", b >> 20),
+        b if b.is_multiple_of(1 << 10) => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
+}
+
+/// The command-line option announcing the virtio block device, as Linux
+/// and Firecracker write it: `virtio_mmio.device=4K@0xd0000000:5`.
+pub fn virtio_blk_cmdline_option() -> String {
+    format!(
+        "{VIRTIO_MMIO_CMDLINE_KEY}={}@{VIRTIO_BLK_MMIO_BASE:#x}:{VIRTIO_BLK_IRQ}",
+        cmdline_size(VIRTIO_MMIO_SIZE)
+    )
+}
+
+/// The guest's command-line words: the device option first when there is
+/// a disk, then the user's `-- ARGS`.
+pub fn guest_cmdline_words(with_disk: bool, args: &[String]) -> Vec<String> {
+    let mut words = Vec::with_capacity(args.len() + 1);
+    if with_disk {
+        words.push(virtio_blk_cmdline_option());
+    }
+    words.extend(args.iter().cloned());
+    words
+}
+
+/// Creates the virtio block device on `disk`: wires its interrupt and
+/// notification into KVM, puts it on the MMIO bus, and starts its worker.
+fn attach_disk(
+    vm: &Vm,
+    ram: &GuestRam,
+    disk: DiskFile,
+    mmio: &mut MmioBus,
+    metrics: &Arc<Metrics>,
+) -> Result<BlockWorker, VmmError> {
+    log::info!(
+        "disk {} ({} sectors, {})",
+        disk.path().display(),
+        disk.sectors(),
+        if disk.read_only() {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    );
+    let (dev, irq, notify) = VirtioBlock::new(ram.mem().clone(), disk, metrics.clone())?;
+    vm.register_irqfd(&irq, VIRTIO_BLK_IRQ)?;
+    vm.register_ioevent(&notify, VIRTIO_BLK_MMIO_BASE + QUEUE_NOTIFY)?;
+    let dev = Arc::new(Mutex::new(dev));
+    mmio.insert(VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_SIZE, dev.clone())?;
+    Ok(BlockWorker::spawn(dev, notify)?)
+}
+
 /// Turns the first vCPU report into the run's result.
 fn outcome(report: VcpuReport) -> Result<i32, VmmError> {
     let vcpu = report.index;
@@ -166,7 +247,11 @@ fn outcome(report: VcpuReport) -> Result<i32, VmmError> {
 pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
     let vcpu_count = check_vcpus(args.vcpus)?;
     memory::validate_size(args.mem)?;
-    let cmdline = loader::build_cmdline(&args.args)?;
+    let disk = match &args.disk {
+        Some(path) => Some(DiskFile::open(path, args.disk_rw)?),
+        None => None,
+    };
+    let cmdline = loader::build_cmdline(&guest_cmdline_words(disk.is_some(), &args.args))?;
     let image: Cow<'_, [u8]> = match &args.kernel {
         Some(path) => Cow::Owned(loader::read_kernel(path)?),
         None => Cow::Borrowed(BUNDLED_KERNEL),
@@ -205,11 +290,18 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         Arc::new(Mutex::new(hypercalls)),
     )?;
     let bus = Arc::new(bus);
+    let mut mmio = MmioBus::new(metrics.clone());
+    // Dropping the worker stops and joins it, on every way out of here.
+    let mut worker = match disk {
+        Some(disk) => Some(attach_disk(&vm, &ram, disk, &mut mmio, &metrics)?),
+        None => None,
+    };
+    let mmio = Arc::new(mmio);
 
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
     for index in 0..vcpu_count {
         let fd = vm.create_vcpu(index)?;
-        let vcpu = Vcpu::new(index, fd, bus.clone(), metrics.clone());
+        let vcpu = Vcpu::new(index, fd, bus.clone(), mmio.clone(), metrics.clone());
         vcpu.configure(&supported, vcpu_count, entry)?;
         vcpus.push(vcpu);
     }
@@ -238,6 +330,9 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
     };
     vcpu::stop_and_join(handles, &stop);
+    if let Some(w) = worker.take() {
+        w.stop();
+    }
     let _ = std::io::stdout().flush();
     log::info!("metrics: {}", metrics.to_json());
 
@@ -260,6 +355,24 @@ mod tests {
         assert_eq!(check_vcpus(65).unwrap_err().exit_status(), status::CONFIG);
         assert_eq!(check_vcpus(64).unwrap(), 64);
         assert_eq!(check_vcpus(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_disk_option_comes_first_on_the_command_line() {
+        assert_eq!(
+            virtio_blk_cmdline_option(),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
+        let args = vec!["hello".to_string(), "x".to_string()];
+        let line = loader::build_cmdline(&guest_cmdline_words(true, &args)).unwrap();
+        assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hello x");
+        assert_eq!(guest_cmdline_words(false, &args), args);
+        assert_eq!(cmdline_size(1 << 20), "1M");
+        assert_eq!(cmdline_size(513), "513");
+        let long = vec!["a".repeat(pagehint_abi::boot::CMDLINE_MAX - 10)];
+        assert!(loader::build_cmdline(&guest_cmdline_words(false, &long)).is_ok());
+        let e = loader::build_cmdline(&guest_cmdline_words(true, &long)).unwrap_err();
+        assert_eq!(VmmError::from(e).exit_status(), status::USAGE);
     }
 
     #[test]

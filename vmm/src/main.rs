@@ -5,6 +5,20 @@
 
 use vmm::cli::{self, Command};
 
+/// Prints a tool's summary line or its one-line error; returns the status.
+fn report(result: Result<String, vmm::tools::ToolError>) -> i32 {
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            e.exit_status()
+        }
+    }
+}
+
 fn main() {
     let cli = match cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
@@ -27,6 +41,8 @@ fn main() {
                 e.exit_status()
             }
         },
+        Command::GenFiles(args) => report(vmm::tools::gen_files(&args)),
+        Command::Mkdisk(args) => report(vmm::tools::mkdisk(&args)),
     };
     std::process::exit(status);
 }

@@ -17,6 +17,11 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -46,6 +51,10 @@ pub struct BusMetrics {
     pub unhandled_reads: Counter,
     /// Writes to a port no device claims (ignored).
     pub unhandled_writes: Counter,
+    /// MMIO loads no device claims (answered with all-ones).
+    pub unhandled_mmio_reads: Counter,
+    /// MMIO stores no device claims (ignored).
+    pub unhandled_mmio_writes: Counter,
 }
 
 /// The hypercall port.
@@ -70,6 +79,37 @@ pub struct SerialMetrics {
     pub write_errors: Counter,
 }
 
+/// The virtio block device.
+#[derive(Debug, Default)]
+pub struct BlockMetrics {
+    /// Requests by type.
+    pub reads: Counter,
+    pub writes: Counter,
+    pub flushes: Counter,
+    pub get_id: Counter,
+    pub unsupported: Counter,
+    /// Bytes moved between the image and guest memory.
+    pub bytes_read: Counter,
+    pub bytes_written: Counter,
+    /// Requests that failed, by why.
+    pub err_outside_ram: Counter,
+    pub err_past_end: Counter,
+    pub err_bad_length: Counter,
+    pub err_too_long: Counter,
+    pub err_layout: Counter,
+    pub err_header: Counter,
+    pub err_read_only: Counter,
+    pub err_io: Counter,
+    /// Chains completed without a status (no writable status byte).
+    pub dropped: Counter,
+    /// Interrupts raised (used-buffer and configuration-change).
+    pub interrupts: Counter,
+    /// Times the driver did something illegal and got DEVICE_NEEDS_RESET.
+    pub needs_reset: Counter,
+    /// Register accesses of the wrong width or at an unknown offset.
+    pub bad_access: Counter,
+}
+
 /// Every counter of one VMM run.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -77,6 +117,7 @@ pub struct Metrics {
     pub bus: BusMetrics,
     pub hypercalls: HypercallMetrics,
     pub serial: SerialMetrics,
+    pub block: BlockMetrics,
 }
 
 /// Writes `"name": value` pairs of one group as a JSON object.
@@ -121,6 +162,8 @@ impl Metrics {
             &[
                 ("unhandled_reads", &b.unhandled_reads),
                 ("unhandled_writes", &b.unhandled_writes),
+                ("unhandled_mmio_reads", &b.unhandled_mmio_reads),
+                ("unhandled_mmio_writes", &b.unhandled_mmio_writes),
             ],
         );
         out.push(',');
@@ -141,6 +184,33 @@ impl Metrics {
             "serial",
             &[("write_errors", &self.serial.write_errors)],
         );
+        out.push(',');
+        let k = &self.block;
+        group(
+            &mut out,
+            "block",
+            &[
+                ("reads", &k.reads),
+                ("writes", &k.writes),
+                ("flushes", &k.flushes),
+                ("get_id", &k.get_id),
+                ("unsupported", &k.unsupported),
+                ("bytes_read", &k.bytes_read),
+                ("bytes_written", &k.bytes_written),
+                ("err_outside_ram", &k.err_outside_ram),
+                ("err_past_end", &k.err_past_end),
+                ("err_bad_length", &k.err_bad_length),
+                ("err_too_long", &k.err_too_long),
+                ("err_layout", &k.err_layout),
+                ("err_header", &k.err_header),
+                ("err_read_only", &k.err_read_only),
+                ("err_io", &k.err_io),
+                ("dropped", &k.dropped),
+                ("interrupts", &k.interrupts),
+                ("needs_reset", &k.needs_reset),
+                ("bad_access", &k.bad_access),
+            ],
+        );
         out.push('}');
         out
     }
@@ -160,6 +230,9 @@ mod tests {
         assert!(json.starts_with("{\"exits\":{\"io_in\":0,\"io_out\":2,"));
         assert!(json.contains("\"hypercalls\":{\"hello\":1,"));
         assert!(json.contains("\"bus\":{"));
+        m.block.bytes_read.add(512);
+        assert!(m.to_json().contains("\"block\":{\"reads\":0,"));
+        assert!(m.to_json().contains("\"bytes_read\":512,"));
         assert!(json.ends_with("}}"));
         assert_eq!(json.matches('{').count(), json.matches('}').count());
     }

@@ -106,7 +106,7 @@ fn q16(queue: u64, off: u64) -> *mut u16 {
 /// Initialises the device at `base` with interrupt line `irq`, delivered on
 /// `vector`. Returns its capacity in 512-byte sectors.
 pub fn init(base: u64, irq: u32, vector: u8) -> Result<u64, BlkError> {
-    if base < pagehint_abi::boot::MMIO_HOLE_START || base >= 0x1_0000_0000 {
+    if !(pagehint_abi::boot::MMIO_HOLE_START..0x1_0000_0000).contains(&base) {
         return Err(BlkError::BadDevice);
     }
     if rd(base, MAGIC) != 0x7472_6976 || rd(base, VERSION) != 2 || rd(base, DEVICE_ID) != 2 {
@@ -140,13 +140,21 @@ pub fn init(base: u64, irq: u32, vector: u8) -> Result<u64, BlkError> {
     }
     let queue = mm::alloc_zeroed_frame().ok_or(BlkError::BadDevice)?;
     wr(base, QUEUE_NUM, QSIZE as u32);
-    for (off, addr) in [(QUEUE_DESC, DESC_OFF), (QUEUE_DRIVER, AVAIL_OFF), (QUEUE_DEVICE, USED_OFF)] {
+    for (off, addr) in [
+        (QUEUE_DESC, DESC_OFF),
+        (QUEUE_DRIVER, AVAIL_OFF),
+        (QUEUE_DEVICE, USED_OFF),
+    ] {
         let pa = queue + addr;
         wr(base, off, pa as u32);
         wr(base, off + 4, (pa >> 32) as u32);
     }
     wr(base, QUEUE_READY, 1);
-    wr(base, STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    wr(
+        base,
+        STATUS,
+        S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+    );
     let capacity = rd(base, CONFIG) as u64 | (rd(base, CONFIG + 4) as u64) << 32;
     BASE.store(base, Ordering::Release);
     *DEV.lock() = Some(Device {

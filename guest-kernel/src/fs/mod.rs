@@ -51,7 +51,8 @@ fn with_block<R>(block: u64, f: impl FnOnce(&[u8; BLOCK_SIZE]) -> R) -> Result<R
 pub fn mount() -> Result<usize, MountError> {
     let (sectors, _) = virtio_blk::info().ok_or(MountError::NoDisk)?;
     let image_blocks = sectors / 8;
-    let sb = with_block(0, |b| phfs::parse_superblock(b, image_blocks))?.map_err(MountError::Format)?;
+    let sb =
+        with_block(0, |b| phfs::parse_superblock(b, image_blocks))?.map_err(MountError::Format)?;
     let mut files = Vec::with_capacity(sb.file_count as usize);
     let mut left = sb.file_count as usize;
     let mut block = sb.dir_block;

@@ -7,13 +7,19 @@
 //! The kernel half (PML4 slots 256..512) is shared and never edited here.
 
 use guest_kernel::frames::{flag, Mapping};
-use guest_kernel::paging::{flags, Flush, FlushBatch, MapError, Mapper, ADDR_MASK, ENTRIES, KERNEL_PML4_SLOT};
+use guest_kernel::paging::{
+    flags, Flush, FlushBatch, MapError, Mapper, ADDR_MASK, ENTRIES, KERNEL_PML4_SLOT,
+};
 use guest_kernel::vma::{Backing, VmaError, VmaSet};
 use pagehint_abi::syscall::{prot, MMAP_BASE, STACK_TOP, USER_END};
 use pagehint_abi::PAGE_SIZE;
 
 use super::{free_frame, phys_to_virt, KernelPhys, MmState};
 use crate::arch::{boot, cpu};
+
+/// Pages mapped by one file fault (the faulting one included), as Linux's
+/// default `fault_around_bytes` of 64 KiB.
+const FAULT_AROUND: u64 = 16;
 
 /// Why a user memory operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +55,11 @@ impl From<VmaError> for AsError {
 
 /// Leaf flags for a protection.
 pub fn leaf_flags(p: u64) -> u64 {
-    let mut f = if p & prot::EXEC != 0 { 0 } else { flags::NO_EXECUTE };
+    let mut f = if p & prot::EXEC != 0 {
+        0
+    } else {
+        flags::NO_EXECUTE
+    };
     if p & (prot::READ | prot::EXEC) != 0 {
         f |= flags::USER;
     }
@@ -127,7 +137,13 @@ impl MmState {
     /// Maps frame `pa` at `va` of `asid` and records the mapping. Takes
     /// its own reference; a writable mapping marks the frame
     /// `WRITABLE_MAPPED` (seed 000: the first writable PTE of a page).
-    pub(super) fn map_frame(&mut self, asid: u32, va: u64, pa: u64, leaf: u64) -> Result<(), AsError> {
+    pub(super) fn map_frame(
+        &mut self,
+        asid: u32,
+        va: u64,
+        pa: u64,
+        leaf: u64,
+    ) -> Result<(), AsError> {
         let pml4 = self.space(asid)?.pml4;
         Mapper::new(pml4, &mut KernelPhys).map(va, pa, leaf)?;
         let pfn = pa / PAGE_SIZE;
@@ -144,7 +160,11 @@ impl MmState {
         let pml4 = self.spaces.get(&asid)?.pml4;
         let (old, flush) = Mapper::new(pml4, &mut KernelPhys).unmap(va)?;
         let pa = old & ADDR_MASK;
-        if self.frames.rmap_remove(pa / PAGE_SIZE, Mapping { asid, va }) == Ok(true) {
+        if self
+            .frames
+            .rmap_remove(pa / PAGE_SIZE, Mapping { asid, va })
+            == Ok(true)
+        {
             free_frame(pa);
         }
         Some(flush)
@@ -167,7 +187,9 @@ impl MmState {
     /// Tears an address space down, dropping every mapping. Must not be
     /// loaded on any CPU.
     pub fn destroy_space(&mut self, asid: u32) {
-        let Some(space) = self.spaces.remove(&asid) else { return };
+        let Some(space) = self.spaces.remove(&asid) else {
+            return;
+        };
         let mut leaves = alloc::vec::Vec::new();
         for vma in space.vmas.iter() {
             let mut va = vma.start;
@@ -179,7 +201,11 @@ impl MmState {
             }
         }
         for (va, pa) in leaves {
-            if self.frames.rmap_remove(pa / PAGE_SIZE, Mapping { asid, va }) == Ok(true) {
+            if self
+                .frames
+                .rmap_remove(pa / PAGE_SIZE, Mapping { asid, va })
+                == Ok(true)
+            {
                 free_frame(pa);
             }
         }
@@ -189,7 +215,14 @@ impl MmState {
     }
 
     /// Declares an area of `asid`.
-    pub fn add_area(&mut self, asid: u32, start: u64, len: u64, p: u64, backing: Backing) -> Result<(), AsError> {
+    pub fn add_area(
+        &mut self,
+        asid: u32,
+        start: u64,
+        len: u64,
+        p: u64,
+        backing: Backing,
+    ) -> Result<(), AsError> {
         check_user_range(start, len)?;
         Ok(self.space(asid)?.vmas.insert(start, len, p, backing)?)
     }
@@ -198,7 +231,7 @@ impl MmState {
     /// returns its physical address (program loading, demand-zero).
     pub fn populate_anon(&mut self, asid: u32, va: u64) -> Result<u64, AsError> {
         let p = self.space(asid)?.vmas.find(va).ok_or(AsError::Fault)?.prot;
-        let pa = self.alloc_frame().ok_or(AsError::NoMemory)?;
+        let pa = self.alloc_frame(false).ok_or(AsError::NoMemory)?;
         self.frames.set_flags(pa / PAGE_SIZE, flag::ANON);
         let r = self.map_frame(asid, va, pa, leaf_flags(p));
         // Drop the allocation's reference: the mapping holds its own.
@@ -226,7 +259,8 @@ impl MmState {
             }
             // Present but read-only where the area allows writing: a
             // private file page to copy.
-            if need & prot::WRITE != 0 && vma.file_page(page).is_some_and(|(_, _, shared)| !shared) {
+            if need & prot::WRITE != 0 && vma.file_page(page).is_some_and(|(_, _, shared)| !shared)
+            {
                 return self.cow(asid, page, e, vma.prot);
             }
             return Err(AsError::Fault);
@@ -239,7 +273,11 @@ impl MmState {
                 let r = if shared || need & prot::WRITE == 0 {
                     // Map the cache page itself, never writable.
                     let leaf = leaf_flags(vma.prot & !prot::WRITE);
-                    self.map_frame(asid, page, pfn * PAGE_SIZE, leaf)
+                    let r = self.map_frame(asid, page, pfn * PAGE_SIZE, leaf);
+                    if r.is_ok() {
+                        self.fault_around(asid, page, vma.end, file, index, leaf);
+                    }
+                    r
                 } else {
                     self.copy_into_anon(asid, page, pfn * PAGE_SIZE, vma.prot)
                 };
@@ -247,6 +285,27 @@ impl MmState {
                     free_frame(pfn * PAGE_SIZE);
                 }
                 r
+            }
+        }
+    }
+
+    /// Maps, read-only, the pages after `page` whose file pages are already
+    /// cached (Linux's fault-around): one trap then serves a whole
+    /// read-ahead window, and traps are what cost most here.
+    fn fault_around(&mut self, asid: u32, page: u64, end: u64, file: u32, index: u64, leaf: u64) {
+        for k in 1..FAULT_AROUND {
+            let va = page + k * PAGE_SIZE;
+            if va >= end {
+                break;
+            }
+            let Some(pfn) = self.frames.lookup(file, index + k) else {
+                break;
+            };
+            if self.space(asid).map_or(true, |s| s.translate(va).is_some()) {
+                break;
+            }
+            if self.map_frame(asid, va, pfn * PAGE_SIZE, leaf).is_err() {
+                break;
             }
         }
     }
@@ -268,7 +327,7 @@ impl MmState {
 
     /// Maps at `page` a new anonymous frame holding a copy of `src`.
     fn copy_into_anon(&mut self, asid: u32, page: u64, src: u64, p: u64) -> Result<(), AsError> {
-        let pa = self.alloc_frame().ok_or(AsError::NoMemory)?;
+        let pa = self.alloc_frame(true).ok_or(AsError::NoMemory)?;
         // SAFETY: both frames are ours (a reference is held on each) and in
         // the direct map; one `rep movs`.
         unsafe {
@@ -289,7 +348,9 @@ impl MmState {
 
     /// `mmap` of anonymous memory.
     pub fn mmap(&mut self, asid: u32, len: u64, p: u64, backing: Backing) -> Result<u64, AsError> {
-        let len = len.checked_next_multiple_of(PAGE_SIZE).ok_or(AsError::BadRange)?;
+        let len = len
+            .checked_next_multiple_of(PAGE_SIZE)
+            .ok_or(AsError::BadRange)?;
         let space = self.space(asid)?;
         let start = space.vmas.find_gap(len, MMAP_BASE, STACK_TOP - (1 << 30))?;
         space.vmas.insert(start, len, p, backing)?;
@@ -372,7 +433,13 @@ impl MmState {
             let n = ((PAGE_SIZE - off) as usize).min(out.len() - done);
             // SAFETY: the frame is mapped user-readable in this address
             // space and the direct map covers it; `n` stays in the page.
-            unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa + off) as *const u8, out[done..].as_mut_ptr(), n) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    phys_to_virt(pa + off) as *const u8,
+                    out[done..].as_mut_ptr(),
+                    n,
+                )
+            };
             done += n;
         }
         Ok(())
@@ -380,17 +447,37 @@ impl MmState {
 
     /// Copies `data` to user memory at `va` (which must be writable).
     pub fn copy_to_user(&mut self, asid: u32, va: u64, data: &[u8]) -> Result<(), AsError> {
-        check_user_range(va, data.len() as u64)?;
+        // SAFETY: `data` is a live slice of `data.len()` bytes.
+        unsafe { self.copy_ptr_to_user(asid, va, data.as_ptr(), data.len()) }
+    }
+
+    /// Copies `len` bytes at kernel address `src` to user memory at `va`
+    /// (which must be writable), in one pass: a kernel copy is emulated on
+    /// the development machines, about 1 us per 8 bytes.
+    ///
+    /// # Safety
+    /// `src..src + len` must be readable kernel memory (the direct map of a
+    /// frame the caller holds a reference to, or a live buffer).
+    pub unsafe fn copy_ptr_to_user(
+        &mut self,
+        asid: u32,
+        va: u64,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), AsError> {
+        check_user_range(va, len as u64)?;
         let mut done = 0;
-        while done < data.len() {
+        while done < len {
             let at = va + done as u64;
             let pa = self.user_frame(asid, at, prot::WRITE)?;
             let off = at % PAGE_SIZE;
-            let n = ((PAGE_SIZE - off) as usize).min(data.len() - done);
-            // SAFETY: the frame is mapped user-writable in this address
-            // space (so it is anonymous, never a cache page); `n` stays in
-            // the page.
-            unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), phys_to_virt(pa + off) as *mut u8, n) };
+            let n = ((PAGE_SIZE - off) as usize).min(len - done);
+            // SAFETY: the destination frame is mapped user-writable in this
+            // address space (so it is anonymous, never a cache page) and
+            // `n` stays in it; the source is the caller's promise.
+            unsafe {
+                core::ptr::copy_nonoverlapping(src.add(done), phys_to_virt(pa + off) as *mut u8, n)
+            };
             done += n;
         }
         Ok(())
@@ -400,6 +487,12 @@ impl MmState {
     pub fn write_frame(pa: u64, offset: u64, data: &[u8]) {
         debug_assert!(offset + data.len() as u64 <= PAGE_SIZE);
         // SAFETY: `pa` is a frame the caller owns; the copy stays inside it.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(pa + offset) as *mut u8, data.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                phys_to_virt(pa + offset) as *mut u8,
+                data.len(),
+            )
+        };
     }
 }

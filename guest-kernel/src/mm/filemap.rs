@@ -23,14 +23,22 @@ const READAHEAD: u64 = 16;
 const RECLAIM_BATCH: usize = 32;
 
 impl MmState {
-    /// A frame, reclaiming page-cache frames if none is free. The caller
-    /// gets one reference.
-    pub fn alloc_frame(&mut self) -> Option<u64> {
-        let pa = match super::alloc_zeroed_frame() {
+    /// A zeroed frame (or, with `overwrite`, one whose contents the caller
+    /// replaces entirely), reclaiming page-cache frames if none is free.
+    /// The caller gets one reference.
+    pub fn alloc_frame(&mut self, overwrite: bool) -> Option<u64> {
+        let get = || {
+            if overwrite {
+                super::alloc_frame_for_overwrite()
+            } else {
+                super::alloc_zeroed_frame()
+            }
+        };
+        let pa = match get() {
             Some(pa) => pa,
             None => {
                 self.reclaim(RECLAIM_BATCH);
-                super::alloc_zeroed_frame()?
+                get()?
             }
         };
         self.frames.get(pa / PAGE_SIZE);
@@ -57,7 +65,7 @@ impl MmState {
             if i > index && self.frames.lookup(file, i).is_some() {
                 break;
             }
-            match self.alloc_frame() {
+            match self.alloc_frame(true) {
                 Some(pa) => pages.push(pa),
                 None if pages.is_empty() => return Err(AsError::NoMemory),
                 None => break,

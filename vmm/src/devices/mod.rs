@@ -1,5 +1,10 @@
-//! Emulated devices and the port-I/O bus that routes guest `in`/`out` to
+//! Emulated devices and the buses that route guest port I/O and MMIO to
 //! them. Devices must never block a vCPU for long or panic on guest input.
 
+pub mod blk_worker;
 pub mod bus;
+pub mod disk;
+pub mod mmio;
 pub mod serial;
+pub mod virtio_blk;
+pub mod virtio_mmio;

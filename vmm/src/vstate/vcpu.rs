@@ -24,6 +24,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::x86_64::cpuid::{setup_cpuid, CpuidError};
 use crate::arch::x86_64::regs::{setup_ap, setup_bsp, setup_lint, RegDump, RegsError};
 use crate::devices::bus::{PioBus, PioOutcome};
+use crate::devices::mmio::MmioBus;
 use crate::metrics::Metrics;
 
 /// Why a vCPU could not be prepared or started.
@@ -127,6 +128,7 @@ pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
     bus: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
     metrics: Arc<Metrics>,
 }
 
@@ -140,11 +142,18 @@ impl fmt::Debug for Vcpu {
 
 impl Vcpu {
     /// Wraps a created vCPU.
-    pub fn new(index: u8, fd: VcpuFd, bus: Arc<PioBus>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        index: u8,
+        fd: VcpuFd,
+        bus: Arc<PioBus>,
+        mmio: Arc<MmioBus>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             index,
             fd,
             bus,
+            mmio,
             metrics,
         }
     }
@@ -202,6 +211,9 @@ impl Vcpu {
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 m.mmio_read.inc();
+                if self.mmio.read(addr, data) {
+                    return Step::Continue;
+                }
                 log::debug!(
                     "vcpu{}: unhandled MMIO read at {addr:#x} ({} bytes)",
                     self.index,
@@ -212,6 +224,9 @@ impl Vcpu {
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 m.mmio_write.inc();
+                if self.mmio.write(addr, data) {
+                    return Step::Continue;
+                }
                 log::debug!(
                     "vcpu{}: unhandled MMIO write of {data:02x?} at {addr:#x}",
                     self.index

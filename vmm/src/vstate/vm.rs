@@ -1,11 +1,11 @@
 //! The VM file descriptor: creation, the in-kernel interrupt controllers,
-//! the guest RAM memslot and irqfds.
+//! the guest RAM memslot, irqfds and ioeventfds.
 //!
 //! This module must never run vCPUs or decide the memory layout; it applies
 //! what it is given.
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::kvm::KvmContext;
@@ -31,6 +31,12 @@ pub enum VmError {
     #[error("KVM_IRQFD for GSI {gsi} failed: {source}")]
     Irqfd {
         gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM_IOEVENTFD at {addr:#x} failed: {source}")]
+    Ioevent {
+        addr: u64,
         #[source]
         source: kvm_ioctls::Error,
     },
@@ -78,6 +84,14 @@ impl Vm {
         self.fd
             .register_irqfd(evt, gsi)
             .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+
+    /// Makes a guest store of any width to MMIO address `addr` a write to
+    /// `evt`, completed inside KVM without a VM exit.
+    pub fn register_ioevent(&self, evt: &EventFd, addr: u64) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|source| VmError::Ioevent { addr, source })
     }
 
     /// Creates vCPU `index` (its APIC ID is the index).

@@ -28,7 +28,9 @@ static ROUTED: [AtomicU32; 24] = [const { AtomicU32::new(0) }; 24];
 /// Routes edge-triggered, active-high line `irq` to `vector` on the CPU
 /// with `apic_id` (physical destination, fixed delivery), unmasked.
 pub fn route(irq: u32, vector: u8, apic_id: u32) {
-    let Some(slot) = ROUTED.get(irq as usize) else { return };
+    let Some(slot) = ROUTED.get(irq as usize) else {
+        return;
+    };
     if slot.load(Ordering::Relaxed) == apic_id + 1 {
         return;
     }
