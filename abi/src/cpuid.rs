@@ -22,6 +22,9 @@ pub mod features {
     pub const HYPERCALLS: u32 = 1 << 0;
     /// Page-state hints (set_unused, make_volatile, ...) are accepted.
     pub const PAGE_HINTS: u32 = 1 << 1;
+    /// The VMM delivers discard faults (vector 20) for volatile pages it
+    /// dropped while they were mapped (the discard-fault issue).
+    pub const DISCARD_FAULTS: u32 = 1 << 2;
 }
 
 /// Splits [`SIGNATURE`] into the (EBX, ECX, EDX) register values.

@@ -13,11 +13,40 @@ pub mod op {
     /// the guest's CPU index. Answers [`super::result::OK`] or
     /// [`super::result::BAD_VERSION`].
     pub const HELLO: u32 = 1;
+    /// A batch of page-state hints: `args[0]` = guest-physical address of
+    /// a [`super::HintBatch`] page (4 KiB aligned), `args[1]` = number of
+    /// entries (1..=[`super::HINT_BATCH_MAX`]). Each entry gets its own
+    /// result; the call answers `OK` when the batch itself was readable.
+    pub const HINT_BATCH: u32 = 2;
+}
+
+/// Page-state hint operations, in [`HintEntry::op`]. `count` contiguous
+/// frames from `pfn` (set_unused/set_stable), or exactly one (the others).
+pub mod hint {
+    /// The frames were freed: the host may drop their contents.
+    pub const SET_UNUSED: u16 = 1;
+    /// The frames are being allocated: the host must keep what the guest
+    /// writes from now on. Result [`super::result::DISCARDED`] if the host
+    /// had dropped them (they read as zeroes; no need to clear them).
+    pub const SET_STABLE: u16 = 2;
+    /// A clean page-cache page the guest can read again from disk: the host
+    /// may drop it; the guest learns of it through `MAKE_STABLE`.
+    pub const MAKE_VOLATILE: u16 = 3;
+    /// The guest is about to use a volatile page. Result `OK` (contents
+    /// intact, page stable again) or `DISCARDED` (contents lost; the page
+    /// is stable and reads as zeroes).
+    pub const MAKE_STABLE: u16 = 4;
+    /// The first writable PTE of the page is about to be set (seed 000).
+    /// The page becomes stable (or, with the VMM's potentially-volatile
+    /// option, potentially volatile). Result as for `MAKE_STABLE`.
+    pub const CHECK_WRITABLE: u16 = 5;
 }
 
 /// Values of `HypercallBlock::result`.
 pub mod result {
     pub const OK: i32 = 0;
+    /// For a hint: the frame's contents were discarded by the host.
+    pub const DISCARDED: i32 = 1;
     /// The operation code is unknown.
     pub const UNKNOWN_OP: i32 = -1;
     /// An argument is out of range (a frame outside RAM, a count too big).
@@ -26,7 +55,47 @@ pub mod result {
     pub const BAD_BLOCK: i32 = -3;
     /// The guest speaks another ABI version.
     pub const BAD_VERSION: i32 = -4;
+    /// A hint asked for a transition the state machine forbids (making a
+    /// free page volatile, say).
+    pub const ILLEGAL_TRANSITION: i32 = -5;
+    /// The VMM has hinting turned off.
+    pub const HINTS_DISABLED: i32 = -6;
 }
+
+/// One hint of a batch: 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HintEntry {
+    /// First guest frame number.
+    pub pfn: u64,
+    /// Frames (1 for the single-page operations).
+    pub count: u32,
+    /// One of [`hint`].
+    pub op: u16,
+    /// Written by the VMM: a [`result`] code (fits in 16 bits).
+    pub result: i16,
+}
+
+/// Entries in one batch page: a 16-byte header and 255 entries fill 4 KiB.
+pub const HINT_BATCH_MAX: usize = 255;
+
+/// A page of hints.
+#[repr(C, align(4096))]
+#[derive(Clone, Copy, Debug)]
+pub struct HintBatch {
+    /// Entries in use (also passed in `args[1]`; the VMM uses the smaller).
+    pub count: u32,
+    pub _reserved: [u32; 3],
+    pub entries: [HintEntry; HINT_BATCH_MAX],
+}
+
+const _: () = assert!(core::mem::size_of::<HintEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<HintBatch>() == 4096);
+
+#[cfg(feature = "vmm")]
+// SAFETY: `#[repr(C)]`, integers only, no padding (16 = 8 + 4 + 2 + 2),
+// any bit pattern is a valid value.
+unsafe impl vm_memory::ByteValued for HintEntry {}
 
 /// Alignment the guest must give a [`HypercallBlock`].
 pub const BLOCK_ALIGN: u64 = 64;

@@ -17,6 +17,7 @@ pub mod cpuid;
 pub mod disk;
 pub mod exit;
 pub mod hypercall;
+pub mod page_state;
 pub mod ports;
 pub mod syscall;
 
