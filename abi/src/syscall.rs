@@ -89,6 +89,19 @@ pub struct KernelStats {
     /// Frames free now, and in the page cache now.
     pub free_frames: u64,
     pub cached_frames: u64,
+    /// Page-state hints queued, and the batches (hypercall exits) that
+    /// carried them.
+    pub hints: u64,
+    pub hint_batches: u64,
+    /// Hints the VMM refused (should stay 0).
+    pub hint_errors: u64,
+    /// Volatile cache pages found discarded when made stable again.
+    pub volatile_discarded: u64,
+    /// Frames known to be zero (fresh, or discarded by the host), so not
+    /// cleared on allocation.
+    pub zero_fill_skips: u64,
+    /// Cache pages currently volatile.
+    pub volatile_frames: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.

@@ -26,8 +26,11 @@ pub mod flag {
     /// Some PTE maps it writable (seed 000's `PG_writable`): the first
     /// writable mapping sets it, the last unmapping clears it.
     pub const WRITABLE_MAPPED: u32 = 1 << 4;
-    /// Reserved for the page-state hints of the hinting issue.
-    pub const HINT_STATE_MASK: u32 = 0xff << 8;
+    /// On the active list of the page cache (else the inactive one).
+    pub const ACTIVE: u32 = 1 << 5;
+    /// The host was told the page is volatile (`MAKE_VOLATILE` queued or
+    /// sent): the kernel must make it stable before touching it.
+    pub const VOLATILE: u32 = 1 << 8;
 }
 
 /// Marks "none" in the LRU and rmap links.
@@ -54,6 +57,20 @@ pub enum FrameTableError {
     NotMapped,
 }
 
+#[derive(Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+    len: u64,
+}
+
+impl List {
+    const EMPTY: List = List { head: NIL, tail: NIL, len: 0 };
+}
+
+const INACTIVE: usize = 0;
+const ACTIVE: usize = 1;
+
 pub struct FrameTable {
     refcount: Vec<u32>,
     mapcount: Vec<u32>,
@@ -62,9 +79,9 @@ pub struct FrameTable {
     index: Vec<u64>,
     lru_prev: Vec<u32>,
     lru_next: Vec<u32>,
-    lru_head: u32,
-    lru_tail: u32,
-    lru_len: u64,
+    /// The two LRU lists, `[inactive, active]`: head (most recent), tail,
+    /// length. A cached frame is on exactly one, as its ACTIVE flag says.
+    lists: [List; 2],
     rmap_head: Vec<u32>,
     rmap_pool: Vec<RmapEntry>,
     rmap_free: u32,
@@ -83,9 +100,7 @@ impl FrameTable {
             // Links are stored +1 so that zeroed memory means "none".
             lru_prev: vec![0; frames],
             lru_next: vec![0; frames],
-            lru_head: NIL,
-            lru_tail: NIL,
-            lru_len: 0,
+            lists: [List::EMPTY; 2],
             rmap_head: vec![0; frames],
             rmap_pool: Vec::new(),
             rmap_free: NIL,
@@ -160,12 +175,49 @@ impl FrameTable {
 
     // ---- page cache -------------------------------------------------------
 
-    /// The cached frame of (`file`, `index`), moved to the LRU front.
+    /// The cached frame of (`file`, `index`). An active frame moves to the
+    /// front of the active list; an inactive one stays where it is (the
+    /// caller may have to make it stable first, then [`Self::activate`]).
     pub fn lookup(&mut self, file: u32, index: u64) -> Option<u64> {
         let pfn = *self.cache.get(&(file, index))?;
-        self.lru_remove(pfn);
-        self.lru_push_front(pfn);
+        if self.flags[pfn as usize] & flag::ACTIVE != 0 {
+            self.lru_remove(pfn);
+            self.lru_push_front(pfn, ACTIVE);
+        }
         Some(pfn as u64)
+    }
+
+    /// Looks up without touching the LRU order.
+    pub fn peek(&self, file: u32, index: u64) -> Option<u64> {
+        self.cache.get(&(file, index)).map(|&p| p as u64)
+    }
+
+    /// Moves a cached frame to the front of the active list.
+    pub fn activate(&mut self, pfn: u64) {
+        if self.owner(pfn).is_none() {
+            return;
+        }
+        self.lru_remove(pfn as u32);
+        self.flags[pfn as usize] |= flag::ACTIVE;
+        self.lru_push_front(pfn as u32, ACTIVE);
+    }
+
+    /// Moves frames from the tail of the active list to the inactive list
+    /// until at most `target` are active; returns them in `out` (the caller
+    /// decides which may become volatile).
+    pub fn deactivate_excess(&mut self, target: u64, out: &mut Vec<u64>) {
+        while self.lists[ACTIVE].len > target {
+            let pfn = self.lists[ACTIVE].tail;
+            self.lru_remove(pfn);
+            self.flags[pfn as usize] &= !flag::ACTIVE;
+            self.lru_push_front(pfn, INACTIVE);
+            out.push(pfn as u64);
+        }
+    }
+
+    /// Frames on the active list.
+    pub fn active(&self) -> u64 {
+        self.lists[ACTIVE].len
     }
 
     /// Inserts a frame (which the caller holds a reference to) into the
@@ -176,11 +228,11 @@ impl FrameTable {
             return Err(FrameTableError::AlreadyCached);
         }
         self.cache.insert((file, index), pfn as u32);
-        self.flags[i] |= flag::CACHED;
+        self.flags[i] |= flag::CACHED | flag::ACTIVE;
         self.file[i] = file;
         self.index[i] = index;
         self.refcount[i] += 1;
-        self.lru_push_front(pfn as u32);
+        self.lru_push_front(pfn as u32, ACTIVE);
         Ok(())
     }
 
@@ -192,8 +244,8 @@ impl FrameTable {
             return false;
         }
         self.cache.remove(&(self.file[i], self.index[i]));
-        self.flags[i] &= !flag::CACHED;
         self.lru_remove(pfn as u32);
+        self.flags[i] &= !(flag::CACHED | flag::ACTIVE);
         self.put(pfn)
     }
 
@@ -205,50 +257,64 @@ impl FrameTable {
 
     /// Cached frames.
     pub fn cached(&self) -> u64 {
-        self.lru_len
+        self.lists[INACTIVE].len + self.lists[ACTIVE].len
     }
 
-    /// Up to `n` reclaim candidates, least recently used first: cached,
-    /// not locked.
+    /// Up to `n` reclaim candidates, least recently used first: the
+    /// inactive list from its tail, then the active one; never locked ones.
     pub fn lru_victims(&self, n: usize, out: &mut Vec<u64>) {
-        let mut p = self.lru_tail;
-        while p != NIL && out.len() < n {
-            if self.flags[p as usize] & flag::LOCKED == 0 {
-                out.push(p as u64);
+        for list in [INACTIVE, ACTIVE] {
+            let mut p = self.lists[list].tail;
+            while p != NIL && out.len() < n {
+                if self.flags[p as usize] & flag::LOCKED == 0 {
+                    out.push(p as u64);
+                }
+                p = decode(self.lru_prev[p as usize]);
             }
-            p = decode(self.lru_prev[p as usize]);
         }
     }
 
-    fn lru_push_front(&mut self, pfn: u32) {
-        let i = pfn as usize;
-        self.lru_prev[i] = encode(NIL);
-        self.lru_next[i] = encode(self.lru_head);
-        if self.lru_head != NIL {
-            self.lru_prev[self.lru_head as usize] = encode(pfn);
+    fn list_of(&self, pfn: u32) -> usize {
+        if self.flags[pfn as usize] & flag::ACTIVE != 0 {
+            ACTIVE
         } else {
-            self.lru_tail = pfn;
+            INACTIVE
         }
-        self.lru_head = pfn;
-        self.lru_len += 1;
     }
 
+    fn lru_push_front(&mut self, pfn: u32, list: usize) {
+        let i = pfn as usize;
+        let l = &mut self.lists[list];
+        self.lru_prev[i] = encode(NIL);
+        self.lru_next[i] = encode(l.head);
+        if l.head != NIL {
+            self.lru_prev[l.head as usize] = encode(pfn);
+        } else {
+            l.tail = pfn;
+        }
+        l.head = pfn;
+        l.len += 1;
+    }
+
+    /// Unlinks `pfn` from the list its ACTIVE flag names.
     fn lru_remove(&mut self, pfn: u32) {
         let i = pfn as usize;
+        let list = self.list_of(pfn);
         let (prev, next) = (decode(self.lru_prev[i]), decode(self.lru_next[i]));
+        let l = &mut self.lists[list];
         if prev != NIL {
             self.lru_next[prev as usize] = encode(next);
         } else {
-            self.lru_head = next;
+            l.head = next;
         }
         if next != NIL {
             self.lru_prev[next as usize] = encode(prev);
         } else {
-            self.lru_tail = prev;
+            l.tail = prev;
         }
+        l.len -= 1;
         self.lru_prev[i] = 0;
         self.lru_next[i] = 0;
-        self.lru_len -= 1;
     }
 
     // ---- reverse map ------------------------------------------------------
@@ -343,6 +409,33 @@ mod tests {
         assert!(t.remove(3), "the cache held the last reference");
         assert_eq!(t.lookup(1, 0), None);
         assert_eq!(t.cached(), 0);
+    }
+
+    #[test]
+    fn deactivation_moves_the_oldest_active_frames_and_victims_come_inactive_first() {
+        let mut t = FrameTable::new(16);
+        for (i, pfn) in [1u64, 2, 3, 4].iter().enumerate() {
+            t.insert(9, i as u64, *pfn).unwrap();
+        }
+        let mut out = Vec::new();
+        t.deactivate_excess(2, &mut out);
+        assert_eq!(out, vec![1, 2]);
+        assert_eq!(t.active(), 2);
+        assert_eq!(t.flags(1) & flag::ACTIVE, 0);
+        // A hit on an inactive frame leaves it inactive until activated.
+        assert_eq!(t.lookup(9, 0), Some(1));
+        assert_eq!(t.flags(1) & flag::ACTIVE, 0);
+        let mut v = Vec::new();
+        t.lru_victims(10, &mut v);
+        assert_eq!(v, vec![1, 2, 3, 4]);
+        t.activate(1);
+        v.clear();
+        t.lru_victims(10, &mut v);
+        assert_eq!(v, vec![2, 3, 4, 1]);
+        assert_eq!(t.cached(), 4);
+        assert!(t.remove(2));
+        assert_eq!(t.cached(), 3);
+        assert_eq!(t.peek(9, 1), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ extern crate alloc;
 mod arch;
 mod clock;
 mod console;
+mod diag;
 mod drivers;
 mod fs;
 mod hv;
@@ -36,9 +37,6 @@ use pagehint_abi::exit::guest;
 
 /// The user programs, built by `vmm/build.rs` from the `guest-user` crate.
 static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
-
-/// A port that neither this VMM nor QEMU's microvm claims.
-const UNCLAIMED_PORT: u16 = 0x0700;
 
 /// Pages of each IST stack.
 const IST_PAGES: u64 = 2;
@@ -63,6 +61,7 @@ fn init_cpu(index: usize) {
     // SAFETY: the kernel PML4 maps the kernel half exactly as the boot one.
     unsafe { cpu::write_cr3(boot::kernel_pml4_phys()) };
     percpu::init_this(index, apic::id());
+    mm::hints::init_cpu();
     apic::enable(trap::SPURIOUS_VECTOR);
     sched::init_cpu();
     trap::start_timer();
@@ -109,6 +108,9 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         Some(h) => {
             // This VMM's guest RAM is fresh anonymous memory: zeroes.
             mm::trust_fresh_frames_are_zero();
+            if h.features & pagehint_abi::cpuid::features::PAGE_HINTS != 0 {
+                mm::hints::enable();
+            }
             let r = hv::hello(0);
             println!(
                 "guest: hypervisor PageHintVMM, ABI {}, hypercall port {:#x} (hello: {:?}), TSC {} kHz",
@@ -159,38 +161,8 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             ),
         }
     }
-    if cmd.program == "crash-kernel" {
-        // A deliberate kernel fault, to show (and test) the diagnostics.
-        println!("guest: crash-kernel: reading a non-canonical address");
-        // SAFETY: none; this faults on purpose.
-        let v = unsafe { (0x8000_0000_0000_0000u64 as *const u64).read_volatile() };
-        println!("guest: survived {v}");
-    }
-    if cmd.program == "triple-fault" {
-        println!("guest: triple-fault: loading an empty IDT and waiting for the timer");
-        idt::load_empty();
-        // With no IDT, the next timer interrupt escalates to a triple fault,
-        // which the VMM must report. (An interrupt, not an exception raised
-        // by an instruction: the development machines' instruction emulator
-        // reports the latter as an emulation failure instead.)
-        loop {
-            cpu::wait_for_interrupt();
-        }
-    }
-    if cmd.program == "kbench" {
-        kbench(hv.map_or(0, |h| h.tsc_khz));
-        hv::exit(guest::SUCCESS);
-    }
-    if cmd.program == "portio" {
-        // `portio N`: N writes to a port no device claims, then exit: the
-        // benchmark times runs with two values of N to get the cost of one
-        // exit to the VMM and back.
-        let n: u64 = cmd.args.trim().parse().unwrap_or(0);
-        for _ in 0..n {
-            cpu::outb(UNCLAIMED_PORT, 0);
-        }
-        println!("guest: portio: {n} writes to port {UNCLAIMED_PORT:#x}");
-        hv::exit(guest::SUCCESS);
+    if let Some(status) = diag::run(cmd.program, cmd.args, hv.map_or(0, |h| h.tsc_khz)) {
+        hv::exit(status);
     }
     let elf = match Elf::parse(USER_ELF) {
         Ok(e) => e,
@@ -215,53 +187,6 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         }
     }
     sched::idle_loop()
-}
-
-/// `kbench`: what basic kernel operations cost here (emulated on the
-/// development machines), in microseconds per operation.
-fn kbench(tsc_khz: u32) {
-    let khz = tsc_khz.max(1) as u64;
-    let us = |c: u64, n: u64| c * 1000 / khz / n.max(1);
-    let n = 200u64;
-    let page_a = mm::alloc_zeroed_frame().unwrap_or(0);
-    let page_b = mm::alloc_zeroed_frame().unwrap_or(0);
-    let t = cpu::rdtsc();
-    for i in 0..n {
-        core::hint::black_box(i);
-    }
-    let empty = cpu::rdtsc() - t;
-    let t = cpu::rdtsc();
-    for _ in 0..n {
-        // SAFETY: two frames we own, in the direct map.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                mm::phys_to_virt(page_a) as *const u8,
-                mm::phys_to_virt(page_b) as *mut u8,
-                4096,
-            )
-        };
-        core::hint::black_box(page_b);
-    }
-    let copy = cpu::rdtsc() - t;
-    let t = cpu::rdtsc();
-    for _ in 0..n {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_bytes(mm::phys_to_virt(page_b) as *mut u8, 0, 4096) };
-        core::hint::black_box(page_b);
-    }
-    let zero = cpu::rdtsc() - t;
-    let t = cpu::rdtsc();
-    for _ in 0..n {
-        core::hint::black_box(mm::with(|st| st.frames.lookup(1, 5)));
-    }
-    let lookup = cpu::rdtsc() - t;
-    println!(
-        "kbench: loop iteration {} us, 4 KiB copy {} us, 4 KiB zero {} us, locked cache lookup {} us",
-        us(empty * 1000, n) as f64 / 1000.0,
-        us(copy, n),
-        us(zero, n),
-        us(lookup, n)
-    );
 }
 
 #[no_mangle]

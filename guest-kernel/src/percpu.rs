@@ -6,11 +6,12 @@
 //! [`PerCpu::run_queue`] and the identity fields.
 
 use alloc::collections::VecDeque;
-use core::cell::Cell;
+use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::arch::cpu::{wrmsr, MSR_GS_BASE, MSR_KERNEL_GS_BASE};
 use crate::arch::gdt::MAX_CPUS;
+use crate::mm::hints::CpuHints;
 use crate::sched::{Pending, Task, TaskPtr};
 use crate::sync::SpinLock;
 
@@ -28,6 +29,8 @@ pub struct PerCpu {
     pub ticks: AtomicU64,
     /// Latest TLB shootdown this CPU has carried out (`mm::tlb`).
     pub tlb_ack: AtomicU64,
+    /// Page-hint batch and frame pools (`mm::hints`), this CPU's only.
+    pub hints: UnsafeCell<CpuHints>,
 }
 
 // SAFETY: the `Cell` fields are only used by the owning CPU with interrupts
@@ -45,6 +48,7 @@ const INIT: PerCpu = PerCpu {
     run_queue: SpinLock::new(VecDeque::new()),
     ticks: AtomicU64::new(0),
     tlb_ack: AtomicU64::new(0),
+    hints: UnsafeCell::new(CpuHints::new()),
 };
 
 static CPUS: [PerCpu; MAX_CPUS] = [INIT; MAX_CPUS];

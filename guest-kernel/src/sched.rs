@@ -206,10 +206,12 @@ extern "C" fn finish_switch() {
 
 /// The timer tick: preempts a task that was running in user mode.
 pub fn tick(frame: &TrapFrame) {
-    percpu::this()
-        .ticks
-        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let ticks = percpu::this().ticks.fetch_add(1, Ordering::Relaxed);
     if frame.came_from_user() {
+        // Hints must not wait for ever behind a busy user program.
+        if ticks % 10 == 0 && mm::hints::pending() > 0 {
+            mm::hints::commit();
+        }
         schedule(Reason::Preempt);
     }
 }
@@ -238,6 +240,8 @@ pub fn idle_loop() -> ! {
         if !percpu::this().run_queue.lock().is_empty() {
             schedule(Reason::Yield);
         }
+        // Tell the host what this CPU learned before it sleeps.
+        mm::hints::commit();
         cpu::wait_for_interrupt();
     }
 }

@@ -67,6 +67,12 @@ fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
         shootdowns: after.shootdowns - before.shootdowns,
         free_frames: after.free_frames,
         cached_frames: after.cached_frames,
+        hints: after.hints - before.hints,
+        hint_batches: after.hint_batches - before.hint_batches,
+        hint_errors: after.hint_errors - before.hint_errors,
+        volatile_discarded: after.volatile_discarded - before.volatile_discarded,
+        zero_fill_skips: after.zero_fill_skips - before.zero_fill_skips,
+        volatile_frames: after.volatile_frames,
     }
 }
 
@@ -126,9 +132,10 @@ pub fn scan(passes: u64, how: Access) -> u32 {
         "scan-mmap"
     };
     say!(
-        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={}",
+        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={}",
         k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
-        k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames
+        k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames, k.hints, k.hint_batches,
+        k.hint_errors, k.volatile_discarded, k.zero_fill_skips, k.volatile_frames
     );
     if errors == 0 {
         guest::SUCCESS
@@ -207,8 +214,8 @@ pub fn churn(rest: &str) -> u32 {
     let ms = (clock_ns() - t0) / 1_000_000;
     let k = counters_line(&before, &kstats());
     say!(
-        "result: program=churn waves={waves} bytes={} ms={ms} errors={errors} faults={} free_frames={}",
-        waves * len, k.page_faults, k.free_frames
+        "result: program=churn waves={waves} bytes={} ms={ms} errors={errors} faults={} free_frames={} hints={} hint_batches={} hint_errors={} zero_fill_skips={}",
+        waves * len, k.page_faults, k.free_frames, k.hints, k.hint_batches, k.hint_errors, k.zero_fill_skips
     );
     if errors == 0 {
         guest::SUCCESS

@@ -149,9 +149,20 @@ impl MmState {
         let pfn = pa / PAGE_SIZE;
         let _ = self.frames.rmap_add(pfn, Mapping { asid, va });
         if leaf & flags::WRITABLE != 0 {
-            self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
+            self.first_writable(pfn);
         }
         Ok(())
+    }
+
+    /// Seed 000's `check_writable`: the first writable PTE of a frame tells
+    /// the host (a batched hint; the frames mapped writable here are
+    /// anonymous, stable already, so nothing waits for the answer), and
+    /// marks the frame `WRITABLE_MAPPED` until its last mapping goes.
+    fn first_writable(&mut self, pfn: u64) {
+        if self.frames.flags(pfn) & flag::WRITABLE_MAPPED == 0 {
+            self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
+            super::hints::queue(pagehint_abi::hypercall::hint::CHECK_WRITABLE, pfn);
+        }
     }
 
     /// Removes the mapping at `va` of `asid`; frees the frame if that was
@@ -394,7 +405,7 @@ impl MmState {
                 if self.frames.flags(pfn) & flag::CACHED != 0 {
                     leaf &= !flags::WRITABLE;
                 } else if leaf & flags::WRITABLE != 0 {
-                    self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
+                    self.first_writable(pfn);
                 }
                 let new = (txn.old & !mask) | leaf;
                 batch.add(m.modify_prot_commit(txn, new));
@@ -403,6 +414,8 @@ impl MmState {
         }
         self.stats.mprotect_batches += 1;
         flush_local(batch, pml4);
+        // The hints the transaction queued are committed once per call.
+        super::hints::commit();
         Ok(())
     }
 

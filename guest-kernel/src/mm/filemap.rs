@@ -12,7 +12,8 @@ use guest_kernel::frames::{flag, Mapping};
 use guest_kernel::paging::{Mapper, ADDR_MASK};
 use pagehint_abi::PAGE_SIZE;
 
-use super::{free_frame, tlb, KernelPhys, MmState};
+use super::{free_frame, hints, tlb, KernelPhys, MmState};
+use pagehint_abi::hypercall::{hint, result};
 use crate::drivers::virtio_blk;
 use crate::fs;
 use crate::mm::addr_space::AsError;
@@ -49,9 +50,16 @@ impl MmState {
     /// (with read-ahead) on a miss. The caller gets one reference.
     pub fn get_file_page(&mut self, file: u32, index: u64) -> Result<u64, AsError> {
         if let Some(pfn) = self.frames.lookup(file, index) {
-            self.stats.cache_hits += 1;
-            self.frames.get(pfn);
-            return Ok(pfn);
+            if self.make_stable(pfn) {
+                self.stats.cache_hits += 1;
+                self.frames.activate(pfn);
+                self.frames.get(pfn);
+                return Ok(pfn);
+            }
+            // The host dropped it: forget it and read it again.
+            if self.frames.remove(pfn) {
+                free_frame(pfn * PAGE_SIZE);
+            }
         }
         self.stats.cache_misses += 1;
         let entry = fs::entry(file).ok_or(AsError::Io)?;
@@ -93,7 +101,48 @@ impl MmState {
         if let Err(e) = r {
             crate::println!("guest: disk read of file {file} page {index} failed: {e:?}");
         }
+        self.age_cache();
         result
+    }
+
+    /// Before the kernel or a new mapping uses a cached frame: if the host
+    /// was told it is volatile, make it stable and learn whether the host
+    /// dropped it meanwhile. Returns true if the contents are intact.
+    pub fn make_stable(&mut self, pfn: u64) -> bool {
+        if self.frames.flags(pfn) & flag::VOLATILE == 0 {
+            return true;
+        }
+        self.frames.clear_flags(pfn, flag::VOLATILE);
+        self.volatile = self.volatile.saturating_sub(1);
+        let r = hints::now(hint::MAKE_STABLE, pfn);
+        if r == result::DISCARDED as i16 {
+            self.stats.volatile_discarded += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Keeps the active list at a quarter of the cache: frames that fall
+    /// off it become volatile (batched hints) when only the cache holds
+    /// them, they are clean and nobody maps them (a mapped page stays
+    /// stable: a user access cannot ask first; the discard-fault issue
+    /// lifts that).
+    fn age_cache(&mut self) {
+        if !hints::enabled() {
+            return;
+        }
+        let target = (self.frames.cached() / 4).max(16);
+        let mut out = Vec::new();
+        self.frames.deactivate_excess(target, &mut out);
+        for pfn in out {
+            let f = self.frames.flags(pfn);
+            let busy = flag::LOCKED | flag::DIRTY | flag::WRITABLE_MAPPED | flag::VOLATILE;
+            if f & busy == 0 && self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0 {
+                self.frames.set_flags(pfn, flag::VOLATILE);
+                self.volatile += 1;
+                hints::queue(hint::MAKE_VOLATILE, pfn);
+            }
+        }
     }
 
     /// Frees up to `n` page-cache frames, least recently used first,
@@ -130,6 +179,9 @@ impl MmState {
         self.stats.shootdowns += 1;
         let mut freed = 0;
         for pfn in torn {
+            if self.frames.flags(pfn) & flag::VOLATILE != 0 {
+                self.volatile = self.volatile.saturating_sub(1);
+            }
             if self.frames.remove(pfn) {
                 free_frame(pfn * PAGE_SIZE);
                 freed += 1;

@@ -8,6 +8,7 @@
 
 pub mod addr_space;
 pub mod filemap;
+pub mod hints;
 pub mod tlb;
 
 use core::alloc::{GlobalAlloc, Layout};
@@ -68,6 +69,8 @@ pub struct MmState {
     pub spaces: BTreeMap<u32, AddressSpace>,
     next_asid: u32,
     pub stats: MmStats,
+    /// Cache frames the VMM was told are volatile.
+    pub volatile: u64,
 }
 
 /// Counters kept under the lock.
@@ -83,6 +86,7 @@ pub struct MmStats {
     pub reclaimed: u64,
     pub shootdowns: u64,
     pub mprotect_batches: u64,
+    pub volatile_discarded: u64,
 }
 
 static MM: SpinLock<Option<MmState>> = SpinLock::new(None);
@@ -97,7 +101,7 @@ pub fn with<R>(f: impl FnOnce(&mut MmState) -> R) -> R {
 
 /// The counters, as the `kstats` system call reports them.
 pub fn kernel_stats() -> KernelStats {
-    let (s, cached) = with(|st| (st.stats, st.frames.cached()));
+    let (s, cached, volatile) = with(|st| (st.stats, st.frames.cached(), st.volatile));
     KernelStats {
         page_faults: s.page_faults,
         file_faults: s.file_faults,
@@ -110,6 +114,12 @@ pub fn kernel_stats() -> KernelStats {
         shootdowns: s.shootdowns,
         free_frames: free_frames(),
         cached_frames: cached,
+        hints: hints::HINTS.load(core::sync::atomic::Ordering::Relaxed),
+        hint_batches: hints::BATCHES.load(core::sync::atomic::Ordering::Relaxed),
+        hint_errors: hints::ERRORS.load(core::sync::atomic::Ordering::Relaxed),
+        volatile_discarded: s.volatile_discarded,
+        zero_fill_skips: hints::ZERO_SKIPS.load(core::sync::atomic::Ordering::Relaxed),
+        volatile_frames: volatile,
     }
 }
 
@@ -226,6 +236,7 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
         spaces: BTreeMap::new(),
         next_asid: 1,
         stats: MmStats::default(),
+        volatile: 0,
     });
     Ok(MemInfo {
         total_frames: total,
@@ -243,23 +254,54 @@ pub fn trust_fresh_frames_are_zero() {
     FRESH_IS_ZERO.store(true, core::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether never-used frames may be trusted to hold zeroes.
+pub fn fresh_frames_are_zero() -> bool {
+    FRESH_IS_ZERO.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Takes up to `n` frames from the allocator for a per-CPU pool, calling
+/// `f(i, pfn, fresh)` for each; returns how many.
+pub fn take_frames(n: usize, mut f: impl FnMut(usize, u64, bool)) -> usize {
+    let mut g = FRAMES.lock();
+    let Some(a) = g.as_mut() else { return 0 };
+    for i in 0..n {
+        match a.alloc_fresh() {
+            Some((pfn, fresh)) => f(i, pfn, fresh),
+            None => return i,
+        }
+    }
+    n
+}
+
+/// Gives frames back to the allocator (after their `SET_UNUSED` was sent).
+pub fn give_back_frames(frames: &[u64]) {
+    let mut g = FRAMES.lock();
+    let Some(a) = g.as_mut() else { return };
+    for &pa in frames {
+        if a.free(pa / PAGE_SIZE).is_err() {
+            crate::println!("mm: refused to free frame {pa:#x} (not allocated)");
+        }
+    }
+}
+
 /// A zeroed frame, by physical address. Zeroing a page is about 512
 /// emulated iterations of `rep stos` (0.3 ms on the development machines),
-/// so frames known to be zero are not zeroed again.
+/// so frames known to be zero (never used, or discarded by the host) are
+/// not zeroed again.
 pub fn alloc_zeroed_frame() -> Option<u64> {
-    let (pfn, fresh) = FRAMES.lock().as_mut()?.alloc_fresh()?;
-    let pa = pfn * PAGE_SIZE;
-    if !(fresh && FRESH_IS_ZERO.load(core::sync::atomic::Ordering::Relaxed)) {
-        // SAFETY: the frame was just handed to us; the direct map covers it.
-        unsafe { core::ptr::write_bytes(phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize) };
-    }
-    Some(pa)
+    hints::pool_alloc(true).or_else(|| {
+        hints::drain_local();
+        hints::pool_alloc(true)
+    })
 }
 
 /// A frame whose contents the caller will overwrite entirely (a disk read,
 /// a copy), by physical address: never zeroed.
 pub fn alloc_frame_for_overwrite() -> Option<u64> {
-    Some(FRAMES.lock().as_mut()?.alloc()? * PAGE_SIZE)
+    hints::pool_alloc(false).or_else(|| {
+        hints::drain_local();
+        hints::pool_alloc(false)
+    })
 }
 
 /// `n` contiguous never-used frames (for stacks), by physical address.
@@ -267,13 +309,10 @@ pub fn alloc_contiguous(n: u64) -> Option<u64> {
     Some(FRAMES.lock().as_mut()?.alloc_contiguous(n)? * PAGE_SIZE)
 }
 
-/// Returns a frame from [`alloc_zeroed_frame`].
+/// Returns a frame from [`alloc_zeroed_frame`] (through this CPU's pool,
+/// which announces frees to the VMM in batches).
 pub fn free_frame(pa: u64) {
-    if let Some(f) = FRAMES.lock().as_mut() {
-        if f.free(pa / PAGE_SIZE).is_err() {
-            crate::println!("mm: refused to free frame {pa:#x} (not allocated)");
-        }
-    }
+    hints::pool_free(pa);
 }
 
 /// Frames not in use.

@@ -1,0 +1,168 @@
+//! Built-in kernel diagnostics, picked by the command line like user
+//! programs: deliberate faults that show the VMM's and the kernel's error
+//! paths, and measurements of what kernel operations cost on this host.
+//!
+//! Each either ends the machine itself or returns the exit status; none is
+//! reachable from user programs.
+
+use pagehint_abi::exit::guest;
+use pagehint_abi::hypercall::{hint, op, result, HintBatch, HintEntry, HypercallBlock, HINT_BATCH_MAX};
+use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
+
+use crate::arch::{cpu, idt};
+use crate::{hv, mm, println};
+
+/// A port that neither this VMM nor QEMU's microvm claims.
+const UNCLAIMED_PORT: u16 = 0x0700;
+
+/// Runs diagnostic `name`; `None` if it is not one (a user program then).
+pub fn run(name: &str, args: &str, tsc_khz: u32) -> Option<u32> {
+    match name {
+        "crash-kernel" => {
+            println!("guest: crash-kernel: reading a non-canonical address");
+            // SAFETY: none; this faults on purpose.
+            let v = unsafe { (0x8000_0000_0000_0000u64 as *const u64).read_volatile() };
+            println!("guest: survived {v}");
+            Some(guest::FAILURE)
+        }
+        "triple-fault" => {
+            println!("guest: triple-fault: loading an empty IDT and waiting for the timer");
+            idt::load_empty();
+            // With no IDT, the next timer interrupt escalates to a triple
+            // fault, which the VMM must report. (An interrupt, not an
+            // exception raised by an instruction: the development machines'
+            // instruction emulator reports the latter as an emulation
+            // failure instead.)
+            loop {
+                cpu::wait_for_interrupt();
+            }
+        }
+        "portio" => {
+            // N writes to a port no device claims: the benchmark times runs
+            // with two values of N to get the cost of one exit and back.
+            let n: u64 = args.trim().parse().unwrap_or(0);
+            for _ in 0..n {
+                cpu::outb(UNCLAIMED_PORT, 0);
+            }
+            println!("guest: portio: {n} writes to port {UNCLAIMED_PORT:#x}");
+            Some(guest::SUCCESS)
+        }
+        "kbench" => {
+            kbench(tsc_khz);
+            Some(guest::SUCCESS)
+        }
+        "bad-hints" => Some(bad_hints()),
+        _ => None,
+    }
+}
+
+/// `kbench`: what basic kernel operations cost here (emulated on the
+/// development machines), in microseconds per operation.
+fn kbench(tsc_khz: u32) {
+    let khz = tsc_khz.max(1) as u64;
+    let us = |c: u64, n: u64| c * 1000 / khz / n.max(1);
+    let n = 200u64;
+    let page_a = mm::alloc_zeroed_frame().unwrap_or(0);
+    let page_b = mm::alloc_zeroed_frame().unwrap_or(0);
+    let t = cpu::rdtsc();
+    for i in 0..n {
+        core::hint::black_box(i);
+    }
+    let empty = cpu::rdtsc() - t;
+    let t = cpu::rdtsc();
+    for _ in 0..n {
+        // SAFETY: two frames we own, in the direct map.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                mm::phys_to_virt(page_a) as *const u8,
+                mm::phys_to_virt(page_b) as *mut u8,
+                4096,
+            )
+        };
+        core::hint::black_box(page_b);
+    }
+    let copy = cpu::rdtsc() - t;
+    let t = cpu::rdtsc();
+    for _ in 0..n {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_bytes(mm::phys_to_virt(page_b) as *mut u8, 0, 4096) };
+        core::hint::black_box(page_b);
+    }
+    let zero = cpu::rdtsc() - t;
+    let t = cpu::rdtsc();
+    for _ in 0..n {
+        core::hint::black_box(mm::with(|st| st.frames.lookup(1, 5)));
+    }
+    let lookup = cpu::rdtsc() - t;
+    println!(
+        "kbench: loop iteration {} us, 4 KiB copy {} us, 4 KiB zero {} us, locked cache lookup {} us",
+        us(empty * 1000, n) as f64 / 1000.0,
+        us(copy, n),
+        us(zero, n),
+        us(lookup, n)
+    );
+}
+
+
+/// `bad-hints`: sends malformed hypercalls and checks that each is refused
+/// with the right code while the VMM keeps running.
+fn bad_hints() -> u32 {
+    if !mm::hints::enabled() {
+        println!("bad-hints: hinting is off; nothing to test");
+        return guest::FAILURE;
+    }
+    let Some(page) = mm::alloc_zeroed_frame() else { return guest::BAD_MACHINE };
+    let Some(victim) = mm::alloc_zeroed_frame() else { return guest::BAD_MACHINE };
+    let batch = mm::phys_to_virt(page) as *mut HintBatch;
+    let send = |addr: u64, count: u64| {
+        let mut b = HypercallBlock { op: op::HINT_BATCH, result: 0, args: [addr, count, 0, 0, 0, 0, 0] };
+        hv::hypercall(&mut b).unwrap_or(i32::MIN)
+    };
+    let entry = |e: HintEntry| {
+        // SAFETY: `page` is our own frame, in the direct map.
+        unsafe {
+            (*batch).count = 1;
+            (*batch).entries[0] = e;
+        }
+        let r = send(page, 1);
+        // SAFETY: as above.
+        (r, unsafe { (*batch).entries[0].result } as i32)
+    };
+    let ram_end_pfn = 1u64 << 40;
+    let vpfn = victim / PAGE_SIZE;
+    let checks: [(&str, i32, i32); 10] = [
+        ("misaligned batch", send(page + 8, 1), result::BAD_BLOCK),
+        ("batch outside RAM", send(0xffff_f000, 1), result::BAD_BLOCK),
+        ("zero entries", send(page, 0), result::BAD_ARGUMENT),
+        ("too many entries", send(page, HINT_BATCH_MAX as u64 + 1), result::BAD_ARGUMENT),
+        ("frame outside RAM", entry(HintEntry { pfn: ram_end_pfn, count: 1, op: hint::SET_UNUSED, result: 0 }).1, result::BAD_ARGUMENT),
+        ("unknown hint", entry(HintEntry { pfn: vpfn, count: 1, op: 99, result: 0 }).1, result::UNKNOWN_OP),
+        ("set unused", entry(HintEntry { pfn: vpfn, count: 1, op: hint::SET_UNUSED, result: 0 }).1, result::OK),
+        ("volatile while unused", entry(HintEntry { pfn: vpfn, count: 1, op: hint::MAKE_VOLATILE, result: 0 }).1, result::ILLEGAL_TRANSITION),
+        ("unknown hypercall", {
+            let mut b = HypercallBlock { op: 77, result: 0, args: [0; 7] };
+            hv::hypercall(&mut b).unwrap_or(i32::MIN)
+        }, result::UNKNOWN_OP),
+        ("wrong ABI version", {
+            let mut b = HypercallBlock { op: op::HELLO, result: 0, args: [ABI_VERSION as u64 + 1, 0, 0, 0, 0, 0, 0] };
+            hv::hypercall(&mut b).unwrap_or(i32::MIN)
+        }, result::BAD_VERSION),
+    ];
+    // Put the victim back the way the allocator expects it: stable.
+    let restore = entry(HintEntry { pfn: vpfn, count: 1, op: hint::SET_STABLE, result: 0 }).1;
+    let mut ok = restore >= 0;
+    for (what, got, want) in checks {
+        if got != want {
+            println!("bad-hints: {what}: got {got}, expected {want}");
+            ok = false;
+        }
+    }
+    mm::free_frame(victim);
+    mm::free_frame(page);
+    if ok {
+        println!("bad-hints: all refused as expected");
+        guest::SUCCESS
+    } else {
+        guest::FAILURE
+    }
+}
