@@ -50,16 +50,16 @@ impl MmState {
     /// (with read-ahead) on a miss. The caller gets one reference.
     pub fn get_file_page(&mut self, file: u32, index: u64) -> Result<u64, AsError> {
         if let Some(pfn) = self.frames.lookup(file, index) {
-            if self.make_stable(pfn) {
+            if self.frames.flags(pfn) & flag::VOLATILE != 0 {
+                self.make_stable_ahead(file, index);
+            }
+            if let Some(pfn) = self.frames.peek(file, index) {
                 self.stats.cache_hits += 1;
                 self.frames.activate(pfn);
                 self.frames.get(pfn);
                 return Ok(pfn);
             }
-            // The host dropped it: forget it and read it again.
-            if self.frames.remove(pfn) {
-                free_frame(pfn * PAGE_SIZE);
-            }
+            // The host had dropped it: read it again.
         }
         self.stats.cache_misses += 1;
         let entry = fs::entry(file).ok_or(AsError::Io)?;
@@ -105,21 +105,35 @@ impl MmState {
         result
     }
 
-    /// Before the kernel or a new mapping uses a cached frame: if the host
-    /// was told it is volatile, make it stable and learn whether the host
-    /// dropped it meanwhile. Returns true if the contents are intact.
-    pub fn make_stable(&mut self, pfn: u64) -> bool {
-        if self.frames.flags(pfn) & flag::VOLATILE == 0 {
-            return true;
+    /// Before the kernel or a new mapping uses volatile cached page `index`
+    /// of `file`: makes it and up to 15 volatile pages after it stable with
+    /// one exit (a scan will want them next), and drops from the cache
+    /// those the host discarded meanwhile (they are read again).
+    fn make_stable_ahead(&mut self, file: u32, index: u64) {
+        let mut run: Vec<u64> = Vec::new();
+        for i in index..index + READAHEAD {
+            match self.frames.peek(file, i) {
+                Some(p) if self.frames.flags(p) & flag::VOLATILE != 0 => run.push(p),
+                _ if i == index => return,
+                _ => break,
+            }
         }
-        self.frames.clear_flags(pfn, flag::VOLATILE);
-        self.volatile = self.volatile.saturating_sub(1);
-        let r = hints::now(hint::MAKE_STABLE, pfn);
-        if r == result::DISCARDED as i16 {
+        let mut lost: Vec<u64> = Vec::new();
+        hints::now_many(hint::MAKE_STABLE, &run, |pfn, r| {
+            if r == result::DISCARDED as i16 {
+                lost.push(pfn);
+            }
+        });
+        for &pfn in &run {
+            self.frames.clear_flags(pfn, flag::VOLATILE);
+            self.volatile = self.volatile.saturating_sub(1);
+        }
+        for pfn in lost {
             self.stats.volatile_discarded += 1;
-            return false;
+            if self.frames.remove(pfn) {
+                free_frame(pfn * PAGE_SIZE);
+            }
         }
-        true
     }
 
     /// Keeps the active list at a quarter of the cache: frames that fall

@@ -150,19 +150,30 @@ pub fn queue(op: u16, pfn: u64) {
     }
 }
 
-/// Sends a hint now (with whatever else is queued) and returns its result:
-/// `OK`, `DISCARDED`, or an error. `OK` when hinting is off.
-pub fn now(op: u16, pfn: u64) -> i16 {
+/// Sends several hints of one kind now and calls `each(pfn, result)` for
+/// every one (`OK` for all when hinting is off).
+pub fn now_many(op: u16, pfns: &[u64], mut each: impl FnMut(u64, i16)) {
     if !enabled() {
-        return result::OK as i16;
+        pfns.iter().for_each(|&p| each(p, result::OK as i16));
+        return;
     }
     with_cpu(|h| {
         if h.batch == 0 {
-            return result::OK as i16;
+            pfns.iter().for_each(|&p| each(p, result::OK as i16));
+            return;
         }
-        let slot = h.queue(op, pfn, 1);
+        // Room for all of them in one batch.
+        if h.count + pfns.len() > HINT_BATCH_MAX {
+            h.commit();
+        }
+        let first = h.count;
+        for &p in pfns {
+            h.queue(op, p, 1);
+        }
         h.commit();
-        h.result(slot)
+        for (k, &p) in pfns.iter().enumerate() {
+            each(p, h.result(first + k));
+        }
     })
 }
 
