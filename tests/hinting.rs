@@ -25,11 +25,31 @@ impl Disk {
         let _ = std::fs::remove_dir_all(&dir);
         let files = dir.join("files");
         let count = count.to_string();
-        vmm(&["gen-files", "--dir", files.to_str().unwrap(), "--count", &count, "--size", size], Duration::from_secs(60))
-            .expect_status(0);
+        vmm(
+            &[
+                "gen-files",
+                "--dir",
+                files.to_str().unwrap(),
+                "--count",
+                &count,
+                "--size",
+                size,
+            ],
+            Duration::from_secs(60),
+        )
+        .expect_status(0);
         let img = dir.join("disk.img");
-        vmm(&["mkdisk", "--from", files.to_str().unwrap(), "--out", img.to_str().unwrap()], Duration::from_secs(60))
-            .expect_status(0);
+        vmm(
+            &[
+                "mkdisk",
+                "--from",
+                files.to_str().unwrap(),
+                "--out",
+                img.to_str().unwrap(),
+            ],
+            Duration::from_secs(60),
+        )
+        .expect_status(0);
         Disk { dir }
     }
     fn image(&self) -> String {
@@ -52,7 +72,8 @@ fn json_u64(doc: &serde_json::Value, path: &str) -> u64 {
     for k in path.split('.') {
         v = &v[k];
     }
-    v.as_u64().unwrap_or_else(|| panic!("{path} missing in {doc}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{path} missing in {doc}"))
 }
 
 fn read_stats(path: &str) -> serde_json::Value {
@@ -76,15 +97,38 @@ const BUDGET_BYTES: u64 = 12 << 20;
 
 #[test]
 fn read_scan_holds_the_budget_with_hinting_and_not_without() {
-    let disk = Disk::new("scan", 4, "4M");
+    // 20 MiB of files in 32 MiB of RAM: without hints the cache grows past
+    // the 12 MiB budget and its slack.
+    let disk = Disk::new("scan", 5, "4M");
     let with = disk.stats("with.json");
     let r = boot(
-        &["--mem", "32M", "--vcpus", "1", "--disk", &disk.image(), "--host-budget", BUDGET, "--stats", &with],
+        &[
+            "--mem",
+            "32M",
+            "--vcpus",
+            "1",
+            "--disk",
+            &disk.image(),
+            "--host-budget",
+            BUDGET,
+            "--stats",
+            &with,
+        ],
         &["copies=1", "scan-read", "2"],
     );
     r.expect_status(0);
-    assert_eq!(result_field(&r.stdout, "scan-read", "errors"), 0, "{}", r.stdout);
-    assert_eq!(result_field(&r.stdout, "scan-read", "hint_errors"), 0, "{}", r.stdout);
+    assert_eq!(
+        result_field(&r.stdout, "scan-read", "errors"),
+        0,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        result_field(&r.stdout, "scan-read", "hint_errors"),
+        0,
+        "{}",
+        r.stdout
+    );
     let s = read_stats(&with);
     let resident = json_u64(&s, "memory.resident_bytes");
     assert!(json_u64(&s, "reclaim.pages_discarded") > 0, "{s}");
@@ -97,12 +141,24 @@ fn read_scan_holds_the_budget_with_hinting_and_not_without() {
     // Batching: far fewer exits than hints.
     let hints = result_field(&r.stdout, "scan-read", "hints");
     let batches = result_field(&r.stdout, "scan-read", "hint_batches");
-    assert!(hints > 0 && batches * 4 <= hints, "hints {hints} batches {batches}");
+    assert!(
+        hints > 0 && batches * 4 <= hints,
+        "hints {hints} batches {batches}"
+    );
 
     let without = disk.stats("without.json");
     let r = boot(
         &[
-            "--mem", "32M", "--vcpus", "1", "--disk", &disk.image(), "--host-budget", BUDGET, "--stats", &without,
+            "--mem",
+            "32M",
+            "--vcpus",
+            "1",
+            "--disk",
+            &disk.image(),
+            "--host-budget",
+            BUDGET,
+            "--stats",
+            &without,
             "--no-hinting",
         ],
         &["copies=1", "scan-read", "2"],
@@ -124,16 +180,31 @@ fn freed_anonymous_memory_is_reclaimed() {
     std::fs::create_dir_all(&dir).unwrap();
     let stats = dir.join("churn.json");
     let r = boot(
-        &["--mem", "64M", "--host-budget", "8M", "--stats", stats.to_str().unwrap()],
+        &[
+            "--mem",
+            "64M",
+            "--host-budget",
+            "8M",
+            "--stats",
+            stats.to_str().unwrap(),
+        ],
         &["churn", "3", "8"],
     );
     r.expect_status(0);
-    assert_eq!(result_field(&r.stdout, "churn", "errors"), 0, "{}", r.stdout);
+    assert_eq!(
+        result_field(&r.stdout, "churn", "errors"),
+        0,
+        "{}",
+        r.stdout
+    );
     let s = read_stats(stats.to_str().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
     assert!(json_u64(&s, "reclaim.pages_discarded") > 0, "{s}");
     assert!(json_u64(&s, "hypercalls.set_unused") > 0, "{s}");
-    assert!(json_u64(&s, "memory.resident_bytes") <= (8 << 20) + SLACK, "{s}");
+    assert!(
+        json_u64(&s, "memory.resident_bytes") <= (8 << 20) + SLACK,
+        "{s}"
+    );
 }
 
 #[test]
@@ -141,12 +212,21 @@ fn garbage_hypercalls_are_counted_and_survived() {
     let dir = std::env::temp_dir().join(format!("vmm-hint-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let stats = dir.join("bad.json");
-    let r = boot(&["--vcpus", "2", "--stats", stats.to_str().unwrap()], &["bad-hints"]);
-    r.expect_status(0).expect_stdout("bad-hints: all refused as expected");
+    let r = boot(
+        &["--vcpus", "2", "--stats", stats.to_str().unwrap()],
+        &["bad-hints"],
+    );
+    r.expect_status(0)
+        .expect_stdout("bad-hints: all refused as expected");
     let s = read_stats(stats.to_str().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
     let errors = &s["hypercalls"]["errors"];
-    let total: u64 = errors.as_object().expect("errors object").values().filter_map(|v| v.as_u64()).sum();
+    let total: u64 = errors
+        .as_object()
+        .expect("errors object")
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
     assert!(total >= 6, "errors {errors}");
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }

@@ -6,7 +6,9 @@
 //! reachable from user programs.
 
 use pagehint_abi::exit::guest;
-use pagehint_abi::hypercall::{hint, op, result, HintBatch, HintEntry, HypercallBlock, HINT_BATCH_MAX};
+use pagehint_abi::hypercall::{
+    hint, op, result, HintBatch, HintEntry, HypercallBlock, HINT_BATCH_MAX,
+};
 use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
 
 use crate::arch::{cpu, idt};
@@ -103,7 +105,6 @@ fn kbench(tsc_khz: u32) {
     );
 }
 
-
 /// `bad-hints`: sends malformed hypercalls and checks that each is refused
 /// with the right code while the VMM keeps running.
 fn bad_hints() -> u32 {
@@ -111,11 +112,19 @@ fn bad_hints() -> u32 {
         println!("bad-hints: hinting is off; nothing to test");
         return guest::FAILURE;
     }
-    let Some(page) = mm::alloc_zeroed_frame() else { return guest::BAD_MACHINE };
-    let Some(victim) = mm::alloc_zeroed_frame() else { return guest::BAD_MACHINE };
+    let Some(page) = mm::alloc_zeroed_frame() else {
+        return guest::BAD_MACHINE;
+    };
+    let Some(victim) = mm::alloc_zeroed_frame() else {
+        return guest::BAD_MACHINE;
+    };
     let batch = mm::phys_to_virt(page) as *mut HintBatch;
     let send = |addr: u64, count: u64| {
-        let mut b = HypercallBlock { op: op::HINT_BATCH, result: 0, args: [addr, count, 0, 0, 0, 0, 0] };
+        let mut b = HypercallBlock {
+            op: op::HINT_BATCH,
+            result: 0,
+            args: [addr, count, 0, 0, 0, 0, 0],
+        };
         hv::hypercall(&mut b).unwrap_or(i32::MIN)
     };
     let entry = |e: HintEntry| {
@@ -134,22 +143,88 @@ fn bad_hints() -> u32 {
         ("misaligned batch", send(page + 8, 1), result::BAD_BLOCK),
         ("batch outside RAM", send(0xffff_f000, 1), result::BAD_BLOCK),
         ("zero entries", send(page, 0), result::BAD_ARGUMENT),
-        ("too many entries", send(page, HINT_BATCH_MAX as u64 + 1), result::BAD_ARGUMENT),
-        ("frame outside RAM", entry(HintEntry { pfn: ram_end_pfn, count: 1, op: hint::SET_UNUSED, result: 0 }).1, result::BAD_ARGUMENT),
-        ("unknown hint", entry(HintEntry { pfn: vpfn, count: 1, op: 99, result: 0 }).1, result::UNKNOWN_OP),
-        ("set unused", entry(HintEntry { pfn: vpfn, count: 1, op: hint::SET_UNUSED, result: 0 }).1, result::OK),
-        ("volatile while unused", entry(HintEntry { pfn: vpfn, count: 1, op: hint::MAKE_VOLATILE, result: 0 }).1, result::ILLEGAL_TRANSITION),
-        ("unknown hypercall", {
-            let mut b = HypercallBlock { op: 77, result: 0, args: [0; 7] };
-            hv::hypercall(&mut b).unwrap_or(i32::MIN)
-        }, result::UNKNOWN_OP),
-        ("wrong ABI version", {
-            let mut b = HypercallBlock { op: op::HELLO, result: 0, args: [ABI_VERSION as u64 + 1, 0, 0, 0, 0, 0, 0] };
-            hv::hypercall(&mut b).unwrap_or(i32::MIN)
-        }, result::BAD_VERSION),
+        (
+            "too many entries",
+            send(page, HINT_BATCH_MAX as u64 + 1),
+            result::BAD_ARGUMENT,
+        ),
+        (
+            "frame outside RAM",
+            entry(HintEntry {
+                pfn: ram_end_pfn,
+                count: 1,
+                op: hint::SET_UNUSED,
+                result: 0,
+            })
+            .1,
+            result::BAD_ARGUMENT,
+        ),
+        (
+            "unknown hint",
+            entry(HintEntry {
+                pfn: vpfn,
+                count: 1,
+                op: 99,
+                result: 0,
+            })
+            .1,
+            result::UNKNOWN_OP,
+        ),
+        (
+            "set unused",
+            entry(HintEntry {
+                pfn: vpfn,
+                count: 1,
+                op: hint::SET_UNUSED,
+                result: 0,
+            })
+            .1,
+            result::OK,
+        ),
+        (
+            "volatile while unused",
+            entry(HintEntry {
+                pfn: vpfn,
+                count: 1,
+                op: hint::MAKE_VOLATILE,
+                result: 0,
+            })
+            .1,
+            result::ILLEGAL_TRANSITION,
+        ),
+        (
+            "unknown hypercall",
+            {
+                let mut b = HypercallBlock {
+                    op: 77,
+                    result: 0,
+                    args: [0; 7],
+                };
+                hv::hypercall(&mut b).unwrap_or(i32::MIN)
+            },
+            result::UNKNOWN_OP,
+        ),
+        (
+            "wrong ABI version",
+            {
+                let mut b = HypercallBlock {
+                    op: op::HELLO,
+                    result: 0,
+                    args: [ABI_VERSION as u64 + 1, 0, 0, 0, 0, 0, 0],
+                };
+                hv::hypercall(&mut b).unwrap_or(i32::MIN)
+            },
+            result::BAD_VERSION,
+        ),
     ];
     // Put the victim back the way the allocator expects it: stable.
-    let restore = entry(HintEntry { pfn: vpfn, count: 1, op: hint::SET_STABLE, result: 0 }).1;
+    let restore = entry(HintEntry {
+        pfn: vpfn,
+        count: 1,
+        op: hint::SET_STABLE,
+        result: 0,
+    })
+    .1;
     let mut ok = restore >= 0;
     for (what, got, want) in checks {
         if got != want {

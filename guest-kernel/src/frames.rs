@@ -65,7 +65,11 @@ struct List {
 }
 
 impl List {
-    const EMPTY: List = List { head: NIL, tail: NIL, len: 0 };
+    const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+        len: 0,
+    };
 }
 
 const INACTIVE: usize = 0;

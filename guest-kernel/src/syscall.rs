@@ -103,23 +103,20 @@ fn file_slot(fd: u64) -> Option<&'static mut Option<OpenFile>> {
     t.files.get_mut(fd as usize).filter(|s| s.is_some())
 }
 
+/// `write`: the whole buffer goes out under one console lock, so lines
+/// from programs on different CPUs never interleave.
 fn write(ptr: u64, len: u64) -> i64 {
     let len = (len as usize).min(MAX_WRITE);
-    let mut buf = [0u8; 256];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(buf.len());
-        let r = with_space(|st, asid| {
-            st.copy_from_user(asid, ptr + done as u64, &mut buf[..n])
-                .map_or_else(err, |_| 0)
-        });
-        if r < 0 {
-            return if done > 0 { done as i64 } else { r };
-        }
-        console::write_bytes(&buf[..n]);
-        done += n;
+    let mut buf = alloc::vec![0u8; len];
+    let r = with_space(|st, asid| {
+        st.copy_from_user(asid, ptr, &mut buf)
+            .map_or_else(err, |_| 0)
+    });
+    if r < 0 {
+        return r;
     }
-    done as i64
+    console::write_bytes(&buf);
+    len as i64
 }
 
 fn open(name_ptr: u64, name_len: u64) -> i64 {

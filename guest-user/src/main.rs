@@ -18,7 +18,7 @@ mod workloads;
 
 macro_rules! say {
     ($($arg:tt)*) => {{
-        let mut b = guest_user::LineBuf::<320>::default();
+        let mut b = guest_user::LineBuf::<1024>::default();
         let _ = core::fmt::Write::write_fmt(&mut b, format_args!("{}\n", format_args!($($arg)*)));
         crate::sys::write(b.as_bytes());
     }};

@@ -1,6 +1,8 @@
 //! The command line: `vmm run [--kernel PATH] [--mem SIZE] [--vcpus N]
-//! [--timeout SECS] [--disk PATH [--disk-rw]] [-- ARGS...]`, and the host
-//! tools `vmm gen-files` and `vmm mkdisk`.
+//! [--timeout SECS] [--disk PATH [--disk-rw]] [--no-hinting]
+//! [--host-budget SIZE] [--reclaim-interval MS] [--psi [--psi-threshold PCT]]
+//! [--stats FILE [--stats-interval MS]] [-- ARGS...]`, and the host tools
+//! `vmm gen-files` and `vmm mkdisk`.
 //!
 //! Parsing only checks syntax (numbers, sizes); whether a value can work
 //! (enough RAM, a vCPU count KVM allows) is decided by `run`, which reports
@@ -87,6 +89,32 @@ pub struct RunArgs {
     /// Let the guest write to the disk image.
     #[arg(long, requires = "disk")]
     pub disk_rw: bool,
+    /// Turn page hinting off: CPUID does not advertise it and every hint
+    /// batch is refused.
+    #[arg(long)]
+    pub no_hinting: bool,
+    /// Target for resident guest memory: the reclaimer drops hinted frames
+    /// while more is resident (sizes as for --mem).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub host_budget: Option<u64>,
+    /// Milliseconds between reclaimer rounds (each measures residency).
+    #[arg(long, value_name = "MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub reclaim_interval: u64,
+    /// Also reclaim when host memory pressure (/proc/pressure/memory,
+    /// "some avg10") exceeds --psi-threshold.
+    #[arg(long)]
+    pub psi: bool,
+    /// PSI percentage above which --psi reclaims.
+    #[arg(long, value_name = "PCT", default_value_t = 10.0, value_parser = parse_percent)]
+    pub psi_threshold: f64,
+    /// Write the stats JSON here, every --stats-interval and at exit.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
+    /// Milliseconds between writes of the stats file.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub stats_interval: u64,
     /// Guest command line, joined with spaces.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
@@ -130,6 +158,14 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is not a valid timeout"))
+}
+
+/// Parses a percentage from 0 to 100.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a percentage from 0 to 100")),
+    }
 }
 
 /// Parses the process arguments.
@@ -255,6 +291,52 @@ mod tests {
         }
         let c = parse_from(["vmm", "mkdisk", "--from", "d", "--out", "x.img"]).unwrap();
         assert!(matches!(c.command, Command::Mkdisk(_)));
+    }
+
+    #[test]
+    fn reclaim_flags() {
+        let r = run_args(&[]).unwrap();
+        assert!(!r.no_hinting && !r.psi);
+        assert_eq!((r.host_budget, r.reclaim_interval), (None, 50));
+        assert_eq!(
+            (r.psi_threshold, r.stats.clone(), r.stats_interval),
+            (10.0, None, 1000)
+        );
+        let r = run_args(&[
+            "--no-hinting",
+            "--host-budget",
+            "64M",
+            "--reclaim-interval",
+            "20",
+            "--psi",
+            "--psi-threshold",
+            "2.5",
+            "--stats",
+            "/tmp/s.json",
+            "--stats-interval",
+            "100",
+        ])
+        .unwrap();
+        assert!(r.no_hinting && r.psi);
+        assert_eq!((r.host_budget, r.reclaim_interval), (Some(64 << 20), 20));
+        assert_eq!((r.psi_threshold, r.stats_interval), (2.5, 100));
+        assert_eq!(
+            r.stats.as_deref(),
+            Some(std::path::Path::new("/tmp/s.json"))
+        );
+        for bad in [
+            &["--reclaim-interval", "0"][..],
+            &["--psi-threshold", "101"],
+            &["--psi-threshold", "nan"],
+            &["--host-budget", "lots"],
+            &["--stats-interval", "0"],
+        ] {
+            assert_eq!(
+                parse_error_status(&run_args(bad).unwrap_err()),
+                USAGE,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

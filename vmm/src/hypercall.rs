@@ -5,8 +5,13 @@
 //! Every field comes from the guest and is checked before use: the address
 //! must be aligned and inside RAM, the operation known, its arguments in
 //! range. A block we cannot even read gets no answer, only a counter and a
-//! log line. This module must never panic, block, or touch guest memory
-//! outside the block it was pointed at.
+//! log line. `HINT_BATCH` is served by [`hint`]. The vCPU threads call the
+//! device directly (not through the port bus's per-device lock), so two
+//! vCPUs hint at once; all state here is atomics. This module must never
+//! panic, block on a lock, or touch guest memory outside the block and the
+//! hint batch it was pointed at.
+
+pub mod hint;
 
 use std::sync::Arc;
 
@@ -14,9 +19,17 @@ use pagehint_abi::hypercall::{op, result, HypercallBlock, BLOCK_ALIGN};
 use pagehint_abi::ABI_VERSION;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::devices::bus::{le_value, PioDevice, PioOutcome};
+use crate::devices::bus::le_value;
+use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
+use crate::reclaim::state_table::FrameTable;
+use hint::HintContext;
+
+/// Offset of `result` in the block (`contains` above rules out overflow).
+const RESULT_OFFSET: u64 = core::mem::offset_of!(HypercallBlock, result) as u64;
+/// Log lines per second the guest can provoke with bad hypercalls.
+const LOG_LINES_PER_SECOND: u64 = 10;
 
 /// Why a doorbell write could not be served.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,43 +48,78 @@ pub enum HypercallError {
     Access(u64),
 }
 
-/// Executes one request and returns its result code. Pure, for testing.
-pub fn dispatch(block: &HypercallBlock, metrics: &Metrics) -> i32 {
-    match block.op {
-        op::HELLO => {
-            metrics.hypercalls.hello.inc();
-            if block.args[0] == u64::from(ABI_VERSION) {
-                log::info!("hypercall: HELLO from guest cpu {}", block.args[1]);
-                result::OK
-            } else {
-                metrics.hypercalls.bad_version.inc();
-                log::warn!(
-                    "hypercall: HELLO from guest cpu {} speaks ABI {}, we speak {ABI_VERSION}",
-                    block.args[1],
-                    block.args[0]
-                );
-                result::BAD_VERSION
-            }
-        }
-        other => {
-            metrics.hypercalls.unknown_op.inc();
-            log::debug!("hypercall: unknown op {other}");
-            result::UNKNOWN_OP
-        }
-    }
-}
-
 /// The device behind `HYPERCALL_PORT`.
 #[derive(Debug)]
 pub struct HypercallDevice {
     ram: GuestRam,
     metrics: Arc<Metrics>,
+    table: Arc<FrameTable>,
+    hinting: bool,
+    log_limit: RateLimit,
 }
 
 impl HypercallDevice {
-    /// A doorbell serving requests in `ram`.
-    pub fn new(ram: GuestRam, metrics: Arc<Metrics>) -> Self {
-        Self { ram, metrics }
+    /// A doorbell serving requests in `ram`, recording hints in `table`
+    /// (refused with `HINTS_DISABLED` unless `hinting`).
+    pub fn new(
+        ram: GuestRam,
+        metrics: Arc<Metrics>,
+        table: Arc<FrameTable>,
+        hinting: bool,
+    ) -> Self {
+        Self {
+            ram,
+            metrics,
+            table,
+            hinting,
+            log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
+        }
+    }
+
+    /// Executes one request and returns its result code.
+    pub fn dispatch(&self, block: &HypercallBlock) -> i32 {
+        let h = &self.metrics.hypercalls;
+        match block.op {
+            op::HELLO => {
+                h.hello.inc();
+                if block.args[0] == u64::from(ABI_VERSION) {
+                    log::info!("hypercall: HELLO from guest cpu {}", block.args[1]);
+                    result::OK
+                } else {
+                    h.errors.bad_version.inc();
+                    if self.log_limit.allow() {
+                        log::warn!(
+                            "hypercall: HELLO from guest cpu {} speaks ABI {}, we speak {ABI_VERSION}",
+                            block.args[1],
+                            block.args[0]
+                        );
+                    }
+                    result::BAD_VERSION
+                }
+            }
+            op::HINT_BATCH if !self.hinting => {
+                h.hint_batch.inc();
+                h.errors.hints_disabled.inc();
+                if self.log_limit.allow() {
+                    log::warn!("hypercall: HINT_BATCH while hinting is off (--no-hinting)");
+                }
+                result::HINTS_DISABLED
+            }
+            op::HINT_BATCH => HintContext {
+                ram: &self.ram,
+                table: &self.table,
+                metrics: &self.metrics,
+                log_limit: &self.log_limit,
+            }
+            .batch(&block.args),
+            other => {
+                h.errors.unknown_op.inc();
+                if self.log_limit.allow() {
+                    log::warn!("hypercall: unknown op {other}");
+                }
+                result::UNKNOWN_OP
+            }
+        }
     }
 
     /// Validates the block address and serves the request.
@@ -93,38 +141,42 @@ impl HypercallDevice {
             .mem()
             .read_obj(addr)
             .map_err(|_| HypercallError::Access(gpa))?;
-        block.result = dispatch(&block, &self.metrics);
+        block.result = self.dispatch(&block);
+        // Only `result` is ours to write: the hint batch may share the page.
         self.ram
             .mem()
-            .write_obj(block, addr)
+            .write_obj(block.result, GuestAddress(gpa + RESULT_OFFSET))
             .map_err(|_| HypercallError::Access(gpa))
     }
-}
 
-impl PioDevice for HypercallDevice {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
-        self.metrics.hypercalls.bad_access.inc();
+    /// An `in` from the doorbell: not a thing the guest should do.
+    pub fn read(&self, _offset: u16, data: &mut [u8]) {
+        self.metrics.hypercalls.errors.bad_access.inc();
         data.fill(0xff);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> PioOutcome {
+    /// An `out` to the doorbell.
+    pub fn write(&self, offset: u16, data: &[u8]) {
         let outcome = if offset != 0 {
             Err(HypercallError::BadWidth(data.len()))
         } else {
             self.handle(data)
         };
-        match outcome {
-            Ok(()) => {}
+        let errors = &self.metrics.hypercalls.errors;
+        let e = match outcome {
+            Ok(()) => return,
             Err(e @ HypercallError::BadWidth(_)) => {
-                self.metrics.hypercalls.bad_access.inc();
-                log::warn!("hypercall: {e}; ignored");
+                errors.bad_access.inc();
+                e
             }
             Err(e) => {
-                self.metrics.hypercalls.bad_block.inc();
-                log::warn!("hypercall: {e}; ignored");
+                errors.bad_block.inc();
+                e
             }
+        };
+        if self.log_limit.allow() {
+            log::warn!("hypercall: {e}; ignored");
         }
-        PioOutcome::Continue
     }
 }
 
@@ -135,14 +187,15 @@ mod tests {
     fn device() -> (HypercallDevice, GuestRam, Arc<Metrics>) {
         let ram = GuestRam::new(16 << 20).unwrap();
         let metrics = Arc::new(Metrics::default());
+        let table = Arc::new(FrameTable::new((ram.size() / 4096) as usize, false));
         (
-            HypercallDevice::new(ram.clone(), metrics.clone()),
+            HypercallDevice::new(ram.clone(), metrics.clone(), table, true),
             ram,
             metrics,
         )
     }
 
-    fn call(dev: &mut HypercallDevice, ram: &GuestRam, gpa: u64, block: HypercallBlock) -> i32 {
+    fn call(dev: &HypercallDevice, ram: &GuestRam, gpa: u64, block: HypercallBlock) -> i32 {
         ram.mem().write_obj(block, GuestAddress(gpa)).unwrap();
         dev.write(0, &(gpa as u32).to_le_bytes());
         let back: HypercallBlock = ram.mem().read_obj(GuestAddress(gpa)).unwrap();
@@ -151,47 +204,60 @@ mod tests {
 
     #[test]
     fn hello_checks_the_abi_version() {
-        let (mut dev, ram, metrics) = device();
+        let (dev, ram, metrics) = device();
         let mut b = HypercallBlock {
             op: op::HELLO,
             result: 77,
             args: [u64::from(ABI_VERSION), 1, 0, 0, 0, 0, 0],
         };
-        assert_eq!(call(&mut dev, &ram, 0x4000, b), result::OK);
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::OK);
         b.args[0] = 999;
-        assert_eq!(call(&mut dev, &ram, 0x4000, b), result::BAD_VERSION);
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::BAD_VERSION);
         b.op = 12345;
-        assert_eq!(call(&mut dev, &ram, 0x4000, b), result::UNKNOWN_OP);
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::UNKNOWN_OP);
         assert_eq!(metrics.hypercalls.hello.get(), 2);
-        assert_eq!(metrics.hypercalls.bad_version.get(), 1);
-        assert_eq!(metrics.hypercalls.unknown_op.get(), 1);
+        assert_eq!(metrics.hypercalls.errors.bad_version.get(), 1);
+        assert_eq!(metrics.hypercalls.errors.unknown_op.get(), 1);
     }
 
     #[test]
     fn bad_blocks_are_counted_and_left_alone() {
-        let (mut dev, ram, metrics) = device();
+        let (dev, ram, metrics) = device();
         let b = HypercallBlock {
             op: op::HELLO,
             result: 77,
             args: [u64::from(ABI_VERSION), 0, 0, 0, 0, 0, 0],
         };
-        assert_eq!(call(&mut dev, &ram, 0x4020, b), 77, "misaligned");
+        assert_eq!(call(&dev, &ram, 0x4020, b), 77, "misaligned");
         assert_eq!(
             dev.handle(&0xffff_ffc0u32.to_le_bytes()),
             Err(HypercallError::OutsideRam(0xffff_ffc0))
         );
         let last = (16 << 20) - 64;
-        assert_eq!(
-            call(&mut dev, &ram, last, b),
-            result::OK,
-            "last block of RAM"
-        );
+        assert_eq!(call(&dev, &ram, last, b), result::OK, "last block of RAM");
         dev.write(0, &[0x40]);
         dev.write(2, &[0, 0]);
         let mut r = [0u8; 4];
         dev.read(0, &mut r);
-        assert_eq!(metrics.hypercalls.bad_block.get(), 1);
-        assert_eq!(metrics.hypercalls.bad_access.get(), 3);
+        assert_eq!(metrics.hypercalls.errors.bad_block.get(), 1);
+        assert_eq!(metrics.hypercalls.errors.bad_access.get(), 3);
         assert_eq!(r, [0xff; 4]);
+    }
+
+    #[test]
+    fn hint_batches_are_refused_when_hinting_is_off() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let table = Arc::new(FrameTable::new(4096, false));
+        let dev = HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), false);
+        let b = HypercallBlock {
+            op: op::HINT_BATCH,
+            result: 77,
+            args: [0x10_0000, 1, 0, 0, 0, 0, 0],
+        };
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::HINTS_DISABLED);
+        assert_eq!(metrics.hypercalls.hint_batch.get(), 1);
+        assert_eq!(metrics.hypercalls.errors.hints_disabled.get(), 1);
+        assert_eq!(table.counts().stable, 4096);
     }
 }

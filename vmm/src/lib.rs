@@ -3,9 +3,10 @@
 //!
 //! [`run`] wires the modules together: check the configuration, open the
 //! disk image if any, load the kernel into fresh guest RAM, open KVM, create
-//! the VM, its devices (and the block device's worker thread) and its vCPU
-//! threads, wait for the first vCPU to stop (or the timeout), then stop and
-//! join every vCPU thread and the worker. [`VmmError`] gathers every module's error and
+//! the VM, its devices (and the block device's worker thread), the host
+//! reclaimer thread and the vCPU threads, wait for the first vCPU to stop
+//! (or the timeout), then stop and join every vCPU thread, the worker and
+//! the reclaimer, and write the stats. [`VmmError`] gathers every module's error and
 //! maps it to the documented exit status. Nothing here may panic on
 //! anything the guest or the user sends.
 
@@ -20,7 +21,7 @@ use pagehint_abi::boot::{
     VIRTIO_BLK_IRQ, VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_CMDLINE_KEY, VIRTIO_MMIO_SIZE,
 };
 use pagehint_abi::exit::{status_from_guest, vmm as status};
-use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT, HYPERCALL_PORT};
+use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT};
 
 pub mod arch;
 pub mod cli;
@@ -32,6 +33,8 @@ pub mod loader;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
+pub mod reclaim;
+pub mod stats;
 pub mod tools;
 pub mod vstate;
 
@@ -48,6 +51,9 @@ use kvm::{KvmContext, KvmError};
 use loader::LoaderError;
 use memory::{GuestRam, MemoryError};
 use metrics::Metrics;
+use reclaim::state_table::FrameTable;
+use reclaim::{ReclaimConfig, ReclaimError, Reclaimer};
+use stats::StatsSource;
 use vstate::vcpu::{self, StopReason, Vcpu, VcpuError, VcpuReport};
 use vstate::vm::{Vm, VmError};
 
@@ -58,8 +64,6 @@ pub static BUNDLED_KERNEL: &[u8] = include_bytes!(env!("GUEST_KERNEL_ELF"));
 pub const MAX_VCPUS: u32 = 64;
 /// Width of the exit port (QEMU's `isa-debug-exit,iosize=0x04`).
 const EXIT_PORT_LEN: u16 = 4;
-/// Width of the hypercall doorbell.
-const HYPERCALL_PORT_LEN: u16 = 4;
 
 /// Everything that can end a VMM run other than the guest's own exit.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +93,8 @@ pub enum VmmError {
     Virtio(#[from] VirtioMmioError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Reclaim(#[from] ReclaimError),
     /// The guest triple-faulted.
     #[error("guest triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu}")]
     TripleFault { vcpu: u8, dump: RegDump },
@@ -134,7 +140,8 @@ impl VmmError {
             | VmmError::Serial(_)
             | VmmError::Mmio(_)
             | VmmError::Virtio(_)
-            | VmmError::Worker(_) => status::INTERNAL,
+            | VmmError::Worker(_)
+            | VmmError::Reclaim(_) => status::INTERNAL,
             VmmError::TripleFault { .. } => status::GUEST_TRIPLE_FAULT,
             VmmError::KvmFailure { .. } => status::KVM_FAILURE,
             VmmError::UnexpectedExit { .. } => status::UNEXPECTED_EXIT,
@@ -222,6 +229,32 @@ fn attach_disk(
     Ok(BlockWorker::spawn(dev, notify)?)
 }
 
+/// The reclaimer's configuration from the command line.
+fn reclaim_config(args: &RunArgs) -> ReclaimConfig {
+    ReclaimConfig {
+        interval: Duration::from_millis(args.reclaim_interval),
+        budget_bytes: args.host_budget,
+        psi_threshold: args.psi.then_some(args.psi_threshold),
+        stats: args
+            .stats
+            .clone()
+            .map(|p| (p, Duration::from_millis(args.stats_interval))),
+    }
+}
+
+/// Logs the stats document (at info) and writes the stats file if asked.
+fn report_stats(stats: &StatsSource, args: &RunArgs) {
+    match stats.to_json() {
+        Ok(json) => log::info!("metrics: {json}"),
+        Err(e) => log::warn!("{e}"),
+    }
+    if let Some(path) = &args.stats {
+        if let Err(e) = stats.write(path) {
+            log::error!("stats: {e}");
+        }
+    }
+}
+
 /// Turns the first vCPU report into the run's result.
 fn outcome(report: VcpuReport) -> Result<i32, VmmError> {
     let vcpu = report.index;
@@ -283,12 +316,16 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         EXIT_PORT_LEN,
         Arc::new(Mutex::new(ExitDevice::new())),
     )?;
-    let hypercalls = HypercallDevice::new(ram.clone(), metrics.clone());
-    bus.insert(
-        HYPERCALL_PORT,
-        HYPERCALL_PORT_LEN,
-        Arc::new(Mutex::new(hypercalls)),
-    )?;
+    let frames = usize::try_from(ram.size() / pagehint_abi::PAGE_SIZE)
+        .map_err(|_| VmmError::Config("--mem is too large for this host".into()))?;
+    let table = Arc::new(FrameTable::new(frames, false));
+    let hinting = !args.no_hinting;
+    let hypercalls = Arc::new(HypercallDevice::new(
+        ram.clone(),
+        metrics.clone(),
+        table.clone(),
+        hinting,
+    ));
     let bus = Arc::new(bus);
     let mut mmio = MmioBus::new(metrics.clone());
     // Dropping the worker stops and joins it, on every way out of here.
@@ -297,12 +334,28 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         None => None,
     };
     let mmio = Arc::new(mmio);
+    let stats = StatsSource::new(metrics.clone(), table.clone(), ram.size(), args.host_budget);
+    // Dropping the reclaimer stops and joins it, on every way out of here.
+    let reclaimer = Reclaimer::spawn(
+        &ram,
+        table,
+        metrics.clone(),
+        reclaim_config(args),
+        stats.clone(),
+    )?;
 
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
     for index in 0..vcpu_count {
         let fd = vm.create_vcpu(index)?;
-        let vcpu = Vcpu::new(index, fd, bus.clone(), mmio.clone(), metrics.clone());
-        vcpu.configure(&supported, vcpu_count, entry)?;
+        let vcpu = Vcpu::new(
+            index,
+            fd,
+            bus.clone(),
+            mmio.clone(),
+            hypercalls.clone(),
+            metrics.clone(),
+        );
+        vcpu.configure(&supported, vcpu_count, entry, hinting)?;
         vcpus.push(vcpu);
     }
 
@@ -333,8 +386,9 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
     if let Some(w) = worker.take() {
         w.stop();
     }
+    reclaimer.stop();
     let _ = std::io::stdout().flush();
-    log::info!("metrics: {}", metrics.to_json());
+    report_stats(&stats, args);
 
     match first {
         Ok(report) => outcome(report),

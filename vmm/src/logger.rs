@@ -4,6 +4,8 @@
 //! to the guest console.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
@@ -49,9 +51,66 @@ pub fn init() {
     }
 }
 
+/// Lets at most `per_second` log lines through each second, from any
+/// thread, without a lock: for messages the guest can provoke at will.
+#[derive(Debug)]
+pub struct RateLimit {
+    start: Instant,
+    /// (second since `start`) << 20 | lines allowed in that second.
+    window: AtomicU64,
+    per_second: u64,
+}
+
+impl RateLimit {
+    /// A limiter letting `per_second` lines through each second.
+    pub fn new(per_second: u64) -> Self {
+        Self {
+            start: Instant::now(),
+            window: AtomicU64::new(0),
+            per_second: per_second.min(0xf_ffff),
+        }
+    }
+
+    /// True if one more line may be logged now.
+    pub fn allow(&self) -> bool {
+        self.allow_at(self.start.elapsed().as_secs())
+    }
+
+    fn allow_at(&self, second: u64) -> bool {
+        let second = second & ((1 << 44) - 1);
+        let mut cur = self.window.load(Ordering::Relaxed);
+        loop {
+            let (sec, n) = (cur >> 20, cur & 0xf_ffff);
+            let next = if sec != second {
+                (second << 20) | 1
+            } else if n < self.per_second {
+                cur + 1
+            } else {
+                return false;
+            };
+            match self
+                .window
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_lets_a_few_lines_through_each_second() {
+        let r = RateLimit::new(3);
+        let first: Vec<bool> = (0..5).map(|_| r.allow_at(7)).collect();
+        assert_eq!(first, [true, true, true, false, false]);
+        assert!(r.allow_at(8));
+        assert!(r.allow());
+    }
 
     #[test]
     fn levels() {

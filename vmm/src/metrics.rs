@@ -1,11 +1,15 @@
-//! Counters of what the VMM saw, grouped per component, and their JSON dump.
+//! Counters of what the VMM saw, grouped per component; each group
+//! serialises (serde) as one JSON object of the stats document
+//! (`crate::stats`).
 //!
-//! Every counter is a relaxed atomic so that vCPU threads bump them without
-//! locks. This module only counts: it must never decide anything, never
-//! block and never fail, whatever the guest does.
+//! Every counter is a relaxed atomic so that vCPU threads, the block worker
+//! and the reclaimer bump them without locks. This module only counts: it
+//! must never decide anything, never block and never fail, whatever the
+//! guest does.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Serialize, Serializer};
 
 /// One monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -28,8 +32,42 @@ impl Counter {
     }
 }
 
-/// vCPU exits, by kind (summed over all vCPUs).
+impl Serialize for Counter {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
+
+/// A value that goes up and down (a measurement), with its own maximum kept
+/// by the caller through [`Gauge::raise`].
 #[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Raises the value to `v` if `v` is larger (a running maximum).
+    pub fn raise(&self, v: u64) {
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Serialize for Gauge {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
+
+/// vCPU exits, by kind (summed over all vCPUs).
+#[derive(Debug, Default, Serialize)]
 pub struct ExitMetrics {
     pub io_in: Counter,
     pub io_out: Counter,
@@ -45,7 +83,7 @@ pub struct ExitMetrics {
 }
 
 /// The port-I/O bus.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct BusMetrics {
     /// Reads of a port no device claims (answered with all-ones).
     pub unhandled_reads: Counter,
@@ -57,30 +95,85 @@ pub struct BusMetrics {
     pub unhandled_mmio_writes: Counter,
 }
 
-/// The hypercall port.
-#[derive(Debug, Default)]
+/// The hypercall port: calls by operation, hint entries by hint operation,
+/// and errors by kind.
+#[derive(Debug, Default, Serialize)]
 pub struct HypercallMetrics {
     /// `HELLO` calls, whatever their result.
     pub hello: Counter,
+    /// `HINT_BATCH` calls, whatever their result.
+    pub hint_batch: Counter,
+    /// Hint entries processed, by hint operation (whatever their result).
+    pub set_unused: Counter,
+    pub set_stable: Counter,
+    pub make_volatile: Counter,
+    pub make_stable: Counter,
+    pub check_writable: Counter,
+    /// Everything the guest got wrong.
+    pub errors: HypercallErrors,
+}
+
+/// Hypercall errors, by kind.
+#[derive(Debug, Default, Serialize)]
+pub struct HypercallErrors {
     /// Calls with an operation code we do not know.
     pub unknown_op: Counter,
     /// `HELLO` with another ABI version.
     pub bad_version: Counter,
-    /// Doorbell writes naming a misaligned block or one outside RAM.
+    /// Doorbell writes naming a misaligned block or one outside RAM, and
+    /// hint batches whose page is misaligned or outside RAM.
     pub bad_block: Counter,
     /// Doorbell writes that were not 32 bits wide, or reads of the port.
     pub bad_access: Counter,
+    /// Hint batches with an entry count of 0 or above the maximum.
+    pub bad_count: Counter,
+    /// Hint entries naming frames outside RAM or a bad frame count.
+    pub bad_argument: Counter,
+    /// Hint entries with an unknown hint operation.
+    pub unknown_hint: Counter,
+    /// Hint entries asking for a transition the state machine forbids.
+    pub illegal_transition: Counter,
+    /// `HINT_BATCH` while hinting is turned off (`--no-hinting`).
+    pub hints_disabled: Counter,
+}
+
+/// The host-side reclaimer (`crate::reclaim`).
+#[derive(Debug, Default, Serialize)]
+pub struct ReclaimMetrics {
+    /// Rounds run (one per interval).
+    pub rounds: Counter,
+    /// `madvise(MADV_DONTNEED)` calls.
+    pub madvise_calls: Counter,
+    /// `process_madvise` calls.
+    pub process_madvise_calls: Counter,
+    /// Time spent discarding (not measuring), in microseconds.
+    pub time_us: Counter,
+    /// The longest single round's discarding, in microseconds.
+    pub max_round_us: Gauge,
+    /// Time spent reading `/proc/self/pagemap`, in microseconds.
+    pub measure_us: Counter,
+    /// Rounds where the PSI threshold was exceeded.
+    pub psi_triggers: Counter,
+}
+
+/// Guest memory as measured on the host.
+#[derive(Debug, Default)]
+pub struct MemoryMetrics {
+    /// Bytes of guest RAM resident now (last measurement).
+    pub resident_bytes: Gauge,
+    /// Largest measured resident size.
+    pub resident_peak_bytes: Gauge,
 }
 
 /// The serial console.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct SerialMetrics {
     /// Register writes the UART model refused or could not complete.
     pub write_errors: Counter,
 }
 
 /// The virtio block device.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct BlockMetrics {
     /// Requests by type.
     pub reads: Counter,
@@ -118,102 +211,8 @@ pub struct Metrics {
     pub hypercalls: HypercallMetrics,
     pub serial: SerialMetrics,
     pub block: BlockMetrics,
-}
-
-/// Writes `"name": value` pairs of one group as a JSON object.
-fn group(out: &mut String, name: &str, fields: &[(&str, &Counter)]) {
-    let _ = write!(out, "\"{name}\":{{");
-    for (i, (field, counter)) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "\"{field}\":{}", counter.get());
-    }
-    out.push('}');
-}
-
-impl Metrics {
-    /// All counters as one JSON document, on one line.
-    pub fn to_json(&self) -> String {
-        let e = &self.exits;
-        let b = &self.bus;
-        let h = &self.hypercalls;
-        let mut out = String::from("{");
-        group(
-            &mut out,
-            "exits",
-            &[
-                ("io_in", &e.io_in),
-                ("io_out", &e.io_out),
-                ("mmio_read", &e.mmio_read),
-                ("mmio_write", &e.mmio_write),
-                ("hlt", &e.hlt),
-                ("interrupted", &e.interrupted),
-                ("shutdown", &e.shutdown),
-                ("internal_error", &e.internal_error),
-                ("fail_entry", &e.fail_entry),
-                ("other", &e.other),
-            ],
-        );
-        out.push(',');
-        group(
-            &mut out,
-            "bus",
-            &[
-                ("unhandled_reads", &b.unhandled_reads),
-                ("unhandled_writes", &b.unhandled_writes),
-                ("unhandled_mmio_reads", &b.unhandled_mmio_reads),
-                ("unhandled_mmio_writes", &b.unhandled_mmio_writes),
-            ],
-        );
-        out.push(',');
-        group(
-            &mut out,
-            "hypercalls",
-            &[
-                ("hello", &h.hello),
-                ("unknown_op", &h.unknown_op),
-                ("bad_version", &h.bad_version),
-                ("bad_block", &h.bad_block),
-                ("bad_access", &h.bad_access),
-            ],
-        );
-        out.push(',');
-        group(
-            &mut out,
-            "serial",
-            &[("write_errors", &self.serial.write_errors)],
-        );
-        out.push(',');
-        let k = &self.block;
-        group(
-            &mut out,
-            "block",
-            &[
-                ("reads", &k.reads),
-                ("writes", &k.writes),
-                ("flushes", &k.flushes),
-                ("get_id", &k.get_id),
-                ("unsupported", &k.unsupported),
-                ("bytes_read", &k.bytes_read),
-                ("bytes_written", &k.bytes_written),
-                ("err_outside_ram", &k.err_outside_ram),
-                ("err_past_end", &k.err_past_end),
-                ("err_bad_length", &k.err_bad_length),
-                ("err_too_long", &k.err_too_long),
-                ("err_layout", &k.err_layout),
-                ("err_header", &k.err_header),
-                ("err_read_only", &k.err_read_only),
-                ("err_io", &k.err_io),
-                ("dropped", &k.dropped),
-                ("interrupts", &k.interrupts),
-                ("needs_reset", &k.needs_reset),
-                ("bad_access", &k.bad_access),
-            ],
-        );
-        out.push('}');
-        out
-    }
+    pub reclaim: ReclaimMetrics,
+    pub memory: MemoryMetrics,
 }
 
 #[cfg(test)]
@@ -221,19 +220,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_has_every_group_and_counts() {
+    fn groups_serialise_as_flat_objects() {
         let m = Metrics::default();
         m.exits.io_out.inc();
-        m.exits.io_out.inc();
+        m.exits.io_out.add(2);
         m.hypercalls.hello.inc();
-        let json = m.to_json();
-        assert!(json.starts_with("{\"exits\":{\"io_in\":0,\"io_out\":2,"));
-        assert!(json.contains("\"hypercalls\":{\"hello\":1,"));
-        assert!(json.contains("\"bus\":{"));
-        m.block.bytes_read.add(512);
-        assert!(m.to_json().contains("\"block\":{\"reads\":0,"));
-        assert!(m.to_json().contains("\"bytes_read\":512,"));
-        assert!(json.ends_with("}}"));
-        assert_eq!(json.matches('{').count(), json.matches('}').count());
+        m.hypercalls.errors.bad_argument.inc();
+        let exits = serde_json::to_string(&m.exits).unwrap();
+        assert!(exits.starts_with("{\"io_in\":0,\"io_out\":3,"), "{exits}");
+        let h = serde_json::to_value(&m.hypercalls).unwrap();
+        assert_eq!(h["hello"], 1);
+        assert_eq!(h["errors"]["bad_argument"], 1);
+        assert_eq!(h["set_unused"], 0);
+    }
+
+    #[test]
+    fn gauges_keep_a_running_maximum() {
+        let g = Gauge::default();
+        g.raise(5);
+        g.raise(3);
+        assert_eq!(g.get(), 5);
+        g.set(1);
+        assert_eq!(g.get(), 1);
+        assert_eq!(serde_json::to_string(&g).unwrap(), "1");
     }
 }

@@ -13,10 +13,10 @@ use guest_kernel::paging::{Mapper, ADDR_MASK};
 use pagehint_abi::PAGE_SIZE;
 
 use super::{free_frame, hints, tlb, KernelPhys, MmState};
-use pagehint_abi::hypercall::{hint, result};
 use crate::drivers::virtio_blk;
 use crate::fs;
 use crate::mm::addr_space::AsError;
+use pagehint_abi::hypercall::{hint, result};
 
 /// Most pages read ahead with one request.
 const READAHEAD: u64 = 16;

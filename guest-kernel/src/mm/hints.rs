@@ -10,7 +10,9 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use pagehint_abi::hypercall::{hint, op, result, HintBatch, HintEntry, HypercallBlock, HINT_BATCH_MAX};
+use pagehint_abi::hypercall::{
+    hint, op, result, HintBatch, HintEntry, HypercallBlock, HINT_BATCH_MAX,
+};
 use pagehint_abi::PAGE_SIZE;
 
 use crate::arch::cpu;
@@ -77,7 +79,12 @@ impl CpuHints {
             self.commit();
         }
         let slot = self.count;
-        self.page().entries[slot] = HintEntry { pfn, count, op, result: 0 };
+        self.page().entries[slot] = HintEntry {
+            pfn,
+            count,
+            op,
+            result: 0,
+        };
         self.count += 1;
         HINTS.fetch_add(1, Ordering::Relaxed);
         slot
@@ -103,7 +110,10 @@ impl CpuHints {
             ERRORS.fetch_add(n as u64, Ordering::Relaxed);
             return;
         }
-        let bad = self.page().entries[..n].iter().filter(|e| e.result < 0).count();
+        let bad = self.page().entries[..n]
+            .iter()
+            .filter(|e| e.result < 0)
+            .count();
         if bad > 0 {
             ERRORS.fetch_add(bad as u64, Ordering::Relaxed);
         }
@@ -206,7 +216,9 @@ pub fn pool_alloc(zeroed: bool) -> Option<u64> {
     if zeroed {
         if tagged & ZERO == 0 {
             // SAFETY: the frame is ours now and in the direct map.
-            unsafe { core::ptr::write_bytes(super::phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize) };
+            unsafe {
+                core::ptr::write_bytes(super::phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize)
+            };
         } else {
             ZERO_SKIPS.fetch_add(1, Ordering::Relaxed);
         }
@@ -220,7 +232,11 @@ fn refill(h: &mut CpuHints) {
     let got = super::take_frames(POOL_BATCH, |i, pfn, fresh| {
         let pa = pfn * PAGE_SIZE;
         h.ready[i] = if fresh && fresh_zero { pa | ZERO } else { pa };
-        slots[i] = if fresh || !enabled() || h.batch == 0 { usize::MAX } else { 0 };
+        slots[i] = if fresh || !enabled() || h.batch == 0 {
+            usize::MAX
+        } else {
+            0
+        };
     });
     // Reused frames were announced unused: make them stable first.
     let mut any = false;

@@ -19,12 +19,14 @@ use std::thread::JoinHandle;
 
 use kvm_bindings::{CpuId, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use pagehint_abi::ports::HYPERCALL_PORT;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::cpuid::{setup_cpuid, CpuidError};
 use crate::arch::x86_64::regs::{setup_ap, setup_bsp, setup_lint, RegDump, RegsError};
 use crate::devices::bus::{PioBus, PioOutcome};
 use crate::devices::mmio::MmioBus;
+use crate::hypercall::HypercallDevice;
 use crate::metrics::Metrics;
 
 /// Why a vCPU could not be prepared or started.
@@ -123,13 +125,24 @@ impl Drop for PublishedRun {
     }
 }
 
+/// Width of the hypercall doorbell.
+pub const HYPERCALL_PORT_LEN: u16 = 4;
+
 /// One vCPU and what it needs to handle exits.
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
     bus: Arc<PioBus>,
     mmio: Arc<MmioBus>,
+    hypercalls: Arc<HypercallDevice>,
     metrics: Arc<Metrics>,
+}
+
+/// The doorbell's ports: served on the vCPU thread without the bus's
+/// per-device lock, so that vCPUs hint concurrently.
+fn doorbell_offset(port: u16) -> Option<u16> {
+    port.checked_sub(HYPERCALL_PORT)
+        .filter(|&o| o < HYPERCALL_PORT_LEN)
 }
 
 impl fmt::Debug for Vcpu {
@@ -147,6 +160,7 @@ impl Vcpu {
         fd: VcpuFd,
         bus: Arc<PioBus>,
         mmio: Arc<MmioBus>,
+        hypercalls: Arc<HypercallDevice>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -154,15 +168,22 @@ impl Vcpu {
             fd,
             bus,
             mmio,
+            hypercalls,
             metrics,
         }
     }
 
     /// Applies CPUID, the local APIC's LINT wiring, and the PVH entry state
     /// (BSP) or the wait-for-SIPI state (APs).
-    pub fn configure(&self, supported: &CpuId, count: u8, entry: u64) -> Result<(), VcpuError> {
+    pub fn configure(
+        &self,
+        supported: &CpuId,
+        count: u8,
+        entry: u64,
+        hints: bool,
+    ) -> Result<(), VcpuError> {
         let index = self.index;
-        setup_cpuid(&self.fd, supported, index, count)
+        setup_cpuid(&self.fd, supported, index, count, hints)
             .map_err(|source| VcpuError::Cpuid { index, source })?;
         setup_lint(&self.fd).map_err(|source| VcpuError::Regs { index, source })?;
         if index == 0 {
@@ -199,6 +220,10 @@ impl Vcpu {
         let fatal: (bool, String) = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 m.io_out.inc();
+                if let Some(offset) = doorbell_offset(port) {
+                    self.hypercalls.write(offset, data);
+                    return Step::Continue;
+                }
                 return match self.bus.write(port, data) {
                     PioOutcome::Continue => Step::Continue,
                     PioOutcome::Exit(value) => Step::Stop(StopReason::GuestExit(value)),
@@ -206,6 +231,10 @@ impl Vcpu {
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 m.io_in.inc();
+                if let Some(offset) = doorbell_offset(port) {
+                    self.hypercalls.read(offset, data);
+                    return Step::Continue;
+                }
                 self.bus.read(port, data);
                 return Step::Continue;
             }

@@ -38,6 +38,18 @@ pub struct VcpuTopology {
     pub count: u8,
     /// Guest TSC frequency in kHz, or 0 if unknown.
     pub tsc_khz: u32,
+    /// Advertise page hints (`features::PAGE_HINTS`); off with
+    /// `--no-hinting`.
+    pub hints: bool,
+}
+
+/// The feature bits of our leaf.
+pub fn feature_bits(hints: bool) -> u32 {
+    if hints {
+        features::HYPERCALLS | features::PAGE_HINTS
+    } else {
+        features::HYPERCALLS
+    }
 }
 
 fn leaf(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
@@ -79,7 +91,7 @@ pub fn vcpu_cpuid(supported: &CpuId, topo: VcpuTopology) -> Result<CpuId, CpuidE
     entries.push(leaf(
         LEAF_FEATURES,
         ABI_VERSION,
-        features::HYPERCALLS,
+        feature_bits(topo.hints),
         u32::from(HYPERCALL_PORT),
         topo.tsc_khz,
     ));
@@ -92,6 +104,7 @@ pub fn setup_cpuid(
     supported: &CpuId,
     index: u8,
     count: u8,
+    hints: bool,
 ) -> Result<(), CpuidError> {
     let tsc_khz = vcpu.get_tsc_khz().unwrap_or_else(|e| {
         log::debug!("KVM_GET_TSC_KHZ failed ({e}); advertising 0");
@@ -103,6 +116,7 @@ pub fn setup_cpuid(
             index,
             count,
             tsc_khz,
+            hints,
         },
     )?;
     vcpu.set_cpuid2(&table).map_err(CpuidError::Set)
@@ -141,6 +155,7 @@ mod tests {
             index: 3,
             count: 4,
             tsc_khz: 2_000_000,
+            hints: true,
         };
         let c = vcpu_cpuid(&synthetic(), topo).unwrap();
         let l1 = find(&c, 1, 0);
@@ -165,6 +180,7 @@ mod tests {
             index: 0,
             count: 1,
             tsc_khz: 1234,
+            hints: false,
         };
         let c = vcpu_cpuid(&synthetic(), topo).unwrap();
         let sig = find(&c, LEAF_SIGNATURE, 0);
@@ -179,6 +195,18 @@ mod tests {
                 u32::from(HYPERCALL_PORT),
                 1234
             )
+        );
+        let hinted = vcpu_cpuid(
+            &synthetic(),
+            VcpuTopology {
+                hints: true,
+                ..topo
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            find(&hinted, LEAF_FEATURES, 0).ebx,
+            features::HYPERCALLS | features::PAGE_HINTS
         );
         let ours = c
             .as_slice()

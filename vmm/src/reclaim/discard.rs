@@ -1,0 +1,308 @@
+//! Drops the contents of runs of guest frames on the host with
+//! `MADV_DONTNEED`: one `madvise` per run, or, for many short scattered
+//! runs, `process_madvise` on a pidfd of this process with up to 512 runs
+//! per call (falling back to `madvise` for good if the kernel refuses it).
+//!
+//! After `MADV_DONTNEED` the frames read as zeroes and KVM's MMU notifiers
+//! drop the guest's mappings of them (`KVM_CAP_SYNC_MMU`, checked at start).
+//! This module must never touch memory outside guest RAM (every run is
+//! checked against it), never decide which frames to drop (the reclaimer
+//! claims them first), and never report a run dropped that was not.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::memory::GuestRam;
+use crate::reclaim::policy::Run;
+
+/// Runs per `process_madvise` call (the kernel allows `UIO_MAXIOV`, 1024).
+pub const IOV_BATCH: usize = 512;
+/// Use `process_madvise` when a batch has at least this many runs...
+const SCATTERED_MIN_RUNS: usize = 16;
+/// ... of at most this many pages on average.
+const SCATTERED_MAX_AVG_PAGES: u64 = 8;
+/// Bytes per frame.
+const PAGE: u64 = 4096;
+
+/// Why the discarder could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscardError {
+    /// Guest RAM has no host mapping (cannot happen with `GuestRam::new`).
+    #[error("guest RAM has no host address")]
+    NoHostMapping,
+}
+
+/// What one [`Discarder::discard`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiscardReport {
+    /// Frames dropped.
+    pub pages: u64,
+    pub madvise_calls: u64,
+    pub process_madvise_calls: u64,
+    /// Indexes (into the runs given) of runs NOT dropped: contents intact.
+    pub failed: Vec<usize>,
+}
+
+/// How the next batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Choose by the shape of the runs.
+    Auto,
+    /// One `madvise` per run.
+    Madvise,
+    /// `process_madvise` batches (when the kernel has it).
+    ProcessMadvise,
+}
+
+/// Drops runs of frames of one guest RAM mapping.
+#[derive(Debug)]
+pub struct Discarder {
+    /// Keeps the mapping alive while we hold its address.
+    _ram: GuestRam,
+    base: u64,
+    frames: u64,
+    /// Our own pidfd, opened on first use; `None` after the kernel refused.
+    pidfd: Option<OwnedFd>,
+    process_madvise_ok: bool,
+}
+
+impl Discarder {
+    /// A discarder for `ram`.
+    pub fn new(ram: &GuestRam) -> Result<Self, DiscardError> {
+        let base = ram.host_base();
+        if base == 0 {
+            return Err(DiscardError::NoHostMapping);
+        }
+        Ok(Self {
+            _ram: ram.clone(),
+            base,
+            frames: ram.size() / PAGE,
+            pidfd: None,
+            process_madvise_ok: true,
+        })
+    }
+
+    /// Host address and length of a run, if it lies inside guest RAM.
+    fn host_range(&self, run: &Run) -> Option<(u64, u64)> {
+        let end = run.pfn.checked_add(run.count)?;
+        if run.count == 0 || end > self.frames {
+            return None;
+        }
+        let addr = self.base.checked_add(run.pfn.checked_mul(PAGE)?)?;
+        Some((addr, run.count.checked_mul(PAGE)?))
+    }
+
+    /// Drops every run (`Method::Auto` picks `process_madvise` for many
+    /// short runs). Runs outside RAM are reported failed and left alone.
+    pub fn discard(&mut self, runs: &[Run], method: Method) -> DiscardReport {
+        let mut report = DiscardReport::default();
+        let total: u64 = runs.iter().map(|r| r.count).sum();
+        let scattered = runs.len() >= SCATTERED_MIN_RUNS
+            && total <= (runs.len() as u64).saturating_mul(SCATTERED_MAX_AVG_PAGES);
+        let batch = match method {
+            Method::Auto => scattered,
+            Method::Madvise => false,
+            Method::ProcessMadvise => true,
+        };
+        let mut start = 0;
+        if batch {
+            start = self.process_madvise_runs(runs, &mut report);
+        }
+        for (i, run) in runs.iter().enumerate().skip(start) {
+            self.madvise_run(i, run, &mut report);
+        }
+        report
+    }
+
+    fn madvise_run(&self, i: usize, run: &Run, report: &mut DiscardReport) {
+        let Some((addr, len)) = self.host_range(run) else {
+            report.failed.push(i);
+            return;
+        };
+        report.madvise_calls += 1;
+        // SAFETY: [addr, addr + len) lies inside the guest RAM mapping that
+        // `_ram` keeps alive (checked by host_range). MADV_DONTNEED on this
+        // private anonymous mapping only replaces the contents with zero
+        // pages; the VMM holds no Rust reference into guest memory (all
+        // accesses go through vm-memory's volatile copies), and the frames
+        // were claimed (BUSY) so no hint races with the drop.
+        let r =
+            unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        if r == 0 {
+            report.pages += run.count;
+        } else {
+            log::warn!(
+                "reclaim: madvise(MADV_DONTNEED) of frames {:#x}+{} failed: {}",
+                run.pfn,
+                run.count,
+                std::io::Error::last_os_error()
+            );
+            report.failed.push(i);
+        }
+    }
+
+    fn pidfd(&mut self) -> Option<i32> {
+        if self.pidfd.is_none() && self.process_madvise_ok {
+            // SAFETY: pidfd_open(2) with our own pid and no flags only
+            // creates a new file descriptor, which we own from here on.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+            match i32::try_from(fd) {
+                Ok(fd) if fd >= 0 => {
+                    // SAFETY: `fd` was just returned to us and is owned by
+                    // nothing else.
+                    self.pidfd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+                _ => self.give_up_process_madvise("pidfd_open"),
+            }
+        }
+        self.pidfd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    fn give_up_process_madvise(&mut self, what: &str) {
+        log::info!(
+            "reclaim: {what} unavailable ({}); using madvise",
+            std::io::Error::last_os_error()
+        );
+        self.process_madvise_ok = false;
+        self.pidfd = None;
+    }
+
+    /// Drops runs with `process_madvise` from the front while it works;
+    /// returns the index of the first run it did not handle (the caller
+    /// uses `madvise` from there).
+    fn process_madvise_runs(&mut self, runs: &[Run], report: &mut DiscardReport) -> usize {
+        let mut next = 0;
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(IOV_BATCH);
+        let mut idx: Vec<usize> = Vec::with_capacity(IOV_BATCH);
+        let mut bad: Vec<usize> = Vec::new();
+        while next < runs.len() {
+            let Some(pidfd) = self.pidfd() else {
+                return next;
+            };
+            iov.clear();
+            idx.clear();
+            bad.clear();
+            let mut end = next;
+            while end < runs.len() && iov.len() < IOV_BATCH {
+                match self.host_range(&runs[end]) {
+                    Some((addr, len)) => {
+                        iov.push(libc::iovec {
+                            iov_base: addr as *mut libc::c_void,
+                            iov_len: len as usize,
+                        });
+                        idx.push(end);
+                    }
+                    None => bad.push(end),
+                }
+                end += 1;
+            }
+            if iov.is_empty() {
+                report.failed.extend_from_slice(&bad);
+                next = end;
+                continue;
+            }
+            // SAFETY: every iovec is a range inside the guest RAM mapping
+            // kept alive by `_ram` (host_range), so the same argument as for
+            // madvise holds; the iovec array outlives the call; `pidfd` is
+            // our own open pidfd.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_process_madvise,
+                    pidfd,
+                    iov.as_ptr(),
+                    iov.len(),
+                    libc::MADV_DONTNEED,
+                    0u32,
+                )
+            };
+            if r < 0 {
+                self.give_up_process_madvise("process_madvise(MADV_DONTNEED)");
+                return next;
+            }
+            report.process_madvise_calls += 1;
+            // The kernel advises the vectors in order; `r` bytes were done.
+            let mut done = u64::try_from(r).unwrap_or(0);
+            for (k, &run_i) in idx.iter().enumerate() {
+                let len = iov[k].iov_len as u64;
+                if done < len {
+                    // A short count: the rest goes through madvise.
+                    report.failed.extend(bad.iter().filter(|&&b| b < run_i));
+                    return run_i;
+                }
+                done -= len;
+                report.pages += runs[run_i].count;
+            }
+            report.failed.extend_from_slice(&bad);
+            next = end;
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn filled(ram: &GuestRam, frames: u64) {
+        for p in 0..frames {
+            ram.mem().write_obj(0xa5u8, GuestAddress(p * PAGE)).unwrap();
+        }
+    }
+
+    fn byte(ram: &GuestRam, pfn: u64) -> u8 {
+        ram.mem().read_obj(GuestAddress(pfn * PAGE)).unwrap()
+    }
+
+    #[test]
+    fn both_methods_zero_exactly_the_runs_given() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let mut d = Discarder::new(&ram).unwrap();
+        for method in [Method::Madvise, Method::ProcessMadvise, Method::Auto] {
+            filled(&ram, 64);
+            let runs: Vec<Run> = (0..20)
+                .map(|i| Run {
+                    pfn: i * 3,
+                    count: 1,
+                })
+                .collect();
+            let r = d.discard(&runs, method);
+            assert!(r.failed.is_empty(), "{method:?}: {r:?}");
+            assert_eq!(r.pages, 20);
+            for p in 0..64 {
+                let expect = if p % 3 == 0 && p < 60 { 0 } else { 0xa5 };
+                assert_eq!(byte(&ram, p), expect, "{method:?} frame {p}");
+            }
+            if method == Method::Madvise {
+                assert_eq!((r.madvise_calls, r.process_madvise_calls), (20, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn runs_outside_ram_are_refused() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let frames = (16 << 20) / PAGE;
+        let mut d = Discarder::new(&ram).unwrap();
+        let runs = [
+            Run {
+                pfn: frames - 1,
+                count: 2,
+            },
+            Run {
+                pfn: u64::MAX,
+                count: 1,
+            },
+            Run { pfn: 5, count: 0 },
+            Run {
+                pfn: frames - 1,
+                count: 1,
+            },
+        ];
+        let r = d.discard(&runs, Method::Madvise);
+        assert_eq!(r.failed, vec![0, 1, 2]);
+        assert_eq!(r.pages, 1);
+        let r = d.discard(&runs, Method::ProcessMadvise);
+        assert_eq!(r.failed, vec![0, 1, 2]);
+        assert_eq!(r.pages, 1);
+    }
+}

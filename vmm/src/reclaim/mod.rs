@@ -1,0 +1,325 @@
+//! Host-side reclaim of guest memory: the per-frame state table the hints
+//! update, and the reclaimer thread that measures resident guest memory and
+//! drops hinted frames when the host wants memory back.
+//!
+//! Every interval the thread measures residency from `/proc/self/pagemap`;
+//! if a budget is set and resident memory exceeds it, or host memory
+//! pressure (PSI) passes the threshold, it drops resident Unused frames,
+//! then Volatile ones, never Stable ones, until the estimate is under the
+//! budget; it also writes the stats file when one is asked for. The thread
+//! is stopped and joined by [`Reclaimer::stop`] or when the handle drops, so
+//! every way out of `run` ends it. This module must never drop a frame the
+//! guest has not hinted droppable, and never let the thread outlive its
+//! handle.
+
+pub mod discard;
+pub mod policy;
+pub mod resident;
+pub mod state_table;
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::memory::GuestRam;
+use crate::metrics::Metrics;
+use crate::stats::StatsSource;
+use discard::{DiscardError, Discarder, Method};
+use policy::{discard_pass, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
+use resident::{Pagemap, ResidentMap};
+use state_table::FrameTable;
+
+/// Bytes per frame.
+const PAGE: u64 = 4096;
+
+/// Why the reclaimer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReclaimError {
+    #[error(transparent)]
+    Discard(#[from] DiscardError),
+    #[error("cannot spawn the reclaimer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// What the reclaimer is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReclaimConfig {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Target for resident guest memory, in bytes.
+    pub budget_bytes: Option<u64>,
+    /// Reclaim when host PSI "some avg10" exceeds this percentage.
+    pub psi_threshold: Option<f64>,
+    /// Write the stats JSON here every `stats_interval` (and at exit, which
+    /// is the caller's job).
+    pub stats: Option<(PathBuf, Duration)>,
+}
+
+/// Reads host memory pressure; warns once and gives up if it cannot.
+#[derive(Debug)]
+struct Psi {
+    threshold: Option<f64>,
+}
+
+impl Psi {
+    fn fired(&mut self, metrics: &Metrics) -> bool {
+        let Some(threshold) = self.threshold else {
+            return false;
+        };
+        let text = match std::fs::read_to_string(PSI_MEMORY) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("reclaim: cannot read {PSI_MEMORY} ({e}); --psi ignored");
+                self.threshold = None;
+                return false;
+            }
+        };
+        match parse_psi_some_avg10(&text) {
+            Ok(avg10) if avg10 > threshold => {
+                metrics.reclaim.psi_triggers.inc();
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                log::warn!("reclaim: {PSI_MEMORY}: {e}; --psi ignored");
+                self.threshold = None;
+                false
+            }
+        }
+    }
+}
+
+/// The state of the reclaimer thread.
+struct Worker {
+    ram_base: u64,
+    frames: u64,
+    table: Arc<FrameTable>,
+    metrics: Arc<Metrics>,
+    discarder: Discarder,
+    pagemap: Option<Pagemap>,
+    map: ResidentMap,
+    budget_pages: Option<u64>,
+    psi: Psi,
+}
+
+impl Worker {
+    /// Measures resident guest memory into `self.map`; records it.
+    fn measure(&mut self) -> Option<u64> {
+        let pm = self.pagemap.as_mut()?;
+        let t = Instant::now();
+        let measured = pm.measure(self.ram_base, self.frames, &mut self.map);
+        self.metrics.reclaim.measure_us.add(micros(t.elapsed()));
+        match measured {
+            Ok(pages) => {
+                self.record_resident(pages);
+                Some(pages)
+            }
+            Err(e) => {
+                log::warn!("reclaim: {e}; residency is no longer measured");
+                self.pagemap = None;
+                None
+            }
+        }
+    }
+
+    fn record_resident(&self, pages: u64) {
+        let bytes = pages.saturating_mul(PAGE);
+        self.metrics.memory.resident_bytes.set(bytes);
+        self.metrics.memory.resident_peak_bytes.raise(bytes);
+    }
+
+    /// One interval's work: measure, and drop frames if asked to.
+    fn round(&mut self) {
+        let Some(resident) = self.measure() else {
+            return;
+        };
+        let pressure = self.psi.fired(&self.metrics);
+        let want = pages_to_drop(resident, self.budget_pages, pressure);
+        let c = self.table.counts();
+        if want == 0 || c.unused.saturating_add(c.volatile) == 0 {
+            // Nothing asked for, or nothing the guest lets us drop.
+            return;
+        }
+        let t = Instant::now();
+        let pass = discard_pass(
+            &self.table,
+            &mut self.discarder,
+            &self.map,
+            want,
+            Method::Auto,
+        );
+        let us = micros(t.elapsed());
+        let r = &self.metrics.reclaim;
+        r.rounds.inc();
+        r.time_us.add(us);
+        r.max_round_us.raise(us);
+        r.madvise_calls.add(pass.madvise_calls);
+        r.process_madvise_calls.add(pass.process_madvise_calls);
+        // Each dropped frame was resident a moment ago.
+        self.record_resident(resident.saturating_sub(pass.pages));
+        if pass.pages > 0 {
+            log::debug!(
+                "reclaim: dropped {} of {want} wanted frames in {us} us ({} failed)",
+                pass.pages,
+                pass.failed
+            );
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The running reclaimer; stopping it (or dropping it) joins the thread.
+#[derive(Debug)]
+pub struct Reclaimer {
+    stop: Option<Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reclaimer {
+    /// Starts the thread for `ram`.
+    pub fn spawn(
+        ram: &GuestRam,
+        table: Arc<FrameTable>,
+        metrics: Arc<Metrics>,
+        config: ReclaimConfig,
+        stats: StatsSource,
+    ) -> Result<Self, ReclaimError> {
+        let pagemap = match Pagemap::open() {
+            Ok(pm) => Some(pm),
+            Err(e) => {
+                log::warn!("reclaim: {e}; resident memory is not measured, nothing is reclaimed");
+                None
+            }
+        };
+        let mut worker = Worker {
+            ram_base: ram.host_base(),
+            frames: ram.size() / PAGE,
+            table,
+            metrics,
+            discarder: Discarder::new(ram)?,
+            pagemap,
+            map: ResidentMap::default(),
+            budget_pages: config.budget_bytes.map(|b| b / PAGE),
+            psi: Psi {
+                threshold: config.psi_threshold,
+            },
+        };
+        let (tx, rx) = mpsc::channel::<()>();
+        let interval = config.interval.max(Duration::from_millis(1));
+        let handle = std::thread::Builder::new()
+            .name("reclaim".into())
+            .spawn(move || {
+                let mut next_stats = config
+                    .stats
+                    .as_ref()
+                    .map(|(_, every)| Instant::now() + *every);
+                worker.measure();
+                // A message or a dropped sender both mean stop.
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        worker.round();
+                    }));
+                    if ran.is_err() {
+                        log::error!("reclaim: a round panicked (a VMM bug); reclaim stops");
+                        return;
+                    }
+                    if let (Some((path, every)), Some(due)) = (&config.stats, next_stats) {
+                        if Instant::now() >= due {
+                            if let Err(e) = stats.write(path) {
+                                log::warn!("stats: {e}");
+                            }
+                            next_stats = Some(Instant::now() + *every);
+                        }
+                    }
+                }
+                // A last round with the guest stopped (it may have freed
+                // memory since the previous one), then the final figure for
+                // the stats written at exit.
+                let last = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    worker.round();
+                }));
+                if last.is_err() {
+                    log::error!("reclaim: the last round panicked (a VMM bug)");
+                    return;
+                }
+                worker.measure();
+                log::debug!("reclaim: stopped");
+            })
+            .map_err(ReclaimError::Spawn)?;
+        Ok(Self {
+            stop: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread and waits for it (it measures residency once more).
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            // A panic inside was already caught and logged.
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Reclaimer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pagehint_abi::hypercall::hint;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn the_thread_reclaims_down_to_the_budget_and_stops() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let frames = ram.size() / PAGE;
+        for p in 0..frames {
+            ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
+        }
+        let table = Arc::new(FrameTable::new(frames as usize, false));
+        // Half the frames are free.
+        table.apply_range(0, frames / 2, hint::SET_UNUSED).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let dir = std::env::temp_dir().join(format!("vmm-reclaim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stats.json");
+        let stats = StatsSource::new(metrics.clone(), table.clone(), ram.size(), Some(8 << 20));
+        let config = ReclaimConfig {
+            interval: Duration::from_millis(5),
+            budget_bytes: Some(12 << 20),
+            psi_threshold: None,
+            stats: Some((path.clone(), Duration::from_millis(5))),
+        };
+        let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, stats).unwrap();
+        let t = Instant::now();
+        while table.total_discards() < 1024 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        r.stop();
+        // 16 MiB resident, budget 12 MiB: exactly 4 MiB of Unused dropped.
+        assert_eq!(table.total_discards(), 1024);
+        assert_eq!(metrics.memory.resident_bytes.get(), 12 << 20);
+        assert_eq!(metrics.memory.resident_peak_bytes.get(), 16 << 20);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(v["reclaim"]["pages_discarded"].as_u64().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,451 @@
+//! The host's record of every guest frame: the guest's hinted state
+//! (`pagehint_abi::page_state::PageState`) plus two host bits, DISCARDED
+//! (the host dropped the contents since the frame was last made stable) and
+//! BUSY (the reclaimer is discarding it right now).
+//!
+//! One `AtomicU8` per frame; vCPU threads (hints) and the reclaimer thread
+//! change it with compare-exchange loops, so the hint path takes no lock.
+//! The protocol: the reclaimer claims a frame (Unused or Volatile, neither
+//! BUSY nor DISCARDED) by setting BUSY, drops it with `madvise`, then clears
+//! BUSY and sets DISCARDED. A hint that finds BUSY waits for it to clear, so
+//! a frame is never made stable while its contents are being dropped, and a
+//! stable-making hint always learns of a discard. This module must never
+//! discard memory itself, block on a lock, or panic on a frame number the
+//! guest chose (callers check ranges; [`FrameTable`] checks again).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+
+use pagehint_abi::hypercall::hint;
+use pagehint_abi::page_state::{transition, PageState};
+use serde::Serialize;
+
+/// Bits 0..=1: the `PageState`.
+const STATE_MASK: u8 = 0x03;
+/// The host dropped the contents since the frame was last made stable.
+const DISCARDED: u8 = 0x40;
+/// The reclaimer is discarding the frame.
+const BUSY: u8 = 0x80;
+/// Spins before a waiting hint starts yielding its CPU.
+const SPINS_BEFORE_YIELD: u32 = 128;
+
+/// Why a hint could not be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// A frame number past the end of the table.
+    #[error("frame {0:#x} is outside guest RAM")]
+    OutOfRange(u64),
+    /// The state machine forbids this hint in the frame's state.
+    #[error("hint {op} is illegal on frame {pfn:#x} in state {from:?}")]
+    Illegal { pfn: u64, op: u16, from: PageState },
+}
+
+/// What a legal hint found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintOutcome {
+    /// Applied; contents intact (or the hint does not report discards).
+    Applied,
+    /// Applied to a stable state; the host had discarded at least one of
+    /// the frames, which now read as zeroes.
+    Discarded,
+}
+
+/// A snapshot of the per-state counters (the stats' `frames` object).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FrameCounts {
+    pub stable: u64,
+    pub unused: u64,
+    pub volatile: u64,
+    pub potentially_volatile: u64,
+    /// Frames whose contents the host dropped and the guest has not yet
+    /// been told of.
+    pub discarded: u64,
+}
+
+/// The state of every guest frame.
+#[derive(Debug)]
+pub struct FrameTable {
+    frames: Box<[AtomicU8]>,
+    /// Frames per `PageState` (signed: updates from different threads on
+    /// the same frame may land in either order for an instant).
+    per_state: [AtomicI64; 4],
+    discarded_now: AtomicI64,
+    total_discards: AtomicU64,
+    zero_fills: AtomicU64,
+    potentially_volatile: bool,
+}
+
+fn state_of(byte: u8) -> PageState {
+    // Two bits always decode; Stable is a safe fallback all the same.
+    PageState::from_u8(byte & STATE_MASK).unwrap_or(PageState::Stable)
+}
+
+/// Waits, without a lock, until a frame's BUSY bit clears.
+fn wait_not_busy(cell: &AtomicU8) -> u8 {
+    let mut spins = 0u32;
+    loop {
+        let v = cell.load(Ordering::Acquire);
+        if v & BUSY == 0 {
+            return v;
+        }
+        if spins < SPINS_BEFORE_YIELD {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl FrameTable {
+    /// A table of `frames` frames, all Stable (as the guest boots).
+    /// `potentially_volatile` selects the transition-table option.
+    pub fn new(frames: usize, potentially_volatile: bool) -> Self {
+        let table: Box<[AtomicU8]> = (0..frames).map(|_| AtomicU8::new(0)).collect();
+        let stable = i64::try_from(frames).unwrap_or(i64::MAX);
+        Self {
+            frames: table,
+            per_state: [
+                AtomicI64::new(stable),
+                AtomicI64::new(0),
+                AtomicI64::new(0),
+                AtomicI64::new(0),
+            ],
+            discarded_now: AtomicI64::new(0),
+            total_discards: AtomicU64::new(0),
+            zero_fills: AtomicU64::new(0),
+            potentially_volatile,
+        }
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> u64 {
+        self.frames.len() as u64
+    }
+
+    /// True if the table has no frames.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn cell(&self, pfn: u64) -> Result<&AtomicU8, StateError> {
+        usize::try_from(pfn)
+            .ok()
+            .and_then(|i| self.frames.get(i))
+            .ok_or(StateError::OutOfRange(pfn))
+    }
+
+    fn account(&self, from: PageState, to: PageState) {
+        if from != to {
+            self.per_state[from as usize].fetch_sub(1, Ordering::Relaxed);
+            self.per_state[to as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The state of one frame, or `None` past the end.
+    pub fn state(&self, pfn: u64) -> Option<PageState> {
+        self.cell(pfn)
+            .ok()
+            .map(|c| state_of(c.load(Ordering::Acquire)))
+    }
+
+    /// True if the frame is marked discarded.
+    pub fn is_discarded(&self, pfn: u64) -> bool {
+        self.cell(pfn)
+            .is_ok_and(|c| c.load(Ordering::Acquire) & DISCARDED != 0)
+    }
+
+    /// Applies hint `op` to one frame. Waits while the reclaimer holds it.
+    /// Illegal transitions leave the frame unchanged.
+    pub fn apply(&self, pfn: u64, op: u16) -> Result<HintOutcome, StateError> {
+        let cell = self.cell(pfn)?;
+        let mut cur = wait_not_busy(cell);
+        loop {
+            let from = state_of(cur);
+            let to = transition(from, op, self.potentially_volatile)
+                .ok_or(StateError::Illegal { pfn, op, from })?;
+            let was_discarded = cur & DISCARDED != 0;
+            // Making a frame stable (or potentially volatile: it is about to
+            // be written) tells the guest of a discard; the other hints keep
+            // the mark for the next stable-making hint to report.
+            let reports = matches!(
+                op,
+                hint::SET_STABLE | hint::MAKE_STABLE | hint::CHECK_WRITABLE
+            );
+            let keep = if reports { 0 } else { cur & DISCARDED };
+            let new = (to as u8) | keep;
+            match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.account(from, to);
+                    if reports && was_discarded {
+                        self.discarded_now.fetch_sub(1, Ordering::Relaxed);
+                        self.zero_fills.fetch_add(1, Ordering::Relaxed);
+                        return Ok(HintOutcome::Discarded);
+                    }
+                    return Ok(HintOutcome::Applied);
+                }
+                Err(actual) if actual & BUSY != 0 => cur = wait_not_busy(cell),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Applies hint `op` to `count` frames from `pfn`, in order. The range
+    /// must lie inside the table (checked before anything changes).
+    /// Reports `Discarded` if any frame had been discarded.
+    pub fn apply_range(&self, pfn: u64, count: u64, op: u16) -> Result<HintOutcome, StateError> {
+        let end = pfn
+            .checked_add(count)
+            .filter(|&e| e <= self.len())
+            .ok_or(StateError::OutOfRange(pfn))?;
+        let mut outcome = HintOutcome::Applied;
+        for p in pfn..end {
+            if self.apply(p, op)? == HintOutcome::Discarded {
+                outcome = HintOutcome::Discarded;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Is a frame in a state `class` the reclaimer may claim now?
+    fn claimable(byte: u8, class: PageState) -> bool {
+        byte & (BUSY | DISCARDED) == 0 && state_of(byte) == class && class.discardable()
+    }
+
+    /// The reclaimer claims a frame of state `class` (never Stable) for
+    /// discarding: sets BUSY. False if the frame is not claimable now.
+    pub fn try_claim(&self, pfn: u64, class: PageState) -> bool {
+        let Ok(cell) = self.cell(pfn) else {
+            return false;
+        };
+        let mut cur = cell.load(Ordering::Acquire);
+        while Self::claimable(cur, class) {
+            match cell.compare_exchange_weak(cur, cur | BUSY, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+        false
+    }
+
+    /// True if the frame could be claimed for `class` now (a hint for the
+    /// scan; [`FrameTable::try_claim`] decides).
+    pub fn looks_claimable(&self, pfn: u64, class: PageState) -> bool {
+        self.cell(pfn)
+            .is_ok_and(|c| Self::claimable(c.load(Ordering::Relaxed), class))
+    }
+
+    /// Ends a claim after the contents were dropped: clears BUSY, sets
+    /// DISCARDED. Only the claimer calls this, so no hint changed the
+    /// frame in between (hints wait on BUSY).
+    pub fn finish_discard(&self, pfn: u64) {
+        if let Ok(cell) = self.cell(pfn) {
+            let prev = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & BUSY != 0).then_some((v & !BUSY) | DISCARDED)
+            });
+            if prev.is_ok() {
+                self.discarded_now.fetch_add(1, Ordering::Relaxed);
+                self.total_discards.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Ends a claim whose discard failed: clears BUSY, contents intact.
+    pub fn abort_discard(&self, pfn: u64) {
+        if let Ok(cell) = self.cell(pfn) {
+            cell.fetch_and(!BUSY, Ordering::AcqRel);
+        }
+    }
+
+    /// Frames per state and discarded now.
+    pub fn counts(&self) -> FrameCounts {
+        let get = |a: &AtomicI64| u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0);
+        FrameCounts {
+            stable: get(&self.per_state[PageState::Stable as usize]),
+            unused: get(&self.per_state[PageState::Unused as usize]),
+            volatile: get(&self.per_state[PageState::Volatile as usize]),
+            potentially_volatile: get(&self.per_state[PageState::PotentiallyVolatile as usize]),
+            discarded: get(&self.discarded_now),
+        }
+    }
+
+    /// Frames discarded since the start.
+    pub fn total_discards(&self) -> u64 {
+        self.total_discards.load(Ordering::Relaxed)
+    }
+
+    /// Frames a stable-making hint found discarded (the guest got them as
+    /// zeroes without clearing them).
+    pub fn zero_fills(&self) -> u64 {
+        self.zero_fills.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use PageState::*;
+
+    #[test]
+    fn hints_follow_the_transition_table() {
+        let t = FrameTable::new(8, false);
+        assert_eq!(t.counts().stable, 8);
+        assert_eq!(t.apply(1, hint::SET_UNUSED), Ok(HintOutcome::Applied));
+        assert_eq!(
+            t.apply(1, hint::MAKE_VOLATILE),
+            Err(StateError::Illegal {
+                pfn: 1,
+                op: hint::MAKE_VOLATILE,
+                from: Unused
+            })
+        );
+        assert_eq!(t.state(1), Some(Unused), "illegal leaves it unchanged");
+        assert_eq!(t.apply(2, hint::MAKE_VOLATILE), Ok(HintOutcome::Applied));
+        assert_eq!(
+            t.apply(2, 77),
+            Err(StateError::Illegal {
+                pfn: 2,
+                op: 77,
+                from: Volatile
+            })
+        );
+        assert_eq!(t.apply(8, hint::SET_STABLE), Err(StateError::OutOfRange(8)));
+        assert_eq!(
+            t.apply(u64::MAX, hint::SET_STABLE),
+            Err(StateError::OutOfRange(u64::MAX))
+        );
+        let c = t.counts();
+        assert_eq!((c.stable, c.unused, c.volatile, c.discarded), (6, 1, 1, 0));
+        assert_eq!(
+            t.apply_range(6, 3, hint::SET_UNUSED),
+            Err(StateError::OutOfRange(6))
+        );
+        assert_eq!(
+            t.apply_range(u64::MAX, 2, hint::SET_UNUSED),
+            Err(StateError::OutOfRange(u64::MAX))
+        );
+        assert_eq!(
+            t.apply_range(4, 4, hint::SET_UNUSED),
+            Ok(HintOutcome::Applied)
+        );
+        assert_eq!(t.counts().unused, 5);
+    }
+
+    #[test]
+    fn discards_are_reported_once_by_the_next_stable_making_hint() {
+        let t = FrameTable::new(4, false);
+        t.apply_range(0, 4, hint::SET_UNUSED).unwrap();
+        t.apply(3, hint::SET_STABLE).unwrap();
+        t.apply(3, hint::MAKE_VOLATILE).unwrap();
+        assert!(!t.try_claim(0, Volatile), "wrong class");
+        assert!(t.try_claim(0, Unused));
+        assert!(!t.try_claim(0, Unused), "already busy");
+        t.finish_discard(0);
+        assert!(!t.try_claim(0, Unused), "already discarded");
+        assert!(t.try_claim(3, Volatile));
+        t.finish_discard(3);
+        assert!(t.try_claim(1, Unused));
+        t.abort_discard(1);
+        assert!(!t.is_discarded(1));
+        assert_eq!(t.counts().discarded, 2);
+        // Freeing again keeps the mark; allocating reports it.
+        assert_eq!(t.apply(0, hint::SET_UNUSED), Ok(HintOutcome::Applied));
+        assert_eq!(
+            t.apply_range(0, 2, hint::SET_STABLE),
+            Ok(HintOutcome::Discarded)
+        );
+        assert_eq!(t.apply(0, hint::SET_STABLE), Ok(HintOutcome::Applied));
+        assert_eq!(t.apply(3, hint::MAKE_VOLATILE), Ok(HintOutcome::Applied));
+        assert_eq!(t.apply(3, hint::CHECK_WRITABLE), Ok(HintOutcome::Discarded));
+        assert_eq!(t.apply(3, hint::MAKE_STABLE), Ok(HintOutcome::Applied));
+        assert!(!t.try_claim(3, Stable), "stable is never claimed");
+        assert_eq!(
+            (t.total_discards(), t.zero_fills(), t.counts().discarded),
+            (2, 2, 0)
+        );
+    }
+
+    #[test]
+    fn a_hint_waits_for_a_discard_in_progress() {
+        let t = Arc::new(FrameTable::new(1, false));
+        t.apply(0, hint::MAKE_VOLATILE).unwrap();
+        assert!(t.try_claim(0, Volatile));
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || t2.apply(0, hint::MAKE_STABLE));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!h.is_finished(), "the hint must wait for BUSY to clear");
+        t.finish_discard(0);
+        assert_eq!(h.join().unwrap(), Ok(HintOutcome::Discarded));
+        assert_eq!(t.state(0), Some(Stable));
+    }
+
+    /// Two threads hint frames back and forth while a third discards:
+    /// every discard is reported exactly once, counts stay consistent.
+    #[test]
+    fn hints_and_discards_race_without_losing_reports() {
+        const FRAMES: u64 = 64;
+        const ROUNDS: u64 = 3000;
+        let t = Arc::new(FrameTable::new(FRAMES as usize, false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reclaimer = {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for p in 0..FRAMES {
+                        for class in [Unused, Volatile] {
+                            if t.try_claim(p, class) {
+                                std::hint::spin_loop();
+                                t.finish_discard(p);
+                                n += 1;
+                            }
+                        }
+                    }
+                }
+                n
+            })
+        };
+        let hinters: Vec<_> = (0..2u64)
+            .map(|k| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let mut reported = 0u64;
+                    for r in 0..ROUNDS {
+                        // Each thread owns half the frames, as guest CPUs
+                        // own the frames they allocate.
+                        let p = k * (FRAMES / 2) + r % (FRAMES / 2);
+                        if t.apply(p, hint::SET_UNUSED).is_err() {
+                            return None;
+                        }
+                        if t.apply(p, hint::SET_STABLE).ok()? == HintOutcome::Discarded {
+                            reported += 1;
+                        }
+                        t.apply(p, hint::MAKE_VOLATILE).ok()?;
+                        if t.apply(p, hint::MAKE_STABLE).ok()? == HintOutcome::Discarded {
+                            reported += 1;
+                        }
+                    }
+                    Some(reported)
+                })
+            })
+            .collect();
+        let reported: u64 = hinters
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .sum();
+        stop.store(true, Ordering::Relaxed);
+        let discards = reclaimer.join().unwrap();
+        // Every frame ends Stable: each discard was reported exactly once.
+        let c = t.counts();
+        assert_eq!(c.stable, FRAMES);
+        assert_eq!((c.unused, c.volatile, c.discarded), (0, 0, 0));
+        assert_eq!(discards, t.total_discards());
+        assert_eq!(reported, discards);
+        assert_eq!(reported, t.zero_fills());
+        for p in 0..FRAMES {
+            assert_eq!(t.state(p), Some(Stable));
+            assert!(!t.is_discarded(p));
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The stats document (`vmm run --stats FILE`, and the `metrics:` line at
+//! `VMM_LOG=info`): one JSON object gathering the counters of every
+//! component, the frame states, the reclaimer's work and measured memory.
+//!
+//! Shape (names are read by the integration tests; keep them):
+//! `{"hypercalls": {...}, "exits": {...}, "frames": {...}, "reclaim":
+//! {...}, "memory": {...}, "block": {...}, "bus": {...}, "serial": {...},
+//! "elapsed_ms": n}`. The file is written to `FILE.tmp` and renamed, so a
+//! reader never sees half a document. This module must never change a
+//! counter, and never fail the run: a write error is returned for the
+//! caller to log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::metrics::{
+    BlockMetrics, BusMetrics, ExitMetrics, HypercallMetrics, Metrics, SerialMetrics,
+};
+use crate::reclaim::state_table::{FrameCounts, FrameTable};
+
+/// Why the stats file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("cannot serialise the stats: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The `reclaim` object.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReclaimDoc {
+    /// Rounds in which the reclaimer had something to drop.
+    pub rounds: u64,
+    /// Frames dropped since the start.
+    pub pages_discarded: u64,
+    /// Frames a stable-making hint found dropped (handed back as zeroes).
+    pub zero_fills: u64,
+    pub madvise_calls: u64,
+    pub process_madvise_calls: u64,
+    /// Time spent dropping, total and longest round, in microseconds.
+    pub time_us: u64,
+    pub max_round_us: u64,
+    /// Time spent reading pagemap, in microseconds.
+    pub measure_us: u64,
+    /// Rounds where host memory pressure passed `--psi-threshold`.
+    pub psi_triggers: u64,
+}
+
+/// The `memory` object.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MemoryDoc {
+    pub guest_bytes: u64,
+    /// Last measured resident guest memory.
+    pub resident_bytes: u64,
+    pub resident_peak_bytes: u64,
+    /// `--host-budget`, or null.
+    pub budget_bytes: Option<u64>,
+}
+
+/// The whole document.
+#[derive(Debug, Serialize)]
+pub struct StatsDoc<'a> {
+    pub hypercalls: &'a HypercallMetrics,
+    pub exits: &'a ExitMetrics,
+    pub frames: FrameCounts,
+    pub reclaim: ReclaimDoc,
+    pub memory: MemoryDoc,
+    pub block: &'a BlockMetrics,
+    pub bus: &'a BusMetrics,
+    pub serial: &'a SerialMetrics,
+    pub elapsed_ms: u64,
+}
+
+/// Everything the document is made from; cheap to clone into threads.
+#[derive(Debug, Clone)]
+pub struct StatsSource {
+    metrics: Arc<Metrics>,
+    table: Arc<FrameTable>,
+    guest_bytes: u64,
+    budget_bytes: Option<u64>,
+    start: Instant,
+}
+
+impl StatsSource {
+    /// A source over the run's counters; `elapsed_ms` counts from now.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        table: Arc<FrameTable>,
+        guest_bytes: u64,
+        budget_bytes: Option<u64>,
+    ) -> Self {
+        Self {
+            metrics,
+            table,
+            guest_bytes,
+            budget_bytes,
+            start: Instant::now(),
+        }
+    }
+
+    /// The document as of now.
+    pub fn document(&self) -> StatsDoc<'_> {
+        let m = &self.metrics;
+        let r = &m.reclaim;
+        StatsDoc {
+            hypercalls: &m.hypercalls,
+            exits: &m.exits,
+            frames: self.table.counts(),
+            reclaim: ReclaimDoc {
+                rounds: r.rounds.get(),
+                pages_discarded: self.table.total_discards(),
+                zero_fills: self.table.zero_fills(),
+                madvise_calls: r.madvise_calls.get(),
+                process_madvise_calls: r.process_madvise_calls.get(),
+                time_us: r.time_us.get(),
+                max_round_us: r.max_round_us.get(),
+                measure_us: r.measure_us.get(),
+                psi_triggers: r.psi_triggers.get(),
+            },
+            memory: MemoryDoc {
+                guest_bytes: self.guest_bytes,
+                resident_bytes: m.memory.resident_bytes.get(),
+                resident_peak_bytes: m.memory.resident_peak_bytes.get(),
+                budget_bytes: self.budget_bytes,
+            },
+            block: &m.block,
+            bus: &m.bus,
+            serial: &m.serial,
+            elapsed_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The document as one line of JSON.
+    pub fn to_json(&self) -> Result<String, StatsError> {
+        serde_json::to_string(&self.document()).map_err(StatsError::Json)
+    }
+
+    /// Writes the document to `path` (through `path.tmp` and a rename).
+    pub fn write(&self, path: &Path) -> Result<(), StatsError> {
+        let mut json = self.to_json()?;
+        json.push('\n');
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let err = |source| StatsError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::write(&tmp, json).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pagehint_abi::hypercall::hint;
+
+    #[test]
+    fn the_document_has_the_names_the_tests_read() {
+        let metrics = Arc::new(Metrics::default());
+        let table = Arc::new(FrameTable::new(16, false));
+        table.apply_range(0, 4, hint::SET_UNUSED).unwrap();
+        metrics.hypercalls.hint_batch.inc();
+        metrics.memory.resident_bytes.set(8192);
+        metrics.memory.resident_peak_bytes.raise(12288);
+        let s = StatsSource::new(metrics, table, 65536, None);
+        let v: serde_json::Value = serde_json::from_str(&s.to_json().unwrap()).unwrap();
+        assert_eq!(v["memory"]["resident_bytes"], 8192);
+        assert_eq!(v["memory"]["resident_peak_bytes"], 12288);
+        assert_eq!(v["memory"]["guest_bytes"], 65536);
+        assert!(v["memory"]["budget_bytes"].is_null());
+        assert_eq!(v["reclaim"]["pages_discarded"], 0);
+        assert_eq!(v["frames"]["unused"], 4);
+        assert_eq!(v["frames"]["stable"], 12);
+        assert_eq!(v["frames"]["potentially_volatile"], 0);
+        assert_eq!(v["hypercalls"]["hint_batch"], 1);
+        assert_eq!(v["hypercalls"]["errors"]["illegal_transition"], 0);
+        assert!(v["exits"]["io_out"].is_u64());
+        assert!(v["block"]["reads"].is_u64());
+        assert!(v["elapsed_ms"].is_u64());
+    }
+
+    #[test]
+    fn the_file_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("vmm-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.json");
+        let s = StatsSource::new(
+            Arc::new(Metrics::default()),
+            Arc::new(FrameTable::new(1, false)),
+            4096,
+            Some(4096),
+        );
+        s.write(&path).unwrap();
+        s.write(&path).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["memory"]["budget_bytes"], 4096);
+        assert!(!dir.join("s.json.tmp").exists());
+        assert!(s.write(&dir.join("missing/s.json")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
