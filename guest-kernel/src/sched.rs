@@ -209,7 +209,7 @@ pub fn tick(frame: &TrapFrame) {
     let ticks = percpu::this().ticks.fetch_add(1, Ordering::Relaxed);
     if frame.came_from_user() {
         // Hints must not wait for ever behind a busy user program.
-        if ticks % 10 == 0 && mm::hints::pending() > 0 {
+        if ticks.is_multiple_of(10) && mm::hints::pending() > 0 {
             mm::hints::commit();
         }
         schedule(Reason::Preempt);

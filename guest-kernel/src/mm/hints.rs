@@ -238,18 +238,20 @@ fn refill(h: &mut CpuHints) {
             0
         };
     });
-    // Reused frames were announced unused: make them stable first.
-    let mut any = false;
-    for i in 0..got {
-        if slots[i] == 0 {
-            slots[i] = h.queue(hint::SET_STABLE, (h.ready[i] & !ZERO) / PAGE_SIZE, 1);
-            any = true;
+    // Reused frames were announced unused: make them stable first, all in
+    // one batch (room is made first, so no slot is committed early).
+    if slots[..got].contains(&0) {
+        if h.count + got > HINT_BATCH_MAX {
+            h.commit();
         }
-    }
-    if any {
+        for (slot, tagged) in slots[..got].iter_mut().zip(h.ready) {
+            if *slot == 0 {
+                *slot = h.queue(hint::SET_STABLE, (tagged & !ZERO) / PAGE_SIZE, 1);
+            }
+        }
         h.commit();
-        for i in 0..got {
-            if slots[i] != usize::MAX && h.result(slots[i]) == result::DISCARDED as i16 {
+        for (i, &slot) in slots[..got].iter().enumerate() {
+            if slot != usize::MAX && h.result(slot) == result::DISCARDED as i16 {
                 // The host dropped it: it reads as zeroes.
                 h.ready[i] |= ZERO;
             }
