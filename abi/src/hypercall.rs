@@ -18,7 +18,34 @@ pub mod op {
     /// entries (1..=[`super::HINT_BATCH_MAX`]). Each entry gets its own
     /// result; the call answers `OK` when the batch itself was readable.
     pub const HINT_BATCH: u32 = 2;
+    /// Registers this vCPU's discard-fault info area: `args[0]` = GPA of a
+    /// [`super::DiscardFaultInfo`] (64-byte aligned), `args[1]` = the CPU
+    /// (vCPU) index.
+    pub const SET_FAULT_INFO: u32 = 3;
 }
+
+/// The vector of the discard fault: #VE, "virtualization exception". The
+/// VMM injects it at the instruction that touched a volatile page it had
+/// discarded; the instruction restarts when the handler returns.
+pub const DISCARD_FAULT_VECTOR: u8 = 20;
+
+/// Per-vCPU area where the VMM leaves the address of a discard fault
+/// before injecting it.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiscardFaultInfo {
+    /// Guest-physical address of the discarded page (page aligned).
+    pub gpa: u64,
+    /// Incremented by the VMM with every discard fault it injects.
+    pub sequence: u64,
+    pub _reserved: [u64; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<DiscardFaultInfo>() == 64);
+
+#[cfg(feature = "vmm")]
+// SAFETY: `#[repr(C)]`, integers only, no padding, any bit pattern valid.
+unsafe impl vm_memory::ByteValued for DiscardFaultInfo {}
 
 /// Page-state hint operations, in [`HintEntry::op`]. `count` contiguous
 /// frames from `pfn` (set_unused/set_stable), or exactly one (the others).
