@@ -102,6 +102,11 @@ pub struct KernelStats {
     pub zero_fill_skips: u64,
     /// Cache pages currently volatile.
     pub volatile_frames: u64,
+    /// Discard faults handled (user accesses to pages the host dropped).
+    pub discard_faults: u64,
+    /// Discarded frames put on the delayed-free list, and released from it.
+    pub discard_listed: u64,
+    pub discard_released: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.

@@ -11,8 +11,11 @@ use pagehint_abi::hypercall::{
 };
 use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
 
-use crate::arch::{cpu, idt};
-use crate::{hv, mm, println};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::arch::{apic, cpu, idt};
+use crate::mm::discard;
+use crate::{hv, mm, percpu, println, process, sched, trap};
 
 /// A port that neither this VMM nor QEMU's microvm claims.
 const UNCLAIMED_PORT: u16 = 0x0700;
@@ -54,6 +57,7 @@ pub fn run(name: &str, args: &str, tsc_khz: u32) -> Option<u32> {
             Some(guest::SUCCESS)
         }
         "bad-hints" => Some(bad_hints()),
+        "discard-list-test" => Some(discard_list_test(tsc_khz)),
         _ => None,
     }
 }
@@ -240,4 +244,107 @@ fn bad_hints() -> u32 {
     } else {
         guest::FAILURE
     }
+}
+
+/// TSC deadline until which a CPU asked by `SPIN_VECTOR` spins.
+static SPIN_UNTIL: AtomicU64 = AtomicU64::new(0);
+/// True while that CPU spins.
+static SPINNING: AtomicBool = AtomicBool::new(false);
+
+/// The `SPIN_VECTOR` handler: busy in kernel code with interrupts off (an
+/// interrupt gate cleared IF) until the deadline.
+pub fn spin_with_interrupts_off() {
+    SPINNING.store(true, Ordering::Release);
+    while cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    SPINNING.store(false, Ordering::Release);
+}
+
+/// Sleeps this CPU for about `ms` with interrupts enabled (a quiescent
+/// state for the discard list).
+fn rest(ms: u64, khz: u64) {
+    let end = cpu::rdtsc() + ms * khz;
+    discard::quiescent();
+    while cpu::rdtsc() < end {
+        cpu::wait_for_interrupt();
+    }
+}
+
+/// `discard-list-test`: frames on the discard list are not reused before
+/// every CPU passed a quiescent state, while CPU 1 is busy in kernel code
+/// with interrupts off, and then while it is busy in user mode.
+fn discard_list_test(tsc_khz: u32) -> u32 {
+    let khz = tsc_khz.max(1) as u64;
+    if percpu::online() < 2 || tsc_khz == 0 {
+        println!("discard-list: needs 2 CPUs and a known TSC frequency");
+        return guest::BAD_MACHINE;
+    }
+    let mut ok = true;
+    let take = |n: usize| -> alloc::vec::Vec<u64> {
+        (0..n).filter_map(|_| mm::alloc_frame_for_overwrite()).map(|pa| pa / PAGE_SIZE).collect()
+    };
+    // Phase A: CPU 1 spins with interrupts off for 300 ms.
+    SPIN_UNTIL.store(cpu::rdtsc() + 300 * khz, Ordering::Release);
+    apic::send_ipi(percpu::get(1).apic_id.get(), trap::SPIN_VECTOR);
+    while !SPINNING.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    let listed = take(8);
+    discard::list_for_test(listed.clone());
+    let cpu1_at_listing = percpu::get(1).quiescent.load(Ordering::Acquire);
+    // This CPU passes quiescent states; CPU 1 cannot.
+    let mut reused = 0;
+    while SPINNING.load(Ordering::Acquire) && cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) - 50 * khz {
+        rest(5, khz);
+        discard::drain();
+        // Nothing listed may come back from the allocator meanwhile.
+        let probe = take(32);
+        reused += probe.iter().filter(|p| listed.contains(p)).count();
+        probe.iter().for_each(|&p| mm::free_frame(p * PAGE_SIZE));
+    }
+    let still = listed.iter().filter(|&&p| discard::is_listed(p)).count();
+    println!("discard-list: phase A (cpu 1 busy, interrupts off): {still}/8 still listed, {reused} reused");
+    ok &= still == 8 && reused == 0;
+    // CPU 1 returns to idle: a quiescent state.
+    while SPINNING.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    let mut released = false;
+    for _ in 0..100 {
+        rest(2, khz);
+        discard::drain();
+        if listed.iter().all(|&p| !discard::is_listed(p)) {
+            released = true;
+            break;
+        }
+    }
+    let cpu1_now = percpu::get(1).quiescent.load(Ordering::Acquire);
+    println!("discard-list: after cpu 1 passed a quiescent state ({cpu1_at_listing} -> {cpu1_now}): released {released}");
+    ok &= released && cpu1_now > cpu1_at_listing;
+    // Phase B: CPU 1 busy in user mode (a CPU-bound program that never
+    // idles); its timer ticks from user mode are its quiescent states.
+    let Ok(elf) = guest_kernel::elf::Elf::parse(crate::USER_ELF) else { return guest::BAD_MACHINE };
+    match process::create(&elf, "preempt 400", 0) {
+        Ok(task) => sched::spawn(task, 1),
+        Err(_) => return guest::BAD_MACHINE,
+    }
+    rest(50, khz);
+    let listed = take(8);
+    discard::list_for_test(listed.clone());
+    let at = percpu::get(1).quiescent.load(Ordering::Acquire);
+    let mut released = false;
+    for _ in 0..200 {
+        rest(2, khz);
+        discard::drain();
+        if listed.iter().all(|&p| !discard::is_listed(p)) {
+            released = true;
+            break;
+        }
+    }
+    let now = percpu::get(1).quiescent.load(Ordering::Acquire);
+    println!("discard-list: phase B (cpu 1 busy in user mode): released {released} after its count went {at} -> {now}");
+    ok &= released && now > at;
+    println!("discard-list: {}", if ok { "ok" } else { "FAILED" });
+    if ok { guest::SUCCESS } else { guest::FAILURE }
 }

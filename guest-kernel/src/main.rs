@@ -36,7 +36,7 @@ use pagehint_abi::boot::CMDLINE_MAX;
 use pagehint_abi::exit::guest;
 
 /// The user programs, built by `vmm/build.rs` from the `guest-user` crate.
-static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
+pub(crate) static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
 
 /// Pages of each IST stack.
 const IST_PAGES: u64 = 2;
@@ -111,6 +111,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             if h.features & pagehint_abi::cpuid::features::PAGE_HINTS != 0 {
                 mm::hints::enable();
             }
+            mm::discard::init_cpu(h.features & pagehint_abi::cpuid::features::DISCARD_FAULTS != 0);
             let r = hv::hello(0);
             println!(
                 "guest: hypervisor PageHintVMM, ABI {}, hypercall port {:#x} (hello: {:?}), TSC {} kHz",
@@ -192,6 +193,9 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
 #[no_mangle]
 extern "C" fn kmain_ap(index: u32) -> ! {
     init_cpu(index as usize);
+    if let Some(h) = hv::Hypervisor::detect() {
+        mm::discard::init_cpu(h.features & pagehint_abi::cpuid::features::DISCARD_FAULTS != 0);
+    }
     println!("guest: cpu {} online (apic id {})", index, apic::id());
     if let Some(r) = hv::hello(index) {
         if r != 0 {

@@ -6,6 +6,7 @@
 //! [`PerCpu::run_queue`] and the identity fields.
 
 use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -14,6 +15,7 @@ use crate::arch::gdt::MAX_CPUS;
 use crate::mm::hints::CpuHints;
 use crate::sched::{Pending, Task, TaskPtr};
 use crate::sync::SpinLock;
+use pagehint_abi::hypercall::DiscardFaultInfo;
 
 #[repr(C)]
 pub struct PerCpu {
@@ -31,6 +33,26 @@ pub struct PerCpu {
     pub tlb_ack: AtomicU64,
     /// Page-hint batch and frame pools (`mm::hints`), this CPU's only.
     pub hints: UnsafeCell<CpuHints>,
+    /// Where the VMM leaves the address of a discard fault (`mm::discard`).
+    pub fault_info: UnsafeCell<DiscardFaultInfo>,
+    /// Times this CPU passed a state with interrupts enabled.
+    pub quiescent: AtomicU64,
+    /// Discarded frames freed on this CPU, not yet on the global list.
+    discard_batch: UnsafeCell<Vec<u64>>,
+}
+
+impl PerCpu {
+    /// Runs `f` on this CPU's discard batch with interrupts off.
+    pub fn with_discard_batch<R>(&self, f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
+        let irq = crate::arch::cpu::interrupts_off();
+        // SAFETY: only the owning CPU calls this (through `this()`), with
+        // interrupts off, so the reference is unique for its duration.
+        let r = f(unsafe { &mut *self.discard_batch.get() });
+        if irq {
+            crate::arch::cpu::interrupts_on();
+        }
+        r
+    }
 }
 
 // SAFETY: the `Cell` fields are only used by the owning CPU with interrupts
@@ -49,6 +71,13 @@ const INIT: PerCpu = PerCpu {
     ticks: AtomicU64::new(0),
     tlb_ack: AtomicU64::new(0),
     hints: UnsafeCell::new(CpuHints::new()),
+    fault_info: UnsafeCell::new(DiscardFaultInfo {
+        gpa: 0,
+        sequence: 0,
+        _reserved: [0; 6],
+    }),
+    quiescent: AtomicU64::new(0),
+    discard_batch: UnsafeCell::new(Vec::new()),
 };
 
 static CPUS: [PerCpu; MAX_CPUS] = [INIT; MAX_CPUS];

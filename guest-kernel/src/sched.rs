@@ -240,8 +240,12 @@ pub fn idle_loop() -> ! {
         if !percpu::this().run_queue.lock().is_empty() {
             schedule(Reason::Yield);
         }
-        // Tell the host what this CPU learned before it sleeps.
+        // Tell the host what this CPU learned before it sleeps, and let
+        // discarded frames whose grace period is over go.
         mm::hints::commit();
+        mm::discard::flush_local();
+        mm::discard::quiescent();
+        mm::discard::drain();
         cpu::wait_for_interrupt();
     }
 }

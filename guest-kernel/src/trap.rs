@@ -17,9 +17,13 @@ use pagehint_abi::syscall::prot;
 pub const TIMER_VECTOR: u8 = 0x20;
 pub const RESCHEDULE_VECTOR: u8 = 0x21;
 pub const SHOOTDOWN_VECTOR: u8 = 0x22;
+/// Asks a CPU to spin in the kernel with interrupts off (discard-list
+/// self-test).
+pub const SPIN_VECTOR: u8 = 0x23;
 /// The virtio block device's completion interrupt.
 pub const VIRTIO_BLK_VECTOR: u8 = 0x30;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+pub use pagehint_abi::hypercall::DISCARD_FAULT_VECTOR;
 pub use pagehint_abi::syscall::VECTOR as SYSCALL_VECTOR;
 
 const PAGE_FAULT: u64 = 14;
@@ -61,7 +65,13 @@ const NAMES: [&str; 32] = [
 
 #[no_mangle]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if frame.came_from_user() {
+        // User mode runs with interrupts enabled: a quiescent state for the
+        // discard list.
+        crate::mm::discard::quiescent();
+    }
     match frame.vector {
+        v if v == DISCARD_FAULT_VECTOR as u64 => crate::mm::discard::fault(frame.came_from_user()),
         v if v == SYSCALL_VECTOR as u64 && frame.came_from_user() => syscall::dispatch(frame),
         v if v < 32 => exception(frame),
         v if v == TIMER_VECTOR as u64 => {
@@ -77,6 +87,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         v if v == SHOOTDOWN_VECTOR as u64 => {
             crate::mm::tlb::answer();
             apic::eoi();
+        }
+        v if v == SPIN_VECTOR as u64 => {
+            apic::eoi();
+            crate::diag::spin_with_interrupts_off();
         }
         v if v == VIRTIO_BLK_VECTOR as u64 => {
             crate::drivers::virtio_blk::interrupt();

@@ -73,6 +73,9 @@ fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
         volatile_discarded: after.volatile_discarded - before.volatile_discarded,
         zero_fill_skips: after.zero_fill_skips - before.zero_fill_skips,
         volatile_frames: after.volatile_frames,
+        discard_faults: after.discard_faults - before.discard_faults,
+        discard_listed: after.discard_listed - before.discard_listed,
+        discard_released: after.discard_released - before.discard_released,
     }
 }
 
@@ -132,10 +135,11 @@ pub fn scan(passes: u64, how: Access) -> u32 {
         "scan-mmap"
     };
     say!(
-        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={}",
+        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={} discard_faults={} discard_listed={} discard_released={}",
         k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
         k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames, k.hints, k.hint_batches,
-        k.hint_errors, k.volatile_discarded, k.zero_fill_skips, k.volatile_frames
+        k.hint_errors, k.volatile_discarded, k.zero_fill_skips, k.volatile_frames, k.discard_faults,
+        k.discard_listed, k.discard_released
     );
     if errors == 0 {
         guest::SUCCESS

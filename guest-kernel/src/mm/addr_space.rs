@@ -324,6 +324,11 @@ impl MmState {
     /// Replaces the read-only mapping `old` at `page` with a private copy.
     fn cow(&mut self, asid: u32, page: u64, old: u64, p: u64) -> Result<(), AsError> {
         let src = old & ADDR_MASK;
+        if !self.ensure_stable(src / PAGE_SIZE) {
+            // The host had dropped the file page and it is unmapped now:
+            // the retried access faults and reads it again.
+            return Ok(());
+        }
         // Keep the source alive across the unmap.
         self.frames.get(src / PAGE_SIZE);
         if let Some(f) = self.unmap_frame(asid, page) {
@@ -426,7 +431,8 @@ impl MmState {
         let want = leaf_flags(need) & (flags::USER | flags::WRITABLE);
         for _ in 0..2 {
             if let Some(e) = self.space(asid)?.translate(page) {
-                if e & want == want {
+                // The kernel must never touch a volatile page.
+                if e & want == want && self.ensure_stable((e & ADDR_MASK) / PAGE_SIZE) {
                     return Ok(e & ADDR_MASK);
                 }
             }

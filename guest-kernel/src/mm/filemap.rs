@@ -128,19 +128,34 @@ impl MmState {
             self.frames.clear_flags(pfn, flag::VOLATILE);
             self.volatile = self.volatile.saturating_sub(1);
         }
+        // Lost ones leave the cache and every mapping; a discard fault for
+        // one may still be in flight on another CPU, so they go through
+        // the discard list.
         for pfn in lost {
-            self.stats.volatile_discarded += 1;
-            if self.frames.remove(pfn) {
-                free_frame(pfn * PAGE_SIZE);
+            self.discard(pfn);
+        }
+    }
+
+    /// Before the kernel touches a cached frame a user maps: makes it
+    /// stable if it is volatile. Returns false if the host had dropped it
+    /// (it is then gone from the cache and every mapping).
+    pub fn ensure_stable(&mut self, pfn: u64) -> bool {
+        if self.frames.flags(pfn) & flag::VOLATILE == 0 {
+            return true;
+        }
+        match self.frames.owner(pfn) {
+            Some((file, index)) => {
+                self.make_stable_ahead(file, index);
+                self.frames.peek(file, index) == Some(pfn)
             }
+            None => true,
         }
     }
 
     /// Keeps the active list at a quarter of the cache: frames that fall
-    /// off it become volatile (batched hints) when only the cache holds
-    /// them, they are clean and nobody maps them (a mapped page stays
-    /// stable: a user access cannot ask first; the discard-fault issue
-    /// lifts that).
+    /// off it become volatile (batched hints) when they are clean, unlocked
+    /// and held only by the cache and its (read-only) mappings. Without
+    /// discard faults a mapped page stays stable.
     fn age_cache(&mut self) {
         if !hints::enabled() {
             return;
@@ -151,7 +166,14 @@ impl MmState {
         for pfn in out {
             let f = self.frames.flags(pfn);
             let busy = flag::LOCKED | flag::DIRTY | flag::WRITABLE_MAPPED | flag::VOLATILE;
-            if f & busy == 0 && self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0 {
+            // Mapped pages may be volatile only when the VMM delivers
+            // discard faults: a user access cannot ask first.
+            let refs_ok = if super::discard::enabled() {
+                self.frames.refcount(pfn) == 1 + self.frames.mapcount(pfn)
+            } else {
+                self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
+            };
+            if f & busy == 0 && refs_ok {
                 self.frames.set_flags(pfn, flag::VOLATILE);
                 self.volatile += 1;
                 hints::queue(hint::MAKE_VOLATILE, pfn);

@@ -7,6 +7,7 @@
 //! module must never write into a free frame.
 
 pub mod addr_space;
+pub mod discard;
 pub mod filemap;
 pub mod hints;
 pub mod tlb;
@@ -120,6 +121,9 @@ pub fn kernel_stats() -> KernelStats {
         volatile_discarded: s.volatile_discarded,
         zero_fill_skips: hints::ZERO_SKIPS.load(core::sync::atomic::Ordering::Relaxed),
         volatile_frames: volatile,
+        discard_faults: discard::FAULTS.load(core::sync::atomic::Ordering::Relaxed),
+        discard_listed: discard::LISTED.load(core::sync::atomic::Ordering::Relaxed),
+        discard_released: discard::RELEASED.load(core::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -290,16 +294,24 @@ pub fn give_back_frames(frames: &[u64]) {
 /// not zeroed again.
 pub fn alloc_zeroed_frame() -> Option<u64> {
     hints::pool_alloc(true).or_else(|| {
-        hints::drain_local();
+        short_of_memory();
         hints::pool_alloc(true)
     })
+}
+
+/// Frees what can be freed without reclaiming the cache: this CPU's freed
+/// frames, and discarded frames whose grace period is over.
+fn short_of_memory() {
+    hints::drain_local();
+    discard::drain();
+    hints::drain_local();
 }
 
 /// A frame whose contents the caller will overwrite entirely (a disk read,
 /// a copy), by physical address: never zeroed.
 pub fn alloc_frame_for_overwrite() -> Option<u64> {
     hints::pool_alloc(false).or_else(|| {
-        hints::drain_local();
+        short_of_memory();
         hints::pool_alloc(false)
     })
 }
