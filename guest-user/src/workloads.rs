@@ -265,10 +265,14 @@ pub fn mprotect_toggle(rest: &str) -> u32 {
     }
 }
 
-/// `cow`: a private writable mapping of the first file; written pages hold
-/// what was written, untouched ones the file, and the file itself (seen
-/// through a shared mapping afterwards) is unchanged.
-pub fn cow() -> u32 {
+/// `cow [ROUNDS]`: a private writable mapping of the first file; written
+/// pages hold what was written, untouched ones the file, and the file
+/// itself (seen through a shared mapping afterwards) is unchanged. With
+/// ROUNDS > 1, each round also reads every other file through `mmap`
+/// between writing and checking, so the mapped file pages age, turn
+/// volatile and may be discarded by the host meanwhile: the written data
+/// must survive whatever the reclaimer does.
+pub fn cow(rounds: u64) -> u32 {
     let Some(e) = dirent(0) else {
         say!("result: program=cow errors=1 reason=no-files");
         return guest::FAILURE;
@@ -286,21 +290,35 @@ pub fn cow() -> u32 {
     let blocks = e.size.div_ceil(4096) as usize;
     let before = kstats();
     let mut errors = 0u64;
-    // Write a marker into every other page.
-    for b in (0..blocks).step_by(2) {
-        // SAFETY: inside our private mapping.
-        unsafe { (base.add(b * 4096 + 100) as *mut u64).write_volatile(0xc0ffee ^ b as u64) };
-    }
-    for b in 0..blocks {
-        // SAFETY: inside our private mapping.
-        let page = unsafe { core::slice::from_raw_parts(base.add(b * 4096), 4096) };
-        if b % 2 == 0 {
-            // SAFETY: as above.
-            let v = unsafe { (base.add(b * 4096 + 100) as *const u64).read_volatile() };
-            errors += (v != 0xc0ffee ^ b as u64) as u64;
-        } else {
-            let n = (e.size as usize - b * 4096).min(4096);
-            errors += check_block(e.file_id, b as u64, e.size, &page[..n]);
+    for round in 0..rounds.max(1) {
+        let marker = |b: usize| 0xc0ffee ^ b as u64 ^ round << 32;
+        // Write a marker into every other page.
+        for b in (0..blocks).step_by(2) {
+            // SAFETY: inside our private mapping.
+            unsafe { (base.add(b * 4096 + 100) as *mut u64).write_volatile(marker(b)) };
+        }
+        if rounds > 1 {
+            // Push the cache: the untouched pages of our mapping age.
+            let mut i = 1;
+            while let Some(other) = dirent(i) {
+                i += 1;
+                if let Some(ofd) = open(&other) {
+                    errors += scan_mmap(ofd, &other).1;
+                    syscall3(nr::CLOSE, ofd, 0, 0);
+                }
+            }
+        }
+        for b in 0..blocks {
+            // SAFETY: inside our private mapping.
+            let page = unsafe { core::slice::from_raw_parts(base.add(b * 4096), 4096) };
+            if b % 2 == 0 {
+                // SAFETY: as above.
+                let v = unsafe { (base.add(b * 4096 + 100) as *const u64).read_volatile() };
+                errors += (v != marker(b)) as u64;
+            } else {
+                let n = (e.size as usize - b * 4096).min(4096);
+                errors += check_block(e.file_id, b as u64, e.size, &page[..n]);
+            }
         }
     }
     let k = counters_line(&before, &kstats());
@@ -310,8 +328,9 @@ pub fn cow() -> u32 {
     let stray = syscall5(nr::MMAP_FILE, len, prot::RW, fd, 0, 1);
     errors += file_errors + (stray >= 0) as u64;
     say!(
-        "result: program=cow pages={blocks} cow_copies={} errors={errors} shared_writable_refused={}",
+        "result: program=cow rounds={rounds} pages={blocks} cow_copies={} discard_faults={} errors={errors} shared_writable_refused={}",
         k.cow_copies,
+        k.discard_faults,
         stray < 0
     );
     if errors == 0 {
