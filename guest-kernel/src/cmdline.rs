@@ -19,6 +19,18 @@ pub struct Cmdline<'a> {
     pub copies: Option<u32>,
     /// `virtio_mmio.device=SIZE@BASE:IRQ`, if given.
     pub virtio_mmio: Option<VirtioMmio>,
+    /// `hints=batched|unbatched|fpr`: how page hints travel.
+    pub hints: HintsOption,
+}
+
+/// The `hints=` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HintsOption {
+    #[default]
+    Batched,
+    Unbatched,
+    /// Free page reporting only (the baseline).
+    Fpr,
 }
 
 /// A virtio-mmio device announced on the command line (Linux's syntax).
@@ -62,6 +74,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
     let mut program = None;
     let mut copies = None;
     let mut virtio_mmio = None;
+    let mut hints = HintsOption::Batched;
     let mut args = "";
     let mut rest = text.trim();
     while !rest.is_empty() {
@@ -78,6 +91,14 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
                             return Err(CmdlineError::BadOption);
                         }
                         copies = Some(n);
+                    }
+                    "hints" => {
+                        hints = match value {
+                            "batched" => HintsOption::Batched,
+                            "unbatched" => HintsOption::Unbatched,
+                            "fpr" => HintsOption::Fpr,
+                            _ => return Err(CmdlineError::BadOption),
+                        };
                     }
                     pagehint_abi::boot::VIRTIO_MMIO_CMDLINE_KEY => {
                         virtio_mmio =
@@ -101,6 +122,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
         args,
         copies,
         virtio_mmio,
+        hints,
     })
 }
 
@@ -143,6 +165,14 @@ mod tests {
             let line = format!("virtio_mmio.device={bad}");
             assert_eq!(parse(&line), Err(CmdlineError::BadOption), "{bad}");
         }
+    }
+
+    #[test]
+    fn hint_modes() {
+        assert_eq!(parse("hello").unwrap().hints, HintsOption::Batched);
+        assert_eq!(parse("hints=fpr hello").unwrap().hints, HintsOption::Fpr);
+        assert_eq!(parse("hints=unbatched hello").unwrap().hints, HintsOption::Unbatched);
+        assert_eq!(parse("hints=sometimes hello"), Err(CmdlineError::BadOption));
     }
 
     #[test]

@@ -144,6 +144,16 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             format_args!("command line {line:?}: {e:?}"),
         ),
     };
+    match cmd.hints {
+        cmdline::HintsOption::Batched => mm::hints::set_mode(mm::hints::Mode::Batched),
+        cmdline::HintsOption::Unbatched => mm::hints::set_mode(mm::hints::Mode::Unbatched),
+        cmdline::HintsOption::Fpr => {
+            mm::hints::set_mode(mm::hints::Mode::FreePageReporting);
+            if hv.is_some() {
+                mm::report::init(mm::max_pfn());
+            }
+        }
+    }
     if let Some(dev) = cmd.virtio_mmio {
         match drivers::virtio_blk::init(dev.base, dev.irq, trap::VIRTIO_BLK_VECTOR) {
             Ok(sectors) => match fs::mount() {

@@ -206,7 +206,12 @@ extern "C" fn finish_switch() {
 
 /// The timer tick: preempts a task that was running in user mode.
 pub fn tick(frame: &TrapFrame) {
-    let ticks = percpu::this().ticks.fetch_add(1, Ordering::Relaxed);
+    let me = percpu::this();
+    let ticks = me.ticks.fetch_add(1, Ordering::Relaxed);
+    if me.index.get() == 0 && ticks % mm::report::PERIOD_TICKS == mm::report::PERIOD_TICKS - 1 {
+        // Free page reporting's delayed work (a no-op unless it is on).
+        mm::report_free_pages();
+    }
     if frame.came_from_user() {
         // Hints must not wait for ever behind a busy user program.
         if ticks.is_multiple_of(10) && mm::hints::pending() > 0 {

@@ -20,6 +20,29 @@ use crate::percpu;
 
 /// Whether the VMM takes hints (CPUID feature `PAGE_HINTS`).
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// `hints=unbatched`: every hint is its own exit (to measure what
+/// batching buys).
+static UNBATCHED: AtomicBool = AtomicBool::new(false);
+
+/// How hints travel, from the command line's `hints=` option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Hints queue in a per-CPU batch, one exit per batch (default).
+    Batched,
+    /// One exit per hint.
+    Unbatched,
+    /// No page-state hints at all; only free 2 MiB blocks are reported,
+    /// at most every 2 s (Linux's free page reporting, `mm::report`).
+    FreePageReporting,
+}
+
+/// Selects how hints travel (before any process starts).
+pub fn set_mode(mode: Mode) {
+    UNBATCHED.store(mode == Mode::Unbatched, Ordering::Release);
+    if mode == Mode::FreePageReporting {
+        ENABLED.store(false, Ordering::Release);
+    }
+}
 
 pub static HINTS: AtomicU64 = AtomicU64::new(0);
 pub static BATCHES: AtomicU64 = AtomicU64::new(0);
@@ -52,6 +75,10 @@ pub struct CpuHints {
     /// Frames freed but not yet announced unused.
     freed: [u64; POOL_BATCH],
     nfreed: usize,
+    /// Unbatched mode: the results of the hints sent one by one since the
+    /// last `commit`, by the slot `queue` returned.
+    results: [i16; HINT_BATCH_MAX],
+    logical: usize,
 }
 
 impl CpuHints {
@@ -63,6 +90,8 @@ impl CpuHints {
             nready: 0,
             freed: [0; POOL_BATCH],
             nfreed: 0,
+            results: [0; HINT_BATCH_MAX],
+            logical: 0,
         }
     }
 
@@ -76,6 +105,20 @@ impl CpuHints {
     /// Queues a hint; commits the batch first if it is full. Returns the
     /// entry's slot (valid until the next commit).
     fn queue(&mut self, op: u16, pfn: u64, count: u32) -> usize {
+        if UNBATCHED.load(Ordering::Relaxed) {
+            // Send it alone, now; keep its result for `result(slot)`.
+            if self.logical == HINT_BATCH_MAX {
+                self.logical = 0;
+            }
+            self.page().entries[0] = HintEntry { pfn, count, op, result: 0 };
+            self.count = 1;
+            HINTS.fetch_add(1, Ordering::Relaxed);
+            self.send();
+            let slot = self.logical;
+            self.results[slot] = self.page().entries[0].result;
+            self.logical += 1;
+            return slot;
+        }
         if self.count == HINT_BATCH_MAX {
             self.commit();
         }
@@ -94,6 +137,16 @@ impl CpuHints {
     /// Sends the queued hints with one exit. Results stay readable in the
     /// page until the next `queue`.
     fn commit(&mut self) {
+        if UNBATCHED.load(Ordering::Relaxed) {
+            // Everything went out already; results stay readable until the
+            // next `queue`.
+            self.logical = 0;
+            return;
+        }
+        self.send();
+    }
+
+    fn send(&mut self) {
         if self.count == 0 {
             return;
         }
@@ -121,6 +174,9 @@ impl CpuHints {
     }
 
     fn result(&mut self, slot: usize) -> i16 {
+        if UNBATCHED.load(Ordering::Relaxed) {
+            return self.results[slot];
+        }
         self.page().entries[slot].result
     }
 }
@@ -161,7 +217,7 @@ pub fn queue(op: u16, pfn: u64) {
     }
 }
 
-/// Sends several hints of one kind now and calls `each(pfn, result)` for
+/// Sends up to 32 hints of one kind now and calls `each(pfn, result)` for
 /// every one (`OK` for all when hinting is off).
 pub fn now_many(op: u16, pfns: &[u64], mut each: impl FnMut(u64, i16)) {
     if !enabled() {
@@ -177,13 +233,14 @@ pub fn now_many(op: u16, pfns: &[u64], mut each: impl FnMut(u64, i16)) {
         if h.count + pfns.len() > HINT_BATCH_MAX {
             h.commit();
         }
-        let first = h.count;
-        for &p in pfns {
-            h.queue(op, p, 1);
+        let mut slots = [0usize; 32];
+        let n = pfns.len().min(slots.len());
+        for (slot, &p) in slots.iter_mut().zip(&pfns[..n]) {
+            *slot = h.queue(op, p, 1);
         }
         h.commit();
-        for (k, &p) in pfns.iter().enumerate() {
-            each(p, h.result(first + k));
+        for (&slot, &p) in slots.iter().zip(&pfns[..n]) {
+            each(p, h.result(slot));
         }
     })
 }

@@ -10,6 +10,7 @@ pub mod addr_space;
 pub mod discard;
 pub mod filemap;
 pub mod hints;
+pub mod report;
 pub mod tlb;
 
 use core::alloc::{GlobalAlloc, Layout};
@@ -62,6 +63,13 @@ pub struct MemInfo {
 }
 
 static FRAMES: SpinLock<Option<FrameAllocator<'static>>> = SpinLock::new(None);
+/// One past the highest frame number of RAM.
+static MAX_PFN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// One past the highest frame number of RAM.
+pub fn max_pfn() -> u64 {
+    MAX_PFN.load(core::sync::atomic::Ordering::Relaxed)
+}
 
 /// Everything the memory-management lock protects: frame records (page
 /// cache, LRU, reverse map), every user address space, and counters.
@@ -198,6 +206,7 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
         .ok_or(MemError::NoUsableMemory)?;
     // The allocator's link array sits right after the kernel image.
     let links_start = kernel_end_phys().div_ceil(PAGE_SIZE);
+    MAX_PFN.store(max_pfn, core::sync::atomic::Ordering::Relaxed);
     let links_pages = (max_pfn * 4).div_ceil(PAGE_SIZE);
     let first_free = links_start + links_pages;
     let mut usable = [PfnRange::default(); MAX_RANGES];
@@ -270,11 +279,25 @@ pub fn take_frames(n: usize, mut f: impl FnMut(usize, u64, bool)) -> usize {
     let Some(a) = g.as_mut() else { return 0 };
     for i in 0..n {
         match a.alloc_fresh() {
-            Some((pfn, fresh)) => f(i, pfn, fresh),
+            Some((pfn, fresh)) => {
+                if !fresh {
+                    report::taken(pfn);
+                }
+                f(i, pfn, fresh)
+            }
             None => return i,
         }
     }
     n
+}
+
+/// A free page reporting pass (`report`), with the allocator held while
+/// the host discards what is reported.
+pub fn report_free_pages() {
+    if report::active() {
+        let _allocator = FRAMES.lock();
+        report::pass();
+    }
 }
 
 /// Gives frames back to the allocator (after their `SET_UNUSED` was sent).
@@ -284,6 +307,8 @@ pub fn give_back_frames(frames: &[u64]) {
     for &pa in frames {
         if a.free(pa / PAGE_SIZE).is_err() {
             crate::println!("mm: refused to free frame {pa:#x} (not allocated)");
+        } else {
+            report::returned(pa / PAGE_SIZE);
         }
     }
 }

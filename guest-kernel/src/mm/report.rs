@@ -1,0 +1,133 @@
+//! Free page reporting, re-created as the baseline the experiments compare
+//! hinting against: Linux's `mm/page_reporting.c` with virtio-balloon's
+//! free page reporting, as in QEMU, Firecracker and Cloud Hypervisor.
+//!
+//! Its policy, taken from Linux: only free memory is reported, only whole
+//! aligned blocks of order `pageblock_order` (9: 2 MiB), at most one pass
+//! every 2 seconds (`PAGE_REPORTING_DELAY`), up to 32 blocks a pass
+//! (`PAGE_REPORTING_CAPACITY`), and a block is reported once until it is
+//! used again. The host discards a reported block at once and forgets it;
+//! the guest does not tell the host when it reuses one (the next touch
+//! gets a zero page). Page-cache pages, however clean, are never reported.
+//!
+//! The allocator's free frames are counted per 2 MiB block as they come
+//! and go; a pass looks only at those counters. While a pass reports, it
+//! holds the allocator's lock, as Linux isolates the pages it reports.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use pagehint_abi::hypercall::{hint, op, result, HintBatch, HintEntry, HypercallBlock};
+
+use crate::sync::SpinLock;
+
+/// Frames per reported block (order 9).
+pub const BLOCK_FRAMES: u64 = 512;
+/// Blocks reported in one pass at most.
+pub const CAPACITY: usize = 32;
+/// Timer ticks between passes (10 ms ticks: 2 s).
+pub const PERIOD_TICKS: u64 = 200;
+
+pub static REPORTED_BLOCKS: AtomicU64 = AtomicU64::new(0);
+pub static PASSES: AtomicU64 = AtomicU64::new(0);
+
+struct Blocks {
+    /// Free frames (on the allocator's free list) per block.
+    free: Vec<u16>,
+    /// Reported and untouched since.
+    reported: Vec<bool>,
+    /// Batch page for the reports (kernel-virtual), 0 until set.
+    page: u64,
+}
+
+static BLOCKS: SpinLock<Option<Blocks>> = SpinLock::new(None);
+/// Set once reporting is on: the counters cost nothing otherwise.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Turns reporting on for `frames` frames of RAM.
+pub fn init(frames: u64) {
+    let n = frames.div_ceil(BLOCK_FRAMES) as usize;
+    let page = super::alloc_contiguous(1).map_or(0, super::phys_to_virt);
+    *BLOCKS.lock() = Some(Blocks {
+        free: vec![0; n],
+        reported: vec![false; n],
+        page,
+    });
+    ACTIVE.store(true, Ordering::Release);
+}
+
+/// Whether free page reporting is on.
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+/// A frame left the allocator's free list.
+pub fn taken(pfn: u64) {
+    if !active() {
+        return;
+    }
+    if let Some(b) = BLOCKS.lock().as_mut() {
+        let i = (pfn / BLOCK_FRAMES) as usize;
+        if let Some(f) = b.free.get_mut(i) {
+            *f = f.saturating_sub(1);
+            b.reported[i] = false;
+        }
+    }
+}
+
+/// A frame went back on the allocator's free list.
+pub fn returned(pfn: u64) {
+    if !active() {
+        return;
+    }
+    if let Some(b) = BLOCKS.lock().as_mut() {
+        if let Some(f) = b.free.get_mut((pfn / BLOCK_FRAMES) as usize) {
+            *f += 1;
+        }
+    }
+}
+
+/// One reporting pass: reports up to `CAPACITY` wholly free blocks not
+/// reported yet. The caller holds the allocator's lock (taken before this
+/// module's, as on every path), so no frame of a block is handed out while
+/// the host discards it.
+pub fn pass() {
+    let mut g = BLOCKS.lock();
+    let Some(b) = g.as_mut() else { return };
+    if b.page == 0 {
+        return;
+    }
+    PASSES.fetch_add(1, Ordering::Relaxed);
+    let picked: Vec<usize> = (0..b.free.len())
+        .filter(|&i| b.free[i] as u64 == BLOCK_FRAMES && !b.reported[i])
+        .take(CAPACITY)
+        .collect();
+    if picked.is_empty() {
+        return;
+    }
+    // SAFETY: the report page is ours alone (allocated in `init`), in the
+    // direct map, and used only under this lock.
+    let batch = unsafe { &mut *(b.page as *mut HintBatch) };
+    for (k, &i) in picked.iter().enumerate() {
+        batch.entries[k] = HintEntry {
+            pfn: i as u64 * BLOCK_FRAMES,
+            count: BLOCK_FRAMES as u32,
+            op: hint::SET_UNUSED,
+            result: 0,
+        };
+    }
+    batch.count = picked.len() as u32;
+    let phys = super::virt_to_phys(b.page);
+    let mut blk = HypercallBlock {
+        op: op::HINT_BATCH,
+        result: 0,
+        args: [phys, picked.len() as u64, 0, 0, 0, 0, 0],
+    };
+    if crate::hv::hypercall(&mut blk) == Some(result::OK) {
+        for &i in &picked {
+            b.reported[i] = true;
+        }
+        REPORTED_BLOCKS.fetch_add(picked.len() as u64, Ordering::Relaxed);
+    }
+}
