@@ -213,9 +213,14 @@ pub fn tick(frame: &TrapFrame) {
         mm::report_free_pages();
     }
     if frame.came_from_user() {
-        // Hints must not wait for ever behind a busy user program.
-        if ticks.is_multiple_of(10) && mm::hints::pending() > 0 {
-            mm::hints::commit();
+        // Hints must not wait for ever behind a busy user program, nor
+        // discarded frames whose grace period is over.
+        if ticks.is_multiple_of(10) {
+            if mm::hints::pending() > 0 {
+                mm::hints::commit();
+            }
+            mm::discard::flush_local();
+            mm::discard::drain();
         }
         schedule(Reason::Preempt);
     }
