@@ -23,11 +23,31 @@ impl Disk {
         let _ = std::fs::remove_dir_all(&dir);
         let files = dir.join("files");
         let count = count.to_string();
-        vmm(&["gen-files", "--dir", files.to_str().unwrap(), "--count", &count, "--size", size], Duration::from_secs(60))
-            .expect_status(0);
+        vmm(
+            &[
+                "gen-files",
+                "--dir",
+                files.to_str().unwrap(),
+                "--count",
+                &count,
+                "--size",
+                size,
+            ],
+            Duration::from_secs(60),
+        )
+        .expect_status(0);
         let img = dir.join("disk.img");
-        vmm(&["mkdisk", "--from", files.to_str().unwrap(), "--out", img.to_str().unwrap()], Duration::from_secs(60))
-            .expect_status(0);
+        vmm(
+            &[
+                "mkdisk",
+                "--from",
+                files.to_str().unwrap(),
+                "--out",
+                img.to_str().unwrap(),
+            ],
+            Duration::from_secs(60),
+        )
+        .expect_status(0);
         Disk { dir }
     }
     fn image(&self) -> String {
@@ -54,7 +74,8 @@ fn get(doc: &serde_json::Value, path: &str) -> u64 {
     for k in path.split('.') {
         v = &v[k];
     }
-    v.as_u64().unwrap_or_else(|| panic!("{path} missing in {doc}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{path} missing in {doc}"))
 }
 
 /// `key=` of every `result:` line of `program`.
@@ -76,18 +97,40 @@ fn mmap_scan_under_a_budget_takes_discard_faults_and_loses_nothing() {
     let disk = Disk::new("mmap", 5, "4M");
     let s = disk.path("stats.json");
     let r = boot(
-        &["--mem", "32M", "--vcpus", "2", "--disk", &disk.image(), "--host-budget", "12M", "--stats", &s],
+        &[
+            "--mem",
+            "32M",
+            "--vcpus",
+            "2",
+            "--disk",
+            &disk.image(),
+            "--host-budget",
+            "12M",
+            "--stats",
+            &s,
+        ],
         &["scan-mmap", "2"],
     );
     r.expect_status(0);
-    assert_eq!(results(&r.stdout, "scan-mmap", "errors"), vec![0, 0], "{}", r.stdout);
+    assert_eq!(
+        results(&r.stdout, "scan-mmap", "errors"),
+        vec![0, 0],
+        "{}",
+        r.stdout
+    );
     let doc = stats(&s);
     assert!(get(&doc, "discard_faults.injected") > 0, "{doc}");
-    let guest_faults: u64 = results(&r.stdout, "scan-mmap", "discard_faults").iter().sum();
+    let guest_faults: u64 = results(&r.stdout, "scan-mmap", "discard_faults")
+        .iter()
+        .sum();
     assert!(guest_faults > 0, "{}", r.stdout);
     assert_eq!(get(&doc, "discard_faults.protocol_violations"), 0, "{doc}");
     let resident = get(&doc, "memory.resident_bytes");
-    assert!(resident <= (12 << 20) + SLACK, "resident {} MiB: {doc}", resident >> 20);
+    assert!(
+        resident <= (12 << 20) + SLACK,
+        "resident {} MiB: {doc}",
+        resident >> 20
+    );
 }
 
 #[test]
@@ -104,7 +147,18 @@ fn data_written_to_a_private_mapping_of_volatile_pages_survives_reclaim() {
     let disk = Disk::new("cow", 4, "2M");
     let s = disk.path("stats.json");
     let r = boot(
-        &["--mem", "24M", "--vcpus", "2", "--disk", &disk.image(), "--host-budget", "8M", "--stats", &s],
+        &[
+            "--mem",
+            "24M",
+            "--vcpus",
+            "2",
+            "--disk",
+            &disk.image(),
+            "--host-budget",
+            "8M",
+            "--stats",
+            &s,
+        ],
         &["copies=1", "cow", "4"],
     );
     r.expect_status(0);

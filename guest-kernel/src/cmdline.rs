@@ -171,7 +171,10 @@ mod tests {
     fn hint_modes() {
         assert_eq!(parse("hello").unwrap().hints, HintsOption::Batched);
         assert_eq!(parse("hints=fpr hello").unwrap().hints, HintsOption::Fpr);
-        assert_eq!(parse("hints=unbatched hello").unwrap().hints, HintsOption::Unbatched);
+        assert_eq!(
+            parse("hints=unbatched hello").unwrap().hints,
+            HintsOption::Unbatched
+        );
         assert_eq!(parse("hints=sometimes hello"), Err(CmdlineError::BadOption));
     }
 

@@ -282,7 +282,10 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     }
     let mut ok = true;
     let take = |n: usize| -> alloc::vec::Vec<u64> {
-        (0..n).filter_map(|_| mm::alloc_frame_for_overwrite()).map(|pa| pa / PAGE_SIZE).collect()
+        (0..n)
+            .filter_map(|_| mm::alloc_frame_for_overwrite())
+            .map(|pa| pa / PAGE_SIZE)
+            .collect()
     };
     // Phase A: CPU 1 spins with interrupts off for 300 ms.
     SPIN_UNTIL.store(cpu::rdtsc() + 300 * khz, Ordering::Release);
@@ -295,7 +298,9 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     let cpu1_at_listing = percpu::get(1).quiescent.load(Ordering::Acquire);
     // This CPU passes quiescent states; CPU 1 cannot.
     let mut reused = 0;
-    while SPINNING.load(Ordering::Acquire) && cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) - 50 * khz {
+    while SPINNING.load(Ordering::Acquire)
+        && cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) - 50 * khz
+    {
         rest(5, khz);
         discard::drain();
         // Nothing listed may come back from the allocator meanwhile.
@@ -324,7 +329,9 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     ok &= released && cpu1_now > cpu1_at_listing;
     // Phase B: CPU 1 busy in user mode (a CPU-bound program that never
     // idles); its timer ticks from user mode are its quiescent states.
-    let Ok(elf) = guest_kernel::elf::Elf::parse(crate::USER_ELF) else { return guest::BAD_MACHINE };
+    let Ok(elf) = guest_kernel::elf::Elf::parse(crate::USER_ELF) else {
+        return guest::BAD_MACHINE;
+    };
     match process::create(&elf, "preempt 400", 0) {
         Ok(task) => sched::spawn(task, 1),
         Err(_) => return guest::BAD_MACHINE,
@@ -346,5 +353,9 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     println!("discard-list: phase B (cpu 1 busy in user mode): released {released} after its count went {at} -> {now}");
     ok &= released && now > at;
     println!("discard-list: {}", if ok { "ok" } else { "FAILED" });
-    if ok { guest::SUCCESS } else { guest::FAILURE }
+    if ok {
+        guest::SUCCESS
+    } else {
+        guest::FAILURE
+    }
 }

@@ -1,5 +1,5 @@
 //! The command line: `vmm run [--kernel PATH] [--mem SIZE] [--vcpus N]
-//! [--timeout SECS] [--disk PATH [--disk-rw]] [--no-hinting]
+//! [--timeout SECS] [--disk PATH [--disk-rw]] [--no-hinting] [--no-discard-faults]
 //! [--host-budget SIZE] [--reclaim-interval MS] [--psi [--psi-threshold PCT]]
 //! [--stats FILE [--stats-interval MS]] [-- ARGS...]`, and the host tools
 //! `vmm gen-files` and `vmm mkdisk`.
@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// batch is refused.
     #[arg(long)]
     pub no_hinting: bool,
+    /// Turn discard faults off (hinting stays on): CPUID does not
+    /// advertise them and dropped volatile frames are not registered with
+    /// userfaultfd.
+    #[arg(long)]
+    pub no_discard_faults: bool,
     /// Target for resident guest memory: the reclaimer drops hinted frames
     /// while more is resident (sizes as for --mem).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -296,7 +301,12 @@ mod tests {
     #[test]
     fn reclaim_flags() {
         let r = run_args(&[]).unwrap();
-        assert!(!r.no_hinting && !r.psi);
+        assert!(!r.no_hinting && !r.psi && !r.no_discard_faults);
+        assert!(
+            run_args(&["--no-discard-faults"])
+                .unwrap()
+                .no_discard_faults
+        );
         assert_eq!((r.host_budget, r.reclaim_interval), (None, 50));
         assert_eq!(
             (r.psi_threshold, r.stats.clone(), r.stats_interval),

@@ -20,6 +20,7 @@ use pagehint_abi::ABI_VERSION;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::bus::le_value;
+use crate::discard_fault::{DiscardFaultError, DiscardFaults};
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
@@ -55,6 +56,7 @@ pub struct HypercallDevice {
     metrics: Arc<Metrics>,
     table: Arc<FrameTable>,
     hinting: bool,
+    faults: Option<Arc<DiscardFaults>>,
     log_limit: RateLimit,
 }
 
@@ -72,7 +74,44 @@ impl HypercallDevice {
             metrics,
             table,
             hinting,
+            faults: None,
             log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
+        }
+    }
+
+    /// Serves `SET_FAULT_INFO` and unregisters frames the hints make
+    /// stable through `faults` (discard faults on).
+    pub fn with_discard_faults(mut self, faults: Arc<DiscardFaults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// `SET_FAULT_INFO`: records a vCPU's discard-fault info area.
+    fn set_fault_info(&self, args: &[u64; 7]) -> i32 {
+        let h = &self.metrics.hypercalls;
+        h.set_fault_info.inc();
+        let Some(faults) = &self.faults else {
+            h.errors.hints_disabled.inc();
+            if self.log_limit.allow() {
+                log::warn!("hypercall: SET_FAULT_INFO while discard faults are off");
+            }
+            return result::HINTS_DISABLED;
+        };
+        match faults.set_fault_info(args) {
+            Ok(()) => result::OK,
+            Err(e) => {
+                let code = if matches!(e, DiscardFaultError::BadInfoArea(_)) {
+                    h.errors.bad_block.inc();
+                    result::BAD_BLOCK
+                } else {
+                    h.errors.bad_argument.inc();
+                    result::BAD_ARGUMENT
+                };
+                if self.log_limit.allow() {
+                    log::warn!("hypercall: SET_FAULT_INFO: {e}");
+                }
+                code
+            }
         }
     }
 
@@ -110,8 +149,10 @@ impl HypercallDevice {
                 table: &self.table,
                 metrics: &self.metrics,
                 log_limit: &self.log_limit,
+                faults: self.faults.as_deref(),
             }
             .batch(&block.args),
+            op::SET_FAULT_INFO => self.set_fault_info(&block.args),
             other => {
                 h.errors.unknown_op.inc();
                 if self.log_limit.allow() {
@@ -259,5 +300,38 @@ mod tests {
         assert_eq!(metrics.hypercalls.hint_batch.get(), 1);
         assert_eq!(metrics.hypercalls.errors.hints_disabled.get(), 1);
         assert_eq!(table.counts().stable, 4096);
+        let b = HypercallBlock {
+            op: op::SET_FAULT_INFO,
+            result: 77,
+            args: [0x9000, 0, 0, 0, 0, 0, 0],
+        };
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::HINTS_DISABLED);
+    }
+
+    #[test]
+    fn fault_info_areas_are_registered_and_checked() {
+        let (dev, ram, metrics) = device();
+        let table = Arc::new(FrameTable::new((ram.size() / 4096) as usize, false));
+        let faults = Arc::new(DiscardFaults::new(&ram, table, metrics.clone(), 2).unwrap());
+        let dev = dev.with_discard_faults(faults.clone());
+        let mut b = HypercallBlock {
+            op: op::SET_FAULT_INFO,
+            result: 77,
+            args: [0x9040, 1, 0, 0, 0, 0, 0],
+        };
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::OK);
+        assert_eq!(faults.slots().info(1), Some(0x9040));
+        b.args[0] = 0x9044;
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::BAD_BLOCK);
+        b.args[0] = 16 << 20;
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::BAD_BLOCK);
+        b.args = [0x9000, 2, 0, 0, 0, 0, 0];
+        assert_eq!(call(&dev, &ram, 0x4000, b), result::BAD_ARGUMENT);
+        let h = &metrics.hypercalls;
+        assert_eq!(h.set_fault_info.get(), 4);
+        assert_eq!(
+            (h.errors.bad_block.get(), h.errors.bad_argument.get()),
+            (2, 1)
+        );
     }
 }

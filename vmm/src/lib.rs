@@ -26,6 +26,7 @@ use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT};
 pub mod arch;
 pub mod cli;
 pub mod devices;
+pub mod discard_fault;
 pub mod disk_image;
 pub mod hypercall;
 pub mod kvm;
@@ -46,6 +47,8 @@ use devices::disk::{DiskError, DiskFile};
 use devices::mmio::{MmioBus, MmioError};
 use devices::serial::{SerialDevice, SerialError};
 use devices::virtio_mmio::{VirtioBlock, VirtioMmioError, QUEUE_NOTIFY};
+use discard_fault::handler::FaultHandler;
+use discard_fault::{DiscardFaultError, DiscardFaults};
 use hypercall::HypercallDevice;
 use kvm::{KvmContext, KvmError};
 use loader::LoaderError;
@@ -95,6 +98,8 @@ pub enum VmmError {
     Worker(#[from] WorkerError),
     #[error(transparent)]
     Reclaim(#[from] ReclaimError),
+    #[error(transparent)]
+    DiscardFault(#[from] DiscardFaultError),
     /// The guest triple-faulted.
     #[error("guest triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu}")]
     TripleFault { vcpu: u8, dump: RegDump },
@@ -141,7 +146,8 @@ impl VmmError {
             | VmmError::Mmio(_)
             | VmmError::Virtio(_)
             | VmmError::Worker(_)
-            | VmmError::Reclaim(_) => status::INTERNAL,
+            | VmmError::Reclaim(_)
+            | VmmError::DiscardFault(_) => status::INTERNAL,
             VmmError::TripleFault { .. } => status::GUEST_TRIPLE_FAULT,
             VmmError::KvmFailure { .. } => status::KVM_FAILURE,
             VmmError::UnexpectedExit { .. } => status::UNEXPECTED_EXIT,
@@ -242,6 +248,27 @@ fn reclaim_config(args: &RunArgs) -> ReclaimConfig {
     }
 }
 
+/// The discard-fault machinery, unless hinting or discard faults are off.
+/// A host that refuses userfaultfd runs without discard faults (warned).
+fn discard_faults(
+    args: &RunArgs,
+    ram: &GuestRam,
+    table: &Arc<FrameTable>,
+    metrics: &Arc<Metrics>,
+    vcpus: u8,
+) -> Result<Option<Arc<DiscardFaults>>, VmmError> {
+    if args.no_hinting || args.no_discard_faults {
+        return Ok(None);
+    }
+    match DiscardFaults::new(ram, table.clone(), metrics.clone(), usize::from(vcpus)) {
+        Ok(f) => Ok(Some(Arc::new(f))),
+        Err(e) => {
+            log::warn!("{e}; running without discard faults");
+            Ok(None)
+        }
+    }
+}
+
 /// Logs the stats document (at info) and writes the stats file if asked.
 fn report_stats(stats: &StatsSource, args: &RunArgs) {
     match stats.to_json() {
@@ -320,12 +347,20 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         .map_err(|_| VmmError::Config("--mem is too large for this host".into()))?;
     let table = Arc::new(FrameTable::new(frames, false));
     let hinting = !args.no_hinting;
-    let hypercalls = Arc::new(HypercallDevice::new(
-        ram.clone(),
-        metrics.clone(),
-        table.clone(),
-        hinting,
-    ));
+    let mut faults = discard_faults(args, &ram, &table, &metrics, vcpu_count)?;
+    if faults.is_some() {
+        // Discard faults must be taken by the vCPU thread itself, not by an
+        // async-page-fault worker (see `Vm::disable_hlt_exits`).
+        if let Err(e) = vm.disable_hlt_exits() {
+            log::warn!("{e}; running without discard faults");
+            faults = None;
+        }
+    }
+    let mut hypercalls = HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), hinting);
+    if let Some(f) = &faults {
+        hypercalls = hypercalls.with_discard_faults(f.clone());
+    }
+    let hypercalls = Arc::new(hypercalls);
     let bus = Arc::new(bus);
     let mut mmio = MmioBus::new(metrics.clone());
     // Dropping the worker stops and joins it, on every way out of here.
@@ -342,12 +377,18 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         metrics.clone(),
         reclaim_config(args),
         stats.clone(),
+        faults.clone(),
     )?;
+    // Dropping the handler stops and joins it, on every way out of here.
+    let fault_handler = match &faults {
+        Some(f) => Some(FaultHandler::spawn(f.clone())?),
+        None => None,
+    };
 
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
     for index in 0..vcpu_count {
         let fd = vm.create_vcpu(index)?;
-        let vcpu = Vcpu::new(
+        let mut vcpu = Vcpu::new(
             index,
             fd,
             bus.clone(),
@@ -355,11 +396,17 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
             hypercalls.clone(),
             metrics.clone(),
         );
-        vcpu.configure(&supported, vcpu_count, entry, hinting)?;
+        if let Some(f) = &faults {
+            vcpu = vcpu.with_discard_faults(f.clone());
+        }
+        vcpu.configure(&supported, vcpu_count, entry, hinting, faults.is_some())?;
         vcpus.push(vcpu);
     }
 
     vcpu::register_kick_signal()?;
+    if faults.is_some() {
+        discard_fault::register_fault_kick_signal()?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(vcpus.len());
@@ -387,6 +434,9 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         w.stop();
     }
     reclaimer.stop();
+    if let Some(h) = fault_handler {
+        h.stop();
+    }
     let _ = std::io::stdout().flush();
     report_stats(&stats, args);
 

@@ -54,6 +54,24 @@ impl Gauge {
         self.0.fetch_max(v, Ordering::Relaxed);
     }
 
+    /// Adds `n` (saturating).
+    pub fn add(&self, n: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_add(n))
+            });
+    }
+
+    /// Subtracts `n`, stopping at zero.
+    pub fn sub(&self, n: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -64,6 +82,105 @@ impl Serialize for Gauge {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.get())
     }
+}
+
+/// Buckets of a [`Histogram`]: bucket `i` holds values in `[2^i, 2^(i+1))`
+/// microseconds (bucket 0 also holds 0).
+const HISTOGRAM_BUCKETS: usize = 32;
+
+/// A lock-free histogram of durations in microseconds, power-of-two
+/// buckets; serialises as a summary (`count`, `mean_us`, `p50_us`,
+/// `p99_us`, `max_us`; the percentiles are bucket upper bounds).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; HISTOGRAM_BUCKETS],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+/// What a [`Histogram`] serialises as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HistogramSummary {
+    pub count: u64,
+    pub mean_us: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl Histogram {
+    /// Records one value.
+    pub fn record(&self, us: u64) {
+        let i = (u64::BITS - us.leading_zeros()).saturating_sub(1) as usize;
+        self.buckets[i.min(HISTOGRAM_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The summary as of now.
+    pub fn summary(&self) -> HistogramSummary {
+        let count = self.count.load(Ordering::Relaxed);
+        let max_us = self.max_us.load(Ordering::Relaxed);
+        let quantile = |q: u64| {
+            // The smallest bucket bound covering q percent of the values.
+            let want = count.saturating_mul(q).div_ceil(100).max(1);
+            let mut seen = 0u64;
+            for (i, b) in self.buckets.iter().enumerate() {
+                seen = seen.saturating_add(b.load(Ordering::Relaxed));
+                if seen >= want {
+                    return ((1u64 << (i + 1)) - 1).min(max_us);
+                }
+            }
+            max_us
+        };
+        HistogramSummary {
+            count,
+            mean_us: self
+                .sum_us
+                .load(Ordering::Relaxed)
+                .checked_div(count)
+                .unwrap_or(0),
+            p50_us: if count == 0 { 0 } else { quantile(50) },
+            p99_us: if count == 0 { 0 } else { quantile(99) },
+            max_us,
+        }
+    }
+}
+
+impl Serialize for Histogram {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.summary().serialize(s)
+    }
+}
+
+/// Discard faults (`crate::discard_fault`).
+#[derive(Debug, Default, Serialize)]
+pub struct DiscardFaultMetrics {
+    /// userfaultfd page-fault events read.
+    pub events: Counter,
+    /// Discard faults (vector 20) injected into a vCPU.
+    pub injected: Counter,
+    /// Faults on registered frames no longer volatile (made stable or
+    /// unused meanwhile): backed with a zero page.
+    pub zero_fills_not_volatile: Counter,
+    /// Faults by a thread that runs no vCPU (the block worker, say):
+    /// backed with a zero page.
+    pub zero_fills_other_thread: Counter,
+    /// Faults the guest handled wrongly or could not be told of: a
+    /// repeating fault broken by backing the page, or a fault on a vCPU
+    /// without a registered info area.
+    pub protocol_violations: Counter,
+    /// Kicks that found an event in flight, so no discard fault could be
+    /// injected then (the access faults again).
+    pub deferred: Counter,
+    /// Guest frames registered with userfaultfd now.
+    pub uffd_registered_pages: Gauge,
+    /// `SET_FAULT_INFO` registrations accepted.
+    pub info_areas: Counter,
+    /// From the kick to re-entering the guest with the fault injected.
+    pub round_trip_us: Histogram,
 }
 
 /// vCPU exits, by kind (summed over all vCPUs).
@@ -103,6 +220,8 @@ pub struct HypercallMetrics {
     pub hello: Counter,
     /// `HINT_BATCH` calls, whatever their result.
     pub hint_batch: Counter,
+    /// `SET_FAULT_INFO` calls, whatever their result.
+    pub set_fault_info: Counter,
     /// Hint entries processed, by hint operation (whatever their result).
     pub set_unused: Counter,
     pub set_stable: Counter,
@@ -133,7 +252,8 @@ pub struct HypercallErrors {
     pub unknown_hint: Counter,
     /// Hint entries asking for a transition the state machine forbids.
     pub illegal_transition: Counter,
-    /// `HINT_BATCH` while hinting is turned off (`--no-hinting`).
+    /// `HINT_BATCH` while hinting is turned off (`--no-hinting`), or
+    /// `SET_FAULT_INFO` while discard faults are.
     pub hints_disabled: Counter,
 }
 
@@ -213,6 +333,7 @@ pub struct Metrics {
     pub block: BlockMetrics,
     pub reclaim: ReclaimMetrics,
     pub memory: MemoryMetrics,
+    pub discard_faults: DiscardFaultMetrics,
 }
 
 #[cfg(test)]
@@ -243,5 +364,25 @@ mod tests {
         g.set(1);
         assert_eq!(g.get(), 1);
         assert_eq!(serde_json::to_string(&g).unwrap(), "1");
+        g.add(4);
+        g.sub(2);
+        assert_eq!(g.get(), 3);
+        g.sub(10);
+        assert_eq!(g.get(), 0);
+    }
+
+    #[test]
+    fn histograms_summarise_by_power_of_two_buckets() {
+        let h = Histogram::default();
+        assert_eq!(h.summary(), HistogramSummary::default());
+        for v in [0, 1, 3, 100, 100, 100, 100, 100, 100, 5000] {
+            h.record(v);
+        }
+        let s = h.summary();
+        assert_eq!((s.count, s.max_us, s.mean_us), (10, 5000, 560));
+        assert_eq!(s.p50_us, 127, "100 lies in [64, 128)");
+        assert_eq!(s.p99_us, 5000, "capped at the maximum");
+        h.record(u64::MAX);
+        assert_eq!(h.summary().max_us, u64::MAX);
     }
 }

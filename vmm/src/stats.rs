@@ -5,7 +5,7 @@
 //! Shape (names are read by the integration tests; keep them):
 //! `{"hypercalls": {...}, "exits": {...}, "frames": {...}, "reclaim":
 //! {...}, "memory": {...}, "block": {...}, "bus": {...}, "serial": {...},
-//! "elapsed_ms": n}`. The file is written to `FILE.tmp` and renamed, so a
+//! "discard_faults": {...}, "elapsed_ms": n}`. The file is written to `FILE.tmp` and renamed, so a
 //! reader never sees half a document. This module must never change a
 //! counter, and never fail the run: a write error is returned for the
 //! caller to log.
@@ -17,7 +17,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::metrics::{
-    BlockMetrics, BusMetrics, ExitMetrics, HypercallMetrics, Metrics, SerialMetrics,
+    BlockMetrics, BusMetrics, DiscardFaultMetrics, ExitMetrics, HypercallMetrics, Metrics,
+    SerialMetrics,
 };
 use crate::reclaim::state_table::{FrameCounts, FrameTable};
 
@@ -76,6 +77,7 @@ pub struct StatsDoc<'a> {
     pub block: &'a BlockMetrics,
     pub bus: &'a BusMetrics,
     pub serial: &'a SerialMetrics,
+    pub discard_faults: &'a DiscardFaultMetrics,
     pub elapsed_ms: u64,
 }
 
@@ -134,6 +136,7 @@ impl StatsSource {
             block: &m.block,
             bus: &m.bus,
             serial: &m.serial,
+            discard_faults: &m.discard_faults,
             elapsed_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -187,6 +190,17 @@ mod tests {
         assert!(v["exits"]["io_out"].is_u64());
         assert!(v["block"]["reads"].is_u64());
         assert!(v["elapsed_ms"].is_u64());
+        let d = &v["discard_faults"];
+        for k in [
+            "injected",
+            "zero_fills_not_volatile",
+            "protocol_violations",
+            "uffd_registered_pages",
+            "events",
+        ] {
+            assert!(d[k].is_u64(), "discard_faults.{k}");
+        }
+        assert!(d["round_trip_us"]["p50_us"].is_u64());
     }
 
     #[test]

@@ -58,7 +58,15 @@ pub fn init_cpu(advertised: bool) {
     let mut b = HypercallBlock {
         op: op::SET_FAULT_INFO,
         result: 0,
-        args: [super::virt_to_phys(info), me.index.get() as u64, 0, 0, 0, 0, 0],
+        args: [
+            super::virt_to_phys(info),
+            me.index.get() as u64,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ],
     };
     if crate::hv::hypercall(&mut b) == Some(result::OK) && me.index.get() == 0 {
         ENABLED.store(true, Ordering::Release);
@@ -90,7 +98,8 @@ fn stamp() -> [u64; MAX_CPUS] {
 
 /// True once every online CPU has passed a quiescent state since `stamp`.
 fn grace_over(stamp: &[u64; MAX_CPUS]) -> bool {
-    (0..percpu::online() as usize).all(|i| percpu::get(i).quiescent.load(Ordering::Acquire) > stamp[i])
+    (0..percpu::online() as usize)
+        .all(|i| percpu::get(i).quiescent.load(Ordering::Acquire) > stamp[i])
 }
 
 /// Puts a discarded frame that is being freed on this CPU's batch.
@@ -106,7 +115,10 @@ pub fn defer_free(pfn: u64) {
 }
 
 fn splice(frames: Vec<u64>) {
-    let l = Listed { frames, stamp: stamp() };
+    let l = Listed {
+        frames,
+        stamp: stamp(),
+    };
     LIST.lock().push(l);
 }
 

@@ -110,7 +110,12 @@ impl CpuHints {
             if self.logical == HINT_BATCH_MAX {
                 self.logical = 0;
             }
-            self.page().entries[0] = HintEntry { pfn, count, op, result: 0 };
+            self.page().entries[0] = HintEntry {
+                pfn,
+                count,
+                op,
+                result: 0,
+            };
             self.count = 1;
             HINTS.fetch_add(1, Ordering::Relaxed);
             self.send();

@@ -16,6 +16,7 @@ use pagehint_abi::hypercall::{hint, result, HintBatch, HintEntry, HINT_BATCH_MAX
 use pagehint_abi::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::discard_fault::DiscardFaults;
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
@@ -87,6 +88,8 @@ pub struct HintContext<'a> {
     pub table: &'a FrameTable,
     pub metrics: &'a Metrics,
     pub log_limit: &'a RateLimit,
+    /// Discard faults, when on: frames made stable are unregistered.
+    pub faults: Option<&'a DiscardFaults>,
 }
 
 impl HintContext<'_> {
@@ -192,9 +195,16 @@ impl HintContext<'_> {
             Some(end) if end <= frames => {}
             _ => return Err(bad),
         }
-        self.table
+        let outcome = self
+            .table
             .apply_range(e.pfn, count, e.op)
-            .map_err(HintError::Illegal)
+            .map_err(HintError::Illegal)?;
+        // A discarded frame made stable is backed eagerly, so that its next
+        // touch is a plain first touch and not a userfaultfd round trip.
+        if let (HintOutcome::Discarded, Some(f)) = (outcome, self.faults) {
+            f.unregister_marked(e.pfn, count);
+        }
+        Ok(outcome)
     }
 }
 
@@ -229,6 +239,7 @@ mod tests {
                 table: &self.table,
                 metrics: &self.metrics,
                 log_limit: &self.limit,
+                faults: None,
             }
         }
 

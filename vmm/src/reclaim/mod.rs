@@ -23,11 +23,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::discard_fault::DiscardFaults;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
 use crate::stats::StatsSource;
 use discard::{DiscardError, Discarder, Method};
-use policy::{discard_pass, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
+use policy::{discard_pass_with, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
 use resident::{Pagemap, ResidentMap};
 use state_table::FrameTable;
 
@@ -102,6 +103,7 @@ struct Worker {
     map: ResidentMap,
     budget_pages: Option<u64>,
     psi: Psi,
+    faults: Option<Arc<DiscardFaults>>,
 }
 
 impl Worker {
@@ -143,12 +145,13 @@ impl Worker {
             return;
         }
         let t = Instant::now();
-        let pass = discard_pass(
+        let pass = discard_pass_with(
             &self.table,
             &mut self.discarder,
             &self.map,
             want,
             Method::Auto,
+            self.faults.as_deref(),
         );
         let us = micros(t.elapsed());
         let r = &self.metrics.reclaim;
@@ -181,13 +184,15 @@ pub struct Reclaimer {
 }
 
 impl Reclaimer {
-    /// Starts the thread for `ram`.
+    /// Starts the thread for `ram`. With `faults`, dropped Volatile frames
+    /// are registered for discard faults first.
     pub fn spawn(
         ram: &GuestRam,
         table: Arc<FrameTable>,
         metrics: Arc<Metrics>,
         config: ReclaimConfig,
         stats: StatsSource,
+        faults: Option<Arc<DiscardFaults>>,
     ) -> Result<Self, ReclaimError> {
         let pagemap = match Pagemap::open() {
             Ok(pm) => Some(pm),
@@ -208,6 +213,7 @@ impl Reclaimer {
             psi: Psi {
                 threshold: config.psi_threshold,
             },
+            faults,
         };
         let (tx, rx) = mpsc::channel::<()>();
         let interval = config.interval.max(Duration::from_millis(1));
@@ -306,7 +312,8 @@ mod tests {
             psi_threshold: None,
             stats: Some((path.clone(), Duration::from_millis(5))),
         };
-        let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, stats).unwrap();
+        let r =
+            Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, stats, None).unwrap();
         let t = Instant::now();
         while table.total_discards() < 1024 && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));

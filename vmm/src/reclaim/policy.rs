@@ -10,6 +10,7 @@
 
 use pagehint_abi::page_state::PageState;
 
+use crate::discard_fault::DiscardFaults;
 use crate::reclaim::discard::{Discarder, Method, IOV_BATCH};
 use crate::reclaim::resident::ResidentMap;
 use crate::reclaim::state_table::FrameTable;
@@ -114,6 +115,20 @@ pub fn discard_pass(
     want: u64,
     method: Method,
 ) -> PassReport {
+    discard_pass_with(table, discarder, resident, want, method, None)
+}
+
+/// [`discard_pass`], registering each run of Volatile frames with the
+/// discard-fault userfaultfd (`faults`) before dropping it; a run the
+/// kernel refuses to register is kept.
+pub fn discard_pass_with(
+    table: &FrameTable,
+    discarder: &mut Discarder,
+    resident: &ResidentMap,
+    want: u64,
+    method: Method,
+    faults: Option<&DiscardFaults>,
+) -> PassReport {
     let mut report = PassReport::default();
     let mut chunk = RunBuilder::default();
     let frames = table.len().min(resident.pages());
@@ -128,34 +143,57 @@ pub fn discard_pass(
             if table.try_claim(pfn, class) {
                 chunk.push(pfn);
                 if chunk.pages() >= CHUNK_PAGES || chunk.runs().len() >= IOV_BATCH {
-                    settle(table, discarder, &mut chunk, method, &mut report);
+                    let faults = faults.filter(|_| class == PageState::Volatile);
+                    settle(table, discarder, &mut chunk, method, faults, &mut report);
                 }
             }
         }
-        settle(table, discarder, &mut chunk, method, &mut report);
+        let faults = faults.filter(|_| class == PageState::Volatile);
+        settle(table, discarder, &mut chunk, method, faults, &mut report);
     }
     report
 }
 
-/// Drops the claimed runs of `chunk` and ends every claim.
+/// Drops the claimed runs of `chunk` and ends every claim. With `faults`
+/// (Volatile runs, discard faults on) each run is registered first; runs
+/// the kernel refuses are not dropped, runs whose drop failed are
+/// unregistered again.
 fn settle(
     table: &FrameTable,
     discarder: &mut Discarder,
     chunk: &mut RunBuilder,
     method: Method,
+    faults: Option<&DiscardFaults>,
     report: &mut PassReport,
 ) {
     if chunk.runs().is_empty() {
         return;
     }
-    let done = discarder.discard(chunk.runs(), method);
-    let mut failed = vec![false; chunk.runs().len()];
+    let mut runs: Vec<Run> = Vec::with_capacity(chunk.runs().len());
+    for run in chunk.runs() {
+        match faults {
+            Some(f) if !f.register_volatile_run(run.pfn, run.count) => {
+                for pfn in run.pfn..run.pfn.saturating_add(run.count) {
+                    table.abort_discard(pfn);
+                }
+                report.failed += run.count;
+            }
+            _ => runs.push(*run),
+        }
+    }
+    let done = discarder.discard(&runs, method);
+    let mut failed = vec![false; runs.len()];
     for &i in &done.failed {
         if let Some(f) = failed.get_mut(i) {
             *f = true;
         }
     }
-    for (run, &bad) in chunk.runs().iter().zip(&failed) {
+    for (run, &bad) in runs.iter().zip(&failed) {
+        if bad {
+            if let Some(f) = faults {
+                f.unregister_marked(run.pfn, run.count);
+            }
+        }
         for pfn in run.pfn..run.pfn.saturating_add(run.count) {
             if bad {
                 table.abort_discard(pfn);
@@ -253,5 +291,45 @@ mod tests {
         assert_eq!(table.counts().discarded, 7);
         let r = discard_pass(&table, &mut d, &resident, u64::MAX, Method::Auto);
         assert_eq!(r, PassReport::default());
+    }
+
+    #[test]
+    fn volatile_runs_are_registered_before_they_are_dropped_unused_never() {
+        use crate::metrics::Metrics;
+        use std::sync::Arc;
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let frames = ram.size() / 4096;
+        let table = Arc::new(FrameTable::new(frames as usize, false));
+        let metrics = Arc::new(Metrics::default());
+        let faults = DiscardFaults::new(&ram, table.clone(), metrics.clone(), 1).unwrap();
+        let mut d = Discarder::new(&ram).unwrap();
+        table.apply_range(10, 3, hint::SET_UNUSED).unwrap();
+        for p in [20, 21, 22, 30] {
+            table.apply(p, hint::MAKE_VOLATILE).unwrap();
+        }
+        let mut resident = ResidentMap::new(frames);
+        (0..frames).for_each(|p| resident.set(p));
+        let r = discard_pass_with(
+            &table,
+            &mut d,
+            &resident,
+            u64::MAX,
+            Method::Auto,
+            Some(&faults),
+        );
+        assert_eq!((r.pages, r.failed), (7, 0));
+        for p in [20, 21, 22, 30] {
+            assert!(
+                table.is_registered(p) && table.discard_fault_due(p),
+                "frame {p}"
+            );
+        }
+        for p in [10, 11, 12] {
+            assert!(
+                !table.is_registered(p) && table.is_discarded(p),
+                "frame {p}"
+            );
+        }
+        assert_eq!(metrics.discard_faults.uffd_registered_pages.get(), 4);
     }
 }

@@ -21,6 +21,10 @@ use serde::Serialize;
 
 /// Bits 0..=1: the `PageState`.
 const STATE_MASK: u8 = 0x03;
+/// The frame is registered with the discard-fault userfaultfd
+/// (`crate::discard_fault`); hints keep the bit, whoever clears it
+/// unregisters the frame.
+const REGISTERED: u8 = 0x20;
 /// The host dropped the contents since the frame was last made stable.
 const DISCARDED: u8 = 0x40;
 /// The reclaimer is discarding the frame.
@@ -171,7 +175,7 @@ impl FrameTable {
                 op,
                 hint::SET_STABLE | hint::MAKE_STABLE | hint::CHECK_WRITABLE
             );
-            let keep = if reports { 0 } else { cur & DISCARDED };
+            let keep = (if reports { 0 } else { cur & DISCARDED }) | (cur & REGISTERED);
             let new = (to as u8) | keep;
             match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
@@ -253,6 +257,61 @@ impl FrameTable {
     pub fn abort_discard(&self, pfn: u64) {
         if let Ok(cell) = self.cell(pfn) {
             cell.fetch_and(!BUSY, Ordering::AcqRel);
+        }
+    }
+
+    /// True if a touch of the frame is a discard fault: it is Volatile and
+    /// its contents are dropped or being dropped.
+    pub fn discard_fault_due(&self, pfn: u64) -> bool {
+        self.cell(pfn).is_ok_and(|c| {
+            let v = c.load(Ordering::Acquire);
+            state_of(v) == PageState::Volatile && v & (DISCARDED | BUSY) != 0
+        })
+    }
+
+    /// Marks a frame registered with the discard-fault userfaultfd.
+    pub fn mark_registered(&self, pfn: u64) {
+        if let Ok(cell) = self.cell(pfn) {
+            cell.fetch_or(REGISTERED, Ordering::AcqRel);
+        }
+    }
+
+    /// Clears the registered mark; true if it was set (the caller then
+    /// unregisters the frame, exactly once).
+    pub fn take_registered(&self, pfn: u64) -> bool {
+        self.cell(pfn)
+            .is_ok_and(|c| c.fetch_and(!REGISTERED, Ordering::AcqRel) & REGISTERED != 0)
+    }
+
+    /// True if the frame carries the registered mark.
+    pub fn is_registered(&self, pfn: u64) -> bool {
+        self.cell(pfn)
+            .is_ok_and(|c| c.load(Ordering::Acquire) & REGISTERED != 0)
+    }
+
+    /// Breaks a discard-fault livelock: a Volatile, discarded frame becomes
+    /// Stable and no longer discarded (its contents are the zero page the
+    /// caller put there). The registered mark is left for the caller to
+    /// take. False if the frame was not Volatile and discarded.
+    pub fn force_stable(&self, pfn: u64) -> bool {
+        let Ok(cell) = self.cell(pfn) else {
+            return false;
+        };
+        let mut cur = wait_not_busy(cell);
+        loop {
+            if state_of(cur) != PageState::Volatile || cur & DISCARDED == 0 {
+                return false;
+            }
+            let new = (PageState::Stable as u8) | (cur & REGISTERED);
+            match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.account(PageState::Volatile, PageState::Stable);
+                    self.discarded_now.fetch_sub(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(actual) if actual & BUSY != 0 => cur = wait_not_busy(cell),
+                Err(actual) => cur = actual,
+            }
         }
     }
 
@@ -364,6 +423,35 @@ mod tests {
             (t.total_discards(), t.zero_fills(), t.counts().discarded),
             (2, 2, 0)
         );
+    }
+
+    #[test]
+    fn the_registered_mark_survives_hints_and_is_taken_once() {
+        let t = FrameTable::new(4, false);
+        t.apply(1, hint::MAKE_VOLATILE).unwrap();
+        assert!(t.try_claim(1, Volatile));
+        t.mark_registered(1);
+        assert!(t.discard_fault_due(1), "busy volatile: being dropped");
+        t.finish_discard(1);
+        assert!(t.discard_fault_due(1) && t.is_registered(1));
+        assert_eq!(t.apply(1, hint::SET_UNUSED), Ok(HintOutcome::Applied));
+        assert!(t.is_registered(1) && !t.discard_fault_due(1));
+        assert_eq!(t.apply(1, hint::SET_STABLE), Ok(HintOutcome::Discarded));
+        assert!(t.take_registered(1));
+        assert!(!t.take_registered(1), "taken exactly once");
+        assert!(!t.take_registered(9), "out of range");
+        // The livelock breaker.
+        t.apply(2, hint::MAKE_VOLATILE).unwrap();
+        assert!(!t.force_stable(2), "not discarded");
+        assert!(t.try_claim(2, Volatile));
+        t.mark_registered(2);
+        t.finish_discard(2);
+        assert!(t.force_stable(2));
+        assert_eq!(t.state(2), Some(Stable));
+        assert!(!t.is_discarded(2) && t.is_registered(2));
+        assert_eq!(t.apply(2, hint::MAKE_STABLE), Ok(HintOutcome::Applied));
+        assert_eq!(t.counts().discarded, 0);
+        assert!(!t.force_stable(2) && !t.force_stable(99));
     }
 
     #[test]

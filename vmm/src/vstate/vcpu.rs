@@ -6,7 +6,10 @@
 //! sent to the main thread. To stop a vCPU the main thread sets the shared
 //! stop flag and sends the thread `SIGRTMIN`; the signal handler sets
 //! `kvm_run.immediate_exit`, so a kick that lands just before `KVM_RUN`
-//! still makes it return `EINTR` at once. This module must never panic on an
+//! still makes it return `EINTR` at once. With discard faults on, the thread
+//! records its thread id for the fault handler and, whenever `KVM_RUN`
+//! returns `EINTR`, lets `discard_fault::inject` deliver a pending discard
+//! fault before running again. This module must never panic on an
 //! exit the guest provoked, and must never leave a thread that ignores the
 //! stop flag.
 
@@ -26,6 +29,8 @@ use crate::arch::x86_64::cpuid::{setup_cpuid, CpuidError};
 use crate::arch::x86_64::regs::{setup_ap, setup_bsp, setup_lint, RegDump, RegsError};
 use crate::devices::bus::{PioBus, PioOutcome};
 use crate::devices::mmio::MmioBus;
+use crate::discard_fault::inject::Delivery;
+use crate::discard_fault::DiscardFaults;
 use crate::hypercall::HypercallDevice;
 use crate::metrics::Metrics;
 
@@ -125,6 +130,15 @@ impl Drop for PublishedRun {
     }
 }
 
+/// Forgets the vCPU thread's id in the discard-fault slots when the loop ends.
+struct BoundThread(Arc<DiscardFaults>, u64);
+
+impl Drop for BoundThread {
+    fn drop(&mut self) {
+        self.0.unbind(self.1);
+    }
+}
+
 /// Width of the hypercall doorbell.
 pub const HYPERCALL_PORT_LEN: u16 = 4;
 
@@ -136,6 +150,7 @@ pub struct Vcpu {
     mmio: Arc<MmioBus>,
     hypercalls: Arc<HypercallDevice>,
     metrics: Arc<Metrics>,
+    faults: Option<Arc<DiscardFaults>>,
 }
 
 /// The doorbell's ports: served on the vCPU thread without the bus's
@@ -170,7 +185,19 @@ impl Vcpu {
             mmio,
             hypercalls,
             metrics,
+            faults: None,
         }
+    }
+
+    /// Delivers discard faults through `faults` (discard faults on).
+    pub fn with_discard_faults(mut self, faults: Arc<DiscardFaults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// The vCPU's file descriptor.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
     }
 
     /// Applies CPUID, the local APIC's LINT wiring, and the PVH entry state
@@ -181,9 +208,10 @@ impl Vcpu {
         count: u8,
         entry: u64,
         hints: bool,
+        discard_faults: bool,
     ) -> Result<(), VcpuError> {
         let index = self.index;
-        setup_cpuid(&self.fd, supported, index, count, hints)
+        setup_cpuid(&self.fd, supported, index, count, hints, discard_faults)
             .map_err(|source| VcpuError::Cpuid { index, source })?;
         setup_lint(&self.fd).map_err(|source| VcpuError::Regs { index, source })?;
         if index == 0 {
@@ -199,6 +227,12 @@ impl Vcpu {
         let run: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         let _published = PublishedRun;
         let _ = IMMEDIATE_EXIT.try_with(|p| p.set(run));
+        let _bound = self.faults.clone().map(|f| {
+            if let Err(e) = f.bind_current_thread(u64::from(self.index)) {
+                log::error!("vcpu{}: {e}", self.index);
+            }
+            BoundThread(f, u64::from(self.index))
+        });
         loop {
             // Clear before checking: a kick after the check sets it again
             // and KVM_RUN returns at once.
@@ -268,7 +302,7 @@ impl Vcpu {
             }
             Ok(VcpuExit::Intr) => {
                 m.interrupted.inc();
-                return Step::Continue;
+                return self.after_interrupt();
             }
             Ok(VcpuExit::Shutdown) => {
                 m.shutdown.inc();
@@ -292,7 +326,7 @@ impl Vcpu {
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 m.interrupted.inc();
-                return Step::Continue;
+                return self.after_interrupt();
             }
             Err(e) => (true, format!("KVM_RUN failed: {e}")),
         };
@@ -305,6 +339,24 @@ impl Vcpu {
             Step::Stop(StopReason::KvmFailure(what, dump))
         } else {
             Step::Stop(StopReason::UnexpectedExit(what, dump))
+        }
+    }
+
+    /// After `KVM_RUN` was interrupted: deliver a pending discard fault.
+    fn after_interrupt(&mut self) -> Step {
+        let Some(faults) = &self.faults else {
+            return Step::Continue;
+        };
+        match faults.on_interrupt(u64::from(self.index), &self.fd) {
+            Ok(Delivery::Injected) => {
+                log::trace!("vcpu{}: discard fault injected", self.index);
+                Step::Continue
+            }
+            Ok(_) => Step::Continue,
+            Err(e) => {
+                let dump = RegDump::capture(&self.fd);
+                Step::Stop(StopReason::KvmFailure(e.to_string(), dump))
+            }
         }
     }
 

@@ -41,14 +41,17 @@ pub struct VcpuTopology {
     /// Advertise page hints (`features::PAGE_HINTS`); off with
     /// `--no-hinting`.
     pub hints: bool,
+    /// Advertise discard faults (`features::DISCARD_FAULTS`, only with
+    /// hints); off with `--no-discard-faults`.
+    pub discard_faults: bool,
 }
 
 /// The feature bits of our leaf.
-pub fn feature_bits(hints: bool) -> u32 {
-    if hints {
-        features::HYPERCALLS | features::PAGE_HINTS
-    } else {
-        features::HYPERCALLS
+pub fn feature_bits(hints: bool, discard_faults: bool) -> u32 {
+    match (hints, discard_faults) {
+        (true, true) => features::HYPERCALLS | features::PAGE_HINTS | features::DISCARD_FAULTS,
+        (true, false) => features::HYPERCALLS | features::PAGE_HINTS,
+        (false, _) => features::HYPERCALLS,
     }
 }
 
@@ -91,7 +94,7 @@ pub fn vcpu_cpuid(supported: &CpuId, topo: VcpuTopology) -> Result<CpuId, CpuidE
     entries.push(leaf(
         LEAF_FEATURES,
         ABI_VERSION,
-        feature_bits(topo.hints),
+        feature_bits(topo.hints, topo.discard_faults),
         u32::from(HYPERCALL_PORT),
         topo.tsc_khz,
     ));
@@ -105,6 +108,7 @@ pub fn setup_cpuid(
     index: u8,
     count: u8,
     hints: bool,
+    discard_faults: bool,
 ) -> Result<(), CpuidError> {
     let tsc_khz = vcpu.get_tsc_khz().unwrap_or_else(|e| {
         log::debug!("KVM_GET_TSC_KHZ failed ({e}); advertising 0");
@@ -117,6 +121,7 @@ pub fn setup_cpuid(
             count,
             tsc_khz,
             hints,
+            discard_faults,
         },
     )?;
     vcpu.set_cpuid2(&table).map_err(CpuidError::Set)
@@ -156,6 +161,7 @@ mod tests {
             count: 4,
             tsc_khz: 2_000_000,
             hints: true,
+            discard_faults: true,
         };
         let c = vcpu_cpuid(&synthetic(), topo).unwrap();
         let l1 = find(&c, 1, 0);
@@ -181,6 +187,7 @@ mod tests {
             count: 1,
             tsc_khz: 1234,
             hints: false,
+            discard_faults: true,
         };
         let c = vcpu_cpuid(&synthetic(), topo).unwrap();
         let sig = find(&c, LEAF_SIGNATURE, 0);
@@ -206,8 +213,19 @@ mod tests {
         .unwrap();
         assert_eq!(
             find(&hinted, LEAF_FEATURES, 0).ebx,
+            features::HYPERCALLS | features::PAGE_HINTS | features::DISCARD_FAULTS
+        );
+        let no_df = VcpuTopology {
+            hints: true,
+            discard_faults: false,
+            ..topo
+        };
+        let c2 = vcpu_cpuid(&synthetic(), no_df).unwrap();
+        assert_eq!(
+            find(&c2, LEAF_FEATURES, 0).ebx,
             features::HYPERCALLS | features::PAGE_HINTS
         );
+        assert_eq!(feature_bits(false, true), features::HYPERCALLS);
         let ours = c
             .as_slice()
             .iter()

@@ -1,0 +1,238 @@
+//! The discard-fault handler thread: waits on the guest RAM userfaultfd and
+//! a stop eventfd, and answers every missing-page fault.
+//!
+//! A fault by a vCPU thread on a frame that is still Volatile and discarded
+//! is a discard fault: it is published in the vCPU's slot and the thread is
+//! kicked with [`super::fault_kick_signal`], so `KVM_RUN` returns `EINTR`
+//! with RIP at the faulting instruction; the fault itself stays unresolved
+//! (the vCPU thread injects #VE, the guest unmaps the frame and never
+//! touches it again until it is made stable, which unregisters it and wakes
+//! any waiter). Every other fault (a frame no longer volatile, a thread that
+//! runs no vCPU) is backed with the zero page and counted, and so is a fault
+//! the livelock detector calls stuck. This module must never leave a fault
+//! unanswered that no discard fault will resolve, and never outlive its
+//! handle.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::livelock::{LivelockDetector, Verdict};
+use super::uffd::{Fault, GuestUffd};
+use super::{fault_kick_signal, DiscardFaultError, DiscardFaults, PAGE};
+
+/// What the handler did with one fault (returned for tests and counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Published for vCPU `0` and kicked.
+    Kicked(u64),
+    /// Backed with zeroes: the frame is no longer volatile.
+    ZeroNotVolatile,
+    /// Backed with zeroes: the faulting thread runs no vCPU.
+    ZeroOtherThread,
+    /// Backed with zeroes and made stable: a livelock was broken.
+    BrokeLivelock,
+    /// Not a guest RAM address (cannot happen: only RAM is registered).
+    Ignored,
+}
+
+/// Sends the fault kick to thread `tid` of this process.
+fn kick(tid: i32) -> std::io::Result<()> {
+    // SAFETY: tgkill(2) with our own pid, a thread id of ours and a signal
+    // whose handler is installed (register_fault_kick_signal) only delivers
+    // that signal; it touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, fault_kick_signal()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl DiscardFaults {
+    /// Answers one fault read from the userfaultfd.
+    pub fn handle_fault(&self, det: &mut LivelockDetector, fault: Fault, now: Instant) -> Action {
+        let m = &self.metrics.discard_faults;
+        m.events.inc();
+        let Some(pfn) = fault.pfn else {
+            if self.log_limit.allow() {
+                log::warn!(
+                    "discard faults: fault at host {:#x}, outside guest RAM",
+                    fault.host_addr
+                );
+            }
+            return Action::Ignored;
+        };
+        let gpa = pfn * PAGE;
+        let Some(index) = self.slots.index_of(fault.tid) else {
+            if log::log_enabled!(log::Level::Debug) {
+                // A kernel worker here is KVM's async page fault work.
+                let comm = std::fs::read_to_string(format!("/proc/{}/comm", fault.tid))
+                    .unwrap_or_default();
+                log::debug!(
+                    "discard faults: frame {gpa:#x} touched by thread {} ({}), no vCPU; zero page",
+                    fault.tid,
+                    comm.trim()
+                );
+            }
+            m.zero_fills_other_thread.inc();
+            self.zero_fill(pfn);
+            return Action::ZeroOtherThread;
+        };
+        if !self.table.discard_fault_due(pfn) {
+            m.zero_fills_not_volatile.inc();
+            self.zero_fill(pfn);
+            return Action::ZeroNotVolatile;
+        }
+        let (last, injections) = self.slots.last_injected(index);
+        match det.observe(fault.tid, gpa, now, last, injections) {
+            Verdict::Deliver => {
+                self.slots.set_pending(index, gpa);
+                if let Err(e) = kick(fault.tid) {
+                    // The thread is gone (the VM is stopping): let it go.
+                    log::debug!("discard faults: kicking thread {}: {e}", fault.tid);
+                    self.slots.clear_pending_if(index, gpa);
+                    self.zero_fill(pfn);
+                }
+                Action::Kicked(index)
+            }
+            Verdict::Livelock => {
+                det.forget(fault.tid);
+                self.break_livelock(index, pfn);
+                Action::BrokeLivelock
+            }
+        }
+    }
+
+    /// Backs a frame some vCPU is stuck on with zeroes and makes it Stable.
+    fn break_livelock(&self, index: u64, pfn: u64) {
+        let gpa = pfn * PAGE;
+        self.slots.clear_pending_if(index, gpa);
+        if let Err(e) = self.uffd.zero_fill(pfn) {
+            log::debug!("discard faults: {e}");
+        }
+        self.table.force_stable(pfn);
+        self.unregister_marked(pfn, 1);
+        self.violation(format_args!(
+            "vCPU {index} keeps faulting on discarded volatile frame {gpa:#x} \
+             (a kernel access, or a discard fault not handled); backed with zeroes"
+        ));
+    }
+
+    /// One batch of events: reads what is pending and answers each fault.
+    fn serve(
+        &self,
+        det: &mut LivelockDetector,
+        buf: &mut userfaultfd::EventBuffer,
+        faults: &mut Vec<Fault>,
+    ) -> Result<(), DiscardFaultError> {
+        self.uffd.read_faults(buf, faults)?;
+        let now = Instant::now();
+        for &f in faults.iter() {
+            self.handle_fault(det, f, now);
+        }
+        Ok(())
+    }
+}
+
+/// The running handler thread; stopping it (or dropping it) joins it.
+#[derive(Debug)]
+pub struct FaultHandler {
+    stop: Arc<EventFd>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl FaultHandler {
+    /// Starts the thread serving `faults`.
+    pub fn spawn(faults: Arc<DiscardFaults>) -> Result<Self, DiscardFaultError> {
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(DiscardFaultError::EventFd)?);
+        let stop2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("discard-faults".into())
+            .spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&faults, &stop2);
+                }));
+                if ran.is_err() {
+                    log::error!("discard faults: the handler panicked (a VMM bug)");
+                }
+            })
+            .map_err(DiscardFaultError::Spawn)?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(h) = self.handle.take() {
+            if let Err(e) = self.stop.write(1) {
+                log::error!("discard faults: cannot stop the handler: {e}");
+                return;
+            }
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for FaultHandler {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// The thread's loop: poll the userfaultfd and the stop eventfd.
+fn run(faults: &DiscardFaults, stop: &EventFd) {
+    let mut det = LivelockDetector::default();
+    let mut buf = GuestUffd::event_buffer();
+    let mut batch = Vec::new();
+    let mut fds = [
+        libc::pollfd {
+            fd: faults.uffd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfds that outlives the
+        // call; both descriptors stay open (owned by `faults` and `stop`).
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("discard faults: poll failed: {e}; the handler stops");
+            return;
+        }
+        if fds[1].revents != 0 {
+            log::debug!("discard faults: handler stopped");
+            return;
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            log::error!("discard faults: the userfaultfd failed; the handler stops");
+            return;
+        }
+        if let Err(e) = faults.serve(&mut det, &mut buf, &mut batch) {
+            log::error!("discard faults: {e}; the handler stops");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod tests;

@@ -1,0 +1,167 @@
+//! Tests of the handler's decisions on a real userfaultfd over a plain
+//! anonymous mapping (guest RAM without KVM): a thread touches a registered,
+//! dropped frame, the event names that thread, and the handler answers.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pagehint_abi::hypercall::hint;
+use pagehint_abi::page_state::PageState;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+use crate::discard_fault::register_fault_kick_signal;
+use crate::discard_fault::tests::hub;
+use crate::memory::GuestRam;
+use crate::reclaim::discard::{Discarder, Method};
+use crate::reclaim::policy::Run;
+
+/// Makes frame `pfn` hold 0xab, then Volatile, registered and dropped, the
+/// way the reclaimer does it.
+fn discard_volatile(f: &DiscardFaults, ram: &GuestRam, pfn: u64) {
+    ram.mem()
+        .write_obj(0xabu8, GuestAddress(pfn * PAGE))
+        .unwrap();
+    let t = f.table();
+    t.apply(pfn, hint::MAKE_VOLATILE).unwrap();
+    assert!(t.try_claim(pfn, PageState::Volatile));
+    assert!(f.register_volatile_run(pfn, 1));
+    let r = Discarder::new(ram)
+        .unwrap()
+        .discard(&[Run { pfn, count: 1 }], Method::Madvise);
+    assert_eq!(r.pages, 1);
+    t.finish_discard(pfn);
+}
+
+/// Waits (up to 10 s) for the next fault event.
+fn next_fault(f: &DiscardFaults) -> Fault {
+    let mut buf = GuestUffd::event_buffer();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f.uffd.read_faults(&mut buf, &mut out).unwrap() > 0 {
+            return out[0];
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    panic!("no userfaultfd event within 10 s");
+}
+
+/// A thread that (optionally as vCPU 0) reads the first byte of `pfn`.
+fn toucher(
+    f: &Arc<DiscardFaults>,
+    ram: &GuestRam,
+    pfn: u64,
+    as_vcpu: bool,
+) -> (i32, std::thread::JoinHandle<u8>) {
+    let (f2, ram2) = (f.clone(), ram.clone());
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        if as_vcpu {
+            f2.bind_current_thread(0).unwrap();
+        }
+        // SAFETY: gettid(2) has no arguments and cannot fail.
+        tx.send(unsafe { libc::gettid() }).unwrap();
+        ram2.mem().read_obj::<u8>(GuestAddress(pfn * PAGE)).unwrap()
+    });
+    (rx.recv().unwrap(), h)
+}
+
+#[test]
+fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable() {
+    register_fault_kick_signal().unwrap();
+    let (f, ram, m) = hub(1);
+    discard_volatile(&f, &ram, 20);
+    let (tid, h) = toucher(&f, &ram, 20, true);
+    let fault = next_fault(&f);
+    assert_eq!((fault.tid, fault.pfn, fault.write), (tid, Some(20), false));
+    let mut det = LivelockDetector::default();
+    assert_eq!(
+        f.handle_fault(&mut det, fault, Instant::now()),
+        Action::Kicked(0)
+    );
+    assert_eq!(f.slots().pending(0), Some(20 * PAGE));
+    // Unresolved: the thread is still waiting (a kicked user-space thread
+    // retries the access and faults again).
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!h.is_finished());
+    // The guest makes the frame stable: the hint path unregisters it, which
+    // wakes the thread; the frame reads as zeroes.
+    assert_eq!(
+        f.table().apply(20, hint::MAKE_STABLE),
+        Ok(crate::reclaim::state_table::HintOutcome::Discarded)
+    );
+    f.unregister_marked(20, 1);
+    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(m.discard_faults.uffd_registered_pages.get(), 0);
+    assert!(m.discard_faults.events.get() >= 1);
+    assert_eq!(m.discard_faults.protocol_violations.get(), 0);
+}
+
+#[test]
+fn other_threads_and_frames_no_longer_volatile_get_zeroes() {
+    let (f, ram, m) = hub(1);
+    let mut det = LivelockDetector::default();
+    discard_volatile(&f, &ram, 30);
+    let (tid, h) = toucher(&f, &ram, 30, false);
+    let fault = next_fault(&f);
+    assert_eq!(fault.tid, tid);
+    assert_eq!(
+        f.handle_fault(&mut det, fault, Instant::now()),
+        Action::ZeroOtherThread
+    );
+    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(m.discard_faults.zero_fills_other_thread.get(), 1);
+    assert!(!f.table().is_registered(30));
+
+    discard_volatile(&f, &ram, 31);
+    f.table().apply(31, hint::SET_UNUSED).unwrap();
+    let (_, h) = toucher(&f, &ram, 31, true);
+    let fault = next_fault(&f);
+    assert_eq!(
+        f.handle_fault(&mut det, fault, Instant::now()),
+        Action::ZeroNotVolatile
+    );
+    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(m.discard_faults.zero_fills_not_volatile.get(), 1);
+    assert_eq!(m.discard_faults.uffd_registered_pages.get(), 0);
+    assert_eq!(f.slots().pending(0), None);
+}
+
+#[test]
+fn a_fault_that_keeps_repeating_is_broken() {
+    register_fault_kick_signal().unwrap();
+    let (f, ram, m) = hub(1);
+    discard_volatile(&f, &ram, 40);
+    let (_, h) = toucher(&f, &ram, 40, true);
+    let mut det = LivelockDetector::default();
+    let mut actions = Vec::new();
+    // Nobody injects anything: every kick makes the thread fault again.
+    while !h.is_finished() && actions.len() < 50 {
+        let fault = next_fault(&f);
+        let a = f.handle_fault(&mut det, fault, Instant::now());
+        actions.push(a);
+        if a == Action::BrokeLivelock {
+            break;
+        }
+    }
+    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(actions.last(), Some(&Action::BrokeLivelock), "{actions:?}");
+    assert!(actions.len() > 3, "{actions:?}");
+    assert_eq!(m.discard_faults.protocol_violations.get(), 1);
+    assert_eq!(f.table().state(40), Some(PageState::Stable));
+    assert!(!f.table().is_discarded(40) && !f.table().is_registered(40));
+    assert_eq!(f.slots().pending(0), None);
+}
+
+#[test]
+fn the_thread_answers_faults_and_stops() {
+    let (f, ram, m) = hub(1);
+    discard_volatile(&f, &ram, 50);
+    let handler = FaultHandler::spawn(f.clone()).unwrap();
+    // A thread that runs no vCPU gets its zero page from the thread.
+    let (_, h) = toucher(&f, &ram, 50, false);
+    assert_eq!(h.join().unwrap(), 0);
+    handler.stop();
+    assert_eq!(m.discard_faults.zero_fills_other_thread.get(), 1);
+}

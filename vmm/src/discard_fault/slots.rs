@@ -1,0 +1,249 @@
+//! Per-vCPU records shared by the fault handler thread and the vCPU
+//! threads: which host thread runs the vCPU (so a userfaultfd event's thread
+//! id names a vCPU), where the guest wants its discard-fault info written,
+//! the discard fault waiting to be injected, and the last one injected.
+//!
+//! Every field is an atomic; the handler publishes a pending fault and
+//! kicks, the vCPU thread takes it. This module only records: it must never
+//! touch guest memory, signal a thread, or block.
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// "Nothing here" in the address fields.
+const NONE: u64 = u64::MAX;
+/// "No thread" in the thread-id field.
+const NO_TID: i32 = 0;
+
+/// A vCPU index the slots do not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SlotError {
+    #[error("vCPU {0} does not exist")]
+    NoSuchVcpu(u64),
+}
+
+/// A discard fault waiting for its vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// Guest-physical address of the frame (page aligned).
+    pub gpa: u64,
+    /// When the vCPU was kicked, in nanoseconds of [`VcpuSlots::now_ns`].
+    pub kicked_ns: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    tid: AtomicI32,
+    info_gpa: AtomicU64,
+    pending_gpa: AtomicU64,
+    kicked_ns: AtomicU64,
+    injected_gpa: AtomicU64,
+    injections: AtomicU64,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            tid: AtomicI32::new(NO_TID),
+            info_gpa: AtomicU64::new(NONE),
+            pending_gpa: AtomicU64::new(NONE),
+            kicked_ns: AtomicU64::new(0),
+            injected_gpa: AtomicU64::new(NONE),
+            injections: AtomicU64::new(0),
+        }
+    }
+}
+
+fn some(v: u64) -> Option<u64> {
+    (v != NONE).then_some(v)
+}
+
+/// The records of every vCPU of one VM.
+#[derive(Debug)]
+pub struct VcpuSlots {
+    slots: Box<[Slot]>,
+    epoch: Instant,
+}
+
+impl VcpuSlots {
+    /// Records for `count` vCPUs, none bound to a thread yet.
+    pub fn new(count: usize) -> Self {
+        Self {
+            slots: (0..count).map(|_| Slot::default()).collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Number of vCPUs.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True if there are no vCPUs.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn slot(&self, index: u64) -> Result<&Slot, SlotError> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.slots.get(i))
+            .ok_or(SlotError::NoSuchVcpu(index))
+    }
+
+    /// Nanoseconds since the slots were made (for round-trip times).
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Records that thread `tid` runs vCPU `index`.
+    pub fn bind(&self, index: u64, tid: i32) -> Result<(), SlotError> {
+        self.slot(index)?.tid.store(tid, Ordering::Release);
+        Ok(())
+    }
+
+    /// Forgets the thread of vCPU `index` (it stopped running it).
+    pub fn unbind(&self, index: u64) {
+        if let Ok(s) = self.slot(index) {
+            s.tid.store(NO_TID, Ordering::Release);
+        }
+    }
+
+    /// The vCPU that thread `tid` runs, if any.
+    pub fn index_of(&self, tid: i32) -> Option<u64> {
+        if tid == NO_TID {
+            return None;
+        }
+        self.slots
+            .iter()
+            .position(|s| s.tid.load(Ordering::Acquire) == tid)
+            .map(|i| i as u64)
+    }
+
+    /// Records the guest-physical address of vCPU `index`'s info area
+    /// (already checked by the caller).
+    pub fn set_info(&self, index: u64, gpa: u64) -> Result<(), SlotError> {
+        self.slot(index)?.info_gpa.store(gpa, Ordering::Release);
+        Ok(())
+    }
+
+    /// The info area of vCPU `index`, if the guest registered one.
+    pub fn info(&self, index: u64) -> Option<u64> {
+        self.slot(index)
+            .ok()
+            .and_then(|s| some(s.info_gpa.load(Ordering::Acquire)))
+    }
+
+    /// Publishes a discard fault at `gpa` for vCPU `index`, stamped now.
+    pub fn set_pending(&self, index: u64, gpa: u64) {
+        if let Ok(s) = self.slot(index) {
+            s.kicked_ns.store(self.now_ns(), Ordering::Relaxed);
+            s.pending_gpa.store(gpa, Ordering::Release);
+        }
+    }
+
+    /// The discard fault waiting for vCPU `index`, if any (left in place).
+    pub fn pending(&self, index: u64) -> Option<u64> {
+        self.slot(index)
+            .ok()
+            .and_then(|s| some(s.pending_gpa.load(Ordering::Acquire)))
+    }
+
+    /// Takes the discard fault waiting for vCPU `index`.
+    pub fn take_pending(&self, index: u64) -> Option<Pending> {
+        let s = self.slot(index).ok()?;
+        let gpa = some(s.pending_gpa.swap(NONE, Ordering::AcqRel))?;
+        Some(Pending {
+            gpa,
+            kicked_ns: s.kicked_ns.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Drops the pending fault of vCPU `index` if it is the one at `gpa`.
+    pub fn clear_pending_if(&self, index: u64, gpa: u64) {
+        if let Ok(s) = self.slot(index) {
+            let _ = s
+                .pending_gpa
+                .compare_exchange(gpa, NONE, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// Records that a discard fault at `gpa` was injected into vCPU `index`.
+    pub fn note_injected(&self, index: u64, gpa: u64) {
+        if let Ok(s) = self.slot(index) {
+            s.injected_gpa.store(gpa, Ordering::Release);
+            s.injections.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The address of the last discard fault injected into vCPU `index`
+    /// and how many were injected so far.
+    pub fn last_injected(&self, index: u64) -> (Option<u64>, u64) {
+        match self.slot(index) {
+            Ok(s) => (
+                some(s.injected_gpa.load(Ordering::Acquire)),
+                s.injections.load(Ordering::Acquire),
+            ),
+            Err(_) => (None, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_ids_map_to_vcpus() {
+        let s = VcpuSlots::new(3);
+        assert_eq!(s.index_of(100), None);
+        s.bind(0, 100).unwrap();
+        s.bind(2, 300).unwrap();
+        assert_eq!(s.bind(3, 400), Err(SlotError::NoSuchVcpu(3)));
+        assert_eq!(s.bind(u64::MAX, 1), Err(SlotError::NoSuchVcpu(u64::MAX)));
+        assert_eq!(s.index_of(100), Some(0));
+        assert_eq!(s.index_of(300), Some(2));
+        assert_eq!(s.index_of(NO_TID), None, "unbound slots match nothing");
+        s.unbind(2);
+        s.unbind(9);
+        assert_eq!(s.index_of(300), None);
+        assert_eq!((s.len(), s.is_empty()), (3, false));
+    }
+
+    #[test]
+    fn pending_faults_are_taken_once() {
+        let s = VcpuSlots::new(2);
+        assert_eq!(s.take_pending(0), None);
+        s.set_pending(1, 0x5000);
+        assert_eq!(s.pending(1), Some(0x5000));
+        s.clear_pending_if(1, 0x6000);
+        assert_eq!(s.pending(1), Some(0x5000), "another address stays");
+        let p = s.take_pending(1).unwrap();
+        assert_eq!(p.gpa, 0x5000);
+        assert!(p.kicked_ns <= s.now_ns());
+        assert_eq!(s.take_pending(1), None);
+        s.set_pending(1, 0x7000);
+        s.clear_pending_if(1, 0x7000);
+        assert_eq!(s.pending(1), None);
+        s.set_pending(7, 0x1000);
+        assert_eq!(s.take_pending(7), None);
+    }
+
+    #[test]
+    fn info_areas_and_injections_are_per_vcpu() {
+        let s = VcpuSlots::new(2);
+        assert_eq!(s.info(0), None);
+        s.set_info(0, 0x9000).unwrap();
+        assert_eq!(
+            (s.info(0), s.info(1), s.info(5)),
+            (Some(0x9000), None, None)
+        );
+        assert_eq!(s.set_info(2, 0), Err(SlotError::NoSuchVcpu(2)));
+        assert_eq!(s.last_injected(1), (None, 0));
+        s.note_injected(1, 0x3000);
+        s.note_injected(1, 0x4000);
+        assert_eq!(s.last_injected(1), (Some(0x4000), 2));
+        assert_eq!(s.last_injected(0), (None, 0));
+        assert_eq!(s.last_injected(8), (None, 0));
+    }
+}

@@ -1,0 +1,273 @@
+//! The userfaultfd of guest RAM: created once at start (with
+//! `UFFD_FEATURE_THREAD_ID`, so every fault names the thread that took it),
+//! registered in MISSING mode on exactly the runs of frames the discard-fault
+//! machinery asks for, and the few operations the fault handler needs on one
+//! frame: back it with the zero page, or wake the threads waiting on it.
+//!
+//! Every operation takes guest frame numbers and checks them against guest
+//! RAM before it turns them into host addresses, so nothing outside the
+//! mapping is ever registered or filled. This module must never decide which
+//! frames to register or how to answer a fault (that is `discard_fault`), and
+//! never fill a page that is already present (`UFFDIO_ZEROPAGE` refuses to).
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use userfaultfd::{Event, EventBuffer, FeatureFlags, Uffd, UffdBuilder};
+
+use crate::memory::GuestRam;
+
+/// Bytes per frame.
+const PAGE: u64 = 4096;
+/// Events read per `read`.
+const EVENTS_PER_READ: usize = 64;
+
+/// Why a userfaultfd operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UffdError {
+    #[error("cannot create the guest RAM userfaultfd (needs UFFD_FEATURE_THREAD_ID): {0}")]
+    Create(#[source] userfaultfd::Error),
+    #[error("guest RAM has no host address")]
+    NoHostMapping,
+    #[error("frames {pfn:#x}+{count} are outside guest RAM")]
+    OutOfRange { pfn: u64, count: u64 },
+    #[error("UFFDIO_REGISTER of frames {pfn:#x}+{count} failed: {source}")]
+    Register {
+        pfn: u64,
+        count: u64,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    #[error("UFFDIO_UNREGISTER of frames {pfn:#x}+{count} failed: {source}")]
+    Unregister {
+        pfn: u64,
+        count: u64,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    #[error("UFFDIO_ZEROPAGE of frame {pfn:#x} failed: {source}")]
+    Zeropage {
+        pfn: u64,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    #[error("UFFDIO_WAKE of frame {pfn:#x} failed: {source}")]
+    Wake {
+        pfn: u64,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    #[error("cannot read userfaultfd events: {0}")]
+    Read(#[source] userfaultfd::Error),
+}
+
+/// One missing-page fault read from the userfaultfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// Host address the thread touched.
+    pub host_addr: u64,
+    /// The guest frame of that address, if it lies in guest RAM.
+    pub pfn: Option<u64>,
+    /// Thread id (`gettid`) of the faulting thread.
+    pub tid: i32,
+    /// A write access.
+    pub write: bool,
+}
+
+/// The userfaultfd covering (parts of) one guest RAM mapping.
+pub struct GuestUffd {
+    uffd: Uffd,
+    /// Keeps the mapping alive while we hold its address.
+    _ram: GuestRam,
+    base: u64,
+    frames: u64,
+}
+
+impl std::fmt::Debug for GuestUffd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestUffd")
+            .field("fd", &self.uffd.as_raw_fd())
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("frames", &self.frames)
+            .finish()
+    }
+}
+
+impl GuestUffd {
+    /// Creates the userfaultfd (non-blocking, close-on-exec, kernel-mode
+    /// faults included: KVM touches guest memory from the kernel).
+    pub fn new(ram: &GuestRam) -> Result<Self, UffdError> {
+        let base = ram.host_base();
+        if base == 0 {
+            return Err(UffdError::NoHostMapping);
+        }
+        let uffd = UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            .user_mode_only(false)
+            .require_features(FeatureFlags::THREAD_ID)
+            .create()
+            .map_err(UffdError::Create)?;
+        Ok(Self {
+            uffd,
+            _ram: ram.clone(),
+            base,
+            frames: ram.size() / PAGE,
+        })
+    }
+
+    /// Host address and length of `count` frames from `pfn`, if inside RAM.
+    fn range(&self, pfn: u64, count: u64) -> Result<(*mut libc::c_void, usize), UffdError> {
+        let bad = || UffdError::OutOfRange { pfn, count };
+        let end = pfn.checked_add(count).ok_or_else(bad)?;
+        if count == 0 || end > self.frames {
+            return Err(bad());
+        }
+        // Cannot overflow: pfn + count <= frames, and the mapping exists.
+        let addr = self.base + pfn * PAGE;
+        let len = usize::try_from(count * PAGE).map_err(|_| bad())?;
+        Ok((addr as *mut libc::c_void, len))
+    }
+
+    /// The guest frame holding host address `addr`, if it is in guest RAM.
+    pub fn pfn_of(&self, addr: u64) -> Option<u64> {
+        let pfn = addr.checked_sub(self.base)? / PAGE;
+        (pfn < self.frames).then_some(pfn)
+    }
+
+    /// Registers `count` frames from `pfn` in MISSING mode.
+    pub fn register(&self, pfn: u64, count: u64) -> Result<(), UffdError> {
+        let (addr, len) = self.range(pfn, count)?;
+        self.uffd
+            .register(addr, len)
+            .map(|_| ())
+            .map_err(|source| UffdError::Register { pfn, count, source })
+    }
+
+    /// Unregisters `count` frames from `pfn` (the kernel splits a larger
+    /// registration and wakes any thread waiting on those frames).
+    pub fn unregister(&self, pfn: u64, count: u64) -> Result<(), UffdError> {
+        let (addr, len) = self.range(pfn, count)?;
+        self.uffd
+            .unregister(addr, len)
+            .map_err(|source| UffdError::Unregister { pfn, count, source })
+    }
+
+    /// Backs a missing frame with the zero page and wakes its waiters. A
+    /// frame already present (`EEXIST`) only gets the wake-up.
+    pub fn zero_fill(&self, pfn: u64) -> Result<(), UffdError> {
+        let (addr, len) = self.range(pfn, 1)?;
+        // SAFETY: [addr, addr + len) is one page inside the guest RAM mapping
+        // that `_ram` keeps alive (checked by `range`). UFFDIO_ZEROPAGE only
+        // maps the zero page where no page is present and fails with EEXIST
+        // otherwise, so it never changes memory anyone has written; the VMM
+        // holds no Rust reference into guest memory (vm-memory copies).
+        match unsafe { self.uffd.zeropage(addr, len, true) } {
+            Ok(_) => Ok(()),
+            // Errno is `#[repr(i32)]`: compare by value.
+            Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => {
+                self.wake(pfn)
+            }
+            Err(source) => Err(UffdError::Zeropage { pfn, source }),
+        }
+    }
+
+    /// Wakes the threads waiting on a frame (they retry the access).
+    pub fn wake(&self, pfn: u64) -> Result<(), UffdError> {
+        let (addr, len) = self.range(pfn, 1)?;
+        self.uffd
+            .wake(addr, len)
+            .map_err(|source| UffdError::Wake { pfn, source })
+    }
+
+    /// Reads the pending page faults into `out` (cleared first); other
+    /// events are ignored. Returns how many faults were read; 0 when none
+    /// is pending (the descriptor is non-blocking).
+    pub fn read_faults(
+        &self,
+        buf: &mut EventBuffer,
+        out: &mut Vec<Fault>,
+    ) -> Result<usize, UffdError> {
+        out.clear();
+        let events = match self.uffd.read_events(buf) {
+            Ok(events) => events,
+            Err(userfaultfd::Error::SystemError(e)) if e as i32 == libc::EAGAIN => return Ok(0),
+            Err(e) => return Err(UffdError::Read(e)),
+        };
+        for event in events {
+            match event {
+                Ok(Event::Pagefault {
+                    rw,
+                    addr,
+                    thread_id,
+                    ..
+                }) => {
+                    let host_addr = addr as u64;
+                    out.push(Fault {
+                        host_addr,
+                        pfn: self.pfn_of(host_addr),
+                        tid: thread_id.as_raw(),
+                        write: rw == userfaultfd::ReadWrite::Write,
+                    });
+                }
+                Ok(other) => log::debug!("discard faults: ignoring userfaultfd event {other:?}"),
+                Err(e) => log::warn!("discard faults: bad userfaultfd event: {e}"),
+            }
+        }
+        Ok(out.len())
+    }
+
+    /// A buffer for [`GuestUffd::read_faults`].
+    pub fn event_buffer() -> EventBuffer {
+        EventBuffer::new(EVENTS_PER_READ)
+    }
+}
+
+impl AsRawFd for GuestUffd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.uffd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn ranges_are_checked_against_ram() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let u = GuestUffd::new(&ram).unwrap();
+        let frames = 4096;
+        assert!(matches!(
+            u.register(frames, 1),
+            Err(UffdError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            u.register(5, 0),
+            Err(UffdError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            u.unregister(u64::MAX, 2),
+            Err(UffdError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            u.zero_fill(frames),
+            Err(UffdError::OutOfRange { .. })
+        ));
+        assert_eq!(u.pfn_of(ram.host_base() + 5 * PAGE + 7), Some(5));
+        assert_eq!(u.pfn_of(ram.host_base() + frames * PAGE), None);
+        assert_eq!(u.pfn_of(ram.host_base().wrapping_sub(1)), None);
+        // A present page is never replaced: zero_fill only wakes.
+        ram.mem().write_obj(0x5au8, GuestAddress(9 * PAGE)).unwrap();
+        u.register(9, 1).unwrap();
+        u.zero_fill(9).unwrap();
+        assert_eq!(
+            ram.mem().read_obj::<u8>(GuestAddress(9 * PAGE)).unwrap(),
+            0x5a
+        );
+        u.unregister(9, 1).unwrap();
+        let mut buf = GuestUffd::event_buffer();
+        let mut out = vec![];
+        assert_eq!(u.read_faults(&mut buf, &mut out).unwrap(), 0);
+    }
+}
