@@ -43,10 +43,12 @@ extern "C" fn _start(args_ptr: *const u8, args_len: usize, instance: u64) -> ! {
         "scan-read" => workloads::scan(arg_u64(rest, 1), workloads::Access::Read),
         "scan-mmap" => workloads::scan(arg_u64(rest, 1), workloads::Access::Mmap),
         "churn" => workloads::churn(rest),
+        "churn-idle" => workloads::churn_idle(rest),
+        "sleep" => workloads::sleep(rest),
         "mprotect" => workloads::mprotect_toggle(rest),
         "cow" => workloads::cow(arg_u64(rest, 1)),
         _ => {
-            say!("unknown program '{program}' (known: hello preempt mm segv exit files scan-read scan-mmap churn mprotect cow crash-kernel triple-fault portio kbench bad-hints discard-list-test)");
+            say!("unknown program '{program}' (known: hello preempt mm segv exit files scan-read scan-mmap churn churn-idle sleep mprotect cow crash-kernel triple-fault portio kbench bad-hints discard-list-test)");
             guest::BAD_COMMAND_LINE
         }
     };

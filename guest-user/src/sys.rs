@@ -48,3 +48,9 @@ pub fn kstats() -> KernelStats {
     syscall3(nr::KSTATS, &mut s as *mut KernelStats as u64, 0, 0);
     s
 }
+
+/// The time-stamp counter (allowed at CPL3).
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no side effects and CR4.TSD is clear.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

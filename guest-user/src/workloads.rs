@@ -188,19 +188,59 @@ fn pattern(wave: u64, i: usize) -> u64 {
     (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ wave
 }
 
-/// `churn WAVES MIB`: map, touch, verify and unmap MIB MiB, WAVES times.
-pub fn churn(rest: &str) -> u32 {
+/// Spins in user mode for `ms` milliseconds of the kernel's clock (the CPU
+/// stays busy; the kernel's timer work, free page reporting included, goes
+/// on underneath).
+pub fn sleep_ms(ms: u64) {
+    let end = clock_ns() + ms * 1_000_000;
+    while clock_ns() < end {
+        let t = crate::sys::rdtsc();
+        while crate::sys::rdtsc() - t < 1_000_000 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// `sleep MS`.
+pub fn sleep(rest: &str) -> u32 {
+    let ms = rest.split_whitespace().next().and_then(|w| w.parse().ok()).unwrap_or(1000u64);
+    sleep_ms(ms);
+    say!("result: program=sleep ms={ms} errors=0");
+    guest::SUCCESS
+}
+
+/// `churn-idle WAVES MIB IDLE_MS`: `churn`, then IDLE_MS with all of it
+/// freed, so the host can take it back; the result line says when (guest
+/// clock, `freed_at_ms`) the last wave was freed.
+pub fn churn_idle(rest: &str) -> u32 {
     let mut words = rest.split_whitespace();
-    let waves = words.next().and_then(|w| w.parse().ok()).unwrap_or(4u64);
-    let mib = words.next().and_then(|w| w.parse().ok()).unwrap_or(16u64);
-    let len = mib << 20;
-    let before = kstats();
+    let waves = words.next().and_then(|w| w.parse().ok()).unwrap_or(3u64);
+    let mib = words.next().and_then(|w| w.parse().ok()).unwrap_or(8u64);
+    let idle = words.next().and_then(|w| w.parse().ok()).unwrap_or(5000u64);
     let t0 = clock_ns();
+    let errors = churn_waves(waves, mib);
+    let freed_at_ms = clock_ns() / 1_000_000;
+    let ms = (clock_ns() - t0) / 1_000_000;
+    sleep_ms(idle);
+    say!(
+        "result: program=churn-idle waves={waves} bytes={} ms={ms} errors={errors} freed_at_ms={freed_at_ms} idle_ms={idle}",
+        waves * (mib << 20)
+    );
+    if errors == 0 {
+        guest::SUCCESS
+    } else {
+        guest::FAILURE
+    }
+}
+
+/// Maps, touches, verifies and unmaps `mib` MiB, `waves` times; returns the
+/// integrity errors.
+fn churn_waves(waves: u64, mib: u64) -> u64 {
+    let len = mib << 20;
     let mut errors = 0u64;
     for wave in 0..waves {
         let Some(p) = mmap_anon(len) else {
-            errors += 1;
-            break;
+            return errors + 1;
         };
         // SAFETY: a fresh read-write mapping of `len` bytes.
         let words = unsafe { core::slice::from_raw_parts_mut(p as *mut u64, (len / 8) as usize) };
@@ -215,11 +255,22 @@ pub fn churn(rest: &str) -> u32 {
             errors += 1;
         }
     }
+    errors
+}
+
+/// `churn WAVES MIB`: map, touch, verify and unmap MIB MiB, WAVES times.
+pub fn churn(rest: &str) -> u32 {
+    let mut words = rest.split_whitespace();
+    let waves = words.next().and_then(|w| w.parse().ok()).unwrap_or(4u64);
+    let mib = words.next().and_then(|w| w.parse().ok()).unwrap_or(16u64);
+    let before = kstats();
+    let t0 = clock_ns();
+    let errors = churn_waves(waves, mib);
     let ms = (clock_ns() - t0) / 1_000_000;
     let k = counters_line(&before, &kstats());
     say!(
         "result: program=churn waves={waves} bytes={} ms={ms} errors={errors} faults={} free_frames={} hints={} hint_batches={} hint_errors={} zero_fill_skips={}",
-        waves * len, k.page_faults, k.free_frames, k.hints, k.hint_batches, k.hint_errors, k.zero_fill_skips
+        waves * (mib << 20), k.page_faults, k.free_frames, k.hints, k.hint_batches, k.hint_errors, k.zero_fill_skips
     );
     if errors == 0 {
         guest::SUCCESS
