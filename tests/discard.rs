@@ -6,91 +6,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use common::{boot, vmm};
+use common::{boot, json_u64 as get, read_stats as stats, results, Disk};
 
 const SLACK: u64 = 6 << 20;
-
-struct Disk {
-    dir: PathBuf,
-}
-
-impl Disk {
-    fn new(tag: &str, count: u32, size: &str) -> Disk {
-        let dir = std::env::temp_dir().join(format!("vmm-discard-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let files = dir.join("files");
-        let count = count.to_string();
-        vmm(
-            &[
-                "gen-files",
-                "--dir",
-                files.to_str().unwrap(),
-                "--count",
-                &count,
-                "--size",
-                size,
-            ],
-            Duration::from_secs(60),
-        )
-        .expect_status(0);
-        let img = dir.join("disk.img");
-        vmm(
-            &[
-                "mkdisk",
-                "--from",
-                files.to_str().unwrap(),
-                "--out",
-                img.to_str().unwrap(),
-            ],
-            Duration::from_secs(60),
-        )
-        .expect_status(0);
-        Disk { dir }
-    }
-    fn image(&self) -> String {
-        self.dir.join("disk.img").to_str().unwrap().to_string()
-    }
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn stats(path: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
-}
-
-fn get(doc: &serde_json::Value, path: &str) -> u64 {
-    let mut v = doc;
-    for k in path.split('.') {
-        v = &v[k];
-    }
-    v.as_u64()
-        .unwrap_or_else(|| panic!("{path} missing in {doc}"))
-}
-
-/// `key=` of every `result:` line of `program`.
-fn results(stdout: &str, program: &str, key: &str) -> Vec<u64> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("result:") && l.contains(&format!("program={program} ")))
-        .map(|l| {
-            l.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key}= in {l}"))
-        })
-        .collect()
-}
 
 #[test]
 fn mmap_scan_under_a_budget_takes_discard_faults_and_loses_nothing() {

@@ -4,82 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{boot, vmm};
-
-/// A generated disk image in a fresh temporary directory, removed on drop.
-struct Image {
-    dir: PathBuf,
-    pub path: PathBuf,
-}
-
-impl Image {
-    fn new(tag: &str, count: u32, size: &str) -> Image {
-        let dir = std::env::temp_dir().join(format!("vmm-disk-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let files = dir.join("files");
-        let path = dir.join("disk.img");
-        let count = count.to_string();
-        let args = [
-            "gen-files",
-            "--dir",
-            files.to_str().unwrap(),
-            "--count",
-            &count,
-            "--size",
-            size,
-        ];
-        vmm(&args, Duration::from_secs(60)).expect_status(0);
-        let args = [
-            "mkdisk",
-            "--from",
-            files.to_str().unwrap(),
-            "--out",
-            path.to_str().unwrap(),
-        ];
-        vmm(&args, Duration::from_secs(60)).expect_status(0);
-        Image { dir, path }
-    }
-
-    fn arg(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The value of `key=` in the `result:` line of `program`, for each line.
-fn results(stdout: &str, program: &str, key: &str) -> Vec<u64> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("result:") && l.contains(&format!("program={program} ")))
-        .map(|l| {
-            l.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("no {key}= in {l}"))
-                .parse()
-                .unwrap()
-        })
-        .collect()
-}
-
-fn exists(p: &Path) -> bool {
-    p.exists()
-}
+use common::{boot, results, vmm, Disk};
 
 #[test]
 fn read_scan_larger_than_memory_reclaims_and_stays_correct() {
     // 16 MiB of files, 16 MiB of guest RAM: the cache must be reclaimed.
-    let img = Image::new("read", 4, "4M");
-    assert!(exists(&img.path));
+    let img = Disk::new("read", 4, "4M");
     let r = boot(
-        &["--mem", "16M", "--vcpus", "1", "--disk", img.arg()],
+        &["--mem", "16M", "--vcpus", "1", "--disk", &img.image()],
         &["copies=1", "scan-read", "2"],
     );
     r.expect_status(0).expect_stdout("4 files");
@@ -109,9 +43,9 @@ fn read_scan_larger_than_memory_reclaims_and_stays_correct() {
 
 #[test]
 fn mmap_scan_on_every_cpu_reclaims_mapped_pages() {
-    let img = Image::new("mmap", 4, "4M");
+    let img = Disk::new("mmap", 4, "4M");
     let r = boot(
-        &["--mem", "16M", "--vcpus", "2", "--disk", img.arg()],
+        &["--mem", "16M", "--vcpus", "2", "--disk", &img.image()],
         &["scan-mmap", "1"],
     );
     r.expect_status(0);
@@ -126,8 +60,11 @@ fn mmap_scan_on_every_cpu_reclaims_mapped_pages() {
 
 #[test]
 fn private_file_mapping_copies_on_write() {
-    let img = Image::new("cow", 2, "256K");
-    let r = boot(&["--vcpus", "1", "--disk", img.arg()], &["copies=1", "cow"]);
+    let img = Disk::new("cow", 2, "256K");
+    let r = boot(
+        &["--vcpus", "1", "--disk", &img.image()],
+        &["copies=1", "cow"],
+    );
     r.expect_status(0);
     assert_eq!(results(&r.stdout, "cow", "errors"), vec![0], "{}", r.stdout);
     assert_eq!(

@@ -5,91 +5,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use common::{boot, vmm};
+use common::{boot, json_u64, read_stats, results, Disk};
 
 /// Slack over the budget allowed for resident memory at the end of a run:
 /// one reclaim interval's worth of new pages plus what is stable by design
 /// (kernel image, heap, page tables, the active quarter of the cache).
 const SLACK: u64 = 6 << 20;
 
-struct Disk {
-    dir: PathBuf,
-}
-
-impl Disk {
-    fn new(tag: &str, count: u32, size: &str) -> Disk {
-        let dir = std::env::temp_dir().join(format!("vmm-hint-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let files = dir.join("files");
-        let count = count.to_string();
-        vmm(
-            &[
-                "gen-files",
-                "--dir",
-                files.to_str().unwrap(),
-                "--count",
-                &count,
-                "--size",
-                size,
-            ],
-            Duration::from_secs(60),
-        )
-        .expect_status(0);
-        let img = dir.join("disk.img");
-        vmm(
-            &[
-                "mkdisk",
-                "--from",
-                files.to_str().unwrap(),
-                "--out",
-                img.to_str().unwrap(),
-            ],
-            Duration::from_secs(60),
-        )
-        .expect_status(0);
-        Disk { dir }
-    }
-    fn image(&self) -> String {
-        self.dir.join("disk.img").to_str().unwrap().to_string()
-    }
-    fn stats(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A number at `path` (dot-separated keys) in a JSON document.
-fn json_u64(doc: &serde_json::Value, path: &str) -> u64 {
-    let mut v = doc;
-    for k in path.split('.') {
-        v = &v[k];
-    }
-    v.as_u64()
-        .unwrap_or_else(|| panic!("{path} missing in {doc}"))
-}
-
-fn read_stats(path: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
-}
-
 fn result_field(stdout: &str, program: &str, key: &str) -> u64 {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("result:") && l.contains(&format!("program={program} ")))
-        .unwrap_or_else(|| panic!("no {program} result in\n{stdout}"));
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+    let v = results(stdout, program, key);
+    assert_eq!(v.len(), 1, "one {program} result expected in\n{stdout}");
+    v[0]
 }
 
 const BUDGET: &str = "12M";
@@ -100,7 +26,7 @@ fn read_scan_holds_the_budget_with_hinting_and_not_without() {
     // 20 MiB of files in 32 MiB of RAM: without hints the cache grows past
     // the 12 MiB budget and its slack.
     let disk = Disk::new("scan", 5, "4M");
-    let with = disk.stats("with.json");
+    let with = disk.path("with.json");
     let r = boot(
         &[
             "--mem",
@@ -146,7 +72,7 @@ fn read_scan_holds_the_budget_with_hinting_and_not_without() {
         "hints {hints} batches {batches}"
     );
 
-    let without = disk.stats("without.json");
+    let without = disk.path("without.json");
     let r = boot(
         &[
             "--mem",

@@ -223,6 +223,32 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
         Some(Flush(va))
     }
 
+    /// Frees the leaf table that maps the 2 MiB-aligned region at `va`,
+    /// whose pages the caller has all unmapped (a `munmap` that covers the
+    /// whole region): its frame goes back and the directory entry is
+    /// cleared. Returns the flush owed (for the paging-structure caches).
+    pub fn free_leaf_table(&mut self, va: u64) -> Option<Flush> {
+        if !va.is_multiple_of(1 << 21) {
+            return None;
+        }
+        let idx = indices(va);
+        let mut table = self.root;
+        for &i in &idx[..2] {
+            let e = self.mem.read_entry(table, i);
+            if e & flags::PRESENT == 0 || e & flags::HUGE != 0 {
+                return None;
+            }
+            table = e & ADDR_MASK;
+        }
+        let pde = self.mem.read_entry(table, idx[2]);
+        if pde & flags::PRESENT == 0 || pde & flags::HUGE != 0 {
+            return None;
+        }
+        self.mem.write_entry(table, idx[2], 0);
+        self.mem.free_table(pde & ADDR_MASK);
+        Some(Flush(va))
+    }
+
     /// Opens a read-modify-write transaction on the entry mapping `va`
     /// (`ptep_modify_prot_start`, seed 004): the entry is cleared while the
     /// transaction is open, so no CPU can use or update a stale copy of
@@ -373,6 +399,30 @@ mod tests {
         assert!(m.modify_prot_start(0x40_1000).is_none());
         let (addrs, n) = batch.finish().unwrap();
         assert_eq!(&addrs[..n], &[0x40_0000]);
+    }
+
+    #[test]
+    fn an_emptied_leaf_table_is_freed() {
+        let mut mem = FakeMem::default();
+        let root = mem.new_root();
+        let mut m = Mapper::new(root, &mut mem);
+        m.map(0x4000_0000, 0x5000, flags::USER).unwrap();
+        m.map(0x4000_1000, 0x6000, flags::USER).unwrap();
+        m.unmap(0x4000_0000).unwrap().1.ignore();
+        m.unmap(0x4000_1000).unwrap().1.ignore();
+        assert!(
+            m.free_leaf_table(0x4000_1000).is_none(),
+            "not 2 MiB aligned"
+        );
+        assert_eq!(
+            m.free_leaf_table(0x4000_0000).map(Flush::addr),
+            Some(0x4000_0000)
+        );
+        assert!(m.free_leaf_table(0x4000_0000).is_none(), "already gone");
+        assert_eq!(mem.freed.len(), 1);
+        // The region maps again.
+        let mut m = Mapper::new(root, &mut mem);
+        m.map(0x4000_0000, 0x7000, flags::USER).unwrap();
     }
 
     #[test]

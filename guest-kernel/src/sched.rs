@@ -216,6 +216,8 @@ pub fn tick(frame: &TrapFrame) {
         // Hints must not wait for ever behind a busy user program, nor
         // discarded frames whose grace period is over.
         if ticks.is_multiple_of(10) {
+            // Frames freed a while ago go back (and are announced unused).
+            mm::hints::drain_local();
             if mm::hints::pending() > 0 {
                 mm::hints::commit();
             }
@@ -252,6 +254,7 @@ pub fn idle_loop() -> ! {
         }
         // Tell the host what this CPU learned before it sleeps, and let
         // discarded frames whose grace period is over go.
+        mm::hints::drain_local();
         mm::hints::commit();
         mm::discard::flush_local();
         mm::discard::quiescent();

@@ -203,7 +203,11 @@ pub fn sleep_ms(ms: u64) {
 
 /// `sleep MS`.
 pub fn sleep(rest: &str) -> u32 {
-    let ms = rest.split_whitespace().next().and_then(|w| w.parse().ok()).unwrap_or(1000u64);
+    let ms = rest
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(1000u64);
     sleep_ms(ms);
     say!("result: program=sleep ms={ms} errors=0");
     guest::SUCCESS

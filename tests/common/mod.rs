@@ -135,3 +135,87 @@ pub fn guest_user_path() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     root.join("target/guest/x86_64-unknown-none/guest/guest-user")
 }
+
+/// A generated PHFS disk image in a fresh temporary directory (`vmm
+/// gen-files` + `vmm mkdisk`), removed on drop; other files of a test may
+/// live beside it.
+pub struct Disk {
+    dir: PathBuf,
+}
+
+impl Disk {
+    /// `count` files of `size` (a `vmm` size like "4M").
+    pub fn new(tag: &str, count: u32, size: &str) -> Disk {
+        let dir = std::env::temp_dir().join(format!("vmm-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = dir.join("files");
+        let img = dir.join("disk.img");
+        let count = count.to_string();
+        let (files_s, img_s) = (files.to_str().unwrap(), img.to_str().unwrap());
+        vmm(
+            &[
+                "gen-files",
+                "--dir",
+                files_s,
+                "--count",
+                &count,
+                "--size",
+                size,
+            ],
+            Duration::from_secs(60),
+        )
+        .expect_status(0);
+        vmm(
+            &["mkdisk", "--from", files_s, "--out", img_s],
+            Duration::from_secs(60),
+        )
+        .expect_status(0);
+        Disk { dir }
+    }
+
+    /// The image's path.
+    pub fn image(&self) -> String {
+        self.path("disk.img")
+    }
+
+    /// A path in the disk's directory (for stats files).
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The value of `key=` in every `result:` line of `program`.
+pub fn results(stdout: &str, program: &str, key: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("result:") && l.contains(&format!("program={program} ")))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key}= in {l}"))
+        })
+        .collect()
+}
+
+/// The stats JSON the VMM wrote to `path`.
+pub fn read_stats(path: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+/// The number at dot-separated `path` in a JSON document.
+pub fn json_u64(doc: &serde_json::Value, path: &str) -> u64 {
+    let mut v = doc;
+    for k in path.split('.') {
+        v = &v[k];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{path} missing in {doc}"))
+}

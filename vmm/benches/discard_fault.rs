@@ -79,17 +79,40 @@ fn main() {
     let img = dir.join("disk.img");
     let stats = dir.join("stats.json");
     assert!(vmm()
-        .args(["gen-files", "--dir", files.to_str().unwrap(), "--count", "4", "--size", "2M"])
+        .args([
+            "gen-files",
+            "--dir",
+            files.to_str().unwrap(),
+            "--count",
+            "4",
+            "--size",
+            "2M"
+        ])
         .status()
         .unwrap()
         .success());
     assert!(vmm()
-        .args(["mkdisk", "--from", files.to_str().unwrap(), "--out", img.to_str().unwrap()])
+        .args([
+            "mkdisk",
+            "--from",
+            files.to_str().unwrap(),
+            "--out",
+            img.to_str().unwrap()
+        ])
         .status()
         .unwrap()
         .success());
     let out = vmm()
-        .args(["run", "--mem", "24M", "--vcpus", "2", "--host-budget", "8M", "--stats"])
+        .args([
+            "run",
+            "--mem",
+            "24M",
+            "--vcpus",
+            "2",
+            "--host-budget",
+            "8M",
+            "--stats",
+        ])
         .arg(&stats)
         .arg("--disk")
         .arg(&img)
@@ -97,8 +120,12 @@ fn main() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("errors=0"), "{stdout}");
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(
+        out.status.success() && stdout.contains("errors=0"),
+        "{stdout}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     let rt = &doc["discard_faults"]["round_trip_us"];
     let (count, p50, mean) = (
         rt["count"].as_u64().unwrap_or(0),
@@ -107,9 +134,18 @@ fn main() {
     );
     let (zp50, zmean) = plain_uffd_fault_us(2048);
     println!("discard-fault benchmark (one run)");
-    println!("{:<44} {:>8} {:>10} {:>10}", "", "faults", "p50 us", "mean us");
-    println!("{:<44} {:>8} {:>10.1} {:>10.1}", "discard fault: arrival -> #VE re-entry", count, p50, mean);
-    println!("{:<44} {:>8} {:>10.1} {:>10.1}", "plain userfaultfd zero-page fault", 2048, zp50, zmean);
+    println!(
+        "{:<44} {:>8} {:>10} {:>10}",
+        "", "faults", "p50 us", "mean us"
+    );
+    println!(
+        "{:<44} {:>8} {:>10.1} {:>10.1}",
+        "discard fault: arrival -> #VE re-entry", count, p50, mean
+    );
+    println!(
+        "{:<44} {:>8} {:>10.1} {:>10.1}",
+        "plain userfaultfd zero-page fault", 2048, zp50, zmean
+    );
     println!(
         "ratio discard / zero-page: p50 {:.2}, mean {:.2}",
         p50 / zp50.max(1e-9),

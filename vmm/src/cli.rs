@@ -1,8 +1,10 @@
 //! The command line: `vmm run [--kernel PATH] [--mem SIZE] [--vcpus N]
 //! [--timeout SECS] [--disk PATH [--disk-rw]] [--no-hinting] [--no-discard-faults]
 //! [--host-budget SIZE] [--reclaim-interval MS] [--psi [--psi-threshold PCT]]
-//! [--stats FILE [--stats-interval MS]] [-- ARGS...]`, and the host tools
-//! `vmm gen-files` and `vmm mkdisk`.
+//! [--free-page-reporting] [--cgroup-budget auto|off]
+//! [--stats FILE [--stats-interval MS]] [-- ARGS...]`, the host tools
+//! `vmm gen-files` and `vmm mkdisk`, and `vmm experiment [NAME] [--mode
+//! MODE ...] [--host-budget SIZE] [--out DIR] [--quick]`.
 //!
 //! Parsing only checks syntax (numbers, sizes); whether a value can work
 //! (enough RAM, a vCPU count KVM allows) is decided by `run`, which reports
@@ -13,7 +15,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use pagehint_abi::exit::vmm::USAGE;
 
 /// A KVM mini-hypervisor for the page-hinting guest.
@@ -38,6 +40,79 @@ pub enum Command {
     GenFiles(GenFilesArgs),
     /// Build a PHFS disk image from the files of a directory.
     Mkdisk(MkdiskArgs),
+    /// Run a matrix of workloads by hinting mode and report what each
+    /// mode gave back to the host, how fast, and at what cost.
+    Experiment(ExperimentArgs),
+}
+
+/// Whether a memory cgroup's limit becomes a reclaim budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupBudget {
+    /// When the VMM runs in a memory cgroup with a limit: budget =
+    /// limit - 16 MiB - what everything but guest RAM uses.
+    Auto,
+    /// Never.
+    Off,
+}
+
+/// The modes `vmm experiment` compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Mode {
+    /// No hints: the host can take nothing back.
+    Off,
+    /// Linux's free page reporting (whole free 2 MiB blocks, every 2 s).
+    FreePageReporting,
+    /// Page hinting, batched, with discard faults.
+    #[value(alias = "hinting-batched")]
+    Hinting,
+    /// Page hinting, one exit per hint.
+    HintingUnbatched,
+}
+
+impl Mode {
+    /// Every mode, in table order.
+    pub const ALL: [Mode; 4] = [
+        Mode::Off,
+        Mode::FreePageReporting,
+        Mode::Hinting,
+        Mode::HintingUnbatched,
+    ];
+
+    /// The name on the command line and in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::FreePageReporting => "free-page-reporting",
+            Mode::Hinting => "hinting",
+            Mode::HintingUnbatched => "hinting-unbatched",
+        }
+    }
+}
+
+/// Options of `vmm experiment`.
+#[derive(Debug, Clone, Args)]
+pub struct ExperimentArgs {
+    /// One workload (page-cache, anon-free); default: all of them.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Run only this mode (repeatable); default: every mode.
+    #[arg(long = "mode", value_name = "MODE")]
+    pub modes: Vec<Mode>,
+    /// The host budget of every constrained run (default: the workload's).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub host_budget: Option<u64>,
+    /// Also reclaim on host memory pressure (passed to every run).
+    #[arg(long)]
+    pub psi: bool,
+    /// Memory cgroup budget of the runs (see `vmm run --cgroup-budget`).
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupBudget::Auto)]
+    pub cgroup_budget: CgroupBudget,
+    /// Where the results go; default: results/<UTC timestamp>/.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Small sizes, for tests (a few seconds per run).
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// Options of `vmm gen-files`.
@@ -116,6 +191,14 @@ pub struct RunArgs {
     /// Write the stats JSON here, every --stats-interval and at exit.
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
+    /// Free page reporting instead of hinting: passes `hints=fpr` to the
+    /// guest, drops each reported free block at once and nothing else.
+    #[arg(long, conflicts_with = "no_hinting")]
+    pub free_page_reporting: bool,
+    /// Use a memory cgroup's headroom as a budget: `auto` when the VMM
+    /// runs in a memory cgroup with a limit, or `off`.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupBudget::Auto)]
+    pub cgroup_budget: CgroupBudget,
     /// Milliseconds between writes of the stats file.
     #[arg(long, value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
@@ -346,6 +429,56 @@ mod tests {
                 USAGE,
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn reporting_cgroup_and_experiment_flags() {
+        let r = run_args(&[]).unwrap();
+        assert!(!r.free_page_reporting);
+        assert_eq!(r.cgroup_budget, CgroupBudget::Auto);
+        let r = run_args(&["--free-page-reporting", "--cgroup-budget", "off"]).unwrap();
+        assert!(r.free_page_reporting);
+        assert_eq!(r.cgroup_budget, CgroupBudget::Off);
+        let e = run_args(&["--free-page-reporting", "--no-hinting"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
+        assert!(run_args(&["--cgroup-budget", "sometimes"]).is_err());
+
+        let exp = |args: &[&str]| {
+            let mut v = vec!["vmm", "experiment"];
+            v.extend_from_slice(args);
+            parse_from(v).map(|c| match c.command {
+                Command::Experiment(e) => e,
+                other => panic!("not experiment: {other:?}"),
+            })
+        };
+        let e = exp(&[]).unwrap();
+        assert_eq!(
+            (e.name, e.modes.len(), e.quick, e.out),
+            (None, 0, false, None)
+        );
+        let e = exp(&[
+            "page-cache",
+            "--mode",
+            "off",
+            "--mode",
+            "hinting-batched",
+            "--mode",
+            "free-page-reporting",
+            "--host-budget",
+            "8M",
+            "--quick",
+            "--out",
+            "/tmp/r",
+        ])
+        .unwrap();
+        assert_eq!(e.name.as_deref(), Some("page-cache"));
+        assert_eq!(e.modes, [Mode::Off, Mode::Hinting, Mode::FreePageReporting]);
+        assert_eq!((e.host_budget, e.quick), (Some(8 << 20), true));
+        assert!(exp(&["--mode", "sometimes"]).is_err());
+        assert_eq!(Mode::HintingUnbatched.name(), "hinting-unbatched");
+        for m in Mode::ALL {
+            assert_eq!(Mode::from_str(m.name(), false), Ok(m));
         }
     }
 

@@ -24,6 +24,7 @@ use crate::discard_fault::{DiscardFaultError, DiscardFaults};
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
+use crate::reclaim::reporting::FreePageReporter;
 use crate::reclaim::state_table::FrameTable;
 use hint::HintContext;
 
@@ -57,6 +58,7 @@ pub struct HypercallDevice {
     table: Arc<FrameTable>,
     hinting: bool,
     faults: Option<Arc<DiscardFaults>>,
+    reporter: Option<FreePageReporter>,
     log_limit: RateLimit,
 }
 
@@ -75,6 +77,7 @@ impl HypercallDevice {
             table,
             hinting,
             faults: None,
+            reporter: None,
             log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
         }
     }
@@ -83,6 +86,13 @@ impl HypercallDevice {
     /// stable through `faults` (discard faults on).
     pub fn with_discard_faults(mut self, faults: Arc<DiscardFaults>) -> Self {
         self.faults = Some(faults);
+        self
+    }
+
+    /// Treats every `SET_UNUSED` entry as a free page report, dropped at
+    /// once through `reporter` (free page reporting mode).
+    pub fn with_free_page_reporting(mut self, reporter: FreePageReporter) -> Self {
+        self.reporter = Some(reporter);
         self
     }
 
@@ -150,6 +160,7 @@ impl HypercallDevice {
                 metrics: &self.metrics,
                 log_limit: &self.log_limit,
                 faults: self.faults.as_deref(),
+                reporter: self.reporter.as_ref(),
             }
             .batch(&block.args),
             op::SET_FAULT_INFO => self.set_fault_info(&block.args),

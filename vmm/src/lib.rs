@@ -28,6 +28,7 @@ pub mod cli;
 pub mod devices;
 pub mod discard_fault;
 pub mod disk_image;
+pub mod experiment;
 pub mod hypercall;
 pub mod kvm;
 pub mod loader;
@@ -40,7 +41,7 @@ pub mod tools;
 pub mod vstate;
 
 use arch::x86_64::regs::RegDump;
-use cli::RunArgs;
+use cli::{CgroupBudget, RunArgs};
 use devices::blk_worker::{BlockWorker, WorkerError};
 use devices::bus::{BusError, ExitDevice, PioBus};
 use devices::disk::{DiskError, DiskFile};
@@ -54,6 +55,7 @@ use kvm::{KvmContext, KvmError};
 use loader::LoaderError;
 use memory::{GuestRam, MemoryError};
 use metrics::Metrics;
+use reclaim::reporting::FreePageReporter;
 use reclaim::state_table::FrameTable;
 use reclaim::{ReclaimConfig, ReclaimError, Reclaimer};
 use stats::StatsSource;
@@ -197,12 +199,19 @@ pub fn virtio_blk_cmdline_option() -> String {
     )
 }
 
+/// The guest option that turns its page hints into free page reporting.
+pub const FPR_CMDLINE_OPTION: &str = "hints=fpr";
+
 /// The guest's command-line words: the device option first when there is
-/// a disk, then the user's `-- ARGS`.
-pub fn guest_cmdline_words(with_disk: bool, args: &[String]) -> Vec<String> {
-    let mut words = Vec::with_capacity(args.len() + 1);
+/// a disk, then `hints=fpr` with free page reporting, then the user's
+/// `-- ARGS`.
+pub fn guest_cmdline_words(with_disk: bool, fpr: bool, args: &[String]) -> Vec<String> {
+    let mut words = Vec::with_capacity(args.len() + 2);
     if with_disk {
         words.push(virtio_blk_cmdline_option());
+    }
+    if fpr {
+        words.push(FPR_CMDLINE_OPTION.to_string());
     }
     words.extend(args.iter().cloned());
     words
@@ -235,9 +244,30 @@ fn attach_disk(
     Ok(BlockWorker::spawn(dev, notify)?)
 }
 
+/// The memory cgroup whose headroom is a budget, if `--cgroup-budget auto`
+/// finds one with a limit.
+fn cgroup_budget(args: &RunArgs) -> Option<reclaim::cgroup::CgroupMemory> {
+    if args.cgroup_budget == CgroupBudget::Off {
+        return None;
+    }
+    let (cg, limit) = reclaim::cgroup::detect()?;
+    log::info!(
+        "memory cgroup {} ({:?}) has a limit of {limit} bytes: its headroom is a budget",
+        cg.dir.display(),
+        cg.version
+    );
+    Some(cg)
+}
+
 /// The reclaimer's configuration from the command line.
 fn reclaim_config(args: &RunArgs) -> ReclaimConfig {
     ReclaimConfig {
+        discard: !args.free_page_reporting,
+        cgroup: if args.free_page_reporting {
+            None
+        } else {
+            cgroup_budget(args)
+        },
         interval: Duration::from_millis(args.reclaim_interval),
         budget_bytes: args.host_budget,
         psi_threshold: args.psi.then_some(args.psi_threshold),
@@ -257,7 +287,7 @@ fn discard_faults(
     metrics: &Arc<Metrics>,
     vcpus: u8,
 ) -> Result<Option<Arc<DiscardFaults>>, VmmError> {
-    if args.no_hinting || args.no_discard_faults {
+    if args.no_hinting || args.no_discard_faults || args.free_page_reporting {
         return Ok(None);
     }
     match DiscardFaults::new(ram, table.clone(), metrics.clone(), usize::from(vcpus)) {
@@ -311,7 +341,11 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         Some(path) => Some(DiskFile::open(path, args.disk_rw)?),
         None => None,
     };
-    let cmdline = loader::build_cmdline(&guest_cmdline_words(disk.is_some(), &args.args))?;
+    let cmdline = loader::build_cmdline(&guest_cmdline_words(
+        disk.is_some(),
+        args.free_page_reporting,
+        &args.args,
+    ))?;
     let image: Cow<'_, [u8]> = match &args.kernel {
         Some(path) => Cow::Owned(loader::read_kernel(path)?),
         None => Cow::Borrowed(BUNDLED_KERNEL),
@@ -359,6 +393,9 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
     let mut hypercalls = HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), hinting);
     if let Some(f) = &faults {
         hypercalls = hypercalls.with_discard_faults(f.clone());
+    }
+    if args.free_page_reporting {
+        hypercalls = hypercalls.with_free_page_reporting(FreePageReporter::new(&ram));
     }
     let hypercalls = Arc::new(hypercalls);
     let bus = Arc::new(bus);
@@ -468,14 +505,20 @@ mod tests {
             "virtio_mmio.device=4K@0xd0000000:5"
         );
         let args = vec!["hello".to_string(), "x".to_string()];
-        let line = loader::build_cmdline(&guest_cmdline_words(true, &args)).unwrap();
+        let line = loader::build_cmdline(&guest_cmdline_words(true, false, &args)).unwrap();
         assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hello x");
-        assert_eq!(guest_cmdline_words(false, &args), args);
+        assert_eq!(guest_cmdline_words(false, false, &args), args);
+        let line = loader::build_cmdline(&guest_cmdline_words(true, true, &args)).unwrap();
+        assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hints=fpr hello x");
+        assert_eq!(
+            guest_cmdline_words(false, true, &args),
+            ["hints=fpr", "hello", "x"]
+        );
         assert_eq!(cmdline_size(1 << 20), "1M");
         assert_eq!(cmdline_size(513), "513");
         let long = vec!["a".repeat(pagehint_abi::boot::CMDLINE_MAX - 10)];
-        assert!(loader::build_cmdline(&guest_cmdline_words(false, &long)).is_ok());
-        let e = loader::build_cmdline(&guest_cmdline_words(true, &long)).unwrap_err();
+        assert!(loader::build_cmdline(&guest_cmdline_words(false, false, &long)).is_ok());
+        let e = loader::build_cmdline(&guest_cmdline_words(true, false, &long)).unwrap_err();
         assert_eq!(VmmError::from(e).exit_status(), status::USAGE);
     }
 

@@ -43,6 +43,16 @@ fn main() {
         },
         Command::GenFiles(args) => report(vmm::tools::gen_files(&args)),
         Command::Mkdisk(args) => report(vmm::tools::mkdisk(&args)),
+        Command::Experiment(args) => match vmm::experiment::run(&args) {
+            Ok(line) => {
+                println!("{line}");
+                0
+            }
+            Err(e) => {
+                eprintln!("vmm: error: {e}");
+                e.exit_status()
+            }
+        },
     };
     std::process::exit(status);
 }

@@ -274,6 +274,10 @@ pub struct ReclaimMetrics {
     pub measure_us: Counter,
     /// Rounds where the PSI threshold was exceeded.
     pub psi_triggers: Counter,
+    /// Free page reporting: reports (hint entries) honoured, and the
+    /// frames they dropped (`crate::reclaim::reporting`).
+    pub reports: Counter,
+    pub reported_pages: Counter,
 }
 
 /// Guest memory as measured on the host.
@@ -283,6 +287,10 @@ pub struct MemoryMetrics {
     pub resident_bytes: Gauge,
     /// Largest measured resident size.
     pub resident_peak_bytes: Gauge,
+    /// The memory cgroup's limit, and the budget its headroom gave at the
+    /// last round (`crate::reclaim::cgroup`); 0 when there is none.
+    pub cgroup_limit_bytes: Gauge,
+    pub cgroup_budget_bytes: Gauge,
 }
 
 /// The serial console.

@@ -53,6 +53,9 @@ pub struct ReclaimDoc {
     pub measure_us: u64,
     /// Rounds where host memory pressure passed `--psi-threshold`.
     pub psi_triggers: u64,
+    /// Free page reporting: reports honoured and frames they dropped.
+    pub reports: u64,
+    pub reported_pages: u64,
 }
 
 /// The `memory` object.
@@ -64,6 +67,10 @@ pub struct MemoryDoc {
     pub resident_peak_bytes: u64,
     /// `--host-budget`, or null.
     pub budget_bytes: Option<u64>,
+    /// The memory cgroup's limit and the budget its headroom gave at the
+    /// last reclaimer round (`--cgroup-budget`), or null.
+    pub cgroup_limit_bytes: Option<u64>,
+    pub cgroup_budget_bytes: Option<u64>,
 }
 
 /// The whole document.
@@ -79,6 +86,11 @@ pub struct StatsDoc<'a> {
     pub serial: &'a SerialMetrics,
     pub discard_faults: &'a DiscardFaultMetrics,
     pub elapsed_ms: u64,
+}
+
+/// `None` for a gauge that was never set.
+fn nonzero(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
 }
 
 /// Everything the document is made from; cheap to clone into threads.
@@ -126,12 +138,16 @@ impl StatsSource {
                 max_round_us: r.max_round_us.get(),
                 measure_us: r.measure_us.get(),
                 psi_triggers: r.psi_triggers.get(),
+                reports: r.reports.get(),
+                reported_pages: r.reported_pages.get(),
             },
             memory: MemoryDoc {
                 guest_bytes: self.guest_bytes,
                 resident_bytes: m.memory.resident_bytes.get(),
                 resident_peak_bytes: m.memory.resident_peak_bytes.get(),
                 budget_bytes: self.budget_bytes,
+                cgroup_limit_bytes: nonzero(m.memory.cgroup_limit_bytes.get()),
+                cgroup_budget_bytes: nonzero(m.memory.cgroup_budget_bytes.get()),
             },
             block: &m.block,
             bus: &m.bus,
@@ -182,6 +198,8 @@ mod tests {
         assert_eq!(v["memory"]["guest_bytes"], 65536);
         assert!(v["memory"]["budget_bytes"].is_null());
         assert_eq!(v["reclaim"]["pages_discarded"], 0);
+        assert_eq!(v["reclaim"]["reported_pages"], 0);
+        assert!(v["memory"]["cgroup_budget_bytes"].is_null());
         assert_eq!(v["frames"]["unused"], 4);
         assert_eq!(v["frames"]["stable"], 12);
         assert_eq!(v["frames"]["potentially_volatile"], 0);

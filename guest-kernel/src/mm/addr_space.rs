@@ -386,6 +386,17 @@ impl MmState {
             va += PAGE_SIZE;
         }
         let pml4 = self.space(asid)?.pml4;
+        // Leaf tables of whole 2 MiB regions the range covered go too, so
+        // freed memory is not pinned by empty page tables.
+        let mut phys = KernelPhys;
+        let mut m = Mapper::new(pml4, &mut phys);
+        let mut region = start.next_multiple_of(1 << 21);
+        while region + (1 << 21) <= end {
+            if let Some(f) = m.free_leaf_table(region) {
+                batch.add(f);
+            }
+            region += 1 << 21;
+        }
         flush_local(batch, pml4);
         Ok(())
     }

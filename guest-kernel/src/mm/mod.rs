@@ -280,9 +280,7 @@ pub fn take_frames(n: usize, mut f: impl FnMut(usize, u64, bool)) -> usize {
     for i in 0..n {
         match a.alloc_fresh() {
             Some((pfn, fresh)) => {
-                if !fresh {
-                    report::taken(pfn);
-                }
+                report::taken(pfn);
                 f(i, pfn, fresh)
             }
             None => return i,
@@ -295,8 +293,10 @@ pub fn take_frames(n: usize, mut f: impl FnMut(usize, u64, bool)) -> usize {
 /// the host discards what is reported.
 pub fn report_free_pages() {
     if report::active() {
-        let _allocator = FRAMES.lock();
-        report::pass();
+        let g = FRAMES.lock();
+        if let Some(a) = g.as_ref() {
+            report::pass(|f| a.for_each_free(f));
+        }
     }
 }
 
@@ -307,8 +307,6 @@ pub fn give_back_frames(frames: &[u64]) {
     for &pa in frames {
         if a.free(pa / PAGE_SIZE).is_err() {
             crate::println!("mm: refused to free frame {pa:#x} (not allocated)");
-        } else {
-            report::returned(pa / PAGE_SIZE);
         }
     }
 }

@@ -10,9 +10,11 @@
 //! the guest does not tell the host when it reuses one (the next touch
 //! gets a zero page). Page-cache pages, however clean, are never reported.
 //!
-//! The allocator's free frames are counted per 2 MiB block as they come
-//! and go; a pass looks only at those counters. While a pass reports, it
-//! holds the allocator's lock, as Linux isolates the pages it reports.
+//! A pass counts the allocator's free frames per 2 MiB block (the free
+//! list and the never-used remainder, as Linux's free lists hold both);
+//! allocating a frame clears its block's "reported" mark. While a pass
+//! reports, it holds the allocator's lock, as Linux isolates the pages it
+//! reports.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -33,7 +35,7 @@ pub static REPORTED_BLOCKS: AtomicU64 = AtomicU64::new(0);
 pub static PASSES: AtomicU64 = AtomicU64::new(0);
 
 struct Blocks {
-    /// Free frames (on the allocator's free list) per block.
+    /// Free frames per block, counted by each pass.
     free: Vec<u16>,
     /// Reported and untouched since.
     reported: Vec<bool>,
@@ -62,43 +64,37 @@ pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
 }
 
-/// A frame left the allocator's free list.
+/// A frame left the allocator: its block is in use again.
 pub fn taken(pfn: u64) {
     if !active() {
         return;
     }
     if let Some(b) = BLOCKS.lock().as_mut() {
-        let i = (pfn / BLOCK_FRAMES) as usize;
-        if let Some(f) = b.free.get_mut(i) {
-            *f = f.saturating_sub(1);
-            b.reported[i] = false;
-        }
-    }
-}
-
-/// A frame went back on the allocator's free list.
-pub fn returned(pfn: u64) {
-    if !active() {
-        return;
-    }
-    if let Some(b) = BLOCKS.lock().as_mut() {
-        if let Some(f) = b.free.get_mut((pfn / BLOCK_FRAMES) as usize) {
-            *f += 1;
+        if let Some(r) = b.reported.get_mut((pfn / BLOCK_FRAMES) as usize) {
+            *r = false;
         }
     }
 }
 
 /// One reporting pass: reports up to `CAPACITY` wholly free blocks not
-/// reported yet. The caller holds the allocator's lock (taken before this
-/// module's, as on every path), so no frame of a block is handed out while
-/// the host discards it.
-pub fn pass() {
+/// reported yet. `for_each_free` enumerates the allocator's free frames;
+/// the caller holds the allocator's lock (taken before this module's, as
+/// on every path), so no frame of a block is handed out while the host
+/// discards it.
+pub fn pass(for_each_free: impl FnOnce(&mut dyn FnMut(u64))) {
     let mut g = BLOCKS.lock();
     let Some(b) = g.as_mut() else { return };
     if b.page == 0 {
         return;
     }
     PASSES.fetch_add(1, Ordering::Relaxed);
+    b.free.iter_mut().for_each(|f| *f = 0);
+    let free = &mut b.free;
+    for_each_free(&mut |pfn| {
+        if let Some(f) = free.get_mut((pfn / BLOCK_FRAMES) as usize) {
+            *f += 1;
+        }
+    });
     let picked: Vec<usize> = (0..b.free.len())
         .filter(|&i| b.free[i] as u64 == BLOCK_FRAMES && !b.reported[i])
         .take(CAPACITY)

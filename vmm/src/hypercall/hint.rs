@@ -20,6 +20,7 @@ use crate::discard_fault::DiscardFaults;
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
+use crate::reclaim::reporting::{FreePageReporter, ReportError};
 use crate::reclaim::state_table::{FrameTable, HintOutcome, StateError};
 
 /// Most frames one SET_UNUSED / SET_STABLE entry may name (256 MiB).
@@ -48,6 +49,9 @@ pub enum HintError {
     UnknownHint(u16),
     #[error(transparent)]
     Illegal(StateError),
+    /// A free page report the host could not honour.
+    #[error(transparent)]
+    Report(ReportError),
 }
 
 impl HintError {
@@ -58,6 +62,7 @@ impl HintError {
                 result::BAD_BLOCK
             }
             HintError::BadCount(_) | HintError::BadRange { .. } => result::BAD_ARGUMENT,
+            HintError::Report(_) => result::BAD_ARGUMENT,
             HintError::Illegal(StateError::OutOfRange(_)) => result::BAD_ARGUMENT,
             HintError::UnknownHint(_) => result::UNKNOWN_OP,
             HintError::Illegal(StateError::Illegal { .. }) => result::ILLEGAL_TRANSITION,
@@ -72,9 +77,9 @@ impl HintError {
                 e.bad_block.inc()
             }
             HintError::BadCount(_) => e.bad_count.inc(),
-            HintError::BadRange { .. } | HintError::Illegal(StateError::OutOfRange(_)) => {
-                e.bad_argument.inc()
-            }
+            HintError::BadRange { .. }
+            | HintError::Illegal(StateError::OutOfRange(_))
+            | HintError::Report(_) => e.bad_argument.inc(),
             HintError::UnknownHint(_) => e.unknown_hint.inc(),
             HintError::Illegal(StateError::Illegal { .. }) => e.illegal_transition.inc(),
         }
@@ -90,6 +95,9 @@ pub struct HintContext<'a> {
     pub log_limit: &'a RateLimit,
     /// Discard faults, when on: frames made stable are unregistered.
     pub faults: Option<&'a DiscardFaults>,
+    /// Free page reporting, when on: a `SET_UNUSED` entry is a report,
+    /// dropped at once; the frames stay Stable in the table.
+    pub reporter: Option<&'a FreePageReporter>,
 }
 
 impl HintContext<'_> {
@@ -195,6 +203,11 @@ impl HintContext<'_> {
             Some(end) if end <= frames => {}
             _ => return Err(bad),
         }
+        if let (hint::SET_UNUSED, Some(r)) = (e.op, self.reporter) {
+            r.report(e.pfn, count, self.metrics)
+                .map_err(HintError::Report)?;
+            return Ok(HintOutcome::Applied);
+        }
         let outcome = self
             .table
             .apply_range(e.pfn, count, e.op)
@@ -240,6 +253,7 @@ mod tests {
                 metrics: &self.metrics,
                 log_limit: &self.limit,
                 faults: None,
+                reporter: None,
             }
         }
 
@@ -267,6 +281,51 @@ mod tests {
                 .collect();
             (r, results)
         }
+    }
+
+    #[test]
+    fn with_free_page_reporting_set_unused_is_a_report_the_table_forgets() {
+        let f = Fixture::new();
+        let reporter = FreePageReporter::new(&f.ram);
+        let ctx = HintContext {
+            reporter: Some(&reporter),
+            ..f.ctx()
+        };
+        let mem = f.ram.mem();
+        mem.write_obj(0x5au8, GuestAddress(512 * PAGE_SIZE))
+            .unwrap();
+        mem.write_obj(2u32, GuestAddress(BATCH)).unwrap();
+        let entries = [
+            HintEntry {
+                pfn: 512,
+                count: 512,
+                op: hint::SET_UNUSED,
+                result: 99,
+            },
+            HintEntry {
+                pfn: f.table.len(),
+                count: 512,
+                op: hint::SET_UNUSED,
+                result: 99,
+            },
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            let at = BATCH + ENTRIES_OFFSET + i as u64 * ENTRY_SIZE;
+            mem.write_obj(*e, GuestAddress(at)).unwrap();
+        }
+        assert_eq!(ctx.batch(&[BATCH, 2, 0, 0, 0, 0, 0]), result::OK);
+        let res = |i: u64| {
+            let at = BATCH + ENTRIES_OFFSET + i * ENTRY_SIZE;
+            mem.read_obj::<HintEntry>(GuestAddress(at)).unwrap().result
+        };
+        assert_eq!((res(0), res(1)), (0, result::BAD_ARGUMENT as i16));
+        let byte: u8 = mem.read_obj(GuestAddress(512 * PAGE_SIZE)).unwrap();
+        assert_eq!(byte, 0, "the reported block was dropped at once");
+        let c = f.table.counts();
+        assert_eq!((c.unused, c.discarded), (0, 0), "the table forgot it");
+        assert_eq!(f.table.total_discards(), 0);
+        assert_eq!(f.metrics.reclaim.reported_pages.get(), 512);
+        assert_eq!(f.metrics.hypercalls.set_unused.get(), 2);
     }
 
     fn codes(v: &[i32]) -> Vec<i16> {

@@ -6,14 +6,19 @@
 //! if a budget is set and resident memory exceeds it, or host memory
 //! pressure (PSI) passes the threshold, it drops resident Unused frames,
 //! then Volatile ones, never Stable ones, until the estimate is under the
-//! budget; it also writes the stats file when one is asked for. The thread
+//! budget; it also writes the stats file when one is asked for. A memory
+//! cgroup with a limit (`cgroup`) lowers the budget to the headroom it
+//! leaves. With free page reporting (`reporting`) the thread only measures:
+//! reports are dropped on the hint path, and nothing else is. The thread
 //! is stopped and joined by [`Reclaimer::stop`] or when the handle drops, so
 //! every way out of `run` ends it. This module must never drop a frame the
 //! guest has not hinted droppable, and never let the thread outlive its
 //! handle.
 
+pub mod cgroup;
 pub mod discard;
 pub mod policy;
+pub mod reporting;
 pub mod resident;
 pub mod state_table;
 
@@ -27,6 +32,7 @@ use crate::discard_fault::DiscardFaults;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
 use crate::stats::StatsSource;
+use cgroup::CgroupMemory;
 use discard::{DiscardError, Discarder, Method};
 use policy::{discard_pass_with, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
 use resident::{Pagemap, ResidentMap};
@@ -56,6 +62,11 @@ pub struct ReclaimConfig {
     /// Write the stats JSON here every `stats_interval` (and at exit, which
     /// is the caller's job).
     pub stats: Option<(PathBuf, Duration)>,
+    /// Drop hinted frames at all (false with free page reporting, where
+    /// the thread only measures).
+    pub discard: bool,
+    /// A memory cgroup whose headroom is a second budget.
+    pub cgroup: Option<CgroupMemory>,
 }
 
 /// Reads host memory pressure; warns once and gives up if it cannot.
@@ -104,6 +115,8 @@ struct Worker {
     budget_pages: Option<u64>,
     psi: Psi,
     faults: Option<Arc<DiscardFaults>>,
+    discard: bool,
+    cgroup: Option<CgroupMemory>,
 }
 
 impl Worker {
@@ -132,13 +145,45 @@ impl Worker {
         self.metrics.memory.resident_peak_bytes.raise(bytes);
     }
 
+    /// The budget in pages this round: the fixed one, lowered to the
+    /// cgroup's headroom when there is a cgroup limit.
+    fn budget(&mut self, resident: u64) -> Option<u64> {
+        let Some(cg) = &self.cgroup else {
+            return self.budget_pages;
+        };
+        let read = cg.limit().and_then(|l| Ok((l, cg.usage()?)));
+        let (limit, usage) = match read {
+            Ok((Some(limit), usage)) => (limit, usage),
+            Ok((None, _)) => {
+                log::warn!("reclaim: the memory cgroup has no limit any more; --cgroup-budget off");
+                self.cgroup = None;
+                return self.budget_pages;
+            }
+            Err(e) => {
+                log::warn!("reclaim: {e}; --cgroup-budget off");
+                self.cgroup = None;
+                return self.budget_pages;
+            }
+        };
+        let headroom = cgroup::headroom_budget(limit, usage, resident.saturating_mul(PAGE));
+        let m = &self.metrics.memory;
+        m.cgroup_limit_bytes.set(limit);
+        m.cgroup_budget_bytes.set(headroom);
+        let pages = headroom / PAGE;
+        Some(self.budget_pages.map_or(pages, |b| b.min(pages)))
+    }
+
     /// One interval's work: measure, and drop frames if asked to.
     fn round(&mut self) {
         let Some(resident) = self.measure() else {
             return;
         };
+        if !self.discard {
+            return;
+        }
         let pressure = self.psi.fired(&self.metrics);
-        let want = pages_to_drop(resident, self.budget_pages, pressure);
+        let budget = self.budget(resident);
+        let want = pages_to_drop(resident, budget, pressure);
         let c = self.table.counts();
         if want == 0 || c.unused.saturating_add(c.volatile) == 0 {
             // Nothing asked for, or nothing the guest lets us drop.
@@ -214,6 +259,8 @@ impl Reclaimer {
                 threshold: config.psi_threshold,
             },
             faults,
+            discard: config.discard,
+            cgroup: config.cgroup.clone(),
         };
         let (tx, rx) = mpsc::channel::<()>();
         let interval = config.interval.max(Duration::from_millis(1));
@@ -311,6 +358,8 @@ mod tests {
             budget_bytes: Some(12 << 20),
             psi_threshold: None,
             stats: Some((path.clone(), Duration::from_millis(5))),
+            discard: true,
+            cgroup: None,
         };
         let r =
             Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, stats, None).unwrap();
@@ -328,5 +377,37 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert!(v["reclaim"]["pages_discarded"].as_u64().is_some());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_discarding_the_thread_only_measures() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let frames = ram.size() / PAGE;
+        for p in 0..frames {
+            ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
+        }
+        let table = Arc::new(FrameTable::new(frames as usize, false));
+        table.apply_range(0, frames, hint::SET_UNUSED).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let stats = StatsSource::new(metrics.clone(), table.clone(), ram.size(), None);
+        let config = ReclaimConfig {
+            interval: Duration::from_millis(5),
+            budget_bytes: Some(0),
+            psi_threshold: None,
+            stats: None,
+            discard: false,
+            cgroup: None,
+        };
+        let r =
+            Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, stats, None).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        r.stop();
+        assert_eq!(
+            table.total_discards(),
+            0,
+            "free page reporting mode drops nothing"
+        );
+        assert_eq!(metrics.memory.resident_bytes.get(), 16 << 20);
+        assert_eq!(metrics.reclaim.rounds.get(), 0);
     }
 }

@@ -1,0 +1,161 @@
+//! The SVG plot of one workload: resident guest memory (MiB) over time
+//! (seconds since the VMM started), one line per mode, drawn with the
+//! `plotters` crate's SVG backend (no fonts are loaded: the backend writes
+//! text as SVG `<text>` elements for the viewer to render).
+//!
+//! This module must never write anything but the one SVG file it is
+//! given, and a series that is empty is left out, not an error.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use super::child::mib;
+
+/// Plot size in pixels.
+const SIZE: (u32, u32) = (900, 520);
+/// One colour per line, in series order (colour-blind friendly).
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(0x44, 0x44, 0x44),
+    RGBColor(0x00, 0x72, 0xb2),
+    RGBColor(0xd5, 0x5e, 0x00),
+    RGBColor(0x00, 0x9e, 0x73),
+    RGBColor(0xcc, 0x79, 0xa7),
+    RGBColor(0xe6, 0x9f, 0x00),
+];
+
+/// Why the plot could not be drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("cannot draw {}: {what}", path.display())]
+    Draw { path: PathBuf, what: String },
+}
+
+/// One line of the plot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub label: String,
+    /// `(elapsed_ms, resident_bytes)`.
+    pub points: Vec<(u64, u64)>,
+}
+
+/// The axis ranges: (seconds, MiB), each starting at 0 with a little room
+/// above the largest value.
+pub fn ranges(lines: &[Line]) -> (f64, f64) {
+    let pts = || lines.iter().flat_map(|l| l.points.iter());
+    let t = pts().map(|p| p.0).max().unwrap_or(0) as f64 / 1000.0;
+    let m = pts().map(|p| mib(p.1)).fold(0.0, f64::max);
+    ((t * 1.02).max(1.0), (m * 1.1).max(1.0))
+}
+
+/// Draws `lines` into the SVG file `path`, titled `title`; `budget` adds a
+/// dashed-looking horizontal line at the host budget.
+pub fn draw(
+    path: &Path,
+    title: &str,
+    lines: &[Line],
+    budget: Option<u64>,
+) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError::Draw {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    };
+    let (t_max, m_max) = ranges(lines);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..t_max, 0f64..m_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the VMM started (s)")
+        .y_desc("resident guest memory (MiB)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    if let Some(b) = budget {
+        let y = mib(b);
+        let grey = RGBColor(0x99, 0x99, 0x99);
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, y), (t_max, y)],
+                grey.stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?
+            .label("host budget")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey));
+    }
+    for (i, line) in lines.iter().filter(|l| !l.points.is_empty()).enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let pts = line
+            .points
+            .iter()
+            .map(|&(t, b)| (t as f64 / 1000.0, mib(b)));
+        chart
+            .draw_series(LineSeries::new(pts, colour.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(line.label.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(label: &str, points: &[(u64, u64)]) -> Line {
+        Line {
+            label: label.into(),
+            points: points.to_vec(),
+        }
+    }
+
+    #[test]
+    fn ranges_cover_every_point() {
+        let l = [line("a", &[(0, 1 << 20), (5000, 10 << 20)]), line("b", &[])];
+        let (t, m) = ranges(&l);
+        assert!(
+            (5.0..5.2).contains(&t) && (10.0..11.5).contains(&m),
+            "{t} {m}"
+        );
+        assert_eq!(ranges(&[]), (1.0, 1.0));
+    }
+
+    #[test]
+    fn the_svg_has_a_line_and_a_legend_entry_per_mode() {
+        let dir = std::env::temp_dir().join(format!("vmm-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.svg");
+        let lines = [
+            line("off", &[(0, 0), (1000, 20 << 20), (2000, 20 << 20)]),
+            line("hinting", &[(0, 0), (1000, 12 << 20), (2000, 12 << 20)]),
+            line("empty", &[]),
+        ];
+        draw(&path, "page-cache", &lines, Some(12 << 20)).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
+        for text in [
+            "page-cache",
+            "off",
+            "hinting",
+            "host budget",
+            "resident guest memory",
+        ] {
+            assert!(svg.contains(text), "no {text:?} in the SVG");
+        }
+        assert!(!svg.contains(">empty<"));
+        assert!(draw(&dir.join("missing/p.svg"), "x", &lines, None).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

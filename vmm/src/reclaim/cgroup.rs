@@ -1,0 +1,279 @@
+//! The memory cgroup the VMM runs in, as a second source of host pressure:
+//! when the cgroup has a memory limit, the headroom it leaves becomes a
+//! budget for resident guest memory (`vmm run --cgroup-budget auto`).
+//!
+//! Detection reads `/proc/self/cgroup` (v2: the `0::/path` line; v1: the
+//! line whose controllers include `memory`) and `/proc/self/mountinfo` (where
+//! that hierarchy is mounted, and which part of it the mount shows), then
+//! the limit and usage files: `memory.max` / `memory.current` (v2) or
+//! `memory.limit_in_bytes` / `memory.usage_in_bytes` (v1). v2 wins when
+//! both have a limit.
+//!
+//! The rule ([`headroom_budget`]): guest memory may use what the limit
+//! leaves after everything else charged to the cgroup, less a reserve:
+//! `limit - RESERVE - (usage - resident guest memory)`. Guest RAM is
+//! anonymous memory of this process, so it is part of `usage`; "everything
+//! else" is the VMM's own heap and threads, the host page cache of the
+//! disk image, and any other process in the same cgroup. This module only
+//! reads files; it must never write to a cgroup, and a file it cannot read
+//! turns the budget off (with one warning) rather than failing the run.
+
+use std::path::{Path, PathBuf};
+
+/// Kept free below the cgroup limit for everything that is not guest RAM
+/// and grows between two reclaimer rounds (16 MiB).
+pub const RESERVE: u64 = 16 << 20;
+/// cgroup v1 reports "no limit" as a huge page-rounded number; anything at
+/// or above this is no limit.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// Why the cgroup could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: '{text}' is not a number of bytes", path.display())]
+    Parse { path: PathBuf, text: String },
+}
+
+/// Which cgroup interface the files belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The limit and usage files of one memory cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMemory {
+    pub version: Version,
+    /// The cgroup's directory.
+    pub dir: PathBuf,
+}
+
+/// The cgroup paths in `/proc/self/cgroup`: (v2 path, v1 memory path).
+pub fn parse_proc_cgroup(text: &str) -> (Option<String>, Option<String>) {
+    let (mut v2, mut v1) = (None, None);
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if id == "0" && controllers.is_empty() {
+            v2 = Some(path.to_string());
+        } else if controllers.split(',').any(|c| c == "memory") {
+            v1 = Some(path.to_string());
+        }
+    }
+    (v2, v1)
+}
+
+/// A cgroup mount: the part of the hierarchy it shows, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub root: String,
+    pub point: PathBuf,
+}
+
+/// The cgroup mounts in `/proc/self/mountinfo`: (v2, v1 with `memory`).
+pub fn parse_mountinfo(text: &str) -> (Option<Mount>, Option<Mount>) {
+    let (mut v2, mut v1) = (None, None);
+    for line in text.lines() {
+        // "id parent major:minor root point options [optional...] - fstype source superoptions"
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let theirs: Vec<&str> = right.split(' ').collect();
+        let (Some(root), Some(point), Some(fstype)) =
+            (fields.get(3), fields.get(4), theirs.first())
+        else {
+            continue;
+        };
+        let mount = Mount {
+            root: root.to_string(),
+            point: PathBuf::from(point),
+        };
+        match *fstype {
+            "cgroup2" if v2.is_none() => v2 = Some(mount),
+            "cgroup" if v1.is_none() => {
+                let opts = theirs.get(2).copied().unwrap_or("");
+                if opts.split(',').any(|o| o == "memory") {
+                    v1 = Some(mount);
+                }
+            }
+            _ => {}
+        }
+    }
+    (v2, v1)
+}
+
+/// The directory of cgroup `path` under `mount`, or `None` when the mount
+/// does not show it (a container's view of another hierarchy).
+pub fn resolve(mount: &Mount, path: &str) -> Option<PathBuf> {
+    let rest = if mount.root == "/" {
+        path
+    } else {
+        let r = path.strip_prefix(mount.root.as_str())?;
+        if !(r.is_empty() || r.starts_with('/')) {
+            return None;
+        }
+        r
+    };
+    Some(mount.point.join(rest.trim_start_matches('/')))
+}
+
+/// A limit file's value: `None` when there is no limit.
+pub fn parse_limit(text: &str, version: Version) -> Option<Option<u64>> {
+    let t = text.trim();
+    if version == Version::V2 && t == "max" {
+        return Some(None);
+    }
+    let v: u64 = t.parse().ok()?;
+    Some(if version == Version::V1 && v >= V1_UNLIMITED {
+        None
+    } else {
+        Some(v)
+    })
+}
+
+/// The budget for resident guest memory a cgroup leaves (see the module
+/// doc): `limit - RESERVE - (usage - resident)`, never below zero.
+pub fn headroom_budget(limit: u64, usage: u64, resident: u64) -> u64 {
+    let others = usage.saturating_sub(resident);
+    limit.saturating_sub(RESERVE).saturating_sub(others)
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl CgroupMemory {
+    fn files(&self) -> (&'static str, &'static str) {
+        match self.version {
+            Version::V2 => ("memory.max", "memory.current"),
+            Version::V1 => ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+        }
+    }
+
+    /// The limit now, `None` when there is none.
+    pub fn limit(&self) -> Result<Option<u64>, CgroupError> {
+        let path = self.dir.join(self.files().0);
+        let text = read(&path)?;
+        parse_limit(&text, self.version).ok_or(CgroupError::Parse {
+            path,
+            text: text.trim().to_string(),
+        })
+    }
+
+    /// Bytes charged to the cgroup now.
+    pub fn usage(&self) -> Result<u64, CgroupError> {
+        let path = self.dir.join(self.files().1);
+        let text = read(&path)?;
+        text.trim().parse().map_err(|_| CgroupError::Parse {
+            path,
+            text: text.trim().to_string(),
+        })
+    }
+}
+
+/// The memory cgroup of this process that has a limit (v2 first), if any.
+pub fn detect() -> Option<(CgroupMemory, u64)> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let (p2, p1) = parse_proc_cgroup(&cgroups);
+    let (m2, m1) = parse_mountinfo(&mounts);
+    let candidates = [(Version::V2, m2.zip(p2)), (Version::V1, m1.zip(p1))];
+    for (version, found) in candidates {
+        let Some(dir) = found.and_then(|(m, p)| resolve(&m, &p)) else {
+            continue;
+        };
+        let cg = CgroupMemory { version, dir };
+        if let Ok(Some(limit)) = cg.limit() {
+            return Some((cg, limit));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let v1 = "9:name=systemd:/\n4:memory:/process_api/abc\n3:cpu,cpuacct:/x\n0::/\n";
+        assert_eq!(
+            parse_proc_cgroup(v1),
+            (Some("/".into()), Some("/process_api/abc".into()))
+        );
+        assert_eq!(
+            parse_proc_cgroup("0::/user.slice/run-1.scope\n"),
+            (Some("/user.slice/run-1.scope".into()), None)
+        );
+        assert_eq!(parse_proc_cgroup("garbage\n\n"), (None, None));
+    }
+
+    #[test]
+    fn mounts_and_paths() {
+        let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw\n\
+                    35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                    36 31 0:33 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                    41 31 0:38 /ns /sys/fs/cgroup/unified rw shared:9 - cgroup2 cgroup2 rw\n";
+        let (v2, v1) = parse_mountinfo(text);
+        let v1 = v1.unwrap();
+        assert_eq!(v1.point, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert_eq!(
+            resolve(&v1, "/process_api/abc"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/abc"))
+        );
+        let v2 = v2.unwrap();
+        assert_eq!(v2.root, "/ns");
+        assert_eq!(
+            resolve(&v2, "/ns/a"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/a"))
+        );
+        assert_eq!(
+            resolve(&v2, "/ns"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(resolve(&v2, "/other"), None);
+        assert_eq!(resolve(&v2, "/nsx"), None);
+        assert_eq!(parse_mountinfo("short line\n"), (None, None));
+    }
+
+    #[test]
+    fn limits_and_the_budget_rule() {
+        assert_eq!(parse_limit("max\n", Version::V2), Some(None));
+        assert_eq!(parse_limit("67108864\n", Version::V2), Some(Some(64 << 20)));
+        assert_eq!(parse_limit("9223372036854771712", Version::V1), Some(None));
+        assert_eq!(parse_limit("67108864", Version::V1), Some(Some(64 << 20)));
+        assert_eq!(parse_limit("max", Version::V1), None);
+        assert_eq!(parse_limit("-1", Version::V2), None);
+        // 64 MiB limit, 40 MiB charged of which 30 MiB is guest RAM:
+        // 10 MiB is everything else, so 64 - 16 - 10 = 38 MiB for the guest.
+        assert_eq!(headroom_budget(64 << 20, 40 << 20, 30 << 20), 38 << 20);
+        assert_eq!(headroom_budget(8 << 20, 40 << 20, 0), 0);
+        assert_eq!(headroom_budget(64 << 20, 10 << 20, 20 << 20), 48 << 20);
+    }
+
+    #[test]
+    fn files_that_are_missing_are_errors_not_panics() {
+        let cg = CgroupMemory {
+            version: Version::V2,
+            dir: PathBuf::from("/nonexistent/cgroup"),
+        };
+        assert!(matches!(cg.limit(), Err(CgroupError::Read { .. })));
+        assert!(cg.usage().is_err());
+        // Whatever this machine is, detection answers without panicking.
+        let _ = detect();
+    }
+}
