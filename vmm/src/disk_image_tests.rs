@@ -65,13 +65,14 @@ fn round_trip_of_a_few_files() {
     assert_eq!(img.data(&img.entries[2]), b"");
     let ids: Vec<u32> = img.entries.iter().map(|e| e.file_id).collect();
     assert_eq!(ids, [0, 0, 0, 42]);
-    // No temporary file is left behind.
+    // No temporary file of this image is left behind (other tests build
+    // images in the same directory at the same time: look for ours only).
     let parent = d.image().parent().unwrap().to_path_buf();
+    let ours = format!(".{}.tmp", d.image().file_name().unwrap().to_string_lossy());
     let leftovers = fs::read_dir(parent)
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
-        .filter(|e| e.file_name().to_string_lossy().contains("vmm-img-"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&ours))
         .count();
     assert_eq!(leftovers, 0);
 }
