@@ -15,8 +15,11 @@ trap 'rm -rf "$dir"' EXIT
 total_faults=0; total_errors=0; total_discarded=0
 for i in $(seq 1 "$rounds"); do
   for prog in "scan-mmap 3" "copies=1 cow 6"; do
-    out=$("$vmm" run --mem 32M --vcpus 2 --disk "$dir/disk.img" --host-budget 10M \
-          --stats "$dir/s.json" -- $prog)
+    if ! out=$("$vmm" run --mem 32M --vcpus 2 --disk "$dir/disk.img" --host-budget 10M \
+          --stats "$dir/s.json" -- $prog 2>"$dir/err"); then
+      echo "round $i ($prog): vmm failed"; echo "$out" | tail -5; tail -5 "$dir/err"
+      exit 1
+    fi
     errors=$(echo "$out" | grep '^result:' | sed -E 's/.* errors=([0-9]+).*/\1/' | paste -sd+ | bc)
     faults=$(python3 -c "import json;print(json.load(open('$dir/s.json'))['discard_faults']['injected'])")
     discarded=$(python3 -c "import json;print(json.load(open('$dir/s.json'))['reclaim']['pages_discarded'])")
