@@ -13,14 +13,12 @@
 //! Run with `cargo bench --bench discard_fault` or
 //! `scripts/bench-discard-fault.sh`.
 
-use std::process::Command;
 use std::time::Instant;
 
-use userfaultfd::{Event, UffdBuilder};
+mod support;
+use support::{make_disk, vmm};
 
-fn vmm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmm"))
-}
+use userfaultfd::{Event, UffdBuilder};
 
 fn plain_uffd_fault_us(pages: usize) -> (f64, f64) {
     let len = pages * 4096;
@@ -75,33 +73,8 @@ fn plain_uffd_fault_us(pages: usize) -> (f64, f64) {
 fn main() {
     let dir = std::env::temp_dir().join(format!("vmm-bench-discard-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let files = dir.join("files");
-    let img = dir.join("disk.img");
     let stats = dir.join("stats.json");
-    assert!(vmm()
-        .args([
-            "gen-files",
-            "--dir",
-            files.to_str().unwrap(),
-            "--count",
-            "4",
-            "--size",
-            "2M"
-        ])
-        .status()
-        .unwrap()
-        .success());
-    assert!(vmm()
-        .args([
-            "mkdisk",
-            "--from",
-            files.to_str().unwrap(),
-            "--out",
-            img.to_str().unwrap()
-        ])
-        .status()
-        .unwrap()
-        .success());
+    let img = make_disk(&dir, 4, "2M");
     let out = vmm()
         .args([
             "run",

@@ -10,31 +10,14 @@
 //! `cargo bench --bench hinting` or `scripts/bench-hinting.sh`.
 
 use std::path::Path;
-use std::process::Command;
+
+mod support;
+use support::{field, json, make_disk, vmm};
 
 const FILES: u32 = 5;
 const SIZE: &str = "4M";
 const PAGES_PER_PASS: u64 = 5 * 1024;
 const PASSES: u64 = 2;
-
-fn vmm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmm"))
-}
-
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
-}
-
-fn json(doc: &serde_json::Value, path: &str) -> u64 {
-    let mut v = doc;
-    for k in path.split('.') {
-        v = &v[k];
-    }
-    v.as_u64().unwrap_or_else(|| panic!("{path} missing"))
-}
 
 struct Run {
     ms: u64,
@@ -91,32 +74,7 @@ fn run(img: &Path, stats: &Path, extra: &[&str]) -> Run {
 fn main() {
     let dir = std::env::temp_dir().join(format!("vmm-bench-hinting-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let files = dir.join("files");
-    let img = dir.join("disk.img");
-    assert!(vmm()
-        .args([
-            "gen-files",
-            "--dir",
-            files.to_str().unwrap(),
-            "--count",
-            &FILES.to_string(),
-            "--size",
-            SIZE
-        ])
-        .status()
-        .unwrap()
-        .success());
-    assert!(vmm()
-        .args([
-            "mkdisk",
-            "--from",
-            files.to_str().unwrap(),
-            "--out",
-            img.to_str().unwrap()
-        ])
-        .status()
-        .unwrap()
-        .success());
+    let img = make_disk(&dir, FILES, SIZE);
     let on = run(&img, &dir.join("on.json"), &[]);
     let off = run(&img, &dir.join("off.json"), &["--no-hinting"]);
     let pages = PAGES_PER_PASS * PASSES;

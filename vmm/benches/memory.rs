@@ -8,8 +8,8 @@
 //! hardware KVM. Run with `cargo bench --bench memory` or
 //! `scripts/bench-memory.sh`.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
+use support::{field, make_disk, vmm};
 
 const FILES: u32 = 4;
 const FILE_SIZE: &str = "2M";
@@ -20,17 +20,6 @@ struct Run {
     faults: u64,
     disk_requests: u64,
     exits: u64,
-}
-
-fn vmm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmm"))
-}
-
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
 
 /// Sums the VM exits in the metrics JSON the VMM logs at info level.
@@ -92,36 +81,8 @@ fn row(name: &str, pages: u64, ms: u64, faults: u64, reqs: u64, exits: u64) -> f
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("vmm-bench-memory-{}", std::process::id()));
-    let files = dir.join("files");
-    let img: PathBuf = dir.join("disk.img");
     let _ = std::fs::remove_dir_all(&dir);
-    let ok = vmm()
-        .args([
-            "gen-files",
-            "--dir",
-            files.to_str().unwrap(),
-            "--count",
-            &FILES.to_string(),
-            "--size",
-            FILE_SIZE,
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success()
-        && vmm()
-            .args([
-                "mkdisk",
-                "--from",
-                files.to_str().unwrap(),
-                "--out",
-                img.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success();
-    assert!(ok, "could not build the disk image");
+    let img = make_disk(&dir, FILES, FILE_SIZE);
     let d = Some(img.to_str().unwrap());
     println!("memory benchmark: {FILES} files x {FILE_SIZE}, 1 vCPU, 64 MiB guest RAM (file set fits: second pass hits)");
     println!(
