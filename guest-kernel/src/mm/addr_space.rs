@@ -428,7 +428,6 @@ impl MmState {
             }
             va += PAGE_SIZE;
         }
-        self.stats.mprotect_batches += 1;
         flush_local(batch, pml4);
         // The hints the transaction queued are committed once per call.
         super::hints::commit();

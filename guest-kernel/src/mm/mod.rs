@@ -77,25 +77,11 @@ pub struct MmState {
     pub frames: FrameTable,
     pub spaces: BTreeMap<u32, AddressSpace>,
     next_asid: u32,
-    pub stats: MmStats,
+    /// The counters kept under the lock (the `kstats` structure itself;
+    /// the other fields are filled in by [`kernel_stats`]).
+    pub stats: KernelStats,
     /// Cache frames the VMM was told are volatile.
     pub volatile: u64,
-}
-
-/// Counters kept under the lock.
-#[derive(Default, Clone, Copy)]
-pub struct MmStats {
-    pub page_faults: u64,
-    pub file_faults: u64,
-    pub cow_copies: u64,
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub disk_requests: u64,
-    pub disk_pages: u64,
-    pub reclaimed: u64,
-    pub shootdowns: u64,
-    pub mprotect_batches: u64,
-    pub volatile_discarded: u64,
 }
 
 static MM: SpinLock<Option<MmState>> = SpinLock::new(None);
@@ -110,28 +96,20 @@ pub fn with<R>(f: impl FnOnce(&mut MmState) -> R) -> R {
 
 /// The counters, as the `kstats` system call reports them.
 pub fn kernel_stats() -> KernelStats {
+    use core::sync::atomic::Ordering::Relaxed;
     let (s, cached, volatile) = with(|st| (st.stats, st.frames.cached(), st.volatile));
     KernelStats {
-        page_faults: s.page_faults,
-        file_faults: s.file_faults,
-        cow_copies: s.cow_copies,
-        cache_hits: s.cache_hits,
-        cache_misses: s.cache_misses,
-        disk_requests: s.disk_requests,
-        disk_pages: s.disk_pages,
-        reclaimed: s.reclaimed,
-        shootdowns: s.shootdowns,
         free_frames: free_frames(),
         cached_frames: cached,
-        hints: hints::HINTS.load(core::sync::atomic::Ordering::Relaxed),
-        hint_batches: hints::BATCHES.load(core::sync::atomic::Ordering::Relaxed),
-        hint_errors: hints::ERRORS.load(core::sync::atomic::Ordering::Relaxed),
-        volatile_discarded: s.volatile_discarded,
-        zero_fill_skips: hints::ZERO_SKIPS.load(core::sync::atomic::Ordering::Relaxed),
+        hints: hints::HINTS.load(Relaxed),
+        hint_batches: hints::BATCHES.load(Relaxed),
+        hint_errors: hints::ERRORS.load(Relaxed),
+        zero_fill_skips: hints::ZERO_SKIPS.load(Relaxed),
         volatile_frames: volatile,
-        discard_faults: discard::FAULTS.load(core::sync::atomic::Ordering::Relaxed),
-        discard_listed: discard::LISTED.load(core::sync::atomic::Ordering::Relaxed),
-        discard_released: discard::RELEASED.load(core::sync::atomic::Ordering::Relaxed),
+        discard_faults: discard::FAULTS.load(Relaxed),
+        discard_listed: discard::LISTED.load(Relaxed),
+        discard_released: discard::RELEASED.load(Relaxed),
+        ..s
     }
 }
 
@@ -248,7 +226,7 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
         frames: FrameTable::new(max_pfn as usize),
         spaces: BTreeMap::new(),
         next_asid: 1,
-        stats: MmStats::default(),
+        stats: KernelStats::default(),
         volatile: 0,
     });
     Ok(MemInfo {
