@@ -294,8 +294,8 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
         core::hint::spin_loop();
     }
     let listed = take(8);
-    discard::list_for_test(listed.clone());
     let cpu1_at_listing = percpu::get(1).quiescent.load(Ordering::Acquire);
+    discard::list_for_test(listed.clone());
     // This CPU passes quiescent states; CPU 1 cannot.
     let mut reused = 0;
     while SPINNING.load(Ordering::Acquire)
@@ -338,8 +338,10 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     }
     rest(50, khz);
     let listed = take(8);
-    discard::list_for_test(listed.clone());
+    // Read CPU 1's count before the batch is stamped: the stamp is then at
+    // least `at`, and a release proves the count moved past it.
     let at = percpu::get(1).quiescent.load(Ordering::Acquire);
+    discard::list_for_test(listed.clone());
     let mut released = false;
     for _ in 0..200 {
         rest(2, khz);
