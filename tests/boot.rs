@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::boot;
+use common::{boot, results, Disk};
 
 #[test]
 fn default_program_greets_from_every_cpu_and_exits_zero() {
@@ -90,4 +90,73 @@ fn unknown_program_is_reported() {
     boot(&["--vcpus", "1"], &["no-such-program"])
         .expect_status(5)
         .expect_stdout("unknown program 'no-such-program'");
+}
+
+/// One boot at `mem`: every CPU up, RAM as the E820 map says (`high_mib`
+/// above 4 GiB), and an anonymous-memory workload intact on both CPUs.
+/// Single frames come from the highest RAM range first, so on a guest
+/// larger than 3 GiB the workload's pages are above 4 GiB.
+fn boots_with(mem: &str, high_mib: Option<u64>) {
+    let r = boot(&["--mem", mem], &["mm", "64"]);
+    r.expect_status(0).expect_stdout("2/2 cpus online");
+    assert_eq!(
+        r.stdout.matches("mm: ok pages=64 errors=0").count(),
+        2,
+        "--mem {mem}: {}",
+        r.stdout
+    );
+    match high_mib {
+        Some(mib) => {
+            r.expect_stdout(&format!("guest: {mib} MiB of RAM above 4 GiB"));
+        }
+        None => assert!(!r.stdout.contains("above 4 GiB"), "{}", r.stdout),
+    }
+}
+
+#[test]
+fn smallest_guest_boots() {
+    boots_with("16M", None);
+}
+
+#[test]
+fn two_and_three_gib_guests_boot() {
+    boots_with("2G", None);
+    // 3 GiB: all of it below the MMIO hole.
+    boots_with("3G", None);
+    // A bare number is MiB, as QEMU's -m.
+    boot(&["--mem", "512", "--vcpus", "1"], &["hello"])
+        .expect_status(0)
+        .expect_stdout("guest: 510 MiB RAM");
+}
+
+#[test]
+fn sixteen_gib_guest_uses_ram_above_4g() {
+    // 16 GiB on a 24 GiB host: lazily populated, so it costs the host
+    // only what the guest touches. 13 GiB of it sits above 4 GiB.
+    boots_with("16G", Some(13312));
+    // The page cache and a disk work there too, every block verified.
+    let disk = Disk::new("sixteen", 4, "1M");
+    let r = boot(
+        &["--mem", "16G", "--disk", &disk.image()],
+        &["copies=1", "scan-mmap", "2"],
+    );
+    r.expect_status(0);
+    assert_eq!(
+        results(&r.stdout, "scan-mmap", "errors"),
+        vec![0],
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        results(&r.stdout, "scan-mmap", "bytes"),
+        vec![8 << 20],
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn largest_guest_boots() {
+    // The top of the range, 64 GiB, on a host with less memory than that.
+    boots_with("64G", Some(62464));
 }

@@ -54,10 +54,17 @@ fn elf_without_pvh_note() {
 
 #[test]
 fn too_little_and_too_much_memory() {
-    for mem in ["1M", "8G"] {
+    // 8 bare means 8 MiB (as QEMU's -m): too little, like 1M; 65G is
+    // past the 64 GiB top of the range.
+    for mem in ["1M", "8", "65G", "68719480832B"] {
         let r = vmm(&["run", "--mem", mem], Duration::from_secs(30));
         r.expect_status(code::CONFIG);
         one_line_error(&r.stderr);
+        assert!(
+            r.stderr.contains("16 MiB") && r.stderr.contains("64 GiB"),
+            "{}",
+            r.stderr
+        );
     }
 }
 

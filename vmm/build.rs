@@ -3,7 +3,11 @@
 //! through the `GUEST_KERNEL_ELF` environment variable.
 //!
 //! The nested `cargo` uses its own target directory so that it never waits
-//! on the lock of the build that runs this script.
+//! on the lock of the build that runs this script. When the active
+//! toolchain lacks the guest target (rustup installs a toolchain file's
+//! `targets` only when it installs the toolchain itself), this script adds
+//! it with `rustup target add`, saying so on one line, so that a fresh
+//! machine needs no step from the user.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -47,7 +51,58 @@ fn cargo_build(workspace: &Path, target_dir: &Path, args: &[&str], extra_env: &[
     }
 }
 
+/// Makes sure the active toolchain has the guest target's standard
+/// library, installing it with rustup when it is missing.
+fn ensure_guest_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let Some(sysroot) = sysroot else {
+        panic!("cannot ask {rustc} for its sysroot");
+    };
+    let lib = sysroot
+        .join("lib")
+        .join("rustlib")
+        .join(GUEST_TARGET)
+        .join("lib");
+    let has_core = std::fs::read_dir(&lib).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+    });
+    if has_core {
+        return;
+    }
+    // The toolchain rustup chose for this build (rust-toolchain.toml).
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    println!(
+        "cargo:warning=the {GUEST_TARGET} target is missing from toolchain {}: installing it with rustup",
+        toolchain.as_deref().unwrap_or("(active)")
+    );
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", GUEST_TARGET]);
+    if let Some(t) = &toolchain {
+        cmd.args(["--toolchain", t]);
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!(
+            "`rustup target add {GUEST_TARGET}` failed ({s}); the guest cannot be built without it"
+        ),
+        Err(e) => panic!(
+            "the {GUEST_TARGET} target is missing and rustup cannot be run ({e}); \
+             install the target for {} by hand",
+            sysroot.display()
+        ),
+    }
+}
+
 fn main() {
+    ensure_guest_target();
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let workspace = manifest
         .parent()

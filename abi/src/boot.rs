@@ -26,8 +26,12 @@ pub const CMDLINE_MAX: usize = 4096;
 pub const AP_TRAMPOLINE_ADDR: u64 = 0x8000;
 /// Lowest address of the kernel image (ELF physical load address).
 pub const KERNEL_START: u64 = 0x10_0000;
-/// Start of the 32-bit MMIO hole; guest RAM never reaches past it.
+/// Start of the 32-bit MMIO hole: RAM below 4 GiB ends here at the
+/// latest; the rest of a larger guest's RAM starts at [`HIGH_RAM_START`].
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Where guest RAM resumes above the MMIO hole (4 GiB), for guests larger
+/// than [`MMIO_HOLE_START`]; the E820 map lists it as a second RAM range.
+pub const HIGH_RAM_START: u64 = 1 << 32;
 /// The virtio-mmio block device: base, register window size and GSI. The
 /// VMM announces it on the guest command line the way Linux and Firecracker
 /// do: `virtio_mmio.device=4K@0xd0000000:5`.

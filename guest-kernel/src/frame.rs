@@ -2,9 +2,12 @@
 //!
 //! Boot must not loop over every frame (kernel code is emulated and slow on
 //! the development machines), so frames that were never handed out are
-//! taken from a bump pointer that walks the usable ranges, and freed frames
-//! go on a LIFO list whose links live in a separate `u32` array indexed by
-//! frame number. The free frames themselves are never written: a free frame
+//! taken from a bump pointer per usable range, and freed frames go on a
+//! LIFO list whose links live in a separate `u32` array indexed by frame
+//! number. Single frames come from the highest range first and contiguous
+//! boot blocks from the lowest (as Linux falls back from its high zones to
+//! the low ones), so low memory stays for boot structures and RAM above
+//! 4 GiB carries the workload. The free frames themselves are never written: a free frame
 //! must stay untouched so that the host can reclaim it.
 
 /// Marks the end of the free list.
@@ -43,10 +46,8 @@ pub enum FrameError {
 pub struct FrameAllocator<'a> {
     ranges: [PfnRange; MAX_RANGES],
     nranges: usize,
-    /// Index of the range the bump pointer walks.
-    bump_range: usize,
-    /// Next never-used frame in `ranges[bump_range]`.
-    bump_next: u64,
+    /// Next never-used frame of each range.
+    bump: [u64; MAX_RANGES],
     free_head: u32,
     free_count: u64,
     total: u64,
@@ -78,11 +79,14 @@ impl<'a> FrameAllocator<'a> {
             n += 1;
             total += r.len();
         }
+        let mut bump = [0; MAX_RANGES];
+        for (b, r) in bump.iter_mut().zip(&own) {
+            *b = r.start;
+        }
         Ok(Self {
             ranges: own,
             nranges: n,
-            bump_range: 0,
-            bump_next: if n > 0 { own[0].start } else { 0 },
+            bump,
             free_head: NIL,
             free_count: 0,
             total,
@@ -105,28 +109,30 @@ impl<'a> FrameAllocator<'a> {
             self.free_count -= 1;
             return Some((pfn as u64, false));
         }
-        self.alloc_contiguous(1).map(|pfn| (pfn, true))
+        let i = (0..self.nranges)
+            .rev()
+            .find(|&i| self.bump[i] < self.ranges[i].end)?;
+        let pfn = self.bump[i];
+        self.bump[i] += 1;
+        self.links[pfn as usize] = IN_USE;
+        Some((pfn, true))
     }
 
     /// `n` physically contiguous frames, from never-used memory only (for
-    /// boot-time structures: the heap, stacks). Returns the first frame.
+    /// boot-time structures: the heap, stacks), lowest range first.
+    /// Returns the first frame.
     pub fn alloc_contiguous(&mut self, n: u64) -> Option<u64> {
-        while self.bump_range < self.nranges {
-            let r = self.ranges[self.bump_range];
-            if self.bump_next.checked_add(n)? <= r.end {
-                let first = self.bump_next;
-                self.bump_next += n;
-                // Only the first frame is marked: the others of a
-                // contiguous block are never freed one by one.
-                self.links[first as usize] = IN_USE;
-                return Some(first);
-            }
-            self.bump_range += 1;
-            if self.bump_range < self.nranges {
-                self.bump_next = self.ranges[self.bump_range].start;
-            }
-        }
-        None
+        let i = (0..self.nranges).find(|&i| {
+            self.bump[i]
+                .checked_add(n)
+                .is_some_and(|end| end <= self.ranges[i].end)
+        })?;
+        let first = self.bump[i];
+        self.bump[i] += n;
+        // Only the first frame is marked: the others of a contiguous block
+        // are never freed one by one.
+        self.links[first as usize] = IN_USE;
+        Some(first)
     }
 
     /// Returns a frame that [`Self::alloc`] handed out.
@@ -149,17 +155,12 @@ impl<'a> FrameAllocator<'a> {
             .any(|r| r.start <= pfn && pfn < r.end)
     }
 
-    /// True if the bump pointer has passed `pfn`.
+    /// True if the bump pointer of `pfn`'s range has passed it.
     fn was_handed_out(&self, pfn: u64) -> bool {
-        let mut i = 0;
-        while i < self.nranges {
+        (0..self.nranges).any(|i| {
             let r = self.ranges[i];
-            if r.start <= pfn && pfn < r.end {
-                return i < self.bump_range || (i == self.bump_range && pfn < self.bump_next);
-            }
-            i += 1;
-        }
-        false
+            r.start <= pfn && pfn < r.end && pfn < self.bump[i]
+        })
     }
 
     /// Calls `f` with every frame not handed out: the free list, then the
@@ -171,23 +172,16 @@ impl<'a> FrameAllocator<'a> {
             f(p as u64);
             p = self.links[p as usize];
         }
-        if self.bump_range < self.nranges {
-            (self.bump_next..self.ranges[self.bump_range].end).for_each(&mut f);
-            for r in &self.ranges[self.bump_range + 1..self.nranges] {
-                (r.start..r.end).for_each(&mut f);
-            }
+        for i in 0..self.nranges {
+            (self.bump[i]..self.ranges[i].end).for_each(&mut f);
         }
     }
 
     /// Frames not handed out: the free list plus the untouched remainder.
     pub fn free_frames(&self) -> u64 {
-        let mut untouched = 0;
-        if self.bump_range < self.nranges {
-            untouched += self.ranges[self.bump_range].end - self.bump_next;
-            for r in &self.ranges[self.bump_range + 1..self.nranges] {
-                untouched += r.len();
-            }
-        }
+        let untouched: u64 = (0..self.nranges)
+            .map(|i| self.ranges[i].end - self.bump[i])
+            .sum();
         untouched + self.free_count
     }
 
@@ -209,12 +203,12 @@ mod tests {
     }
 
     #[test]
-    fn bump_walks_ranges_then_runs_out() {
+    fn single_frames_come_from_the_highest_range_first_then_run_out() {
         let mut links = vec![0xdead_beef; 32];
         let mut a = FrameAllocator::new(&mut links, &ranges()).unwrap();
         assert_eq!(a.total_frames(), 5);
         let got: Vec<u64> = core::iter::from_fn(|| a.alloc()).collect();
-        assert_eq!(got, vec![10, 11, 12, 20, 21]);
+        assert_eq!(got, vec![20, 21, 10, 11, 12]);
         assert_eq!(a.free_frames(), 0);
     }
 
@@ -229,7 +223,7 @@ mod tests {
         assert_eq!(a.free_frames(), 5);
         assert_eq!(a.alloc(), Some(y));
         assert_eq!(a.alloc(), Some(x));
-        assert_eq!(a.alloc(), Some(12));
+        assert_eq!(a.alloc(), Some(10));
     }
 
     #[test]
@@ -242,7 +236,7 @@ mod tests {
         let mut seen = Vec::new();
         a.for_each_free(|p| seen.push(p));
         seen.sort();
-        assert_eq!(seen, vec![10, 12, 20, 21]);
+        assert_eq!(seen, vec![10, 11, 12, 20]);
         assert_eq!(seen.len() as u64, a.free_frames());
     }
 
@@ -250,10 +244,10 @@ mod tests {
     fn only_never_used_frames_are_fresh() {
         let mut links = vec![0; 32];
         let mut a = FrameAllocator::new(&mut links, &ranges()).unwrap();
-        assert_eq!(a.alloc_fresh(), Some((10, true)));
-        a.free(10).unwrap();
-        assert_eq!(a.alloc_fresh(), Some((10, false)));
-        assert_eq!(a.alloc_fresh(), Some((11, true)));
+        assert_eq!(a.alloc_fresh(), Some((20, true)));
+        a.free(20).unwrap();
+        assert_eq!(a.alloc_fresh(), Some((20, false)));
+        assert_eq!(a.alloc_fresh(), Some((21, true)));
     }
 
     #[test]
@@ -266,15 +260,20 @@ mod tests {
         assert_eq!(a.free(5), Err(FrameError::NotAllocated));
         // Never handed out yet.
         assert_eq!(a.free(21), Err(FrameError::NotAllocated));
+        assert_eq!(a.free(11), Err(FrameError::NotAllocated));
     }
 
     #[test]
-    fn contiguous_blocks_skip_ranges_too_small() {
+    fn contiguous_blocks_skip_ranges_too_small_and_lose_nothing() {
         let mut links = vec![0; 32];
         let mut a = FrameAllocator::new(&mut links, &ranges()).unwrap();
         assert_eq!(a.alloc_contiguous(2), Some(10));
         assert_eq!(a.alloc_contiguous(2), Some(20));
+        assert_eq!(a.alloc_contiguous(2), None);
+        // The frame left in the first range is still there.
+        assert_eq!(a.alloc_contiguous(1), Some(12));
         assert_eq!(a.alloc_contiguous(1), None);
+        assert_eq!(a.free_frames(), 0);
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! map, kept together because every change to one is made under the same
 //! lock (the kernel's memory-management lock) and usually touches all three.
 //!
-//! Arrays are indexed by frame number and allocated zeroed in one piece
-//! (`vec![0; n]` becomes a zeroing allocation, one `rep stos` in the
-//! kernel), so setting this up costs nothing per frame. Nothing here
-//! touches page tables or a frame's contents: the kernel does that and
-//! keeps these records in step.
+//! Arrays are indexed by frame number and live in one zeroed block of
+//! memory the caller provides ([`FrameTable::new_in`]; the kernel carves
+//! it out of never-used frames, which this VMM hands over as zeroes, so
+//! setting it up costs nothing per frame and a record only becomes host
+//! memory when its frame is first used). Only the reverse-map pool and the
+//! cache index, which grow with use, are on the heap. Nothing here touches
+//! page tables or a frame's contents: the kernel does that and keeps these
+//! records in step.
 
 use alloc::collections::BTreeMap;
 use alloc::vec;
@@ -75,41 +78,82 @@ impl List {
 const INACTIVE: usize = 0;
 const ACTIVE: usize = 1;
 
-pub struct FrameTable {
-    refcount: Vec<u32>,
-    mapcount: Vec<u32>,
-    flags: Vec<u32>,
-    file: Vec<u32>,
-    index: Vec<u64>,
-    lru_prev: Vec<u32>,
-    lru_next: Vec<u32>,
+/// `u32` arrays per frame in the record block.
+const U32_ARRAYS: usize = 7;
+
+/// Splits the first `n` words off `rest` and views them as `T`s.
+fn carve<'a, T: Zeroable>(rest: &mut &'a mut [u64], n: usize) -> &'a mut [T] {
+    let words = (n * core::mem::size_of::<T>()).div_ceil(8);
+    let (head, tail) = core::mem::take(rest).split_at_mut(words);
+    *rest = tail;
+    // SAFETY: `T` is a plain integer type (`Zeroable`) whose alignment is
+    // at most a `u64`'s, so the prefix is empty and every bit pattern of
+    // the words is a valid `T`; the borrow of `head` moves into the result.
+    let (_, body, _) = unsafe { head.align_to_mut::<T>() };
+    &mut body[..n]
+}
+
+/// Integer types that may be viewed over zeroed `u64` words.
+trait Zeroable: Copy {}
+impl Zeroable for u32 {}
+impl Zeroable for u64 {}
+
+pub struct FrameTable<'a> {
+    refcount: &'a mut [u32],
+    mapcount: &'a mut [u32],
+    flags: &'a mut [u32],
+    file: &'a mut [u32],
+    index: &'a mut [u64],
+    lru_prev: &'a mut [u32],
+    lru_next: &'a mut [u32],
     /// The two LRU lists, `[inactive, active]`: head (most recent), tail,
     /// length. A cached frame is on exactly one, as its ACTIVE flag says.
     lists: [List; 2],
-    rmap_head: Vec<u32>,
+    rmap_head: &'a mut [u32],
     rmap_pool: Vec<RmapEntry>,
     rmap_free: u32,
     cache: BTreeMap<(u32, u64), u32>,
 }
 
-impl FrameTable {
-    /// Records for frames `0..frames`.
+impl FrameTable<'static> {
+    /// Records for frames `0..frames` in a block of its own from the heap
+    /// (never freed: for tests and small tables).
     pub fn new(frames: usize) -> Self {
-        Self {
-            refcount: vec![0; frames],
-            mapcount: vec![0; frames],
-            flags: vec![0; frames],
-            file: vec![0; frames],
-            index: vec![0; frames],
+        let block = alloc::boxed::Box::leak(vec![0u64; Self::words_for(frames)].into_boxed_slice());
+        Self::new_in(block, frames).expect("block sized by words_for")
+    }
+}
+
+impl<'a> FrameTable<'a> {
+    /// `u64` words of record block that `frames` frames need.
+    pub const fn words_for(frames: usize) -> usize {
+        frames + U32_ARRAYS * frames.div_ceil(2)
+    }
+
+    /// Records for frames `0..frames` in `block`, which must be zeroed
+    /// (zero means "no record": links are stored +1) and hold at least
+    /// [`Self::words_for`] words; `None` if it is too small.
+    pub fn new_in(block: &'a mut [u64], frames: usize) -> Option<Self> {
+        if block.len() < Self::words_for(frames) {
+            return None;
+        }
+        let mut rest = block;
+        let index = carve(&mut rest, frames);
+        Some(Self {
+            index,
+            refcount: carve(&mut rest, frames),
+            mapcount: carve(&mut rest, frames),
+            flags: carve(&mut rest, frames),
+            file: carve(&mut rest, frames),
             // Links are stored +1 so that zeroed memory means "none".
-            lru_prev: vec![0; frames],
-            lru_next: vec![0; frames],
+            lru_prev: carve(&mut rest, frames),
+            lru_next: carve(&mut rest, frames),
             lists: [List::EMPTY; 2],
-            rmap_head: vec![0; frames],
+            rmap_head: carve(&mut rest, frames),
             rmap_pool: Vec::new(),
             rmap_free: NIL,
             cache: BTreeMap::new(),
-        }
+        })
     }
 
     fn check(&self, pfn: u64) -> Result<usize, FrameTableError> {
@@ -398,6 +442,41 @@ fn decode(stored: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_live_in_the_callers_block_without_overlap() {
+        // An odd frame count, so the u32 arrays do not end on a word.
+        let frames = 7;
+        let mut block = vec![0u64; FrameTable::words_for(frames)];
+        assert!(
+            FrameTable::new_in(&mut block[..FrameTable::words_for(frames) - 1], frames).is_none()
+        );
+        let mut t = FrameTable::new_in(&mut block, frames).unwrap();
+        // Every frame gets a cache entry, a mapping and a flag: each array
+        // written for every frame, then each read back intact.
+        for p in 0..frames as u64 {
+            t.get(p);
+            t.insert(9, 100 + p, p).unwrap();
+            t.rmap_add(
+                p,
+                Mapping {
+                    asid: 1,
+                    va: p << 12,
+                },
+            )
+            .unwrap();
+            t.set_flags(p, flag::DIRTY);
+        }
+        for p in 0..frames as u64 {
+            assert_eq!(t.owner(p), Some((9, 100 + p)));
+            assert_eq!((t.refcount(p), t.mapcount(p)), (3, 1));
+            assert_ne!(t.flags(p) & flag::DIRTY, 0);
+        }
+        assert_eq!(t.cached(), frames as u64);
+        drop(t);
+        // The records are in the block; nothing is past its end.
+        assert!(block.iter().any(|&w| w != 0));
+    }
 
     #[test]
     fn cache_insert_lookup_remove_and_references() {

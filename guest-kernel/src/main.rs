@@ -91,6 +91,11 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             format_args!("bad PVH start info: {e:?}"),
         ),
     };
+    let hv = hv::Hypervisor::detect();
+    if hv.is_some() {
+        // This VMM's guest RAM is fresh anonymous memory: zeroes.
+        mm::trust_fresh_frames_are_zero();
+    }
     let mem = match mm::init(&ranges[..nranges]) {
         Ok(m) => m,
         Err(e) => fail(guest::BAD_MACHINE, format_args!("memory: {e:?}")),
@@ -102,12 +107,9 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
     cpu::outb(0x21, 0xff);
     cpu::outb(0xa1, 0xff);
     init_cpu(0);
-    let hv = hv::Hypervisor::detect();
     clock::init(hv.map_or(0, |h| h.tsc_khz));
     match hv {
         Some(h) => {
-            // This VMM's guest RAM is fresh anonymous memory: zeroes.
-            mm::trust_fresh_frames_are_zero();
             if h.features & pagehint_abi::cpuid::features::PAGE_HINTS != 0 {
                 mm::hints::enable();
             }
@@ -130,6 +132,9 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         cpus,
         wanted
     );
+    if mem.high_frames > 0 {
+        println!("guest: {} MiB of RAM above 4 GiB", mem.high_frames / 256);
+    }
     if cpus < wanted {
         fail(
             guest::BAD_MACHINE,

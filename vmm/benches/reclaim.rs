@@ -55,7 +55,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// One shape: returns (reclaimer time, raw time, pages, calls of the
 /// reclaimer as "madvise+process_madvise").
 fn shape(ram: &GuestRam, runs: &[Run], method: Method) -> (Duration, Duration, u64, String) {
-    let frames = ram.size() / PAGE;
+    let frames = ram.frames();
     let pages: u64 = runs.iter().map(|r| r.count).sum();
     let all = ResidentMap::all(frames);
     let mut d = Discarder::new(ram).expect("discarder");

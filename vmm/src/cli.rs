@@ -149,8 +149,10 @@ pub struct RunArgs {
     /// Guest kernel (a PVH ELF); default: the bundled guest.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-    /// Guest RAM: bytes, or a number with K, M or G (binary units).
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    /// Guest RAM, 16M to 64G: a number with K, M or G (binary units) or B
+    /// for bytes; a bare number means MiB, as QEMU's -m. Above 3G, RAM
+    /// continues at 4 GiB, past the MMIO hole.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_mem_size)]
     pub mem: u64,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -174,7 +176,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_discard_faults: bool,
     /// Target for resident guest memory: the reclaimer drops hinted frames
-    /// while more is resident (sizes as for --mem).
+    /// while more is resident (bytes, or a number with K, M or G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub host_budget: Option<u64>,
     /// Milliseconds between reclaimer rounds (each measures residency).
@@ -229,6 +231,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses a guest RAM size: as [`parse_size`], except that a bare number
+/// means MiB (what QEMU users type: `-m 512`); `B` gives bytes.
+pub fn parse_mem_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_size(&format!("{t}M"));
+    }
+    parse_size(t)
 }
 
 /// Parses a size like [`parse_size`] that must not be zero.
@@ -301,6 +313,12 @@ mod tests {
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("99999999999999999999").is_err());
         assert!(parse_size("17179869184G").is_err());
+        // --mem: a bare number is MiB (as QEMU's -m), B means bytes.
+        assert_eq!(parse_mem_size("512"), Ok(512 << 20));
+        assert_eq!(parse_mem_size("16777216B"), Ok(16 << 20));
+        assert_eq!(parse_mem_size("2G"), Ok(2 << 30));
+        assert!(parse_mem_size("").is_err());
+        assert!(parse_mem_size("99999999999999999").is_err());
     }
 
     #[test]

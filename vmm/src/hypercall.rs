@@ -239,7 +239,7 @@ mod tests {
     fn device() -> (HypercallDevice, GuestRam, Arc<Metrics>) {
         let ram = GuestRam::new(16 << 20).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let table = Arc::new(FrameTable::new((ram.size() / 4096) as usize, false));
+        let table = Arc::new(FrameTable::new(ram.frames() as usize, false));
         (
             HypercallDevice::new(ram.clone(), metrics.clone(), table, true),
             ram,
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn fault_info_areas_are_registered_and_checked() {
         let (dev, ram, metrics) = device();
-        let table = Arc::new(FrameTable::new((ram.size() / 4096) as usize, false));
+        let table = Arc::new(FrameTable::new(ram.frames() as usize, false));
         let faults = Arc::new(DiscardFaults::new(&ram, table, metrics.clone(), 2).unwrap());
         let dev = dev.with_discard_faults(faults.clone());
         let mut b = HypercallBlock {

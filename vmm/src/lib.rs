@@ -377,9 +377,9 @@ pub fn run(args: &RunArgs) -> Result<i32, VmmError> {
         EXIT_PORT_LEN,
         Arc::new(Mutex::new(ExitDevice::new())),
     )?;
-    let frames = usize::try_from(ram.size() / pagehint_abi::PAGE_SIZE)
+    let frames = usize::try_from(ram.frames())
         .map_err(|_| VmmError::Config("--mem is too large for this host".into()))?;
-    let table = Arc::new(FrameTable::new(frames, false));
+    let table = Arc::new(FrameTable::with_hole(frames, ram.hole_frames(), false));
     let hinting = !args.no_hinting;
     let mut faults = discard_faults(args, &ram, &table, &metrics, vcpu_count)?;
     if faults.is_some() {

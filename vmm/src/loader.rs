@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use pagehint_abi::boot::{
-    MemmapEntry, StartInfo, CMDLINE_ADDR, CMDLINE_MAX, E820_RAM, E820_RESERVED, KERNEL_START,
-    MEMMAP_ADDR, START_INFO_ADDR, START_INFO_MAGIC,
+    MemmapEntry, StartInfo, CMDLINE_ADDR, CMDLINE_MAX, E820_RAM, E820_RESERVED, HIGH_RAM_START,
+    KERNEL_START, MEMMAP_ADDR, MMIO_HOLE_START, START_INFO_ADDR, START_INFO_MAGIC,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -174,7 +174,9 @@ pub fn check_image(image: &[u8], ram_size: u64) -> Result<(), LoaderError> {
 
 /// Copies the kernel into guest RAM and returns its PVH entry point.
 pub fn load_kernel(ram: &GuestRam, image: &[u8]) -> Result<u64, LoaderError> {
-    check_image(image, ram.size())?;
+    // The kernel must load below the MMIO hole (the guest starts with
+    // paging off and its boot page tables map low memory).
+    check_image(image, ram.size().min(MMIO_HOLE_START))?;
     let result =
         Elf::load(ram.mem(), None, &mut Cursor::new(image), None).map_err(LoaderError::Elf)?;
     let entry = match result.pvh_boot_cap {
@@ -200,28 +202,26 @@ pub fn build_cmdline(args: &[String]) -> Result<String, LoaderError> {
     Ok(line)
 }
 
-/// The PVH memory map for RAM of `ram_size` bytes (at least 1 MiB).
-pub fn memory_map(ram_size: u64) -> [MemmapEntry; 3] {
-    [
-        MemmapEntry {
-            addr: 0,
-            size: LOW_RAM_END,
-            kind: E820_RAM,
-            reserved: 0,
-        },
-        MemmapEntry {
-            addr: LOW_RAM_END,
-            size: KERNEL_START - LOW_RAM_END,
-            kind: E820_RESERVED,
-            reserved: 0,
-        },
-        MemmapEntry {
-            addr: KERNEL_START,
-            size: ram_size.saturating_sub(KERNEL_START),
-            kind: E820_RAM,
-            reserved: 0,
-        },
-    ]
+/// The PVH memory map for RAM of `ram_size` bytes (at least 1 MiB): low
+/// memory, the legacy hole below 1 MiB, RAM up to the MMIO hole, and RAM
+/// above 4 GiB for a guest larger than 3 GiB.
+pub fn memory_map(ram_size: u64) -> Vec<MemmapEntry> {
+    let entry = |addr, size, kind| MemmapEntry {
+        addr,
+        size,
+        kind,
+        reserved: 0,
+    };
+    let low = ram_size.min(MMIO_HOLE_START);
+    let mut map = vec![
+        entry(0, LOW_RAM_END, E820_RAM),
+        entry(LOW_RAM_END, KERNEL_START - LOW_RAM_END, E820_RESERVED),
+        entry(KERNEL_START, low.saturating_sub(KERNEL_START), E820_RAM),
+    ];
+    if ram_size > low {
+        map.push(entry(HIGH_RAM_START, ram_size - low, E820_RAM));
+    }
+    map
 }
 
 /// Writes the command line, the memory map and `hvm_start_info`.
@@ -349,6 +349,27 @@ mod tests {
         let ram = GuestRam::new(16 << 20).unwrap();
         let err = load_kernel(&ram, &elf(KERNEL_START, 0x1000)).unwrap_err();
         assert!(matches!(err, LoaderError::NoPvhNote), "{err}");
+    }
+
+    #[test]
+    fn memory_map_continues_above_4g() {
+        let small = memory_map(64 << 20);
+        assert_eq!(small.len(), 3);
+        assert_eq!(small[2].addr + small[2].size, 64 << 20);
+        let at_hole = memory_map(MMIO_HOLE_START);
+        assert_eq!(at_hole.len(), 3);
+        assert_eq!(at_hole[2].addr + at_hole[2].size, MMIO_HOLE_START);
+        let big = memory_map(16 << 30);
+        assert_eq!(big.len(), 4);
+        assert_eq!(big[2].addr + big[2].size, MMIO_HOLE_START);
+        assert_eq!((big[3].addr, big[3].kind), (HIGH_RAM_START, E820_RAM));
+        // Every byte of RAM is listed once.
+        let ram: u64 = big
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
+        assert_eq!(ram, (16 << 30) - (KERNEL_START - LOW_RAM_END));
     }
 
     #[test]

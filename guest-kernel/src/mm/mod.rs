@@ -3,8 +3,9 @@
 //! addresses.
 //!
 //! Bring-up is O(number of memory-map entries), never O(frames): the frame
-//! allocator initialises lazily and the heap is one contiguous block. This
-//! module must never write into a free frame.
+//! allocator initialises lazily, the per-frame records sit in one block of
+//! never-used (zero) frames outside the heap, and the heap is one
+//! contiguous block. RAM above 4 GiB costs one page-directory frame per GiB. This module must never write into a free frame.
 
 pub mod addr_space;
 pub mod discard;
@@ -18,7 +19,9 @@ use core::ptr::NonNull;
 
 use linked_list_allocator::Heap;
 
-use crate::arch::boot::{kernel_end_phys, KERNEL_VMA, PHYS_MAP};
+use crate::arch::boot::{
+    kernel_end_phys, set_direct_map_slot, KERNEL_PDPT_SLOT, KERNEL_VMA, PHYS_MAP,
+};
 use crate::sync::SpinLock;
 use alloc::collections::BTreeMap;
 
@@ -53,12 +56,24 @@ pub enum MemError {
     NoUsableMemory,
     TooManyRanges,
     HeapTooSmall,
+    /// No room for the per-frame records.
+    RecordsTooLarge,
+    /// No frame for a page directory of the direct map.
+    DirectMapFull,
 }
+
+/// One past the highest physical address the direct map can cover: the
+/// PDPT slots below the kernel image's.
+const DIRECT_MAP_LIMIT: u64 = (KERNEL_PDPT_SLOT as u64) << 30;
+/// Physical memory the boot page tables already map (0..4 GiB).
+const BOOT_MAPPED: u64 = 4 << 30;
 
 /// What `init` found.
 #[derive(Debug, Clone, Copy)]
 pub struct MemInfo {
     pub total_frames: u64,
+    /// Frames of RAM above 4 GiB.
+    pub high_frames: u64,
     pub heap_bytes: u64,
 }
 
@@ -74,7 +89,7 @@ pub fn max_pfn() -> u64 {
 /// Everything the memory-management lock protects: frame records (page
 /// cache, LRU, reverse map), every user address space, and counters.
 pub struct MmState {
-    pub frames: FrameTable,
+    pub frames: FrameTable<'static>,
     pub spaces: BTreeMap<u32, AddressSpace>,
     next_asid: u32,
     /// The counters kept under the lock (the `kstats` structure itself;
@@ -161,8 +176,9 @@ pub fn read_start_info(
         if e.kind != E820_RAM {
             continue;
         }
+        // RAM beyond what the direct map can reach is left unused.
         let start = e.addr.div_ceil(PAGE_SIZE);
-        let end = e.addr.saturating_add(e.size).min(MMIO_HOLE_START) / PAGE_SIZE;
+        let end = e.addr.saturating_add(e.size).min(DIRECT_MAP_LIMIT) / PAGE_SIZE;
         if start < end {
             if n == MAX_RANGES {
                 return Err(MemError::TooManyRanges);
@@ -175,7 +191,9 @@ pub fn read_start_info(
 }
 
 /// Sets up the frame allocator over `ranges` (frames below the end of the
-/// kernel image excluded) and a heap of `heap_pages`.
+/// kernel image excluded), the direct map above 4 GiB, the per-frame
+/// records and the heap. Call [`trust_fresh_frames_are_zero`] first where
+/// it holds: the records are then not cleared.
 pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
     let max_pfn = ranges
         .iter()
@@ -206,9 +224,14 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
     };
     let mut frames =
         FrameAllocator::new(links, &usable[..n]).map_err(|_| MemError::TooManyRanges)?;
+    map_high_memory(&mut frames, max_pfn * PAGE_SIZE)?;
+    let records = frame_records(&mut frames, max_pfn as usize)?;
     let total = frames.total_frames();
-    // A heap of 1/16 of RAM, between 1 and 16 MiB.
-    let heap_pages = (total / 16).clamp(256, 4096);
+    // The heap holds what grows with use (page-cache index, reverse-map
+    // entries, processes): 1/16 of RAM up to 16 MiB, at least 1 MiB, and
+    // 1/64 of larger guests up to 256 MiB. It is never-used memory until
+    // allocated from, so a large heap costs the host nothing.
+    let heap_pages = (total / 16).clamp(256, 4096).max((total / 64).min(65536));
     let heap_pfn = frames
         .alloc_contiguous(heap_pages)
         .ok_or(MemError::HeapTooSmall)?;
@@ -223,16 +246,67 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
     };
     *FRAMES.lock() = Some(frames);
     *MM.lock() = Some(MmState {
-        frames: FrameTable::new(max_pfn as usize),
+        frames: records,
         spaces: BTreeMap::new(),
         next_asid: 1,
         stats: KernelStats::default(),
         volatile: 0,
     });
+    let high_frames = ranges
+        .iter()
+        .map(|r| r.end.saturating_sub(r.start.max(BOOT_MAPPED / PAGE_SIZE)))
+        .sum();
     Ok(MemInfo {
         total_frames: total,
+        high_frames,
         heap_bytes,
     })
+}
+
+/// Extends the direct map over physical memory from 4 GiB to `top`: one
+/// page directory of 2 MiB pages per GiB, in a never-used frame below
+/// 4 GiB (the boot map covers it). 1 GiB pages would need no frame, but
+/// neither this host's KVM nor QEMU's default CPU offers them, so that
+/// path could not be tested.
+fn map_high_memory(frames: &mut FrameAllocator<'static>, top: u64) -> Result<(), MemError> {
+    const PRESENT_WRITABLE_HUGE: u64 = 0x83;
+    for slot in (BOOT_MAPPED >> 30) as usize..top.div_ceil(1 << 30) as usize {
+        let base = (slot as u64) << 30;
+        let pd = frames.alloc_contiguous(1).ok_or(MemError::DirectMapFull)? * PAGE_SIZE;
+        // SAFETY: the frame was never used and is ours; contiguous blocks
+        // come from the lowest range, which the boot map covers.
+        let table = unsafe { &mut *(phys_to_virt(pd) as *mut [u64; 512]) };
+        for (i, e) in table.iter_mut().enumerate() {
+            *e = (base + ((i as u64) << 21)) | PRESENT_WRITABLE_HUGE;
+        }
+        // SAFETY: boot, on the only running CPU; the slot is a direct-map
+        // slot above 4 GiB that was empty until now.
+        unsafe { set_direct_map_slot(slot, pd | 0x3) };
+    }
+    Ok(())
+}
+
+/// The per-frame records for frames `0..max_pfn`, in contiguous
+/// never-used frames (cleared only where fresh frames are not known to be
+/// zero).
+fn frame_records(
+    frames: &mut FrameAllocator<'static>,
+    max_pfn: usize,
+) -> Result<FrameTable<'static>, MemError> {
+    let words = FrameTable::words_for(max_pfn);
+    let pages = (words as u64 * 8).div_ceil(PAGE_SIZE);
+    let pfn = frames
+        .alloc_contiguous(pages)
+        .ok_or(MemError::RecordsTooLarge)?;
+    let at = phys_to_virt(pfn * PAGE_SIZE) as *mut u64;
+    if !fresh_frames_are_zero() {
+        // SAFETY: the block was just taken from never-used frames and is
+        // ours alone; the direct map covers it.
+        unsafe { core::ptr::write_bytes(at, 0, words) };
+    }
+    // SAFETY: as above; the block lives for ever (it is never freed).
+    let block: &'static mut [u64] = unsafe { core::slice::from_raw_parts_mut(at, words) };
+    FrameTable::new_in(block, max_pfn).ok_or(MemError::RecordsTooLarge)
 }
 
 /// Whether never-used frames are known to hold zeroes: true under this

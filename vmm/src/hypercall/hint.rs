@@ -237,7 +237,7 @@ mod tests {
     impl Fixture {
         fn new() -> Self {
             let ram = GuestRam::new(16 << 20).unwrap();
-            let frames = (ram.size() / PAGE_SIZE) as usize;
+            let frames = ram.frames() as usize;
             Self {
                 ram,
                 table: FrameTable::new(frames, false),

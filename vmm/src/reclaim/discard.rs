@@ -75,7 +75,7 @@ impl Discarder {
         Ok(Self {
             _ram: ram.clone(),
             base,
-            frames: ram.size() / PAGE,
+            frames: ram.frames(),
             pidfd: None,
             process_madvise_ok: true,
         })

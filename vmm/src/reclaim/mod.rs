@@ -248,7 +248,7 @@ impl Reclaimer {
         };
         let mut worker = Worker {
             ram_base: ram.host_base(),
-            frames: ram.size() / PAGE,
+            frames: ram.frames(),
             table,
             metrics,
             discarder: Discarder::new(ram)?,
@@ -341,7 +341,7 @@ mod tests {
     #[test]
     fn the_thread_reclaims_down_to_the_budget_and_stops() {
         let ram = GuestRam::new(16 << 20).unwrap();
-        let frames = ram.size() / PAGE;
+        let frames = ram.frames();
         for p in 0..frames {
             ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
         }
@@ -382,7 +382,7 @@ mod tests {
     #[test]
     fn without_discarding_the_thread_only_measures() {
         let ram = GuestRam::new(16 << 20).unwrap();
-        let frames = ram.size() / PAGE;
+        let frames = ram.frames();
         for p in 0..frames {
             ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
         }

@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn passes_take_unused_before_volatile_and_never_stable() {
         let ram = GuestRam::new(16 << 20).unwrap();
-        let frames = ram.size() / 4096;
+        let frames = ram.frames();
         let table = FrameTable::new(frames as usize, false);
         let mut d = Discarder::new(&ram).unwrap();
         table.apply_range(10, 4, hint::SET_UNUSED).unwrap();
@@ -298,7 +298,7 @@ mod tests {
         use crate::metrics::Metrics;
         use std::sync::Arc;
         let ram = GuestRam::new(16 << 20).unwrap();
-        let frames = ram.size() / 4096;
+        let frames = ram.frames();
         let table = Arc::new(FrameTable::new(frames as usize, false));
         let metrics = Arc::new(Metrics::default());
         let faults = DiscardFaults::new(&ram, table.clone(), metrics.clone(), 1).unwrap();

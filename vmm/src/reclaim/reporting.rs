@@ -38,26 +38,23 @@ pub enum ReportError {
 pub struct FreePageReporter {
     /// Keeps the mapping alive while we hold its address.
     ram: GuestRam,
-    frames: u64,
 }
 
 impl FreePageReporter {
     /// A reporter for `ram`.
     pub fn new(ram: &GuestRam) -> Self {
-        Self {
-            ram: ram.clone(),
-            frames: ram.size() / PAGE,
-        }
+        Self { ram: ram.clone() }
     }
 
     /// Host address and length of the run, if it lies inside guest RAM.
     fn host_range(&self, pfn: u64, count: u64) -> Option<(u64, usize)> {
-        let end = pfn.checked_add(count)?;
-        if count == 0 || end > self.frames {
+        let gpa = pfn.checked_mul(PAGE)?;
+        let bytes = count.checked_mul(PAGE)?;
+        if count == 0 || !self.ram.contains(gpa, bytes) {
             return None;
         }
-        let addr = self.ram.host_base().checked_add(pfn.checked_mul(PAGE)?)?;
-        let len = usize::try_from(count.checked_mul(PAGE)?).ok()?;
+        let addr = self.ram.host_base().checked_add(gpa)?;
+        let len = usize::try_from(bytes).ok()?;
         Some((addr, len))
     }
 
@@ -94,14 +91,13 @@ mod tests {
     fn resident(ram: &GuestRam) -> Option<u64> {
         let mut pm = Pagemap::open().ok()?;
         let mut map = ResidentMap::default();
-        pm.measure(ram.host_base(), ram.size() / PAGE, &mut map)
-            .ok()
+        pm.measure(ram.host_base(), ram.frames(), &mut map).ok()
     }
 
     #[test]
     fn a_report_drops_exactly_the_run_and_counts_it() {
         let ram = GuestRam::new(16 << 20).unwrap();
-        let frames = ram.size() / PAGE;
+        let frames = ram.frames();
         for p in 0..frames {
             ram.mem().write_obj(0xabu8, GuestAddress(p * PAGE)).unwrap();
         }
@@ -125,7 +121,7 @@ mod tests {
     #[test]
     fn runs_outside_ram_are_refused_and_change_nothing() {
         let ram = GuestRam::new(16 << 20).unwrap();
-        let frames = ram.size() / PAGE;
+        let frames = ram.frames();
         let metrics = Metrics::default();
         let r = FreePageReporter::new(&ram);
         for (pfn, count) in [(frames, 1), (frames - 1, 2), (0, 0), (u64::MAX, 2)] {

@@ -69,6 +69,9 @@ pub struct FrameCounts {
 #[derive(Debug)]
 pub struct FrameTable {
     frames: Box<[AtomicU8]>,
+    /// Frame numbers inside the table that are not RAM (the MMIO hole of a
+    /// guest larger than 3 GiB): refused like frames past the end.
+    hole: std::ops::Range<u64>,
     /// Frames per `PageState` (signed: updates from different threads on
     /// the same frame may land in either order for an instant).
     per_state: [AtomicI64; 4],
@@ -104,10 +107,21 @@ impl FrameTable {
     /// A table of `frames` frames, all Stable (as the guest boots).
     /// `potentially_volatile` selects the transition-table option.
     pub fn new(frames: usize, potentially_volatile: bool) -> Self {
+        Self::with_hole(frames, 0..0, potentially_volatile)
+    }
+
+    /// A table of `frames` frames of which those in `hole` are not RAM.
+    pub fn with_hole(
+        frames: usize,
+        hole: std::ops::Range<u64>,
+        potentially_volatile: bool,
+    ) -> Self {
         let table: Box<[AtomicU8]> = (0..frames).map(|_| AtomicU8::new(0)).collect();
-        let stable = i64::try_from(frames).unwrap_or(i64::MAX);
+        let in_hole = hole.end.min(frames as u64).saturating_sub(hole.start);
+        let stable = i64::try_from(frames as u64 - in_hole).unwrap_or(i64::MAX);
         Self {
             frames: table,
+            hole,
             per_state: [
                 AtomicI64::new(stable),
                 AtomicI64::new(0),
@@ -132,6 +146,9 @@ impl FrameTable {
     }
 
     fn cell(&self, pfn: u64) -> Result<&AtomicU8, StateError> {
+        if self.hole.contains(&pfn) {
+            return Err(StateError::OutOfRange(pfn));
+        }
         usize::try_from(pfn)
             .ok()
             .and_then(|i| self.frames.get(i))
@@ -201,6 +218,11 @@ impl FrameTable {
             .checked_add(count)
             .filter(|&e| e <= self.len())
             .ok_or(StateError::OutOfRange(pfn))?;
+        // A range that reaches into the hole is refused before any frame
+        // of it changes.
+        if pfn < self.hole.end && end > self.hole.start {
+            return Err(StateError::OutOfRange(pfn.max(self.hole.start)));
+        }
         let mut outcome = HintOutcome::Applied;
         for p in pfn..end {
             if self.apply(p, op)? == HintOutcome::Discarded {
@@ -535,5 +557,25 @@ mod tests {
             assert_eq!(t.state(p), Some(Stable));
             assert!(!t.is_discarded(p));
         }
+    }
+
+    #[test]
+    fn frames_in_the_hole_are_not_ram() {
+        let t = FrameTable::with_hole(100, 40..60, false);
+        assert_eq!(t.counts().stable, 80);
+        assert_eq!(t.apply(39, hint::SET_UNUSED), Ok(HintOutcome::Applied));
+        assert_eq!(
+            t.apply(40, hint::SET_UNUSED),
+            Err(StateError::OutOfRange(40))
+        );
+        assert_eq!(t.state(59), None);
+        assert_eq!(t.state(60), Some(PageState::Stable));
+        // A range into the hole changes nothing.
+        assert_eq!(
+            t.apply_range(35, 10, hint::SET_UNUSED),
+            Err(StateError::OutOfRange(40))
+        );
+        assert_eq!(t.state(36), Some(PageState::Stable));
+        assert!(!t.try_claim(45, PageState::Unused));
     }
 }

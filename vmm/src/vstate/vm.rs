@@ -87,20 +87,25 @@ impl Vm {
         self.fd.enable_cap(&cap).map_err(VmError::DisableExits)
     }
 
-    /// Registers guest RAM as memslot 0.
+    /// Registers guest RAM: memslot 0 below the MMIO hole, memslot 1 for
+    /// RAM above 4 GiB when there is any.
     pub fn register_ram(&self, ram: &GuestRam) -> Result<(), VmError> {
-        let region = kvm_userspace_memory_region {
-            slot: RAM_SLOT,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: ram.size(),
-            userspace_addr: ram.host_base(),
-        };
-        // SAFETY: the host range is the mapping owned by `ram`'s
-        // GuestMemoryMmap. The caller keeps a clone of that memory alive
-        // (in the devices and in `run`) for as long as the VM exists, so KVM
-        // never sees the mapping disappear under the memslot.
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(VmError::Memslot)
+        for (slot, (gpa, len)) in (RAM_SLOT..).zip(ram.ranges()) {
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: gpa,
+                memory_size: len,
+                userspace_addr: ram.host_base() + gpa,
+            };
+            // SAFETY: the host range is a readable and writable part of the
+            // mapping owned by `ram`. The caller keeps a clone of that memory
+            // alive (in the devices and in `run`) for as long as the VM
+            // exists, so KVM never sees the mapping disappear under the
+            // memslot.
+            unsafe { self.fd.set_user_memory_region(region) }.map_err(VmError::Memslot)?;
+        }
+        Ok(())
     }
 
     /// Makes a write to `evt` raise interrupt line `gsi`.

@@ -129,7 +129,9 @@ boot_gdtr:
  * itself and for APs), 0xffffff80_00000000 + phys as the direct map, and
  * PDPT[510] maps the first GiB again at -2 GiB for the kernel image.
  * kernel_pml4 drops the identity half; every address space copies its
- * slot 511. 2 MiB pages; the 3..4 GiB MMIO hole is uncached. */
+ * slot 511. 2 MiB pages; the 3..4 GiB MMIO hole is uncached. RAM above
+ * 4 GiB gets PDPT slots 4.. at boot (`mm::map_high_memory`); since every
+ * address space shares this PDPT, they all see it. */
 .section .data.boot_pt, "aw"
 .p2align 12
 .global boot_pml4
@@ -141,6 +143,7 @@ boot_pml4:
 kernel_pml4:
     .fill 511, 8, 0
     .quad boot_pdpt - KERNEL_VMA + 0x3
+.global boot_pdpt
 boot_pdpt:
     .quad boot_pd - KERNEL_VMA + 0x0003
     .quad boot_pd - KERNEL_VMA + 0x1003
@@ -174,8 +177,13 @@ pub const PHYS_MAP: u64 = 0xffff_ff80_0000_0000;
 /// Virtual address of physical address 0 in the kernel image mapping.
 pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
 
+/// PDPT slot of the kernel image mapping (-2 GiB); the direct map may use
+/// the slots below it.
+pub const KERNEL_PDPT_SLOT: usize = 510;
+
 extern "C" {
     static kernel_pml4: [u64; 512];
+    static mut boot_pdpt: [u64; 512];
     static ap_trampoline_start: u8;
     static ap_trampoline_end: u8;
     static __kernel_end: u8;
@@ -185,6 +193,23 @@ extern "C" {
 pub fn kernel_pml4_phys() -> u64 {
     let va = core::ptr::addr_of!(kernel_pml4) as u64;
     va - KERNEL_VMA
+}
+
+/// Points direct-map PDPT slot `slot` (1 GiB of physical memory from
+/// `slot << 30`) at `entry` (a page directory, or a 1 GiB page).
+///
+/// # Safety
+/// Boot only, before any other CPU runs and before anything uses the
+/// physical range; `slot` must be a direct-map slot (4 or above, below
+/// [`KERNEL_PDPT_SLOT`]) whose entry was not present, so no TLB holds it.
+pub unsafe fn set_direct_map_slot(slot: usize, entry: u64) {
+    assert!((4..KERNEL_PDPT_SLOT).contains(&slot));
+    // SAFETY: the PDPT is in the kernel's writable data; the caller
+    // guarantees no other CPU is running, so this is the only access.
+    unsafe {
+        let pdpt = &raw mut boot_pdpt;
+        (*pdpt)[slot] = entry;
+    }
 }
 
 /// The real-mode AP start-up code, to be copied below 1 MiB.
