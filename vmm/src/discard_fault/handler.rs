@@ -21,7 +21,7 @@ use std::time::Instant;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::livelock::{LivelockDetector, Verdict};
-use super::uffd::{Fault, GuestUffd};
+use super::uffd::{EventBuffer, Fault, GuestUffd};
 use super::{fault_kick_signal, DiscardFaultError, DiscardFaults, PAGE};
 
 /// What the handler did with one fault (returned for tests and counted).
@@ -126,7 +126,7 @@ impl DiscardFaults {
     fn serve(
         &self,
         det: &mut LivelockDetector,
-        buf: &mut userfaultfd::EventBuffer,
+        buf: &mut EventBuffer,
         faults: &mut Vec<Fault>,
     ) -> Result<(), DiscardFaultError> {
         self.uffd.read_faults(buf, faults)?;

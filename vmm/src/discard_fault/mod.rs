@@ -24,6 +24,7 @@ pub mod inject;
 pub mod livelock;
 pub mod slots;
 pub mod uffd;
+pub mod uffd_sys;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -229,7 +230,7 @@ mod tests {
 
     pub(crate) fn hub(vcpus: usize) -> (Arc<DiscardFaults>, GuestRam, Arc<Metrics>) {
         let ram = GuestRam::new(16 << 20).unwrap();
-        let table = Arc::new(FrameTable::new((ram.size() / PAGE) as usize, false));
+        let table = Arc::new(FrameTable::new(ram.frames() as usize, false));
         let metrics = Arc::new(Metrics::default());
         let f = DiscardFaults::new(&ram, table, metrics.clone(), vcpus).unwrap();
         (Arc::new(f), ram, metrics)

@@ -10,10 +10,9 @@
 //! frames to register or how to answer a fault (that is `discard_fault`), and
 //! never fill a page that is already present (`UFFDIO_ZEROPAGE` refuses to).
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use userfaultfd::{Event, EventBuffer, FeatureFlags, Uffd, UffdBuilder};
-
+use super::uffd_sys::{self as sys, UffdMsg};
 use crate::memory::GuestRam;
 
 /// Bytes per frame.
@@ -25,7 +24,7 @@ const EVENTS_PER_READ: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum UffdError {
     #[error("cannot create the guest RAM userfaultfd (needs UFFD_FEATURE_THREAD_ID): {0}")]
-    Create(#[source] userfaultfd::Error),
+    Create(#[source] std::io::Error),
     #[error("guest RAM has no host address")]
     NoHostMapping,
     #[error("frames {pfn:#x}+{count} are outside guest RAM")]
@@ -35,29 +34,29 @@ pub enum UffdError {
         pfn: u64,
         count: u64,
         #[source]
-        source: userfaultfd::Error,
+        source: std::io::Error,
     },
     #[error("UFFDIO_UNREGISTER of frames {pfn:#x}+{count} failed: {source}")]
     Unregister {
         pfn: u64,
         count: u64,
         #[source]
-        source: userfaultfd::Error,
+        source: std::io::Error,
     },
     #[error("UFFDIO_ZEROPAGE of frame {pfn:#x} failed: {source}")]
     Zeropage {
         pfn: u64,
         #[source]
-        source: userfaultfd::Error,
+        source: std::io::Error,
     },
     #[error("UFFDIO_WAKE of frame {pfn:#x} failed: {source}")]
     Wake {
         pfn: u64,
         #[source]
-        source: userfaultfd::Error,
+        source: std::io::Error,
     },
     #[error("cannot read userfaultfd events: {0}")]
-    Read(#[source] userfaultfd::Error),
+    Read(#[source] std::io::Error),
 }
 
 /// One missing-page fault read from the userfaultfd.
@@ -73,9 +72,21 @@ pub struct Fault {
     pub write: bool,
 }
 
+/// Room for the events of one [`GuestUffd::read_faults`].
+pub struct EventBuffer(Box<[UffdMsg]>);
+
+impl std::fmt::Debug for EventBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBuffer")
+            .field("events", &self.0.len())
+            .finish()
+    }
+}
+
 /// The userfaultfd covering (parts of) one guest RAM mapping.
 pub struct GuestUffd {
-    uffd: Uffd,
+    /// The descriptor, closed on drop.
+    uffd: OwnedFd,
     /// Keeps the mapping alive while we hold its address.
     _ram: GuestRam,
     base: u64,
@@ -100,13 +111,12 @@ impl GuestUffd {
         if base == 0 {
             return Err(UffdError::NoHostMapping);
         }
-        let uffd = UffdBuilder::new()
-            .close_on_exec(true)
-            .non_blocking(true)
-            .user_mode_only(false)
-            .require_features(FeatureFlags::THREAD_ID)
-            .create()
-            .map_err(UffdError::Create)?;
+        // No UFFD_USER_MODE_ONLY: KVM's own accesses must fault here too.
+        let uffd = sys::open(
+            libc::O_CLOEXEC | libc::O_NONBLOCK,
+            sys::UFFD_FEATURE_THREAD_ID,
+        )
+        .map_err(UffdError::Create)?;
         Ok(Self {
             uffd,
             _ram: ram.clone(),
@@ -116,7 +126,7 @@ impl GuestUffd {
     }
 
     /// Host address and length of `count` frames from `pfn`, if inside RAM.
-    fn range(&self, pfn: u64, count: u64) -> Result<(*mut libc::c_void, usize), UffdError> {
+    fn range(&self, pfn: u64, count: u64) -> Result<(u64, u64), UffdError> {
         let bad = || UffdError::OutOfRange { pfn, count };
         let end = pfn.checked_add(count).ok_or_else(bad)?;
         if count == 0 || end > self.frames {
@@ -124,8 +134,8 @@ impl GuestUffd {
         }
         // Cannot overflow: pfn + count <= frames, and the mapping exists.
         let addr = self.base + pfn * PAGE;
-        let len = usize::try_from(count * PAGE).map_err(|_| bad())?;
-        Ok((addr as *mut libc::c_void, len))
+        let len = count * PAGE;
+        Ok((addr, len))
     }
 
     /// The guest frame holding host address `addr`, if it is in guest RAM.
@@ -137,36 +147,41 @@ impl GuestUffd {
     /// Registers `count` frames from `pfn` in MISSING mode.
     pub fn register(&self, pfn: u64, count: u64) -> Result<(), UffdError> {
         let (addr, len) = self.range(pfn, count)?;
-        self.uffd
-            .register(addr, len)
-            .map(|_| ())
-            .map_err(|source| UffdError::Register { pfn, count, source })
+        sys::register(
+            self.uffd.as_fd(),
+            addr,
+            len,
+            sys::UFFDIO_REGISTER_MODE_MISSING,
+        )
+        .map(|_| ())
+        .map_err(|source| UffdError::Register { pfn, count, source })
     }
 
     /// Unregisters `count` frames from `pfn` (the kernel splits a larger
     /// registration and wakes any thread waiting on those frames).
     pub fn unregister(&self, pfn: u64, count: u64) -> Result<(), UffdError> {
         let (addr, len) = self.range(pfn, count)?;
-        self.uffd
-            .unregister(addr, len)
-            .map_err(|source| UffdError::Unregister { pfn, count, source })
+        sys::unregister(self.uffd.as_fd(), addr, len).map_err(|source| UffdError::Unregister {
+            pfn,
+            count,
+            source,
+        })
     }
 
     /// Backs a missing frame with the zero page and wakes its waiters. A
     /// frame already present (`EEXIST`) only gets the wake-up.
     pub fn zero_fill(&self, pfn: u64) -> Result<(), UffdError> {
         let (addr, len) = self.range(pfn, 1)?;
+        // Not UFFDIO_ZEROPAGE_MODE_DONTWAKE: the waiters are woken.
+        let mode = 0;
         // SAFETY: [addr, addr + len) is one page inside the guest RAM mapping
         // that `_ram` keeps alive (checked by `range`). UFFDIO_ZEROPAGE only
         // maps the zero page where no page is present and fails with EEXIST
         // otherwise, so it never changes memory anyone has written; the VMM
         // holds no Rust reference into guest memory (vm-memory copies).
-        match unsafe { self.uffd.zeropage(addr, len, true) } {
+        match unsafe { sys::zeropage(self.uffd.as_fd(), addr, len, mode) } {
             Ok(_) => Ok(()),
-            // Errno is `#[repr(i32)]`: compare by value.
-            Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => {
-                self.wake(pfn)
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.wake(pfn),
             Err(source) => Err(UffdError::Zeropage { pfn, source }),
         }
     }
@@ -174,9 +189,7 @@ impl GuestUffd {
     /// Wakes the threads waiting on a frame (they retry the access).
     pub fn wake(&self, pfn: u64) -> Result<(), UffdError> {
         let (addr, len) = self.range(pfn, 1)?;
-        self.uffd
-            .wake(addr, len)
-            .map_err(|source| UffdError::Wake { pfn, source })
+        sys::wake(self.uffd.as_fd(), addr, len).map_err(|source| UffdError::Wake { pfn, source })
     }
 
     /// Reads the pending page faults into `out` (cleared first); other
@@ -188,29 +201,26 @@ impl GuestUffd {
         out: &mut Vec<Fault>,
     ) -> Result<usize, UffdError> {
         out.clear();
-        let events = match self.uffd.read_events(buf) {
-            Ok(events) => events,
-            Err(userfaultfd::Error::SystemError(e)) if e as i32 == libc::EAGAIN => return Ok(0),
-            Err(e) => return Err(UffdError::Read(e)),
-        };
-        for event in events {
-            match event {
-                Ok(Event::Pagefault {
-                    rw,
-                    addr,
-                    thread_id,
-                    ..
-                }) => {
-                    let host_addr = addr as u64;
-                    out.push(Fault {
-                        host_addr,
-                        pfn: self.pfn_of(host_addr),
-                        tid: thread_id.as_raw(),
-                        write: rw == userfaultfd::ReadWrite::Write,
-                    });
+        let n = sys::read_msgs(self.uffd.as_fd(), &mut buf.0).map_err(UffdError::Read)?;
+        for msg in &buf.0[..n] {
+            if let Some(pf) = msg.pagefault() {
+                out.push(Fault {
+                    host_addr: pf.address,
+                    pfn: self.pfn_of(pf.address),
+                    // Thread ids fit: Linux caps them at 2^22.
+                    tid: pf.ptid as i32,
+                    write: pf.flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0,
+                });
+                continue;
+            }
+            match msg.event {
+                sys::UFFD_EVENT_FORK
+                | sys::UFFD_EVENT_REMAP
+                | sys::UFFD_EVENT_REMOVE
+                | sys::UFFD_EVENT_UNMAP => {
+                    log::debug!("discard faults: ignoring userfaultfd event {msg:?}")
                 }
-                Ok(other) => log::debug!("discard faults: ignoring userfaultfd event {other:?}"),
-                Err(e) => log::warn!("discard faults: bad userfaultfd event: {e}"),
+                other => log::warn!("discard faults: bad userfaultfd event {other:#x}"),
             }
         }
         Ok(out.len())
@@ -218,7 +228,7 @@ impl GuestUffd {
 
     /// A buffer for [`GuestUffd::read_faults`].
     pub fn event_buffer() -> EventBuffer {
-        EventBuffer::new(EVENTS_PER_READ)
+        EventBuffer(vec![UffdMsg::zeroed(); EVENTS_PER_READ].into_boxed_slice())
     }
 }
 
@@ -269,5 +279,45 @@ mod tests {
         let mut buf = GuestUffd::event_buffer();
         let mut out = vec![];
         assert_eq!(u.read_faults(&mut buf, &mut out).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_write_fault_names_its_thread_and_zero_fill_resolves_it() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let u = GuestUffd::new(&ram).unwrap();
+        u.register(30, 2).unwrap();
+        let ram2 = ram.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            // SAFETY: gettid(2) has no arguments and cannot fail.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            ram2.mem()
+                .write_obj(0x77u8, GuestAddress(31 * PAGE + 5))
+                .unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        let mut buf = GuestUffd::event_buffer();
+        let mut out = vec![];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while u.read_faults(&mut buf, &mut out).unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no fault in 10 s");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        assert_eq!(out.len(), 1);
+        let f = out[0];
+        assert_eq!((f.tid, f.pfn, f.write), (tid, Some(31), true));
+        assert_eq!(f.host_addr & !(PAGE - 1), ram.host_base() + 31 * PAGE);
+        // The zero page goes in and the writer is woken; its write then
+        // copies it (a present page: no further missing fault).
+        u.zero_fill(31).unwrap();
+        h.join().unwrap();
+        assert_eq!(u.read_faults(&mut buf, &mut out).unwrap(), 0);
+        u.unregister(30, 2).unwrap();
+        assert_eq!(
+            ram.mem()
+                .read_obj::<u8>(GuestAddress(31 * PAGE + 5))
+                .unwrap(),
+            0x77
+        );
     }
 }
