@@ -270,8 +270,11 @@ pub struct ReclaimMetrics {
     pub time_us: Counter,
     /// The longest single round's discarding, in microseconds.
     pub max_round_us: Gauge,
-    /// Time spent reading `/proc/self/pagemap`, in microseconds.
+    /// Time spent measuring residency (statm, and pagemap when read), in
+    /// microseconds.
     pub measure_us: Counter,
+    /// Rounds that read pagemap (the others found nothing changed).
+    pub pagemap_reads: Counter,
     /// Rounds where the PSI threshold was exceeded.
     pub psi_triggers: Counter,
     /// Free page reporting: reports (hint entries) honoured, and the

@@ -49,8 +49,10 @@ pub struct ReclaimDoc {
     /// Time spent dropping, total and longest round, in microseconds.
     pub time_us: u64,
     pub max_round_us: u64,
-    /// Time spent reading pagemap, in microseconds.
+    /// Time spent measuring residency, in microseconds, and how many
+    /// measurements read pagemap (the rest found nothing changed).
     pub measure_us: u64,
+    pub pagemap_reads: u64,
     /// Rounds where host memory pressure passed `--psi-threshold`.
     pub psi_triggers: u64,
     /// Free page reporting: reports honoured and frames they dropped.
@@ -137,6 +139,7 @@ impl StatsSource {
                 time_us: r.time_us.get(),
                 max_round_us: r.max_round_us.get(),
                 measure_us: r.measure_us.get(),
+                pagemap_reads: r.pagemap_reads.get(),
                 psi_triggers: r.psi_triggers.get(),
                 reports: r.reports.get(),
                 reported_pages: r.reported_pages.get(),

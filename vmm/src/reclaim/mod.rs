@@ -2,7 +2,9 @@
 //! update, and the reclaimer thread that measures resident guest memory and
 //! drops hinted frames when the host wants memory back.
 //!
-//! Every interval the thread measures residency from `/proc/self/pagemap`;
+//! Every interval the thread measures residency (`resident::Residency`:
+//! from `/proc/self/pagemap`, read again only when something may have
+//! changed);
 //! if a budget is set and resident memory exceeds it, or host memory
 //! pressure (PSI) passes the threshold, it drops resident Unused frames,
 //! then Volatile ones, never Stable ones, until the estimate is under the
@@ -35,7 +37,7 @@ use crate::stats::StatsSource;
 use cgroup::CgroupMemory;
 use discard::{DiscardError, Discarder, Method};
 use policy::{discard_pass_with, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
-use resident::{Pagemap, ResidentMap};
+use resident::Residency;
 use state_table::FrameTable;
 
 /// Bytes per frame.
@@ -110,8 +112,7 @@ struct Worker {
     table: Arc<FrameTable>,
     metrics: Arc<Metrics>,
     discarder: Discarder,
-    pagemap: Option<Pagemap>,
-    map: ResidentMap,
+    residency: Option<Residency>,
     budget_pages: Option<u64>,
     psi: Psi,
     faults: Option<Arc<DiscardFaults>>,
@@ -120,20 +121,23 @@ struct Worker {
 }
 
 impl Worker {
-    /// Measures resident guest memory into `self.map`; records it.
+    /// Measures resident guest memory; records it.
     fn measure(&mut self) -> Option<u64> {
-        let pm = self.pagemap.as_mut()?;
+        let r = self.residency.as_mut()?;
         let t = Instant::now();
-        let measured = pm.measure(self.ram_base, self.frames, &mut self.map);
+        let measured = r.measure(self.ram_base, self.frames);
         self.metrics.reclaim.measure_us.add(micros(t.elapsed()));
         match measured {
-            Ok(pages) => {
-                self.record_resident(pages);
-                Some(pages)
+            Ok(m) => {
+                if m.read_pagemap {
+                    self.metrics.reclaim.pagemap_reads.inc();
+                }
+                self.record_resident(m.pages);
+                Some(m.pages)
             }
             Err(e) => {
                 log::warn!("reclaim: {e}; residency is no longer measured");
-                self.pagemap = None;
+                self.residency = None;
                 None
             }
         }
@@ -189,11 +193,14 @@ impl Worker {
             // Nothing asked for, or nothing the guest lets us drop.
             return;
         }
+        let Some(residency) = self.residency.as_mut() else {
+            return;
+        };
         let t = Instant::now();
         let pass = discard_pass_with(
             &self.table,
             &mut self.discarder,
-            &self.map,
+            residency.map(),
             want,
             Method::Auto,
             self.faults.as_deref(),
@@ -205,7 +212,11 @@ impl Worker {
         r.max_round_us.raise(us);
         r.madvise_calls.add(pass.madvise_calls);
         r.process_madvise_calls.add(pass.process_madvise_calls);
-        // Each dropped frame was resident a moment ago.
+        // Each dropped frame was resident a moment ago; the reading no
+        // longer holds.
+        if pass.pages > 0 || pass.failed > 0 {
+            residency.invalidate();
+        }
         self.record_resident(resident.saturating_sub(pass.pages));
         if pass.pages > 0 {
             log::debug!(
@@ -239,8 +250,8 @@ impl Reclaimer {
         stats: StatsSource,
         faults: Option<Arc<DiscardFaults>>,
     ) -> Result<Self, ReclaimError> {
-        let pagemap = match Pagemap::open() {
-            Ok(pm) => Some(pm),
+        let residency = match Residency::open() {
+            Ok(r) => Some(r),
             Err(e) => {
                 log::warn!("reclaim: {e}; resident memory is not measured, nothing is reclaimed");
                 None
@@ -252,8 +263,7 @@ impl Reclaimer {
             table,
             metrics,
             discarder: Discarder::new(ram)?,
-            pagemap,
-            map: ResidentMap::default(),
+            residency,
             budget_pages: config.budget_bytes.map(|b| b / PAGE),
             psi: Psi {
                 threshold: config.psi_threshold,

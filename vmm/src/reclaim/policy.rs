@@ -133,11 +133,14 @@ pub fn discard_pass_with(
     let mut chunk = RunBuilder::default();
     let frames = table.len().min(resident.pages());
     for class in [PageState::Unused, PageState::Volatile] {
-        for pfn in 0..frames {
+        // Only resident frames are candidates: skip the rest 64 at a time.
+        let mut next = resident.next_set(0);
+        while let Some(pfn) = next.filter(|&p| p < frames) {
+            next = pfn.checked_add(1).and_then(|p| resident.next_set(p));
             if report.pages + chunk.pages() >= want {
                 break;
             }
-            if !resident.get(pfn) || !table.looks_claimable(pfn, class) {
+            if !table.looks_claimable(pfn, class) {
                 continue;
             }
             if table.try_claim(pfn, class) {
