@@ -265,12 +265,21 @@ unsafe fn ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: &mut T) -> io::Result<
 /// [`UFFD_USER_MODE_ONLY`]) and does the `UFFDIO_API` handshake asking for
 /// `features`. Fails with the OS error, or with `Unsupported` if the kernel
 /// does not offer every feature asked for.
+///
+/// The system call comes first; where it is refused (`EPERM`: an
+/// unprivileged user asking for kernel-mode faults while
+/// `vm.unprivileged_userfaultfd` is 0), `/dev/userfaultfd` is tried, whose
+/// file permissions may grant what the sysctl does not.
 pub fn open(flags: libc::c_int, features: u64) -> io::Result<OwnedFd> {
     // SAFETY: userfaultfd(2) takes one integer argument and touches no
     // memory of ours; it returns a new descriptor or -1.
-    let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    let mut r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
     if r < 0 {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EPERM) {
+            return Err(err);
+        }
+        r = i64::from(open_through_device(flags).map_err(|_| err)?);
     }
     let raw = libc::c_int::try_from(r).map_err(|_| io::Error::other("bad userfaultfd result"))?;
     // SAFETY: `raw` is the descriptor the kernel just created for us; no
@@ -291,6 +300,33 @@ pub fn open(flags: libc::c_int, features: u64) -> io::Result<OwnedFd> {
         ));
     }
     Ok(fd)
+}
+
+/// `USERFAULTFD_IOC_NEW` (`_IO(0xAA, 0)`): a new userfaultfd from
+/// `/dev/userfaultfd`, its argument the flags.
+pub const USERFAULTFD_IOC_NEW: u32 = ioc(0, UFFDIO, 0, 0);
+
+/// A new userfaultfd descriptor from `/dev/userfaultfd`.
+fn open_through_device(flags: libc::c_int) -> io::Result<libc::c_int> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")?;
+    // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and touches no
+    // memory of ours; it returns a new descriptor or -1. `dev` stays open
+    // for the call.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&dev),
+            USERFAULTFD_IOC_NEW as libc::Ioctl,
+            flags,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 /// Registers `[start, start + len)` in `mode`; returns the ioctls available
@@ -403,9 +439,31 @@ mod tests {
         assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
         assert_eq!(UFFDIO_COPY, 0xc028_aa03);
         assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
+        assert_eq!(USERFAULTFD_IOC_NEW, 0xaa00);
         // The encoding itself, on a number outside userfaultfd:
         // TUNSETIFF is `_IOW('T', 202, int)`.
         assert_eq!(ioc(IOC_WRITE, b'T' as u32, 0xca, 4), 0x4004_54ca);
+    }
+
+    #[test]
+    fn the_device_gives_a_working_descriptor_where_it_exists() {
+        // The fallback path of `open`, taken directly (root here, so the
+        // system call never refuses).
+        match open_through_device(libc::O_CLOEXEC | libc::O_NONBLOCK) {
+            Ok(raw) => {
+                // SAFETY: `raw` is the descriptor just created; we own it.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                let mut api = UffdioApi {
+                    api: UFFD_API,
+                    features: UFFD_FEATURE_THREAD_ID,
+                    ioctls: 0,
+                };
+                // SAFETY: UFFDIO_API's argument is a `struct uffdio_api`.
+                unsafe { ioctl(fd.as_fd(), UFFDIO_API, &mut api) }.unwrap();
+                assert_ne!(api.features & UFFD_FEATURE_THREAD_ID, 0);
+            }
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}"),
+        }
     }
 
     #[test]

@@ -192,7 +192,8 @@ pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure) 
     let p_ = &spec.params;
     let mut a: Vec<String> = vec![
         "--mem".into(),
-        p_.mem.to_string(),
+        // Bytes, with the unit said: a bare number means MiB to --mem.
+        format!("{}B", p_.mem),
         "--vcpus".into(),
         p_.vcpus.to_string(),
         "--timeout".into(),
