@@ -88,7 +88,7 @@ pub struct GuestUffd {
     /// The descriptor, closed on drop.
     uffd: OwnedFd,
     /// Keeps the mapping alive while we hold its address.
-    _ram: GuestRam,
+    ram: GuestRam,
     base: u64,
     frames: u64,
 }
@@ -119,9 +119,9 @@ impl GuestUffd {
         .map_err(UffdError::Create)?;
         Ok(Self {
             uffd,
-            _ram: ram.clone(),
+            ram: ram.clone(),
             base,
-            frames: ram.size() / PAGE,
+            frames: ram.frames(),
         })
     }
 
@@ -129,7 +129,8 @@ impl GuestUffd {
     fn range(&self, pfn: u64, count: u64) -> Result<(u64, u64), UffdError> {
         let bad = || UffdError::OutOfRange { pfn, count };
         let end = pfn.checked_add(count).ok_or_else(bad)?;
-        if count == 0 || end > self.frames {
+        // Inside one RAM range: never the MMIO hole of a large guest.
+        if count == 0 || end > self.frames || !self.ram.contains(pfn * PAGE, count * PAGE) {
             return Err(bad());
         }
         // Cannot overflow: pfn + count <= frames, and the mapping exists.
@@ -141,7 +142,7 @@ impl GuestUffd {
     /// The guest frame holding host address `addr`, if it is in guest RAM.
     pub fn pfn_of(&self, addr: u64) -> Option<u64> {
         let pfn = addr.checked_sub(self.base)? / PAGE;
-        (pfn < self.frames).then_some(pfn)
+        self.ram.is_ram_frame(pfn).then_some(pfn)
     }
 
     /// Registers `count` frames from `pfn` in MISSING mode.
@@ -175,7 +176,7 @@ impl GuestUffd {
         // Not UFFDIO_ZEROPAGE_MODE_DONTWAKE: the waiters are woken.
         let mode = 0;
         // SAFETY: [addr, addr + len) is one page inside the guest RAM mapping
-        // that `_ram` keeps alive (checked by `range`). UFFDIO_ZEROPAGE only
+        // that `self.ram` keeps alive (checked by `range`). UFFDIO_ZEROPAGE only
         // maps the zero page where no page is present and fails with EEXIST
         // otherwise, so it never changes memory anyone has written; the VMM
         // holds no Rust reference into guest memory (vm-memory copies).
@@ -242,6 +243,30 @@ impl AsRawFd for GuestUffd {
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn ram_above_4g_registers_and_the_hole_is_refused() {
+        let ram = GuestRam::new(16 << 30).unwrap();
+        let u = GuestUffd::new(&ram).unwrap();
+        let top = ram.frames();
+        let hole = ram.hole_frames();
+        // The last frame of RAM above 4 GiB.
+        u.register(top - 1, 1).unwrap();
+        u.unregister(top - 1, 1).unwrap();
+        assert_eq!(u.pfn_of(ram.host_base() + (top - 1) * PAGE), Some(top - 1));
+        // Frames of the hole, or a run into it, are not RAM.
+        for (pfn, count) in [(hole.start, 1), (hole.start - 1, 2), (hole.end - 1, 2)] {
+            assert!(
+                matches!(u.register(pfn, count), Err(UffdError::OutOfRange { .. })),
+                "{pfn:#x}+{count}"
+            );
+        }
+        assert_eq!(u.pfn_of(ram.host_base() + hole.start * PAGE), None);
+        assert!(matches!(
+            u.zero_fill(top),
+            Err(UffdError::OutOfRange { .. })
+        ));
+    }
 
     #[test]
     fn ranges_are_checked_against_ram() {
