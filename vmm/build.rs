@@ -52,7 +52,8 @@ fn cargo_build(workspace: &Path, target_dir: &Path, args: &[&str], extra_env: &[
 }
 
 /// Makes sure the active toolchain has the guest target's standard
-/// library, installing it with rustup when it is missing.
+/// library, installing it with rustup when it is missing. The script runs
+/// again whenever that library changes or goes away.
 fn ensure_guest_target() {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(&rustc)
@@ -64,11 +65,11 @@ fn ensure_guest_target() {
     let Some(sysroot) = sysroot else {
         panic!("cannot ask {rustc} for its sysroot");
     };
-    let lib = sysroot
-        .join("lib")
-        .join("rustlib")
-        .join(GUEST_TARGET)
-        .join("lib");
+    let rustlib = sysroot.join("lib").join("rustlib");
+    // `rustup target remove` deletes the target's directory, which changes
+    // its parent: watch that, so a removed target is noticed and restored.
+    println!("cargo:rerun-if-changed={}", rustlib.display());
+    let lib = rustlib.join(GUEST_TARGET).join("lib");
     let has_core = std::fs::read_dir(&lib).is_ok_and(|entries| {
         entries
             .flatten()
