@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use pagehint_abi::boot::{
-    MemmapEntry, StartInfo, CMDLINE_ADDR, CMDLINE_MAX, E820_RAM, E820_RESERVED, HIGH_RAM_START,
-    KERNEL_START, MEMMAP_ADDR, MMIO_HOLE_START, START_INFO_ADDR, START_INFO_MAGIC,
+    MemmapEntry, StartInfo, CMDLINE_ADDR, CMDLINE_MAX, E820_RAM, E820_RESERVED, KERNEL_START,
+    MEMMAP_ADDR, MMIO_HOLE_START, START_INFO_ADDR, START_INFO_MAGIC,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -212,14 +212,25 @@ pub fn memory_map(ram_size: u64) -> Vec<MemmapEntry> {
         kind,
         reserved: 0,
     };
-    let low = ram_size.min(MMIO_HOLE_START);
-    let mut map = vec![
-        entry(0, LOW_RAM_END, E820_RAM),
-        entry(LOW_RAM_END, KERNEL_START - LOW_RAM_END, E820_RESERVED),
-        entry(KERNEL_START, low.saturating_sub(KERNEL_START), E820_RAM),
-    ];
-    if ram_size > low {
-        map.push(entry(HIGH_RAM_START, ram_size - low, E820_RAM));
+    // The RAM ranges are `memory::ram_ranges`; the first (at 0) loses the
+    // legacy area below 1 MiB but for its first 639 KiB.
+    let mut map = Vec::new();
+    for (start, len) in crate::memory::ram_ranges(ram_size) {
+        if start == 0 {
+            map.push(entry(0, LOW_RAM_END, E820_RAM));
+            map.push(entry(
+                LOW_RAM_END,
+                KERNEL_START - LOW_RAM_END,
+                E820_RESERVED,
+            ));
+            map.push(entry(
+                KERNEL_START,
+                len.saturating_sub(KERNEL_START),
+                E820_RAM,
+            ));
+        } else {
+            map.push(entry(start, len, E820_RAM));
+        }
     }
     map
 }
@@ -265,6 +276,7 @@ mod tests {
     use super::*;
     use core::mem::{offset_of, size_of};
     use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
+    use pagehint_abi::boot::HIGH_RAM_START;
 
     #[test]
     fn abi_boot_structs_match_linux_loader() {
