@@ -71,7 +71,7 @@ fn gen_files_then_mkdisk_round_trips() {
     r.expect_status(0)
         .expect_stdout("3 files, 27648 bytes, 11 blocks");
 
-    let image = vmm::disk_image::read_image(std::path::Path::new(&img)).unwrap();
+    let image = lab::disk_image::read_image(std::path::Path::new(&img)).unwrap();
     assert_eq!(image.superblock.file_count, 3);
     for (n, e) in image.entries.iter().enumerate() {
         assert_eq!(e.name(), Some(format!("f{n:05}.bin").as_str()));
@@ -156,5 +156,5 @@ fn a_built_image_boots_as_the_disk() {
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     }
     // The guest never wrote: the image still reads back as built.
-    assert!(vmm::disk_image::read_image(std::path::Path::new(&img)).is_ok());
+    assert!(lab::disk_image::read_image(std::path::Path::new(&img)).is_ok());
 }

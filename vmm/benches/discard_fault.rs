@@ -19,7 +19,7 @@ use std::time::Instant;
 mod support;
 use support::{make_disk, vmm};
 
-use vmm::discard_fault::uffd_sys::{self as sys, UffdMsg};
+use hypervisor::discard_fault::uffd_sys::{self as sys, UffdMsg};
 
 fn plain_uffd_fault_us(pages: usize) -> (f64, f64) {
     let len = pages * 4096;

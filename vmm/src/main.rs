@@ -1,12 +1,17 @@
 //! The `vmm` binary: parse the command line, run, report, exit.
 //!
-//! All logic lives in the library; this file must never do more than turn
-//! results into one stderr line and an exit status.
+//! The hypervisor lives in the `hypervisor` library and the experiment and
+//! disk tools in `lab`; `cli` parses, `config` maps `vmm run`'s flags to the
+//! library's configuration. This file must never do more than dispatch and
+//! turn results into one stderr line and an exit status.
 
-use vmm::cli::{self, Command};
+mod cli;
+mod config;
+
+use cli::Command;
 
 /// Prints a tool's summary line or its one-line error; returns the status.
-fn report(result: Result<String, vmm::tools::ToolError>) -> i32 {
+fn report(result: Result<String, lab::tools::ToolError>) -> i32 {
     match result {
         Ok(line) => {
             println!("{line}");
@@ -27,9 +32,9 @@ fn main() {
             std::process::exit(cli::parse_error_status(&e));
         }
     };
-    vmm::logger::init();
+    hypervisor::logger::init();
     let status = match cli.command {
-        Command::Run(args) => match vmm::run(&args) {
+        Command::Run(args) => match hypervisor::run(&config::vm_config(&args)) {
             Ok(status) => status,
             Err(e) => {
                 eprintln!("vmm: error: {e}");
@@ -41,9 +46,9 @@ fn main() {
                 e.exit_status()
             }
         },
-        Command::GenFiles(args) => report(vmm::tools::gen_files(&args)),
-        Command::Mkdisk(args) => report(vmm::tools::mkdisk(&args)),
-        Command::Experiment(args) => match vmm::experiment::run(&args) {
+        Command::GenFiles(args) => report(lab::tools::gen_files(&args)),
+        Command::Mkdisk(args) => report(lab::tools::mkdisk(&args)),
+        Command::Experiment(args) => match lab::experiment::run(&args) {
             Ok(line) => {
                 println!("{line}");
                 0

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use pagehint_abi::disk::{fill_block, BLOCK_SIZE};
 use pagehint_abi::exit::vmm as status;
 
-use crate::cli::{GenFilesArgs, MkdiskArgs};
+use crate::args::{GenFilesArgs, MkdiskArgs};
 use crate::disk_image::{build_image, ImageError};
 
 /// Why a tool failed.

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::cli::{CgroupBudget, Mode};
+use crate::args::{CgroupBudget, Mode};
 
 /// Why the arguments do not make a plan.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

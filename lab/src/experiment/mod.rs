@@ -27,7 +27,7 @@ use pagehint_abi::exit::vmm as status;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{CgroupBudget, ExperimentArgs, GenFilesArgs, MkdiskArgs};
+use crate::args::{CgroupBudget, ExperimentArgs, GenFilesArgs, MkdiskArgs};
 use crate::tools::{self, ToolError};
 use child::{ChildError, Job, Outcome};
 use figures::{Figures, Row};

@@ -19,13 +19,13 @@
 
 use std::time::{Duration, Instant};
 
+use hypervisor::memory::GuestRam;
+use hypervisor::reclaim::discard::{Discarder, Method};
+use hypervisor::reclaim::policy::{discard_pass, Run};
+use hypervisor::reclaim::resident::{Pagemap, Residency, ResidentMap, FULL_MEASURE_EVERY};
+use hypervisor::reclaim::state_table::FrameTable;
 use pagehint_abi::hypercall::hint;
 use vm_memory::{Bytes, GuestAddress};
-use vmm::memory::GuestRam;
-use vmm::reclaim::discard::{Discarder, Method};
-use vmm::reclaim::policy::{discard_pass, Run};
-use vmm::reclaim::resident::{Pagemap, Residency, ResidentMap, FULL_MEASURE_EVERY};
-use vmm::reclaim::state_table::FrameTable;
 
 const RAM: u64 = 256 << 20;
 const PAGE: u64 = 4096;

@@ -1,0 +1,262 @@
+//! What one VM run is asked to be: [`VmConfig`], built by the caller (the
+//! `vmm` binary translates its command line into it), and the guest
+//! command line derived from it.
+//!
+//! The library takes no command-line type: this module is the whole of
+//! its input. Checks that need no host resource (vCPU count, RAM size)
+//! live here; whatever needs KVM or files is checked where it is opened.
+//! This module must never open a file or touch KVM.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pagehint_abi::boot::{
+    VIRTIO_BLK_IRQ, VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_CMDLINE_KEY, VIRTIO_MMIO_SIZE,
+};
+
+use crate::error::VmmError;
+use crate::memory;
+
+/// Most vCPUs we support (APIC IDs stay below 255, tables stay small).
+pub const MAX_VCPUS: u32 = 64;
+
+/// The guest option that turns its page hints into free page reporting.
+pub const FPR_CMDLINE_OPTION: &str = "hints=fpr";
+
+/// Where the guest kernel comes from.
+#[derive(Debug, Clone)]
+pub enum Kernel {
+    /// A PVH ELF file, read when the VM is built.
+    Path(PathBuf),
+    /// An image already in memory (the `vmm` binary's bundled guest).
+    Image(Cow<'static, [u8]>),
+}
+
+/// How the guest may tell the host about its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintMode {
+    /// No hints: CPUID does not advertise them and every batch is refused.
+    Off,
+    /// Page hinting; with `discard_faults`, dropped volatile frames are
+    /// registered with userfaultfd and a touch of one is a discard fault.
+    Hinting { discard_faults: bool },
+    /// Free page reporting: the guest reports free 2 MiB blocks, which the
+    /// host drops at once; nothing else is dropped.
+    FreePageReporting,
+}
+
+impl HintMode {
+    /// Does the guest see the hint hypercalls at all?
+    pub fn hypercalls(self) -> bool {
+        self != HintMode::Off
+    }
+    /// Are discard faults asked for?
+    pub fn discard_faults(self) -> bool {
+        matches!(
+            self,
+            HintMode::Hinting {
+                discard_faults: true
+            }
+        )
+    }
+    /// Does the reclaimer drop hinted frames (rather than only measure)?
+    pub fn reclaims(self) -> bool {
+        matches!(self, HintMode::Hinting { .. })
+    }
+}
+
+/// The virtio block device's backing file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// Let the guest write to it.
+    pub writable: bool,
+}
+
+/// The host side of reclaim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReclaimOptions {
+    /// Target for resident guest memory, in bytes.
+    pub host_budget: Option<u64>,
+    /// Time between reclaimer rounds.
+    pub interval: Duration,
+    /// Reclaim when host PSI "some avg10" exceeds this percentage.
+    pub psi_threshold: Option<f64>,
+    /// Use the headroom of the memory cgroup the VMM runs in as a budget.
+    pub cgroup_budget: bool,
+}
+
+impl Default for ReclaimOptions {
+    fn default() -> Self {
+        ReclaimOptions {
+            host_budget: None,
+            interval: Duration::from_millis(50),
+            psi_threshold: None,
+            cgroup_budget: true,
+        }
+    }
+}
+
+/// The periodic stats file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsOptions {
+    pub path: PathBuf,
+    pub interval: Duration,
+}
+
+/// Everything one run needs.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: Kernel,
+    /// Guest RAM in bytes.
+    pub mem: u64,
+    pub vcpus: u32,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    pub disk: Option<DiskConfig>,
+    pub hints: HintMode,
+    pub reclaim: ReclaimOptions,
+    pub stats: Option<StatsOptions>,
+    /// The user's guest command-line words.
+    pub guest_args: Vec<String>,
+}
+
+impl VmConfig {
+    /// A configuration with the defaults of `vmm run` for `kernel`.
+    pub fn new(kernel: Kernel) -> Self {
+        VmConfig {
+            kernel,
+            mem: 256 << 20,
+            vcpus: 2,
+            timeout: None,
+            disk: None,
+            hints: HintMode::Hinting {
+                discard_faults: true,
+            },
+            reclaim: ReclaimOptions::default(),
+            stats: None,
+            guest_args: Vec::new(),
+        }
+    }
+
+    /// The vCPU count as the VM needs it, or a configuration error.
+    pub fn checked_vcpus(&self) -> Result<u8, VmmError> {
+        check_vcpus(self.vcpus)
+    }
+
+    /// Checks everything that needs no host resource.
+    pub fn validate(&self) -> Result<u8, VmmError> {
+        let vcpus = self.checked_vcpus()?;
+        memory::validate_size(self.mem)?;
+        Ok(vcpus)
+    }
+
+    /// The guest's command-line words for this configuration.
+    pub fn guest_cmdline_words(&self) -> Vec<String> {
+        guest_cmdline_words(
+            self.disk.is_some(),
+            self.hints == HintMode::FreePageReporting,
+            &self.guest_args,
+        )
+    }
+}
+
+/// Checks a vCPU count.
+fn check_vcpus(vcpus: u32) -> Result<u8, VmmError> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(VmmError::Config(format!(
+            "--vcpus {vcpus} is out of range: need 1 to {MAX_VCPUS}"
+        )));
+    }
+    u8::try_from(vcpus).map_err(|_| VmmError::Config(format!("--vcpus {vcpus} is too large")))
+}
+
+/// A size as the kernel's `memparse` reads it: `4K`, `1M`, or bytes.
+fn cmdline_size(bytes: u64) -> String {
+    match bytes {
+        0 => "0".into(),
+        b if b.is_multiple_of(1 << 30) => format!("{}G", b >> 30),
+        b if b.is_multiple_of(1 << 20) => format!("{}M", b >> 20),
+        b if b.is_multiple_of(1 << 10) => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
+}
+
+/// The command-line option announcing the virtio block device, as Linux
+/// and Firecracker write it: `virtio_mmio.device=4K@0xd0000000:5`.
+pub fn virtio_blk_cmdline_option() -> String {
+    format!(
+        "{VIRTIO_MMIO_CMDLINE_KEY}={}@{VIRTIO_BLK_MMIO_BASE:#x}:{VIRTIO_BLK_IRQ}",
+        cmdline_size(VIRTIO_MMIO_SIZE)
+    )
+}
+
+/// The guest's command-line words: the device option first when there is
+/// a disk, then `hints=fpr` with free page reporting, then the user's
+/// words.
+pub fn guest_cmdline_words(with_disk: bool, fpr: bool, args: &[String]) -> Vec<String> {
+    let mut words = Vec::with_capacity(args.len() + 2);
+    if with_disk {
+        words.push(virtio_blk_cmdline_option());
+    }
+    if fpr {
+        words.push(FPR_CMDLINE_OPTION.to_string());
+    }
+    words.extend(args.iter().cloned());
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader;
+    use pagehint_abi::exit::vmm as status;
+
+    #[test]
+    fn vcpu_count_limits() {
+        assert_eq!(check_vcpus(0).unwrap_err().exit_status(), status::CONFIG);
+        assert_eq!(check_vcpus(65).unwrap_err().exit_status(), status::CONFIG);
+        assert_eq!(check_vcpus(64).unwrap(), 64);
+        assert_eq!(check_vcpus(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn hint_modes() {
+        let on = HintMode::Hinting {
+            discard_faults: true,
+        };
+        assert!(on.hypercalls() && on.discard_faults() && on.reclaims());
+        let fpr = HintMode::FreePageReporting;
+        assert!(fpr.hypercalls() && !fpr.discard_faults() && !fpr.reclaims());
+        assert!(!HintMode::Off.hypercalls() && !HintMode::Off.reclaims());
+        let mut c = VmConfig::new(Kernel::Image(Cow::Borrowed(&[])));
+        c.hints = fpr;
+        c.guest_args = vec!["x".into()];
+        assert_eq!(c.guest_cmdline_words(), ["hints=fpr", "x"]);
+    }
+
+    #[test]
+    fn the_disk_option_comes_first_on_the_command_line() {
+        assert_eq!(
+            virtio_blk_cmdline_option(),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
+        let args = vec!["hello".to_string(), "x".to_string()];
+        let line = loader::build_cmdline(&guest_cmdline_words(true, false, &args)).unwrap();
+        assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hello x");
+        assert_eq!(guest_cmdline_words(false, false, &args), args);
+        let line = loader::build_cmdline(&guest_cmdline_words(true, true, &args)).unwrap();
+        assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hints=fpr hello x");
+        assert_eq!(
+            guest_cmdline_words(false, true, &args),
+            ["hints=fpr", "hello", "x"]
+        );
+        assert_eq!(cmdline_size(1 << 20), "1M");
+        assert_eq!(cmdline_size(513), "513");
+        let long = vec!["a".repeat(pagehint_abi::boot::CMDLINE_MAX - 10)];
+        assert!(loader::build_cmdline(&guest_cmdline_words(false, false, &long)).is_ok());
+        let e = loader::build_cmdline(&guest_cmdline_words(true, false, &long)).unwrap_err();
+        assert_eq!(VmmError::from(e).exit_status(), status::USAGE);
+    }
+}

@@ -1,0 +1,31 @@
+//! The hypervisor library: boots a PVH guest kernel on KVM, serves its page
+//! hints, reclaims what it hints droppable and runs it until the guest
+//! writes its exit status, fails, or runs out of time.
+//!
+//! The caller builds a [`VmConfig`] and calls [`run`]; the `vmm` binary does
+//! so from its command line. The rooms, from the top down: `machine` (build,
+//! run and tear down one VM), the clients of guest memory (`hypercall`,
+//! `reclaim`, `discard_fault`, `devices`), and below them `vstate`
+//! (the KVM file descriptors), `arch`, `memory`, `metrics`. `docs/design.md`
+//! draws them. Nothing here may panic on anything the guest or the user
+//! sends.
+
+pub mod arch;
+pub mod config;
+pub mod devices;
+pub mod discard_fault;
+pub mod error;
+pub mod hypercall;
+pub mod kvm;
+pub mod loader;
+pub mod logger;
+pub mod machine;
+pub mod memory;
+pub mod metrics;
+pub mod reclaim;
+pub mod stats;
+pub mod vstate;
+
+pub use config::{DiskConfig, HintMode, Kernel, ReclaimOptions, StatsOptions, VmConfig};
+pub use error::VmmError;
+pub use machine::run;

@@ -1,0 +1,337 @@
+//! The machine: builds one VM from a [`VmConfig`], runs it to the end and
+//! tears it down.
+//!
+//! [`run`] wires the modules together: check the configuration, open the
+//! disk image if any, load the kernel into fresh guest RAM, open KVM, create
+//! the VM, its devices (and the block device's worker thread), the host
+//! reclaimer thread and the vCPU threads, wait for the first vCPU to stop
+//! (or the timeout), then stop and join every vCPU thread, the worker and
+//! the reclaimer, and write the stats. Nothing here may panic on anything
+//! the guest or the user sends.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+
+use pagehint_abi::boot::{VIRTIO_BLK_IRQ, VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use pagehint_abi::exit::status_from_guest;
+use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT};
+
+use crate::config::{HintMode, Kernel, VmConfig};
+use crate::devices::blk_worker::BlockWorker;
+use crate::devices::bus::{ExitDevice, PioBus};
+use crate::devices::disk::DiskFile;
+use crate::devices::mmio::MmioBus;
+use crate::devices::serial::SerialDevice;
+use crate::devices::virtio_mmio::{VirtioBlock, QUEUE_NOTIFY};
+use crate::discard_fault::handler::FaultHandler;
+use crate::discard_fault::{self, DiscardFaults};
+use crate::error::VmmError;
+use crate::hypercall::HypercallDevice;
+use crate::kvm::KvmContext;
+use crate::loader;
+use crate::memory::GuestRam;
+use crate::metrics::Metrics;
+use crate::reclaim::reporting::FreePageReporter;
+use crate::reclaim::state_table::FrameTable;
+use crate::reclaim::{self, ReclaimConfig, Reclaimer};
+use crate::stats::StatsSource;
+use crate::vstate::vcpu::{self, StopReason, Vcpu, VcpuReport};
+use crate::vstate::vm::Vm;
+
+/// Width of the exit port (QEMU's `isa-debug-exit,iosize=0x04`).
+const EXIT_PORT_LEN: u16 = 4;
+
+/// Creates the virtio block device on `disk`: wires its interrupt and
+/// notification into KVM, puts it on the MMIO bus, and starts its worker.
+fn attach_disk(
+    vm: &Vm,
+    ram: &GuestRam,
+    disk: DiskFile,
+    mmio: &mut MmioBus,
+    metrics: &Arc<Metrics>,
+) -> Result<BlockWorker, VmmError> {
+    log::info!(
+        "disk {} ({} sectors, {})",
+        disk.path().display(),
+        disk.sectors(),
+        if disk.read_only() {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    );
+    let (dev, irq, notify) = VirtioBlock::new(ram.mem().clone(), disk, metrics.clone())?;
+    vm.register_irqfd(&irq, VIRTIO_BLK_IRQ)?;
+    vm.register_ioevent(&notify, VIRTIO_BLK_MMIO_BASE + QUEUE_NOTIFY)?;
+    let dev = Arc::new(Mutex::new(dev));
+    mmio.insert(VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_SIZE, dev.clone())?;
+    Ok(BlockWorker::spawn(dev, notify)?)
+}
+
+/// The memory cgroup whose headroom is a budget, if `--cgroup-budget auto`
+/// finds one with a limit.
+fn cgroup_budget(config: &VmConfig) -> Option<reclaim::cgroup::CgroupMemory> {
+    if !config.reclaim.cgroup_budget {
+        return None;
+    }
+    let (cg, limit) = reclaim::cgroup::detect()?;
+    log::info!(
+        "memory cgroup {} ({:?}) has a limit of {limit} bytes: its headroom is a budget",
+        cg.dir.display(),
+        cg.version
+    );
+    Some(cg)
+}
+
+/// The reclaimer's configuration.
+fn reclaim_config(config: &VmConfig) -> ReclaimConfig {
+    let fpr = config.hints == HintMode::FreePageReporting;
+    ReclaimConfig {
+        discard: !fpr,
+        cgroup: if fpr { None } else { cgroup_budget(config) },
+        interval: config.reclaim.interval,
+        budget_bytes: config.reclaim.host_budget,
+        psi_threshold: config.reclaim.psi_threshold,
+        stats: config.stats.clone().map(|s| (s.path, s.interval)),
+    }
+}
+
+/// The discard-fault machinery, unless hinting or discard faults are off.
+/// A host that refuses userfaultfd runs without discard faults (warned).
+fn discard_faults(
+    config: &VmConfig,
+    ram: &GuestRam,
+    table: &Arc<FrameTable>,
+    metrics: &Arc<Metrics>,
+    vcpus: u8,
+) -> Result<Option<Arc<DiscardFaults>>, VmmError> {
+    if !config.hints.discard_faults() {
+        return Ok(None);
+    }
+    match DiscardFaults::new(ram, table.clone(), metrics.clone(), usize::from(vcpus)) {
+        Ok(f) => Ok(Some(Arc::new(f))),
+        Err(e) => {
+            log::warn!("{e}; running without discard faults");
+            Ok(None)
+        }
+    }
+}
+
+/// Logs the stats document (at info) and writes the stats file if asked.
+fn report_stats(stats: &StatsSource, config: &VmConfig) {
+    match stats.to_json() {
+        Ok(json) => log::info!("metrics: {json}"),
+        Err(e) => log::warn!("{e}"),
+    }
+    if let Some(s) = &config.stats {
+        if let Err(e) = stats.write(&s.path) {
+            log::error!("stats: {e}");
+        }
+    }
+}
+
+/// Turns the first vCPU report into the run's result.
+fn outcome(report: VcpuReport) -> Result<i32, VmmError> {
+    let vcpu = report.index;
+    match report.reason {
+        StopReason::GuestExit(value) => {
+            log::info!("guest exited with value {value} (vCPU {vcpu})");
+            Ok(status_from_guest(value))
+        }
+        StopReason::TripleFault(dump) => Err(VmmError::TripleFault { vcpu, dump }),
+        StopReason::KvmFailure(what, dump) => Err(VmmError::KvmFailure { vcpu, what, dump }),
+        StopReason::UnexpectedExit(what, dump) => {
+            Err(VmmError::UnexpectedExit { vcpu, what, dump })
+        }
+        StopReason::Stopped => Err(VmmError::Internal(format!(
+            "vCPU {vcpu} stopped before anything asked it to"
+        ))),
+        StopReason::Panicked => Err(VmmError::Internal(format!("vCPU {vcpu} thread panicked"))),
+    }
+}
+
+/// Boots the guest `config` describes and runs it to the end. Returns the
+/// exit status the guest asked for, or the error that ended the run.
+pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
+    let vcpu_count = config.validate()?;
+    let disk = match &config.disk {
+        Some(d) => Some(DiskFile::open(&d.path, d.writable)?),
+        None => None,
+    };
+    let cmdline = loader::build_cmdline(&config.guest_cmdline_words())?;
+    let image: Cow<'_, [u8]> = match &config.kernel {
+        Kernel::Path(path) => Cow::Owned(loader::read_kernel(path)?),
+        Kernel::Image(bytes) => Cow::Borrowed(bytes),
+    };
+
+    let ram = GuestRam::new(config.mem)?;
+    let entry = loader::load_kernel(&ram, &image)?;
+    loader::write_boot_info(&ram, &cmdline)?;
+    drop(image);
+
+    let kvm = KvmContext::new()?;
+    if usize::from(vcpu_count) > kvm.max_vcpus() {
+        return Err(VmmError::Config(format!(
+            "--vcpus {vcpu_count} exceeds KVM_CAP_MAX_VCPUS ({})",
+            kvm.max_vcpus()
+        )));
+    }
+    let supported = kvm.supported_cpuid()?;
+    let vm = Vm::new(&kvm)?;
+    vm.register_ram(&ram)?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut bus = PioBus::new(metrics.clone());
+    let (serial, serial_irq) = SerialDevice::new(std::io::stdout(), metrics.clone())?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    bus.insert(COM1_BASE, COM1_LEN, Arc::new(Mutex::new(serial)))?;
+    bus.insert(
+        EXIT_PORT,
+        EXIT_PORT_LEN,
+        Arc::new(Mutex::new(ExitDevice::new())),
+    )?;
+    let frames = usize::try_from(ram.frames())
+        .map_err(|_| VmmError::Config("--mem is too large for this host".into()))?;
+    let table = Arc::new(FrameTable::with_hole(frames, ram.hole_frames(), false));
+    let hinting = config.hints.hypercalls();
+    let mut faults = discard_faults(config, &ram, &table, &metrics, vcpu_count)?;
+    if faults.is_some() {
+        // Discard faults must be taken by the vCPU thread itself, not by an
+        // async-page-fault worker (see `Vm::disable_hlt_exits`).
+        if let Err(e) = vm.disable_hlt_exits() {
+            log::warn!("{e}; running without discard faults");
+            faults = None;
+        }
+    }
+    let mut hypercalls = HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), hinting);
+    if let Some(f) = &faults {
+        hypercalls = hypercalls.with_discard_faults(f.clone());
+    }
+    if config.hints == HintMode::FreePageReporting {
+        hypercalls = hypercalls.with_free_page_reporting(FreePageReporter::new(&ram));
+    }
+    let hypercalls = Arc::new(hypercalls);
+    let bus = Arc::new(bus);
+    let mut mmio = MmioBus::new(metrics.clone());
+    // Dropping the worker stops and joins it, on every way out of here.
+    let mut worker = match disk {
+        Some(disk) => Some(attach_disk(&vm, &ram, disk, &mut mmio, &metrics)?),
+        None => None,
+    };
+    let mmio = Arc::new(mmio);
+    let stats = StatsSource::new(
+        metrics.clone(),
+        table.clone(),
+        ram.size(),
+        config.reclaim.host_budget,
+    );
+    // Dropping the reclaimer stops and joins it, on every way out of here.
+    let reclaimer = Reclaimer::spawn(
+        &ram,
+        table,
+        metrics.clone(),
+        reclaim_config(config),
+        stats.clone(),
+        faults.clone(),
+    )?;
+    // Dropping the handler stops and joins it, on every way out of here.
+    let fault_handler = match &faults {
+        Some(f) => Some(FaultHandler::spawn(f.clone())?),
+        None => None,
+    };
+
+    let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+    for index in 0..vcpu_count {
+        let fd = vm.create_vcpu(index)?;
+        let mut vcpu = Vcpu::new(
+            index,
+            fd,
+            bus.clone(),
+            mmio.clone(),
+            hypercalls.clone(),
+            metrics.clone(),
+        );
+        if let Some(f) = &faults {
+            vcpu = vcpu.with_discard_faults(f.clone());
+        }
+        vcpu.configure(&supported, vcpu_count, entry, hinting, faults.is_some())?;
+        vcpus.push(vcpu);
+    }
+
+    vcpu::register_kick_signal()?;
+    if faults.is_some() {
+        discard_fault::register_fault_kick_signal()?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        match vcpu::spawn(vcpu, stop.clone(), tx.clone()) {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                vcpu::stop_and_join(handles, &stop);
+                return Err(e.into());
+            }
+        }
+    }
+    drop(tx);
+    log::info!(
+        "running {vcpu_count} vCPU(s), {} bytes of RAM, entry {entry:#x}",
+        ram.size()
+    );
+
+    let first = match config.timeout {
+        Some(limit) => rx.recv_timeout(limit),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    };
+    vcpu::stop_and_join(handles, &stop);
+    if let Some(w) = worker.take() {
+        w.stop();
+    }
+    reclaimer.stop();
+    if let Some(h) = fault_handler {
+        h.stop();
+    }
+    let _ = std::io::stdout().flush();
+    report_stats(&stats, config);
+
+    match first {
+        Ok(report) => outcome(report),
+        Err(RecvTimeoutError::Timeout) => {
+            Err(VmmError::Timeout(config.timeout.unwrap_or_default()))
+        }
+        Err(RecvTimeoutError::Disconnected) => Err(VmmError::Internal(
+            "every vCPU thread ended without a report".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::regs::RegDump;
+    use pagehint_abi::exit::vmm as status;
+    use std::time::Duration;
+
+    #[test]
+    fn guest_exit_and_faults_map_to_statuses() {
+        let report = |reason| VcpuReport { index: 1, reason };
+        assert_eq!(outcome(report(StopReason::GuestExit(0))).unwrap(), 0);
+        assert_eq!(outcome(report(StopReason::GuestExit(1000))).unwrap(), 63);
+        let dump = RegDump::default();
+        let e = outcome(report(StopReason::TripleFault(dump))).unwrap_err();
+        assert_eq!(e.exit_status(), status::GUEST_TRIPLE_FAULT);
+        assert_eq!(e.register_dump().map(|(v, _)| v), Some(1));
+        let e = outcome(report(StopReason::KvmFailure("x".into(), dump))).unwrap_err();
+        assert_eq!(e.exit_status(), status::KVM_FAILURE);
+        let e = outcome(report(StopReason::UnexpectedExit("y".into(), dump))).unwrap_err();
+        assert_eq!(e.exit_status(), status::UNEXPECTED_EXIT);
+        assert_eq!(
+            VmmError::Timeout(Duration::ZERO).exit_status(),
+            status::TIMEOUT
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The lab's command-line arguments: `vmm experiment`, `vmm gen-files` and
+//! `vmm mkdisk`, and the size syntax every `vmm` flag shares.
+//!
+//! The `vmm` binary puts these under its own subcommands; this module
+//! only parses syntax and must never touch files or start anything.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Whether a memory cgroup's limit becomes a reclaim budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupBudget {
+    /// When the VMM runs in a memory cgroup with a limit: budget =
+    /// limit - 16 MiB - what everything but guest RAM uses.
+    Auto,
+    /// Never.
+    Off,
+}
+
+/// The modes `vmm experiment` compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Mode {
+    /// No hints: the host can take nothing back.
+    Off,
+    /// Linux's free page reporting (whole free 2 MiB blocks, every 2 s).
+    FreePageReporting,
+    /// Page hinting, batched, with discard faults.
+    #[value(alias = "hinting-batched")]
+    Hinting,
+    /// Page hinting, one exit per hint.
+    HintingUnbatched,
+}
+
+impl Mode {
+    /// Every mode, in table order.
+    pub const ALL: [Mode; 4] = [
+        Mode::Off,
+        Mode::FreePageReporting,
+        Mode::Hinting,
+        Mode::HintingUnbatched,
+    ];
+
+    /// The name on the command line and in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::FreePageReporting => "free-page-reporting",
+            Mode::Hinting => "hinting",
+            Mode::HintingUnbatched => "hinting-unbatched",
+        }
+    }
+}
+
+/// Options of `vmm experiment`.
+#[derive(Debug, Clone, Args)]
+pub struct ExperimentArgs {
+    /// One workload (page-cache, anon-free); default: all of them.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Run only this mode (repeatable); default: every mode.
+    #[arg(long = "mode", value_name = "MODE")]
+    pub modes: Vec<Mode>,
+    /// The host budget of every constrained run (default: the workload's).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub host_budget: Option<u64>,
+    /// Also reclaim on host memory pressure (passed to every run).
+    #[arg(long)]
+    pub psi: bool,
+    /// Memory cgroup budget of the runs (see `vmm run --cgroup-budget`).
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupBudget::Auto)]
+    pub cgroup_budget: CgroupBudget,
+    /// Where the results go; default: results/<UTC timestamp>/.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Small sizes, for tests (a few seconds per run).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Options of `vmm gen-files`.
+#[derive(Debug, Clone, Args)]
+pub struct GenFilesArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Number of files (fNNNNN.bin, from f00000.bin).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub count: u32,
+    /// Size of each file: bytes, or a number with K, M or G; at least 1.
+    #[arg(long, value_name = "SIZE", value_parser = parse_nonzero_size)]
+    pub size: u64,
+    /// File id of the first file; file n gets FIRST_ID + n.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub first_id: u32,
+}
+
+/// Options of `vmm mkdisk`.
+#[derive(Debug, Clone, Args)]
+pub struct MkdiskArgs {
+    /// Directory whose regular files go into the image.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// The image to write (replaced atomically).
+    #[arg(long, value_name = "IMAGE")]
+    pub out: PathBuf,
+}
+
+/// Parses `256M`, `1G`, `512K` (also `KiB`, `MB`, ... and lower case) or
+/// plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!(
+            "'{s}' is not a size (e.g. 256M, 1G, 512K, 1048576)"
+        ));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("'{s}' has an unknown unit (use K, M or G)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses a size like [`parse_size`] that must not be zero.
+pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err(format!("'{s}' must be at least 1 byte")),
+        n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("512kib"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("12T").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("17179869184G").is_err());
+        assert_eq!(parse_nonzero_size("1"), Ok(1));
+        assert!(parse_nonzero_size("0").is_err());
+    }
+}
