@@ -19,16 +19,15 @@
 
 use std::time::{Duration, Instant};
 
+use hypervisor::frames::{Discarder, FrameTable, Method, Run};
 use hypervisor::memory::GuestRam;
-use hypervisor::reclaim::discard::{Discarder, Method};
-use hypervisor::reclaim::policy::{discard_pass, Run};
+use hypervisor::reclaim::policy::discard_pass;
 use hypervisor::reclaim::resident::{Pagemap, Residency, ResidentMap, FULL_MEASURE_EVERY};
-use hypervisor::reclaim::state_table::FrameTable;
 use pagehint_abi::hypercall::hint;
 use vm_memory::{Bytes, GuestAddress};
 
 const RAM: u64 = 256 << 20;
-const PAGE: u64 = 4096;
+use pagehint_abi::PAGE_SIZE as PAGE;
 const ROUNDS: usize = 5;
 
 fn touch(ram: &GuestRam, pages: impl Iterator<Item = u64>) {

@@ -13,14 +13,13 @@ use crate::arch::x86_64::regs::RegDump;
 use crate::devices::blk_worker::WorkerError;
 use crate::devices::bus::BusError;
 use crate::devices::disk::DiskError;
-use crate::devices::mmio::MmioError;
 use crate::devices::serial::SerialError;
 use crate::devices::virtio_mmio::VirtioMmioError;
 use crate::discard_fault::DiscardFaultError;
-use crate::kvm::KvmError;
 use crate::loader::LoaderError;
 use crate::memory::MemoryError;
 use crate::reclaim::ReclaimError;
+use crate::vstate::kvm::KvmError;
 use crate::vstate::vcpu::VcpuError;
 use crate::vstate::vm::VmError;
 
@@ -40,14 +39,12 @@ pub enum VmmError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    #[error("cannot set up the port bus: {0}")]
+    #[error("cannot set up the device buses: {0}")]
     Bus(#[from] BusError),
     #[error(transparent)]
     Serial(#[from] SerialError),
     #[error(transparent)]
     Disk(#[from] DiskError),
-    #[error("cannot set up the MMIO bus: {0}")]
-    Mmio(#[from] MmioError),
     #[error(transparent)]
     Virtio(#[from] VirtioMmioError),
     #[error(transparent)]
@@ -99,7 +96,6 @@ impl VmmError {
             | VmmError::Vcpu(_)
             | VmmError::Bus(_)
             | VmmError::Serial(_)
-            | VmmError::Mmio(_)
             | VmmError::Virtio(_)
             | VmmError::Worker(_)
             | VmmError::Reclaim(_)

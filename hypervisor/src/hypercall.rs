@@ -12,6 +12,7 @@
 //! hint batch it was pointed at.
 
 pub mod hint;
+pub mod reporting;
 
 use std::sync::Arc;
 
@@ -19,13 +20,13 @@ use pagehint_abi::hypercall::{op, result, HypercallBlock, BLOCK_ALIGN};
 use pagehint_abi::ABI_VERSION;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::devices::bus::le_value;
+use crate::devices::pio::le_value;
 use crate::discard_fault::{DiscardFaultError, DiscardFaults};
+use crate::frames::FrameTable;
+use crate::hypercall::reporting::FreePageReporter;
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
-use crate::reclaim::reporting::FreePageReporter;
-use crate::reclaim::state_table::FrameTable;
 use hint::HintContext;
 
 /// Offset of `result` in the block (`contains` above rules out overflow).

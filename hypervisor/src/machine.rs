@@ -1,58 +1,60 @@
 //! The machine: builds one VM from a [`VmConfig`], runs it to the end and
 //! tears it down.
 //!
-//! [`run`] wires the modules together: check the configuration, open the
-//! disk image if any, load the kernel into fresh guest RAM, open KVM, create
-//! the VM, its devices (and the block device's worker thread), the host
-//! reclaimer thread and the vCPU threads, wait for the first vCPU to stop
-//! (or the timeout), then stop and join every vCPU thread, the worker and
-//! the reclaimer, and write the stats. Nothing here may panic on anything
-//! the guest or the user sends.
+//! [`run`] checks the configuration, then `Machine::build` opens the disk
+//! image if any, loads the kernel into fresh guest RAM, opens KVM and
+//! creates the VM, its devices and vCPUs; `Machine::start` starts the
+//! threads (`Threads`: the vCPUs, the block worker, the discard-fault
+//! handler, the reclaimer, the stats writer), each a handle that stops and
+//! joins its thread on drop. `run` waits for the first vCPU to stop (or the
+//! timeout), stops every thread in that fixed order and writes the final
+//! stats. Nothing here may panic on anything the guest or the user sends.
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 
 use pagehint_abi::boot::{VIRTIO_BLK_IRQ, VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use pagehint_abi::exit::status_from_guest;
 use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{HintMode, Kernel, VmConfig};
 use crate::devices::blk_worker::BlockWorker;
-use crate::devices::bus::{ExitDevice, PioBus};
 use crate::devices::disk::DiskFile;
 use crate::devices::mmio::MmioBus;
+use crate::devices::pio::{ExitDevice, PioBus};
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio_mmio::{VirtioBlock, QUEUE_NOTIFY};
 use crate::discard_fault::handler::FaultHandler;
 use crate::discard_fault::{self, DiscardFaults};
 use crate::error::VmmError;
+use crate::frames::{Arming, FrameTable};
+use crate::hypercall::reporting::FreePageReporter;
 use crate::hypercall::HypercallDevice;
-use crate::kvm::KvmContext;
 use crate::loader;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
-use crate::reclaim::reporting::FreePageReporter;
-use crate::reclaim::state_table::FrameTable;
 use crate::reclaim::{self, ReclaimConfig, Reclaimer};
-use crate::stats::StatsSource;
-use crate::vstate::vcpu::{self, StopReason, Vcpu, VcpuReport};
+use crate::stats::{StatsSource, StatsWriter};
+use crate::vstate::kvm::KvmContext;
+use crate::vstate::vcpu::{self, StopReason, Vcpu, VcpuDevices, VcpuHandles, VcpuReport};
 use crate::vstate::vm::Vm;
 
 /// Width of the exit port (QEMU's `isa-debug-exit,iosize=0x04`).
 const EXIT_PORT_LEN: u16 = 4;
 
 /// Creates the virtio block device on `disk`: wires its interrupt and
-/// notification into KVM, puts it on the MMIO bus, and starts its worker.
+/// notification into KVM and puts it on the MMIO bus. Its worker thread
+/// starts with the others.
 fn attach_disk(
     vm: &Vm,
     ram: &GuestRam,
     disk: DiskFile,
     mmio: &mut MmioBus,
     metrics: &Arc<Metrics>,
-) -> Result<BlockWorker, VmmError> {
+) -> Result<(Arc<Mutex<VirtioBlock>>, EventFd), VmmError> {
     log::info!(
         "disk {} ({} sectors, {})",
         disk.path().display(),
@@ -68,7 +70,7 @@ fn attach_disk(
     vm.register_ioevent(&notify, VIRTIO_BLK_MMIO_BASE + QUEUE_NOTIFY)?;
     let dev = Arc::new(Mutex::new(dev));
     mmio.insert(VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_SIZE, dev.clone())?;
-    Ok(BlockWorker::spawn(dev, notify)?)
+    Ok((dev, notify))
 }
 
 /// The memory cgroup whose headroom is a budget, if `--cgroup-budget auto`
@@ -95,7 +97,6 @@ fn reclaim_config(config: &VmConfig) -> ReclaimConfig {
         interval: config.reclaim.interval,
         budget_bytes: config.reclaim.host_budget,
         psi_threshold: config.reclaim.psi_threshold,
-        stats: config.stats.clone().map(|s| (s.path, s.interval)),
     }
 }
 
@@ -149,7 +150,193 @@ fn outcome(report: VcpuReport) -> Result<i32, VmmError> {
         StopReason::Stopped => Err(VmmError::Internal(format!(
             "vCPU {vcpu} stopped before anything asked it to"
         ))),
-        StopReason::Panicked => Err(VmmError::Internal(format!("vCPU {vcpu} thread panicked"))),
+    }
+}
+
+/// The threads of a running machine, in the order they stop: the vCPUs
+/// first (nothing runs guest code after them), then the block worker, the
+/// discard-fault handler, the reclaimer (its last round sees the guest
+/// stopped), and the stats writer. Fields drop in declaration order, so
+/// every way out of [`run`] stops them in this order; [`Threads::stop`]
+/// does the same explicitly.
+struct Threads {
+    vcpus: Option<VcpuHandles>,
+    block_worker: Option<BlockWorker>,
+    fault_handler: Option<FaultHandler>,
+    reclaimer: Option<Reclaimer>,
+    stats_writer: Option<StatsWriter>,
+}
+
+impl Threads {
+    fn stop(mut self) {
+        if let Some(v) = self.vcpus.take() {
+            v.stop();
+        }
+        if let Some(w) = self.block_worker.take() {
+            w.stop();
+        }
+        if let Some(h) = self.fault_handler.take() {
+            h.stop();
+        }
+        if let Some(r) = self.reclaimer.take() {
+            r.stop();
+        }
+        if let Some(s) = self.stats_writer.take() {
+            s.stop();
+        }
+    }
+}
+
+/// The VM, its memory and its devices, built but not yet running.
+struct Machine {
+    vm: Vm,
+    ram: GuestRam,
+    metrics: Arc<Metrics>,
+    table: Arc<FrameTable>,
+    faults: Option<Arc<DiscardFaults>>,
+    devices: VcpuDevices,
+    vcpus: Vec<Vcpu>,
+    /// The block device, waiting for its worker thread.
+    disk: Option<(Arc<Mutex<VirtioBlock>>, EventFd)>,
+    entry: u64,
+}
+
+impl Machine {
+    /// Loads the kernel into fresh RAM and creates the VM, its devices and
+    /// its vCPUs. Starts no thread.
+    fn build(config: &VmConfig, vcpu_count: u8) -> Result<Self, VmmError> {
+        let disk = match &config.disk {
+            Some(d) => Some(DiskFile::open(&d.path, d.writable)?),
+            None => None,
+        };
+        let cmdline = loader::build_cmdline(&config.guest_cmdline_words())?;
+        let image: Cow<'_, [u8]> = match &config.kernel {
+            Kernel::Path(path) => Cow::Owned(loader::read_kernel(path)?),
+            Kernel::Image(bytes) => Cow::Borrowed(bytes),
+        };
+        let ram = GuestRam::new(config.mem)?;
+        let entry = loader::load_kernel(&ram, &image)?;
+        loader::write_boot_info(&ram, &cmdline)?;
+        drop(image);
+
+        let kvm = KvmContext::new()?;
+        if usize::from(vcpu_count) > kvm.max_vcpus() {
+            return Err(VmmError::Config(format!(
+                "--vcpus {vcpu_count} exceeds KVM_CAP_MAX_VCPUS ({})",
+                kvm.max_vcpus()
+            )));
+        }
+        let supported = kvm.supported_cpuid()?;
+        let vm = Vm::new(&kvm)?;
+        vm.register_ram(&ram)?;
+
+        let metrics = Arc::new(Metrics::default());
+        let frames = usize::try_from(ram.frames())
+            .map_err(|_| VmmError::Config("--mem is too large for this host".into()))?;
+        let table = Arc::new(FrameTable::with_hole(frames, ram.hole_frames(), false));
+        let mut faults = discard_faults(config, &ram, &table, &metrics, vcpu_count)?;
+        if faults.is_some() {
+            // Discard faults must be taken by the vCPU thread itself, not by
+            // an async-page-fault worker (see `Vm::disable_hlt_exits`).
+            if let Err(e) = vm.disable_hlt_exits() {
+                log::warn!("{e}; running without discard faults");
+                faults = None;
+            }
+        }
+
+        let mut pio = PioBus::new(metrics.clone());
+        let (serial, serial_irq) = SerialDevice::new(std::io::stdout(), metrics.clone())?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        pio.insert(COM1_BASE, COM1_LEN, Arc::new(Mutex::new(serial)))?;
+        pio.insert(
+            EXIT_PORT,
+            EXIT_PORT_LEN,
+            Arc::new(Mutex::new(ExitDevice::new())),
+        )?;
+        let mut mmio = MmioBus::new(metrics.clone());
+        let disk = match disk {
+            Some(disk) => Some(attach_disk(&vm, &ram, disk, &mut mmio, &metrics)?),
+            None => None,
+        };
+        let hinting = config.hints.hypercalls();
+        let mut hypercalls =
+            HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), hinting);
+        if let Some(f) = &faults {
+            hypercalls = hypercalls.with_discard_faults(f.clone());
+        }
+        if config.hints == HintMode::FreePageReporting {
+            hypercalls = hypercalls.with_free_page_reporting(FreePageReporter::new(&ram));
+        }
+        let devices = VcpuDevices {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            hypercalls: Arc::new(hypercalls),
+        };
+
+        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        for index in 0..vcpu_count {
+            let fd = vm.create_vcpu(index)?;
+            let mut vcpu = Vcpu::new(index, fd, devices.clone(), metrics.clone());
+            if let Some(f) = &faults {
+                vcpu = vcpu.with_discard_faults(f.clone());
+            }
+            vcpu.configure(&supported, vcpu_count, entry, hinting, faults.is_some())?;
+            vcpus.push(vcpu);
+        }
+        Ok(Self {
+            vm,
+            ram,
+            metrics,
+            table,
+            faults,
+            devices,
+            vcpus,
+            disk,
+            entry,
+        })
+    }
+
+    /// Starts the device threads, then the vCPU threads, in the order of
+    /// [`Threads`]. A thread that cannot start stops those already running.
+    fn start(
+        &mut self,
+        config: &VmConfig,
+        stats: &StatsSource,
+        tx: mpsc::Sender<VcpuReport>,
+    ) -> Result<Threads, VmmError> {
+        let mut threads = Threads {
+            vcpus: None,
+            block_worker: None,
+            fault_handler: None,
+            reclaimer: None,
+            stats_writer: None,
+        };
+        if let Some((dev, notify)) = self.disk.take() {
+            threads.block_worker = Some(BlockWorker::spawn(dev, notify)?);
+        }
+        let arming = self.faults.clone().map(|f| f as Arc<dyn Arming>);
+        threads.reclaimer = Some(Reclaimer::spawn(
+            &self.ram,
+            self.table.clone(),
+            self.metrics.clone(),
+            reclaim_config(config),
+            arming,
+        )?);
+        if let Some(f) = &self.faults {
+            threads.fault_handler = Some(FaultHandler::spawn(f.clone())?);
+        }
+        if let Some(s) = &config.stats {
+            let writer = StatsWriter::spawn(stats.clone(), s.path.clone(), s.interval)
+                .map_err(|e| VmmError::Internal(format!("cannot spawn the stats thread: {e}")))?;
+            threads.stats_writer = Some(writer);
+        }
+        vcpu::register_kick_signal()?;
+        if self.faults.is_some() {
+            discard_fault::register_fault_kick_signal()?;
+        }
+        let vcpus = std::mem::take(&mut self.vcpus);
+        threads.vcpus = Some(VcpuHandles::spawn(vcpus, tx)?);
+        Ok(threads)
     }
 }
 
@@ -157,144 +344,27 @@ fn outcome(report: VcpuReport) -> Result<i32, VmmError> {
 /// exit status the guest asked for, or the error that ended the run.
 pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
     let vcpu_count = config.validate()?;
-    let disk = match &config.disk {
-        Some(d) => Some(DiskFile::open(&d.path, d.writable)?),
-        None => None,
-    };
-    let cmdline = loader::build_cmdline(&config.guest_cmdline_words())?;
-    let image: Cow<'_, [u8]> = match &config.kernel {
-        Kernel::Path(path) => Cow::Owned(loader::read_kernel(path)?),
-        Kernel::Image(bytes) => Cow::Borrowed(bytes),
-    };
-
-    let ram = GuestRam::new(config.mem)?;
-    let entry = loader::load_kernel(&ram, &image)?;
-    loader::write_boot_info(&ram, &cmdline)?;
-    drop(image);
-
-    let kvm = KvmContext::new()?;
-    if usize::from(vcpu_count) > kvm.max_vcpus() {
-        return Err(VmmError::Config(format!(
-            "--vcpus {vcpu_count} exceeds KVM_CAP_MAX_VCPUS ({})",
-            kvm.max_vcpus()
-        )));
-    }
-    let supported = kvm.supported_cpuid()?;
-    let vm = Vm::new(&kvm)?;
-    vm.register_ram(&ram)?;
-
-    let metrics = Arc::new(Metrics::default());
-    let mut bus = PioBus::new(metrics.clone());
-    let (serial, serial_irq) = SerialDevice::new(std::io::stdout(), metrics.clone())?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
-    bus.insert(COM1_BASE, COM1_LEN, Arc::new(Mutex::new(serial)))?;
-    bus.insert(
-        EXIT_PORT,
-        EXIT_PORT_LEN,
-        Arc::new(Mutex::new(ExitDevice::new())),
-    )?;
-    let frames = usize::try_from(ram.frames())
-        .map_err(|_| VmmError::Config("--mem is too large for this host".into()))?;
-    let table = Arc::new(FrameTable::with_hole(frames, ram.hole_frames(), false));
-    let hinting = config.hints.hypercalls();
-    let mut faults = discard_faults(config, &ram, &table, &metrics, vcpu_count)?;
-    if faults.is_some() {
-        // Discard faults must be taken by the vCPU thread itself, not by an
-        // async-page-fault worker (see `Vm::disable_hlt_exits`).
-        if let Err(e) = vm.disable_hlt_exits() {
-            log::warn!("{e}; running without discard faults");
-            faults = None;
-        }
-    }
-    let mut hypercalls = HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), hinting);
-    if let Some(f) = &faults {
-        hypercalls = hypercalls.with_discard_faults(f.clone());
-    }
-    if config.hints == HintMode::FreePageReporting {
-        hypercalls = hypercalls.with_free_page_reporting(FreePageReporter::new(&ram));
-    }
-    let hypercalls = Arc::new(hypercalls);
-    let bus = Arc::new(bus);
-    let mut mmio = MmioBus::new(metrics.clone());
-    // Dropping the worker stops and joins it, on every way out of here.
-    let mut worker = match disk {
-        Some(disk) => Some(attach_disk(&vm, &ram, disk, &mut mmio, &metrics)?),
-        None => None,
-    };
-    let mmio = Arc::new(mmio);
+    let mut machine = Machine::build(config, vcpu_count)?;
     let stats = StatsSource::new(
-        metrics.clone(),
-        table.clone(),
-        ram.size(),
+        machine.metrics.clone(),
+        machine.table.clone(),
+        machine.ram.size(),
         config.reclaim.host_budget,
     );
-    // Dropping the reclaimer stops and joins it, on every way out of here.
-    let reclaimer = Reclaimer::spawn(
-        &ram,
-        table,
-        metrics.clone(),
-        reclaim_config(config),
-        stats.clone(),
-        faults.clone(),
-    )?;
-    // Dropping the handler stops and joins it, on every way out of here.
-    let fault_handler = match &faults {
-        Some(f) => Some(FaultHandler::spawn(f.clone())?),
-        None => None,
-    };
-
-    let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
-    for index in 0..vcpu_count {
-        let fd = vm.create_vcpu(index)?;
-        let mut vcpu = Vcpu::new(
-            index,
-            fd,
-            bus.clone(),
-            mmio.clone(),
-            hypercalls.clone(),
-            metrics.clone(),
-        );
-        if let Some(f) = &faults {
-            vcpu = vcpu.with_discard_faults(f.clone());
-        }
-        vcpu.configure(&supported, vcpu_count, entry, hinting, faults.is_some())?;
-        vcpus.push(vcpu);
-    }
-
-    vcpu::register_kick_signal()?;
-    if faults.is_some() {
-        discard_fault::register_fault_kick_signal()?;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
-    let mut handles = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        match vcpu::spawn(vcpu, stop.clone(), tx.clone()) {
-            Ok(handle) => handles.push(handle),
-            Err(e) => {
-                vcpu::stop_and_join(handles, &stop);
-                return Err(e.into());
-            }
-        }
-    }
-    drop(tx);
+    let threads = machine.start(config, &stats, tx)?;
     log::info!(
-        "running {vcpu_count} vCPU(s), {} bytes of RAM, entry {entry:#x}",
-        ram.size()
+        "running {vcpu_count} vCPU(s), {} bytes of RAM, entry {:#x}",
+        machine.ram.size(),
+        machine.entry
     );
-
     let first = match config.timeout {
         Some(limit) => rx.recv_timeout(limit),
         None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
     };
-    vcpu::stop_and_join(handles, &stop);
-    if let Some(w) = worker.take() {
-        w.stop();
-    }
-    reclaimer.stop();
-    if let Some(h) = fault_handler {
-        h.stop();
-    }
+    threads.stop();
+    // The devices and the VM outlive every thread that used them.
+    drop((machine.devices, machine.vm));
     let _ = std::io::stdout().flush();
     report_stats(&stats, config);
 

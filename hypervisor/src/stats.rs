@@ -11,16 +11,18 @@
 //! caller to log.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::frames::{FrameCounts, FrameTable};
 use crate::metrics::{
     BlockMetrics, BusMetrics, DiscardFaultMetrics, ExitMetrics, HypercallMetrics, Metrics,
     SerialMetrics,
 };
-use crate::reclaim::state_table::{FrameCounts, FrameTable};
 
 /// Why the stats file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +183,57 @@ impl StatsSource {
     }
 }
 
+/// The thread that writes the stats file every interval while the guest
+/// runs; stopping it (or dropping it) joins it. The final write, after
+/// every other thread has stopped, is the machine's.
+#[derive(Debug)]
+pub struct StatsWriter {
+    stop: Option<Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl StatsWriter {
+    /// Starts writing `source` to `path` every `interval`.
+    pub fn spawn(source: StatsSource, path: PathBuf, interval: Duration) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<()>();
+        let interval = interval.max(Duration::from_millis(1));
+        let handle = std::thread::Builder::new()
+            .name("stats".into())
+            .spawn(move || {
+                // A message or a dropped sender both mean stop.
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+                    if let Err(e) = source.write(&path) {
+                        log::warn!("stats: {e}");
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for StatsWriter {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +295,29 @@ mod tests {
         assert_eq!(v["memory"]["budget_bytes"], 4096);
         assert!(!dir.join("s.json.tmp").exists());
         assert!(s.write(&dir.join("missing/s.json")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_writer_writes_every_interval_until_stopped() {
+        let metrics = Arc::new(Metrics::default());
+        let table = Arc::new(FrameTable::new(16, false));
+        let dir = std::env::temp_dir().join(format!("vmm-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stats.json");
+        let source = StatsSource::new(metrics.clone(), table, 65536, None);
+        let w = StatsWriter::spawn(source, path.clone(), Duration::from_millis(5)).unwrap();
+        let t = Instant::now();
+        while !path.exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        w.stop();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["memory"]["guest_bytes"], 65536);
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!path.exists(), "a stopped writer writes no more");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -24,7 +24,18 @@ fn report(result: Result<String, lab::tools::ToolError>) -> i32 {
     }
 }
 
+/// The one panic strategy of the VMM, in every build: a panic is a VMM bug,
+/// so it prints one line and aborts the whole process (release builds also
+/// set `panic = "abort"`); no thread is left running on half-updated state.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("vmm: internal error (a VMM bug): {info}");
+        std::process::abort();
+    }));
+}
+
 fn main() {
+    abort_on_panic();
     let cli = match cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {

@@ -1,4 +1,5 @@
-//! A tiny MMIO bus: guest-physical address windows mapped to devices.
+//! MMIO: the device trait and the MMIO bus (the one `Bus` over
+//! guest-physical addresses).
 //!
 //! A vCPU thread hands every `KVM_EXIT_MMIO` to [`MmioBus::read`] or
 //! [`MmioBus::write`]. An access that starts inside a device's window goes to
@@ -8,8 +9,9 @@
 //! afterwards. It must never panic on an address, width or value the guest
 //! chooses, and never hand a device an access that runs past its window.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
+use crate::devices::bus::{Bus, BusError};
 use crate::metrics::Metrics;
 
 /// A device on the MMIO bus. `offset` is relative to the window's base;
@@ -22,53 +24,21 @@ pub trait MmioDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
-/// Why a device could not be added.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum MmioError {
-    /// The window is empty or wraps around the address space.
-    #[error("invalid MMIO window {base:#x}+{len:#x}")]
-    BadRange { base: u64, len: u64 },
-    /// The window overlaps one already on the bus.
-    #[error("MMIO window {base:#x}+{len:#x} overlaps another device")]
-    Overlap { base: u64, len: u64 },
-}
-
 /// A shared MMIO device.
 pub type SharedMmioDevice = Arc<Mutex<dyn MmioDevice>>;
 
-struct Window {
-    base: u64,
-    /// One past the last byte (checked not to wrap on insert).
-    end: u64,
-    device: SharedMmioDevice,
-}
-
 /// The MMIO bus.
+#[derive(Debug)]
 pub struct MmioBus {
-    windows: Vec<Window>,
+    bus: Bus<dyn MmioDevice>,
     metrics: Arc<Metrics>,
-}
-
-impl std::fmt::Debug for MmioBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let w: Vec<(u64, u64)> = self.windows.iter().map(|w| (w.base, w.end)).collect();
-        f.debug_struct("MmioBus").field("windows", &w).finish()
-    }
-}
-
-/// Locks a device even if a previous holder panicked: the state is plain
-/// data and a poisoned lock must not take the whole VMM down.
-fn lock(device: &SharedMmioDevice) -> MutexGuard<'_, dyn MmioDevice + 'static> {
-    device
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MmioBus {
     /// An empty bus.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            windows: Vec::new(),
+            bus: Bus::new(u64::MAX),
             metrics,
         }
     }
@@ -79,34 +49,16 @@ impl MmioBus {
         base: u64,
         len: u64,
         device: SharedMmioDevice,
-    ) -> Result<(), MmioError> {
-        let end = base
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or(MmioError::BadRange { base, len })?;
-        if self.windows.iter().any(|w| base < w.end && w.base < end) {
-            return Err(MmioError::Overlap { base, len });
-        }
-        self.windows.push(Window { base, end, device });
-        self.windows.sort_by_key(|w| w.base);
-        Ok(())
-    }
-
-    /// The device whose window holds the whole access, and its offset.
-    fn find(&self, addr: u64, len: usize) -> Option<(&SharedMmioDevice, u64)> {
-        let last = addr.checked_add(u64::try_from(len).ok()?.saturating_sub(1))?;
-        self.windows
-            .iter()
-            .find(|w| w.base <= addr && last < w.end)
-            .map(|w| (&w.device, addr - w.base))
+    ) -> Result<(), BusError> {
+        self.bus.insert(base, len, device)
     }
 
     /// Handles a load from `addr`. Returns false, leaving `data` alone, if
     /// no device claims the whole access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((device, offset)) => {
-                lock(device).read(offset, data);
+        match self.bus.find(addr, data.len()) {
+            Some((mut device, offset)) => {
+                device.read(offset, data);
                 true
             }
             None => {
@@ -119,9 +71,9 @@ impl MmioBus {
     /// Handles a store to `addr`. Returns false if no device claims the
     /// whole access (the store is then ignored).
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((device, offset)) => {
-                lock(device).write(offset, data);
+        match self.bus.find(addr, data.len()) {
+            Some((mut device, offset)) => {
+                device.write(offset, data);
                 true
             }
             None => {
@@ -163,18 +115,18 @@ mod tests {
         bus.insert(0xd000_0000, 0x1000, a.clone()).unwrap();
         assert_eq!(
             bus.insert(0xd000_0800, 0x1000, probe(0)),
-            Err(MmioError::Overlap {
+            Err(BusError::Overlap {
                 base: 0xd000_0800,
                 len: 0x1000
             })
         );
         assert!(matches!(
             bus.insert(u64::MAX - 4, 8, probe(0)),
-            Err(MmioError::BadRange { .. })
+            Err(BusError::BadRange { .. })
         ));
         assert!(matches!(
             bus.insert(0x1000, 0, probe(0)),
-            Err(MmioError::BadRange { .. })
+            Err(BusError::BadRange { .. })
         ));
         bus.insert(0xd000_1000, 0x1000, probe(0x80)).unwrap();
 

@@ -5,6 +5,7 @@ pub mod blk_worker;
 pub mod bus;
 pub mod disk;
 pub mod mmio;
+pub mod pio;
 pub mod serial;
 pub mod virtio_blk;
 pub mod virtio_mmio;

@@ -13,7 +13,7 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::devices::bus::{PioDevice, PioOutcome};
+use crate::devices::pio::{PioDevice, PioOutcome};
 use crate::metrics::Metrics;
 
 /// Why the console could not be created.

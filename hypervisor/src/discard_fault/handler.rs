@@ -153,12 +153,9 @@ impl FaultHandler {
         let handle = std::thread::Builder::new()
             .name("discard-faults".into())
             .spawn(move || {
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(&faults, &stop2);
-                }));
-                if ran.is_err() {
-                    log::error!("discard faults: the handler panicked (a VMM bug)");
-                }
+                // A panic aborts the process (the workspace's panic
+                // strategy): no handler state can be left half-updated.
+                run(&faults, &stop2);
             })
             .map_err(DiscardFaultError::Spawn)?;
         Ok(Self {

@@ -12,9 +12,8 @@ use vm_memory::{Bytes, GuestAddress};
 use super::*;
 use crate::discard_fault::register_fault_kick_signal;
 use crate::discard_fault::tests::hub;
+use crate::frames::{Discarder, Method, Run};
 use crate::memory::GuestRam;
-use crate::reclaim::discard::{Discarder, Method};
-use crate::reclaim::policy::Run;
 
 /// Makes frame `pfn` hold 0xab, then Volatile, registered and dropped, the
 /// way the reclaimer does it.
@@ -89,7 +88,7 @@ fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable()
     // wakes the thread; the frame reads as zeroes.
     assert_eq!(
         f.table().apply(20, hint::MAKE_STABLE),
-        Ok(crate::reclaim::state_table::HintOutcome::Discarded)
+        Ok(crate::frames::HintOutcome::Discarded)
     );
     f.unregister_marked(20, 1);
     assert_eq!(h.join().unwrap(), 0);

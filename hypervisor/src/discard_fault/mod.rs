@@ -32,11 +32,10 @@ use std::sync::Arc;
 use pagehint_abi::hypercall::DiscardFaultInfo;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::frames::{Arming, FrameTable, Run, RunBuilder};
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
-use crate::reclaim::policy::RunBuilder;
-use crate::reclaim::state_table::FrameTable;
 use slots::{SlotError, VcpuSlots};
 use uffd::{GuestUffd, UffdError};
 
@@ -219,6 +218,18 @@ impl DiscardFaults {
         if self.log_limit.allow() {
             log::warn!("discard faults: guest protocol violation: {what}");
         }
+    }
+}
+
+/// The reclaimer arms the runs of Volatile frames it drops through the
+/// frame-state core, which knows this machinery only by this trait.
+impl Arming for DiscardFaults {
+    fn arm(&self, run: Run) -> bool {
+        self.register_volatile_run(run.pfn, run.count)
+    }
+
+    fn disarm(&self, run: Run) {
+        self.unregister_marked(run.pfn, run.count);
     }
 }
 

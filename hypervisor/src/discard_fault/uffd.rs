@@ -13,10 +13,10 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use super::uffd_sys::{self as sys, UffdMsg};
+use crate::frames::{HostMap, HostRange, Run};
 use crate::memory::GuestRam;
 
 /// Bytes per frame.
-const PAGE: u64 = 4096;
 /// Events read per `read`.
 const EVENTS_PER_READ: usize = 64;
 
@@ -87,18 +87,15 @@ impl std::fmt::Debug for EventBuffer {
 pub struct GuestUffd {
     /// The descriptor, closed on drop.
     uffd: OwnedFd,
-    /// Keeps the mapping alive while we hold its address.
-    ram: GuestRam,
-    base: u64,
-    frames: u64,
+    /// Where the frames are (and keeps the mapping alive).
+    map: HostMap,
 }
 
 impl std::fmt::Debug for GuestUffd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestUffd")
             .field("fd", &self.uffd.as_raw_fd())
-            .field("base", &format_args!("{:#x}", self.base))
-            .field("frames", &self.frames)
+            .field("map", &self.map)
             .finish()
     }
 }
@@ -107,42 +104,28 @@ impl GuestUffd {
     /// Creates the userfaultfd (non-blocking, close-on-exec, kernel-mode
     /// faults included: KVM touches guest memory from the kernel).
     pub fn new(ram: &GuestRam) -> Result<Self, UffdError> {
-        let base = ram.host_base();
-        if base == 0 {
-            return Err(UffdError::NoHostMapping);
-        }
+        let map = HostMap::new(ram).ok_or(UffdError::NoHostMapping)?;
         // No UFFD_USER_MODE_ONLY: KVM's own accesses must fault here too.
         let uffd = sys::open(
             libc::O_CLOEXEC | libc::O_NONBLOCK,
             sys::UFFD_FEATURE_THREAD_ID,
         )
         .map_err(UffdError::Create)?;
-        Ok(Self {
-            uffd,
-            ram: ram.clone(),
-            base,
-            frames: ram.frames(),
-        })
+        Ok(Self { uffd, map })
     }
 
     /// Host address and length of `count` frames from `pfn`, if inside RAM.
     fn range(&self, pfn: u64, count: u64) -> Result<(u64, u64), UffdError> {
-        let bad = || UffdError::OutOfRange { pfn, count };
-        let end = pfn.checked_add(count).ok_or_else(bad)?;
-        // Inside one RAM range: never the MMIO hole of a large guest.
-        if count == 0 || end > self.frames || !self.ram.contains(pfn * PAGE, count * PAGE) {
-            return Err(bad());
-        }
-        // Cannot overflow: pfn + count <= frames, and the mapping exists.
-        let addr = self.base + pfn * PAGE;
-        let len = count * PAGE;
+        let HostRange { addr, len } = self
+            .map
+            .range(Run { pfn, count })
+            .ok_or(UffdError::OutOfRange { pfn, count })?;
         Ok((addr, len))
     }
 
     /// The guest frame holding host address `addr`, if it is in guest RAM.
     pub fn pfn_of(&self, addr: u64) -> Option<u64> {
-        let pfn = addr.checked_sub(self.base)? / PAGE;
-        self.ram.is_ram_frame(pfn).then_some(pfn)
+        self.map.pfn_of(addr)
     }
 
     /// Registers `count` frames from `pfn` in MISSING mode.
@@ -176,7 +159,7 @@ impl GuestUffd {
         // Not UFFDIO_ZEROPAGE_MODE_DONTWAKE: the waiters are woken.
         let mode = 0;
         // SAFETY: [addr, addr + len) is one page inside the guest RAM mapping
-        // that `self.ram` keeps alive (checked by `range`). UFFDIO_ZEROPAGE only
+        // that `self.map` keeps alive (checked by `range`). UFFDIO_ZEROPAGE only
         // maps the zero page where no page is present and fails with EEXIST
         // otherwise, so it never changes memory anyone has written; the VMM
         // holds no Rust reference into guest memory (vm-memory copies).
@@ -242,6 +225,7 @@ impl AsRawFd for GuestUffd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pagehint_abi::PAGE_SIZE as PAGE;
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]

@@ -17,11 +17,11 @@ use pagehint_abi::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::discard_fault::DiscardFaults;
+use crate::frames::{FrameTable, HintOutcome, StateError};
+use crate::hypercall::reporting::{FreePageReporter, ReportError};
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
-use crate::reclaim::reporting::{FreePageReporter, ReportError};
-use crate::reclaim::state_table::{FrameTable, HintOutcome, StateError};
 
 /// Most frames one SET_UNUSED / SET_STABLE entry may name (256 MiB).
 pub const MAX_RANGE_FRAMES: u64 = 65_536;

@@ -8,40 +8,35 @@
 //! if a budget is set and resident memory exceeds it, or host memory
 //! pressure (PSI) passes the threshold, it drops resident Unused frames,
 //! then Volatile ones, never Stable ones, until the estimate is under the
-//! budget; it also writes the stats file when one is asked for. A memory
-//! cgroup with a limit (`cgroup`) lowers the budget to the headroom it
-//! leaves. With free page reporting (`reporting`) the thread only measures:
-//! reports are dropped on the hint path, and nothing else is. The thread
+//! budget. A memory cgroup with a limit (`cgroup`) lowers the budget to the
+//! headroom it leaves. With free page reporting the thread only measures:
+//! reports are dropped on the hint path (`crate::hypercall::reporting`),
+//! and nothing else is. Frames are claimed, dropped and settled through the
+//! frame-state core (`crate::frames`); discarded Volatile frames are armed
+//! for discard faults through its `Arming` trait. The thread
 //! is stopped and joined by [`Reclaimer::stop`] or when the handle drops, so
 //! every way out of `run` ends it. This module must never drop a frame the
 //! guest has not hinted droppable, and never let the thread outlive its
 //! handle.
 
 pub mod cgroup;
-pub mod discard;
 pub mod policy;
-pub mod reporting;
 pub mod resident;
-pub mod state_table;
 
-use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::discard_fault::DiscardFaults;
+use pagehint_abi::PAGE_SIZE as PAGE;
+
+use crate::frames::discard::DiscardError;
+use crate::frames::{Arming, Discarder, FrameTable, Method};
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
-use crate::stats::StatsSource;
 use cgroup::CgroupMemory;
-use discard::{DiscardError, Discarder, Method};
 use policy::{discard_pass_with, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
 use resident::Residency;
-use state_table::FrameTable;
-
-/// Bytes per frame.
-const PAGE: u64 = 4096;
 
 /// Why the reclaimer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +56,6 @@ pub struct ReclaimConfig {
     pub budget_bytes: Option<u64>,
     /// Reclaim when host PSI "some avg10" exceeds this percentage.
     pub psi_threshold: Option<f64>,
-    /// Write the stats JSON here every `stats_interval` (and at exit, which
-    /// is the caller's job).
-    pub stats: Option<(PathBuf, Duration)>,
     /// Drop hinted frames at all (false with free page reporting, where
     /// the thread only measures).
     pub discard: bool,
@@ -115,7 +107,7 @@ struct Worker {
     residency: Option<Residency>,
     budget_pages: Option<u64>,
     psi: Psi,
-    faults: Option<Arc<DiscardFaults>>,
+    arming: Option<Arc<dyn Arming>>,
     discard: bool,
     cgroup: Option<CgroupMemory>,
 }
@@ -203,7 +195,7 @@ impl Worker {
             residency.map(),
             want,
             Method::Auto,
-            self.faults.as_deref(),
+            self.arming.as_deref(),
         );
         let us = micros(t.elapsed());
         let r = &self.metrics.reclaim;
@@ -240,15 +232,14 @@ pub struct Reclaimer {
 }
 
 impl Reclaimer {
-    /// Starts the thread for `ram`. With `faults`, dropped Volatile frames
-    /// are registered for discard faults first.
+    /// Starts the thread for `ram`. With `arming`, dropped Volatile frames
+    /// are armed for discard faults first.
     pub fn spawn(
         ram: &GuestRam,
         table: Arc<FrameTable>,
         metrics: Arc<Metrics>,
         config: ReclaimConfig,
-        stats: StatsSource,
-        faults: Option<Arc<DiscardFaults>>,
+        arming: Option<Arc<dyn Arming>>,
     ) -> Result<Self, ReclaimError> {
         let residency = match Residency::open() {
             Ok(r) => Some(r),
@@ -268,7 +259,7 @@ impl Reclaimer {
             psi: Psi {
                 threshold: config.psi_threshold,
             },
-            faults,
+            arming,
             discard: config.discard,
             cgroup: config.cgroup.clone(),
         };
@@ -277,39 +268,15 @@ impl Reclaimer {
         let handle = std::thread::Builder::new()
             .name("reclaim".into())
             .spawn(move || {
-                let mut next_stats = config
-                    .stats
-                    .as_ref()
-                    .map(|(_, every)| Instant::now() + *every);
                 worker.measure();
                 // A message or a dropped sender both mean stop.
                 while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
-                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        worker.round();
-                    }));
-                    if ran.is_err() {
-                        log::error!("reclaim: a round panicked (a VMM bug); reclaim stops");
-                        return;
-                    }
-                    if let (Some((path, every)), Some(due)) = (&config.stats, next_stats) {
-                        if Instant::now() >= due {
-                            if let Err(e) = stats.write(path) {
-                                log::warn!("stats: {e}");
-                            }
-                            next_stats = Some(Instant::now() + *every);
-                        }
-                    }
+                    worker.round();
                 }
                 // A last round with the guest stopped (it may have freed
                 // memory since the previous one), then the final figure for
                 // the stats written at exit.
-                let last = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    worker.round();
-                }));
-                if last.is_err() {
-                    log::error!("reclaim: the last round panicked (a VMM bug)");
-                    return;
-                }
+                worker.round();
                 worker.measure();
                 log::debug!("reclaim: stopped");
             })
@@ -330,7 +297,7 @@ impl Reclaimer {
             let _ = tx.send(());
         }
         if let Some(h) = self.handle.take() {
-            // A panic inside was already caught and logged.
+            // The thread cannot have panicked: a panic aborts the process.
             let _ = h.join();
         }
     }
@@ -359,20 +326,14 @@ mod tests {
         // Half the frames are free.
         table.apply_range(0, frames / 2, hint::SET_UNUSED).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let dir = std::env::temp_dir().join(format!("vmm-reclaim-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("stats.json");
-        let stats = StatsSource::new(metrics.clone(), table.clone(), ram.size(), Some(8 << 20));
         let config = ReclaimConfig {
             interval: Duration::from_millis(5),
             budget_bytes: Some(12 << 20),
             psi_threshold: None,
-            stats: Some((path.clone(), Duration::from_millis(5))),
             discard: true,
             cgroup: None,
         };
-        let r =
-            Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, stats, None).unwrap();
+        let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         let t = Instant::now();
         while table.total_discards() < 1024 && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
@@ -383,10 +344,6 @@ mod tests {
         assert_eq!(table.total_discards(), 1024);
         assert_eq!(metrics.memory.resident_bytes.get(), 12 << 20);
         assert_eq!(metrics.memory.resident_peak_bytes.get(), 16 << 20);
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert!(v["reclaim"]["pages_discarded"].as_u64().is_some());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -399,17 +356,14 @@ mod tests {
         let table = Arc::new(FrameTable::new(frames as usize, false));
         table.apply_range(0, frames, hint::SET_UNUSED).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let stats = StatsSource::new(metrics.clone(), table.clone(), ram.size(), None);
         let config = ReclaimConfig {
             interval: Duration::from_millis(5),
             budget_bytes: Some(0),
             psi_threshold: None,
-            stats: None,
             discard: false,
             cgroup: None,
         };
-        let r =
-            Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, stats, None).unwrap();
+        let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         std::thread::sleep(Duration::from_millis(40));
         r.stop();
         assert_eq!(

@@ -4,16 +4,15 @@
 //! coalesced into runs so that each `madvise` covers as much as it can.
 //!
 //! The decisions are pure functions of their inputs, unit-tested here;
-//! [`discard_pass`] claims frames in the state table, hands the runs to the
-//! [`Discarder`] and settles the claims. This module must never drop a frame
-//! it has not claimed, nor leave a claim unsettled.
+//! [`discard_pass`] claims frames in the state table and hands each chunk to
+//! the core's [`Discarder::settle`], which drops and settles it. This module
+//! must never drop a frame it has not claimed, nor leave a claim unsettled.
 
 use pagehint_abi::page_state::PageState;
 
-use crate::discard_fault::DiscardFaults;
-use crate::reclaim::discard::{Discarder, Method, IOV_BATCH};
+use crate::frames::discard::IOV_BATCH;
+use crate::frames::{Arming, Discarder, FrameTable, Method, PassReport, RunBuilder};
 use crate::reclaim::resident::ResidentMap;
-use crate::reclaim::state_table::FrameTable;
 
 /// Most frames claimed at once: hints on claimed frames wait while they are
 /// dropped, so a batch stays short (4096 pages is ~2 ms of madvise).
@@ -27,47 +26,6 @@ pub enum PolicyError {
     /// The PSI file has no `some avg10=` figure.
     #[error("no 'some avg10=' figure in the PSI text")]
     NoSomeAvg10,
-}
-
-/// A run of contiguous guest frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    pub pfn: u64,
-    pub count: u64,
-}
-
-/// Collects frame numbers, pushed in ascending order, into runs.
-#[derive(Debug, Default)]
-pub struct RunBuilder {
-    runs: Vec<Run>,
-    pages: u64,
-}
-
-impl RunBuilder {
-    /// Adds a frame: extends the last run if adjacent, else starts a run.
-    pub fn push(&mut self, pfn: u64) {
-        match self.runs.last_mut() {
-            Some(last) if last.pfn.checked_add(last.count) == Some(pfn) => last.count += 1,
-            _ => self.runs.push(Run { pfn, count: 1 }),
-        }
-        self.pages += 1;
-    }
-
-    /// Runs so far.
-    pub fn runs(&self) -> &[Run] {
-        &self.runs
-    }
-
-    /// Frames so far.
-    pub fn pages(&self) -> u64 {
-        self.pages
-    }
-
-    /// Empties the builder.
-    pub fn clear(&mut self) {
-        self.runs.clear();
-        self.pages = 0;
-    }
 }
 
 /// Pages a round should drop: down to the budget if resident exceeds it;
@@ -95,17 +53,6 @@ pub fn parse_psi_some_avg10(text: &str) -> Result<f64, PolicyError> {
         .ok_or(PolicyError::NoSomeAvg10)
 }
 
-/// What one [`discard_pass`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PassReport {
-    /// Frames dropped (each was resident, so resident fell by as many).
-    pub pages: u64,
-    /// Frames claimed but not dropped (madvise failed; contents intact).
-    pub failed: u64,
-    pub madvise_calls: u64,
-    pub process_madvise_calls: u64,
-}
-
 /// Drops up to `want` resident frames: Unused ones first, then Volatile.
 /// Claims frames a chunk at a time, drops the chunk's runs, settles them.
 pub fn discard_pass(
@@ -118,16 +65,15 @@ pub fn discard_pass(
     discard_pass_with(table, discarder, resident, want, method, None)
 }
 
-/// [`discard_pass`], registering each run of Volatile frames with the
-/// discard-fault userfaultfd (`faults`) before dropping it; a run the
-/// kernel refuses to register is kept.
+/// [`discard_pass`], arming each run of Volatile frames for discard faults
+/// (`arming`) before dropping it; a run that cannot be armed is kept.
 pub fn discard_pass_with(
     table: &FrameTable,
     discarder: &mut Discarder,
     resident: &ResidentMap,
     want: u64,
     method: Method,
-    faults: Option<&DiscardFaults>,
+    arming: Option<&dyn Arming>,
 ) -> PassReport {
     let mut report = PassReport::default();
     let mut chunk = RunBuilder::default();
@@ -146,102 +92,24 @@ pub fn discard_pass_with(
             if table.try_claim(pfn, class) {
                 chunk.push(pfn);
                 if chunk.pages() >= CHUNK_PAGES || chunk.runs().len() >= IOV_BATCH {
-                    let faults = faults.filter(|_| class == PageState::Volatile);
-                    settle(table, discarder, &mut chunk, method, faults, &mut report);
+                    let arming = arming.filter(|_| class == PageState::Volatile);
+                    discarder.settle(table, &mut chunk, method, arming, &mut report);
                 }
             }
         }
-        let faults = faults.filter(|_| class == PageState::Volatile);
-        settle(table, discarder, &mut chunk, method, faults, &mut report);
+        let arming = arming.filter(|_| class == PageState::Volatile);
+        discarder.settle(table, &mut chunk, method, arming, &mut report);
     }
     report
-}
-
-/// Drops the claimed runs of `chunk` and ends every claim. With `faults`
-/// (Volatile runs, discard faults on) each run is registered first; runs
-/// the kernel refuses are not dropped, runs whose drop failed are
-/// unregistered again.
-fn settle(
-    table: &FrameTable,
-    discarder: &mut Discarder,
-    chunk: &mut RunBuilder,
-    method: Method,
-    faults: Option<&DiscardFaults>,
-    report: &mut PassReport,
-) {
-    if chunk.runs().is_empty() {
-        return;
-    }
-    let mut runs: Vec<Run> = Vec::with_capacity(chunk.runs().len());
-    for run in chunk.runs() {
-        match faults {
-            Some(f) if !f.register_volatile_run(run.pfn, run.count) => {
-                for pfn in run.pfn..run.pfn.saturating_add(run.count) {
-                    table.abort_discard(pfn);
-                }
-                report.failed += run.count;
-            }
-            _ => runs.push(*run),
-        }
-    }
-    let done = discarder.discard(&runs, method);
-    let mut failed = vec![false; runs.len()];
-    for &i in &done.failed {
-        if let Some(f) = failed.get_mut(i) {
-            *f = true;
-        }
-    }
-    for (run, &bad) in runs.iter().zip(&failed) {
-        if bad {
-            if let Some(f) = faults {
-                f.unregister_marked(run.pfn, run.count);
-            }
-        }
-        for pfn in run.pfn..run.pfn.saturating_add(run.count) {
-            if bad {
-                table.abort_discard(pfn);
-            } else {
-                table.finish_discard(pfn);
-            }
-        }
-        if bad {
-            report.failed += run.count;
-        }
-    }
-    report.pages += done.pages;
-    report.madvise_calls += done.madvise_calls;
-    report.process_madvise_calls += done.process_madvise_calls;
-    chunk.clear();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::Run;
     use crate::memory::GuestRam;
     use pagehint_abi::hypercall::hint;
-
-    #[test]
-    fn frames_coalesce_into_runs() {
-        let mut b = RunBuilder::default();
-        for p in [3, 4, 5, 7, 9, 10, u64::MAX] {
-            b.push(p);
-        }
-        assert_eq!(
-            b.runs(),
-            &[
-                Run { pfn: 3, count: 3 },
-                Run { pfn: 7, count: 1 },
-                Run { pfn: 9, count: 2 },
-                Run {
-                    pfn: u64::MAX,
-                    count: 1
-                },
-            ]
-        );
-        assert_eq!(b.pages(), 7);
-        b.clear();
-        assert!(b.runs().is_empty());
-    }
+    use std::sync::Mutex;
 
     #[test]
     fn budget_and_pressure_decide_how_much() {
@@ -296,15 +164,31 @@ mod tests {
         assert_eq!(r, PassReport::default());
     }
 
+    /// Records what it was asked to arm; refuses runs from `refuse_from`.
+    struct FakeArming {
+        refuse_from: u64,
+        armed: Mutex<Vec<Run>>,
+        disarmed: Mutex<Vec<Run>>,
+    }
+
+    impl Arming for FakeArming {
+        fn arm(&self, run: Run) -> bool {
+            if run.pfn >= self.refuse_from {
+                return false;
+            }
+            self.armed.lock().unwrap().push(run);
+            true
+        }
+        fn disarm(&self, run: Run) {
+            self.disarmed.lock().unwrap().push(run);
+        }
+    }
+
     #[test]
-    fn volatile_runs_are_registered_before_they_are_dropped_unused_never() {
-        use crate::metrics::Metrics;
-        use std::sync::Arc;
+    fn only_volatile_runs_are_armed_and_refused_runs_are_kept() {
         let ram = GuestRam::new(16 << 20).unwrap();
         let frames = ram.frames();
-        let table = Arc::new(FrameTable::new(frames as usize, false));
-        let metrics = Arc::new(Metrics::default());
-        let faults = DiscardFaults::new(&ram, table.clone(), metrics.clone(), 1).unwrap();
+        let table = FrameTable::new(frames as usize, false);
         let mut d = Discarder::new(&ram).unwrap();
         table.apply_range(10, 3, hint::SET_UNUSED).unwrap();
         for p in [20, 21, 22, 30] {
@@ -312,27 +196,29 @@ mod tests {
         }
         let mut resident = ResidentMap::new(frames);
         (0..frames).for_each(|p| resident.set(p));
+        let arming = FakeArming {
+            refuse_from: 30,
+            armed: Mutex::new(Vec::new()),
+            disarmed: Mutex::new(Vec::new()),
+        };
         let r = discard_pass_with(
             &table,
             &mut d,
             &resident,
             u64::MAX,
             Method::Auto,
-            Some(&faults),
+            Some(&arming),
         );
-        assert_eq!((r.pages, r.failed), (7, 0));
-        for p in [20, 21, 22, 30] {
-            assert!(
-                table.is_registered(p) && table.discard_fault_due(p),
-                "frame {p}"
-            );
+        assert_eq!((r.pages, r.failed), (6, 1));
+        assert_eq!(*arming.armed.lock().unwrap(), [Run { pfn: 20, count: 3 }]);
+        assert!(arming.disarmed.lock().unwrap().is_empty());
+        for p in [10, 11, 12, 20, 21, 22] {
+            assert!(table.is_discarded(p), "frame {p}");
         }
-        for p in [10, 11, 12] {
-            assert!(
-                !table.is_registered(p) && table.is_discarded(p),
-                "frame {p}"
-            );
-        }
-        assert_eq!(metrics.discard_faults.uffd_registered_pages.get(), 4);
+        assert!(
+            !table.is_discarded(30),
+            "a run that cannot be armed is kept"
+        );
+        assert_eq!(table.state(30), Some(PageState::Volatile));
     }
 }

@@ -2,5 +2,7 @@
 //! They apply state and run vCPUs; policy (what state, which devices) comes
 //! from `arch` and `devices`, never from here.
 
+pub mod exit;
+pub mod kvm;
 pub mod vcpu;
 pub mod vm;

@@ -1,9 +1,11 @@
 //! One vCPU: its file descriptor, its thread, its exit loop, and the kick
 //! that gets it out of `KVM_RUN`.
 //!
-//! Each vCPU runs on its own thread, which owns the `VcpuFd`. The loop turns
-//! every exit into a [`Step`]: continue, or stop for a [`StopReason`] that is
-//! sent to the main thread. To stop a vCPU the main thread sets the shared
+//! Each vCPU runs on its own thread, which owns the `VcpuFd`. The loop hands
+//! every exit to `exit::handle_exit`, which says what comes next as a
+//! `Step`: continue, deliver a pending discard fault, or stop for a
+//! [`StopReason`] that is sent to the main thread. [`VcpuHandles`] owns the
+//! threads: dropping it stops and joins every one. To stop a vCPU the main thread sets the shared
 //! stop flag and sends the thread `SIGRTMIN`; the signal handler sets
 //! `kvm_run.immediate_exit`, so a kick that lands just before `KVM_RUN`
 //! still makes it return `EINTR` at once. With discard faults on, the thread
@@ -21,18 +23,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{CpuId, KVM_EXIT_INTERNAL_ERROR};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::VcpuFd;
 use pagehint_abi::ports::HYPERCALL_PORT;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::cpuid::{setup_cpuid, CpuidError};
 use crate::arch::x86_64::regs::{setup_ap, setup_bsp, setup_lint, RegDump, RegsError};
-use crate::devices::bus::{PioBus, PioOutcome};
 use crate::devices::mmio::MmioBus;
+use crate::devices::pio::{PioBus, PioOutcome};
 use crate::discard_fault::inject::Delivery;
 use crate::discard_fault::DiscardFaults;
 use crate::hypercall::HypercallDevice;
 use crate::metrics::Metrics;
+use crate::vstate::exit::{handle_exit, ExitDevices, Step};
 
 /// Why a vCPU could not be prepared or started.
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +76,6 @@ pub enum StopReason {
     UnexpectedExit(String, RegDump),
     /// The VMM asked the vCPU to stop.
     Stopped,
-    /// The vCPU thread panicked (a VMM bug).
-    Panicked,
-}
-
-/// The result of handling one exit.
-#[derive(Debug)]
-enum Step {
-    Continue,
-    Stop(StopReason),
 }
 
 /// What a vCPU thread reports when it ends.
@@ -142,13 +136,45 @@ impl Drop for BoundThread {
 /// Width of the hypercall doorbell.
 pub const HYPERCALL_PORT_LEN: u16 = 4;
 
+/// The devices a vCPU's exits reach: the port bus, the MMIO bus and the
+/// hypercall doorbell.
+#[derive(Debug, Clone)]
+pub struct VcpuDevices {
+    pub pio: Arc<PioBus>,
+    pub mmio: Arc<MmioBus>,
+    pub hypercalls: Arc<HypercallDevice>,
+}
+
+impl ExitDevices for VcpuDevices {
+    fn pio_write(&self, port: u16, data: &[u8]) -> PioOutcome {
+        if let Some(offset) = doorbell_offset(port) {
+            self.hypercalls.write(offset, data);
+            return PioOutcome::Continue;
+        }
+        self.pio.write(port, data)
+    }
+
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        match doorbell_offset(port) {
+            Some(offset) => self.hypercalls.read(offset, data),
+            None => self.pio.read(port, data),
+        }
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.mmio.read(addr, data)
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        self.mmio.write(addr, data)
+    }
+}
+
 /// One vCPU and what it needs to handle exits.
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
-    bus: Arc<PioBus>,
-    mmio: Arc<MmioBus>,
-    hypercalls: Arc<HypercallDevice>,
+    devices: VcpuDevices,
     metrics: Arc<Metrics>,
     faults: Option<Arc<DiscardFaults>>,
 }
@@ -170,20 +196,11 @@ impl fmt::Debug for Vcpu {
 
 impl Vcpu {
     /// Wraps a created vCPU.
-    pub fn new(
-        index: u8,
-        fd: VcpuFd,
-        bus: Arc<PioBus>,
-        mmio: Arc<MmioBus>,
-        hypercalls: Arc<HypercallDevice>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(index: u8, fd: VcpuFd, devices: VcpuDevices, metrics: Arc<Metrics>) -> Self {
         Self {
             index,
             fd,
-            bus,
-            mmio,
-            hypercalls,
+            devices,
             metrics,
             faults: None,
         }
@@ -240,122 +257,52 @@ impl Vcpu {
             if stop.load(Ordering::SeqCst) {
                 return StopReason::Stopped;
             }
-            match self.run_once() {
-                Step::Continue => {}
-                Step::Stop(reason) => return reason,
+            if let Some(reason) = self.run_once() {
+                return reason;
             }
         }
     }
 
-    fn run_once(&mut self) -> Step {
-        let m = &self.metrics.exits;
-        // Exits that need a register dump are named here and dumped after
-        // the borrow of the kvm_run mapping ends.
-        let fatal: (bool, String) = match self.fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                m.io_out.inc();
-                if let Some(offset) = doorbell_offset(port) {
-                    self.hypercalls.write(offset, data);
-                    return Step::Continue;
-                }
-                return match self.bus.write(port, data) {
-                    PioOutcome::Continue => Step::Continue,
-                    PioOutcome::Exit(value) => Step::Stop(StopReason::GuestExit(value)),
-                };
+    /// Runs the guest until one exit and acts on it; `Some` ends the loop.
+    fn run_once(&mut self) -> Option<StopReason> {
+        let step = handle_exit(self.fd.run(), &self.devices, &self.metrics.exits);
+        let what = match step {
+            Step::Continue => return None,
+            Step::Interrupted => return self.after_interrupt(),
+            Step::GuestExit(value) => return Some(StopReason::GuestExit(value)),
+            Step::TripleFault => {
+                return Some(StopReason::TripleFault(RegDump::capture(&self.fd)));
             }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                m.io_in.inc();
-                if let Some(offset) = doorbell_offset(port) {
-                    self.hypercalls.read(offset, data);
-                    return Step::Continue;
-                }
-                self.bus.read(port, data);
-                return Step::Continue;
+            Step::InternalError => self.internal_error_detail(),
+            Step::FailEntry { reason, cpu } => {
+                format!("KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, host cpu {cpu})")
             }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                m.mmio_read.inc();
-                if self.mmio.read(addr, data) {
-                    return Step::Continue;
-                }
-                log::debug!(
-                    "vcpu{}: unhandled MMIO read at {addr:#x} ({} bytes)",
-                    self.index,
-                    data.len()
-                );
-                data.fill(0xff);
-                return Step::Continue;
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                m.mmio_write.inc();
-                if self.mmio.write(addr, data) {
-                    return Step::Continue;
-                }
-                log::debug!(
-                    "vcpu{}: unhandled MMIO write of {data:02x?} at {addr:#x}",
-                    self.index
-                );
-                return Step::Continue;
-            }
-            Ok(VcpuExit::Hlt) => {
-                m.hlt.inc();
-                return Step::Continue;
-            }
-            Ok(VcpuExit::Intr) => {
-                m.interrupted.inc();
-                return self.after_interrupt();
-            }
-            Ok(VcpuExit::Shutdown) => {
-                m.shutdown.inc();
-                let dump = RegDump::capture(&self.fd);
-                return Step::Stop(StopReason::TripleFault(dump));
-            }
-            Ok(VcpuExit::InternalError) => {
-                m.internal_error.inc();
-                (true, "KVM_EXIT_INTERNAL_ERROR".to_string())
-            }
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                m.fail_entry.inc();
-                (
-                    true,
-                    format!("KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, host cpu {cpu})"),
-                )
-            }
-            Ok(other) => {
-                m.other.inc();
-                (false, format!("{other:?}"))
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                m.interrupted.inc();
-                return self.after_interrupt();
-            }
-            Err(e) => (true, format!("KVM_RUN failed: {e}")),
+            Step::RunFailed(errno) => format!(
+                "KVM_RUN failed: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            Step::Unhandled(ref what) => what.clone(),
         };
-        let (kvm_failure, mut what) = fatal;
-        if what == "KVM_EXIT_INTERNAL_ERROR" {
-            what = self.internal_error_detail();
-        }
         let dump = RegDump::capture(&self.fd);
-        if kvm_failure {
-            Step::Stop(StopReason::KvmFailure(what, dump))
+        Some(if step.is_kvm_failure() {
+            StopReason::KvmFailure(what, dump)
         } else {
-            Step::Stop(StopReason::UnexpectedExit(what, dump))
-        }
+            StopReason::UnexpectedExit(what, dump)
+        })
     }
 
     /// After `KVM_RUN` was interrupted: deliver a pending discard fault.
-    fn after_interrupt(&mut self) -> Step {
-        let Some(faults) = &self.faults else {
-            return Step::Continue;
-        };
+    fn after_interrupt(&mut self) -> Option<StopReason> {
+        let faults = self.faults.as_ref()?;
         match faults.on_interrupt(u64::from(self.index), &self.fd) {
             Ok(Delivery::Injected) => {
                 log::trace!("vcpu{}: discard fault injected", self.index);
-                Step::Continue
+                None
             }
-            Ok(_) => Step::Continue,
+            Ok(_) => None,
             Err(e) => {
                 let dump = RegDump::capture(&self.fd);
-                Step::Stop(StopReason::KvmFailure(e.to_string(), dump))
+                Some(StopReason::KvmFailure(e.to_string(), dump))
             }
         }
     }
@@ -374,7 +321,7 @@ impl Vcpu {
 }
 
 /// Runs `vcpu` on a new thread that reports on `tx` when it ends.
-pub fn spawn(
+fn spawn(
     mut vcpu: Vcpu,
     stop: Arc<AtomicBool>,
     tx: Sender<VcpuReport>,
@@ -383,9 +330,9 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vcpu.run_loop(&stop)));
-            let reason = result.unwrap_or(StopReason::Panicked);
+            // A panic aborts the process (the workspace's one panic
+            // strategy), so every report is a real end of the loop.
+            let reason = vcpu.run_loop(&stop);
             log::debug!("vcpu{index}: stopped: {reason:?}");
             // The receiver may be gone if the VMM is already shutting down.
             let _ = tx.send(VcpuReport { index, reason });
@@ -393,26 +340,60 @@ pub fn spawn(
         .map_err(|source| VcpuError::Spawn { index, source })
 }
 
-/// Stops every vCPU thread and joins it: sets `stop`, then kicks each thread
-/// still running until it has ended.
-pub fn stop_and_join(handles: Vec<JoinHandle<()>>, stop: &AtomicBool) {
-    stop.store(true, Ordering::SeqCst);
-    let signal = SIGRTMIN();
-    let mut rounds = 0u32;
-    while handles.iter().any(|h| !h.is_finished()) {
-        for h in handles.iter().filter(|h| !h.is_finished()) {
-            if let Err(e) = h.kill(signal) {
-                log::debug!("kicking a vCPU thread failed: {e}");
-            }
+/// The running vCPU threads. Dropping (or [`VcpuHandles::stop`]) sets the
+/// stop flag and kicks each thread still running until it has ended, then
+/// joins them all, so no vCPU thread outlives its handle.
+#[derive(Debug)]
+pub struct VcpuHandles {
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VcpuHandles {
+    /// Starts one thread per vCPU, each reporting on `tx` when it ends. If a
+    /// thread cannot be started, those already running are stopped.
+    pub fn spawn(vcpus: Vec<Vcpu>, tx: Sender<VcpuReport>) -> Result<Self, VcpuError> {
+        let mut started = Self {
+            handles: Vec::with_capacity(vcpus.len()),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        for vcpu in vcpus {
+            // On error, dropping `started` stops the threads begun so far.
+            let handle = spawn(vcpu, started.stop.clone(), tx.clone())?;
+            started.handles.push(handle);
         }
-        rounds = rounds.saturating_add(1);
-        if rounds == 200 {
-            log::warn!("vCPU threads are slow to stop; still kicking");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        Ok(started)
     }
-    for h in handles {
-        // A panic was already caught and reported inside the thread.
-        let _ = h.join();
+
+    /// Stops and joins every vCPU thread.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let signal = SIGRTMIN();
+        let mut rounds = 0u32;
+        while self.handles.iter().any(|h| !h.is_finished()) {
+            for h in self.handles.iter().filter(|h| !h.is_finished()) {
+                if let Err(e) = h.kill(signal) {
+                    log::debug!("kicking a vCPU thread failed: {e}");
+                }
+            }
+            rounds = rounds.saturating_add(1);
+            if rounds == 200 {
+                log::warn!("vCPU threads are slow to stop; still kicking");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for VcpuHandles {
+    fn drop(&mut self) {
+        self.stop_and_join();
     }
 }

@@ -8,8 +8,8 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::kvm::KvmContext;
 use crate::memory::GuestRam;
+use crate::vstate::kvm::KvmContext;
 
 /// Guest-physical address of the three pages KVM needs for the real-mode
 /// TSS on Intel hosts; just below the 4 GiB BIOS area, above the LAPIC.

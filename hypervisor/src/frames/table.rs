@@ -16,7 +16,9 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 
 use pagehint_abi::hypercall::hint;
-use pagehint_abi::page_state::{transition, PageState};
+use pagehint_abi::page_state::PageState;
+
+use crate::frames::transition::transition;
 use serde::Serialize;
 
 /// Bits 0..=1: the `PageState`.

@@ -1,18 +1,24 @@
-//! Drops the contents of runs of guest frames on the host with
-//! `MADV_DONTNEED`: one `madvise` per run, or, for many short scattered
+//! The one place that drops guest frames on the host: `MADV_DONTNEED` on
+//! runs of frames, one `madvise` per run, or, for many short scattered
 //! runs, `process_madvise` on a pidfd of this process with up to 512 runs
-//! per call (falling back to `madvise` for good if the kernel refuses it).
+//! per call (falling back to `madvise` for good if the kernel refuses it);
+//! and [`Discarder::settle`], which ends the claims of a chunk of frames the
+//! reclaimer claimed: arm the volatile runs for discard faults
+//! ([`Arming`]), drop them, mark each frame discarded or give it back.
 //!
 //! After `MADV_DONTNEED` the frames read as zeroes and KVM's MMU notifiers
 //! drop the guest's mappings of them (`KVM_CAP_SYNC_MMU`, checked at start).
-//! This module must never touch memory outside guest RAM (every run is
-//! checked against it), never decide which frames to drop (the reclaimer
-//! claims them first), and never report a run dropped that was not.
+//! This module must never touch memory outside guest RAM (every run goes
+//! through [`HostMap`]), never decide which frames to drop (callers claim
+//! them first, or the guest reported them free), and never report a run
+//! dropped that was not.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::frames::host::{HostMap, HostRange};
+use crate::frames::run::{Run, RunBuilder};
+use crate::frames::table::FrameTable;
 use crate::memory::GuestRam;
-use crate::reclaim::policy::Run;
 
 /// Runs per `process_madvise` call (the kernel allows `UIO_MAXIOV`, 1024).
 pub const IOV_BATCH: usize = 512;
@@ -20,8 +26,6 @@ pub const IOV_BATCH: usize = 512;
 const SCATTERED_MIN_RUNS: usize = 16;
 /// ... of at most this many pages on average.
 const SCATTERED_MAX_AVG_PAGES: u64 = 8;
-/// Bytes per frame.
-const PAGE: u64 = 4096;
 
 /// Why the discarder could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -53,13 +57,56 @@ pub enum Method {
     ProcessMadvise,
 }
 
+/// What arms discarded volatile frames, so that the guest's next touch of
+/// one is a discard fault rather than a silent zero page. The discard-fault
+/// machinery implements it; the core needs nothing else of it.
+pub trait Arming: Send + Sync {
+    /// Registers a claimed run of Volatile frames that is about to be
+    /// dropped. False if that was refused: the run must then be kept.
+    fn arm(&self, run: Run) -> bool;
+    /// Undoes [`Arming::arm`] for every frame of `run` still armed.
+    fn disarm(&self, run: Run);
+}
+
+/// What one [`Discarder::settle`] (or a pass of them) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Frames dropped (each was resident, so resident fell by as many).
+    pub pages: u64,
+    /// Frames claimed but not dropped (madvise failed; contents intact).
+    pub failed: u64,
+    pub madvise_calls: u64,
+    pub process_madvise_calls: u64,
+}
+
+/// `madvise(MADV_DONTNEED)` of one checked host range.
+fn madvise_dontneed(range: HostRange) -> std::io::Result<()> {
+    let len = usize::try_from(range.len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: `range` came from a `HostMap`, so it lies inside the guest
+    // RAM mapping the map keeps alive. MADV_DONTNEED on this private
+    // anonymous mapping only replaces the contents with zero pages; the VMM
+    // holds no Rust reference into guest memory (every access goes through
+    // vm-memory's volatile copies), and the frames were claimed (BUSY) or
+    // reported free, so no hint races with the drop.
+    let r = unsafe { libc::madvise(range.addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Drops one run of frames of `map` at once (free page reporting's host
+/// side); an error leaves the contents as they were.
+pub fn discard_run(map: &HostMap, run: Run) -> std::io::Result<()> {
+    let range = map.range(run).ok_or(std::io::ErrorKind::InvalidInput)?;
+    madvise_dontneed(range)
+}
+
 /// Drops runs of frames of one guest RAM mapping.
 #[derive(Debug)]
 pub struct Discarder {
-    /// Keeps the mapping alive while we hold its address.
-    _ram: GuestRam,
-    base: u64,
-    frames: u64,
+    map: HostMap,
     /// Our own pidfd, opened on first use; `None` after the kernel refused.
     pidfd: Option<OwnedFd>,
     process_madvise_ok: bool,
@@ -68,27 +115,11 @@ pub struct Discarder {
 impl Discarder {
     /// A discarder for `ram`.
     pub fn new(ram: &GuestRam) -> Result<Self, DiscardError> {
-        let base = ram.host_base();
-        if base == 0 {
-            return Err(DiscardError::NoHostMapping);
-        }
         Ok(Self {
-            _ram: ram.clone(),
-            base,
-            frames: ram.frames(),
+            map: HostMap::new(ram).ok_or(DiscardError::NoHostMapping)?,
             pidfd: None,
             process_madvise_ok: true,
         })
-    }
-
-    /// Host address and length of a run, if it lies inside guest RAM.
-    fn host_range(&self, run: &Run) -> Option<(u64, u64)> {
-        let end = run.pfn.checked_add(run.count)?;
-        if run.count == 0 || end > self.frames {
-            return None;
-        }
-        let addr = self.base.checked_add(run.pfn.checked_mul(PAGE)?)?;
-        Some((addr, run.count.checked_mul(PAGE)?))
     }
 
     /// Drops every run (`Method::Auto` picks `process_madvise` for many
@@ -114,30 +145,71 @@ impl Discarder {
     }
 
     fn madvise_run(&self, i: usize, run: &Run, report: &mut DiscardReport) {
-        let Some((addr, len)) = self.host_range(run) else {
+        let Some(range) = self.map.range(*run) else {
             report.failed.push(i);
             return;
         };
         report.madvise_calls += 1;
-        // SAFETY: [addr, addr + len) lies inside the guest RAM mapping that
-        // `_ram` keeps alive (checked by host_range). MADV_DONTNEED on this
-        // private anonymous mapping only replaces the contents with zero
-        // pages; the VMM holds no Rust reference into guest memory (all
-        // accesses go through vm-memory's volatile copies), and the frames
-        // were claimed (BUSY) so no hint races with the drop.
-        let r =
-            unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
-        if r == 0 {
-            report.pages += run.count;
-        } else {
-            log::warn!(
-                "reclaim: madvise(MADV_DONTNEED) of frames {:#x}+{} failed: {}",
-                run.pfn,
-                run.count,
-                std::io::Error::last_os_error()
-            );
-            report.failed.push(i);
+        match madvise_dontneed(range) {
+            Ok(()) => report.pages += run.count,
+            Err(e) => {
+                log::warn!(
+                    "reclaim: madvise(MADV_DONTNEED) of frames {:#x}+{} failed: {e}",
+                    run.pfn,
+                    run.count
+                );
+                report.failed.push(i);
+            }
         }
+    }
+
+    /// Drops the claimed runs of `chunk` and ends every claim, adding what
+    /// it did to `report`. With `arming` (Volatile runs, discard faults on)
+    /// each run is armed first; runs that cannot be armed are not dropped,
+    /// runs whose drop failed are disarmed again. Empties `chunk`.
+    pub fn settle(
+        &mut self,
+        table: &FrameTable,
+        chunk: &mut RunBuilder,
+        method: Method,
+        arming: Option<&dyn Arming>,
+        report: &mut PassReport,
+    ) {
+        if chunk.runs().is_empty() {
+            return;
+        }
+        let mut runs: Vec<Run> = Vec::with_capacity(chunk.runs().len());
+        for run in chunk.runs() {
+            match arming {
+                Some(a) if !a.arm(*run) => {
+                    run.frames().for_each(|pfn| table.abort_discard(pfn));
+                    report.failed += run.count;
+                }
+                _ => runs.push(*run),
+            }
+        }
+        let done = self.discard(&runs, method);
+        let mut failed = vec![false; runs.len()];
+        for &i in &done.failed {
+            if let Some(f) = failed.get_mut(i) {
+                *f = true;
+            }
+        }
+        for (run, &bad) in runs.iter().zip(&failed) {
+            if bad {
+                if let Some(a) = arming {
+                    a.disarm(*run);
+                }
+                run.frames().for_each(|pfn| table.abort_discard(pfn));
+                report.failed += run.count;
+            } else {
+                run.frames().for_each(|pfn| table.finish_discard(pfn));
+            }
+        }
+        report.pages += done.pages;
+        report.madvise_calls += done.madvise_calls;
+        report.process_madvise_calls += done.process_madvise_calls;
+        chunk.clear();
     }
 
     fn pidfd(&mut self) -> Option<i32> {
@@ -183,11 +255,11 @@ impl Discarder {
             bad.clear();
             let mut end = next;
             while end < runs.len() && iov.len() < IOV_BATCH {
-                match self.host_range(&runs[end]) {
-                    Some((addr, len)) => {
+                match self.map.range(runs[end]) {
+                    Some(range) => {
                         iov.push(libc::iovec {
-                            iov_base: addr as *mut libc::c_void,
-                            iov_len: len as usize,
+                            iov_base: range.addr as *mut libc::c_void,
+                            iov_len: range.len as usize,
                         });
                         idx.push(end);
                     }
@@ -201,7 +273,7 @@ impl Discarder {
                 continue;
             }
             // SAFETY: every iovec is a range inside the guest RAM mapping
-            // kept alive by `_ram` (host_range), so the same argument as for
+            // kept alive by `self.map` (HostMap::range), so the same argument as for
             // madvise holds; the iovec array outlives the call; `pidfd` is
             // our own open pidfd.
             let r = unsafe {
@@ -241,6 +313,7 @@ impl Discarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pagehint_abi::PAGE_SIZE as PAGE;
     use vm_memory::{Bytes, GuestAddress};
 
     fn filled(ram: &GuestRam, frames: u64) {

@@ -16,11 +16,10 @@
 //! This module must never drop a frame outside the reported run, never
 //! change the frame table, and never take a lock on the hint path.
 
+use crate::frames::discard::discard_run;
+use crate::frames::{HostMap, Run};
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
-
-/// Bytes per frame.
-const PAGE: u64 = 4096;
 
 /// Why a report could not be honoured.
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
@@ -36,44 +35,30 @@ pub enum ReportError {
 /// Drops reported runs of one guest RAM mapping.
 #[derive(Debug, Clone)]
 pub struct FreePageReporter {
-    /// Keeps the mapping alive while we hold its address.
-    ram: GuestRam,
+    map: Option<HostMap>,
 }
 
 impl FreePageReporter {
     /// A reporter for `ram`.
     pub fn new(ram: &GuestRam) -> Self {
-        Self { ram: ram.clone() }
-    }
-
-    /// Host address and length of the run, if it lies inside guest RAM.
-    fn host_range(&self, pfn: u64, count: u64) -> Option<(u64, usize)> {
-        let gpa = pfn.checked_mul(PAGE)?;
-        let bytes = count.checked_mul(PAGE)?;
-        if count == 0 || !self.ram.contains(gpa, bytes) {
-            return None;
+        Self {
+            map: HostMap::new(ram),
         }
-        let addr = self.ram.host_base().checked_add(gpa)?;
-        let len = usize::try_from(bytes).ok()?;
-        Some((addr, len))
     }
 
     /// Drops `count` frames from `pfn` at once and counts them.
     pub fn report(&self, pfn: u64, count: u64, metrics: &Metrics) -> Result<(), ReportError> {
-        let (addr, len) = self
-            .host_range(pfn, count)
-            .ok_or(ReportError::OutsideRam { pfn, count })?;
-        // SAFETY: [addr, addr + len) lies inside the guest RAM mapping that
-        // `self.ram` keeps alive (checked by host_range). MADV_DONTNEED on
-        // this private anonymous mapping only replaces the contents with
-        // zero pages, which is what the guest asked for by reporting the
-        // frames free; the VMM holds no Rust reference into guest memory
-        // (every access goes through vm-memory's volatile copies).
-        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
-        if r != 0 {
-            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            return Err(ReportError::Madvise { pfn, count, errno });
+        let run = Run { pfn, count };
+        let outside = ReportError::OutsideRam { pfn, count };
+        let map = self.map.as_ref().ok_or(outside)?;
+        if map.range(run).is_none() {
+            return Err(outside);
         }
+        discard_run(map, run).map_err(|e| ReportError::Madvise {
+            pfn,
+            count,
+            errno: e.raw_os_error().unwrap_or(0),
+        })?;
         let r = &metrics.reclaim;
         r.reports.inc();
         r.reported_pages.add(count);
@@ -86,6 +71,7 @@ impl FreePageReporter {
 mod tests {
     use super::*;
     use crate::reclaim::resident::{Pagemap, ResidentMap};
+    use pagehint_abi::PAGE_SIZE as PAGE;
     use vm_memory::{Bytes, GuestAddress};
 
     fn resident(ram: &GuestRam) -> Option<u64> {

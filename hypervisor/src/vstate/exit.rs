@@ -1,0 +1,237 @@
+//! What one `KVM_RUN` exit means: [`handle_exit`] turns an exit into a
+//! [`Step`], serving port and MMIO accesses on the way through
+//! [`ExitDevices`]. It is a pure function of the exit, the devices and the
+//! counters, so it is unit-tested here with synthetic exits; the vCPU loop
+//! (`vcpu.rs`) acts on the step (dumps registers, delivers a discard fault,
+//! stops).
+//!
+//! This module must never panic on an exit the guest provoked, and never
+//! touch the vCPU's file descriptor.
+
+use kvm_ioctls::VcpuExit;
+
+use crate::devices::pio::PioOutcome;
+use crate::metrics::ExitMetrics;
+
+/// Where the exits' accesses go.
+pub trait ExitDevices {
+    /// An `out` to `port`.
+    fn pio_write(&self, port: u16, data: &[u8]) -> PioOutcome;
+    /// An `in` from `port`; fills `data`.
+    fn pio_read(&self, port: u16, data: &mut [u8]);
+    /// A load from `addr`; false if no device claims the whole access.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool;
+    /// A store to `addr`; false if no device claims the whole access.
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool;
+}
+
+/// Every way out of one exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Served; run the vCPU again.
+    Continue,
+    /// `KVM_RUN` was interrupted (a kick, `EINTR`; or an AP woke, `EAGAIN`):
+    /// deliver a pending discard fault, then run again.
+    Interrupted,
+    /// The guest wrote this value to the exit port.
+    GuestExit(u32),
+    /// `KVM_EXIT_SHUTDOWN`: the guest triple-faulted.
+    TripleFault,
+    /// `KVM_EXIT_INTERNAL_ERROR` (the caller reads the suberror).
+    InternalError,
+    /// `KVM_EXIT_FAIL_ENTRY`.
+    FailEntry { reason: u64, cpu: u32 },
+    /// `KVM_RUN` itself failed with this errno.
+    RunFailed(i32),
+    /// An exit this VMM does not handle, named.
+    Unhandled(String),
+}
+
+impl Step {
+    /// True for the steps that end the vCPU because KVM failed (rather
+    /// than the guest).
+    pub fn is_kvm_failure(&self) -> bool {
+        matches!(
+            self,
+            Step::InternalError | Step::FailEntry { .. } | Step::RunFailed(_)
+        )
+    }
+}
+
+/// Serves one exit and says what comes next.
+pub fn handle_exit(
+    exit: Result<VcpuExit<'_>, kvm_ioctls::Error>,
+    devices: &impl ExitDevices,
+    m: &ExitMetrics,
+) -> Step {
+    match exit {
+        Ok(VcpuExit::IoOut(port, data)) => {
+            m.io_out.inc();
+            match devices.pio_write(port, data) {
+                PioOutcome::Continue => Step::Continue,
+                PioOutcome::Exit(value) => Step::GuestExit(value),
+            }
+        }
+        Ok(VcpuExit::IoIn(port, data)) => {
+            m.io_in.inc();
+            devices.pio_read(port, data);
+            Step::Continue
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            m.mmio_read.inc();
+            if !devices.mmio_read(addr, data) {
+                log::debug!("unhandled MMIO read at {addr:#x} ({} bytes)", data.len());
+                data.fill(0xff);
+            }
+            Step::Continue
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            m.mmio_write.inc();
+            if !devices.mmio_write(addr, data) {
+                log::debug!("unhandled MMIO write of {data:02x?} at {addr:#x}");
+            }
+            Step::Continue
+        }
+        Ok(VcpuExit::Hlt) => {
+            m.hlt.inc();
+            Step::Continue
+        }
+        Ok(VcpuExit::Intr) => {
+            m.interrupted.inc();
+            Step::Interrupted
+        }
+        Ok(VcpuExit::Shutdown) => {
+            m.shutdown.inc();
+            Step::TripleFault
+        }
+        Ok(VcpuExit::InternalError) => {
+            m.internal_error.inc();
+            Step::InternalError
+        }
+        Ok(VcpuExit::FailEntry(reason, cpu)) => {
+            m.fail_entry.inc();
+            Step::FailEntry { reason, cpu }
+        }
+        Ok(other) => {
+            m.other.inc();
+            Step::Unhandled(format!("{other:?}"))
+        }
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            m.interrupted.inc();
+            Step::Interrupted
+        }
+        Err(e) => Step::RunFailed(e.errno()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Records accesses; port 0xf4 is the exit port, MMIO below 0x1000 is
+    /// claimed and reads as 0x5a.
+    #[derive(Default)]
+    struct Fake {
+        log: RefCell<Vec<String>>,
+    }
+
+    impl ExitDevices for Fake {
+        fn pio_write(&self, port: u16, data: &[u8]) -> PioOutcome {
+            self.log
+                .borrow_mut()
+                .push(format!("out {port:#x} {data:?}"));
+            if port == 0xf4 {
+                PioOutcome::Exit(u32::from(data[0]))
+            } else {
+                PioOutcome::Continue
+            }
+        }
+        fn pio_read(&self, port: u16, data: &mut [u8]) {
+            self.log.borrow_mut().push(format!("in {port:#x}"));
+            data.fill(0x11);
+        }
+        fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+            data.fill(0x5a);
+            addr < 0x1000
+        }
+        fn mmio_write(&self, addr: u64, _data: &[u8]) -> bool {
+            self.log.borrow_mut().push(format!("store {addr:#x}"));
+            addr < 0x1000
+        }
+    }
+
+    #[test]
+    fn port_and_mmio_exits_are_served_and_counted() {
+        let (d, m) = (Fake::default(), ExitMetrics::default());
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::IoOut(0x3f8, &[7])), &d, &m),
+            Step::Continue
+        );
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::IoOut(0xf4, &[3, 0, 0, 0])), &d, &m),
+            Step::GuestExit(3)
+        );
+        let mut b = [0u8; 2];
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::IoIn(0x60, &mut b)), &d, &m),
+            Step::Continue
+        );
+        assert_eq!(b, [0x11; 2]);
+        let mut w = [0u8; 4];
+        handle_exit(Ok(VcpuExit::MmioRead(0x10, &mut w)), &d, &m);
+        assert_eq!(w, [0x5a; 4]);
+        handle_exit(Ok(VcpuExit::MmioRead(0xd000_0000, &mut w)), &d, &m);
+        assert_eq!(w, [0xff; 4], "unclaimed loads read all-ones");
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::MmioWrite(0x2000, &[1])), &d, &m),
+            Step::Continue
+        );
+        assert_eq!(
+            *d.log.borrow(),
+            [
+                "out 0x3f8 [7]",
+                "out 0xf4 [3, 0, 0, 0]",
+                "in 0x60",
+                "store 0x2000"
+            ]
+        );
+        assert_eq!((m.io_out.get(), m.io_in.get()), (2, 1));
+        assert_eq!((m.mmio_read.get(), m.mmio_write.get()), (2, 1));
+    }
+
+    #[test]
+    fn every_other_way_out_has_its_step() {
+        let (d, m) = (Fake::default(), ExitMetrics::default());
+        assert_eq!(handle_exit(Ok(VcpuExit::Hlt), &d, &m), Step::Continue);
+        assert_eq!(handle_exit(Ok(VcpuExit::Intr), &d, &m), Step::Interrupted);
+        let eintr = kvm_ioctls::Error::new(libc::EINTR);
+        assert_eq!(handle_exit(Err(eintr), &d, &m), Step::Interrupted);
+        let eagain = kvm_ioctls::Error::new(libc::EAGAIN);
+        assert_eq!(handle_exit(Err(eagain), &d, &m), Step::Interrupted);
+        assert_eq!(m.interrupted.get(), 3);
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::Shutdown), &d, &m),
+            Step::TripleFault
+        );
+        let s = handle_exit(Ok(VcpuExit::InternalError), &d, &m);
+        assert!(s == Step::InternalError && s.is_kvm_failure());
+        let s = handle_exit(Ok(VcpuExit::FailEntry(0x21, 1)), &d, &m);
+        assert_eq!(
+            s,
+            Step::FailEntry {
+                reason: 0x21,
+                cpu: 1
+            }
+        );
+        assert!(s.is_kvm_failure());
+        let efault = kvm_ioctls::Error::new(libc::EFAULT);
+        let s = handle_exit(Err(efault), &d, &m);
+        assert!(s == Step::RunFailed(libc::EFAULT) && s.is_kvm_failure());
+        let s = handle_exit(Ok(VcpuExit::IrqWindowOpen), &d, &m);
+        assert!(matches!(s, Step::Unhandled(ref w) if w.contains("IrqWindowOpen")));
+        assert!(!s.is_kvm_failure() && !Step::TripleFault.is_kvm_failure());
+        assert_eq!((m.hlt.get(), m.shutdown.get(), m.other.get()), (1, 1, 1));
+        assert_eq!((m.internal_error.get(), m.fail_entry.get()), (1, 1));
+    }
+}
