@@ -2,6 +2,9 @@
 //! programs run at CPL3 under the preemptive scheduler, and their exit
 //! status becomes the VMM's.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{boot, results, Disk};

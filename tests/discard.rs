@@ -4,6 +4,9 @@
 //! discarded frames are reused only after every CPU passed a quiescent
 //! state.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{boot, json_u64 as get, read_stats as stats, results, Disk};

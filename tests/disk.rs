@@ -2,6 +2,9 @@
 //! reclaim, demand paging of file and anonymous memory, copy-on-write, and
 //! mprotect transactions, each checked by workloads that verify every byte.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -6,6 +6,9 @@
 //! Everything is written under the system temporary directory and removed
 //! again; no test here may depend on files left by another.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -1,6 +1,9 @@
 //! Bad input from a user or a guest ends the VMM with a one-line error and
 //! a distinct exit status, never a panic or a hang.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

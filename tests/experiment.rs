@@ -5,6 +5,9 @@
 //! an integrity error. The experiment runs once (about a minute here) and
 //! every test reads its results.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -3,6 +3,9 @@
 //! discarding them, and the guest never loses data. The same run without
 //! hinting cannot hold the budget.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{boot, json_u64, read_stats, results, Disk};

@@ -5,6 +5,9 @@
 //! Runs whenever `qemu-system-x86_64` is installed (`.ci/run` installs it,
 //! so it always runs in CI).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

@@ -4,6 +4,8 @@
 //! The tests need `/dev/kvm`; where it is missing they fail with a clear
 //! message rather than skip, so CI can never pass without running them.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::io::Read;

@@ -10,6 +10,9 @@
 //! and the ratio VMM / QEMU (below 1 means this VMM is faster).
 //! Run with `cargo bench --bench boot` or `scripts/bench-boot.sh`.
 
+// A benchmark is a test program: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -13,6 +13,9 @@
 //! Run with `cargo bench --bench discard_fault` or
 //! `scripts/bench-discard-fault.sh`.
 
+// A benchmark is a test program: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::fd::AsFd;
 use std::time::Instant;
 

@@ -9,6 +9,9 @@
 //! dominated by emulated guest kernel code. Run with
 //! `cargo bench --bench hinting` or `scripts/bench-hinting.sh`.
 
+// A benchmark is a test program: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 mod support;

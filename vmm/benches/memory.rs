@@ -8,6 +8,9 @@
 //! hardware KVM. Run with `cargo bench --bench memory` or
 //! `scripts/bench-memory.sh`.
 
+// A benchmark is a test program: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 use support::{field, make_disk, vmm};
 
