@@ -274,6 +274,31 @@ mod tests {
     }
 
     #[test]
+    fn settled_volatile_runs_are_armed_before_they_are_dropped() {
+        use crate::frames::{Discarder, Method, PassReport};
+        let (f, ram, m) = hub(1);
+        let t = f.table();
+        let mut d = Discarder::new(&ram).unwrap();
+        for p in [20, 21, 22, 30] {
+            t.apply(p, hint::MAKE_VOLATILE).unwrap();
+            assert!(t.try_claim(p, PageState::Volatile));
+        }
+        let mut chunk = RunBuilder::default();
+        [20, 21, 22, 30].into_iter().for_each(|p| chunk.push(p));
+        let mut report = PassReport::default();
+        let arming: &dyn Arming = &*f;
+        d.settle(t, &mut chunk, Method::Auto, Some(arming), &mut report);
+        assert_eq!((report.pages, report.failed), (4, 0));
+        for p in [20, 21, 22, 30] {
+            assert!(t.is_registered(p) && t.discard_fault_due(p), "frame {p}");
+        }
+        assert_eq!(m.discard_faults.uffd_registered_pages.get(), 4);
+        assert!(chunk.runs().is_empty());
+        arming.disarm(Run { pfn: 20, count: 11 });
+        assert_eq!(m.discard_faults.uffd_registered_pages.get(), 0);
+    }
+
+    #[test]
     fn info_areas_are_checked() {
         let (f, ram, m) = hub(2);
         let ok = [0x9000, 1, 0, 0, 0, 0, 0];
