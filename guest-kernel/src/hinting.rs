@@ -273,9 +273,7 @@ impl CpuHints {
             }
             self.commit_now(m);
             for (i, &slot) in slots[..got].iter().enumerate() {
-                if slot != usize::MAX
-                    && self.result(m, slot) == i16::from(HintResult::Discarded)
-                {
+                if slot != usize::MAX && self.result(m, slot) == i16::from(HintResult::Discarded) {
                     // The host dropped it: it reads as zeroes.
                     self.ready[i] |= ZERO;
                 }

@@ -180,7 +180,11 @@ fn the_pool_refills_and_frees_in_batches_of_pool_batch() {
     for f in &got[..POOL_BATCH] {
         h.pool_free(&mut m, f.addr);
     }
-    assert_eq!(m.batches().len(), 0, "the free pool holds POOL_BATCH frames");
+    assert_eq!(
+        m.batches().len(),
+        0,
+        "the free pool holds POOL_BATCH frames"
+    );
     h.pool_free(&mut m, got[POOL_BATCH].addr);
     let back: Vec<_> = m
         .events
@@ -220,7 +224,10 @@ fn set_unused_is_committed_before_frames_go_back_and_runs_coalesce() {
         h.pool_free(&mut m, Pfn(p).addr());
     }
     h.drain_local(&mut m);
-    assert_eq!(m.batches().last().unwrap(), &&vec![(HintOp::SetUnused, 500, 8)]);
+    assert_eq!(
+        m.batches().last().unwrap(),
+        &&vec![(HintOp::SetUnused, 500, 8)]
+    );
 }
 
 #[test]
@@ -240,14 +247,23 @@ fn reused_frames_are_made_stable_before_they_are_handed_out() {
     let before = m.batches().len();
     let again = alloc(&mut h, &mut m, POOL_BATCH);
     let batches = m.batches();
-    assert_eq!(batches.len(), before + 1, "one SET_STABLE batch for the refill");
+    assert_eq!(
+        batches.len(),
+        before + 1,
+        "one SET_STABLE batch for the refill"
+    );
     let stable = batches.last().unwrap();
     assert_eq!(stable.len(), POOL_BATCH);
-    assert!(stable.iter().all(|&(op, _, c)| op == HintOp::SetStable && c == 1));
+    assert!(stable
+        .iter()
+        .all(|&(op, _, c)| op == HintOp::SetStable && c == 1));
     assert!(m.unused.is_empty());
     for f in &again {
         let discarded = lost.contains(&f.addr.pfn().0);
-        assert_eq!(f.known_zero, discarded, "{f:?}: only DISCARDED skips zeroing");
+        assert_eq!(
+            f.known_zero, discarded,
+            "{f:?}: only DISCARDED skips zeroing"
+        );
     }
 }
 
@@ -264,7 +280,10 @@ fn batches_never_exceed_the_page() {
     assert_eq!(sizes, [HINT_BATCH_MAX, HINT_BATCH_MAX, 10]);
     assert_eq!(h.pending(), 0);
     let c = &m.counters;
-    assert_eq!(c.hints.load(Ordering::Relaxed), 2 * HINT_BATCH_MAX as u64 + 10);
+    assert_eq!(
+        c.hints.load(Ordering::Relaxed),
+        2 * HINT_BATCH_MAX as u64 + 10
+    );
     assert_eq!(c.batches.load(Ordering::Relaxed), 3);
     assert_eq!(c.errors.load(Ordering::Relaxed), 0);
 }
@@ -282,7 +301,11 @@ fn now_many_makes_room_and_answers_each_frame() {
         answers.push((p, r))
     });
     let sizes: Vec<usize> = m.batches().iter().map(|b| b.len()).collect();
-    assert_eq!(sizes, [HINT_BATCH_MAX - 3, 4], "committed early to make room");
+    assert_eq!(
+        sizes,
+        [HINT_BATCH_MAX - 3, 4],
+        "committed early to make room"
+    );
     assert_eq!(
         answers,
         [
@@ -362,7 +385,9 @@ fn refused_batches_and_entries_are_counted() {
             self.0.take_frames(n, f)
         }
         fn give_back_frames(&mut self, frames: &[GuestPhys]) {
-            self.0.free.extend(frames.iter().map(|a| (a.pfn().0, false)));
+            self.0
+                .free
+                .extend(frames.iter().map(|a| (a.pfn().0, false)));
         }
         fn fresh_frames_are_zero(&self) -> bool {
             true
