@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::vec::Vec;
 
-use pagehint_abi::hypercall::{result, HintBatch, HintEntry, HintOp, HINT_BATCH_MAX};
+use pagehint_abi::hypercall::{HintBatch, HintEntry, HintOp, HINT_BATCH_MAX};
 use pagehint_abi::PAGE_SIZE;
 
 use super::*;
@@ -88,7 +88,7 @@ impl HintHost for Fake {
             e.result = match op {
                 HintOp::SetUnused => {
                     self.unused.extend(frames);
-                    result::OK as i16
+                    i16::from(HintResult::Ok)
                 }
                 HintOp::SetStable => {
                     let lost = frames.clone().any(|p| self.dropped.contains(&p));
@@ -97,12 +97,12 @@ impl HintHost for Fake {
                         self.dropped.remove(&p);
                     }
                     if lost {
-                        result::DISCARDED as i16
+                        i16::from(HintResult::Discarded)
                     } else {
-                        result::OK as i16
+                        i16::from(HintResult::Ok)
                     }
                 }
-                _ => result::OK as i16,
+                _ => i16::from(HintResult::Ok),
             };
         }
         self.events.push(Event::Sent(sent));
