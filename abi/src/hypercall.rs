@@ -6,6 +6,16 @@
 //! (and any output arguments) filled when the `out` retires. The VMM reads
 //! the block with `read_obj` and checks every field before acting on it; a
 //! bad block gets an error result, a counter and a log line, never a panic.
+//!
+//! The numbers are the modules [`op`], [`hint`] and [`result`]; the typed
+//! view of them is [`Request`] (encoded into and decoded from a
+//! [`HypercallBlock`]), [`HintOp`], [`HintEntry::new`] and [`CallResult`].
+
+mod codes;
+mod request;
+
+pub use codes::{CallResult, HintOp, HintResult};
+pub use request::{DecodeError, Request};
 
 /// Operation codes.
 pub mod op {

@@ -12,6 +12,7 @@
 
 #![no_std]
 
+pub mod addr;
 pub mod boot;
 pub mod cpuid;
 pub mod disk;
@@ -29,19 +30,4 @@ pub const ABI_VERSION: u32 = 1;
 /// Size of a guest page (and of a host page for the guest RAM mapping).
 pub const PAGE_SIZE: u64 = 4096;
 
-/// A guest-physical address. Its own type so that it is never confused with
-/// a guest-virtual or host-virtual address.
-#[repr(transparent)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GuestPhys(pub u64);
-
-impl GuestPhys {
-    /// The page frame number of this address.
-    pub const fn pfn(self) -> u64 {
-        self.0 / PAGE_SIZE
-    }
-    /// The offset of this address inside its page.
-    pub const fn page_offset(self) -> u64 {
-        self.0 % PAGE_SIZE
-    }
-}
+pub use addr::{GuestPhys, Pfn};

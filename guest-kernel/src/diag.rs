@@ -7,9 +7,9 @@
 
 use pagehint_abi::exit::guest;
 use pagehint_abi::hypercall::{
-    hint, op, result, HintBatch, HintEntry, HypercallBlock, HINT_BATCH_MAX,
+    CallResult, HintBatch, HintEntry, HintOp, HypercallBlock, Request, HINT_BATCH_MAX,
 };
-use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
+use pagehint_abi::{GuestPhys, Pfn, ABI_VERSION, PAGE_SIZE};
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -123,13 +123,12 @@ fn bad_hints() -> u32 {
         return guest::BAD_MACHINE;
     };
     let batch = mm::phys_to_virt(page) as *mut HintBatch;
+    let wire = |r: Option<Result<CallResult, i32>>| r.map_or(i32::MIN, hv::wire);
     let send = |addr: u64, count: u64| {
-        let mut b = HypercallBlock {
-            op: op::HINT_BATCH,
-            result: 0,
-            args: [addr, count, 0, 0, 0, 0, 0],
-        };
-        hv::hypercall(&mut b).unwrap_or(i32::MIN)
+        wire(hv::call(Request::HintBatch {
+            batch: GuestPhys(addr),
+            count,
+        }))
     };
     let entry = |e: HintEntry| {
         // SAFETY: `page` is our own frame, in the direct map.
@@ -141,64 +140,50 @@ fn bad_hints() -> u32 {
         // SAFETY: as above.
         (r, unsafe { (*batch).entries[0].result } as i32)
     };
-    let ram_end_pfn = 1u64 << 40;
-    let vpfn = victim / PAGE_SIZE;
-    let checks: [(&str, i32, i32); 10] = [
-        ("misaligned batch", send(page + 8, 1), result::BAD_BLOCK),
-        ("batch outside RAM", send(0xffff_f000, 1), result::BAD_BLOCK),
-        ("zero entries", send(page, 0), result::BAD_ARGUMENT),
+    let ram_end_pfn = Pfn(1u64 << 40);
+    let vpfn = GuestPhys(victim).pfn();
+    let checks: [(&str, i32, CallResult); 10] = [
+        ("misaligned batch", send(page + 8, 1), CallResult::BadBlock),
+        (
+            "batch outside RAM",
+            send(0xffff_f000, 1),
+            CallResult::BadBlock,
+        ),
+        ("zero entries", send(page, 0), CallResult::BadArgument),
         (
             "too many entries",
             send(page, HINT_BATCH_MAX as u64 + 1),
-            result::BAD_ARGUMENT,
+            CallResult::BadArgument,
         ),
         (
             "frame outside RAM",
-            entry(HintEntry {
-                pfn: ram_end_pfn,
-                count: 1,
-                op: hint::SET_UNUSED,
-                result: 0,
-            })
-            .1,
-            result::BAD_ARGUMENT,
+            entry(HintEntry::new(HintOp::SetUnused, ram_end_pfn, 1)).1,
+            CallResult::BadArgument,
         ),
         (
             "unknown hint",
+            // A hint number no `HintOp` has, on purpose.
             entry(HintEntry {
-                pfn: vpfn,
-                count: 1,
                 op: 99,
-                result: 0,
+                ..HintEntry::new(HintOp::SetUnused, vpfn, 1)
             })
             .1,
-            result::UNKNOWN_OP,
+            CallResult::UnknownOp,
         ),
         (
             "set unused",
-            entry(HintEntry {
-                pfn: vpfn,
-                count: 1,
-                op: hint::SET_UNUSED,
-                result: 0,
-            })
-            .1,
-            result::OK,
+            entry(HintEntry::new(HintOp::SetUnused, vpfn, 1)).1,
+            CallResult::Ok,
         ),
         (
             "volatile while unused",
-            entry(HintEntry {
-                pfn: vpfn,
-                count: 1,
-                op: hint::MAKE_VOLATILE,
-                result: 0,
-            })
-            .1,
-            result::ILLEGAL_TRANSITION,
+            entry(HintEntry::new(HintOp::MakeVolatile, vpfn, 1)).1,
+            CallResult::IllegalTransition,
         ),
         (
             "unknown hypercall",
             {
+                // An operation no `Request` has, on purpose.
                 let mut b = HypercallBlock {
                     op: 77,
                     result: 0,
@@ -206,31 +191,22 @@ fn bad_hints() -> u32 {
                 };
                 hv::hypercall(&mut b).unwrap_or(i32::MIN)
             },
-            result::UNKNOWN_OP,
+            CallResult::UnknownOp,
         ),
         (
             "wrong ABI version",
-            {
-                let mut b = HypercallBlock {
-                    op: op::HELLO,
-                    result: 0,
-                    args: [ABI_VERSION as u64 + 1, 0, 0, 0, 0, 0, 0],
-                };
-                hv::hypercall(&mut b).unwrap_or(i32::MIN)
-            },
-            result::BAD_VERSION,
+            wire(hv::call(Request::Hello {
+                version: u64::from(ABI_VERSION) + 1,
+                cpu: 0,
+            })),
+            CallResult::BadVersion,
         ),
     ];
     // Put the victim back the way the allocator expects it: stable.
-    let restore = entry(HintEntry {
-        pfn: vpfn,
-        count: 1,
-        op: hint::SET_STABLE,
-        result: 0,
-    })
-    .1;
+    let restore = entry(HintEntry::new(HintOp::SetStable, vpfn, 1)).1;
     let mut ok = restore >= 0;
     for (what, got, want) in checks {
+        let want = i32::from(want);
         if got != want {
             println!("bad-hints: {what}: got {got}, expected {want}");
             ok = false;

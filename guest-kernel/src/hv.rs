@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use crate::arch::cpu::{cpuid, halt_forever, outl};
 use crate::mm;
 use pagehint_abi::cpuid::{features, is_signature, LEAF_FEATURES, LEAF_SIGNATURE};
-use pagehint_abi::hypercall::{op, result, HypercallBlock};
+use pagehint_abi::hypercall::{CallResult, HypercallBlock, Request};
 use pagehint_abi::ports::EXIT_PORT;
 use pagehint_abi::ABI_VERSION;
 
@@ -48,15 +48,24 @@ impl Hypervisor {
     }
 }
 
+/// Issues one hypercall: the VMM's result (the unknown wire value as the
+/// error), or `None` when no VMM of ours is present.
+pub fn call(req: Request) -> Option<Result<CallResult, i32>> {
+    // A local `HypercallBlock` is 64-byte aligned (its type says so).
+    let mut block = req.encode();
+    hypercall(&mut block).map(CallResult::try_from)
+}
+
 /// Issues one hypercall with `block`, which must be 64-byte aligned in
 /// memory the kernel owns. Returns the VMM's result code, or `None` when
-/// no VMM of ours is present.
+/// no VMM of ours is present. Everything but `bad-hints` (which sends
+/// malformed blocks on purpose) goes through [`call`].
 pub fn hypercall(block: &mut HypercallBlock) -> Option<i32> {
     let port = PORT.load(Ordering::Relaxed) as u16;
     if port == 0 {
         return None;
     }
-    block.result = result::BAD_BLOCK;
+    block.result = CallResult::BadBlock.into();
     let phys = mm::virt_to_phys(block as *mut HypercallBlock as u64);
     // The block lives in the first 4 GiB (all guest RAM does), so its
     // address fits the 32-bit doorbell write.
@@ -67,13 +76,16 @@ pub fn hypercall(block: &mut HypercallBlock) -> Option<i32> {
 }
 
 /// The handshake: tells the VMM which ABI this kernel speaks.
-pub fn hello(cpu: u32) -> Option<i32> {
-    let mut block = HypercallBlock {
-        op: op::HELLO,
-        result: 0,
-        args: [ABI_VERSION as u64, cpu as u64, 0, 0, 0, 0, 0],
-    };
-    hypercall(&mut block)
+pub fn hello(cpu: u32) -> Option<Result<CallResult, i32>> {
+    call(Request::Hello {
+        version: u64::from(ABI_VERSION),
+        cpu: u64::from(cpu),
+    })
+}
+
+/// The wire value of a [`call`]'s result, as the boot log prints it.
+pub fn wire(r: Result<CallResult, i32>) -> i32 {
+    r.map_or_else(|raw| raw, i32::from)
 }
 
 /// Ends the machine with `status` (the VMM exits with it; QEMU with

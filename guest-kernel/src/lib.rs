@@ -4,7 +4,7 @@
 //! Nothing here may touch a port, a control register or a raw physical
 //! address: that lives in the kernel binary (`src/main.rs` and below),
 //! which supplies the hardware through small traits such as
-//! [`paging::PhysMem`].
+//! [`paging::PhysMem`] and [`hinting::HintHost`].
 
 #![cfg_attr(not(test), no_std)]
 
@@ -14,6 +14,7 @@ pub mod cmdline;
 pub mod elf;
 pub mod frame;
 pub mod frames;
+pub mod hinting;
 pub mod paging;
 pub mod phfs;
 pub mod vma;

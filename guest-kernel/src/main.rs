@@ -114,7 +114,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
                 mm::hints::enable();
             }
             mm::discard::init_cpu(h.features & pagehint_abi::cpuid::features::DISCARD_FAULTS != 0);
-            let r = hv::hello(0);
+            let r = hv::hello(0).map(hv::wire);
             println!(
                 "guest: hypervisor PageHintVMM, ABI {}, hypercall port {:#x} (hello: {:?}), TSC {} kHz",
                 h.abi_version, h.port, r, h.tsc_khz
@@ -212,7 +212,7 @@ extern "C" fn kmain_ap(index: u32) -> ! {
         mm::discard::init_cpu(h.features & pagehint_abi::cpuid::features::DISCARD_FAULTS != 0);
     }
     println!("guest: cpu {} online (apic id {})", index, apic::id());
-    if let Some(r) = hv::hello(index) {
+    if let Some(r) = hv::hello(index).map(hv::wire) {
         if r != 0 {
             println!("guest: cpu {index}: hello refused ({r})");
         }

@@ -161,7 +161,7 @@ impl MmState {
     fn first_writable(&mut self, pfn: u64) {
         if self.frames.flags(pfn) & flag::WRITABLE_MAPPED == 0 {
             self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
-            super::hints::queue(pagehint_abi::hypercall::hint::CHECK_WRITABLE, pfn);
+            super::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
         }
     }
 

@@ -22,7 +22,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guest_kernel::frames::{flag, Mapping};
 use guest_kernel::paging::Mapper;
-use pagehint_abi::hypercall::{op, result, DiscardFaultInfo, HypercallBlock};
+use pagehint_abi::hypercall::{CallResult, DiscardFaultInfo, Request};
+use pagehint_abi::GuestPhys;
 use pagehint_abi::PAGE_SIZE;
 
 use super::{tlb, KernelPhys, MmState};
@@ -55,20 +56,11 @@ pub fn init_cpu(advertised: bool) {
     }
     let me = percpu::this();
     let info = me.fault_info.get() as u64;
-    let mut b = HypercallBlock {
-        op: op::SET_FAULT_INFO,
-        result: 0,
-        args: [
-            super::virt_to_phys(info),
-            me.index.get() as u64,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ],
-    };
-    if crate::hv::hypercall(&mut b) == Some(result::OK) && me.index.get() == 0 {
+    let r = crate::hv::call(Request::SetFaultInfo {
+        info: GuestPhys(super::virt_to_phys(info)),
+        cpu: me.index.get() as u64,
+    });
+    if r == Some(Ok(CallResult::Ok)) && me.index.get() == 0 {
         ENABLED.store(true, Ordering::Release);
     }
 }

@@ -16,7 +16,7 @@ use super::{free_frame, hints, tlb, KernelPhys, MmState};
 use crate::drivers::virtio_blk;
 use crate::fs;
 use crate::mm::addr_space::AsError;
-use pagehint_abi::hypercall::{hint, result};
+use pagehint_abi::hypercall::{HintOp, HintResult};
 
 /// Most pages read ahead with one request.
 const READAHEAD: u64 = 16;
@@ -119,8 +119,8 @@ impl MmState {
             }
         }
         let mut lost: Vec<u64> = Vec::new();
-        hints::now_many(hint::MAKE_STABLE, &run, |pfn, r| {
-            if r == result::DISCARDED as i16 {
+        hints::now_many(HintOp::MakeStable, &run, |pfn, r| {
+            if r == Ok(HintResult::Discarded) {
                 lost.push(pfn);
             }
         });
@@ -176,7 +176,7 @@ impl MmState {
             if f & busy == 0 && refs_ok {
                 self.frames.set_flags(pfn, flag::VOLATILE);
                 self.volatile += 1;
-                hints::queue(hint::MAKE_VOLATILE, pfn);
+                hints::queue(HintOp::MakeVolatile, pfn);
             }
         }
     }

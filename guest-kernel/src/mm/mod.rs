@@ -31,7 +31,7 @@ use guest_kernel::frames::FrameTable;
 use guest_kernel::paging::PhysMem;
 use pagehint_abi::boot::{MemmapEntry, StartInfo, E820_RAM, MMIO_HOLE_START, START_INFO_MAGIC};
 use pagehint_abi::syscall::KernelStats;
-use pagehint_abi::PAGE_SIZE;
+use pagehint_abi::{GuestPhys, Pfn, PAGE_SIZE};
 
 /// Kernel-virtual address of physical address `pa` (through the direct
 /// map).
@@ -116,10 +116,10 @@ pub fn kernel_stats() -> KernelStats {
     KernelStats {
         free_frames: free_frames(),
         cached_frames: cached,
-        hints: hints::HINTS.load(Relaxed),
-        hint_batches: hints::BATCHES.load(Relaxed),
-        hint_errors: hints::ERRORS.load(Relaxed),
-        zero_fill_skips: hints::ZERO_SKIPS.load(Relaxed),
+        hints: hints::COUNTERS.hints.load(Relaxed),
+        hint_batches: hints::COUNTERS.batches.load(Relaxed),
+        hint_errors: hints::COUNTERS.errors.load(Relaxed),
+        zero_fill_skips: hints::COUNTERS.zero_skips.load(Relaxed),
         volatile_frames: volatile,
         discard_faults: discard::FAULTS.load(Relaxed),
         discard_listed: discard::LISTED.load(Relaxed),
@@ -326,14 +326,14 @@ pub fn fresh_frames_are_zero() -> bool {
 
 /// Takes up to `n` frames from the allocator for a per-CPU pool, calling
 /// `f(i, pfn, fresh)` for each; returns how many.
-pub fn take_frames(n: usize, mut f: impl FnMut(usize, u64, bool)) -> usize {
+pub fn take_frames(n: usize, mut f: impl FnMut(usize, Pfn, bool)) -> usize {
     let mut g = FRAMES.lock();
     let Some(a) = g.as_mut() else { return 0 };
     for i in 0..n {
         match a.alloc_fresh() {
             Some((pfn, fresh)) => {
                 report::taken(pfn);
-                f(i, pfn, fresh)
+                f(i, Pfn(pfn), fresh)
             }
             None => return i,
         }
@@ -353,12 +353,15 @@ pub fn report_free_pages() {
 }
 
 /// Gives frames back to the allocator (after their `SET_UNUSED` was sent).
-pub fn give_back_frames(frames: &[u64]) {
+pub fn give_back_frames(frames: &[GuestPhys]) {
     let mut g = FRAMES.lock();
     let Some(a) = g.as_mut() else { return };
     for &pa in frames {
-        if a.free(pa / PAGE_SIZE).is_err() {
-            crate::println!("mm: refused to free frame {pa:#x} (not allocated)");
+        if a.free(pa.pfn().as_u64()).is_err() {
+            crate::println!(
+                "mm: refused to free frame {:#x} (not allocated)",
+                pa.as_u64()
+            );
         }
     }
 }

@@ -20,7 +20,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use pagehint_abi::hypercall::{hint, op, result, HintBatch, HintEntry, HypercallBlock};
+use pagehint_abi::hypercall::{CallResult, HintBatch, HintEntry, HintOp, Request};
+use pagehint_abi::{GuestPhys, Pfn};
 
 use crate::sync::SpinLock;
 
@@ -106,21 +107,18 @@ pub fn pass(for_each_free: impl FnOnce(&mut dyn FnMut(u64))) {
     // direct map, and used only under this lock.
     let batch = unsafe { &mut *(b.page as *mut HintBatch) };
     for (k, &i) in picked.iter().enumerate() {
-        batch.entries[k] = HintEntry {
-            pfn: i as u64 * BLOCK_FRAMES,
-            count: BLOCK_FRAMES as u32,
-            op: hint::SET_UNUSED,
-            result: 0,
-        };
+        batch.entries[k] = HintEntry::new(
+            HintOp::SetUnused,
+            Pfn(i as u64 * BLOCK_FRAMES),
+            BLOCK_FRAMES as u32,
+        );
     }
     batch.count = picked.len() as u32;
-    let phys = super::virt_to_phys(b.page);
-    let mut blk = HypercallBlock {
-        op: op::HINT_BATCH,
-        result: 0,
-        args: [phys, picked.len() as u64, 0, 0, 0, 0, 0],
-    };
-    if crate::hv::hypercall(&mut blk) == Some(result::OK) {
+    let r = crate::hv::call(Request::HintBatch {
+        batch: GuestPhys(super::virt_to_phys(b.page)),
+        count: picked.len() as u64,
+    });
+    if r == Some(Ok(CallResult::Ok)) {
         for &i in &picked {
             b.reported[i] = true;
         }
