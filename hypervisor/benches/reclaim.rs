@@ -26,7 +26,7 @@ use hypervisor::frames::{Discarder, FrameTable, Method, Run};
 use hypervisor::memory::GuestRam;
 use hypervisor::reclaim::policy::discard_pass;
 use hypervisor::reclaim::resident::{Pagemap, Residency, ResidentMap, FULL_MEASURE_EVERY};
-use pagehint_abi::hypercall::hint;
+use pagehint_abi::hypercall::HintOp;
 use vm_memory::{Bytes, GuestAddress};
 
 const RAM: u64 = 256 << 20;
@@ -75,7 +75,7 @@ fn shape(ram: &GuestRam, runs: &[Run], method: Method) -> (Duration, Duration, u
         let table = FrameTable::new(frames as usize, false);
         for r in runs {
             table
-                .apply_range(r.pfn, r.count, hint::SET_UNUSED)
+                .apply_range(r.pfn, r.count, HintOp::SetUnused)
                 .expect("hint");
         }
         touch(ram, runs.iter().flat_map(|r| r.pfn..r.pfn + r.count));

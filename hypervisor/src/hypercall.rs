@@ -16,8 +16,8 @@ pub mod reporting;
 
 use std::sync::Arc;
 
-use pagehint_abi::hypercall::{op, result, HypercallBlock, BLOCK_ALIGN};
-use pagehint_abi::ABI_VERSION;
+use pagehint_abi::hypercall::{CallResult, HypercallBlock, Request, BLOCK_ALIGN};
+use pagehint_abi::{GuestPhys, ABI_VERSION};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::pio::le_value;
@@ -98,7 +98,7 @@ impl HypercallDevice {
     }
 
     /// `SET_FAULT_INFO`: records a vCPU's discard-fault info area.
-    fn set_fault_info(&self, args: &[u64; 7]) -> i32 {
+    fn set_fault_info(&self, info: GuestPhys, cpu: u64) -> CallResult {
         let h = &self.metrics.hypercalls;
         h.set_fault_info.inc();
         let Some(faults) = &self.faults else {
@@ -106,17 +106,17 @@ impl HypercallDevice {
             if self.log_limit.allow() {
                 log::warn!("hypercall: SET_FAULT_INFO while discard faults are off");
             }
-            return result::HINTS_DISABLED;
+            return CallResult::HintsDisabled;
         };
-        match faults.set_fault_info(args) {
-            Ok(()) => result::OK,
+        match faults.set_fault_info(info, cpu) {
+            Ok(()) => CallResult::Ok,
             Err(e) => {
                 let code = if matches!(e, DiscardFaultError::BadInfoArea(_)) {
                     h.errors.bad_block.inc();
-                    result::BAD_BLOCK
+                    CallResult::BadBlock
                 } else {
                     h.errors.bad_argument.inc();
-                    result::BAD_ARGUMENT
+                    CallResult::BadArgument
                 };
                 if self.log_limit.allow() {
                     log::warn!("hypercall: SET_FAULT_INFO: {e}");
@@ -126,36 +126,37 @@ impl HypercallDevice {
         }
     }
 
-    /// Executes one request and returns its result code.
-    pub fn dispatch(&self, block: &HypercallBlock) -> i32 {
+    /// `HELLO`: checks the guest's ABI version.
+    fn hello(&self, version: u64, cpu: u64) -> CallResult {
         let h = &self.metrics.hypercalls;
-        match block.op {
-            op::HELLO => {
-                h.hello.inc();
-                if block.args[0] == u64::from(ABI_VERSION) {
-                    log::info!("hypercall: HELLO from guest cpu {}", block.args[1]);
-                    result::OK
-                } else {
-                    h.errors.bad_version.inc();
-                    if self.log_limit.allow() {
-                        log::warn!(
-                            "hypercall: HELLO from guest cpu {} speaks ABI {}, we speak {ABI_VERSION}",
-                            block.args[1],
-                            block.args[0]
-                        );
-                    }
-                    result::BAD_VERSION
-                }
-            }
-            op::HINT_BATCH if !self.hinting => {
+        h.hello.inc();
+        if version == u64::from(ABI_VERSION) {
+            log::info!("hypercall: HELLO from guest cpu {cpu}");
+            return CallResult::Ok;
+        }
+        h.errors.bad_version.inc();
+        if self.log_limit.allow() {
+            log::warn!(
+                "hypercall: HELLO from guest cpu {cpu} speaks ABI {version}, we speak {ABI_VERSION}"
+            );
+        }
+        CallResult::BadVersion
+    }
+
+    /// Executes one request and returns its result.
+    pub fn dispatch(&self, block: &HypercallBlock) -> CallResult {
+        let h = &self.metrics.hypercalls;
+        match Request::decode(block) {
+            Ok(Request::Hello { version, cpu }) => self.hello(version, cpu),
+            Ok(Request::HintBatch { .. }) if !self.hinting => {
                 h.hint_batch.inc();
                 h.errors.hints_disabled.inc();
                 if self.log_limit.allow() {
                     log::warn!("hypercall: HINT_BATCH while hinting is off (--no-hinting)");
                 }
-                result::HINTS_DISABLED
+                CallResult::HintsDisabled
             }
-            op::HINT_BATCH => HintContext {
+            Ok(Request::HintBatch { batch, count }) => HintContext {
                 ram: &self.ram,
                 table: &self.table,
                 metrics: &self.metrics,
@@ -163,14 +164,14 @@ impl HypercallDevice {
                 faults: self.faults.as_deref(),
                 reporter: self.reporter.as_ref(),
             }
-            .batch(&block.args),
-            op::SET_FAULT_INFO => self.set_fault_info(&block.args),
-            other => {
+            .batch(batch, count),
+            Ok(Request::SetFaultInfo { info, cpu }) => self.set_fault_info(info, cpu),
+            Err(e) => {
                 h.errors.unknown_op.inc();
                 if self.log_limit.allow() {
-                    log::warn!("hypercall: unknown op {other}");
+                    log::warn!("hypercall: {e}");
                 }
-                result::UNKNOWN_OP
+                e.result()
             }
         }
     }
@@ -194,7 +195,7 @@ impl HypercallDevice {
             .mem()
             .read_obj(addr)
             .map_err(|_| HypercallError::Access(gpa))?;
-        block.result = self.dispatch(&block);
+        block.result = i32::from(self.dispatch(&block));
         // Only `result` is ours to write: the hint batch may share the page.
         self.ram
             .mem()
@@ -236,6 +237,7 @@ impl HypercallDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pagehint_abi::hypercall::{op, result};
 
     fn device() -> (HypercallDevice, GuestRam, Arc<Metrics>) {
         let ram = GuestRam::new(16 << 20).unwrap();

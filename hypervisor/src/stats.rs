@@ -237,13 +237,13 @@ impl Drop for StatsWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pagehint_abi::hypercall::hint;
+    use pagehint_abi::hypercall::HintOp;
 
     #[test]
     fn the_document_has_the_names_the_tests_read() {
         let metrics = Arc::new(Metrics::default());
         let table = Arc::new(FrameTable::new(16, false));
-        table.apply_range(0, 4, hint::SET_UNUSED).unwrap();
+        table.apply_range(0, 4, HintOp::SetUnused).unwrap();
         metrics.hypercalls.hint_batch.inc();
         metrics.memory.resident_bytes.set(8192);
         metrics.memory.resident_peak_bytes.raise(12288);

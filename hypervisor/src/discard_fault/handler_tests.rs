@@ -5,7 +5,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use pagehint_abi::hypercall::hint;
+use pagehint_abi::hypercall::HintOp;
 use pagehint_abi::page_state::PageState;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -22,7 +22,7 @@ fn discard_volatile(f: &DiscardFaults, ram: &GuestRam, pfn: u64) {
         .write_obj(0xabu8, GuestAddress(pfn * PAGE))
         .unwrap();
     let t = f.table();
-    t.apply(pfn, hint::MAKE_VOLATILE).unwrap();
+    t.apply(pfn, HintOp::MakeVolatile).unwrap();
     assert!(t.try_claim(pfn, PageState::Volatile));
     assert!(f.register_volatile_run(pfn, 1));
     let r = Discarder::new(ram)
@@ -87,7 +87,7 @@ fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable()
     // The guest makes the frame stable: the hint path unregisters it, which
     // wakes the thread; the frame reads as zeroes.
     assert_eq!(
-        f.table().apply(20, hint::MAKE_STABLE),
+        f.table().apply(20, HintOp::MakeStable),
         Ok(crate::frames::HintOutcome::Discarded)
     );
     f.unregister_marked(20, 1);
@@ -114,7 +114,7 @@ fn other_threads_and_frames_no_longer_volatile_get_zeroes() {
     assert!(!f.table().is_registered(30));
 
     discard_volatile(&f, &ram, 31);
-    f.table().apply(31, hint::SET_UNUSED).unwrap();
+    f.table().apply(31, HintOp::SetUnused).unwrap();
     let (_, h) = toucher(&f, &ram, 31, true);
     let fault = next_fault(&f);
     assert_eq!(

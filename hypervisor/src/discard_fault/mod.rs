@@ -30,6 +30,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use pagehint_abi::hypercall::DiscardFaultInfo;
+use pagehint_abi::GuestPhys;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::frames::{Arming, FrameTable, Run, RunBuilder};
@@ -196,10 +197,9 @@ impl DiscardFaults {
         self.unregister_marked(pfn, 1);
     }
 
-    /// `SET_FAULT_INFO`: `args[0]` the info area's guest-physical address,
-    /// `args[1]` the CPU index.
-    pub fn set_fault_info(&self, args: &[u64; 7]) -> Result<(), DiscardFaultError> {
-        let (gpa, cpu) = (args[0], args[1]);
+    /// `SET_FAULT_INFO`: the info area of CPU `cpu` is at `info`.
+    pub fn set_fault_info(&self, info: GuestPhys, cpu: u64) -> Result<(), DiscardFaultError> {
+        let gpa = info.as_u64();
         if !gpa.is_multiple_of(INFO_SIZE) || !self.ram.contains(gpa, INFO_SIZE) {
             return Err(DiscardFaultError::BadInfoArea(gpa));
         }
@@ -236,7 +236,7 @@ impl Arming for DiscardFaults {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pagehint_abi::hypercall::hint;
+    use pagehint_abi::hypercall::HintOp;
     use pagehint_abi::page_state::PageState;
 
     pub(crate) fn hub(vcpus: usize) -> (Arc<DiscardFaults>, GuestRam, Arc<Metrics>) {
@@ -252,7 +252,7 @@ mod tests {
         let (f, _ram, m) = hub(1);
         let t = f.table();
         for p in 10..16 {
-            t.apply(p, hint::MAKE_VOLATILE).unwrap();
+            t.apply(p, HintOp::MakeVolatile).unwrap();
             assert!(t.try_claim(p, PageState::Volatile));
         }
         assert!(f.register_volatile_run(10, 6));
@@ -262,7 +262,7 @@ mod tests {
         }
         assert_eq!(m.discard_faults.uffd_registered_pages.get(), 6);
         // The guest makes two of them stable: they are unregistered there.
-        t.apply_range(12, 2, hint::SET_STABLE).unwrap();
+        t.apply_range(12, 2, HintOp::SetStable).unwrap();
         f.unregister_marked(12, 2);
         assert_eq!(m.discard_faults.uffd_registered_pages.get(), 4);
         f.unregister_marked(12, 2);
@@ -280,7 +280,7 @@ mod tests {
         let t = f.table();
         let mut d = Discarder::new(&ram).unwrap();
         for p in [20, 21, 22, 30] {
-            t.apply(p, hint::MAKE_VOLATILE).unwrap();
+            t.apply(p, HintOp::MakeVolatile).unwrap();
             assert!(t.try_claim(p, PageState::Volatile));
         }
         let mut chunk = RunBuilder::default();
@@ -301,8 +301,7 @@ mod tests {
     #[test]
     fn info_areas_are_checked() {
         let (f, ram, m) = hub(2);
-        let ok = [0x9000, 1, 0, 0, 0, 0, 0];
-        f.set_fault_info(&ok).unwrap();
+        f.set_fault_info(GuestPhys(0x9000), 1).unwrap();
         assert_eq!(f.slots().info(1), Some(0x9000));
         for (gpa, cpu) in [
             (0x9008, 0),
@@ -311,16 +310,15 @@ mod tests {
             (u64::MAX - 63, 0),
         ] {
             assert!(matches!(
-                f.set_fault_info(&[gpa, cpu, 0, 0, 0, 0, 0]),
+                f.set_fault_info(GuestPhys(gpa), cpu),
                 Err(DiscardFaultError::BadInfoArea(_))
             ));
         }
         assert!(matches!(
-            f.set_fault_info(&[0x9000, 2, 0, 0, 0, 0, 0]),
+            f.set_fault_info(GuestPhys(0x9000), 2),
             Err(DiscardFaultError::BadCpu(2))
         ));
         assert_eq!(m.discard_faults.info_areas.get(), 1);
-        f.set_fault_info(&[ram.size() - 64, 0, 0, 0, 0, 0, 0])
-            .unwrap();
+        f.set_fault_info(GuestPhys(ram.size() - 64), 0).unwrap();
     }
 }

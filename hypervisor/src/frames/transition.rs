@@ -4,29 +4,32 @@
 //!
 //! A pure function of its inputs; this module must never look at a frame.
 
-use pagehint_abi::hypercall::hint;
+use pagehint_abi::hypercall::HintOp;
 use pagehint_abi::page_state::PageState;
 
 /// The state after hint `op` on a frame in state `from`, or `None` if the
 /// transition is illegal. `potentially_volatile` selects the option where a
 /// writable mapping keeps a volatile page potentially volatile.
-pub const fn transition(from: PageState, op: u16, potentially_volatile: bool) -> Option<PageState> {
+pub const fn transition(
+    from: PageState,
+    op: HintOp,
+    potentially_volatile: bool,
+) -> Option<PageState> {
     use PageState::*;
     match (op, from) {
         // Freeing works from any state; so does allocating.
-        (hint::SET_UNUSED, _) => Some(Unused),
-        (hint::SET_STABLE, _) => Some(Stable),
+        (HintOp::SetUnused, _) => Some(Unused),
+        (HintOp::SetStable, _) => Some(Stable),
         // Only an allocated page can hold cache contents.
-        (hint::MAKE_VOLATILE, Stable | Volatile | PotentiallyVolatile) => Some(Volatile),
-        (hint::MAKE_VOLATILE, Unused) => None,
-        (hint::MAKE_STABLE, Stable | Volatile | PotentiallyVolatile) => Some(Stable),
-        (hint::MAKE_STABLE, Unused) => None,
-        (hint::CHECK_WRITABLE, Volatile | PotentiallyVolatile) if potentially_volatile => {
+        (HintOp::MakeVolatile, Stable | Volatile | PotentiallyVolatile) => Some(Volatile),
+        (HintOp::MakeVolatile, Unused) => None,
+        (HintOp::MakeStable, Stable | Volatile | PotentiallyVolatile) => Some(Stable),
+        (HintOp::MakeStable, Unused) => None,
+        (HintOp::CheckWritable, Volatile | PotentiallyVolatile) if potentially_volatile => {
             Some(PotentiallyVolatile)
         }
-        (hint::CHECK_WRITABLE, Stable | Volatile | PotentiallyVolatile) => Some(Stable),
-        (hint::CHECK_WRITABLE, Unused) => None,
-        _ => None,
+        (HintOp::CheckWritable, Stable | Volatile | PotentiallyVolatile) => Some(Stable),
+        (HintOp::CheckWritable, Unused) => None,
     }
 }
 
@@ -37,25 +40,30 @@ mod tests {
 
     #[test]
     fn the_transition_table() {
-        assert_eq!(transition(Stable, hint::SET_UNUSED, false), Some(Unused));
-        assert_eq!(transition(Unused, hint::SET_STABLE, false), Some(Stable));
+        assert_eq!(transition(Stable, HintOp::SetUnused, false), Some(Unused));
+        assert_eq!(transition(Unused, HintOp::SetStable, false), Some(Stable));
         assert_eq!(
-            transition(Stable, hint::MAKE_VOLATILE, false),
+            transition(Stable, HintOp::MakeVolatile, false),
             Some(Volatile)
         );
-        assert_eq!(transition(Unused, hint::MAKE_VOLATILE, false), None);
-        assert_eq!(transition(Volatile, hint::MAKE_STABLE, false), Some(Stable));
-        assert_eq!(transition(Unused, hint::MAKE_STABLE, false), None);
+        assert_eq!(transition(Unused, HintOp::MakeVolatile, false), None);
         assert_eq!(
-            transition(Volatile, hint::CHECK_WRITABLE, false),
+            transition(Volatile, HintOp::MakeStable, false),
+            Some(Stable)
+        );
+        assert_eq!(transition(Unused, HintOp::MakeStable, false), None);
+        assert_eq!(
+            transition(Volatile, HintOp::CheckWritable, false),
             Some(Stable)
         );
         assert_eq!(
-            transition(Volatile, hint::CHECK_WRITABLE, true),
+            transition(Volatile, HintOp::CheckWritable, true),
             Some(PotentiallyVolatile)
         );
-        assert_eq!(transition(Stable, hint::CHECK_WRITABLE, true), Some(Stable));
-        assert_eq!(transition(Unused, hint::CHECK_WRITABLE, true), None);
-        assert_eq!(transition(Stable, 99, false), None);
+        assert_eq!(
+            transition(Stable, HintOp::CheckWritable, true),
+            Some(Stable)
+        );
+        assert_eq!(transition(Unused, HintOp::CheckWritable, true), None);
     }
 }

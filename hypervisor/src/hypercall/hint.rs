@@ -1,9 +1,9 @@
 //! `HINT_BATCH`: a page of page-state hints from the guest, applied in
 //! order to the frame state table.
 //!
-//! `args[0]` is the guest-physical address of a 4 KiB-aligned `HintBatch`,
-//! `args[1]` the number of entries (1..=`HINT_BATCH_MAX`; the smaller of it
-//! and the batch's own count is used). The header and every entry are read
+//! The decoded `Request::HintBatch { batch, count }` names a 4 KiB-aligned
+//! `HintBatch` page and the number of entries (1..=`HINT_BATCH_MAX`; the
+//! smaller of it and the batch's own count is used). The header and every entry are read
 //! with `read_obj`; each entry's `result` is written back with `write_obj`.
 //! Every value comes from the guest and is checked: a bad batch or entry
 //! gets an error code, a counter and a rate-limited log line. This module
@@ -12,8 +12,8 @@
 
 use std::mem::{offset_of, size_of};
 
-use pagehint_abi::hypercall::{hint, result, HintBatch, HintEntry, HINT_BATCH_MAX};
-use pagehint_abi::PAGE_SIZE;
+use pagehint_abi::hypercall::{CallResult, HintBatch, HintEntry, HintOp, HINT_BATCH_MAX};
+use pagehint_abi::{GuestPhys, PAGE_SIZE};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::discard_fault::DiscardFaults;
@@ -43,8 +43,8 @@ pub enum HintError {
     Access(u64),
     #[error("hint batch count {0} is not in 1..={HINT_BATCH_MAX}")]
     BadCount(u64),
-    #[error("hint {op} names frames {pfn:#x}+{count}, outside guest RAM or too many")]
-    BadRange { op: u16, pfn: u64, count: u32 },
+    #[error("hint {op:?} names frames {pfn:#x}+{count}, outside guest RAM or too many")]
+    BadRange { op: HintOp, pfn: u64, count: u32 },
     #[error("unknown hint operation {0}")]
     UnknownHint(u16),
     #[error(transparent)]
@@ -56,16 +56,16 @@ pub enum HintError {
 
 impl HintError {
     /// The result code the guest sees.
-    pub fn code(&self) -> i32 {
+    pub fn code(&self) -> CallResult {
         match self {
             HintError::Misaligned(_) | HintError::OutsideRam(_) | HintError::Access(_) => {
-                result::BAD_BLOCK
+                CallResult::BadBlock
             }
-            HintError::BadCount(_) | HintError::BadRange { .. } => result::BAD_ARGUMENT,
-            HintError::Report(_) => result::BAD_ARGUMENT,
-            HintError::Illegal(StateError::OutOfRange(_)) => result::BAD_ARGUMENT,
-            HintError::UnknownHint(_) => result::UNKNOWN_OP,
-            HintError::Illegal(StateError::Illegal { .. }) => result::ILLEGAL_TRANSITION,
+            HintError::BadCount(_) | HintError::BadRange { .. } => CallResult::BadArgument,
+            HintError::Report(_) => CallResult::BadArgument,
+            HintError::Illegal(StateError::OutOfRange(_)) => CallResult::BadArgument,
+            HintError::UnknownHint(_) => CallResult::UnknownOp,
+            HintError::Illegal(StateError::Illegal { .. }) => CallResult::IllegalTransition,
         }
     }
 
@@ -102,7 +102,7 @@ pub struct HintContext<'a> {
 
 impl HintContext<'_> {
     /// Counts an error and logs it within the rate limit; returns its code.
-    fn refuse(&self, e: HintError) -> i32 {
+    fn refuse(&self, e: HintError) -> CallResult {
         e.count(self.metrics);
         if self.log_limit.allow() {
             log::warn!("hypercall: {e}");
@@ -110,11 +110,12 @@ impl HintContext<'_> {
         e.code()
     }
 
-    /// Serves one `HINT_BATCH` call; returns the call's result.
-    pub fn batch(&self, args: &[u64; 7]) -> i32 {
+    /// Serves one `HINT_BATCH` call on the batch page at `batch` with
+    /// `count` entries asked for; returns the call's result.
+    pub fn batch(&self, batch: GuestPhys, count: u64) -> CallResult {
         self.metrics.hypercalls.hint_batch.inc();
-        match self.batch_inner(args[0], args[1]) {
-            Ok(()) => result::OK,
+        match self.batch_inner(batch.as_u64(), count) {
+            Ok(()) => CallResult::Ok,
             Err(e) => self.refuse(e),
         }
     }
@@ -147,13 +148,11 @@ impl HintContext<'_> {
                 .mem()
                 .read_obj(GuestAddress(at))
                 .map_err(|_| HintError::Access(gpa))?;
-            let code = match self.entry(&entry) {
-                Ok(HintOutcome::Applied) => result::OK,
-                Ok(HintOutcome::Discarded) => result::DISCARDED,
+            let code = i16::from(match self.entry(&entry) {
+                Ok(HintOutcome::Applied) => CallResult::Ok,
+                Ok(HintOutcome::Discarded) => CallResult::Discarded,
                 Err(e) => self.refuse(e),
-            };
-            // Every code fits in 16 bits (-6..=1).
-            let code = i16::try_from(code).unwrap_or(i16::MIN);
+            });
             self.ram
                 .mem()
                 .write_obj(code, GuestAddress(at + RESULT_OFFSET))
@@ -165,33 +164,23 @@ impl HintContext<'_> {
     /// Checks and applies one entry.
     fn entry(&self, e: &HintEntry) -> Result<HintOutcome, HintError> {
         let h = &self.metrics.hypercalls;
-        let max_count = match e.op {
-            hint::SET_UNUSED => {
-                h.set_unused.inc();
-                MAX_RANGE_FRAMES
-            }
-            hint::SET_STABLE => {
-                h.set_stable.inc();
-                MAX_RANGE_FRAMES
-            }
-            hint::MAKE_VOLATILE => {
-                h.make_volatile.inc();
-                1
-            }
-            hint::MAKE_STABLE => {
-                h.make_stable.inc();
-                1
-            }
-            hint::CHECK_WRITABLE => {
-                h.check_writable.inc();
-                1
-            }
-            other => return Err(HintError::UnknownHint(other)),
+        let op = e.op().map_err(HintError::UnknownHint)?;
+        match op {
+            HintOp::SetUnused => h.set_unused.inc(),
+            HintOp::SetStable => h.set_stable.inc(),
+            HintOp::MakeVolatile => h.make_volatile.inc(),
+            HintOp::MakeStable => h.make_stable.inc(),
+            HintOp::CheckWritable => h.check_writable.inc(),
+        }
+        let max_count = if op.takes_range() {
+            MAX_RANGE_FRAMES
+        } else {
+            1
         };
         let count = u64::from(e.count);
         let frames = self.table.len();
         let bad = HintError::BadRange {
-            op: e.op,
+            op,
             pfn: e.pfn,
             count: e.count,
         };
@@ -203,14 +192,14 @@ impl HintContext<'_> {
             Some(end) if end <= frames => {}
             _ => return Err(bad),
         }
-        if let (hint::SET_UNUSED, Some(r)) = (e.op, self.reporter) {
+        if let (HintOp::SetUnused, Some(r)) = (op, self.reporter) {
             r.report(e.pfn, count, self.metrics)
                 .map_err(HintError::Report)?;
             return Ok(HintOutcome::Applied);
         }
         let outcome = self
             .table
-            .apply_range(e.pfn, count, e.op)
+            .apply_range(e.pfn, count, op)
             .map_err(HintError::Illegal)?;
         // A discarded frame made stable is backed eagerly, so that its next
         // touch is a plain first touch and not a userfaultfd round trip.
@@ -224,6 +213,7 @@ impl HintContext<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pagehint_abi::hypercall::{hint, result};
 
     const BATCH: u64 = 0x10_0000;
 
@@ -272,14 +262,14 @@ mod tests {
                 let at = BATCH + ENTRIES_OFFSET + i as u64 * ENTRY_SIZE;
                 mem.write_obj(e, GuestAddress(at)).unwrap();
             }
-            let r = self.ctx().batch(&[BATCH, asked, 0, 0, 0, 0, 0]);
+            let r = self.ctx().batch(GuestPhys(BATCH), asked);
             let results = (0..entries.len() as u64)
                 .map(|i| {
                     let at = BATCH + ENTRIES_OFFSET + i * ENTRY_SIZE;
                     mem.read_obj::<HintEntry>(GuestAddress(at)).unwrap().result
                 })
                 .collect();
-            (r, results)
+            (i32::from(r), results)
         }
     }
 
@@ -313,7 +303,7 @@ mod tests {
             let at = BATCH + ENTRIES_OFFSET + i as u64 * ENTRY_SIZE;
             mem.write_obj(*e, GuestAddress(at)).unwrap();
         }
-        assert_eq!(ctx.batch(&[BATCH, 2, 0, 0, 0, 0, 0]), result::OK);
+        assert_eq!(i32::from(ctx.batch(GuestPhys(BATCH), 2)), result::OK);
         let res = |i: u64| {
             let at = BATCH + ENTRIES_OFFSET + i * ENTRY_SIZE;
             mem.read_obj::<HintEntry>(GuestAddress(at)).unwrap().result
@@ -372,12 +362,9 @@ mod tests {
         let f = Fixture::new();
         let c = f.ctx();
         let e = &f.metrics.hypercalls.errors;
-        assert_eq!(c.batch(&[BATCH + 64, 1, 0, 0, 0, 0, 0]), result::BAD_BLOCK);
-        assert_eq!(c.batch(&[16 << 20, 1, 0, 0, 0, 0, 0]), result::BAD_BLOCK);
-        assert_eq!(
-            c.batch(&[u64::MAX - 4095, 1, 0, 0, 0, 0, 0]),
-            result::BAD_BLOCK
-        );
+        assert_eq!(c.batch(GuestPhys(BATCH + 64), 1), CallResult::BadBlock);
+        assert_eq!(c.batch(GuestPhys(16 << 20), 1), CallResult::BadBlock);
+        assert_eq!(c.batch(GuestPhys(u64::MAX - 4095), 1), CallResult::BadBlock);
         assert_eq!(e.bad_block.get(), 3);
         assert_eq!(f.run(1, 0, &[]).0, result::BAD_ARGUMENT);
         assert_eq!(f.run(1, 256, &[]).0, result::BAD_ARGUMENT);

@@ -312,7 +312,7 @@ impl Drop for Reclaimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pagehint_abi::hypercall::hint;
+    use pagehint_abi::hypercall::HintOp;
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
@@ -324,7 +324,7 @@ mod tests {
         }
         let table = Arc::new(FrameTable::new(frames as usize, false));
         // Half the frames are free.
-        table.apply_range(0, frames / 2, hint::SET_UNUSED).unwrap();
+        table.apply_range(0, frames / 2, HintOp::SetUnused).unwrap();
         let metrics = Arc::new(Metrics::default());
         let config = ReclaimConfig {
             interval: Duration::from_millis(5),
@@ -354,7 +354,7 @@ mod tests {
             ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
         }
         let table = Arc::new(FrameTable::new(frames as usize, false));
-        table.apply_range(0, frames, hint::SET_UNUSED).unwrap();
+        table.apply_range(0, frames, HintOp::SetUnused).unwrap();
         let metrics = Arc::new(Metrics::default());
         let config = ReclaimConfig {
             interval: Duration::from_millis(5),

@@ -108,7 +108,7 @@ mod tests {
     use super::*;
     use crate::frames::Run;
     use crate::memory::GuestRam;
-    use pagehint_abi::hypercall::hint;
+    use pagehint_abi::hypercall::HintOp;
     use std::sync::Mutex;
 
     #[test]
@@ -142,10 +142,10 @@ mod tests {
         let frames = ram.frames();
         let table = FrameTable::new(frames as usize, false);
         let mut d = Discarder::new(&ram).unwrap();
-        table.apply_range(10, 4, hint::SET_UNUSED).unwrap();
-        table.apply_range(20, 2, hint::SET_UNUSED).unwrap();
-        table.apply(30, hint::MAKE_VOLATILE).unwrap();
-        table.apply(31, hint::MAKE_VOLATILE).unwrap();
+        table.apply_range(10, 4, HintOp::SetUnused).unwrap();
+        table.apply_range(20, 2, HintOp::SetUnused).unwrap();
+        table.apply(30, HintOp::MakeVolatile).unwrap();
+        table.apply(31, HintOp::MakeVolatile).unwrap();
         // Frame 21 is not resident: not worth dropping.
         let mut resident = ResidentMap::new(frames);
         (0..frames)
@@ -190,9 +190,9 @@ mod tests {
         let frames = ram.frames();
         let table = FrameTable::new(frames as usize, false);
         let mut d = Discarder::new(&ram).unwrap();
-        table.apply_range(10, 3, hint::SET_UNUSED).unwrap();
+        table.apply_range(10, 3, HintOp::SetUnused).unwrap();
         for p in [20, 21, 22, 30] {
-            table.apply(p, hint::MAKE_VOLATILE).unwrap();
+            table.apply(p, HintOp::MakeVolatile).unwrap();
         }
         let mut resident = ResidentMap::new(frames);
         (0..frames).for_each(|p| resident.set(p));
