@@ -22,6 +22,7 @@ pub mod logger;
 pub mod machine;
 pub mod memory;
 pub mod metrics;
+pub mod periodic;
 pub mod reclaim;
 pub mod stats;
 pub mod vstate;

@@ -11,9 +11,7 @@
 //! caller to log.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,6 +21,7 @@ use crate::metrics::{
     BlockMetrics, BusMetrics, DiscardFaultMetrics, ExitMetrics, HypercallMetrics, Metrics,
     SerialMetrics,
 };
+use crate::periodic::{Periodic, PeriodicThread};
 
 /// Why the stats file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -183,54 +182,38 @@ impl StatsSource {
     }
 }
 
+/// Writes the stats file each interval.
+struct Writer {
+    source: StatsSource,
+    path: PathBuf,
+}
+
+impl Periodic for Writer {
+    fn tick(&mut self) {
+        if let Err(e) = self.source.write(&self.path) {
+            log::warn!("stats: {e}");
+        }
+    }
+}
+
 /// The thread that writes the stats file every interval while the guest
 /// runs; stopping it (or dropping it) joins it. The final write, after
 /// every other thread has stopped, is the machine's.
 #[derive(Debug)]
 pub struct StatsWriter {
-    stop: Option<Sender<()>>,
-    handle: Option<JoinHandle<()>>,
+    thread: PeriodicThread,
 }
 
 impl StatsWriter {
     /// Starts writing `source` to `path` every `interval`.
     pub fn spawn(source: StatsSource, path: PathBuf, interval: Duration) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<()>();
-        let interval = interval.max(Duration::from_millis(1));
-        let handle = std::thread::Builder::new()
-            .name("stats".into())
-            .spawn(move || {
-                // A message or a dropped sender both mean stop.
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
-                    if let Err(e) = source.write(&path) {
-                        log::warn!("stats: {e}");
-                    }
-                }
-            })?;
-        Ok(Self {
-            stop: Some(tx),
-            handle: Some(handle),
-        })
+        let thread = PeriodicThread::spawn("stats", interval, Writer { source, path })?;
+        Ok(Self { thread })
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for StatsWriter {
-    fn drop(&mut self) {
-        self.stop_and_join();
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 

@@ -1,6 +1,6 @@
-//! Host-side reclaim of guest memory: the per-frame state table the hints
-//! update, and the reclaimer thread that measures resident guest memory and
-//! drops hinted frames when the host wants memory back.
+//! Host-side reclaim of guest memory: the reclaimer thread that measures
+//! resident guest memory and drops hinted frames when the host wants memory
+//! back, its policy, its residency measurement and its cgroup budget.
 //!
 //! Every interval the thread measures residency (`resident::Residency`:
 //! from `/proc/self/pagemap`, read again only when something may have
@@ -23,9 +23,7 @@ pub mod cgroup;
 pub mod policy;
 pub mod resident;
 
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pagehint_abi::PAGE_SIZE as PAGE;
@@ -34,6 +32,7 @@ use crate::frames::discard::DiscardError;
 use crate::frames::{Arming, Discarder, FrameTable, Method};
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
+use crate::periodic::{Periodic, PeriodicThread};
 use cgroup::CgroupMemory;
 use policy::{discard_pass_with, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
 use resident::Residency;
@@ -227,8 +226,7 @@ fn micros(d: Duration) -> u64 {
 /// The running reclaimer; stopping it (or dropping it) joins the thread.
 #[derive(Debug)]
 pub struct Reclaimer {
-    stop: Option<Sender<()>>,
-    handle: Option<JoinHandle<()>>,
+    thread: PeriodicThread,
 }
 
 impl Reclaimer {
@@ -248,7 +246,7 @@ impl Reclaimer {
                 None
             }
         };
-        let mut worker = Worker {
+        let worker = Worker {
             ram_base: ram.host_base(),
             frames: ram.frames(),
             table,
@@ -263,49 +261,33 @@ impl Reclaimer {
             discard: config.discard,
             cgroup: config.cgroup.clone(),
         };
-        let (tx, rx) = mpsc::channel::<()>();
-        let interval = config.interval.max(Duration::from_millis(1));
-        let handle = std::thread::Builder::new()
-            .name("reclaim".into())
-            .spawn(move || {
-                worker.measure();
-                // A message or a dropped sender both mean stop.
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
-                    worker.round();
-                }
-                // A last round with the guest stopped (it may have freed
-                // memory since the previous one), then the final figure for
-                // the stats written at exit.
-                worker.round();
-                worker.measure();
-                log::debug!("reclaim: stopped");
-            })
+        let thread = PeriodicThread::spawn("reclaim", config.interval, worker)
             .map_err(ReclaimError::Spawn)?;
-        Ok(Self {
-            stop: Some(tx),
-            handle: Some(handle),
-        })
+        Ok(Self { thread })
     }
 
     /// Stops the thread and waits for it (it measures residency once more).
-    pub fn stop(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            // The thread cannot have panicked: a panic aborts the process.
-            let _ = h.join();
-        }
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 
-impl Drop for Reclaimer {
-    fn drop(&mut self) {
-        self.stop_and_join();
+/// Each interval a round; at the end a last round with the guest stopped
+/// (it may have freed memory since the previous one), then the final
+/// figure for the stats written at exit.
+impl Periodic for Worker {
+    fn start(&mut self) {
+        self.measure();
+    }
+
+    fn tick(&mut self) {
+        self.round();
+    }
+
+    fn finish(&mut self) {
+        self.round();
+        self.measure();
+        log::debug!("reclaim: stopped");
     }
 }
 
