@@ -130,3 +130,40 @@ impl Vm {
             .map_err(|source| VmError::CreateVcpu { index, source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn a_vm_takes_ram_devices_and_vcpus_and_refuses_duplicates() {
+        let kvm = KvmContext::new().expect("these tests need /dev/kvm");
+        let vm = Vm::new(&kvm).unwrap();
+        // RAM on both sides of the MMIO hole: two memslots.
+        let ram = GuestRam::new(4 << 30).unwrap();
+        vm.register_ram(&ram).unwrap();
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        vm.register_irqfd(&evt, 5).unwrap();
+        vm.register_ioevent(&evt, 0xd000_0050).unwrap();
+        assert!(
+            matches!(
+                vm.register_ioevent(&evt, 0xd000_0050),
+                Err(VmError::Ioevent { .. })
+            ),
+            "the same ioeventfd twice"
+        );
+        // KVM takes the exit setting only before the first vCPU exists.
+        vm.disable_hlt_exits().unwrap();
+        vm.create_vcpu(0).unwrap();
+        vm.create_vcpu(1).unwrap();
+        assert!(matches!(
+            vm.create_vcpu(1),
+            Err(VmError::CreateVcpu { index: 1, .. })
+        ));
+        assert!(matches!(
+            vm.disable_hlt_exits(),
+            Err(VmError::DisableExits(_))
+        ));
+    }
+}
