@@ -397,3 +397,76 @@ impl Drop for VcpuHandles {
         self.stop_and_join();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::pio::ExitDevice;
+    use crate::frames::FrameTable;
+    use crate::memory::GuestRam;
+    use crate::vstate::kvm::KvmContext;
+    use crate::vstate::vm::Vm;
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// Where the test code goes (above the PVH boot structures' page).
+    const ENTRY: u64 = 0x10_0000;
+
+    /// A one-vCPU VM whose BSP starts at `ENTRY` running `code`, with the
+    /// exit port on the bus.
+    fn machine(code: &[u8]) -> (Vm, Vec<Vcpu>, Arc<Metrics>) {
+        let kvm = KvmContext::new().expect("these tests need /dev/kvm");
+        let vm = Vm::new(&kvm).unwrap();
+        let ram = GuestRam::new(16 << 20).unwrap();
+        ram.mem().write_slice(code, GuestAddress(ENTRY)).unwrap();
+        vm.register_ram(&ram).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut pio = PioBus::new(metrics.clone());
+        pio.insert(0xf4, 4, Arc::new(Mutex::new(ExitDevice::new())))
+            .unwrap();
+        let table = Arc::new(FrameTable::new(ram.frames() as usize, false));
+        let devices = VcpuDevices {
+            pio: Arc::new(pio),
+            mmio: Arc::new(MmioBus::new(metrics.clone())),
+            hypercalls: Arc::new(HypercallDevice::new(ram, metrics.clone(), table, false)),
+        };
+        let vcpu = Vcpu::new(0, vm.create_vcpu(0).unwrap(), devices, metrics.clone());
+        setup_bsp(vcpu.fd(), ENTRY).unwrap();
+        (vm, vec![vcpu], metrics)
+    }
+
+    #[test]
+    fn a_guest_exit_reaches_the_machine_as_a_report() {
+        // mov al, 7; out 0xf4, al; hlt
+        let (_vm, vcpus, metrics) = machine(&[0xb0, 0x07, 0xe6, 0xf4, 0xf4]);
+        register_kick_signal().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let handles = VcpuHandles::spawn(vcpus, tx).unwrap();
+        let report = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            report,
+            VcpuReport {
+                index: 0,
+                reason: StopReason::GuestExit(7)
+            }
+        );
+        handles.stop();
+        assert_eq!(metrics.exits.io_out.get(), 1);
+    }
+
+    #[test]
+    fn a_spinning_vcpu_is_kicked_out_and_joined() {
+        // jmp $
+        let (_vm, vcpus, _metrics) = machine(&[0xeb, 0xfe]);
+        register_kick_signal().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let handles = VcpuHandles::spawn(vcpus, tx).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        // Dropping the handles stops and joins the thread.
+        drop(handles);
+        let report = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(report.reason, StopReason::Stopped);
+    }
+}
