@@ -84,10 +84,11 @@ fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable()
     // retries the access and faults again).
     std::thread::sleep(Duration::from_millis(20));
     assert!(!h.is_finished());
-    // The guest makes the frame stable: the hint path unregisters it, which
-    // wakes the thread; the frame reads as zeroes.
+    // The guest frees the frame and allocates it again: SET_STABLE's hint
+    // path unregisters it, which wakes the thread; it reads as zeroes.
+    f.table().apply(20, HintOp::SetUnused).unwrap();
     assert_eq!(
-        f.table().apply(20, HintOp::MakeStable),
+        f.table().apply(20, HintOp::SetStable),
         Ok(crate::frames::HintOutcome::Discarded)
     );
     f.unregister_marked(20, 1);
@@ -95,6 +96,35 @@ fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable()
     assert_eq!(m.discard_faults.uffd_registered_pages.get(), 0);
     assert!(m.discard_faults.events.get() >= 1);
     assert_eq!(m.discard_faults.protocol_violations.get(), 0);
+}
+
+#[test]
+fn a_touch_after_make_stable_reported_the_discard_is_still_a_discard_fault() {
+    // CPU 0's MAKE_STABLE learned the frame was discarded and the guest is
+    // dropping it; CPU 1 still maps it and touches it before the shootdown.
+    // That touch must be a discard fault, not a silent zero page.
+    register_fault_kick_signal().unwrap();
+    let (f, ram, m) = hub(1);
+    discard_volatile(&f, &ram, 25);
+    assert_eq!(
+        f.table().apply(25, HintOp::MakeStable),
+        Ok(crate::frames::HintOutcome::Discarded)
+    );
+    assert!(f.table().is_registered(25) && f.table().discard_fault_due(25));
+    let (_tid, h) = toucher(&f, &ram, 25, true);
+    let fault = next_fault(&f);
+    let mut det = LivelockDetector::default();
+    assert_eq!(
+        f.handle_fault(&mut det, fault, Instant::now()),
+        Action::Kicked(0)
+    );
+    assert_eq!(m.discard_faults.zero_fills_not_volatile.get(), 0);
+    // Allocated again later (SET_STABLE): unregistered, the toucher goes on.
+    f.table().apply(25, HintOp::SetUnused).unwrap();
+    f.table().apply(25, HintOp::SetStable).unwrap();
+    f.unregister_marked(25, 1);
+    assert!(!f.table().discard_fault_due(25));
+    assert_eq!(h.join().unwrap(), 0);
 }
 
 #[test]

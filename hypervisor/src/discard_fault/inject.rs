@@ -177,9 +177,12 @@ mod tests {
     fn stale_faults_and_missing_info_areas_inject_nothing() {
         let (f, _ram, m) = hub(1);
         let (_vm, fd) = vcpu();
-        // The guest made the frame stable before the vCPU got the kick.
+        // The guest freed and reallocated the frame before the vCPU got
+        // the kick (SET_STABLE unregisters it on the hint path).
         discarded(&f, 50);
-        f.table().apply(50, HintOp::MakeStable).unwrap();
+        f.table().apply(50, HintOp::SetUnused).unwrap();
+        f.table().apply(50, HintOp::SetStable).unwrap();
+        f.unregister_marked(50, 1);
         f.slots().set_pending(0, 50 * PAGE);
         assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Stale);
         // No SET_FAULT_INFO: the page is backed with zeroes, a violation.

@@ -288,12 +288,22 @@ impl FrameTable {
         }
     }
 
-    /// True if a touch of the frame is a discard fault: it is Volatile and
-    /// its contents are dropped or being dropped.
+    /// True if a touch of the frame is a discard fault: its contents are
+    /// dropped (or being dropped) and a guest mapping may still reach it.
+    /// That is a Volatile frame that is DISCARDED or BUSY, and also a
+    /// Stable frame still registered: one whose discard a `MAKE_STABLE` or
+    /// `CHECK_WRITABLE` reported, which the guest is dropping from its
+    /// cache while another CPU's mapping may still touch it (that touch
+    /// must be a discard fault, never a silent zero page). `SET_STABLE`
+    /// unregisters a frame (it is being handed out afresh, unmapped).
     pub fn discard_fault_due(&self, pfn: u64) -> bool {
         self.cell(pfn).is_ok_and(|c| {
             let v = c.load(Ordering::Acquire);
-            state_of(v) == PageState::Volatile && v & (DISCARDED | BUSY) != 0
+            match state_of(v) {
+                PageState::Volatile => v & (DISCARDED | BUSY) != 0,
+                PageState::Stable => v & REGISTERED != 0,
+                _ => false,
+            }
         })
     }
 

@@ -201,9 +201,14 @@ impl HintContext<'_> {
             .table
             .apply_range(e.pfn, count, op)
             .map_err(HintError::Illegal)?;
-        // A discarded frame made stable is backed eagerly, so that its next
-        // touch is a plain first touch and not a userfaultfd round trip.
-        if let (HintOutcome::Discarded, Some(f)) = (outcome, self.faults) {
+        // A frame being allocated (SET_STABLE) is mapped nowhere: it is
+        // unregistered here, so that its next touch is a plain first touch
+        // and not a userfaultfd round trip. A frame whose discard a
+        // MAKE_STABLE or CHECK_WRITABLE reported stays registered: the
+        // guest is dropping it from its cache, and until every mapping of
+        // it is gone, another CPU's touch must be a discard fault, not a
+        // silent zero page. It is unregistered when it is allocated again.
+        if let (HintOp::SetStable, Some(f)) = (op, self.faults) {
             f.unregister_marked(e.pfn, count);
         }
         Ok(outcome)
