@@ -285,7 +285,7 @@ mod tests {
     fn the_writer_writes_every_interval_until_stopped() {
         let metrics = Arc::new(Metrics::default());
         let table = Arc::new(FrameTable::new(16, false));
-        let dir = std::env::temp_dir().join(format!("vmm-stats-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("vmm-stats-writer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("stats.json");
         let source = StatsSource::new(metrics.clone(), table, 65536, None);
