@@ -140,14 +140,10 @@ impl VmConfig {
         }
     }
 
-    /// The vCPU count as the VM needs it, or a configuration error.
-    pub fn checked_vcpus(&self) -> Result<u8, VmmError> {
-        check_vcpus(self.vcpus)
-    }
-
-    /// Checks everything that needs no host resource.
+    /// Checks everything that needs no host resource; returns the vCPU
+    /// count as the VM needs it.
     pub fn validate(&self) -> Result<u8, VmmError> {
-        let vcpus = self.checked_vcpus()?;
+        let vcpus = check_vcpus(self.vcpus)?;
         memory::validate_size(self.mem)?;
         Ok(vcpus)
     }

@@ -49,11 +49,6 @@ impl HostMap {
         })
     }
 
-    /// The guest RAM this maps.
-    pub fn ram(&self) -> &GuestRam {
-        &self.ram
-    }
-
     /// The host range of `run`, if the run is non-empty and inside one RAM
     /// range.
     pub fn range(&self, run: Run) -> Option<HostRange> {
