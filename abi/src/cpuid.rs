@@ -25,6 +25,10 @@ pub mod features {
     /// The VMM delivers discard faults (vector 20) for volatile pages it
     /// dropped while they were mapped (the discard-fault issue).
     pub const DISCARD_FAULTS: u32 = 1 << 2;
+    /// The guest may register a shared page-state table
+    /// (`SET_STATE_TABLE`) and change frame states in it without exits
+    /// (`crate::state_table`); only ever with [`PAGE_HINTS`].
+    pub const SHARED_STATES: u32 = 1 << 3;
 }
 
 /// Splits [`SIGNATURE`] into the (EBX, ECX, EDX) register values.

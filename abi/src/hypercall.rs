@@ -32,6 +32,11 @@ pub mod op {
     /// [`super::DiscardFaultInfo`] (64-byte aligned), `args[1]` = the CPU
     /// (vCPU) index.
     pub const SET_FAULT_INFO: u32 = 3;
+    /// Registers the shared page-state table (`crate::state_table`):
+    /// `args[0]` = its GPA (4 KiB aligned, wholly in RAM), `args[1]` = its
+    /// entries, one per frame from frame 0 to the top of RAM. Offered with
+    /// CPUID `SHARED_STATES`; once per boot.
+    pub const SET_STATE_TABLE: u32 = 4;
 }
 
 /// The vector of the discard fault: #VE, "virtualization exception". The

@@ -8,7 +8,9 @@
 //! out of guest memory.
 //!
 //! This crate must never contain behaviour: only layouts, numbers and the
-//! small pure helpers that encode or decode them.
+//! small pure helpers that encode or decode them. One exception, said
+//! where it stands: [`state_table`], the few compare-and-swap steps each
+//! side takes on a shared page-state entry, which both must run identically.
 
 #![no_std]
 
@@ -20,6 +22,7 @@ pub mod exit;
 pub mod hypercall;
 pub mod page_state;
 pub mod ports;
+pub mod state_table;
 pub mod syscall;
 
 /// Version of the hinting ABI. The VMM advertises it through CPUID

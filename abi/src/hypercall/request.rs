@@ -26,6 +26,10 @@ pub enum Request {
     /// [`super::DiscardFaultInfo`] (`args[0]`), `cpu` the vCPU index
     /// (`args[1]`).
     SetFaultInfo { info: GuestPhys, cpu: u64 },
+    /// [`op::SET_STATE_TABLE`]: `table` is the address of the shared
+    /// page-state table (`args[0]`), `entries` its length in frames
+    /// (`args[1]`).
+    SetStateTable { table: GuestPhys, entries: u64 },
 }
 
 /// Why a block is not a request.
@@ -59,6 +63,7 @@ impl Request {
             Request::Hello { .. } => op::HELLO,
             Request::HintBatch { .. } => op::HINT_BATCH,
             Request::SetFaultInfo { .. } => op::SET_FAULT_INFO,
+            Request::SetStateTable { .. } => op::SET_STATE_TABLE,
         }
     }
 
@@ -68,6 +73,7 @@ impl Request {
             Request::Hello { version, cpu } => (version, cpu),
             Request::HintBatch { batch, count } => (batch.0, count),
             Request::SetFaultInfo { info, cpu } => (info.0, cpu),
+            Request::SetStateTable { table, entries } => (table.0, entries),
         };
         HypercallBlock {
             op: self.op(),
@@ -91,6 +97,10 @@ impl Request {
             op::SET_FAULT_INFO => Ok(Request::SetFaultInfo {
                 info: GuestPhys(a0),
                 cpu: a1,
+            }),
+            op::SET_STATE_TABLE => Ok(Request::SetStateTable {
+                table: GuestPhys(a0),
+                entries: a1,
             }),
             other => Err(DecodeError::UnknownOp(other)),
         }
@@ -130,6 +140,10 @@ mod tests {
                 info: GuestPhys(0x9040),
                 cpu: 1,
             },
+            Request::SetStateTable {
+                table: GuestPhys(0x40_0000),
+                entries: 8192,
+            },
             Request::Hello {
                 version: u64::MAX,
                 cpu: u64::MAX,
@@ -163,11 +177,20 @@ mod tests {
         );
         let b = Request::Hello { version: 1, cpu: 0 }.encode();
         assert_eq!((b.op, b.args[0], b.args[1]), (op::HELLO, 1, 0));
+        let b = Request::SetStateTable {
+            table: GuestPhys(0x5000),
+            entries: 4096,
+        }
+        .encode();
+        assert_eq!(
+            (b.op, b.args[0], b.args[1]),
+            (op::SET_STATE_TABLE, 0x5000, 4096)
+        );
     }
 
     #[test]
     fn unknown_ops_are_refused() {
-        for bad in [0u32, 4, 77, 12345, u32::MAX] {
+        for bad in [0u32, 5, 77, 12345, u32::MAX] {
             let b = HypercallBlock {
                 op: bad,
                 result: 0,

@@ -1,0 +1,284 @@
+//! The shared page-state table: one byte per guest frame, in guest memory,
+//! written by the guest without an exit and by the VMM's reclaimer with a
+//! compare-and-swap (`docs/abi.md`, "The shared page-state table").
+//!
+//! This is the one exception to the crate's "numbers only" rule: the few
+//! steps each side takes on an entry are the protocol itself, and both
+//! sides (and the exhaustive concurrency check in `tests/state_table_loom.rs`)
+//! must run exactly the same code, so it lives here once. Every step works
+//! on one [`EntryCell`], so the check can run it on loom's atomics.
+//!
+//! An entry:
+//!
+//! | bits | field | written by |
+//! | --- | --- | --- |
+//! | 0..=1 | the [`PageState`] | the guest |
+//! | 2..=4 | reserved, zero | nobody |
+//! | 5 | [`ARMED`]: the host registered the frame for discard faults | the host (set with BUSY held, cleared by `SET_STABLE`) |
+//! | 6 | [`DISCARDED`]: the host dropped the contents | the host sets, the guest clears when it makes the frame stable |
+//! | 7 | [`BUSY`]: the host is discarding the frame now | the host |
+//!
+//! Who may write an entry, and how: the host changes an entry only with a
+//! compare-and-swap from a discardable state (Unused or Volatile, neither
+//! BUSY nor DISCARDED), and then only the BUSY, DISCARDED and ARMED bits
+//! while it holds BUSY; it never writes a Stable entry. So a Stable entry
+//! belongs to the guest and leaves Stable with a plain store; every step
+//! out of a discardable state is a compare-and-swap, and waits while BUSY
+//! is set. Nothing here may block on anything but a BUSY bit, allocate, or
+//! panic on any byte value: the guest can write anything, at any time.
+
+use crate::page_state::PageState;
+
+/// Bits 0..=1: the guest's [`PageState`].
+pub const STATE_MASK: u8 = 0x03;
+/// The host registered the frame for discard faults; the guest must send
+/// `SET_STABLE` for it before it reuses the frame.
+pub const ARMED: u8 = 0x20;
+/// The host dropped the contents; they read as zeroes.
+pub const DISCARDED: u8 = 0x40;
+/// The host is discarding the frame right now: wait.
+pub const BUSY: u8 = 0x80;
+/// The bits only the host sets.
+pub const HOST_BITS: u8 = ARMED | DISCARDED | BUSY;
+
+/// One entry's storage: an atomic byte. The guest and the VMM use
+/// `core`'s `AtomicU8`; the concurrency check uses loom's.
+pub trait EntryCell {
+    fn load(&self) -> u8;
+    fn store(&self, v: u8);
+    /// Compare-and-swap (acquire-release); the value found on failure.
+    fn cas(&self, current: u8, new: u8) -> Result<u8, u8>;
+    fn fetch_or(&self, bits: u8) -> u8;
+    fn fetch_and(&self, bits: u8) -> u8;
+    /// Called while waiting for BUSY to clear.
+    fn relax(&self);
+}
+
+impl EntryCell for core::sync::atomic::AtomicU8 {
+    fn load(&self) -> u8 {
+        self.load(core::sync::atomic::Ordering::Acquire)
+    }
+    fn store(&self, v: u8) {
+        self.store(v, core::sync::atomic::Ordering::Release)
+    }
+    fn cas(&self, current: u8, new: u8) -> Result<u8, u8> {
+        use core::sync::atomic::Ordering::{AcqRel, Acquire};
+        self.compare_exchange(current, new, AcqRel, Acquire)
+    }
+    fn fetch_or(&self, bits: u8) -> u8 {
+        self.fetch_or(bits, core::sync::atomic::Ordering::AcqRel)
+    }
+    fn fetch_and(&self, bits: u8) -> u8 {
+        self.fetch_and(bits, core::sync::atomic::Ordering::AcqRel)
+    }
+    fn relax(&self) {
+        core::hint::spin_loop()
+    }
+}
+
+/// The state an entry's byte holds (two bits always decode).
+pub const fn state_of(v: u8) -> PageState {
+    match PageState::from_u8(v & STATE_MASK) {
+        Some(s) => s,
+        None => PageState::Stable,
+    }
+}
+
+/// What the guest learnt when it made a frame stable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Taken {
+    /// The host had dropped the contents: the frame reads as zeroes.
+    pub discarded: bool,
+    /// The frame is registered for discard faults: send `SET_STABLE` for
+    /// it before reusing it for anything else.
+    pub armed: bool,
+}
+
+/// Waits until BUSY is clear; the entry's value then.
+fn settled(c: &impl EntryCell) -> u8 {
+    loop {
+        let v = c.load();
+        if v & BUSY == 0 {
+            return v;
+        }
+        c.relax();
+    }
+}
+
+/// Guest: moves a frame to `to` (Unused or Volatile), keeping the host's
+/// marks. From Stable this is one plain store; from a discardable state a
+/// compare-and-swap that waits out a discard in progress. Moving an Unused
+/// frame to Volatile is not a transition the guest makes; if asked, the
+/// frame goes Volatile all the same (the host may drop either).
+pub fn guest_release(c: &impl EntryCell, to: PageState) {
+    let v = c.load();
+    if state_of(v) == PageState::Stable {
+        // Only the guest writes a Stable entry.
+        c.store(to as u8 | (v & ARMED));
+        return;
+    }
+    let mut cur = settled(c);
+    loop {
+        match c.cas(cur, to as u8 | (cur & (ARMED | DISCARDED))) {
+            Ok(_) => return,
+            Err(_) => cur = settled(c),
+        }
+    }
+}
+
+/// Guest: makes a frame Stable (allocating an Unused frame, or using a
+/// Volatile one again) and reports whether the host had dropped it. A
+/// Stable frame stays as it is, with nothing to report. Waits while the
+/// host holds the frame BUSY.
+pub fn guest_make_stable(c: &impl EntryCell) -> Taken {
+    let v = c.load();
+    if state_of(v) == PageState::Stable {
+        return Taken {
+            discarded: false,
+            armed: v & ARMED != 0,
+        };
+    }
+    let mut cur = settled(c);
+    loop {
+        match c.cas(cur, PageState::Stable as u8 | (cur & ARMED)) {
+            Ok(_) => {
+                return Taken {
+                    discarded: state_of(cur) != PageState::Stable && cur & DISCARDED != 0,
+                    armed: cur & ARMED != 0,
+                }
+            }
+            Err(_) => cur = settled(c),
+        }
+    }
+}
+
+/// Is an entry one the host may claim for `class` now?
+pub const fn claimable(v: u8, class: PageState) -> bool {
+    v & (BUSY | DISCARDED) == 0
+        && (v & STATE_MASK) == class as u8
+        && matches!(class, PageState::Unused | PageState::Volatile)
+}
+
+/// Host: claims a frame of state `class` (Unused or Volatile, never
+/// Stable) for discarding by setting BUSY. False if it is not claimable.
+pub fn host_try_claim(c: &impl EntryCell, class: PageState) -> bool {
+    let mut cur = c.load();
+    while claimable(cur, class) {
+        match c.cas(cur, cur | BUSY) {
+            Ok(_) => return true,
+            Err(actual) => cur = actual,
+        }
+    }
+    false
+}
+
+/// Host, holding BUSY: the frame is registered for discard faults.
+pub fn host_arm(c: &impl EntryCell) {
+    c.fetch_or(ARMED);
+}
+
+/// Host, holding BUSY: the contents are gone. Clears BUSY, sets DISCARDED.
+/// False if BUSY was not set (the guest broke the protocol and wrote the
+/// entry meanwhile; the host keeps its own record all the same).
+pub fn host_finish(c: &impl EntryCell) -> bool {
+    let mut cur = c.load();
+    loop {
+        if cur & BUSY == 0 {
+            return false;
+        }
+        match c.cas(cur, (cur & !BUSY) | DISCARDED) {
+            Ok(_) => return true,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// Host, holding BUSY: the discard did not happen; contents intact.
+pub fn host_abort(c: &impl EntryCell) {
+    c.fetch_and(!(BUSY | ARMED));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicU8;
+    use PageState::*;
+
+    #[test]
+    fn a_stable_entry_leaves_with_a_store_and_keeps_the_armed_mark() {
+        let c = AtomicU8::new(Stable as u8 | ARMED);
+        guest_release(&c, Unused);
+        assert_eq!(c.load(core::sync::atomic::Ordering::Relaxed), Unused as u8 | ARMED);
+        assert_eq!(
+            guest_make_stable(&c),
+            Taken {
+                discarded: false,
+                armed: true
+            }
+        );
+        guest_release(&c, Volatile);
+        assert_eq!(state_of(EntryCell::load(&c)), Volatile);
+    }
+
+    #[test]
+    fn the_host_claims_only_discardable_idle_entries_and_the_guest_learns_of_the_drop() {
+        let c = AtomicU8::new(Stable as u8);
+        assert!(!host_try_claim(&c, Stable));
+        assert!(!host_try_claim(&c, Unused));
+        guest_release(&c, Volatile);
+        assert!(!host_try_claim(&c, Unused), "wrong class");
+        assert!(host_try_claim(&c, Volatile));
+        assert!(!host_try_claim(&c, Volatile), "already busy");
+        host_arm(&c);
+        assert!(host_finish(&c));
+        assert!(!host_try_claim(&c, Volatile), "already discarded");
+        assert_eq!(
+            guest_make_stable(&c),
+            Taken {
+                discarded: true,
+                armed: true
+            }
+        );
+        assert_eq!(EntryCell::load(&c), Stable as u8 | ARMED);
+        // An aborted claim leaves nothing behind.
+        guest_release(&c, Unused);
+        assert!(host_try_claim(&c, Unused));
+        host_arm(&c);
+        host_abort(&c);
+        assert_eq!(EntryCell::load(&c), Unused as u8);
+        assert!(!host_finish(&c), "no claim to finish");
+    }
+
+    #[test]
+    fn freeing_a_discarded_volatile_frame_keeps_both_marks() {
+        let c = AtomicU8::new(Volatile as u8);
+        assert!(host_try_claim(&c, Volatile));
+        host_arm(&c);
+        host_finish(&c);
+        guest_release(&c, Unused);
+        assert_eq!(EntryCell::load(&c), Unused as u8 | ARMED | DISCARDED);
+        assert_eq!(
+            guest_make_stable(&c),
+            Taken {
+                discarded: true,
+                armed: true
+            }
+        );
+    }
+
+    #[test]
+    fn every_byte_decodes_and_nothing_panics() {
+        for v in 0..=255u8 {
+            let _ = state_of(v);
+            for class in [Stable, Unused, Volatile, PotentiallyVolatile] {
+                let c = AtomicU8::new(v);
+                let claimed = host_try_claim(&c, class);
+                assert_eq!(claimed, claimable(v, class));
+                assert!(!claimed || matches!(class, Unused | Volatile));
+            }
+            let c = AtomicU8::new(v & !BUSY);
+            let _ = guest_make_stable(&c);
+            guest_release(&c, Unused);
+        }
+    }
+}
