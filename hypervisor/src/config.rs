@@ -39,14 +39,95 @@ pub enum HintMode {
     /// No hints: CPUID does not advertise them and every batch is refused.
     Off,
     /// Page hinting; with `discard_faults`, dropped volatile frames are
-    /// registered with userfaultfd and a touch of one is a discard fault.
-    Hinting { discard_faults: bool },
+    /// registered with userfaultfd and a touch of one is a discard fault;
+    /// `transport` says how states travel.
+    Hinting {
+        discard_faults: bool,
+        transport: Transport,
+    },
     /// Free page reporting: the guest reports free 2 MiB blocks, which the
     /// host drops at once; nothing else is dropped.
     FreePageReporting,
 }
 
+/// How page states travel from the guest to the VMM (`--hints`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The shared page-state table (CPUID `SHARED_STATES`): plain stores
+    /// and compare-and-swaps in guest memory, exits only where the host
+    /// took something. Guests that do not register a table keep batching.
+    Shared,
+    /// Batched hint hypercalls (ABI version 1 as it was); the bundled guest
+    /// is told so with `hints=batched`.
+    Batched,
+    /// One hypercall per hint; the bundled guest is told with
+    /// `hints=unbatched`.
+    Unbatched,
+}
+
+impl Transport {
+    /// The flag's value, and the experiment's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Shared => "shared",
+            Transport::Batched => "batched",
+            Transport::Unbatched => "unbatched",
+        }
+    }
+}
+
 impl HintMode {
+    /// Hinting with discard faults over the shared table: `vmm run`'s
+    /// default.
+    pub const DEFAULT: HintMode = HintMode::Hinting {
+        discard_faults: true,
+        transport: Transport::Shared,
+    };
+
+    /// Is the shared page-state table offered?
+    pub fn shared_states(self) -> bool {
+        matches!(
+            self,
+            HintMode::Hinting {
+                transport: Transport::Shared,
+                ..
+            }
+        )
+    }
+
+    /// The word that tells the bundled guest how to hint, if any.
+    pub fn guest_word(self) -> Option<&'static str> {
+        match self {
+            HintMode::FreePageReporting => Some(FPR_CMDLINE_OPTION),
+            HintMode::Hinting {
+                transport: Transport::Batched,
+                ..
+            } => Some("hints=batched"),
+            HintMode::Hinting {
+                transport: Transport::Unbatched,
+                ..
+            } => Some("hints=unbatched"),
+            _ => None,
+        }
+    }
+
+    /// The CPUID feature bits (`pagehint_abi::cpuid::features`) of this
+    /// mode, with discard faults as actually set up.
+    pub fn cpuid_features(self, discard_faults: bool) -> u32 {
+        use pagehint_abi::cpuid::features as f;
+        if !self.hypercalls() {
+            return f::HYPERCALLS;
+        }
+        let mut bits = f::HYPERCALLS | f::PAGE_HINTS;
+        if discard_faults {
+            bits |= f::DISCARD_FAULTS;
+        }
+        if self.shared_states() {
+            bits |= f::SHARED_STATES;
+        }
+        bits
+    }
+
     /// Does the guest see the hint hypercalls at all?
     pub fn hypercalls(self) -> bool {
         self != HintMode::Off
@@ -56,7 +137,8 @@ impl HintMode {
         matches!(
             self,
             HintMode::Hinting {
-                discard_faults: true
+                discard_faults: true,
+                ..
             }
         )
     }
@@ -131,9 +213,7 @@ impl VmConfig {
             vcpus: 2,
             timeout: None,
             disk: None,
-            hints: HintMode::Hinting {
-                discard_faults: true,
-            },
+            hints: HintMode::DEFAULT,
             reclaim: ReclaimOptions::default(),
             stats: None,
             guest_args: Vec::new(),
@@ -150,11 +230,7 @@ impl VmConfig {
 
     /// The guest's command-line words for this configuration.
     pub fn guest_cmdline_words(&self) -> Vec<String> {
-        guest_cmdline_words(
-            self.disk.is_some(),
-            self.hints == HintMode::FreePageReporting,
-            &self.guest_args,
-        )
+        guest_cmdline_words(self.disk.is_some(), self.hints.guest_word(), &self.guest_args)
     }
 }
 
@@ -189,15 +265,16 @@ pub fn virtio_blk_cmdline_option() -> String {
 }
 
 /// The guest's command-line words: the device option first when there is
-/// a disk, then `hints=fpr` with free page reporting, then the user's
-/// words.
-pub fn guest_cmdline_words(with_disk: bool, fpr: bool, args: &[String]) -> Vec<String> {
+/// a disk, then the hint mode's word (`hints=fpr` with free page
+/// reporting, `hints=batched`/`unbatched` for those transports), then the
+/// user's words.
+pub fn guest_cmdline_words(with_disk: bool, hint_word: Option<&str>, args: &[String]) -> Vec<String> {
     let mut words = Vec::with_capacity(args.len() + 2);
     if with_disk {
         words.push(virtio_blk_cmdline_option());
     }
-    if fpr {
-        words.push(FPR_CMDLINE_OPTION.to_string());
+    if let Some(w) = hint_word {
+        words.push(w.to_string());
     }
     words.extend(args.iter().cloned());
     words
@@ -219,10 +296,32 @@ mod tests {
 
     #[test]
     fn hint_modes() {
-        let on = HintMode::Hinting {
-            discard_faults: true,
-        };
+        use pagehint_abi::cpuid::features as f;
+        let on = HintMode::DEFAULT;
         assert!(on.hypercalls() && on.discard_faults() && on.reclaims());
+        assert!(on.shared_states() && on.guest_word().is_none());
+        assert_eq!(
+            on.cpuid_features(true),
+            f::HYPERCALLS | f::PAGE_HINTS | f::DISCARD_FAULTS | f::SHARED_STATES
+        );
+        assert_eq!(
+            on.cpuid_features(false),
+            f::HYPERCALLS | f::PAGE_HINTS | f::SHARED_STATES
+        );
+        let batched = HintMode::Hinting {
+            discard_faults: true,
+            transport: Transport::Batched,
+        };
+        assert!(!batched.shared_states() && batched.guest_word() == Some("hints=batched"));
+        assert_eq!(
+            batched.cpuid_features(true),
+            f::HYPERCALLS | f::PAGE_HINTS | f::DISCARD_FAULTS
+        );
+        assert_eq!(HintMode::Off.cpuid_features(true), f::HYPERCALLS);
+        assert_eq!(
+            HintMode::FreePageReporting.cpuid_features(false),
+            f::HYPERCALLS | f::PAGE_HINTS
+        );
         let fpr = HintMode::FreePageReporting;
         assert!(fpr.hypercalls() && !fpr.discard_faults() && !fpr.reclaims());
         assert!(!HintMode::Off.hypercalls() && !HintMode::Off.reclaims());
@@ -239,20 +338,20 @@ mod tests {
             "virtio_mmio.device=4K@0xd0000000:5"
         );
         let args = vec!["hello".to_string(), "x".to_string()];
-        let line = loader::build_cmdline(&guest_cmdline_words(true, false, &args)).unwrap();
+        let line = loader::build_cmdline(&guest_cmdline_words(true, None, &args)).unwrap();
         assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hello x");
-        assert_eq!(guest_cmdline_words(false, false, &args), args);
-        let line = loader::build_cmdline(&guest_cmdline_words(true, true, &args)).unwrap();
+        assert_eq!(guest_cmdline_words(false, None, &args), args);
+        let line = loader::build_cmdline(&guest_cmdline_words(true, Some(FPR_CMDLINE_OPTION), &args)).unwrap();
         assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hints=fpr hello x");
         assert_eq!(
-            guest_cmdline_words(false, true, &args),
+            guest_cmdline_words(false, Some(FPR_CMDLINE_OPTION), &args),
             ["hints=fpr", "hello", "x"]
         );
         assert_eq!(cmdline_size(1 << 20), "1M");
         assert_eq!(cmdline_size(513), "513");
         let long = vec!["a".repeat(pagehint_abi::boot::CMDLINE_MAX - 10)];
-        assert!(loader::build_cmdline(&guest_cmdline_words(false, false, &long)).is_ok());
-        let e = loader::build_cmdline(&guest_cmdline_words(true, false, &long)).unwrap_err();
+        assert!(loader::build_cmdline(&guest_cmdline_words(false, None, &long)).is_ok());
+        let e = loader::build_cmdline(&guest_cmdline_words(true, None, &long)).unwrap_err();
         assert_eq!(VmmError::from(e).exit_status(), status::USAGE);
     }
 }

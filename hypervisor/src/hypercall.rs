@@ -22,7 +22,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::pio::le_value;
 use crate::discard_fault::{DiscardFaultError, DiscardFaults};
-use crate::frames::FrameTable;
+use crate::frames::{FrameTable, ShareError, SharedEntries};
 use crate::hypercall::reporting::FreePageReporter;
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
@@ -60,6 +60,8 @@ pub struct HypercallDevice {
     hinting: bool,
     faults: Option<Arc<DiscardFaults>>,
     reporter: Option<FreePageReporter>,
+    /// `SET_STATE_TABLE` is served (CPUID `SHARED_STATES`).
+    shared_states: bool,
     log_limit: RateLimit,
 }
 
@@ -79,6 +81,7 @@ impl HypercallDevice {
             hinting,
             faults: None,
             reporter: None,
+            shared_states: false,
             log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
         }
     }
@@ -95,6 +98,55 @@ impl HypercallDevice {
     pub fn with_free_page_reporting(mut self, reporter: FreePageReporter) -> Self {
         self.reporter = Some(reporter);
         self
+    }
+
+    /// Serves `SET_STATE_TABLE`: the guest may move its frame states into
+    /// a shared table (`--hints shared`).
+    pub fn with_shared_states(mut self) -> Self {
+        self.shared_states = true;
+        self
+    }
+
+    /// `SET_STATE_TABLE`: checks the guest's table and switches the frame
+    /// table to it. Refused (and nothing changes) unless offered, placed
+    /// wholly in RAM, 4 KiB aligned, one entry per frame, and the first.
+    fn set_state_table(&self, table: GuestPhys, entries: u64) -> CallResult {
+        let h = &self.metrics.hypercalls;
+        h.set_state_table.inc();
+        let shared = if self.shared_states {
+            SharedEntries::new(&self.ram, table, entries, self.table.len())
+                .and_then(|s| self.table.share(s))
+        } else {
+            Err(ShareError::NotOffered)
+        };
+        let e = match shared {
+            Ok(()) => {
+                log::info!(
+                    "hypercall: guest shares its page-state table at {:#x} ({entries} entries)",
+                    table.as_u64()
+                );
+                return CallResult::Ok;
+            }
+            Err(e) => e,
+        };
+        let code = match e {
+            ShareError::BadPlace(_) => {
+                h.errors.bad_block.inc();
+                CallResult::BadBlock
+            }
+            ShareError::WrongLength { .. } | ShareError::AlreadyShared => {
+                h.errors.bad_argument.inc();
+                CallResult::BadArgument
+            }
+            ShareError::NotOffered => {
+                h.errors.hints_disabled.inc();
+                CallResult::HintsDisabled
+            }
+        };
+        if self.log_limit.allow() {
+            log::warn!("hypercall: SET_STATE_TABLE: {e}");
+        }
+        code
     }
 
     /// `SET_FAULT_INFO`: records a vCPU's discard-fault info area.
@@ -166,6 +218,7 @@ impl HypercallDevice {
             }
             .batch(batch, count),
             Ok(Request::SetFaultInfo { info, cpu }) => self.set_fault_info(info, cpu),
+            Ok(Request::SetStateTable { table, entries }) => self.set_state_table(table, entries),
             Err(e) => {
                 h.errors.unknown_op.inc();
                 if self.log_limit.allow() {

@@ -27,6 +27,6 @@ pub mod reclaim;
 pub mod stats;
 pub mod vstate;
 
-pub use config::{DiskConfig, HintMode, Kernel, ReclaimOptions, StatsOptions, VmConfig};
+pub use config::{DiskConfig, HintMode, Kernel, ReclaimOptions, StatsOptions, Transport, VmConfig};
 pub use error::VmmError;
 pub use machine::run;

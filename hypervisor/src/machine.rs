@@ -259,8 +259,12 @@ impl Machine {
             None => None,
         };
         let hinting = config.hints.hypercalls();
+        let features = config.hints.cpuid_features(faults.is_some());
         let mut hypercalls =
             HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), hinting);
+        if config.hints.shared_states() {
+            hypercalls = hypercalls.with_shared_states();
+        }
         if let Some(f) = &faults {
             hypercalls = hypercalls.with_discard_faults(f.clone());
         }
@@ -280,7 +284,7 @@ impl Machine {
             if let Some(f) = &faults {
                 vcpu = vcpu.with_discard_faults(f.clone());
             }
-            vcpu.configure(&supported, vcpu_count, entry, hinting, faults.is_some())?;
+            vcpu.configure(&supported, vcpu_count, entry, features)?;
             vcpus.push(vcpu);
         }
         Ok(Self {

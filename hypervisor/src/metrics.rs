@@ -222,6 +222,8 @@ pub struct HypercallMetrics {
     pub hint_batch: Counter,
     /// `SET_FAULT_INFO` calls, whatever their result.
     pub set_fault_info: Counter,
+    /// `SET_STATE_TABLE` calls, whatever their result.
+    pub set_state_table: Counter,
     /// Hint entries processed, by hint operation (whatever their result).
     pub set_unused: Counter,
     pub set_stable: Counter,

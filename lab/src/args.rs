@@ -18,6 +18,18 @@ pub enum CgroupBudget {
     Off,
 }
 
+/// How page states travel from the guest (`vmm run --hints`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HintsArg {
+    /// A page-state table shared by guest and VMM: no exits unless the
+    /// host took something.
+    Shared,
+    /// Batched hint hypercalls (ABI version 1).
+    Batched,
+    /// One hypercall per hint.
+    Unbatched,
+}
+
 /// The modes `vmm experiment` compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
 pub enum Mode {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use lab::args::{parse_size, CgroupBudget, ExperimentArgs, GenFilesArgs, MkdiskArgs};
+use lab::args::{parse_size, CgroupBudget, ExperimentArgs, GenFilesArgs, HintsArg, MkdiskArgs};
 use pagehint_abi::exit::vmm::USAGE;
 
 /// A KVM mini-hypervisor for the page-hinting guest.
@@ -78,6 +78,13 @@ pub struct RunArgs {
     /// userfaultfd.
     #[arg(long)]
     pub no_discard_faults: bool,
+    /// How page states travel: `shared` (a page-state table in guest
+    /// memory, no exits unless the host took something; advertised by
+    /// CPUID), `batched` (hint hypercalls, ABI version 1) or `unbatched`
+    /// (one hypercall per hint). `batched`/`unbatched` also pass
+    /// `hints=...` to the guest.
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = HintsArg::Shared)]
+    pub hints: HintsArg,
     /// Target for resident guest memory: the reclaimer drops hinted frames
     /// while more is resident (bytes, or a number with K, M or G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -266,6 +273,12 @@ mod tests {
     fn reclaim_flags() {
         let r = run_args(&[]).unwrap();
         assert!(!r.no_hinting && !r.psi && !r.no_discard_faults);
+        assert_eq!(r.hints, HintsArg::Shared);
+        assert_eq!(
+            run_args(&["--hints", "unbatched"]).unwrap().hints,
+            HintsArg::Unbatched
+        );
+        assert!(run_args(&["--hints", "sideways"]).is_err());
         assert!(
             run_args(&["--no-discard-faults"])
                 .unwrap()

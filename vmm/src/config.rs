@@ -8,8 +8,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use hypervisor::{DiskConfig, HintMode, Kernel, ReclaimOptions, StatsOptions, VmConfig};
-use lab::args::CgroupBudget;
+use hypervisor::{DiskConfig, HintMode, Kernel, ReclaimOptions, StatsOptions, Transport, VmConfig};
+use lab::args::{CgroupBudget, HintsArg};
 
 use crate::cli::RunArgs;
 
@@ -25,6 +25,11 @@ fn hint_mode(args: &RunArgs) -> HintMode {
     } else {
         HintMode::Hinting {
             discard_faults: !args.no_discard_faults,
+            transport: match args.hints {
+                HintsArg::Shared => Transport::Shared,
+                HintsArg::Batched => Transport::Batched,
+                HintsArg::Unbatched => Transport::Unbatched,
+            },
         }
     }
 }
@@ -76,21 +81,25 @@ mod tests {
     fn flags_become_the_library_configuration() {
         let c = config(&[]);
         assert!(matches!(c.kernel, Kernel::Image(ref k) if k.len() == BUNDLED_KERNEL.len()));
-        assert_eq!(
-            c.hints,
-            HintMode::Hinting {
-                discard_faults: true
-            }
-        );
+        assert_eq!(c.hints, HintMode::DEFAULT);
         assert_eq!(c.reclaim, ReclaimOptions::default());
         assert_eq!((c.mem, c.vcpus, c.stats), (256 << 20, 2, None));
-        let c = config(&["--no-discard-faults", "--host-budget", "8M", "--psi"]);
+        let c = config(&[
+            "--no-discard-faults",
+            "--host-budget",
+            "8M",
+            "--psi",
+            "--hints",
+            "batched",
+        ]);
         assert_eq!(
             c.hints,
             HintMode::Hinting {
-                discard_faults: false
+                discard_faults: false,
+                transport: Transport::Batched,
             }
         );
+        assert_eq!(c.guest_cmdline_words(), ["hints=batched"]);
         assert_eq!(c.reclaim.host_budget, Some(8 << 20));
         assert_eq!(c.reclaim.psi_threshold, Some(10.0));
         assert_eq!(config(&["--no-hinting"]).hints, HintMode::Off);

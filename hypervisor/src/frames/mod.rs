@@ -5,7 +5,10 @@
 //! settles frames.
 //!
 //! - [`table`]: the per-frame state table (the guest's hinted state plus
-//!   the host's BUSY, DISCARDED and REGISTERED bits), lock-free.
+//!   the host's BUSY, DISCARDED and ARMED bits, and the host's own
+//!   REGISTERED record), lock-free.
+//! - [`shared`]: the guest's shared page-state table, when it registered
+//!   one: the table's entries then live there.
 //! - [`transition`]: which hint may move a frame between which states.
 //! - [`run`]: runs of contiguous frames and their builder.
 //! - [`host`]: the one mapping from a run of frames to a host range.
@@ -19,10 +22,12 @@
 pub mod discard;
 pub mod host;
 pub mod run;
+pub mod shared;
 pub mod table;
 pub mod transition;
 
 pub use discard::{Arming, Discarder, Method, PassReport};
 pub use host::{HostMap, HostRange};
 pub use run::{Run, RunBuilder};
+pub use shared::{ShareError, SharedEntries};
 pub use table::{FrameCounts, FrameTable, HintOutcome, StateError};

@@ -1,36 +1,43 @@
 //! The host's record of every guest frame: the guest's hinted state
-//! (`pagehint_abi::page_state::PageState`) plus two host bits, DISCARDED
-//! (the host dropped the contents since the frame was last made stable) and
-//! BUSY (the reclaimer is discarding it right now).
+//! (`pagehint_abi::page_state::PageState`) plus the host's marks, BUSY (the
+//! reclaimer is discarding it right now), DISCARDED (the host dropped the
+//! contents since the frame was last made stable) and ARMED (registered
+//! for discard faults), in the entry layout of `pagehint_abi::state_table`.
 //!
-//! One `AtomicU8` per frame; vCPU threads (hints) and the reclaimer thread
-//! change it with compare-exchange loops, so the hint path takes no lock.
-//! The protocol: the reclaimer claims a frame (Unused or Volatile, neither
-//! BUSY nor DISCARDED) by setting BUSY, drops it with `madvise`, then clears
-//! BUSY and sets DISCARDED. A hint that finds BUSY waits for it to clear, so
-//! a frame is never made stable while its contents are being dropped, and a
-//! stable-making hint always learns of a discard. This module must never
-//! discard memory itself, block on a lock, or panic on a frame number the
-//! guest chose (callers check ranges; [`FrameTable`] checks again).
+//! One atomic byte per frame, held by the host, or, once the guest
+//! registered its shared page-state table (`SET_STATE_TABLE`), the guest's
+//! own byte in guest memory ([`SharedEntries`]): then the guest changes
+//! states without exits and this table only claims, finishes and reports.
+//! vCPU threads (hints) and the reclaimer thread change an entry with
+//! compare-exchange loops, so the hint path takes no lock. The protocol is
+//! the ABI crate's (`state_table::host_try_claim`, `host_finish`, ...,
+//! checked by loom there): the reclaimer claims a frame (Unused or
+//! Volatile, neither BUSY nor DISCARDED) by setting BUSY, drops it with
+//! `madvise`, then clears BUSY and sets DISCARDED. A hint that finds BUSY
+//! waits for it to clear, so a frame is never made stable while its
+//! contents are being dropped, and a stable-making hint always learns of a
+//! discard. Whether a frame is registered with the userfaultfd is the
+//! host's own truth, in host memory ([`FrameTable::take_registered`]),
+//! whatever a shared entry says. This module must never discard memory
+//! itself, block on a lock (but the one registration switch), or panic on
+//! a frame number or an entry byte the guest chose.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 use pagehint_abi::hypercall::HintOp;
 use pagehint_abi::page_state::PageState;
+use pagehint_abi::state_table::{
+    self as entry, state_of, ARMED, BUSY, DISCARDED, STATE_MASK,
+};
 
+use crate::frames::shared::{ShareError, SharedEntries};
 use crate::frames::transition::transition;
 use serde::Serialize;
 
-/// Bits 0..=1: the `PageState`.
-const STATE_MASK: u8 = 0x03;
-/// The frame is registered with the discard-fault userfaultfd
-/// (`crate::discard_fault`); hints keep the bit, whoever clears it
-/// unregisters the frame.
-const REGISTERED: u8 = 0x20;
-/// The host dropped the contents since the frame was last made stable.
-const DISCARDED: u8 = 0x40;
-/// The reclaimer is discarding the frame.
-const BUSY: u8 = 0x80;
+/// The host's own mark (in `registered`): the frame is registered with the
+/// discard-fault userfaultfd; whoever clears it unregisters the frame.
+const REGISTERED: u8 = 0x01;
 /// Spins before a waiting hint starts yielding its CPU.
 const SPINS_BEFORE_YIELD: u32 = 128;
 
@@ -74,7 +81,15 @@ pub struct FrameCounts {
 /// The state of every guest frame.
 #[derive(Debug)]
 pub struct FrameTable {
-    frames: Box<[AtomicU8]>,
+    /// The entries while the guest has not registered a shared table.
+    own: Box<[AtomicU8]>,
+    /// The host's REGISTERED mark per frame (never in guest memory).
+    registered: Box<[AtomicU8]>,
+    /// The guest's shared table, once registered.
+    shared: OnceLock<SharedEntries>,
+    /// Held (read) by a reclaimer pass from claim to settle, and (write)
+    /// by the switch to the shared table, so that no claim straddles it.
+    switch: RwLock<()>,
     /// Frame numbers inside the table that are not RAM (the MMIO hole of a
     /// guest larger than 3 GiB): refused like frames past the end.
     hole: std::ops::Range<u64>,
@@ -85,11 +100,6 @@ pub struct FrameTable {
     total_discards: AtomicU64,
     zero_fills: AtomicU64,
     potentially_volatile: bool,
-}
-
-fn state_of(byte: u8) -> PageState {
-    // Two bits always decode; Stable is a safe fallback all the same.
-    PageState::from_u8(byte & STATE_MASK).unwrap_or(PageState::Stable)
 }
 
 /// Waits, without a lock, until a frame's BUSY bit clears.
@@ -123,10 +133,14 @@ impl FrameTable {
         potentially_volatile: bool,
     ) -> Self {
         let table: Box<[AtomicU8]> = (0..frames).map(|_| AtomicU8::new(0)).collect();
+        let registered: Box<[AtomicU8]> = (0..frames).map(|_| AtomicU8::new(0)).collect();
         let in_hole = hole.end.min(frames as u64).saturating_sub(hole.start);
         let stable = i64::try_from(frames as u64 - in_hole).unwrap_or(i64::MAX);
         Self {
-            frames: table,
+            own: table,
+            registered,
+            shared: OnceLock::new(),
+            switch: RwLock::new(()),
             hole,
             per_state: [
                 AtomicI64::new(stable),
@@ -143,22 +157,67 @@ impl FrameTable {
 
     /// Number of frames.
     pub fn len(&self) -> u64 {
-        self.frames.len() as u64
+        self.own.len() as u64
     }
 
     /// True if the table has no frames.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.own.is_empty()
     }
 
+    /// Frame `pfn`'s entry: the shared one once registered, else ours.
     fn cell(&self, pfn: u64) -> Result<&AtomicU8, StateError> {
+        let idx = self.index(pfn)?;
+        match self.shared.get() {
+            Some(s) => s.entry(pfn).ok_or(StateError::OutOfRange(pfn)),
+            None => Ok(&self.own[idx]),
+        }
+    }
+
+    /// Frame `pfn`'s index, if it is RAM in the table.
+    fn index(&self, pfn: u64) -> Result<usize, StateError> {
         if self.hole.contains(&pfn) {
             return Err(StateError::OutOfRange(pfn));
         }
         usize::try_from(pfn)
             .ok()
-            .and_then(|i| self.frames.get(i))
+            .filter(|&i| i < self.own.len())
             .ok_or(StateError::OutOfRange(pfn))
+    }
+
+    /// The host's own REGISTERED byte of frame `pfn`.
+    fn host_marks(&self, pfn: u64) -> Option<&AtomicU8> {
+        self.index(pfn).ok().map(|i| &self.registered[i])
+    }
+
+    /// Switches to the guest's shared table (`SET_STATE_TABLE`): copies
+    /// every frame's entry there, so hints sent before carry over, and
+    /// from then on reads and writes the guest's entries. Waits for a
+    /// reclaimer pass in progress to end. Once per table.
+    pub fn share(&self, entries: SharedEntries) -> Result<(), ShareError> {
+        if self.shared.get().is_some() {
+            return Err(ShareError::AlreadyShared);
+        }
+        let _no_pass = self.switch.write().unwrap_or_else(|e| e.into_inner());
+        for (pfn, own) in self.own.iter().enumerate() {
+            let v = own.load(Ordering::Acquire);
+            if let Some(e) = entries.entry(pfn as u64) {
+                if v != 0 || e.load(Ordering::Relaxed) != 0 {
+                    e.store(v & (STATE_MASK | ARMED | DISCARDED), Ordering::Release);
+                }
+            }
+        }
+        self.shared.set(entries).map_err(|_| ShareError::AlreadyShared)
+    }
+
+    /// True once the guest's shared table holds the states.
+    pub fn is_shared(&self) -> bool {
+        self.shared.get().is_some()
+    }
+
+    /// Held by a reclaimer pass from its first claim to its last settle.
+    pub fn pass_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.switch.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn account(&self, from: PageState, to: PageState) {
@@ -198,7 +257,11 @@ impl FrameTable {
                 op,
                 HintOp::SetStable | HintOp::MakeStable | HintOp::CheckWritable
             );
-            let keep = (if reports { 0 } else { cur & DISCARDED }) | (cur & REGISTERED);
+            // SET_STABLE hands a frame out afresh: its discard-fault
+            // registration is undone (`DiscardFaults::unregister_marked`),
+            // so its ARMED mark goes; the other hints keep it.
+            let armed = if op == HintOp::SetStable { 0 } else { cur & ARMED };
+            let keep = (if reports { 0 } else { cur & DISCARDED }) | armed;
             let new = (to as u8) | keep;
             match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
@@ -238,53 +301,47 @@ impl FrameTable {
         Ok(outcome)
     }
 
-    /// Is a frame in a state `class` the reclaimer may claim now?
-    fn claimable(byte: u8, class: PageState) -> bool {
-        byte & (BUSY | DISCARDED) == 0 && state_of(byte) == class && class.discardable()
+    /// The frame may never be claimed, whatever its entry says: it holds
+    /// the shared table itself.
+    fn pinned(&self, pfn: u64) -> bool {
+        self.shared.get().is_some_and(|s| s.is_own_frame(pfn))
     }
 
     /// The reclaimer claims a frame of state `class` (never Stable) for
     /// discarding: sets BUSY. False if the frame is not claimable now.
     pub fn try_claim(&self, pfn: u64, class: PageState) -> bool {
-        let Ok(cell) = self.cell(pfn) else {
-            return false;
-        };
-        let mut cur = cell.load(Ordering::Acquire);
-        while Self::claimable(cur, class) {
-            match cell.compare_exchange_weak(cur, cur | BUSY, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(actual) => cur = actual,
-            }
+        match self.cell(pfn) {
+            Ok(cell) if !self.pinned(pfn) => entry::host_try_claim(cell, class),
+            _ => false,
         }
-        false
     }
 
     /// True if the frame could be claimed for `class` now (a hint for the
     /// scan; [`FrameTable::try_claim`] decides).
     pub fn looks_claimable(&self, pfn: u64, class: PageState) -> bool {
         self.cell(pfn)
-            .is_ok_and(|c| Self::claimable(c.load(Ordering::Relaxed), class))
+            .is_ok_and(|c| entry::claimable(c.load(Ordering::Relaxed), class))
     }
 
     /// Ends a claim after the contents were dropped: clears BUSY, sets
     /// DISCARDED. Only the claimer calls this, so no hint changed the
-    /// frame in between (hints wait on BUSY).
+    /// frame in between (hints wait on BUSY; a guest that wrote its shared
+    /// entry meanwhile broke the protocol and loses the report, not the
+    /// host its count).
     pub fn finish_discard(&self, pfn: u64) {
         if let Ok(cell) = self.cell(pfn) {
-            let prev = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                (v & BUSY != 0).then_some((v & !BUSY) | DISCARDED)
-            });
-            if prev.is_ok() {
+            if entry::host_finish(cell) {
                 self.discarded_now.fetch_add(1, Ordering::Relaxed);
-                self.total_discards.fetch_add(1, Ordering::Relaxed);
             }
+            self.total_discards.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Ends a claim whose discard failed: clears BUSY, contents intact.
+    /// Ends a claim whose discard failed: clears BUSY (and the ARMED mark
+    /// its arming set), contents intact.
     pub fn abort_discard(&self, pfn: u64) {
         if let Ok(cell) = self.cell(pfn) {
-            cell.fetch_and(!BUSY, Ordering::AcqRel);
+            entry::host_abort(cell);
         }
     }
 
@@ -301,30 +358,33 @@ impl FrameTable {
             let v = c.load(Ordering::Acquire);
             match state_of(v) {
                 PageState::Volatile => v & (DISCARDED | BUSY) != 0,
-                PageState::Stable => v & REGISTERED != 0,
+                PageState::Stable => self.is_registered(pfn),
                 _ => false,
             }
         })
     }
 
-    /// Marks a frame registered with the discard-fault userfaultfd.
+    /// Marks a frame (claimed, BUSY) registered with the discard-fault
+    /// userfaultfd: the host's own mark, and ARMED in the entry for the
+    /// guest to see.
     pub fn mark_registered(&self, pfn: u64) {
-        if let Ok(cell) = self.cell(pfn) {
-            cell.fetch_or(REGISTERED, Ordering::AcqRel);
+        if let (Some(m), Ok(cell)) = (self.host_marks(pfn), self.cell(pfn)) {
+            m.fetch_or(REGISTERED, Ordering::AcqRel);
+            entry::host_arm(cell);
         }
     }
 
     /// Clears the registered mark; true if it was set (the caller then
     /// unregisters the frame, exactly once).
     pub fn take_registered(&self, pfn: u64) -> bool {
-        self.cell(pfn)
-            .is_ok_and(|c| c.fetch_and(!REGISTERED, Ordering::AcqRel) & REGISTERED != 0)
+        self.host_marks(pfn)
+            .is_some_and(|m| m.fetch_and(!REGISTERED, Ordering::AcqRel) & REGISTERED != 0)
     }
 
     /// True if the frame carries the registered mark.
     pub fn is_registered(&self, pfn: u64) -> bool {
-        self.cell(pfn)
-            .is_ok_and(|c| c.load(Ordering::Acquire) & REGISTERED != 0)
+        self.host_marks(pfn)
+            .is_some_and(|m| m.load(Ordering::Acquire) & REGISTERED != 0)
     }
 
     /// Breaks a discard-fault livelock: a Volatile, discarded frame becomes
@@ -340,7 +400,8 @@ impl FrameTable {
             if state_of(cur) != PageState::Volatile || cur & DISCARDED == 0 {
                 return false;
             }
-            let new = (PageState::Stable as u8) | (cur & REGISTERED);
+            // The caller unregisters it: no ARMED mark is left.
+            let new = PageState::Stable as u8;
             match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.account(PageState::Volatile, PageState::Stable);
@@ -353,8 +414,24 @@ impl FrameTable {
         }
     }
 
-    /// Frames per state and discarded now.
+    /// Frames per state and discarded now. With a shared table the guest
+    /// changes states without telling, so they are counted from its
+    /// entries (one pass over them).
     pub fn counts(&self) -> FrameCounts {
+        if let Some(s) = self.shared.get() {
+            let mut c = FrameCounts::default();
+            for pfn in (0..self.len()).filter(|p| !self.hole.contains(p)) {
+                let v = s.entry(pfn).map_or(0, |e| e.load(Ordering::Relaxed));
+                match state_of(v) {
+                    PageState::Stable => c.stable += 1,
+                    PageState::Unused => c.unused += 1,
+                    PageState::Volatile => c.volatile += 1,
+                    PageState::PotentiallyVolatile => c.potentially_volatile += 1,
+                }
+                c.discarded += u64::from(v & DISCARDED != 0);
+            }
+            return c;
+        }
         let get = |a: &AtomicI64| u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0);
         FrameCounts {
             stable: get(&self.per_state[PageState::Stable as usize]),

@@ -75,6 +75,8 @@ pub fn discard_pass_with(
     method: Method,
     arming: Option<&dyn Arming>,
 ) -> PassReport {
+    // No switch to the guest's shared table while claims are out.
+    let _pass = table.pass_guard();
     let mut report = PassReport::default();
     let mut chunk = RunBuilder::default();
     let frames = table.len().min(resident.pages());

@@ -224,11 +224,10 @@ impl Vcpu {
         supported: &CpuId,
         count: u8,
         entry: u64,
-        hints: bool,
-        discard_faults: bool,
+        features: u32,
     ) -> Result<(), VcpuError> {
         let index = self.index;
-        setup_cpuid(&self.fd, supported, index, count, hints, discard_faults)
+        setup_cpuid(&self.fd, supported, index, count, features)
             .map_err(|source| VcpuError::Cpuid { index, source })?;
         setup_lint(&self.fd).map_err(|source| VcpuError::Regs { index, source })?;
         if index == 0 {

@@ -9,7 +9,7 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 use kvm_ioctls::VcpuFd;
-use pagehint_abi::cpuid::{features, signature_regs, LEAF_FEATURES, LEAF_SIGNATURE};
+use pagehint_abi::cpuid::{signature_regs, LEAF_FEATURES, LEAF_SIGNATURE};
 use pagehint_abi::ports::HYPERCALL_PORT;
 use pagehint_abi::ABI_VERSION;
 
@@ -38,21 +38,9 @@ pub struct VcpuTopology {
     pub count: u8,
     /// Guest TSC frequency in kHz, or 0 if unknown.
     pub tsc_khz: u32,
-    /// Advertise page hints (`features::PAGE_HINTS`); off with
-    /// `--no-hinting`.
-    pub hints: bool,
-    /// Advertise discard faults (`features::DISCARD_FAULTS`, only with
-    /// hints); off with `--no-discard-faults`.
-    pub discard_faults: bool,
-}
-
-/// The feature bits of our leaf.
-pub fn feature_bits(hints: bool, discard_faults: bool) -> u32 {
-    match (hints, discard_faults) {
-        (true, true) => features::HYPERCALLS | features::PAGE_HINTS | features::DISCARD_FAULTS,
-        (true, false) => features::HYPERCALLS | features::PAGE_HINTS,
-        (false, _) => features::HYPERCALLS,
-    }
+    /// The feature bits of our leaf (`pagehint_abi::cpuid::features`), as
+    /// the hint mode gives them (`HintMode::cpuid_features`).
+    pub features: u32,
 }
 
 fn leaf(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
@@ -94,7 +82,7 @@ pub fn vcpu_cpuid(supported: &CpuId, topo: VcpuTopology) -> Result<CpuId, CpuidE
     entries.push(leaf(
         LEAF_FEATURES,
         ABI_VERSION,
-        feature_bits(topo.hints, topo.discard_faults),
+        topo.features,
         u32::from(HYPERCALL_PORT),
         topo.tsc_khz,
     ));
@@ -107,8 +95,7 @@ pub fn setup_cpuid(
     supported: &CpuId,
     index: u8,
     count: u8,
-    hints: bool,
-    discard_faults: bool,
+    features: u32,
 ) -> Result<(), CpuidError> {
     let tsc_khz = vcpu.get_tsc_khz().unwrap_or_else(|e| {
         log::debug!("KVM_GET_TSC_KHZ failed ({e}); advertising 0");
@@ -120,8 +107,7 @@ pub fn setup_cpuid(
             index,
             count,
             tsc_khz,
-            hints,
-            discard_faults,
+            features,
         },
     )?;
     vcpu.set_cpuid2(&table).map_err(CpuidError::Set)
@@ -130,6 +116,7 @@ pub fn setup_cpuid(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pagehint_abi::cpuid::features;
 
     fn find(c: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
         *c.as_slice()
@@ -160,8 +147,7 @@ mod tests {
             index: 3,
             count: 4,
             tsc_khz: 2_000_000,
-            hints: true,
-            discard_faults: true,
+            features: features::HYPERCALLS | features::PAGE_HINTS,
         };
         let c = vcpu_cpuid(&synthetic(), topo).unwrap();
         let l1 = find(&c, 1, 0);
@@ -186,8 +172,7 @@ mod tests {
             index: 0,
             count: 1,
             tsc_khz: 1234,
-            hints: false,
-            discard_faults: true,
+            features: features::HYPERCALLS,
         };
         let c = vcpu_cpuid(&synthetic(), topo).unwrap();
         let sig = find(&c, LEAF_SIGNATURE, 0);
@@ -203,29 +188,19 @@ mod tests {
                 1234
             )
         );
+        let all = features::HYPERCALLS
+            | features::PAGE_HINTS
+            | features::DISCARD_FAULTS
+            | features::SHARED_STATES;
         let hinted = vcpu_cpuid(
             &synthetic(),
             VcpuTopology {
-                hints: true,
+                features: all,
                 ..topo
             },
         )
         .unwrap();
-        assert_eq!(
-            find(&hinted, LEAF_FEATURES, 0).ebx,
-            features::HYPERCALLS | features::PAGE_HINTS | features::DISCARD_FAULTS
-        );
-        let no_df = VcpuTopology {
-            hints: true,
-            discard_faults: false,
-            ..topo
-        };
-        let c2 = vcpu_cpuid(&synthetic(), no_df).unwrap();
-        assert_eq!(
-            find(&c2, LEAF_FEATURES, 0).ebx,
-            features::HYPERCALLS | features::PAGE_HINTS
-        );
-        assert_eq!(feature_bits(false, true), features::HYPERCALLS);
+        assert_eq!(find(&hinted, LEAF_FEATURES, 0).ebx, all);
         let ours = c
             .as_slice()
             .iter()
