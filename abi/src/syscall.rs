@@ -107,6 +107,9 @@ pub struct KernelStats {
     /// Discarded frames put on the delayed-free list, and released from it.
     pub discard_listed: u64,
     pub discard_released: u64,
+    /// Of `hints`, the state changes made in the shared page-state table
+    /// (no exit).
+    pub shared_hints: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.

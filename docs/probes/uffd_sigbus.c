@@ -14,10 +14,14 @@
  * (preset to 0xa5a5...), RIP, time spent in the ioctl. The first EFAULT is
  * re-entered unchanged (is it repeatable?), the second is resolved with
  * UFFDIO_ZEROPAGE (read) or UFFDIO_COPY (write) and re-entered. A KVM_EXIT_MMIO
- * read is completed with 0x5a5a... as data. Two default-mode cases (handler
- * thread answering UFFDIO_ZEROPAGE/COPY, no SIGBUS) at CPL0 are included
- * for comparison. KVM_CHECK_EXTENSION and KVM_ENABLE_CAP for
- * KVM_CAP_MEMORY_FAULT_INFO are tried on /dev/kvm, the VM and the vCPU.
+ * read is completed with 0x5a5a... as data. For comparison: two default-mode
+ * cases at CPL0 (handler thread answering UFFDIO_ZEROPAGE/COPY, no SIGBUS),
+ * and two where the handler only signals the vCPU thread and nothing resolves
+ * (the project's current kick; CPL3 and CPL0), which run until the alarm; a
+ * watchdog thread reports a KVM_RUN that SIGALRM does not bring back (the
+ * CPL0 one here: the parent kills it after 12 s). KVM_CHECK_EXTENSION and
+ * KVM_ENABLE_CAP for KVM_CAP_MEMORY_FAULT_INFO are tried on /dev/kvm, the VM
+ * and the vCPU.
  *
  * Part 2 (round trip, CPL3): a guest user-mode loop touches N discarded pages
  * in a row, timing each touch with rdtsc (converted with KVM_GET_TSC_KHZ).
@@ -25,12 +29,16 @@
  *   none      no userfaultfd: the kernel's own zero-page/anon first touch
  *   plain     handler thread reads uffd events, answers UFFDIO_ZEROPAGE (read)
  *             or UFFDIO_COPY (write); the vCPU thread stays blocked in KVM
+ *   sigbus-oob UFFD_FEATURE_SIGBUS: KVM_RUN fails with EFAULT; the vCPU thread
+ *             takes the GPA from the probe's own bookkeeping (what a filled
+ *             memory_fault.gpa would give for free), resolves it with
+ *             UFFDIO_ZEROPAGE (read) or UFFDIO_COPY (write) and re-enters
  *   sigbus    UFFD_FEATURE_SIGBUS: KVM_RUN fails with EFAULT; the vCPU thread
  *             finds the GPA (memory_fault.gpa if exit_reason is 39, else
  *             KVM_GET_REGS + KVM_TRANSLATE of the operand register), resolves
  *             it with ZEROPAGE/COPY and re-enters
- *   sigbus+ve as sigbus, then injects vector 20 (#VE) with
- *             KVM_SET_VCPU_EVENTS; the guest handler is a bare iretq
+ *   sigbus+ve as sigbus (resolve first), then inject vector 20 (#VE) with
+ *             KVM_GET/SET_VCPU_EVENTS; the guest handler is a bare iretq
  *   signal+ve the current project path: handler thread reads the event and
  *             signals the vCPU thread, KVM_RUN returns EINTR, the vCPU thread
  *             resolves, injects vector 20 and re-enters
@@ -39,8 +47,9 @@
  * Build and run (as root, needs /dev/kvm, x86-64):
  *   gcc -O2 -Wall -o uffd_sigbus docs/probes/uffd_sigbus.c -lpthread
  *   timeout 300 ./uffd_sigbus [pages-per-round (default 1024) [rounds (default 3)]]
- * Written for the nested kvm_pvm host of the development machines; nothing in
- * it is specific to that host.
+ * (docs/probes/uffd_sigbus.md used `./uffd_sigbus 2048 4`: about 25 s.)
+ * Written for the nested kvm_pvm host of the development machines but uses only
+ * the raw KVM API, so it runs unchanged on hardware KVM for comparison.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -74,6 +83,7 @@
 #define MEM_SIZE (16ul << 20)
 #define GDT_GPA 0x1000ul
 #define TSS_GPA 0x1100ul
+#define TSS_LIMIT 0x70ul
 #define IDT_GPA 0x2000ul
 #define PML4_GPA 0x3000ul
 #define PDPT_GPA 0x4000ul
@@ -116,9 +126,10 @@ extern const unsigned char g_tr[], g_tr_end[], g_tw[], g_tw_end[];
 extern const unsigned char g_lr[], g_lr_end[], g_lw[], g_lw_end[];
 
 struct vm {
-	int kvm, fd, cpu;
+	int kvm, fd, cpu, cpl;
 	struct kvm_run *run;
 	uint8_t *mem;
+	struct kvm_sregs sregs; /* restored before every run: an exception leaves CPL0 */
 };
 
 static int g_uffd_plain = -1, g_uffd_sigbus = -1;
@@ -186,15 +197,19 @@ static void build_guest_tables(uint8_t *mem)
 		0x00cf92000000ffffull, /* 0x10 kernel data */
 		0x00affa000000ffffull, /* 0x18 user code, 64-bit, DPL3 */
 		0x00cff2000000ffffull, /* 0x20 user data, DPL3 */
-		0x67 | ((TSS_GPA & 0xffffff) << 16) | (0x89ull << 40) |
+		TSS_LIMIT | ((TSS_GPA & 0xffffff) << 16) | (0x89ull << 40) |
 			(((TSS_GPA >> 24) & 0xff) << 56), /* 0x28 TSS */
 		0,
 	};
 	memcpy(mem + GDT_GPA, gdt, sizeof gdt);
 	uint64_t rsp0 = KSTACK_TOP;
 	memcpy(mem + TSS_GPA + 4, &rsp0, 8);
+	/* An I/O bitmap allowing ports 0..63 (the I/O-permission check here
+	 * consults it at CPL3 even with IOPL 3), then the 0xff terminator. */
 	uint16_t iomap = 0x68;
 	memcpy(mem + TSS_GPA + 0x66, &iomap, 2);
+	memset(mem + TSS_GPA + 0x68, 0, 8);
+	mem[TSS_GPA + 0x70] = 0xff;
 
 	/* Vector 20 (#VE): iretq. Every other vector: report it on port 0x21. */
 	for (int v = 0; v < 256; v++) {
@@ -259,7 +274,7 @@ static void vm_open(struct vm *v, int cpl)
 	ds.selector = cpl ? 0x23 : 0x10, ds.type = 3, ds.l = 0, ds.db = 1;
 	s.cs = cs;
 	s.ds = s.es = s.fs = s.gs = s.ss = ds;
-	struct kvm_segment tr = {.base = TSS_GPA, .limit = 0x67, .selector = 0x28, .type = 11,
+	struct kvm_segment tr = {.base = TSS_GPA, .limit = TSS_LIMIT, .selector = 0x28, .type = 11,
 				 .present = 1, .s = 0};
 	s.tr = tr;
 	s.gdt.base = GDT_GPA, s.gdt.limit = 7 * 8 - 1;
@@ -270,6 +285,7 @@ static void vm_open(struct vm *v, int cpl)
 	s.efer = 0x500; /* LME LMA */
 	if (ioctl(v->cpu, KVM_SET_SREGS, &s))
 		die("KVM_SET_SREGS");
+	v->sregs = s, v->cpl = cpl;
 }
 
 static void vm_close(struct vm *v)
@@ -280,6 +296,8 @@ static void vm_close(struct vm *v)
 
 static void set_regs(struct vm *v, int cpl, uint64_t rip, uint64_t rdi, uint64_t rsi, uint64_t rbx)
 {
+	if (cpl != v->cpl || ioctl(v->cpu, KVM_SET_SREGS, &v->sregs))
+		die("set_regs: CPL or KVM_SET_SREGS");
 	struct kvm_regs r = {0};
 	r.rip = rip, r.rdi = rdi, r.rsi = rsi, r.rbx = rbx;
 	r.rflags = 0x3002; /* IOPL 3 so that CPL3 may use out; IF clear */
@@ -380,13 +398,14 @@ static int page_present(void *hva)
 
 struct tcase {
 	const char *name;
-	int cpl, write, sigbus;
+	int cpl, write, sigbus, signal; /* signal: default mode, handler only signals */
 };
 
 static const char *exit_name(uint32_t r)
 {
 	static char b[32];
 	switch (r) {
+	case KVM_EXIT_UNKNOWN: return "UNKNOWN";
 	case KVM_EXIT_IO: return "IO";
 	case KVM_EXIT_MMIO: return "MMIO";
 	case KVM_EXIT_HLT: return "HLT";
@@ -415,6 +434,23 @@ static void print_caps(struct vm *v)
 	       r1, r1 ? strerror(e1) : "ok", r2, r2 ? strerror(e2) : "ok");
 }
 
+static volatile int g_case_done;
+
+/* Reports a KVM_RUN that neither the guest nor SIGALRM brought back. */
+static void *watchdog_main(void *arg)
+{
+	(void)arg;
+	for (int s = 1; s <= 11; s++) {
+		sleep(1);
+		if (g_case_done)
+			return NULL;
+		if (s == 6 || s == 10)
+			printf("  watchdog: %d s in, KVM_RUN has not returned (SIGALRM sent at 5 s); "
+			       "uffd events read so far: %ld\n", s, (long)g_handler_events);
+	}
+	return NULL;
+}
+
 static void single_case(const struct tcase *t)
 {
 	install_signals();
@@ -429,18 +465,25 @@ static void single_case(const struct tcase *t)
 	if (madvise(page, PAGE, MADV_DONTNEED))
 		die("madvise");
 	printf("  page gpa 0x%lx discarded (present=%d); uffd %s; guest CPL%d %s\n", RANGE_GPA,
-	       page_present(page), t->sigbus ? "UFFD_FEATURE_SIGBUS" : "default (handler thread resolves)",
+	       page_present(page), t->sigbus ? "UFFD_FEATURE_SIGBUS"
+	       : t->signal ? "default (handler thread signals the vCPU thread, never resolves)"
+			   : "default (handler thread resolves)",
 	       t->cpl, t->write ? "write of 0x1122334455667788" : "read");
 	if (!t->sigbus) {
 		pthread_t h;
-		g_handler_mode = 0;
+		g_handler_mode = t->signal;
 		pthread_create(&h, NULL, handler_main, (void *)(intptr_t)fd);
 	}
 	set_regs(&v, t->cpl, CODE_GPA + (t->write ? 0x1000 : 0), RANGE_GPA, 0x1122334455667788ull, 0);
 
 	int efaults = 0, mmio_pending = 0;
+	long eintr = 0;
 	char first[256] = "";
+	pthread_t wd;
+	pthread_create(&wd, NULL, watchdog_main, NULL);
 	alarm(5);
+	/* At most 6 KVM_RUN calls, not counting signal kicks (EINTR), which are
+	 * re-entered until the guest completes or the alarm fires. */
 	for (int attempt = 1; attempt <= 6; attempt++) {
 		uint64_t *mf = memfault_words(&v);
 		if (!mmio_pending) {
@@ -463,13 +506,24 @@ static void single_case(const struct tcase *t)
 			 ret, ret < 0 ? strerrorname_np(err) : "0", exit_name(reason), reason,
 			 reason == KVM_EXIT_MMIO || reason == KVM_EXIT_IO ? "n/a (union holds mmio/io)" : mfs,
 			 (unsigned long long)g.rip, us);
+		if (ret < 0 && err == EINTR && !g_alarm && ++eintr > 2) {
+			if (eintr == 3)
+				printf("  ... (further EINTR returns not printed)\n");
+			attempt--;
+			continue;
+		}
 		printf("  KVM_RUN #%d: %s\n", attempt, line);
 		if (attempt == 1)
 			snprintf(first, sizeof first, "%s", line);
 		if (ret < 0 && err == EINTR && g_alarm) {
-			printf("  -> no guest progress for 5 s (alarm): blocked or livelocked, %ld uffd events\n",
-			       (long)g_handler_events);
+			printf("  -> no guest progress for 5 s (alarm): blocked or livelocked; %ld uffd events, "
+			       "%ld EINTR returns before the alarm\n", (long)g_handler_events, eintr);
 			break;
+		}
+		if (ret < 0 && err == EINTR) {
+			printf("  -> signal kick (uffd event read by the handler); re-entering without resolving\n");
+			attempt--;
+			continue;
 		}
 		if (ret == 0 && reason == KVM_EXIT_IO && v.run->io.port == PORT_DONE) {
 			printf("  -> guest completed the access: rax=0x%llx page present=%d first word=0x%llx\n",
@@ -503,6 +557,7 @@ static void single_case(const struct tcase *t)
 		break;
 	}
 	alarm(0);
+	g_case_done = 1;
 	printf("  SIGBUS signals delivered to the process: %d\n", (int)g_sigbus_count);
 	printf("RESULT %-22s first KVM_RUN: %s\n", t->name, first);
 	fflush(stdout);
@@ -539,8 +594,8 @@ static void run_case_in_child(const struct tcase *t)
 
 /* ------------------------------------------------------ part 2: round trip */
 
-enum { P_NONE, P_PLAIN, P_SIGBUS, P_SIGBUS_VE, P_SIGNAL_VE, NPATH };
-static const char *path_name[NPATH] = {"none", "plain", "sigbus", "sigbus+ve", "signal+ve"};
+enum { P_NONE, P_PLAIN, P_SIGBUS_OOB, P_SIGBUS, P_SIGBUS_VE, P_SIGNAL_VE, NPATH };
+static const char *path_name[NPATH] = {"none", "plain", "sigbus-oob", "sigbus", "sigbus+ve", "signal+ve"};
 
 struct cell {
 	double *us;
@@ -586,9 +641,11 @@ static int round_trip(struct vm *v, int path, int write, int n, struct cell *c, 
 			       *(uint32_t *)((char *)v->run + v->run->io.data_offset));
 			break;
 		}
-		if (ret < 0 && err == EFAULT && (path == P_SIGBUS || path == P_SIGBUS_VE)) {
+		if (ret < 0 && err == EFAULT && (path == P_SIGBUS || path == P_SIGBUS_VE || path == P_SIGBUS_OOB)) {
 			uint64_t gpa;
-			if (v->run->exit_reason == KVM_EXIT_MEMORY_FAULT) {
+			if (path == P_SIGBUS_OOB) { /* pages fault once each, in order */
+				gpa = RANGE_GPA + exits * PAGE;
+			} else if (v->run->exit_reason == KVM_EXIT_MEMORY_FAULT) {
 				gpa = memfault_words(v)[1];
 				mfx++;
 			} else { /* no address from KVM: find it from the guest state */
@@ -719,12 +776,14 @@ int main(int argc, char **argv)
 	memset(g_zero_src, 0, PAGE);
 
 	static const struct tcase cases[] = {
-		{"sigbus cpl3 read", 3, 0, 1},
-		{"sigbus cpl3 write", 3, 1, 1},
-		{"sigbus cpl0 read", 0, 0, 1},
-		{"sigbus cpl0 write", 0, 1, 1},
-		{"default cpl0 read", 0, 0, 0},
-		{"default cpl0 write", 0, 1, 0},
+		{"sigbus cpl3 read", 3, 0, 1, 0},
+		{"sigbus cpl3 write", 3, 1, 1, 0},
+		{"sigbus cpl0 read", 0, 0, 1, 0},
+		{"sigbus cpl0 write", 0, 1, 1, 0},
+		{"default cpl0 read", 0, 0, 0, 0},
+		{"default cpl0 write", 0, 1, 0, 0},
+		{"signal cpl3 read", 3, 0, 0, 1},
+		{"signal cpl0 read", 0, 0, 0, 1},
 	};
 	printf("part 1: what KVM_RUN returns for an access to a discarded, uffd-registered page\n");
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

@@ -19,14 +19,17 @@ pub struct Cmdline<'a> {
     pub copies: Option<u32>,
     /// `virtio_mmio.device=SIZE@BASE:IRQ`, if given.
     pub virtio_mmio: Option<VirtioMmio>,
-    /// `hints=batched|unbatched|fpr`: how page hints travel.
+    /// `hints=shared|batched|unbatched|fpr`: how page hints travel.
     pub hints: HintsOption,
 }
 
 /// The `hints=` option.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HintsOption {
+    /// The shared page-state table when the VMM offers it (CPUID
+    /// `SHARED_STATES`), else batched hypercalls.
     #[default]
+    Shared,
     Batched,
     Unbatched,
     /// Free page reporting only (the baseline).
@@ -74,7 +77,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
     let mut program = None;
     let mut copies = None;
     let mut virtio_mmio = None;
-    let mut hints = HintsOption::Batched;
+    let mut hints = HintsOption::default();
     let mut args = "";
     let mut rest = text.trim();
     while !rest.is_empty() {
@@ -94,6 +97,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
                     }
                     "hints" => {
                         hints = match value {
+                            "shared" => HintsOption::Shared,
                             "batched" => HintsOption::Batched,
                             "unbatched" => HintsOption::Unbatched,
                             "fpr" => HintsOption::Fpr,
@@ -169,7 +173,15 @@ mod tests {
 
     #[test]
     fn hint_modes() {
-        assert_eq!(parse("hello").unwrap().hints, HintsOption::Batched);
+        assert_eq!(parse("hello").unwrap().hints, HintsOption::Shared);
+        assert_eq!(
+            parse("hints=batched hello").unwrap().hints,
+            HintsOption::Batched
+        );
+        assert_eq!(
+            parse("hints=shared hello").unwrap().hints,
+            HintsOption::Shared
+        );
         assert_eq!(parse("hints=fpr hello").unwrap().hints, HintsOption::Fpr);
         assert_eq!(
             parse("hints=unbatched hello").unwrap().hints,

@@ -7,16 +7,25 @@
 //! out while the host still thinks it free), and `SET_STABLE` reaches the
 //! VMM before a reused frame is handed to its new owner.
 //!
+//! With a shared page-state table (`pagehint_abi::state_table`) the same
+//! rules hold through the table instead: a freed frame's entry says Unused
+//! before the frame goes back, a reused frame's entry is made Stable (and
+//! the host's drop of it learnt) before it is handed out, all without an
+//! exit; only a frame the host registered for discard faults (ARMED) costs
+//! a `SET_STABLE` hypercall, batched with the others of its refill.
+//!
 //! The machine (the batch page, the hypercall, the frame allocator) comes
 //! in through [`HintHost`]; the kernel implements it over its per-CPU data
 //! with interrupts off (`mm::hints`), the tests with a fake VMM. Nothing
 //! here may touch the batch page other than through the trait.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use pagehint_abi::hypercall::{
     CallResult, HintBatch, HintEntry, HintOp, HintResult, HINT_BATCH_MAX,
 };
+use pagehint_abi::page_state::PageState;
+use pagehint_abi::state_table;
 use pagehint_abi::{GuestPhys, Pfn};
 
 /// Frames per pool refill and per free batch: one exit carries this many
@@ -26,6 +35,8 @@ pub const POOL_BATCH: usize = 64;
 pub const NOW_MAX: usize = 32;
 /// Marks a pooled frame known to hold zeroes (low bit of its address).
 const ZERO: u64 = 1;
+// `refill` keeps one bit per pooled frame in a u64.
+const _: () = assert!(POOL_BATCH <= 64);
 
 /// What the hinting logic needs from the machine, for one CPU.
 pub trait HintHost {
@@ -48,6 +59,9 @@ pub trait HintHost {
     fn give_back_frames(&mut self, frames: &[GuestPhys]);
     /// Fresh frames are known to read as zeroes (true under this VMM).
     fn fresh_frames_are_zero(&self) -> bool;
+    /// The frame's entry in the shared page-state table, when the guest
+    /// registered one: states then change there, without exits.
+    fn shared_entry(&self, pfn: Pfn) -> Option<&AtomicU8>;
     /// Where the counters go.
     fn counters(&self) -> &Counters;
 }
@@ -63,6 +77,8 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Zeroing skipped because the frame was known zero.
     pub zero_skips: AtomicU64,
+    /// State changes made in the shared table (no exit); also in `hints`.
+    pub shared: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +88,7 @@ impl Counters {
             batches: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             zero_skips: AtomicU64::new(0),
+            shared: AtomicU64::new(0),
         }
     }
 }
@@ -258,8 +275,28 @@ impl CpuHints {
             ready[i] = if fresh && fresh_zero { pa | ZERO } else { pa };
             slots[i] = if fresh || !hinting { usize::MAX } else { 0 };
         });
-        // Reused frames were announced unused: make them stable first, all
-        // in one batch (room is made first, so no slot is committed early).
+        // Reused frames were announced unused: make them stable first. In
+        // the shared table that is a compare-and-swap each, and only the
+        // frames the host armed for discard faults need a SET_STABLE;
+        // otherwise every one does. Either way all in one batch (room is
+        // made first, so no slot is committed early).
+        let mut shared_zero = 0u64;
+        for (i, slot) in slots[..got].iter_mut().enumerate() {
+            if *slot != 0 {
+                continue;
+            }
+            let pfn = GuestPhys(self.ready[i] & !ZERO).pfn();
+            if let Some(e) = m.shared_entry(pfn) {
+                let t = state_table::guest_make_stable(e);
+                count_shared(m.counters());
+                if t.discarded {
+                    shared_zero |= 1 << i;
+                }
+                if !t.armed {
+                    *slot = usize::MAX;
+                }
+            }
+        }
         if slots[..got].contains(&0) {
             if self.count + got > HINT_BATCH_MAX {
                 self.commit_now(m);
@@ -279,6 +316,11 @@ impl CpuHints {
                 }
             }
         }
+        for (i, tagged) in self.ready[..got].iter_mut().enumerate() {
+            if shared_zero & (1 << i) != 0 {
+                *tagged |= ZERO;
+            }
+        }
         self.nready = got;
     }
 
@@ -293,7 +335,15 @@ impl CpuHints {
     }
 
     fn drain(&mut self, m: &mut impl HintHost) {
-        if m.enabled() && m.has_page() {
+        let shared = m.enabled() && self.nfreed > 0 && m.shared_entry(self.freed[0].pfn()).is_some();
+        if shared {
+            for pa in &self.freed[..self.nfreed] {
+                if let Some(e) = m.shared_entry(pa.pfn()) {
+                    state_table::guest_release(e, PageState::Unused);
+                    count_shared(m.counters());
+                }
+            }
+        } else if m.enabled() && m.has_page() {
             // Coalesce contiguous runs into one entry each.
             let mut i = 0;
             while i < self.nfreed {
@@ -317,6 +367,12 @@ impl CpuHints {
             self.drain(m);
         }
     }
+}
+
+/// Counts one state change made in the shared table.
+fn count_shared(c: &Counters) {
+    c.hints.fetch_add(1, Ordering::Relaxed);
+    c.shared.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Default for CpuHints {

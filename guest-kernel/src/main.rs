@@ -32,6 +32,7 @@ use core::sync::atomic::Ordering;
 use arch::{apic, boot, cpu, gdt, idt};
 use guest_kernel::cmdline;
 use guest_kernel::elf::Elf;
+use pagehint_abi::cpuid::features;
 use pagehint_abi::boot::CMDLINE_MAX;
 use pagehint_abi::exit::guest;
 
@@ -110,10 +111,10 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
     clock::init(hv.map_or(0, |h| h.tsc_khz));
     match hv {
         Some(h) => {
-            if h.features & pagehint_abi::cpuid::features::PAGE_HINTS != 0 {
+            if h.features & features::PAGE_HINTS != 0 {
                 mm::hints::enable();
             }
-            mm::discard::init_cpu(h.features & pagehint_abi::cpuid::features::DISCARD_FAULTS != 0);
+            mm::discard::init_cpu(h.features & features::DISCARD_FAULTS != 0);
             let r = hv::hello(0).map(hv::wire);
             println!(
                 "guest: hypervisor PageHintVMM, ABI {}, hypercall port {:#x} (hello: {:?}), TSC {} kHz",
@@ -121,6 +122,33 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             );
         }
         None => println!("guest: not under PageHintVMM; running without hypercalls"),
+    }
+    let line = read_cmdline(info.cmdline_paddr);
+    let cmd = match cmdline::parse(line) {
+        Ok(c) => c,
+        Err(e) => fail(
+            guest::BAD_COMMAND_LINE,
+            format_args!("command line {line:?}: {e:?}"),
+        ),
+    };
+    // Before the other CPUs run: the shared table must be registered
+    // while only this CPU hints.
+    match cmd.hints {
+        cmdline::HintsOption::Shared => {
+            mm::hints::set_mode(mm::hints::Mode::Batched);
+            let offered = hv.is_some_and(|h| h.features & features::SHARED_STATES != 0);
+            if offered && mm::hints::enabled() && mm::hints::share_table() {
+                println!("guest: page states shared with the VMM (no hint exits)");
+            }
+        }
+        cmdline::HintsOption::Batched => mm::hints::set_mode(mm::hints::Mode::Batched),
+        cmdline::HintsOption::Unbatched => mm::hints::set_mode(mm::hints::Mode::Unbatched),
+        cmdline::HintsOption::Fpr => {
+            mm::hints::set_mode(mm::hints::Mode::FreePageReporting);
+            if hv.is_some() {
+                mm::report::init(mm::max_pfn());
+            }
+        }
     }
     let wanted = smp::cpu_count();
     let cpus = smp::start_aps(wanted, hv.map_or(0, |h| h.tsc_khz));
@@ -140,24 +168,6 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             guest::BAD_MACHINE,
             format_args!("only {cpus} of {wanted} cpus came up"),
         );
-    }
-    let line = read_cmdline(info.cmdline_paddr);
-    let cmd = match cmdline::parse(line) {
-        Ok(c) => c,
-        Err(e) => fail(
-            guest::BAD_COMMAND_LINE,
-            format_args!("command line {line:?}: {e:?}"),
-        ),
-    };
-    match cmd.hints {
-        cmdline::HintsOption::Batched => mm::hints::set_mode(mm::hints::Mode::Batched),
-        cmdline::HintsOption::Unbatched => mm::hints::set_mode(mm::hints::Mode::Unbatched),
-        cmdline::HintsOption::Fpr => {
-            mm::hints::set_mode(mm::hints::Mode::FreePageReporting);
-            if hv.is_some() {
-                mm::report::init(mm::max_pfn());
-            }
-        }
     }
     if let Some(dev) = cmd.virtio_mmio {
         match drivers::virtio_blk::init(dev.base, dev.irq, trap::VIRTIO_BLK_VECTOR) {
@@ -209,7 +219,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
 extern "C" fn kmain_ap(index: u32) -> ! {
     init_cpu(index as usize);
     if let Some(h) = hv::Hypervisor::detect() {
-        mm::discard::init_cpu(h.features & pagehint_abi::cpuid::features::DISCARD_FAULTS != 0);
+        mm::discard::init_cpu(h.features & features::DISCARD_FAULTS != 0);
     }
     println!("guest: cpu {} online (apic id {})", index, apic::id());
     if let Some(r) = hv::hello(index).map(hv::wire) {

@@ -76,6 +76,7 @@ fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
         discard_faults: after.discard_faults - before.discard_faults,
         discard_listed: after.discard_listed - before.discard_listed,
         discard_released: after.discard_released - before.discard_released,
+        shared_hints: after.shared_hints - before.shared_hints,
     }
 }
 
@@ -135,11 +136,11 @@ pub fn scan(passes: u64, how: Access) -> u32 {
         "scan-mmap"
     };
     say!(
-        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={} discard_faults={} discard_listed={} discard_released={}",
+        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={} discard_faults={} discard_listed={} discard_released={} shared_hints={}",
         k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
         k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames, k.hints, k.hint_batches,
         k.hint_errors, k.volatile_discarded, k.zero_fill_skips, k.volatile_frames, k.discard_faults,
-        k.discard_listed, k.discard_released
+        k.discard_listed, k.discard_released, k.shared_hints
     );
     if errors == 0 {
         guest::SUCCESS
@@ -273,8 +274,8 @@ pub fn churn(rest: &str) -> u32 {
     let ms = (clock_ns() - t0) / 1_000_000;
     let k = counters_line(&before, &kstats());
     say!(
-        "result: program=churn waves={waves} bytes={} ms={ms} errors={errors} faults={} free_frames={} hints={} hint_batches={} hint_errors={} zero_fill_skips={}",
-        waves * (mib << 20), k.page_faults, k.free_frames, k.hints, k.hint_batches, k.hint_errors, k.zero_fill_skips
+        "result: program=churn waves={waves} bytes={} ms={ms} errors={errors} faults={} free_frames={} hints={} hint_batches={} hint_errors={} zero_fill_skips={} shared_hints={}",
+        waves * (mib << 20), k.page_faults, k.free_frames, k.hints, k.hint_batches, k.hint_errors, k.zero_fill_skips, k.shared_hints
     );
     if errors == 0 {
         guest::SUCCESS

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::vec::Vec;
 
 use pagehint_abi::hypercall::{HintBatch, HintEntry, HintOp, HINT_BATCH_MAX};
+use pagehint_abi::state_table::{state_of, ARMED, DISCARDED};
 use pagehint_abi::PAGE_SIZE;
 
 use super::*;
@@ -31,6 +32,8 @@ struct Fake {
     dropped: BTreeSet<u64>,
     events: Vec<Event>,
     counters: Counters,
+    /// The shared page-state table, when the guest registered one.
+    shared: Option<Vec<AtomicU8>>,
 }
 
 impl Fake {
@@ -49,7 +52,19 @@ impl Fake {
             dropped: BTreeSet::new(),
             events: Vec::new(),
             counters: Counters::new(),
+            shared: None,
         }
+    }
+
+    /// A fake whose guest registered a shared table covering its frames.
+    fn with_shared(frames: u64) -> Self {
+        let mut m = Self::new(frames);
+        m.shared = Some((0..100 + frames).map(|_| AtomicU8::new(0)).collect());
+        m
+    }
+
+    fn entry(&self, pfn: u64) -> u8 {
+        self.shared.as_ref().unwrap()[pfn as usize].load(Ordering::Relaxed)
     }
 
     fn batches(&self) -> Vec<&Vec<(HintOp, u64, u32)>> {
@@ -91,6 +106,12 @@ impl HintHost for Fake {
                     i16::from(HintResult::Ok)
                 }
                 HintOp::SetStable => {
+                    if let Some(t) = &self.shared {
+                        // The host disarms the frames: ARMED goes.
+                        for p in frames.clone() {
+                            t[p as usize].fetch_and(!ARMED, Ordering::Relaxed);
+                        }
+                    }
                     let lost = frames.clone().any(|p| self.dropped.contains(&p));
                     for p in frames {
                         self.unused.remove(&p);
@@ -122,7 +143,12 @@ impl HintHost for Fake {
     }
     fn give_back_frames(&mut self, frames: &[GuestPhys]) {
         let pfns: Vec<u64> = frames.iter().map(|a| a.pfn().0).collect();
-        if self.enabled {
+        if let Some(t) = &self.shared {
+            for &p in &pfns {
+                let v = t[p as usize].load(Ordering::Relaxed);
+                assert_eq!(state_of(v), PageState::Unused, "frame {p} back while its entry says {v:#x}");
+            }
+        } else if self.enabled {
             for p in &pfns {
                 assert!(
                     self.unused.contains(p),
@@ -138,6 +164,9 @@ impl HintHost for Fake {
     }
     fn counters(&self) -> &Counters {
         &self.counters
+    }
+    fn shared_entry(&self, pfn: Pfn) -> Option<&AtomicU8> {
+        self.shared.as_ref()?.get(pfn.0 as usize)
     }
 }
 
@@ -395,6 +424,9 @@ fn refused_batches_and_entries_are_counted() {
         fn counters(&self) -> &Counters {
             &self.0.counters
         }
+        fn shared_entry(&self, _: Pfn) -> Option<&AtomicU8> {
+            None
+        }
     }
     let mut m = Refusing(Fake::new(0));
     let mut h = CpuHints::new();
@@ -407,4 +439,37 @@ fn refused_batches_and_entries_are_counted() {
     h.pool_free(&mut m, GuestPhys(PAGE_SIZE * 9));
     h.drain_local(&mut m);
     assert_eq!(m.0.free.len(), 1);
+}
+
+#[test]
+fn with_a_shared_table_only_armed_frames_cost_an_exit() {
+    let mut m = Fake::with_shared(POOL_BATCH as u64);
+    let mut h = CpuHints::new();
+    let got = alloc(&mut h, &mut m, POOL_BATCH);
+    for f in &got {
+        h.pool_free(&mut m, f.addr);
+    }
+    h.drain_local(&mut m);
+    assert!(m.batches().is_empty(), "frees went through the table");
+    for f in &got {
+        assert_eq!(state_of(m.entry(f.addr.pfn().0)), PageState::Unused);
+    }
+    // The host dropped two of them; it armed one for discard faults (it
+    // was volatile when dropped).
+    let (plain, armed) = (got[3].addr.pfn().0, got[5].addr.pfn().0);
+    let t = m.shared.as_ref().unwrap();
+    t[plain as usize].fetch_or(DISCARDED, Ordering::Relaxed);
+    t[armed as usize].fetch_or(DISCARDED | ARMED, Ordering::Relaxed);
+    let again = alloc(&mut h, &mut m, POOL_BATCH);
+    // One exit, carrying the armed frame alone.
+    assert_eq!(m.batches(), [&vec![(HintOp::SetStable, armed, 1)]]);
+    for f in &again {
+        let p = f.addr.pfn().0;
+        assert_eq!(m.entry(p), PageState::Stable as u8, "frame {p}: stable, marks gone");
+        assert_eq!(f.known_zero, p == plain || p == armed, "frame {p}");
+    }
+    assert_eq!(
+        m.counters.shared.load(Ordering::Relaxed),
+        2 * POOL_BATCH as u64
+    );
 }

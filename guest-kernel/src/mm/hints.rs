@@ -1,14 +1,20 @@
 //! The kernel's side of page hinting: the machine that the library's
 //! [`guest_kernel::hinting`] logic runs on (this CPU's batch page, the
-//! `HINT_BATCH` hypercall, the frame allocator) and the entry points the
-//! rest of the kernel calls. The batching and the ordering rules live in
-//! the library, where they are tested; nothing but the adapter may go here.
-//! Everything runs with interrupts off on the local CPU's data.
+//! `HINT_BATCH` hypercall, the frame allocator, the shared page-state
+//! table) and the entry points the rest of the kernel calls. The batching
+//! and the ordering rules live in the library, where they are tested, and
+//! the entry protocol in `pagehint_abi::state_table`; nothing but the
+//! adapter may go here. Batched work runs with interrupts off on the local
+//! CPU's data; a single state change in the shared table needs neither
+//! (it is one store or compare-and-swap on the frame's own entry), and
+//! must stay a few instructions: it is the hot path of a cache hit.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use guest_kernel::hinting::{self, Counters, HintHost};
 use pagehint_abi::hypercall::{CallResult, HintBatch, HintOp, HintResult, Request};
+use pagehint_abi::page_state::PageState;
+use pagehint_abi::state_table;
 use pagehint_abi::{GuestPhys, Pfn, PAGE_SIZE};
 
 use crate::arch::cpu;
@@ -42,6 +48,59 @@ pub fn set_mode(mode: Mode) {
 
 /// Hints, batches, refusals and skipped zeroing, for `mm::stats`.
 pub static COUNTERS: Counters = Counters::new();
+
+/// The shared page-state table (kernel-virtual address; 0 while none is
+/// registered) and its entries.
+static TABLE: AtomicU64 = AtomicU64::new(0);
+static TABLE_LEN: AtomicU64 = AtomicU64::new(0);
+
+/// Frame `pfn`'s entry in the shared table, once one is registered.
+fn shared_entry(pfn: u64) -> Option<&'static AtomicU8> {
+    let base = TABLE.load(Ordering::Relaxed);
+    if base == 0 || pfn >= TABLE_LEN.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: `base` is the table's `TABLE_LEN` bytes, frames the kernel
+    // took for good in `share_table` and mapped in the direct map; each
+    // entry is only ever accessed atomically (the VMM does the same).
+    Some(unsafe { &*((base + pfn) as *const AtomicU8) })
+}
+
+/// Whether states travel through the shared table.
+pub fn shared() -> bool {
+    TABLE.load(Ordering::Relaxed) != 0
+}
+
+/// Sets up the shared page-state table, when the VMM offers it (CPUID
+/// `SHARED_STATES`) and the command line did not ask for hypercalls: one
+/// zeroed byte per frame up to the top of RAM (all Stable), registered
+/// with `SET_STATE_TABLE`. Queued hints are sent first, so that the VMM
+/// copies every state there. Call on the bootstrap CPU before the others
+/// run. False if there is no table (hints then keep to hypercalls).
+pub fn share_table() -> bool {
+    let entries = super::max_pfn();
+    let pages = entries.div_ceil(PAGE_SIZE);
+    let Some(pa) = super::alloc_contiguous(pages) else {
+        return false;
+    };
+    let va = super::phys_to_virt(pa);
+    if !super::fresh_frames_are_zero() {
+        // SAFETY: the frames are ours for good, in the direct map.
+        unsafe { core::ptr::write_bytes(va as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
+    }
+    commit();
+    let r = crate::hv::call(Request::SetStateTable {
+        table: GuestPhys(pa),
+        entries,
+    });
+    if r != Some(Ok(CallResult::Ok)) {
+        crate::println!("guest: the VMM refused the shared state table: {r:?}");
+        return false;
+    }
+    TABLE_LEN.store(entries, Ordering::Relaxed);
+    TABLE.store(va, Ordering::Release);
+    true
+}
 
 /// Turns hinting on (the VMM advertised it).
 pub fn enable() {
@@ -114,6 +173,29 @@ impl HintHost for Kernel {
     fn counters(&self) -> &Counters {
         &COUNTERS
     }
+    fn shared_entry(&self, pfn: Pfn) -> Option<&AtomicU8> {
+        shared_entry(pfn.as_u64())
+    }
+}
+
+/// One state change in the shared table: no exit. True if the host had
+/// dropped the frame (for the stable-making hints).
+fn change_shared(e: &AtomicU8, op: HintOp) -> bool {
+    COUNTERS.hints.fetch_add(1, Ordering::Relaxed);
+    COUNTERS.shared.fetch_add(1, Ordering::Relaxed);
+    match op {
+        HintOp::MakeVolatile => {
+            state_table::guest_release(e, PageState::Volatile);
+            false
+        }
+        HintOp::SetUnused => {
+            state_table::guest_release(e, PageState::Unused);
+            false
+        }
+        HintOp::MakeStable | HintOp::CheckWritable | HintOp::SetStable => {
+            state_table::guest_make_stable(e).discarded
+        }
+    }
 }
 
 /// Runs `f` on this CPU's hint state and machine with interrupts off.
@@ -141,10 +223,18 @@ pub fn init_cpu() {
     }
 }
 
-/// Queues a hint without waiting for it (no answer needed).
+/// Queues a hint without waiting for it (no answer needed); with the
+/// shared table, makes the change there at once. (Frames are only freed
+/// and allocated through the pools, which keep the armed ones' order.)
 pub fn queue(op: HintOp, pfn: u64) {
-    if enabled() {
-        with_cpu(|h, m| h.queue_one(m, op, Pfn(pfn)));
+    if !enabled() {
+        return;
+    }
+    match shared_entry(pfn) {
+        Some(e) if !matches!(op, HintOp::SetUnused | HintOp::SetStable) => {
+            change_shared(e, op);
+        }
+        _ => with_cpu(|h, m| h.queue_one(m, op, Pfn(pfn))),
     }
 }
 
@@ -153,6 +243,13 @@ pub fn queue(op: HintOp, pfn: u64) {
 pub fn now_many(op: HintOp, pfns: &[u64], mut each: impl FnMut(u64, Result<HintResult, i16>)) {
     if !enabled() {
         pfns.iter().for_each(|&p| each(p, Ok(HintResult::Ok)));
+        return;
+    }
+    if shared() && !matches!(op, HintOp::SetUnused | HintOp::SetStable) {
+        for &p in pfns {
+            let lost = shared_entry(p).is_some_and(|e| change_shared(e, op));
+            each(p, Ok(if lost { HintResult::Discarded } else { HintResult::Ok }));
+        }
         return;
     }
     with_cpu(|h, m| h.now_many(m, op, pfns, each))

@@ -120,6 +120,7 @@ pub fn kernel_stats() -> KernelStats {
         hint_batches: hints::COUNTERS.batches.load(Relaxed),
         hint_errors: hints::COUNTERS.errors.load(Relaxed),
         zero_fill_skips: hints::COUNTERS.zero_skips.load(Relaxed),
+        shared_hints: hints::COUNTERS.shared.load(Relaxed),
         volatile_frames: volatile,
         discard_faults: discard::FAULTS.load(Relaxed),
         discard_listed: discard::LISTED.load(Relaxed),
