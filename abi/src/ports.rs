@@ -22,3 +22,11 @@ pub const EXIT_PORT: u16 = 0xf4;
 /// handles the request and writes the result into the block before the
 /// `out` instruction retires. Chosen in a range no PC device uses.
 pub const HYPERCALL_PORT: u16 = 0x0510;
+
+/// The instruction counter, a measurement port served only with
+/// `vmm run --count-instructions`: a 32-bit `out` (any value) starts
+/// counting this vCPU's guest instructions (the VMM single-steps it); a
+/// 32-bit `in` stops and reads the count since the `out` (saturating at
+/// `u32::MAX`; the `out` itself counts as one). Without the flag the port
+/// is unclaimed and reads as all-ones.
+pub const STEP_COUNTER_PORT: u16 = 0x0518;

@@ -55,28 +55,35 @@ pub trait EntryCell {
 }
 
 impl EntryCell for core::sync::atomic::AtomicU8 {
+    #[inline]
     fn load(&self) -> u8 {
         self.load(core::sync::atomic::Ordering::Acquire)
     }
+    #[inline]
     fn store(&self, v: u8) {
         self.store(v, core::sync::atomic::Ordering::Release)
     }
+    #[inline]
     fn cas(&self, current: u8, new: u8) -> Result<u8, u8> {
         use core::sync::atomic::Ordering::{AcqRel, Acquire};
         self.compare_exchange(current, new, AcqRel, Acquire)
     }
+    #[inline]
     fn fetch_or(&self, bits: u8) -> u8 {
         self.fetch_or(bits, core::sync::atomic::Ordering::AcqRel)
     }
+    #[inline]
     fn fetch_and(&self, bits: u8) -> u8 {
         self.fetch_and(bits, core::sync::atomic::Ordering::AcqRel)
     }
+    #[inline]
     fn relax(&self) {
         core::hint::spin_loop()
     }
 }
 
 /// The state an entry's byte holds (two bits always decode).
+#[inline]
 pub const fn state_of(v: u8) -> PageState {
     match PageState::from_u8(v & STATE_MASK) {
         Some(s) => s,
@@ -95,6 +102,7 @@ pub struct Taken {
 }
 
 /// Waits until BUSY is clear; the entry's value then.
+#[inline]
 fn settled(c: &impl EntryCell) -> u8 {
     loop {
         let v = c.load();
@@ -110,14 +118,15 @@ fn settled(c: &impl EntryCell) -> u8 {
 /// compare-and-swap that waits out a discard in progress. Moving an Unused
 /// frame to Volatile is not a transition the guest makes; if asked, the
 /// frame goes Volatile all the same (the host may drop either).
+#[inline]
 pub fn guest_release(c: &impl EntryCell, to: PageState) {
     let v = c.load();
-    if state_of(v) == PageState::Stable {
+    if v & STATE_MASK == PageState::Stable as u8 {
         // Only the guest writes a Stable entry.
         c.store(to as u8 | (v & ARMED));
         return;
     }
-    let mut cur = settled(c);
+    let mut cur = if v & BUSY == 0 { v } else { settled(c) };
     loop {
         match c.cas(cur, to as u8 | (cur & (ARMED | DISCARDED))) {
             Ok(_) => return,
@@ -130,20 +139,21 @@ pub fn guest_release(c: &impl EntryCell, to: PageState) {
 /// Volatile one again) and reports whether the host had dropped it. A
 /// Stable frame stays as it is, with nothing to report. Waits while the
 /// host holds the frame BUSY.
+#[inline]
 pub fn guest_make_stable(c: &impl EntryCell) -> Taken {
     let v = c.load();
-    if state_of(v) == PageState::Stable {
+    if v & STATE_MASK == PageState::Stable as u8 {
         return Taken {
             discarded: false,
             armed: v & ARMED != 0,
         };
     }
-    let mut cur = settled(c);
+    let mut cur = if v & BUSY == 0 { v } else { settled(c) };
     loop {
         match c.cas(cur, PageState::Stable as u8 | (cur & ARMED)) {
             Ok(_) => {
                 return Taken {
-                    discarded: state_of(cur) != PageState::Stable && cur & DISCARDED != 0,
+                    discarded: cur & DISCARDED != 0,
                     armed: cur & ARMED != 0,
                 }
             }
@@ -153,6 +163,7 @@ pub fn guest_make_stable(c: &impl EntryCell) -> Taken {
 }
 
 /// Is an entry one the host may claim for `class` now?
+#[inline]
 pub const fn claimable(v: u8, class: PageState) -> bool {
     v & (BUSY | DISCARDED) == 0
         && (v & STATE_MASK) == class as u8
@@ -161,6 +172,7 @@ pub const fn claimable(v: u8, class: PageState) -> bool {
 
 /// Host: claims a frame of state `class` (Unused or Volatile, never
 /// Stable) for discarding by setting BUSY. False if it is not claimable.
+#[inline]
 pub fn host_try_claim(c: &impl EntryCell, class: PageState) -> bool {
     let mut cur = c.load();
     while claimable(cur, class) {
@@ -173,6 +185,7 @@ pub fn host_try_claim(c: &impl EntryCell, class: PageState) -> bool {
 }
 
 /// Host, holding BUSY: the frame is registered for discard faults.
+#[inline]
 pub fn host_arm(c: &impl EntryCell) {
     c.fetch_or(ARMED);
 }
@@ -180,6 +193,7 @@ pub fn host_arm(c: &impl EntryCell) {
 /// Host, holding BUSY: the contents are gone. Clears BUSY, sets DISCARDED.
 /// False if BUSY was not set (the guest broke the protocol and wrote the
 /// entry meanwhile; the host keeps its own record all the same).
+#[inline]
 pub fn host_finish(c: &impl EntryCell) -> bool {
     let mut cur = c.load();
     loop {
@@ -194,6 +208,7 @@ pub fn host_finish(c: &impl EntryCell) -> bool {
 }
 
 /// Host, holding BUSY: the discard did not happen; contents intact.
+#[inline]
 pub fn host_abort(c: &impl EntryCell) {
     c.fetch_and(!(BUSY | ARMED));
 }

@@ -17,6 +17,8 @@ use crate::arch::{apic, cpu, idt};
 use crate::mm::discard;
 use crate::{hv, mm, percpu, println, process, sched, trap};
 
+mod hint_cost;
+
 /// A port that neither this VMM nor QEMU's microvm claims.
 const UNCLAIMED_PORT: u16 = 0x0700;
 
@@ -57,6 +59,7 @@ pub fn run(name: &str, args: &str, tsc_khz: u32) -> Option<u32> {
             Some(guest::SUCCESS)
         }
         "bad-hints" => Some(bad_hints()),
+        "hint-cost" => Some(hint_cost::run()),
         "discard-list-test" => Some(discard_list_test(tsc_khz)),
         _ => None,
     }

@@ -77,7 +77,8 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Zeroing skipped because the frame was known zero.
     pub zero_skips: AtomicU64,
-    /// State changes made in the shared table (no exit); also in `hints`.
+    /// State changes made in the shared table (no exit); not in `hints`,
+    /// which counts those sent by hypercall.
     pub shared: AtomicU64,
 }
 
@@ -369,9 +370,9 @@ impl CpuHints {
     }
 }
 
-/// Counts one state change made in the shared table.
+/// Counts one state change made in the shared table (in `shared` only;
+/// reports add it to `hints`).
 fn count_shared(c: &Counters) {
-    c.hints.fetch_add(1, Ordering::Relaxed);
     c.shared.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -202,6 +202,8 @@ pub struct VmConfig {
     pub stats: Option<StatsOptions>,
     /// The user's guest command-line words.
     pub guest_args: Vec<String>,
+    /// Serve the instruction counter port (`--count-instructions`).
+    pub count_instructions: bool,
 }
 
 impl VmConfig {
@@ -217,6 +219,7 @@ impl VmConfig {
             reclaim: ReclaimOptions::default(),
             stats: None,
             guest_args: Vec::new(),
+            count_instructions: false,
         }
     }
 

@@ -284,6 +284,9 @@ impl Machine {
             if let Some(f) = &faults {
                 vcpu = vcpu.with_discard_faults(f.clone());
             }
+            if config.count_instructions {
+                vcpu = vcpu.with_instruction_counter();
+            }
             vcpu.configure(&supported, vcpu_count, entry, features)?;
             vcpus.push(vcpu);
         }

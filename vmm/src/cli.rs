@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// `hints=...` to the guest.
     #[arg(long, value_name = "HOW", value_enum, default_value_t = HintsArg::Shared)]
     pub hints: HintsArg,
+    /// Serve the instruction counter port (0x518): the guest brackets code
+    /// with an `out` and an `in` there and reads how many instructions ran
+    /// in between (the VMM single-steps it). For measurements only.
+    #[arg(long)]
+    pub count_instructions: bool,
     /// Target for resident guest memory: the reclaimer drops hinted frames
     /// while more is resident (bytes, or a number with K, M or G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]

@@ -60,6 +60,7 @@ pub fn vm_config(args: &RunArgs) -> VmConfig {
             interval: Duration::from_millis(args.stats_interval),
         }),
         guest_args: args.args.clone(),
+        count_instructions: args.count_instructions,
     }
 }
 

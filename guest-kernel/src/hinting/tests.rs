@@ -472,4 +472,5 @@ fn with_a_shared_table_only_armed_frames_cost_an_exit() {
         m.counters.shared.load(Ordering::Relaxed),
         2 * POOL_BATCH as u64
     );
+    assert_eq!(m.counters.hints.load(Ordering::Relaxed), 1, "the one hypercall hint");
 }

@@ -51,7 +51,7 @@ impl MmState {
     pub fn get_file_page(&mut self, file: u32, index: u64) -> Result<u64, AsError> {
         if let Some(pfn) = self.frames.lookup(file, index) {
             if self.frames.flags(pfn) & flag::VOLATILE != 0 {
-                self.make_stable_ahead(file, index);
+                self.make_stable_hit(file, index, pfn);
             }
             if let Some(pfn) = self.frames.peek(file, index) {
                 self.stats.cache_hits += 1;
@@ -105,10 +105,30 @@ impl MmState {
         result
     }
 
+    /// A hit on volatile cached page `pfn` (`index` of `file`): with the
+    /// shared table one compare-and-swap on its entry (no exit to share, so
+    /// no read-ahead batch to build); else [`Self::make_stable_ahead`]. A
+    /// page the host dropped leaves the cache (and is read again).
+    #[inline]
+    fn make_stable_hit(&mut self, file: u32, index: u64, pfn: u64) {
+        match hints::make_stable_shared(pfn) {
+            Some(lost) => {
+                self.frames.clear_flags(pfn, flag::VOLATILE);
+                self.volatile = self.volatile.saturating_sub(1);
+                if lost {
+                    self.discard(pfn);
+                }
+            }
+            None => self.make_stable_ahead(file, index),
+        }
+    }
+
     /// Before the kernel or a new mapping uses volatile cached page `index`
     /// of `file`: makes it and up to 15 volatile pages after it stable with
     /// one exit (a scan will want them next), and drops from the cache
     /// those the host discarded meanwhile (they are read again).
+    // Kept out of line: the shared table's hit path above stays short.
+    #[inline(never)]
     fn make_stable_ahead(&mut self, file: u32, index: u64) {
         let mut run: Vec<u64> = Vec::new();
         for i in index..index + READAHEAD {
@@ -145,7 +165,7 @@ impl MmState {
         }
         match self.frames.owner(pfn) {
             Some((file, index)) => {
-                self.make_stable_ahead(file, index);
+                self.make_stable_hit(file, index, pfn);
                 self.frames.peek(file, index) == Some(pfn)
             }
             None => true,

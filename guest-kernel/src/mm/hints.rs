@@ -55,6 +55,7 @@ static TABLE: AtomicU64 = AtomicU64::new(0);
 static TABLE_LEN: AtomicU64 = AtomicU64::new(0);
 
 /// Frame `pfn`'s entry in the shared table, once one is registered.
+#[inline]
 fn shared_entry(pfn: u64) -> Option<&'static AtomicU8> {
     let base = TABLE.load(Ordering::Relaxed);
     if base == 0 || pfn >= TABLE_LEN.load(Ordering::Relaxed) {
@@ -179,9 +180,10 @@ impl HintHost for Kernel {
 }
 
 /// One state change in the shared table: no exit. True if the host had
-/// dropped the frame (for the stable-making hints).
+/// dropped the frame (for the stable-making hints). Counted once, in
+/// `shared` (`mm::kernel_stats` adds it to `hints`).
+#[inline]
 fn change_shared(e: &AtomicU8, op: HintOp) -> bool {
-    COUNTERS.hints.fetch_add(1, Ordering::Relaxed);
     COUNTERS.shared.fetch_add(1, Ordering::Relaxed);
     match op {
         HintOp::MakeVolatile => {
@@ -226,16 +228,32 @@ pub fn init_cpu() {
 /// Queues a hint without waiting for it (no answer needed); with the
 /// shared table, makes the change there at once. (Frames are only freed
 /// and allocated through the pools, which keep the armed ones' order.)
+#[inline]
 pub fn queue(op: HintOp, pfn: u64) {
-    if !enabled() {
-        return;
-    }
+    // A registered table implies hinting is on.
     match shared_entry(pfn) {
         Some(e) if !matches!(op, HintOp::SetUnused | HintOp::SetStable) => {
             change_shared(e, op);
         }
-        _ => with_cpu(|h, m| h.queue_one(m, op, Pfn(pfn))),
+        _ => queue_batched(op, pfn),
     }
+}
+
+/// [`queue`] without the shared table: into this CPU's batch.
+#[cold]
+#[inline(never)]
+fn queue_batched(op: HintOp, pfn: u64) {
+    if enabled() {
+        with_cpu(|h, m| h.queue_one(m, op, Pfn(pfn)));
+    }
+}
+
+/// Makes one volatile page stable through the shared table, now: `None`
+/// without a table (use [`now_many`]), else whether the host had dropped
+/// it. The cache-hit path on an aged page: one compare-and-swap, no exit.
+#[inline]
+pub fn make_stable_shared(pfn: u64) -> Option<bool> {
+    shared_entry(pfn).map(|e| change_shared(e, HintOp::MakeStable))
 }
 
 /// Sends up to [`hinting::NOW_MAX`] hints of one kind now and calls

@@ -116,7 +116,8 @@ pub fn kernel_stats() -> KernelStats {
     KernelStats {
         free_frames: free_frames(),
         cached_frames: cached,
-        hints: hints::COUNTERS.hints.load(Relaxed),
+        // Every state change, through the table or by hypercall.
+        hints: hints::COUNTERS.hints.load(Relaxed) + hints::COUNTERS.shared.load(Relaxed),
         hint_batches: hints::COUNTERS.batches.load(Relaxed),
         hint_errors: hints::COUNTERS.errors.load(Relaxed),
         zero_fill_skips: hints::COUNTERS.zero_skips.load(Relaxed),

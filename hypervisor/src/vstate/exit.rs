@@ -9,9 +9,11 @@
 //! touch the vCPU's file descriptor.
 
 use kvm_ioctls::VcpuExit;
+use pagehint_abi::ports::STEP_COUNTER_PORT;
 
 use crate::devices::pio::PioOutcome;
 use crate::metrics::ExitMetrics;
+use crate::vstate::step_count::{StepChange, StepCounter};
 
 /// Where the exits' accesses go.
 pub trait ExitDevices {
@@ -43,6 +45,9 @@ pub enum Step {
     FailEntry { reason: u64, cpu: u32 },
     /// `KVM_RUN` itself failed with this errno.
     RunFailed(i32),
+    /// The guest started or stopped counting its instructions: turn
+    /// single-stepping on or off, then run again.
+    SingleStep(StepChange),
     /// An exit this VMM does not handle, named.
     Unhandled(String),
 }
@@ -58,13 +63,24 @@ impl Step {
     }
 }
 
-/// Serves one exit and says what comes next.
+/// Serves one exit and says what comes next. `steps` is the vCPU's
+/// instruction counter (`STEP_COUNTER_PORT`, single-step debug exits).
 pub fn handle_exit(
     exit: Result<VcpuExit<'_>, kvm_ioctls::Error>,
     devices: &impl ExitDevices,
     m: &ExitMetrics,
+    steps: &mut StepCounter,
 ) -> Step {
     match exit {
+        Ok(VcpuExit::IoOut(STEP_COUNTER_PORT, _)) if steps.enabled() => {
+            m.io_out.inc();
+            Step::SingleStep(steps.start())
+        }
+        Ok(VcpuExit::IoIn(STEP_COUNTER_PORT, data)) if steps.enabled() => {
+            m.io_in.inc();
+            Step::SingleStep(steps.stop(data))
+        }
+        Ok(VcpuExit::Debug(_)) if steps.step() => Step::Continue,
         Ok(VcpuExit::IoOut(port, data)) => {
             m.io_out.inc();
             match devices.pio_write(port, data) {
@@ -165,26 +181,26 @@ mod tests {
     fn port_and_mmio_exits_are_served_and_counted() {
         let (d, m) = (Fake::default(), ExitMetrics::default());
         assert_eq!(
-            handle_exit(Ok(VcpuExit::IoOut(0x3f8, &[7])), &d, &m),
+            handle_exit(Ok(VcpuExit::IoOut(0x3f8, &[7])), &d, &m, &mut StepCounter::default()),
             Step::Continue
         );
         assert_eq!(
-            handle_exit(Ok(VcpuExit::IoOut(0xf4, &[3, 0, 0, 0])), &d, &m),
+            handle_exit(Ok(VcpuExit::IoOut(0xf4, &[3, 0, 0, 0])), &d, &m, &mut StepCounter::default()),
             Step::GuestExit(3)
         );
         let mut b = [0u8; 2];
         assert_eq!(
-            handle_exit(Ok(VcpuExit::IoIn(0x60, &mut b)), &d, &m),
+            handle_exit(Ok(VcpuExit::IoIn(0x60, &mut b)), &d, &m, &mut StepCounter::default()),
             Step::Continue
         );
         assert_eq!(b, [0x11; 2]);
         let mut w = [0u8; 4];
-        handle_exit(Ok(VcpuExit::MmioRead(0x10, &mut w)), &d, &m);
+        handle_exit(Ok(VcpuExit::MmioRead(0x10, &mut w)), &d, &m, &mut StepCounter::default());
         assert_eq!(w, [0x5a; 4]);
-        handle_exit(Ok(VcpuExit::MmioRead(0xd000_0000, &mut w)), &d, &m);
+        handle_exit(Ok(VcpuExit::MmioRead(0xd000_0000, &mut w)), &d, &m, &mut StepCounter::default());
         assert_eq!(w, [0xff; 4], "unclaimed loads read all-ones");
         assert_eq!(
-            handle_exit(Ok(VcpuExit::MmioWrite(0x2000, &[1])), &d, &m),
+            handle_exit(Ok(VcpuExit::MmioWrite(0x2000, &[1])), &d, &m, &mut StepCounter::default()),
             Step::Continue
         );
         assert_eq!(
@@ -201,22 +217,44 @@ mod tests {
     }
 
     #[test]
+    fn the_instruction_counter_port_counts_debug_exits_when_enabled() {
+        let (d, m) = (Fake::default(), ExitMetrics::default());
+        let mut off = StepCounter::default();
+        let mut b = [0u8; 4];
+        handle_exit(Ok(VcpuExit::IoIn(STEP_COUNTER_PORT, &mut b)), &d, &m, &mut off);
+        assert_eq!(b, [0x11; 4], "without the flag the port is the bus's");
+        let dbg = kvm_bindings::kvm_debug_exit_arch::default();
+        let s = handle_exit(Ok(VcpuExit::Debug(dbg)), &d, &m, &mut off);
+        assert!(matches!(s, Step::Unhandled(_)), "a stray debug exit is not ours");
+        let mut on = StepCounter::new(true);
+        let s = handle_exit(Ok(VcpuExit::IoOut(STEP_COUNTER_PORT, &[0; 4])), &d, &m, &mut on);
+        assert_eq!(s, Step::SingleStep(StepChange::Start));
+        for _ in 0..5 {
+            assert_eq!(handle_exit(Ok(VcpuExit::Debug(dbg)), &d, &m, &mut on), Step::Continue);
+        }
+        let s = handle_exit(Ok(VcpuExit::IoIn(STEP_COUNTER_PORT, &mut b)), &d, &m, &mut on);
+        assert_eq!(s, Step::SingleStep(StepChange::Stop));
+        assert_eq!(u32::from_le_bytes(b), 5);
+        assert_eq!(*d.log.borrow(), ["in 0x518"], "served without the bus");
+    }
+
+    #[test]
     fn every_other_way_out_has_its_step() {
         let (d, m) = (Fake::default(), ExitMetrics::default());
-        assert_eq!(handle_exit(Ok(VcpuExit::Hlt), &d, &m), Step::Continue);
-        assert_eq!(handle_exit(Ok(VcpuExit::Intr), &d, &m), Step::Interrupted);
+        assert_eq!(handle_exit(Ok(VcpuExit::Hlt), &d, &m, &mut StepCounter::default()), Step::Continue);
+        assert_eq!(handle_exit(Ok(VcpuExit::Intr), &d, &m, &mut StepCounter::default()), Step::Interrupted);
         let eintr = kvm_ioctls::Error::new(libc::EINTR);
-        assert_eq!(handle_exit(Err(eintr), &d, &m), Step::Interrupted);
+        assert_eq!(handle_exit(Err(eintr), &d, &m, &mut StepCounter::default()), Step::Interrupted);
         let eagain = kvm_ioctls::Error::new(libc::EAGAIN);
-        assert_eq!(handle_exit(Err(eagain), &d, &m), Step::Interrupted);
+        assert_eq!(handle_exit(Err(eagain), &d, &m, &mut StepCounter::default()), Step::Interrupted);
         assert_eq!(m.interrupted.get(), 3);
         assert_eq!(
-            handle_exit(Ok(VcpuExit::Shutdown), &d, &m),
+            handle_exit(Ok(VcpuExit::Shutdown), &d, &m, &mut StepCounter::default()),
             Step::TripleFault
         );
-        let s = handle_exit(Ok(VcpuExit::InternalError), &d, &m);
+        let s = handle_exit(Ok(VcpuExit::InternalError), &d, &m, &mut StepCounter::default());
         assert!(s == Step::InternalError && s.is_kvm_failure());
-        let s = handle_exit(Ok(VcpuExit::FailEntry(0x21, 1)), &d, &m);
+        let s = handle_exit(Ok(VcpuExit::FailEntry(0x21, 1)), &d, &m, &mut StepCounter::default());
         assert_eq!(
             s,
             Step::FailEntry {
@@ -226,9 +264,9 @@ mod tests {
         );
         assert!(s.is_kvm_failure());
         let efault = kvm_ioctls::Error::new(libc::EFAULT);
-        let s = handle_exit(Err(efault), &d, &m);
+        let s = handle_exit(Err(efault), &d, &m, &mut StepCounter::default());
         assert!(s == Step::RunFailed(libc::EFAULT) && s.is_kvm_failure());
-        let s = handle_exit(Ok(VcpuExit::IrqWindowOpen), &d, &m);
+        let s = handle_exit(Ok(VcpuExit::IrqWindowOpen), &d, &m, &mut StepCounter::default());
         assert!(matches!(s, Step::Unhandled(ref w) if w.contains("IrqWindowOpen")));
         assert!(!s.is_kvm_failure() && !Step::TripleFault.is_kvm_failure());
         assert_eq!((m.hlt.get(), m.shutdown.get(), m.other.get()), (1, 1, 1));

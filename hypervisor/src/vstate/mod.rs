@@ -4,5 +4,6 @@
 
 pub mod exit;
 pub mod kvm;
+pub mod step_count;
 pub mod vcpu;
 pub mod vm;

@@ -36,6 +36,7 @@ use crate::discard_fault::DiscardFaults;
 use crate::hypercall::HypercallDevice;
 use crate::metrics::Metrics;
 use crate::vstate::exit::{handle_exit, ExitDevices, Step};
+use crate::vstate::step_count::{set_single_step, StepCounter};
 
 /// Why a vCPU could not be prepared or started.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,7 @@ pub struct Vcpu {
     devices: VcpuDevices,
     metrics: Arc<Metrics>,
     faults: Option<Arc<DiscardFaults>>,
+    steps: StepCounter,
 }
 
 /// The doorbell's ports: served on the vCPU thread without the bus's
@@ -203,7 +205,14 @@ impl Vcpu {
             devices,
             metrics,
             faults: None,
+            steps: StepCounter::default(),
         }
+    }
+
+    /// Serves the instruction counter port (`--count-instructions`).
+    pub fn with_instruction_counter(mut self) -> Self {
+        self.steps = StepCounter::new(true);
+        self
     }
 
     /// Delivers discard faults through `faults` (discard faults on).
@@ -264,9 +273,20 @@ impl Vcpu {
 
     /// Runs the guest until one exit and acts on it; `Some` ends the loop.
     fn run_once(&mut self) -> Option<StopReason> {
-        let step = handle_exit(self.fd.run(), &self.devices, &self.metrics.exits);
+        let step = handle_exit(
+            self.fd.run(),
+            &self.devices,
+            &self.metrics.exits,
+            &mut self.steps,
+        );
         let what = match step {
             Step::Continue => return None,
+            Step::SingleStep(change) => {
+                if let Err(e) = set_single_step(&self.fd, change) {
+                    log::warn!("vcpu{}: KVM_SET_GUEST_DEBUG ({change:?}): {e}", self.index);
+                }
+                return None;
+            }
             Step::Interrupted => return self.after_interrupt(),
             Step::GuestExit(value) => return Some(StopReason::GuestExit(value)),
             Step::TripleFault => {

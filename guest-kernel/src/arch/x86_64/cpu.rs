@@ -34,6 +34,15 @@ pub fn outl(port: u16, value: u32) {
     }
 }
 
+/// Reads a 32-bit value from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `outl`: not `nomem`, so that the read is ordered
+    // after the stores before it (the instruction counter's stop).
+    unsafe { asm!("in eax, dx", in("dx") port, out("eax") value, options(nostack, preserves_flags)) }
+    value
+}
+
 pub fn read_cr2() -> u64 {
     let v: u64;
     // SAFETY: reading CR2 has no side effects.
