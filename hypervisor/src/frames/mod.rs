@@ -25,6 +25,8 @@ pub mod run;
 pub mod shared;
 pub mod table;
 pub mod transition;
+#[cfg(test)]
+mod shared_stress;
 
 pub use discard::{Arming, Discarder, Method, PassReport};
 pub use host::{HostMap, HostRange};

@@ -38,6 +38,11 @@ use serde::Serialize;
 /// The host's own mark (in `registered`): the frame is registered with the
 /// discard-fault userfaultfd; whoever clears it unregisters the frame.
 const REGISTERED: u8 = 0x01;
+/// The host's own mark: the reclaimer holds the frame's claim. Set before
+/// the entry's BUSY and cleared after it, so that a BUSY bit without it is
+/// one the guest wrote into its shared entry, which no host thread waits
+/// on (nothing on the host would ever clear it).
+const CLAIMED: u8 = 0x02;
 /// Spins before a waiting hint starts yielding its CPU.
 const SPINS_BEFORE_YIELD: u32 = 128;
 
@@ -83,7 +88,8 @@ pub struct FrameCounts {
 pub struct FrameTable {
     /// The entries while the guest has not registered a shared table.
     own: Box<[AtomicU8]>,
-    /// The host's REGISTERED mark per frame (never in guest memory).
+    /// The host's own marks per frame, REGISTERED and CLAIMED (never in
+    /// guest memory).
     registered: Box<[AtomicU8]>,
     /// The guest's shared table, once registered.
     shared: OnceLock<SharedEntries>,
@@ -102,12 +108,13 @@ pub struct FrameTable {
     potentially_volatile: bool,
 }
 
-/// Waits, without a lock, until a frame's BUSY bit clears.
-fn wait_not_busy(cell: &AtomicU8) -> u8 {
+/// Waits, without a lock, until a frame's BUSY bit clears, or is seen to
+/// be none of the host's (`marks` lacks CLAIMED): the entry's value then.
+fn wait_not_busy(cell: &AtomicU8, marks: &AtomicU8) -> u8 {
     let mut spins = 0u32;
     loop {
         let v = cell.load(Ordering::Acquire);
-        if v & BUSY == 0 {
+        if v & BUSY == 0 || marks.load(Ordering::Acquire) & CLAIMED == 0 {
             return v;
         }
         if spins < SPINS_BEFORE_YIELD {
@@ -244,7 +251,8 @@ impl FrameTable {
     /// Illegal transitions leave the frame unchanged.
     pub fn apply(&self, pfn: u64, op: HintOp) -> Result<HintOutcome, StateError> {
         let cell = self.cell(pfn)?;
-        let mut cur = wait_not_busy(cell);
+        let marks = &self.registered[self.index(pfn)?];
+        let mut cur = wait_not_busy(cell, marks);
         loop {
             let from = state_of(cur);
             let to = transition(from, op, self.potentially_volatile)
@@ -273,7 +281,7 @@ impl FrameTable {
                     }
                     return Ok(HintOutcome::Applied);
                 }
-                Err(actual) if actual & BUSY != 0 => cur = wait_not_busy(cell),
+                Err(actual) if actual & BUSY != 0 => cur = wait_not_busy(cell, marks),
                 Err(actual) => cur = actual,
             }
         }
@@ -310,9 +318,24 @@ impl FrameTable {
     /// The reclaimer claims a frame of state `class` (never Stable) for
     /// discarding: sets BUSY. False if the frame is not claimable now.
     pub fn try_claim(&self, pfn: u64, class: PageState) -> bool {
-        match self.cell(pfn) {
-            Ok(cell) if !self.pinned(pfn) => entry::host_try_claim(cell, class),
-            _ => false,
+        let (Ok(cell), Some(marks)) = (self.cell(pfn), self.host_marks(pfn)) else {
+            return false;
+        };
+        if self.pinned(pfn) || !entry::claimable(cell.load(Ordering::Acquire), class) {
+            return false;
+        }
+        marks.fetch_or(CLAIMED, Ordering::AcqRel);
+        if entry::host_try_claim(cell, class) {
+            return true;
+        }
+        marks.fetch_and(!CLAIMED, Ordering::AcqRel);
+        false
+    }
+
+    /// Drops the host's claim mark of a frame whose entry left BUSY.
+    fn unclaim(&self, pfn: u64) {
+        if let Some(m) = self.host_marks(pfn) {
+            m.fetch_and(!CLAIMED, Ordering::AcqRel);
         }
     }
 
@@ -333,6 +356,7 @@ impl FrameTable {
             if entry::host_finish(cell) {
                 self.discarded_now.fetch_add(1, Ordering::Relaxed);
             }
+            self.unclaim(pfn);
             self.total_discards.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -342,6 +366,7 @@ impl FrameTable {
     pub fn abort_discard(&self, pfn: u64) {
         if let Ok(cell) = self.cell(pfn) {
             entry::host_abort(cell);
+            self.unclaim(pfn);
         }
     }
 
@@ -392,10 +417,10 @@ impl FrameTable {
     /// caller put there). The registered mark is left for the caller to
     /// take. False if the frame was not Volatile and discarded.
     pub fn force_stable(&self, pfn: u64) -> bool {
-        let Ok(cell) = self.cell(pfn) else {
+        let (Ok(cell), Some(marks)) = (self.cell(pfn), self.host_marks(pfn)) else {
             return false;
         };
-        let mut cur = wait_not_busy(cell);
+        let mut cur = wait_not_busy(cell, marks);
         loop {
             if state_of(cur) != PageState::Volatile || cur & DISCARDED == 0 {
                 return false;
@@ -408,7 +433,7 @@ impl FrameTable {
                     self.discarded_now.fetch_sub(1, Ordering::Relaxed);
                     return true;
                 }
-                Err(actual) if actual & BUSY != 0 => cur = wait_not_busy(cell),
+                Err(actual) if actual & BUSY != 0 => cur = wait_not_busy(cell, marks),
                 Err(actual) => cur = actual,
             }
         }
