@@ -21,6 +21,9 @@ pub struct Cmdline<'a> {
     pub virtio_mmio: Option<VirtioMmio>,
     /// `hints=shared|batched|unbatched|fpr`: how page hints travel.
     pub hints: HintsOption,
+    /// `scribble=N`: write N random bytes a tick into shared-table entries
+    /// no workload uses (a misbehaving guest, for the VMM's stress tests).
+    pub scribble: u32,
 }
 
 /// The `hints=` option.
@@ -77,6 +80,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
     let mut program = None;
     let mut copies = None;
     let mut virtio_mmio = None;
+    let mut scribble = 0;
     let mut hints = HintsOption::default();
     let mut args = "";
     let mut rest = text.trim();
@@ -104,6 +108,9 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
                             _ => return Err(CmdlineError::BadOption),
                         };
                     }
+                    "scribble" => {
+                        scribble = value.parse().map_err(|_| CmdlineError::BadOption)?;
+                    }
                     pagehint_abi::boot::VIRTIO_MMIO_CMDLINE_KEY => {
                         virtio_mmio =
                             Some(parse_virtio_mmio(value).ok_or(CmdlineError::BadOption)?);
@@ -126,6 +133,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
         args,
         copies,
         virtio_mmio,
+        scribble,
         hints,
     })
 }
@@ -188,6 +196,9 @@ mod tests {
             HintsOption::Unbatched
         );
         assert_eq!(parse("hints=sometimes hello"), Err(CmdlineError::BadOption));
+        assert_eq!(parse("scribble=8 hello").unwrap().scribble, 8);
+        assert_eq!(parse("hello").unwrap().scribble, 0);
+        assert_eq!(parse("scribble=x hello"), Err(CmdlineError::BadOption));
     }
 
     #[test]

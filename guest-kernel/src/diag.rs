@@ -208,7 +208,7 @@ fn bad_hints() -> u32 {
     // Put the victim back the way the allocator expects it: stable.
     let restore = entry(HintEntry::new(HintOp::SetStable, vpfn, 1)).1;
     let mut ok = restore >= 0;
-    for (what, got, want) in checks {
+    for (what, got, want) in checks.into_iter().chain(state_table_checks(page)) {
         let want = i32::from(want);
         if got != want {
             println!("bad-hints: {what}: got {got}, expected {want}");
@@ -223,6 +223,36 @@ fn bad_hints() -> u32 {
     } else {
         guest::FAILURE
     }
+}
+
+/// `SET_STATE_TABLE` refusals `bad-hints` can check without changing how
+/// this guest hints: a second registration, and a misaligned one, once a
+/// table is shared; any registration where none is offered. (A guest that
+/// was offered a table and chose hypercalls would switch on a valid one.)
+fn state_table_checks(page: u64) -> impl Iterator<Item = (&'static str, i32, CallResult)> {
+    let offered = hv::Hypervisor::detect()
+        .is_some_and(|h| h.features & pagehint_abi::cpuid::features::SHARED_STATES != 0);
+    let register = |table: u64| {
+        hv::call(Request::SetStateTable {
+            table: GuestPhys(table),
+            entries: mm::max_pfn(),
+        })
+        .map_or(i32::MIN, hv::wire)
+    };
+    let checks: [(&'static str, i32, CallResult); 2] = if mm::hints::shared() {
+        [
+            ("state table again", register(page), CallResult::BadArgument),
+            ("misaligned state table", register(page + 8), CallResult::BadBlock),
+        ]
+    } else if !offered {
+        [
+            ("state table not offered", register(page), CallResult::HintsDisabled),
+            ("state table not offered", register(page + 8), CallResult::HintsDisabled),
+        ]
+    } else {
+        [("", 0, CallResult::Ok), ("", 0, CallResult::Ok)]
+    };
+    checks.into_iter().filter(|c| !c.0.is_empty())
 }
 
 /// TSC deadline until which a CPU asked by `SPIN_VECTOR` spins.

@@ -139,6 +139,12 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             let offered = hv.is_some_and(|h| h.features & features::SHARED_STATES != 0);
             if offered && mm::hints::enabled() && mm::hints::share_table() {
                 println!("guest: page states shared with the VMM (no hint exits)");
+                if mm::scribble::start(u64::from(cmd.scribble)) {
+                    println!(
+                        "guest: scribbling {} shared-table entries a tick (a stress test)",
+                        cmd.scribble
+                    );
+                }
             }
         }
         cmdline::HintsOption::Batched => mm::hints::set_mode(mm::hints::Mode::Batched),

@@ -212,6 +212,7 @@ pub fn tick(frame: &TrapFrame) {
         // Free page reporting's delayed work (a no-op unless it is on).
         mm::report_free_pages();
     }
+    mm::scribble::tick();
     if frame.came_from_user() {
         // Hints must not wait for ever behind a busy user program, nor
         // discarded frames whose grace period is over.

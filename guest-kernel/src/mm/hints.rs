@@ -67,6 +67,24 @@ fn shared_entry(pfn: u64) -> Option<&'static AtomicU8> {
     Some(unsafe { &*((base + pfn) as *const AtomicU8) })
 }
 
+/// The frames holding the shared table (empty without one).
+pub fn table_frames() -> core::ops::Range<u64> {
+    let va = TABLE.load(Ordering::Acquire);
+    if va == 0 {
+        return 0..0;
+    }
+    let first = super::virt_to_phys(va) / PAGE_SIZE;
+    first..first + TABLE_LEN.load(Ordering::Relaxed).div_ceil(PAGE_SIZE)
+}
+
+/// Writes `value` into frame `pfn`'s entry, whatever the protocol says
+/// (`mm::scribble` only: the VMM's stress tests).
+pub fn scribble(pfn: u64, value: u8) {
+    if let Some(e) = shared_entry(pfn) {
+        e.store(value, Ordering::Relaxed);
+    }
+}
+
 /// Whether states travel through the shared table.
 pub fn shared() -> bool {
     TABLE.load(Ordering::Relaxed) != 0

@@ -12,6 +12,7 @@ pub mod discard;
 pub mod filemap;
 pub mod hints;
 pub mod report;
+pub mod scribble;
 pub mod tlb;
 
 use core::alloc::{GlobalAlloc, Layout};
