@@ -37,19 +37,23 @@ pub enum Mode {
     Off,
     /// Linux's free page reporting (whole free 2 MiB blocks, every 2 s).
     FreePageReporting,
-    /// Page hinting, batched, with discard faults.
-    #[value(alias = "hinting-batched")]
+    /// Page hinting with discard faults, states in the shared table (the
+    /// VMM's default, `--hints shared`).
+    #[value(alias = "hinting-shared")]
     Hinting,
-    /// Page hinting, one exit per hint.
+    /// Page hinting by batched hypercalls (`--hints batched`).
+    HintingBatched,
+    /// Page hinting, one exit per hint (`--hints unbatched`).
     HintingUnbatched,
 }
 
 impl Mode {
     /// Every mode, in table order.
-    pub const ALL: [Mode; 4] = [
+    pub const ALL: [Mode; 5] = [
         Mode::Off,
         Mode::FreePageReporting,
         Mode::Hinting,
+        Mode::HintingBatched,
         Mode::HintingUnbatched,
     ];
 
@@ -59,6 +63,7 @@ impl Mode {
             Mode::Off => "off",
             Mode::FreePageReporting => "free-page-reporting",
             Mode::Hinting => "hinting",
+            Mode::HintingBatched => "hinting-batched",
             Mode::HintingUnbatched => "hinting-unbatched",
         }
     }

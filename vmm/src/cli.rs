@@ -372,7 +372,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(e.name.as_deref(), Some("page-cache"));
-        assert_eq!(e.modes, [Mode::Off, Mode::Hinting, Mode::FreePageReporting]);
+        assert_eq!(
+            e.modes,
+            [Mode::Off, Mode::HintingBatched, Mode::FreePageReporting]
+        );
+        let shared = exp(&["--mode", "hinting-shared"]).unwrap();
+        assert_eq!(shared.modes, [Mode::Hinting], "an alias of the default");
         assert_eq!((e.host_budget, e.quick), (Some(8 << 20), true));
         assert!(exp(&["--mode", "sometimes"]).is_err());
         assert_eq!(Mode::HintingUnbatched.name(), "hinting-unbatched");

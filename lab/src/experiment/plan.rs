@@ -230,7 +230,8 @@ pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure) 
         Mode::Off => a.push("--no-hinting".into()),
         Mode::FreePageReporting => a.push("--free-page-reporting".into()),
         Mode::Hinting => {}
-        Mode::HintingUnbatched => guest.push("hints=unbatched".into()),
+        Mode::HintingBatched => a.extend(["--hints".into(), "batched".into()]),
+        Mode::HintingUnbatched => a.extend(["--hints".into(), "unbatched".into()]),
     }
     guest.extend(p_.guest.iter().cloned());
     a.push("--".into());
@@ -254,14 +255,15 @@ mod tests {
     #[test]
     fn the_default_matrix_is_every_workload_by_every_mode_plus_baselines() {
         let runs = plan(&choice(None, &[])).unwrap();
-        assert_eq!(runs.len(), 2 * (1 + 4));
+        assert_eq!(runs.len(), 2 * (1 + 5));
         let stems: Vec<String> = runs.iter().map(RunSpec::stem).collect();
         assert_eq!(stems[0], "page-cache-baseline");
         assert_eq!(stems[1], "page-cache-off");
-        assert_eq!(stems[4], "page-cache-hinting-unbatched");
-        assert_eq!(stems[5], "anon-free-baseline");
+        assert_eq!(stems[4], "page-cache-hinting-batched");
+        assert_eq!(stems[5], "page-cache-hinting-unbatched");
+        assert_eq!(stems[6], "anon-free-baseline");
         assert!(runs[0].budget.is_none() && runs[1].budget == Some(12 << 20));
-        assert_eq!(runs[6].budget, Some(6 << 20));
+        assert_eq!(runs[7].budget, Some(6 << 20));
     }
 
     #[test]
@@ -306,7 +308,8 @@ mod tests {
         assert!(args(2).contains("--free-page-reporting --"));
         let h = args(3);
         assert!(!h.contains("--no-hinting") && !h.contains("hints="), "{h}");
-        assert!(args(4).ends_with("-- hints=unbatched copies=1 scan-mmap 2"));
+        assert!(args(4).ends_with("--hints batched -- copies=1 scan-mmap 2"));
+        assert!(args(5).ends_with("--hints unbatched -- copies=1 scan-mmap 2"));
     }
 
     #[test]
