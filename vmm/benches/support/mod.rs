@@ -55,3 +55,23 @@ pub fn json(doc: &serde_json::Value, path: &str) -> u64 {
     }
     v.as_u64().unwrap_or_else(|| panic!("{path} missing"))
 }
+
+/// The first `result:` line of a guest's output.
+pub fn result_line(stdout: &str) -> Option<&str> {
+    stdout.lines().find(|l| l.starts_with("result:"))
+}
+
+/// The stats document a `vmm run --stats FILE` wrote.
+pub fn read_stats(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every VM exit of the run: the sum of the stats' `exits.*` counters.
+pub fn all_exits(doc: &serde_json::Value) -> u64 {
+    doc["exits"]
+        .as_object()
+        .map(|o| o.values().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or_else(|| panic!("exits missing"))
+}
