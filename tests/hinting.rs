@@ -132,7 +132,10 @@ fn freed_anonymous_memory_is_reclaimed() {
     // The frees reach the host through the shared table (the default),
     // not as SET_UNUSED hypercalls.
     assert!(
-        results(&r.stdout, "churn", "shared_hints").iter().sum::<u64>() > 0,
+        results(&r.stdout, "churn", "shared_hints")
+            .iter()
+            .sum::<u64>()
+            > 0,
         "{}",
         r.stdout
     );

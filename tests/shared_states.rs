@@ -24,7 +24,9 @@ struct Scan {
 fn scan(disk: &Disk, name: &str, vmm_extra: &[&str], guest_extra: &[&str]) -> Scan {
     let stats = disk.path(name);
     let img = disk.image();
-    let mut args = vec!["--mem", "64M", "--vcpus", "1", "--disk", &img, "--stats", &stats];
+    let mut args = vec![
+        "--mem", "64M", "--vcpus", "1", "--disk", &img, "--stats", &stats,
+    ];
     args.extend_from_slice(vmm_extra);
     let mut guest = vec!["copies=1"];
     guest.extend_from_slice(guest_extra);
@@ -51,13 +53,23 @@ fn with_no_budget_shared_states_cost_no_exit_and_old_guests_still_batch() {
     let disk = Disk::new("shared-nobudget", 6, "1M");
     // The default: the table is offered and taken.
     let s = scan(&disk, "shared.json", &[], &[]);
-    assert!(s.hints > 0 && s.shared == s.hints, "{} {}", s.hints, s.shared);
+    assert!(
+        s.hints > 0 && s.shared == s.hints,
+        "{} {}",
+        s.hints,
+        s.shared
+    );
     assert_eq!(s.batches, 0, "no exit carried a hint");
     assert_eq!(get(&s.doc, "hypercalls.hint_batch"), 0, "{}", s.doc);
     assert_eq!(get(&s.doc, "hypercalls.set_state_table"), 1, "{}", s.doc);
     // A guest that does not take the table (as an ABI-1 guest) batches.
     let old = scan(&disk, "old.json", &[], &["hints=batched"]);
-    assert!(old.batches > 0 && old.shared == 0, "{} {}", old.batches, old.shared);
+    assert!(
+        old.batches > 0 && old.shared == 0,
+        "{} {}",
+        old.batches,
+        old.shared
+    );
     assert_eq!(get(&old.doc, "hypercalls.set_state_table"), 0);
     assert!(get(&old.doc, "hypercalls.make_volatile") > 0, "{}", old.doc);
     // And the VMM can withhold the table: CPUID then lacks SHARED_STATES.
@@ -109,7 +121,10 @@ fn under_a_budget_the_host_takes_from_the_table_despite_a_scribbling_guest() {
     // The only hint exits are SET_STABLE for frames the host armed.
     let hints: u64 = results(&r.stdout, "scan-mmap", "shared_hints").iter().sum();
     let exits = get(&doc, "hypercalls.hint_batch");
-    assert!(hints > 0 && exits * 20 < hints, "{exits} exits for {hints} changes");
+    assert!(
+        hints > 0 && exits * 20 < hints,
+        "{exits} exits for {hints} changes"
+    );
     assert!(!r.stderr.contains("internal error"), "{}", r.stderr);
 }
 
@@ -117,7 +132,15 @@ fn under_a_budget_the_host_takes_from_the_table_despite_a_scribbling_guest() {
 fn the_instruction_counter_measures_the_hint_path() {
     let disk = Disk::new("shared-cost", 1, "64K");
     let r = boot(
-        &["--mem", "32M", "--vcpus", "1", "--disk", &disk.image(), "--count-instructions"],
+        &[
+            "--mem",
+            "32M",
+            "--vcpus",
+            "1",
+            "--disk",
+            &disk.image(),
+            "--count-instructions",
+        ],
         &["hint-cost"],
     );
     r.expect_status(0);

@@ -223,7 +223,10 @@ mod tests {
     fn a_stable_entry_leaves_with_a_store_and_keeps_the_armed_mark() {
         let c = AtomicU8::new(Stable as u8 | ARMED);
         guest_release(&c, Unused);
-        assert_eq!(c.load(core::sync::atomic::Ordering::Relaxed), Unused as u8 | ARMED);
+        assert_eq!(
+            c.load(core::sync::atomic::Ordering::Relaxed),
+            Unused as u8 | ARMED
+        );
         assert_eq!(
             guest_make_stable(&c),
             Taken {

@@ -18,8 +18,8 @@ use loom::sync::Arc;
 use loom::thread;
 use pagehint_abi::page_state::PageState::{self, Stable, Unused, Volatile};
 use pagehint_abi::state_table::{
-    guest_make_stable, guest_release, host_abort, host_arm, host_finish, host_try_claim,
-    state_of, EntryCell, DISCARDED,
+    guest_make_stable, guest_release, host_abort, host_arm, host_finish, host_try_claim, state_of,
+    EntryCell, DISCARDED,
 };
 
 /// One frame's entry, on loom's atomics.

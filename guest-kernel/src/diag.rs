@@ -242,12 +242,24 @@ fn state_table_checks(page: u64) -> impl Iterator<Item = (&'static str, i32, Cal
     let checks: [(&'static str, i32, CallResult); 2] = if mm::hints::shared() {
         [
             ("state table again", register(page), CallResult::BadArgument),
-            ("misaligned state table", register(page + 8), CallResult::BadBlock),
+            (
+                "misaligned state table",
+                register(page + 8),
+                CallResult::BadBlock,
+            ),
         ]
     } else if !offered {
         [
-            ("state table not offered", register(page), CallResult::HintsDisabled),
-            ("state table not offered", register(page + 8), CallResult::HintsDisabled),
+            (
+                "state table not offered",
+                register(page),
+                CallResult::HintsDisabled,
+            ),
+            (
+                "state table not offered",
+                register(page + 8),
+                CallResult::HintsDisabled,
+            ),
         ]
     } else {
         [("", 0, CallResult::Ok), ("", 0, CallResult::Ok)]

@@ -336,7 +336,8 @@ impl CpuHints {
     }
 
     fn drain(&mut self, m: &mut impl HintHost) {
-        let shared = m.enabled() && self.nfreed > 0 && m.shared_entry(self.freed[0].pfn()).is_some();
+        let shared =
+            m.enabled() && self.nfreed > 0 && m.shared_entry(self.freed[0].pfn()).is_some();
         if shared {
             for pa in &self.freed[..self.nfreed] {
                 if let Some(e) = m.shared_entry(pa.pfn()) {

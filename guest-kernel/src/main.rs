@@ -32,8 +32,8 @@ use core::sync::atomic::Ordering;
 use arch::{apic, boot, cpu, gdt, idt};
 use guest_kernel::cmdline;
 use guest_kernel::elf::Elf;
-use pagehint_abi::cpuid::features;
 use pagehint_abi::boot::CMDLINE_MAX;
+use pagehint_abi::cpuid::features;
 use pagehint_abi::exit::guest;
 
 /// The user programs, built by `vmm/build.rs` from the `guest-user` crate.

@@ -233,7 +233,11 @@ impl VmConfig {
 
     /// The guest's command-line words for this configuration.
     pub fn guest_cmdline_words(&self) -> Vec<String> {
-        guest_cmdline_words(self.disk.is_some(), self.hints.guest_word(), &self.guest_args)
+        guest_cmdline_words(
+            self.disk.is_some(),
+            self.hints.guest_word(),
+            &self.guest_args,
+        )
     }
 }
 
@@ -271,7 +275,11 @@ pub fn virtio_blk_cmdline_option() -> String {
 /// a disk, then the hint mode's word (`hints=fpr` with free page
 /// reporting, `hints=batched`/`unbatched` for those transports), then the
 /// user's words.
-pub fn guest_cmdline_words(with_disk: bool, hint_word: Option<&str>, args: &[String]) -> Vec<String> {
+pub fn guest_cmdline_words(
+    with_disk: bool,
+    hint_word: Option<&str>,
+    args: &[String],
+) -> Vec<String> {
     let mut words = Vec::with_capacity(args.len() + 2);
     if with_disk {
         words.push(virtio_blk_cmdline_option());
@@ -344,7 +352,9 @@ mod tests {
         let line = loader::build_cmdline(&guest_cmdline_words(true, None, &args)).unwrap();
         assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hello x");
         assert_eq!(guest_cmdline_words(false, None, &args), args);
-        let line = loader::build_cmdline(&guest_cmdline_words(true, Some(FPR_CMDLINE_OPTION), &args)).unwrap();
+        let line =
+            loader::build_cmdline(&guest_cmdline_words(true, Some(FPR_CMDLINE_OPTION), &args))
+                .unwrap();
         assert_eq!(line, "virtio_mmio.device=4K@0xd0000000:5 hints=fpr hello x");
         assert_eq!(
             guest_cmdline_words(false, Some(FPR_CMDLINE_OPTION), &args),

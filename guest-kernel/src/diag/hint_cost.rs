@@ -116,7 +116,11 @@ pub fn run() -> u32 {
     };
     let per = |x: u64| x.saturating_sub(base) as f64 / CHANGES as f64;
     let hits = |x: u64| x.saturating_sub(base);
-    let mode = if mm::hints::shared() { "shared" } else { "hypercalls" };
+    let mode = if mm::hints::shared() {
+        "shared"
+    } else {
+        "hypercalls"
+    };
     println!(
         "result: program=hint-cost mode={mode} changes={CHANGES} baseline={base} volatile_per_change={:.1} stable_per_change={:.1} hit_stable={} hit_aged={} aged_extra={} errors=0",
         per(v),

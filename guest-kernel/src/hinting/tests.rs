@@ -146,7 +146,11 @@ impl HintHost for Fake {
         if let Some(t) = &self.shared {
             for &p in &pfns {
                 let v = t[p as usize].load(Ordering::Relaxed);
-                assert_eq!(state_of(v), PageState::Unused, "frame {p} back while its entry says {v:#x}");
+                assert_eq!(
+                    state_of(v),
+                    PageState::Unused,
+                    "frame {p} back while its entry says {v:#x}"
+                );
             }
         } else if self.enabled {
             for p in &pfns {
@@ -465,12 +469,20 @@ fn with_a_shared_table_only_armed_frames_cost_an_exit() {
     assert_eq!(m.batches(), [&vec![(HintOp::SetStable, armed, 1)]]);
     for f in &again {
         let p = f.addr.pfn().0;
-        assert_eq!(m.entry(p), PageState::Stable as u8, "frame {p}: stable, marks gone");
+        assert_eq!(
+            m.entry(p),
+            PageState::Stable as u8,
+            "frame {p}: stable, marks gone"
+        );
         assert_eq!(f.known_zero, p == plain || p == armed, "frame {p}");
     }
     assert_eq!(
         m.counters.shared.load(Ordering::Relaxed),
         2 * POOL_BATCH as u64
     );
-    assert_eq!(m.counters.hints.load(Ordering::Relaxed), 1, "the one hypercall hint");
+    assert_eq!(
+        m.counters.hints.load(Ordering::Relaxed),
+        1,
+        "the one hypercall hint"
+    );
 }

@@ -106,20 +106,45 @@ impl MmState {
     }
 
     /// A hit on volatile cached page `pfn` (`index` of `file`): with the
-    /// shared table one compare-and-swap on its entry (no exit to share, so
-    /// no read-ahead batch to build); else [`Self::make_stable_ahead`]. A
+    /// shared table one compare-and-swap on its entry, then the same for
+    /// the volatile pages right after it (a scan wants them next: taking
+    /// them back now keeps the host from dropping them under the scan);
+    /// else [`Self::make_stable_ahead`], which does both with one exit. A
     /// page the host dropped leaves the cache (and is read again).
     #[inline]
     fn make_stable_hit(&mut self, file: u32, index: u64, pfn: u64) {
         match hints::make_stable_shared(pfn) {
             Some(lost) => {
-                self.frames.clear_flags(pfn, flag::VOLATILE);
-                self.volatile = self.volatile.saturating_sub(1);
-                if lost {
-                    self.discard(pfn);
-                }
+                self.stable_again(pfn, lost);
+                self.make_stable_after(file, index);
             }
             None => self.make_stable_ahead(file, index),
+        }
+    }
+
+    /// The guest's side of a page made stable through the shared table.
+    #[inline]
+    fn stable_again(&mut self, pfn: u64, lost: bool) {
+        self.frames.clear_flags(pfn, flag::VOLATILE);
+        self.volatile = self.volatile.saturating_sub(1);
+        if lost {
+            self.discard(pfn);
+        }
+    }
+
+    /// Up to `READAHEAD - 1` volatile pages after `index`, made stable
+    /// through the shared table (stops at the first that is not).
+    #[inline(never)]
+    fn make_stable_after(&mut self, file: u32, index: u64) {
+        for i in index + 1..index + READAHEAD {
+            let Some(p) = self.frames.peek(file, i) else {
+                return;
+            };
+            if self.frames.flags(p) & flag::VOLATILE == 0 {
+                return;
+            }
+            let lost = hints::make_stable_shared(p).unwrap_or(false);
+            self.stable_again(p, lost);
         }
     }
 

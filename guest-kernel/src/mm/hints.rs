@@ -284,7 +284,14 @@ pub fn now_many(op: HintOp, pfns: &[u64], mut each: impl FnMut(u64, Result<HintR
     if shared() && !matches!(op, HintOp::SetUnused | HintOp::SetStable) {
         for &p in pfns {
             let lost = shared_entry(p).is_some_and(|e| change_shared(e, op));
-            each(p, Ok(if lost { HintResult::Discarded } else { HintResult::Ok }));
+            each(
+                p,
+                Ok(if lost {
+                    HintResult::Discarded
+                } else {
+                    HintResult::Ok
+                }),
+            );
         }
         return;
     }

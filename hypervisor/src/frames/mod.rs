@@ -23,10 +23,10 @@ pub mod discard;
 pub mod host;
 pub mod run;
 pub mod shared;
-pub mod table;
-pub mod transition;
 #[cfg(test)]
 mod shared_stress;
+pub mod table;
+pub mod transition;
 
 pub use discard::{Arming, Discarder, Method, PassReport};
 pub use host::{HostMap, HostRange};

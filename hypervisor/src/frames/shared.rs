@@ -68,7 +68,12 @@ impl std::fmt::Debug for SharedEntries {
 impl SharedEntries {
     /// Checks a registration of `entries` entries at `table` against
     /// `ram`, whose frame table has `want` frames.
-    pub fn new(ram: &GuestRam, table: GuestPhys, entries: u64, want: u64) -> Result<Self, ShareError> {
+    pub fn new(
+        ram: &GuestRam,
+        table: GuestPhys,
+        entries: u64,
+        want: u64,
+    ) -> Result<Self, ShareError> {
         let gpa = table.as_u64();
         if entries != want {
             return Err(ShareError::WrongLength { got: entries, want });
@@ -153,7 +158,9 @@ mod tests {
         s.entry(7).unwrap().store(0x42, Ordering::Release);
         let b: u8 = ram.mem().read_obj(GuestAddress(0x10_0007)).unwrap();
         assert_eq!(b, 0x42, "the entry is the guest's byte");
-        ram.mem().write_obj(0x13u8, GuestAddress(0x10_0009)).unwrap();
+        ram.mem()
+            .write_obj(0x13u8, GuestAddress(0x10_0009))
+            .unwrap();
         assert_eq!(s.entry(9).unwrap().load(Ordering::Acquire), 0x13);
     }
 

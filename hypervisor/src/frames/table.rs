@@ -27,9 +27,7 @@ use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 use pagehint_abi::hypercall::HintOp;
 use pagehint_abi::page_state::PageState;
-use pagehint_abi::state_table::{
-    self as entry, state_of, ARMED, BUSY, DISCARDED, STATE_MASK,
-};
+use pagehint_abi::state_table::{self as entry, state_of, ARMED, BUSY, DISCARDED, STATE_MASK};
 
 use crate::frames::shared::{ShareError, SharedEntries};
 use crate::frames::transition::transition;
@@ -214,7 +212,9 @@ impl FrameTable {
                 }
             }
         }
-        self.shared.set(entries).map_err(|_| ShareError::AlreadyShared)
+        self.shared
+            .set(entries)
+            .map_err(|_| ShareError::AlreadyShared)
     }
 
     /// True once the guest's shared table holds the states.
@@ -268,7 +268,11 @@ impl FrameTable {
             // SET_STABLE hands a frame out afresh: its discard-fault
             // registration is undone (`DiscardFaults::unregister_marked`),
             // so its ARMED mark goes; the other hints keep it.
-            let armed = if op == HintOp::SetStable { 0 } else { cur & ARMED };
+            let armed = if op == HintOp::SetStable {
+                0
+            } else {
+                cur & ARMED
+            };
             let keep = (if reports { 0 } else { cur & DISCARDED }) | armed;
             let new = (to as u8) | keep;
             match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {

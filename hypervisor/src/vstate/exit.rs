@@ -181,26 +181,56 @@ mod tests {
     fn port_and_mmio_exits_are_served_and_counted() {
         let (d, m) = (Fake::default(), ExitMetrics::default());
         assert_eq!(
-            handle_exit(Ok(VcpuExit::IoOut(0x3f8, &[7])), &d, &m, &mut StepCounter::default()),
+            handle_exit(
+                Ok(VcpuExit::IoOut(0x3f8, &[7])),
+                &d,
+                &m,
+                &mut StepCounter::default()
+            ),
             Step::Continue
         );
         assert_eq!(
-            handle_exit(Ok(VcpuExit::IoOut(0xf4, &[3, 0, 0, 0])), &d, &m, &mut StepCounter::default()),
+            handle_exit(
+                Ok(VcpuExit::IoOut(0xf4, &[3, 0, 0, 0])),
+                &d,
+                &m,
+                &mut StepCounter::default()
+            ),
             Step::GuestExit(3)
         );
         let mut b = [0u8; 2];
         assert_eq!(
-            handle_exit(Ok(VcpuExit::IoIn(0x60, &mut b)), &d, &m, &mut StepCounter::default()),
+            handle_exit(
+                Ok(VcpuExit::IoIn(0x60, &mut b)),
+                &d,
+                &m,
+                &mut StepCounter::default()
+            ),
             Step::Continue
         );
         assert_eq!(b, [0x11; 2]);
         let mut w = [0u8; 4];
-        handle_exit(Ok(VcpuExit::MmioRead(0x10, &mut w)), &d, &m, &mut StepCounter::default());
+        handle_exit(
+            Ok(VcpuExit::MmioRead(0x10, &mut w)),
+            &d,
+            &m,
+            &mut StepCounter::default(),
+        );
         assert_eq!(w, [0x5a; 4]);
-        handle_exit(Ok(VcpuExit::MmioRead(0xd000_0000, &mut w)), &d, &m, &mut StepCounter::default());
+        handle_exit(
+            Ok(VcpuExit::MmioRead(0xd000_0000, &mut w)),
+            &d,
+            &m,
+            &mut StepCounter::default(),
+        );
         assert_eq!(w, [0xff; 4], "unclaimed loads read all-ones");
         assert_eq!(
-            handle_exit(Ok(VcpuExit::MmioWrite(0x2000, &[1])), &d, &m, &mut StepCounter::default()),
+            handle_exit(
+                Ok(VcpuExit::MmioWrite(0x2000, &[1])),
+                &d,
+                &m,
+                &mut StepCounter::default()
+            ),
             Step::Continue
         );
         assert_eq!(
@@ -221,18 +251,39 @@ mod tests {
         let (d, m) = (Fake::default(), ExitMetrics::default());
         let mut off = StepCounter::default();
         let mut b = [0u8; 4];
-        handle_exit(Ok(VcpuExit::IoIn(STEP_COUNTER_PORT, &mut b)), &d, &m, &mut off);
+        handle_exit(
+            Ok(VcpuExit::IoIn(STEP_COUNTER_PORT, &mut b)),
+            &d,
+            &m,
+            &mut off,
+        );
         assert_eq!(b, [0x11; 4], "without the flag the port is the bus's");
         let dbg = kvm_bindings::kvm_debug_exit_arch::default();
         let s = handle_exit(Ok(VcpuExit::Debug(dbg)), &d, &m, &mut off);
-        assert!(matches!(s, Step::Unhandled(_)), "a stray debug exit is not ours");
+        assert!(
+            matches!(s, Step::Unhandled(_)),
+            "a stray debug exit is not ours"
+        );
         let mut on = StepCounter::new(true);
-        let s = handle_exit(Ok(VcpuExit::IoOut(STEP_COUNTER_PORT, &[0; 4])), &d, &m, &mut on);
+        let s = handle_exit(
+            Ok(VcpuExit::IoOut(STEP_COUNTER_PORT, &[0; 4])),
+            &d,
+            &m,
+            &mut on,
+        );
         assert_eq!(s, Step::SingleStep(StepChange::Start));
         for _ in 0..5 {
-            assert_eq!(handle_exit(Ok(VcpuExit::Debug(dbg)), &d, &m, &mut on), Step::Continue);
+            assert_eq!(
+                handle_exit(Ok(VcpuExit::Debug(dbg)), &d, &m, &mut on),
+                Step::Continue
+            );
         }
-        let s = handle_exit(Ok(VcpuExit::IoIn(STEP_COUNTER_PORT, &mut b)), &d, &m, &mut on);
+        let s = handle_exit(
+            Ok(VcpuExit::IoIn(STEP_COUNTER_PORT, &mut b)),
+            &d,
+            &m,
+            &mut on,
+        );
         assert_eq!(s, Step::SingleStep(StepChange::Stop));
         assert_eq!(u32::from_le_bytes(b), 5);
         assert_eq!(*d.log.borrow(), ["in 0x518"], "served without the bus");
@@ -241,20 +292,42 @@ mod tests {
     #[test]
     fn every_other_way_out_has_its_step() {
         let (d, m) = (Fake::default(), ExitMetrics::default());
-        assert_eq!(handle_exit(Ok(VcpuExit::Hlt), &d, &m, &mut StepCounter::default()), Step::Continue);
-        assert_eq!(handle_exit(Ok(VcpuExit::Intr), &d, &m, &mut StepCounter::default()), Step::Interrupted);
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::Hlt), &d, &m, &mut StepCounter::default()),
+            Step::Continue
+        );
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::Intr), &d, &m, &mut StepCounter::default()),
+            Step::Interrupted
+        );
         let eintr = kvm_ioctls::Error::new(libc::EINTR);
-        assert_eq!(handle_exit(Err(eintr), &d, &m, &mut StepCounter::default()), Step::Interrupted);
+        assert_eq!(
+            handle_exit(Err(eintr), &d, &m, &mut StepCounter::default()),
+            Step::Interrupted
+        );
         let eagain = kvm_ioctls::Error::new(libc::EAGAIN);
-        assert_eq!(handle_exit(Err(eagain), &d, &m, &mut StepCounter::default()), Step::Interrupted);
+        assert_eq!(
+            handle_exit(Err(eagain), &d, &m, &mut StepCounter::default()),
+            Step::Interrupted
+        );
         assert_eq!(m.interrupted.get(), 3);
         assert_eq!(
             handle_exit(Ok(VcpuExit::Shutdown), &d, &m, &mut StepCounter::default()),
             Step::TripleFault
         );
-        let s = handle_exit(Ok(VcpuExit::InternalError), &d, &m, &mut StepCounter::default());
+        let s = handle_exit(
+            Ok(VcpuExit::InternalError),
+            &d,
+            &m,
+            &mut StepCounter::default(),
+        );
         assert!(s == Step::InternalError && s.is_kvm_failure());
-        let s = handle_exit(Ok(VcpuExit::FailEntry(0x21, 1)), &d, &m, &mut StepCounter::default());
+        let s = handle_exit(
+            Ok(VcpuExit::FailEntry(0x21, 1)),
+            &d,
+            &m,
+            &mut StepCounter::default(),
+        );
         assert_eq!(
             s,
             Step::FailEntry {
@@ -266,7 +339,12 @@ mod tests {
         let efault = kvm_ioctls::Error::new(libc::EFAULT);
         let s = handle_exit(Err(efault), &d, &m, &mut StepCounter::default());
         assert!(s == Step::RunFailed(libc::EFAULT) && s.is_kvm_failure());
-        let s = handle_exit(Ok(VcpuExit::IrqWindowOpen), &d, &m, &mut StepCounter::default());
+        let s = handle_exit(
+            Ok(VcpuExit::IrqWindowOpen),
+            &d,
+            &m,
+            &mut StepCounter::default(),
+        );
         assert!(matches!(s, Step::Unhandled(ref w) if w.contains("IrqWindowOpen")));
         assert!(!s.is_kvm_failure() && !Step::TripleFault.is_kvm_failure());
         assert_eq!((m.hlt.get(), m.shutdown.get(), m.other.get()), (1, 1, 1));

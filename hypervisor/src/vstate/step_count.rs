@@ -75,9 +75,7 @@ impl StepCounter {
 /// Turns single-stepping of `fd` on or off.
 pub fn set_single_step(fd: &VcpuFd, change: StepChange) -> Result<(), kvm_ioctls::Error> {
     let control = match change {
-        StepChange::Start => {
-            KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ
-        }
+        StepChange::Start => KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ,
         StepChange::Stop => 0,
     };
     fd.set_guest_debug(&kvm_guest_debug {

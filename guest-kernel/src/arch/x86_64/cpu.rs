@@ -39,7 +39,9 @@ pub fn inl(port: u16) -> u32 {
     let value: u32;
     // SAFETY: as for `outl`: not `nomem`, so that the read is ordered
     // after the stores before it (the instruction counter's stop).
-    unsafe { asm!("in eax, dx", in("dx") port, out("eax") value, options(nostack, preserves_flags)) }
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") value, options(nostack, preserves_flags))
+    }
     value
 }
 
