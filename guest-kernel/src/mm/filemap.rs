@@ -22,6 +22,9 @@ use pagehint_abi::hypercall::{HintOp, HintResult};
 const READAHEAD: u64 = 16;
 /// Frames reclaimed per round.
 const RECLAIM_BATCH: usize = 32;
+/// Hits on volatile pages after a drop was last seen during which the
+/// shared-table path reads ahead (`MmState::ahead_credit`).
+const AHEAD_CREDIT: u32 = 256;
 
 impl MmState {
     /// A zeroed frame (or, with `overwrite`, one whose contents the caller
@@ -106,17 +109,22 @@ impl MmState {
     }
 
     /// A hit on volatile cached page `pfn` (`index` of `file`): with the
-    /// shared table one compare-and-swap on its entry, then the same for
-    /// the volatile pages right after it (a scan wants them next: taking
-    /// them back now keeps the host from dropping them under the scan);
-    /// else [`Self::make_stable_ahead`], which does both with one exit. A
-    /// page the host dropped leaves the cache (and is read again).
+    /// shared table one compare-and-swap on its entry and, while the host
+    /// is taking pages (a drop was seen within the last [`AHEAD_CREDIT`]
+    /// such hits), the same for the volatile pages right after it: a scan
+    /// wants them next, and taking them back now keeps the host from
+    /// dropping them under it. Else [`Self::make_stable_ahead`], which
+    /// always does both, in one exit. A page the host dropped leaves the
+    /// cache (and is read again).
     #[inline]
     fn make_stable_hit(&mut self, file: u32, index: u64, pfn: u64) {
         match hints::make_stable_shared(pfn) {
             Some(lost) => {
                 self.stable_again(pfn, lost);
-                self.make_stable_after(file, index);
+                if self.ahead_credit > 0 {
+                    self.ahead_credit -= 1;
+                    self.make_stable_after(file, index);
+                }
             }
             None => self.make_stable_ahead(file, index),
         }
@@ -128,6 +136,7 @@ impl MmState {
         self.frames.clear_flags(pfn, flag::VOLATILE);
         self.volatile = self.volatile.saturating_sub(1);
         if lost {
+            self.ahead_credit = AHEAD_CREDIT;
             self.discard(pfn);
         }
     }

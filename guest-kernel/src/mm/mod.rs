@@ -98,6 +98,11 @@ pub struct MmState {
     pub stats: KernelStats,
     /// Cache frames the VMM was told are volatile.
     pub volatile: u64,
+    /// Hits on volatile pages left during which the shared-table hit path
+    /// also takes back the pages after the hit one (`filemap`): renewed
+    /// whenever a page is found dropped, so it runs only while the host is
+    /// taking pages.
+    pub ahead_credit: u32,
 }
 
 static MM: SpinLock<Option<MmState>> = SpinLock::new(None);
@@ -254,6 +259,7 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
         next_asid: 1,
         stats: KernelStats::default(),
         volatile: 0,
+        ahead_credit: 0,
     });
     let high_frames = ranges
         .iter()
