@@ -23,8 +23,6 @@ pub mod discard;
 pub mod host;
 pub mod run;
 pub mod shared;
-#[cfg(test)]
-mod shared_stress;
 pub mod table;
 pub mod transition;
 

@@ -22,6 +22,8 @@
 pub mod cgroup;
 pub mod policy;
 pub mod resident;
+#[cfg(test)]
+mod shared_stress;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -23,8 +23,8 @@
 //!   `force_stable` never waits on a BUSY bit the guest wrote (it did, for
 //!   ever, until the host kept its own CLAIMED mark).
 //!
-//! Being a test, this file drives the core the way the reclaimer does (it
-//! imports `crate::reclaim`, which the core itself must never do). It must
+//! It lives beside the reclaimer because it drives the frame-state core
+//! the way the reclaimer does (`policy::discard_pass_with`). It must
 //! never use `unsafe`, depend on timing for its verdicts (only for how much
 //! work gets done), or leave a thread behind when it passes.
 

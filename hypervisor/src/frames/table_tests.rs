@@ -1,0 +1,217 @@
+//! Tests of the frame table: hints against the transition table, claims,
+//! discards reported exactly once, the registered mark, waiting on a
+//! discard in progress, and the MMIO hole.
+
+use super::*;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use PageState::*;
+
+#[test]
+fn hints_follow_the_transition_table() {
+    let t = FrameTable::new(8, false);
+    assert_eq!(t.counts().stable, 8);
+    assert_eq!(t.apply(1, HintOp::SetUnused), Ok(HintOutcome::Applied));
+    assert_eq!(
+        t.apply(1, HintOp::MakeVolatile),
+        Err(StateError::Illegal {
+            pfn: 1,
+            op: HintOp::MakeVolatile,
+            from: Unused
+        })
+    );
+    assert_eq!(t.state(1), Some(Unused), "illegal leaves it unchanged");
+    assert_eq!(t.apply(2, HintOp::MakeVolatile), Ok(HintOutcome::Applied));
+    assert_eq!(
+        t.apply(8, HintOp::SetStable),
+        Err(StateError::OutOfRange(8))
+    );
+    assert_eq!(
+        t.apply(u64::MAX, HintOp::SetStable),
+        Err(StateError::OutOfRange(u64::MAX))
+    );
+    let c = t.counts();
+    assert_eq!((c.stable, c.unused, c.volatile, c.discarded), (6, 1, 1, 0));
+    assert_eq!(
+        t.apply_range(6, 3, HintOp::SetUnused),
+        Err(StateError::OutOfRange(6))
+    );
+    assert_eq!(
+        t.apply_range(u64::MAX, 2, HintOp::SetUnused),
+        Err(StateError::OutOfRange(u64::MAX))
+    );
+    assert_eq!(
+        t.apply_range(4, 4, HintOp::SetUnused),
+        Ok(HintOutcome::Applied)
+    );
+    assert_eq!(t.counts().unused, 5);
+}
+
+#[test]
+fn discards_are_reported_once_by_the_next_stable_making_hint() {
+    let t = FrameTable::new(4, false);
+    t.apply_range(0, 4, HintOp::SetUnused).unwrap();
+    t.apply(3, HintOp::SetStable).unwrap();
+    t.apply(3, HintOp::MakeVolatile).unwrap();
+    assert!(!t.try_claim(0, Volatile), "wrong class");
+    assert!(t.try_claim(0, Unused));
+    assert!(!t.try_claim(0, Unused), "already busy");
+    t.finish_discard(0);
+    assert!(!t.try_claim(0, Unused), "already discarded");
+    assert!(t.try_claim(3, Volatile));
+    t.finish_discard(3);
+    assert!(t.try_claim(1, Unused));
+    t.abort_discard(1);
+    assert!(!t.is_discarded(1));
+    assert_eq!(t.counts().discarded, 2);
+    // Freeing again keeps the mark; allocating reports it.
+    assert_eq!(t.apply(0, HintOp::SetUnused), Ok(HintOutcome::Applied));
+    assert_eq!(
+        t.apply_range(0, 2, HintOp::SetStable),
+        Ok(HintOutcome::Discarded)
+    );
+    assert_eq!(t.apply(0, HintOp::SetStable), Ok(HintOutcome::Applied));
+    assert_eq!(t.apply(3, HintOp::MakeVolatile), Ok(HintOutcome::Applied));
+    assert_eq!(
+        t.apply(3, HintOp::CheckWritable),
+        Ok(HintOutcome::Discarded)
+    );
+    assert_eq!(t.apply(3, HintOp::MakeStable), Ok(HintOutcome::Applied));
+    assert!(!t.try_claim(3, Stable), "stable is never claimed");
+    assert_eq!(
+        (t.total_discards(), t.zero_fills(), t.counts().discarded),
+        (2, 2, 0)
+    );
+}
+
+#[test]
+fn the_registered_mark_survives_hints_and_is_taken_once() {
+    let t = FrameTable::new(4, false);
+    t.apply(1, HintOp::MakeVolatile).unwrap();
+    assert!(t.try_claim(1, Volatile));
+    t.mark_registered(1);
+    assert!(t.discard_fault_due(1), "busy volatile: being dropped");
+    t.finish_discard(1);
+    assert!(t.discard_fault_due(1) && t.is_registered(1));
+    assert_eq!(t.apply(1, HintOp::SetUnused), Ok(HintOutcome::Applied));
+    assert!(t.is_registered(1) && !t.discard_fault_due(1));
+    assert_eq!(t.apply(1, HintOp::SetStable), Ok(HintOutcome::Discarded));
+    assert!(t.take_registered(1));
+    assert!(!t.take_registered(1), "taken exactly once");
+    assert!(!t.take_registered(9), "out of range");
+    // The livelock breaker.
+    t.apply(2, HintOp::MakeVolatile).unwrap();
+    assert!(!t.force_stable(2), "not discarded");
+    assert!(t.try_claim(2, Volatile));
+    t.mark_registered(2);
+    t.finish_discard(2);
+    assert!(t.force_stable(2));
+    assert_eq!(t.state(2), Some(Stable));
+    assert!(!t.is_discarded(2) && t.is_registered(2));
+    assert_eq!(t.apply(2, HintOp::MakeStable), Ok(HintOutcome::Applied));
+    assert_eq!(t.counts().discarded, 0);
+    assert!(!t.force_stable(2) && !t.force_stable(99));
+}
+
+#[test]
+fn a_hint_waits_for_a_discard_in_progress() {
+    let t = Arc::new(FrameTable::new(1, false));
+    t.apply(0, HintOp::MakeVolatile).unwrap();
+    assert!(t.try_claim(0, Volatile));
+    let t2 = t.clone();
+    let h = std::thread::spawn(move || t2.apply(0, HintOp::MakeStable));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(!h.is_finished(), "the hint must wait for BUSY to clear");
+    t.finish_discard(0);
+    assert_eq!(h.join().unwrap(), Ok(HintOutcome::Discarded));
+    assert_eq!(t.state(0), Some(Stable));
+}
+
+/// Two threads hint frames back and forth while a third discards:
+/// every discard is reported exactly once, counts stay consistent.
+#[test]
+fn hints_and_discards_race_without_losing_reports() {
+    const FRAMES: u64 = 64;
+    const ROUNDS: u64 = 3000;
+    let t = Arc::new(FrameTable::new(FRAMES as usize, false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reclaimer = {
+        let (t, stop) = (t.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for p in 0..FRAMES {
+                    for class in [Unused, Volatile] {
+                        if t.try_claim(p, class) {
+                            std::hint::spin_loop();
+                            t.finish_discard(p);
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            n
+        })
+    };
+    let hinters: Vec<_> = (0..2u64)
+        .map(|k| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let mut reported = 0u64;
+                for r in 0..ROUNDS {
+                    // Each thread owns half the frames, as guest CPUs
+                    // own the frames they allocate.
+                    let p = k * (FRAMES / 2) + r % (FRAMES / 2);
+                    if t.apply(p, HintOp::SetUnused).is_err() {
+                        return None;
+                    }
+                    if t.apply(p, HintOp::SetStable).ok()? == HintOutcome::Discarded {
+                        reported += 1;
+                    }
+                    t.apply(p, HintOp::MakeVolatile).ok()?;
+                    if t.apply(p, HintOp::MakeStable).ok()? == HintOutcome::Discarded {
+                        reported += 1;
+                    }
+                }
+                Some(reported)
+            })
+        })
+        .collect();
+    let reported: u64 = hinters
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .sum();
+    stop.store(true, Ordering::Relaxed);
+    let discards = reclaimer.join().unwrap();
+    // Every frame ends Stable: each discard was reported exactly once.
+    let c = t.counts();
+    assert_eq!(c.stable, FRAMES);
+    assert_eq!((c.unused, c.volatile, c.discarded), (0, 0, 0));
+    assert_eq!(discards, t.total_discards());
+    assert_eq!(reported, discards);
+    assert_eq!(reported, t.zero_fills());
+    for p in 0..FRAMES {
+        assert_eq!(t.state(p), Some(Stable));
+        assert!(!t.is_discarded(p));
+    }
+}
+
+#[test]
+fn frames_in_the_hole_are_not_ram() {
+    let t = FrameTable::with_hole(100, 40..60, false);
+    assert_eq!(t.counts().stable, 80);
+    assert_eq!(t.apply(39, HintOp::SetUnused), Ok(HintOutcome::Applied));
+    assert_eq!(
+        t.apply(40, HintOp::SetUnused),
+        Err(StateError::OutOfRange(40))
+    );
+    assert_eq!(t.state(59), None);
+    assert_eq!(t.state(60), Some(PageState::Stable));
+    // A range into the hole changes nothing.
+    assert_eq!(
+        t.apply_range(35, 10, HintOp::SetUnused),
+        Err(StateError::OutOfRange(40))
+    );
+    assert_eq!(t.state(36), Some(PageState::Stable));
+    assert!(!t.try_claim(45, PageState::Unused));
+}
