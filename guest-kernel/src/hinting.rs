@@ -289,11 +289,13 @@ impl CpuHints {
             let pfn = GuestPhys(self.ready[i] & !ZERO).pfn();
             if let Some(e) = m.shared_entry(pfn) {
                 let t = state_table::guest_make_stable(e);
-                count_shared(m.counters());
                 if t.discarded {
                     shared_zero |= 1 << i;
                 }
                 if !t.armed {
+                    // An armed frame's change is counted with its
+                    // SET_STABLE below.
+                    count_shared(m.counters());
                     *slot = usize::MAX;
                 }
             }
@@ -336,8 +338,13 @@ impl CpuHints {
     }
 
     fn drain(&mut self, m: &mut impl HintHost) {
-        let shared =
-            m.enabled() && self.nfreed > 0 && m.shared_entry(self.freed[0].pfn()).is_some();
+        // The same condition as `refill`'s, which takes frames back: a CPU
+        // without its batch page (it could not send the SET_STABLE of an
+        // armed frame) does not hint at all.
+        let shared = m.enabled()
+            && m.has_page()
+            && self.nfreed > 0
+            && m.shared_entry(self.freed[0].pfn()).is_some();
         if shared {
             for pa in &self.freed[..self.nfreed] {
                 if let Some(e) = m.shared_entry(pa.pfn()) {

@@ -41,6 +41,12 @@ const REGISTERED: u8 = 0x01;
 /// one the guest wrote into its shared entry, which no host thread waits
 /// on (nothing on the host would ever clear it).
 const CLAIMED: u8 = 0x02;
+/// The host's own mark: a hint (or the livelock breaker) acts on an entry
+/// whose BUSY bit is the guest's; no claim starts while it is set, so a
+/// BUSY bit seen once as the guest's cannot become a claim's under the
+/// hint's compare-and-swap (a claim aborted and made again in between
+/// leaves the same byte).
+const HINTING: u8 = 0x04;
 /// Spins before a waiting hint starts yielding its CPU.
 const SPINS_BEFORE_YIELD: u32 = 128;
 
@@ -106,14 +112,35 @@ pub struct FrameTable {
     potentially_volatile: bool,
 }
 
-/// Waits, without a lock, until a frame's BUSY bit clears, or is seen to
-/// be none of the host's (`marks` lacks CLAIMED): the entry's value then.
-fn wait_not_busy(cell: &AtomicU8, marks: &AtomicU8) -> u8 {
+/// HINTING held on a frame's host marks; dropped, it lets claims in again.
+struct Hinting<'a>(&'a AtomicU8);
+
+impl Drop for Hinting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_and(!HINTING, Ordering::AcqRel);
+    }
+}
+
+/// Waits, without a lock, until a frame's entry is not held by a claim:
+/// its BUSY bit clear, or shown to be the guest's (no CLAIMED mark), in
+/// which case HINTING is taken so that no claim starts until the caller is
+/// done. The entry's value then, and the HINTING hold if any.
+fn wait_not_busy<'a>(cell: &AtomicU8, marks: &'a AtomicU8) -> (u8, Option<Hinting<'a>>) {
     let mut spins = 0u32;
     loop {
         let v = cell.load(Ordering::Acquire);
-        if v & BUSY == 0 || marks.load(Ordering::Acquire) & CLAIMED == 0 {
-            return v;
+        if v & BUSY == 0 {
+            return (v, None);
+        }
+        let m = marks.load(Ordering::Acquire);
+        if m & (CLAIMED | HINTING) == 0
+            && marks
+                .compare_exchange(m, m | HINTING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // No claim held the frame when HINTING went on, and none can
+            // start now: whatever BUSY the entry shows is the guest's.
+            return (cell.load(Ordering::Acquire), Some(Hinting(marks)));
         }
         if spins < SPINS_BEFORE_YIELD {
             spins += 1;
@@ -200,10 +227,10 @@ impl FrameTable {
     /// from then on reads and writes the guest's entries. Waits for a
     /// reclaimer pass in progress to end. Once per table.
     pub fn share(&self, entries: SharedEntries) -> Result<(), ShareError> {
+        let _no_pass = self.switch.write().unwrap_or_else(|e| e.into_inner());
         if self.shared.get().is_some() {
             return Err(ShareError::AlreadyShared);
         }
-        let _no_pass = self.switch.write().unwrap_or_else(|e| e.into_inner());
         for (pfn, own) in self.own.iter().enumerate() {
             let v = own.load(Ordering::Acquire);
             if let Some(e) = entries.entry(pfn as u64) {
@@ -252,7 +279,9 @@ impl FrameTable {
     pub fn apply(&self, pfn: u64, op: HintOp) -> Result<HintOutcome, StateError> {
         let cell = self.cell(pfn)?;
         let marks = &self.registered[self.index(pfn)?];
-        let mut cur = wait_not_busy(cell, marks);
+        // `_hold` keeps HINTING (if taken) until the hint is done; it is
+        // dropped before waiting again, which would otherwise wait on it.
+        let (mut cur, mut _hold) = wait_not_busy(cell, marks);
         loop {
             let from = state_of(cur);
             let to = transition(from, op, self.potentially_volatile)
@@ -285,7 +314,10 @@ impl FrameTable {
                     }
                     return Ok(HintOutcome::Applied);
                 }
-                Err(actual) if actual & BUSY != 0 => cur = wait_not_busy(cell, marks),
+                Err(actual) if actual & BUSY != 0 => {
+                    _hold = None;
+                    (cur, _hold) = wait_not_busy(cell, marks);
+                }
                 Err(actual) => cur = actual,
             }
         }
@@ -328,7 +360,15 @@ impl FrameTable {
         if self.pinned(pfn) || !entry::claimable(cell.load(Ordering::Acquire), class) {
             return false;
         }
-        marks.fetch_or(CLAIMED, Ordering::AcqRel);
+        // Not while a hint holds HINTING (it acts on a BUSY of the guest's).
+        let m = marks.load(Ordering::Acquire);
+        if m & (CLAIMED | HINTING) != 0
+            || marks
+                .compare_exchange(m, m | CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return false;
+        }
         if entry::host_try_claim(cell, class) {
             return true;
         }
@@ -424,7 +464,7 @@ impl FrameTable {
         let (Ok(cell), Some(marks)) = (self.cell(pfn), self.host_marks(pfn)) else {
             return false;
         };
-        let mut cur = wait_not_busy(cell, marks);
+        let (mut cur, mut _hold) = wait_not_busy(cell, marks);
         loop {
             if state_of(cur) != PageState::Volatile || cur & DISCARDED == 0 {
                 return false;
@@ -437,7 +477,10 @@ impl FrameTable {
                     self.discarded_now.fetch_sub(1, Ordering::Relaxed);
                     return true;
                 }
-                Err(actual) if actual & BUSY != 0 => cur = wait_not_busy(cell, marks),
+                Err(actual) if actual & BUSY != 0 => {
+                    _hold = None;
+                    (cur, _hold) = wait_not_busy(cell, marks);
+                }
                 Err(actual) => cur = actual,
             }
         }

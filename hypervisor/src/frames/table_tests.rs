@@ -215,3 +215,35 @@ fn frames_in_the_hole_are_not_ram() {
     assert_eq!(t.state(36), Some(PageState::Stable));
     assert!(!t.try_claim(45, PageState::Unused));
 }
+
+/// A BUSY bit without the host's claim is the guest's: a hint takes
+/// HINTING and acts on it, and while it does no claim starts, so the same
+/// byte cannot turn into a real claim's under its compare-and-swap (an
+/// aborted claim made again in between would leave exactly that byte).
+#[test]
+fn a_hint_on_a_guests_busy_bit_blocks_claims_until_it_is_done() {
+    let t = FrameTable::new(4, false);
+    t.apply(1, HintOp::MakeVolatile).unwrap();
+    assert!(t.try_claim(1, Volatile));
+    // The claim's mark gone, its BUSY left: as if the guest had written it.
+    t.unclaim(1);
+    let (cell, marks) = (t.cell(1).unwrap(), t.host_marks(1).unwrap());
+    let (v, hold) = wait_not_busy(cell, marks);
+    assert_eq!(v & BUSY, BUSY, "returned at once, not waiting");
+    assert!(hold.is_some() && marks.load(Ordering::Acquire) & HINTING != 0);
+    // The claim ends (abort), and another is tried under the hint.
+    entry::host_abort(cell);
+    assert!(
+        !t.try_claim(1, Volatile),
+        "no claim while a hint holds the frame"
+    );
+    drop(hold);
+    assert_eq!(marks.load(Ordering::Acquire) & HINTING, 0);
+    assert!(t.try_claim(1, Volatile));
+    t.finish_discard(1);
+    // A hint on a guest-written BUSY applies and clears it.
+    t.unclaim(1);
+    assert_eq!(t.apply(1, HintOp::MakeStable), Ok(HintOutcome::Discarded));
+    assert_eq!(t.state(1), Some(Stable));
+    assert_eq!(marks.load(Ordering::Acquire) & (HINTING | CLAIMED), 0);
+}
