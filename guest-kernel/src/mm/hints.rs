@@ -257,8 +257,9 @@ pub fn queue(op: HintOp, pfn: u64) {
     }
 }
 
-/// [`queue`] without the shared table: into this CPU's batch.
-#[cold]
+/// [`queue`] without the shared table: into this CPU's batch. Out of
+/// line so that `queue`'s table path, inlined at every caller, stays short;
+/// not `#[cold]`: it is the hot path of the hypercall transports.
 #[inline(never)]
 fn queue_batched(op: HintOp, pfn: u64) {
     if enabled() {
