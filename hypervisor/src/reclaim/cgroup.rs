@@ -10,18 +10,25 @@
 //! both have a limit.
 //!
 //! The rule ([`headroom_budget`]): guest memory may use what the limit
-//! leaves after everything else charged to the cgroup, less a reserve:
-//! `limit - RESERVE - (usage - resident guest memory)`. Guest RAM is
-//! anonymous memory of this process, so it is part of `usage`; "everything
-//! else" is the VMM's own heap and threads, the host page cache of the
-//! disk image, and any other process in the same cgroup. This module only
+//! leaves after everything else charged to the cgroup that the kernel
+//! cannot drop at will, less a reserve:
+//! `limit - reserve(limit) - (usage - file cache - resident guest memory)`.
+//! Guest RAM is anonymous memory of this process, so it is part of
+//! `usage`; "everything else" is the VMM's own heap and threads and any
+//! other process in the same cgroup. The host page cache (of the disk
+//! image, mostly) is left out ([`CgroupMemory::file_cache`]): at the limit
+//! the kernel drops clean file pages before it swaps anything, so counting
+//! them would make the guest give up its own cache for the host's copy of
+//! the same blocks. The reserve is a quarter of the limit, at most
+//! [`RESERVE`], so a small limit still leaves the guest most of it. This module only
 //! reads files; it must never write to a cgroup, and a file it cannot read
 //! turns the budget off (with one warning) rather than failing the run.
 
 use std::path::{Path, PathBuf};
 
-/// Kept free below the cgroup limit for everything that is not guest RAM
-/// and grows between two reclaimer rounds (16 MiB).
+/// Most kept free below the cgroup limit for everything that is not guest
+/// RAM and grows between two reclaimer rounds (16 MiB, or a quarter of the
+/// limit when that is less).
 pub const RESERVE: u64 = 16 << 20;
 /// cgroup v1 reports "no limit" as a huge page-rounded number; anything at
 /// or above this is no limit.
@@ -143,10 +150,27 @@ pub fn parse_limit(text: &str, version: Version) -> Option<Option<u64>> {
 }
 
 /// The budget for resident guest memory a cgroup leaves (see the module
-/// doc): `limit - RESERVE - (usage - resident)`, never below zero.
+/// doc): `limit - min(RESERVE, limit / 4) - (usage - resident)`, never
+/// below zero; `usage` should leave out the file cache.
 pub fn headroom_budget(limit: u64, usage: u64, resident: u64) -> u64 {
     let others = usage.saturating_sub(resident);
-    limit.saturating_sub(RESERVE).saturating_sub(others)
+    let reserve = RESERVE.min(limit / 4);
+    limit.saturating_sub(reserve).saturating_sub(others)
+}
+
+/// The file cache in a `memory.stat` text: `total_active_file +
+/// total_inactive_file` (v1, this cgroup and those below it) or
+/// `active_file + inactive_file` (v2); 0 when absent.
+pub fn parse_file_cache(stat: &str, version: Version) -> u64 {
+    let keys: [&str; 2] = match version {
+        Version::V1 => ["total_active_file", "total_inactive_file"],
+        Version::V2 => ["active_file", "inactive_file"],
+    };
+    stat.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| keys.contains(k))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .fold(0u64, u64::saturating_add)
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {
@@ -172,6 +196,20 @@ impl CgroupMemory {
             path,
             text: text.trim().to_string(),
         })
+    }
+
+    /// File pages charged to the cgroup now (the host page cache).
+    pub fn file_cache(&self) -> Result<u64, CgroupError> {
+        Ok(parse_file_cache(
+            &read(&self.dir.join("memory.stat"))?,
+            self.version,
+        ))
+    }
+
+    /// Bytes charged to the cgroup now that are not file cache: what the
+    /// kernel cannot drop without swapping.
+    pub fn usage_without_file_cache(&self) -> Result<u64, CgroupError> {
+        Ok(self.usage()?.saturating_sub(self.file_cache()?))
     }
 
     /// Bytes charged to the cgroup now.
@@ -263,6 +301,14 @@ mod tests {
         assert_eq!(headroom_budget(64 << 20, 40 << 20, 30 << 20), 38 << 20);
         assert_eq!(headroom_budget(8 << 20, 40 << 20, 0), 0);
         assert_eq!(headroom_budget(64 << 20, 10 << 20, 20 << 20), 48 << 20);
+        // A 16 MiB limit keeps a quarter back: 16 - 4 - 1 = 11 MiB.
+        assert_eq!(headroom_budget(16 << 20, 9 << 20, 8 << 20), 11 << 20);
+        let v1 =
+            "cache 100\nrss 7\nactive_file 1\ntotal_active_file 4096\ntotal_inactive_file 8192\n";
+        assert_eq!(parse_file_cache(v1, Version::V1), 12288);
+        let v2 = "anon 5\nfile 30\nactive_file 10\ninactive_file 20\n";
+        assert_eq!(parse_file_cache(v2, Version::V2), 30);
+        assert_eq!(parse_file_cache("", Version::V2), 0);
     }
 
     #[test]
@@ -273,6 +319,7 @@ mod tests {
         };
         assert!(matches!(cg.limit(), Err(CgroupError::Read { .. })));
         assert!(cg.usage().is_err());
+        assert!(cg.usage_without_file_cache().is_err());
         // Whatever this machine is, detection answers without panicking.
         let _ = detect();
     }

@@ -1,7 +1,9 @@
-//! One run of the matrix: a child `vmm run ...` of this same binary, its
-//! console in a log file, its stats file sampled while it runs into a
-//! resident-memory time series, a progress line on stderr once a second,
-//! and at the end its exit status, final stats document and `result:` line.
+//! One run of the matrix: a child `vmm run ...` of this same binary, placed
+//! in its memory cgroup before it starts (when it has one), its console in
+//! a log file, its stats file sampled while it runs into a resident-memory
+//! time series and its cgroup's usage into a footprint series, a progress
+//! line on stderr once a second, and at the end its exit status, final
+//! stats document and `result:` line.
 //!
 //! The child is killed if it outlives its own `--timeout` by a grace
 //! period, so an experiment always ends. This module must never kill any
@@ -11,11 +13,15 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use super::cgroup::RunCgroup;
 
 /// How often the stats file is sampled.
 const POLL: Duration = Duration::from_millis(100);
@@ -52,6 +58,11 @@ pub struct Outcome {
     pub wall_ms: u64,
     /// `[elapsed_ms, resident_bytes]` from every distinct stats sample.
     pub series: Vec<(u64, u64)>,
+    /// `[elapsed_ms, bytes]`: the cgroup's usage while the child ran
+    /// (empty without a cgroup).
+    pub footprint: Vec<(u64, u64)>,
+    /// Processes of the cgroup the kernel's OOM killer ended.
+    pub oom_kills: Option<u64>,
     /// The last stats document (written at the child's exit).
     pub stats: Option<Value>,
     /// The guest's last `result:` line, as `key=value` pairs.
@@ -124,6 +135,37 @@ pub struct Job<'a> {
     pub label: &'a str,
     /// The child's own `--timeout`.
     pub timeout: Duration,
+    /// The memory cgroup the child runs in, if any.
+    pub cgroup: Option<&'a RunCgroup>,
+}
+
+/// Makes the forked child join the cgroup whose `cgroup.procs` is `fd`
+/// before it executes the VMM, so that every page it touches is charged
+/// there.
+fn join_on_fork(cmd: &mut Command, fd: RawFd) {
+    let join = move || {
+        let zero = b"0";
+        // SAFETY: `fd` is the parent's open `cgroup.procs`, inherited by
+        // the fork and still open until exec; `zero` is a live buffer of
+        // the length given. write(2) is async-signal-safe, as code between
+        // fork and exec must be.
+        let n = unsafe { libc::write(fd, zero.as_ptr().cast(), zero.len()) };
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the closure only calls write(2) on a descriptor it was
+    // given, allocates nothing and takes no lock, so it is safe between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(join);
+    }
+}
+
+fn elapsed_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn create(path: &Path) -> Result<File, ChildError> {
@@ -136,16 +178,18 @@ fn create(path: &Path) -> Result<File, ChildError> {
 /// Runs `job` to its end, sampling and reporting progress on `progress`.
 pub fn run(job: &Job<'_>, progress: &mut dyn Write) -> Result<Outcome, ChildError> {
     let _ = std::fs::remove_file(job.stats);
-    let mut child: Child = Command::new(job.exe)
-        .args(job.args)
+    let mut cmd = Command::new(job.exe);
+    cmd.args(job.args)
         .stdin(Stdio::null())
         .stdout(create(job.log)?)
-        .stderr(create(job.err_log)?)
-        .spawn()
-        .map_err(|source| ChildError::Spawn {
-            exe: job.exe.to_path_buf(),
-            source,
-        })?;
+        .stderr(create(job.err_log)?);
+    if let Some(cg) = job.cgroup {
+        join_on_fork(&mut cmd, cg.procs_fd());
+    }
+    let mut child: Child = cmd.spawn().map_err(|source| ChildError::Spawn {
+        exe: job.exe.to_path_buf(),
+        source,
+    })?;
     let start = Instant::now();
     let mut out = Outcome::default();
     let mut last_progress: Option<Instant> = None;
@@ -162,6 +206,9 @@ pub fn run(job: &Job<'_>, progress: &mut dyn Write) -> Result<Outcome, ChildErro
         if let Some(s) = read_stats(job.stats).as_ref().and_then(sample) {
             push_sample(&mut out.series, s);
         }
+        if let Some(bytes) = job.cgroup.and_then(RunCgroup::usage) {
+            push_sample(&mut out.footprint, (elapsed_ms(start), bytes));
+        }
         if last_progress.is_none_or(|t| t.elapsed() >= PROGRESS) {
             let resident = out.series.last().map(|s| s.1);
             let line = progress_line(job.label, start.elapsed(), resident);
@@ -171,8 +218,9 @@ pub fn run(job: &Job<'_>, progress: &mut dyn Write) -> Result<Outcome, ChildErro
         }
         std::thread::sleep(POLL);
     };
-    out.wall_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    out.wall_ms = elapsed_ms(start);
     out.status = status.code();
+    out.oom_kills = job.cgroup.and_then(RunCgroup::oom_kills);
     out.stats = read_stats(job.stats);
     if let Some(s) = out.stats.as_ref().and_then(sample) {
         push_sample(&mut out.series, s);
@@ -250,6 +298,7 @@ mod tests {
             err_log: &err_log,
             label: "t",
             timeout: Duration::from_secs(10),
+            cgroup: None,
         };
         let mut progress = Vec::new();
         let out = run(&job, &mut progress).unwrap();

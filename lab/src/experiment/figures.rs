@@ -2,22 +2,30 @@
 //! document, resident-memory series, result line), and the terminal table
 //! that puts every run of the matrix side by side.
 //!
-//! Definitions (also in `docs/results.md`): *peak* and *final* are the
-//! stats' `resident_peak_bytes` and last `resident_bytes`; *given back* is
-//! peak − final; *time to give back* runs from the guest's `freed_at_ms`
-//! (guest clock) to the first stats sample (`elapsed_ms`, VMM clock, which
-//! starts a few ms before the guest) whose resident memory is below
-//! (peak + final) / 2, "never" when less than [`MIN_GIVEN_BACK`] came back;
-//! *throughput* is the result line's bytes over its ms; *slowdown* is the
-//! baseline's throughput over this run's. Pure functions only: this module
-//! must never read files or start anything.
+//! Definitions (also in `docs/results.md`): the *footprint* is what the
+//! run's memory cgroup was charged (guest RAM, the VMM's own memory, the
+//! host page cache of the disk image), sampled every 100 ms while the
+//! child ran; its *time average* is the integral of those samples over
+//! the run divided by the run's length, its *peak* and *final* the largest
+//! and last sample. Guest *resident* memory (peak, final: the stats'
+//! `resident_peak_bytes` and last `resident_bytes`) is what the VMM
+//! measured of guest RAM; *given back* is its peak − final; *time to give
+//! back* runs from the guest's `freed_at_ms` (guest clock) to the first
+//! stats sample (`elapsed_ms`, VMM clock, which starts a few ms before the
+//! guest) whose resident memory is below (peak + final) / 2, "never" when
+//! less than [`MIN_GIVEN_BACK`] came back; *throughput* is the result
+//! line's bytes over its ms; *slowdown* is the baseline's throughput over
+//! this run's. *Counts* (pages swapped, disk pages read, exits, discard
+//! faults) carry over to hardware; *times* (give-back, throughput,
+//! slowdown) are this machine's. Pure functions only: this module must
+//! never read files or start anything.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::child::mib;
+use super::child::{mib, Outcome};
 
 /// Less than this given back (1 MiB) counts as nothing given back.
 pub const MIN_GIVEN_BACK: u64 = 1 << 20;
@@ -48,6 +56,20 @@ pub enum GiveBack {
 /// The figures of one run (the table's row, and part of the run's JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figures {
+    /// Time-averaged footprint (the cgroup's usage; guest resident memory
+    /// when the run had no cgroup).
+    pub footprint_avg_bytes: u64,
+    pub footprint_peak_bytes: u64,
+    pub footprint_final_bytes: u64,
+    /// Pages the host wrote to swap, and read back, during the run.
+    pub swap_out_pages: u64,
+    pub swap_in_pages: u64,
+    /// Pages the VMM read from the guest's disk for it.
+    pub disk_pages_read: u64,
+    /// Exits made to pass hints (hint batches and single hint calls).
+    pub hint_exits: u64,
+    /// Processes of the run's cgroup the kernel's OOM killer ended.
+    pub oom_kills: u64,
     pub peak_bytes: u64,
     pub final_bytes: u64,
     /// peak − final.
@@ -95,14 +117,38 @@ pub fn give_back(series: &[(u64, u64)], freed_at_ms: u64, peak: u64, last: u64) 
         .map_or(GiveBack::Never, |&(t, _)| GiveBack::Ms(t - freed_at_ms))
 }
 
-/// The figures of a run; `baseline` is the unconstrained run's throughput.
+/// The time average of a `(ms, value)` series (trapezoids between
+/// samples); a single sample is its own average, none is 0.
+pub fn time_average(series: &[(u64, u64)]) -> u64 {
+    let (Some(first), Some(last)) = (series.first(), series.last()) else {
+        return 0;
+    };
+    let span = last.0.saturating_sub(first.0);
+    if span == 0 {
+        return last.1;
+    }
+    let area: u128 = series
+        .windows(2)
+        .map(|w| {
+            let dt = u128::from(w[1].0.saturating_sub(w[0].0));
+            dt * (u128::from(w[0].1) + u128::from(w[1].1)) / 2
+        })
+        .sum();
+    u64::try_from(area / u128::from(span)).unwrap_or(u64::MAX)
+}
+
+/// Host swap traffic of a run, in pages: (written out, read in).
+pub type SwapPages = (u64, u64);
+
+/// The figures of a run from what it left (`out`) and its swap traffic;
+/// `baseline` is the unconstrained run's throughput.
 pub fn figures(
-    stats: Option<&Value>,
-    series: &[(u64, u64)],
-    result: &BTreeMap<String, String>,
+    out: &Outcome,
+    swap: SwapPages,
     baseline: Option<f64>,
 ) -> Result<Figures, FiguresError> {
-    let doc = stats.ok_or(FiguresError::NoStats)?;
+    let (series, result) = (&out.series, &out.result);
+    let doc = out.stats.as_ref().ok_or(FiguresError::NoStats)?;
     let peak = at(doc, "memory.resident_peak_bytes");
     let last = at(doc, "memory.resident_bytes");
     let exits = doc
@@ -118,7 +164,31 @@ pub fn figures(
         (Some(b), Some(t)) if t > 0.0 => Some(b / t),
         _ => None,
     };
+    let hint_exits = [
+        "hint_batch",
+        "set_unused",
+        "set_stable",
+        "make_volatile",
+        "make_stable",
+        "check_writable",
+    ]
+    .iter()
+    .map(|k| at(doc, &format!("hypercalls.{k}")))
+    .sum();
+    let footprint = if out.footprint.is_empty() {
+        series
+    } else {
+        &out.footprint
+    };
     Ok(Figures {
+        footprint_avg_bytes: time_average(footprint),
+        footprint_peak_bytes: footprint.iter().map(|s| s.1).max().unwrap_or(0),
+        footprint_final_bytes: footprint.last().map_or(0, |s| s.1),
+        swap_out_pages: swap.0,
+        swap_in_pages: swap.1,
+        disk_pages_read: at(doc, "block.bytes_read") / PAGE,
+        hint_exits,
+        oom_kills: out.oom_kills.unwrap_or(0),
         peak_bytes: peak,
         final_bytes: last,
         given_back_bytes: peak.saturating_sub(last),
@@ -142,39 +212,48 @@ pub struct Row {
     pub figures: Result<Figures, String>,
 }
 
-const HEADER: [&str; 14] = [
+const HEADER: [&str; 17] = [
     "workload",
     "mode",
+    "avg MiB",
     "peak MiB",
     "final MiB",
     "back MiB",
-    "discarded MiB",
-    "reported MiB",
-    "give-back",
-    "MiB/s",
-    "slowdown",
-    "hint batches",
+    "give-back [t]",
+    "MiB/s [t]",
+    "slowdown [t]",
+    "swap out",
+    "swap in",
+    "disk pages",
+    "hint exits",
     "exits",
     "discard faults",
+    "OOM",
     "errors",
 ];
+
+/// Said under the table.
+pub const LEGEND: &str =
+    "avg/peak/final: host memory charged to the run's cgroup (time average, largest, last); \
+back: guest RAM the host took back (resident peak - final); [t]: a time on this machine \
+(guest kernel code is emulated here, host kernel code is not), not a count; \
+every other column is a count (pages, exits, faults) that carries over to hardware.";
 
 fn cells(r: &Row) -> Vec<String> {
     let mut c = vec![r.workload.clone(), r.mode.clone()];
     let f = match &r.figures {
         Ok(f) => f,
         Err(why) => {
-            c.push(format!("failed: {why}"));
+            c.push(why.clone());
             return c;
         }
     };
     let opt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
     c.extend([
-        format!("{:.1}", mib(f.peak_bytes)),
-        format!("{:.1}", mib(f.final_bytes)),
+        format!("{:.1}", mib(f.footprint_avg_bytes)),
+        format!("{:.1}", mib(f.footprint_peak_bytes)),
+        format!("{:.1}", mib(f.footprint_final_bytes)),
         format!("{:.1}", mib(f.given_back_bytes)),
-        format!("{:.1}", mib(f.pages_discarded * PAGE)),
-        format!("{:.1}", mib(f.reported_pages * PAGE)),
         match f.give_back {
             GiveBack::NotApplicable => "-".into(),
             GiveBack::Never => "never".into(),
@@ -182,9 +261,13 @@ fn cells(r: &Row) -> Vec<String> {
         },
         opt(f.throughput_mib_s, 2),
         f.slowdown.map_or("-".into(), |s| format!("{s:.2}x")),
-        f.hint_batches.to_string(),
+        f.swap_out_pages.to_string(),
+        f.swap_in_pages.to_string(),
+        f.disk_pages_read.to_string(),
+        f.hint_exits.to_string(),
         f.exits.to_string(),
         f.discard_faults.to_string(),
+        f.oom_kills.to_string(),
         f.integrity_errors.map_or("?".into(), |e| e.to_string()),
     ]);
     c
@@ -227,6 +310,9 @@ pub fn table(rows: &[Row], markdown: bool) -> String {
             out.push('\n');
         }
     }
+    out.push('\n');
+    out.push_str(LEGEND);
+    out.push('\n');
     out
 }
 
@@ -260,30 +346,80 @@ mod tests {
         assert_eq!(give_back(&s, 1500, 10 * M, 10 * M - 4096), GiveBack::Never);
     }
 
+    fn outcome(doc: Value, series: &[(u64, u64)], r: BTreeMap<String, String>) -> Outcome {
+        Outcome {
+            stats: Some(doc),
+            series: series.to_vec(),
+            result: r,
+            ..Outcome::default()
+        }
+    }
+
+    #[test]
+    fn the_time_average_weighs_each_sample_by_how_long_it_held() {
+        assert_eq!(time_average(&[]), 0);
+        assert_eq!(time_average(&[(5, 7)]), 7);
+        // 0..1000 ms ramps 0 -> 10, then 10 for 3000 ms: (5000 + 30000) / 4000.
+        assert_eq!(time_average(&[(0, 0), (1000, 10), (4000, 10)]), 8);
+        assert_eq!(time_average(&[(100, 4 * M), (200, 4 * M)]), 4 * M);
+    }
+
     #[test]
     fn figures_come_from_stats_result_and_baseline() {
         let doc = serde_json::json!({
             "memory": {"resident_peak_bytes": 10 * M, "resident_bytes": 4 * M},
             "reclaim": {"pages_discarded": 256, "reported_pages": 512},
-            "hypercalls": {"hint_batch": 7},
+            "hypercalls": {"hint_batch": 7, "make_volatile": 2, "hello": 1},
             "exits": {"io_out": 5, "hlt": 2, "other": 1},
             "discard_faults": {"injected": 3},
+            "block": {"bytes_read": 40960},
         });
         let r = result(&[("bytes", "4194304"), ("ms", "2000"), ("errors", "0")]);
-        let f = figures(Some(&doc), &[], &r, Some(4.0)).unwrap();
+        let mut out = outcome(doc.clone(), &[], r.clone());
+        out.footprint = vec![(0, 2 * M), (1000, 6 * M)];
+        out.oom_kills = Some(0);
+        let f = figures(&out, (30, 12), Some(4.0)).unwrap();
         assert_eq!(
             (f.peak_bytes, f.final_bytes, f.given_back_bytes),
             (10 * M, 4 * M, 6 * M)
         );
+        assert_eq!(
+            (
+                f.footprint_avg_bytes,
+                f.footprint_peak_bytes,
+                f.footprint_final_bytes
+            ),
+            (4 * M, 6 * M, 6 * M)
+        );
+        assert_eq!(
+            (f.swap_out_pages, f.swap_in_pages, f.disk_pages_read),
+            (30, 12, 10)
+        );
         assert_eq!((f.pages_discarded, f.reported_pages), (256, 512));
-        assert_eq!((f.hint_batches, f.exits, f.discard_faults), (7, 8, 3));
+        assert_eq!(
+            (f.hint_batches, f.hint_exits, f.exits, f.discard_faults),
+            (7, 9, 8, 3)
+        );
         assert_eq!(f.throughput_mib_s, Some(2.0));
         assert_eq!(f.slowdown, Some(2.0));
         assert_eq!(f.integrity_errors, Some(0));
         assert_eq!(f.give_back, GiveBack::NotApplicable);
-        assert_eq!(figures(None, &[], &r, None), Err(FiguresError::NoStats));
+        let mut none = out.clone();
+        none.stats = None;
+        assert_eq!(figures(&none, (0, 0), None), Err(FiguresError::NoStats));
+        // Without a cgroup the footprint is the guest's resident memory.
+        let f = figures(
+            &outcome(doc.clone(), &[(0, M), (100, 3 * M)], r),
+            (0, 0),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.footprint_avg_bytes, f.footprint_peak_bytes),
+            (2 * M, 3 * M)
+        );
         // A run without a result line has no throughput and unknown errors.
-        let f = figures(Some(&doc), &[], &BTreeMap::new(), Some(4.0)).unwrap();
+        let f = figures(&outcome(doc, &[], BTreeMap::new()), (0, 0), Some(4.0)).unwrap();
         assert_eq!(
             (f.throughput_mib_s, f.slowdown, f.integrity_errors),
             (None, None, None)
@@ -296,7 +432,7 @@ mod tests {
         let doc =
             serde_json::json!({"memory": {"resident_peak_bytes": 2 * M, "resident_bytes": M}});
         let r = result(&[("freed_at_ms", "0"), ("errors", "0")]);
-        let f = figures(Some(&doc), &[(5, M / 2)], &r, None).unwrap();
+        let f = figures(&outcome(doc, &[(5, M / 2)], r), (0, 0), None).unwrap();
         assert_eq!(f.give_back, GiveBack::Ms(5));
         let rows = vec![
             Row {
@@ -307,21 +443,22 @@ mod tests {
             Row {
                 workload: "anon-free".into(),
                 mode: "off".into(),
-                figures: Err("exit status 2".into()),
+                figures: Err("failed: exit status 2".into()),
             },
         ];
         let t = table(&rows, false);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 5, "header, two rows, a blank line, the legend");
+        assert!(lines[4].contains("carries over to hardware"));
         assert!(lines[0].starts_with("workload ") && lines[0].ends_with("errors"));
         assert!(
-            lines[1].contains("5 ms") && lines[1].contains("2.0"),
+            lines[1].contains("5 ms") && lines[1].contains(" 1.0 "),
             "{}",
             lines[1]
         );
         assert!(lines[2].contains("failed: exit status 2"));
         let md = table(&rows, true);
         assert!(md.lines().nth(1).unwrap().starts_with("| ---"));
-        assert_eq!(md.lines().count(), 4);
+        assert_eq!(md.lines().count(), 6);
     }
 }

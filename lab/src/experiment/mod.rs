@@ -13,11 +13,13 @@
 //! removed at the end), and a run that fails is a row of the table, not the
 //! end of the experiment.
 
+pub mod cgroup;
 pub mod child;
 pub mod figures;
 pub mod output;
 pub mod plan;
 pub mod plot;
+pub mod swap;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,13 +29,15 @@ use pagehint_abi::exit::vmm as status;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::args::{CgroupBudget, ExperimentArgs, GenFilesArgs, MkdiskArgs};
+use crate::args::{CgroupBudget, ExperimentArgs, GenFilesArgs, MkdiskArgs, Mode};
 use crate::tools::{self, ToolError};
+use cgroup::{CgroupError, Hierarchy, RunCgroup};
 use child::{ChildError, Job, Outcome};
-use figures::{Figures, Row};
+use figures::{Figures, Row, SwapPages};
 use output::{Machine, OutputError};
 use plan::{Choice, PlanError, Pressure, RunSpec, Workload};
-use plot::{Line, PlotError};
+use plot::{Line, PlotError, Point};
+use swap::{SwapCounters, SwapError, SwapFile};
 
 /// Why the experiment could not run (or ended with failed runs).
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,10 @@ pub enum ExperimentError {
     Child(#[from] ChildError),
     #[error(transparent)]
     Plot(#[from] PlotError),
+    #[error("the runs need a memory cgroup each, and {0}")]
+    Cgroup(#[source] CgroupError),
+    #[error(transparent)]
+    Swap(#[from] SwapError),
     #[error("cannot make the disk for {workload}: {source}")]
     Disk {
         workload: &'static str,
@@ -60,7 +68,7 @@ pub enum ExperimentError {
     },
     #[error("cannot find this program's executable: {0}")]
     Exe(#[source] std::io::Error),
-    #[error("{failed} of {runs} runs failed (see the table and the logs in {})", dir.display())]
+    #[error("{failed} of {runs} runs failed or could not run (see the table and the logs in {})", dir.display())]
     RunsFailed {
         failed: usize,
         runs: usize,
@@ -73,6 +81,7 @@ impl ExperimentError {
     pub fn exit_status(&self) -> i32 {
         match self {
             ExperimentError::Plan(_) => status::USAGE,
+            ExperimentError::Cgroup(_) | ExperimentError::Swap(_) => status::CONFIG,
             ExperimentError::RunsFailed { .. } => 1,
             _ => status::INTERNAL,
         }
@@ -87,6 +96,8 @@ struct Parameters<'a> {
     baseline: bool,
     mem_bytes: u64,
     vcpus: u32,
+    /// The memory cgroup's limit (`None`: unlimited).
+    limit_bytes: Option<u64>,
     budget_bytes: Option<u64>,
     files: Option<(u32, u64)>,
     guest_program: &'a [String],
@@ -99,11 +110,23 @@ struct Parameters<'a> {
     vmm_args: &'a [String],
 }
 
+/// Where a run was, and where its swap figures come from.
+#[derive(Debug, Serialize)]
+struct Placement {
+    cgroup: String,
+    cgroup_version: cgroup::Version,
+    /// `cgroup` (its memory.stat) or `host` (/proc/vmstat deltas: the
+    /// whole host, with nothing else running).
+    swap_source: &'static str,
+    host_swap_bytes: u64,
+}
+
 /// One run's JSON document.
 #[derive(Debug, Serialize)]
 struct RunDoc<'a> {
     machine: &'a Machine,
     parameters: Parameters<'a>,
+    placement: &'a Placement,
     exit_status: Option<i32>,
     killed: bool,
     wall_ms: u64,
@@ -111,8 +134,10 @@ struct RunDoc<'a> {
     figures: Option<&'a Figures>,
     failure: Option<&'a str>,
     stats: Option<&'a Value>,
-    /// `[elapsed_ms, resident_bytes]`.
+    /// `[elapsed_ms, resident_bytes]`: guest RAM the VMM measured.
     series: &'a [(u64, u64)],
+    /// `[elapsed_ms, bytes]`: what the run's cgroup was charged.
+    footprint: &'a [(u64, u64)],
 }
 
 /// A result line's values, numbers as numbers.
@@ -132,6 +157,9 @@ fn result_json(result: &BTreeMap<String, String>) -> BTreeMap<String, Value> {
 fn failure(out: &Outcome, fig: &Result<Figures, String>) -> Option<String> {
     if out.killed {
         return Some("killed after its timeout".into());
+    }
+    if let Some(n) = out.oom_kills.filter(|&n| n > 0) {
+        return Some(format!("OOM-killed ({n} kills in its cgroup)"));
     }
     match (out.status, fig) {
         (Some(0), Ok(f)) => match f.integrity_errors {
@@ -169,11 +197,137 @@ fn make_disk(dir: &Path, w: Workload, files: (u32, u64)) -> Result<PathBuf, Expe
     Ok(image)
 }
 
+/// Drops the host's cached pages of `image`, so that what a run reads of
+/// its disk is charged to the run's own cgroup, not found in a cache the
+/// experiment filled (or an earlier run did).
+fn drop_host_cache(image: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = std::fs::File::open(image) {
+        // SAFETY: a valid open descriptor; fadvise only advises the kernel
+        // about the file's cached pages and touches no memory of ours.
+        let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
+/// What the matrix needs from the host, found before the first run.
+struct Host {
+    hierarchy: Hierarchy,
+    /// Kept until the experiment ends (then disabled and removed).
+    _swap_file: Option<SwapFile>,
+    swap_bytes: u64,
+}
+
+impl Host {
+    fn prepare(args: &ExperimentArgs, dir: &Path) -> Result<Self, ExperimentError> {
+        let hierarchy =
+            Hierarchy::find(args.cgroup_root.as_deref()).map_err(ExperimentError::Cgroup)?;
+        // Fail now, not after the first runs, where no cgroup can be made.
+        let probe = hierarchy
+            .create(
+                &format!("pagehint-exp-{}-probe", std::process::id()),
+                Some(64 << 20),
+            )
+            .map_err(ExperimentError::Cgroup)?;
+        probe.remove().map_err(ExperimentError::Cgroup)?;
+        let swap_file = match args.swap_file {
+            Some(bytes) => Some(SwapFile::create(&dir.join("experiment.swap"), bytes)?),
+            None => None,
+        };
+        Ok(Self {
+            hierarchy,
+            _swap_file: swap_file,
+            swap_bytes: swap::host_swap_bytes(),
+        })
+    }
+
+    /// Why `spec` cannot run on this host, if it cannot.
+    fn cannot_run(&self, spec: &RunSpec) -> Option<String> {
+        (spec.mode == Mode::HostSwap && !spec.baseline && self.swap_bytes == 0).then(|| {
+            "not run: the host has no swap to hold the limit with (give --swap-file SIZE)".into()
+        })
+    }
+}
+
+/// One run's outcome and figures.
+struct Done {
+    out: Outcome,
+    fig: Result<Figures, String>,
+    placement: Placement,
+    args: Vec<String>,
+}
+
+/// Runs `spec` in its own cgroup; `baseline` is its workload's
+/// unconstrained throughput, when known.
+fn run_one(
+    spec: &RunSpec,
+    ctx: &Context<'_>,
+    disk: Option<&Path>,
+    baseline: Option<f64>,
+) -> Result<Done, ExperimentError> {
+    let stem = spec.stem();
+    let stats = ctx.dir.join(format!("{stem}.stats.json"));
+    let mut args = vec!["run".to_string()];
+    args.extend(plan::run_args(spec, disk, &stats, ctx.pressure));
+    let label = format!("{} {}", spec.workload.name(), spec.label());
+    if let Some(d) = disk {
+        drop_host_cache(d);
+    }
+    let name = format!("pagehint-exp-{}-{stem}", std::process::id());
+    let cg: RunCgroup = ctx
+        .host
+        .hierarchy
+        .create(&name, spec.limit)
+        .map_err(ExperimentError::Cgroup)?;
+    let before = SwapCounters::now();
+    let job = Job {
+        exe: ctx.exe,
+        args: &args,
+        stats: &stats,
+        log: &ctx.dir.join(format!("{stem}.log")),
+        err_log: &ctx.dir.join(format!("{stem}.err")),
+        label: &label,
+        timeout: Duration::from_secs(spec.params.timeout_secs),
+        cgroup: Some(&cg),
+    };
+    let out = child::run(&job, &mut std::io::stderr())?;
+    let host_swap = SwapCounters::now().since(before);
+    let (swap, swap_source): (SwapPages, _) = match cg.swap_pages() {
+        Some(pages) => (pages, "cgroup"),
+        None => ((host_swap.out_pages, host_swap.in_pages), "host"),
+    };
+    let placement = Placement {
+        cgroup: cg.dir.display().to_string(),
+        cgroup_version: cg.version,
+        swap_source,
+        host_swap_bytes: ctx.host.swap_bytes,
+    };
+    cg.remove().map_err(ExperimentError::Cgroup)?;
+    let _ = std::fs::remove_file(&stats);
+    let fig = figures::figures(&out, swap, baseline).map_err(|e| e.to_string());
+    Ok(Done {
+        out,
+        fig,
+        placement,
+        args,
+    })
+}
+
+/// What every run shares.
+struct Context<'a> {
+    dir: &'a Path,
+    exe: &'a Path,
+    machine: &'a Machine,
+    pressure: Pressure,
+    quick: bool,
+    host: &'a Host,
+}
+
 /// Runs the experiment; prints the table; returns the closing line.
 pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
     let runs = plan::plan(&Choice {
         workload: args.name.clone(),
         modes: args.modes.clone(),
+        limit: args.limit,
         budget: args.host_budget,
         quick: args.quick,
     })?;
@@ -184,25 +338,52 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
     })?;
     let exe = std::env::current_exe().map_err(ExperimentError::Exe)?;
     let machine = Machine::detect();
-    let pressure = Pressure {
-        psi: args.psi,
-        cgroup: args.cgroup_budget,
+    let host = Host::prepare(args, &dir)?;
+    let ctx = Context {
+        dir: &dir,
+        exe: &exe,
+        machine: &machine,
+        pressure: Pressure {
+            psi: args.psi,
+            cgroup: args.cgroup_budget,
+        },
+        quick: args.quick,
+        host: &host,
     };
     eprintln!(
-        "experiment: {} runs on {} (KVM: {}), results in {}",
+        "experiment: {} runs on {} (KVM: {}), memory cgroups in {} ({:?}), host swap {} MiB, results in {}",
         runs.len(),
         machine.hostname,
         machine.kvm,
+        host.hierarchy.parent.display(),
+        host.hierarchy.version,
+        host.swap_bytes >> 20,
         dir.display()
     );
     let mut disks: BTreeMap<Workload, PathBuf> = BTreeMap::new();
     let mut baseline: BTreeMap<Workload, f64> = BTreeMap::new();
     let mut rows = Vec::with_capacity(runs.len());
     let mut lines: BTreeMap<Workload, Vec<Line>> = BTreeMap::new();
+    let mut points = Vec::new();
     let mut summary = Vec::with_capacity(runs.len());
     let mut failed = 0;
-    let mut stderr = std::io::stderr();
     for spec in &runs {
+        let row = |figures| Row {
+            workload: spec.workload.name().into(),
+            mode: spec.label().into(),
+            figures,
+        };
+        if let Some(why) = host.cannot_run(spec) {
+            eprintln!("{} {}: {why}", spec.workload.name(), spec.label());
+            failed += 1;
+            summary.push(serde_json::json!({
+                "workload": spec.workload.name(),
+                "mode": spec.label(),
+                "failure": why,
+            }));
+            rows.push(row(Err(why)));
+            continue;
+        }
         let disk = match spec.params.files {
             Some(files) if !disks.contains_key(&spec.workload) => {
                 let image = make_disk(&dir, spec.workload, files)?;
@@ -212,103 +393,95 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             Some(_) => disks.get(&spec.workload).cloned(),
             None => None,
         };
-        let stem = spec.stem();
-        let stats = dir.join(format!("{stem}.stats.json"));
-        let mut child_args = vec!["run".to_string()];
-        child_args.extend(plan::run_args(spec, disk.as_deref(), &stats, pressure));
-        let label = format!("{} {}", spec.workload.name(), spec.label());
-        let job = Job {
-            exe: &exe,
-            args: &child_args,
-            stats: &stats,
-            log: &dir.join(format!("{stem}.log")),
-            err_log: &dir.join(format!("{stem}.err")),
-            label: &label,
-            timeout: Duration::from_secs(spec.params.timeout_secs),
-        };
-        let out = child::run(&job, &mut stderr)?;
-        let _ = std::fs::remove_file(&stats);
-        let fig = figures::figures(
-            out.stats.as_ref(),
-            &out.series,
-            &out.result,
+        let done = run_one(
+            spec,
+            &ctx,
+            disk.as_deref(),
             baseline.get(&spec.workload).copied(),
-        )
-        .map_err(|e| e.to_string());
+        )?;
         if let (
             true,
             Ok(Figures {
                 throughput_mib_s: Some(t),
                 ..
             }),
-        ) = (spec.baseline, &fig)
+        ) = (spec.baseline, &done.fig)
         {
             baseline.insert(spec.workload, *t);
         }
-        let why = failure(&out, &fig);
+        let why = failure(&done.out, &done.fig);
         failed += usize::from(why.is_some());
-        let file = format!("{stem}.json");
-        write_run(
-            &dir.join(&file),
-            &machine,
-            spec,
-            pressure,
-            args.quick,
-            &child_args,
-            &out,
-            &fig,
-            why.as_deref(),
-        )?;
+        let file = format!("{}.json", spec.stem());
+        write_run(&dir.join(&file), &ctx, spec, &done, why.as_deref())?;
+        let footprint = if done.out.footprint.is_empty() {
+            done.out.series.clone()
+        } else {
+            done.out.footprint.clone()
+        };
         lines.entry(spec.workload).or_default().push(Line {
             label: if spec.baseline {
-                "baseline (no budget)".into()
+                "baseline (no limit)".into()
             } else {
                 spec.label().into()
             },
-            points: out.series.clone(),
+            points: footprint,
         });
+        if let (false, None, Ok(f)) = (spec.baseline, &why, &done.fig) {
+            if let Some(slowdown) = f.slowdown {
+                points.push(Point {
+                    label: format!("{} {}", spec.workload.name(), spec.label()),
+                    mode: Mode::ALL.iter().position(|&m| m == spec.mode).unwrap_or(0),
+                    footprint_mib: child::mib(f.footprint_avg_bytes),
+                    slowdown,
+                });
+            }
+        }
         summary.push(serde_json::json!({
             "workload": spec.workload.name(),
             "mode": spec.label(),
             "file": file,
-            "exit_status": out.status,
+            "exit_status": done.out.status,
             "failure": why,
-            "figures": fig.as_ref().ok(),
+            "figures": done.fig.as_ref().ok(),
         }));
-        rows.push(Row {
-            workload: spec.workload.name().into(),
-            mode: spec.label().into(),
-            figures: match (&why, fig) {
-                (Some(w), Ok(_)) if out.status != Some(0) => Err(w.clone()),
-                (_, f) => f,
-            },
-        });
+        rows.push(row(match (why, done.fig) {
+            (Some(w), _) if done.out.status != Some(0) || done.out.killed => {
+                Err(format!("failed: {w}"))
+            }
+            (_, Err(e)) => Err(format!("failed: {e}")),
+            (_, f) => f,
+        }));
     }
     for image in disks.values() {
         let _ = std::fs::remove_file(image);
     }
     let mut plots = Vec::new();
     for (w, ls) in &lines {
-        let budget = runs
+        let limit = runs
             .iter()
             .find(|r| r.workload == *w && !r.baseline)
-            .and_then(|r| r.budget);
+            .and_then(|r| r.limit);
         let path = dir.join(format!("{}.svg", w.name()));
-        let title = format!("{}: resident guest memory by mode", w.name());
-        plot::draw(&path, &title, ls, budget)?;
+        let title = format!("{}: host memory of each mode over time", w.name());
+        plot::draw(&path, &title, ls, limit)?;
+        plots.push(path.display().to_string());
+    }
+    if !points.is_empty() {
+        let path = dir.join("tradeoff.svg");
+        let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+        plot::draw_tradeoff(&path, &points, &names)?;
         plots.push(path.display().to_string());
     }
     let text = figures::table(&rows, false);
-    std::fs::write(dir.join("table.txt"), &text).map_err(|source| OutputError::Write {
-        path: dir.join("table.txt"),
-        source,
-    })?;
-    std::fs::write(dir.join("table.md"), figures::table(&rows, true)).map_err(|source| {
-        OutputError::Write {
-            path: dir.join("table.md"),
+    for (name, body) in [
+        ("table.txt", text.clone()),
+        ("table.md", figures::table(&rows, true)),
+    ] {
+        std::fs::write(dir.join(name), body).map_err(|source| OutputError::Write {
+            path: dir.join(name),
             source,
-        }
-    })?;
+        })?;
+    }
     output::write_json(
         &dir.join("summary.json"),
         &serde_json::json!({
@@ -317,6 +490,9 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             "quick": args.quick,
             "psi": args.psi,
             "cgroup_budget": args.cgroup_budget == CgroupBudget::Auto,
+            "cgroup_parent": host.hierarchy.parent,
+            "host_swap_bytes": host.swap_bytes,
+            "swap_file_bytes": args.swap_file,
             "runs": summary,
             "plots": plots,
         }),
@@ -337,45 +513,44 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
 }
 
 /// Writes one run's JSON document.
-#[allow(clippy::too_many_arguments)]
 fn write_run(
     path: &Path,
-    machine: &Machine,
+    ctx: &Context<'_>,
     spec: &RunSpec,
-    pressure: Pressure,
-    quick: bool,
-    vmm_args: &[String],
-    out: &Outcome,
-    fig: &Result<Figures, String>,
+    done: &Done,
     failure: Option<&str>,
 ) -> Result<(), OutputError> {
     let p = &spec.params;
+    let out = &done.out;
     let doc = RunDoc {
-        machine,
+        machine: ctx.machine,
         parameters: Parameters {
             workload: spec.workload.name(),
             mode: spec.label(),
             baseline: spec.baseline,
             mem_bytes: p.mem,
             vcpus: p.vcpus,
-            budget_bytes: spec.budget,
+            limit_bytes: spec.limit,
+            budget_bytes: spec.budget.filter(|_| spec.hints()),
             files: p.files,
             guest_program: &p.guest,
             timeout_secs: p.timeout_secs,
             stats_interval_ms: plan::STATS_INTERVAL_MS,
-            psi: pressure.psi && !spec.baseline,
-            cgroup_budget: pressure.cgroup == CgroupBudget::Auto && !spec.baseline,
-            quick,
-            vmm_args,
+            psi: ctx.pressure.psi && spec.hints(),
+            cgroup_budget: ctx.pressure.cgroup == CgroupBudget::Auto && spec.hints(),
+            quick: ctx.quick,
+            vmm_args: &done.args,
         },
+        placement: &done.placement,
         exit_status: out.status,
         killed: out.killed,
         wall_ms: out.wall_ms,
         result: result_json(&out.result),
-        figures: fig.as_ref().ok(),
+        figures: done.fig.as_ref().ok(),
         failure,
         stats: out.stats.as_ref(),
         series: &out.series,
+        footprint: &out.footprint,
     };
     output::write_json(path, &doc)
 }
@@ -397,7 +572,12 @@ mod tests {
         if let Some(e) = errors {
             r.insert("errors".to_string(), e.to_string());
         }
-        figures::figures(Some(&doc), &[], &r, None).map_err(|e| e.to_string())
+        let out = Outcome {
+            stats: Some(doc),
+            result: r,
+            ..Outcome::default()
+        };
+        figures::figures(&out, (0, 0), None).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -426,6 +606,15 @@ mod tests {
             failure(&outcome(Some(0)), &Err("no stats".into())).as_deref(),
             Some("no stats")
         );
+        let mut oom = outcome(None);
+        oom.oom_kills = Some(1);
+        assert_eq!(
+            failure(&oom, &figs(Some(0))).as_deref(),
+            Some("OOM-killed (1 kills in its cgroup)")
+        );
+        let mut none = outcome(Some(0));
+        none.oom_kills = Some(0);
+        assert_eq!(failure(&none, &figs(Some(0))), None);
     }
 
     #[test]

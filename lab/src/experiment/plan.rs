@@ -1,6 +1,7 @@
-//! What `vmm experiment` runs: the workloads, their sizes (default and
-//! `--quick`), the matrix of workload by mode with one unconstrained
-//! baseline per workload, and the exact `vmm run` command line of each run.
+//! What `vmm experiment` runs: the workloads, their sizes and host memory
+//! limits (default and `--quick`), the matrix of workload by mode with one
+//! unconstrained baseline per workload, and the exact `vmm run` command
+//! line of each run.
 //!
 //! Everything here is a pure function of the experiment's arguments, so
 //! the matrix can be unit-tested without booting anything. This module
@@ -13,7 +14,7 @@ use crate::args::{CgroupBudget, Mode};
 /// Why the arguments do not make a plan.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("unknown workload '{0}' (known: page-cache, anon-free)")]
+    #[error("unknown workload '{0}' (known: page-cache, kv, build, anon-free)")]
     UnknownWorkload(String),
 }
 
@@ -22,16 +23,29 @@ pub enum PlanError {
 pub enum Workload {
     /// A file scan through a shared `mmap` (page cache: volatile pages).
     PageCache,
+    /// Key-value lookups, Zipf-distributed keys, over a file-backed data
+    /// set larger than the limit (a cache server's read path).
+    KeyValue,
+    /// A build in phases: many small files read, anonymous memory used
+    /// and freed per phase (a compiler's pattern).
+    Build,
     /// Anonymous memory churned in waves, freed, then an idle guest.
     AnonFree,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 2] = [Workload::PageCache, Workload::AnonFree];
+    pub const ALL: [Workload; 4] = [
+        Workload::PageCache,
+        Workload::KeyValue,
+        Workload::Build,
+        Workload::AnonFree,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::PageCache => "page-cache",
+            Workload::KeyValue => "kv",
+            Workload::Build => "build",
             Workload::AnonFree => "anon-free",
         }
     }
@@ -50,8 +64,8 @@ pub struct Params {
     /// Guest RAM.
     pub mem: u64,
     pub vcpus: u32,
-    /// Host budget of the constrained runs.
-    pub budget: u64,
+    /// The host memory limit of the constrained runs (their cgroup's).
+    pub limit: u64,
     /// The disk's files (count, bytes each); none for anon-free.
     pub files: Option<(u32, u64)>,
     /// The guest program and its arguments.
@@ -63,43 +77,71 @@ pub struct Params {
 /// The sizes of `w`, shrunk for tests with `quick`.
 pub fn params(w: Workload, quick: bool) -> Params {
     let words = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-    match (w, quick) {
+    let (limit, files, guest, timeout_secs): (u64, _, Vec<String>, u64) = match (w, quick) {
         // 20 MiB of files through a 32 MiB guest: the cache holds them all
         // unless the host takes them back.
-        (Workload::PageCache, false) => Params {
-            mem: 32 << 20,
-            vcpus: 1,
-            budget: 12 << 20,
-            files: Some((5, 4 << 20)),
-            guest: words(&["copies=1", "scan-mmap", "2"]),
-            timeout_secs: 300,
-        },
-        (Workload::PageCache, true) => Params {
-            mem: 32 << 20,
-            vcpus: 1,
-            budget: 4 << 20,
-            files: Some((3, 2 << 20)),
-            guest: words(&["copies=1", "scan-mmap", "1"]),
-            timeout_secs: 120,
-        },
+        (Workload::PageCache, false) => (
+            16 << 20,
+            Some((5, 4 << 20)),
+            words(&["copies=1", "scan-mmap", "2"]),
+            300,
+        ),
+        (Workload::PageCache, true) => (
+            6 << 20,
+            Some((3, 2 << 20)),
+            words(&["copies=1", "scan-mmap", "2"]),
+            120,
+        ),
+        // 20 MiB of values, Zipf (0.99) keys: a hot set fits the limit,
+        // the whole set does not.
+        (Workload::KeyValue, false) => (
+            16 << 20,
+            Some((5, 4 << 20)),
+            words(&["copies=1", "kv", "200000", "99"]),
+            300,
+        ),
+        (Workload::KeyValue, true) => (
+            8 << 20,
+            Some((3, 2 << 20)),
+            words(&["copies=1", "kv", "20000", "99"]),
+            120,
+        ),
+        // 400 files of 48 KiB (19 MiB), 8 phases of 50 files and 6 MiB of
+        // anonymous memory, then 2 s idle.
+        (Workload::Build, false) => (
+            16 << 20,
+            Some((400, 48 << 10)),
+            words(&["copies=1", "build", "8", "50", "6", "2000"]),
+            300,
+        ),
+        (Workload::Build, true) => (
+            8 << 20,
+            Some((120, 32 << 10)),
+            words(&["copies=1", "build", "3", "40", "3", "1000"]),
+            120,
+        ),
         // Three waves of 8 MiB, then 6 s idle: three passes of free page
         // reporting's 2 s cadence.
-        (Workload::AnonFree, false) => Params {
-            mem: 32 << 20,
-            vcpus: 1,
-            budget: 6 << 20,
-            files: None,
-            guest: words(&["copies=1", "churn-idle", "3", "8", "6000"]),
-            timeout_secs: 300,
-        },
-        (Workload::AnonFree, true) => Params {
-            mem: 32 << 20,
-            vcpus: 1,
-            budget: 4 << 20,
-            files: None,
-            guest: words(&["copies=1", "churn-idle", "1", "6", "4500"]),
-            timeout_secs: 120,
-        },
+        (Workload::AnonFree, false) => (
+            12 << 20,
+            None,
+            words(&["copies=1", "churn-idle", "3", "8", "6000"]),
+            300,
+        ),
+        (Workload::AnonFree, true) => (
+            8 << 20,
+            None,
+            words(&["copies=1", "churn-idle", "1", "6", "4500"]),
+            120,
+        ),
+    };
+    Params {
+        mem: 32 << 20,
+        vcpus: 1,
+        limit,
+        files,
+        guest,
+        timeout_secs,
     }
 }
 
@@ -107,11 +149,13 @@ pub fn params(w: Workload, quick: bool) -> Params {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunSpec {
     pub workload: Workload,
-    /// The mode; the baseline is `Off` without any budget.
+    /// The mode; the baseline is `HostSwap` without any limit.
     pub mode: Mode,
     pub baseline: bool,
     pub params: Params,
-    /// The host budget (`None` for the baseline).
+    /// The host memory limit (`None` for the baseline).
+    pub limit: Option<u64>,
+    /// An extra budget for the hinting modes (`--host-budget`).
     pub budget: Option<u64>,
 }
 
@@ -129,6 +173,15 @@ impl RunSpec {
     pub fn stem(&self) -> String {
         format!("{}-{}", self.workload.name(), self.label())
     }
+
+    /// Whether the run hints (and so reclaims to a budget).
+    pub fn hints(&self) -> bool {
+        !self.baseline
+            && matches!(
+                self.mode,
+                Mode::Hinting | Mode::HintingBatched | Mode::HintingUnbatched
+            )
+    }
 }
 
 /// The experiment's choices that shape the matrix.
@@ -136,6 +189,7 @@ impl RunSpec {
 pub struct Choice {
     pub workload: Option<String>,
     pub modes: Vec<Mode>,
+    pub limit: Option<u64>,
     pub budget: Option<u64>,
     pub quick: bool,
 }
@@ -147,7 +201,7 @@ pub fn plan(choice: &Choice) -> Result<Vec<RunSpec>, PlanError> {
         None => Workload::ALL.to_vec(),
     };
     let mut modes: Vec<Mode> = if choice.modes.is_empty() {
-        Mode::ALL.to_vec()
+        Mode::DEFAULT.to_vec()
     } else {
         choice.modes.clone()
     };
@@ -156,12 +210,13 @@ pub fn plan(choice: &Choice) -> Result<Vec<RunSpec>, PlanError> {
     let mut runs = Vec::new();
     for w in workloads {
         let p = params(w, choice.quick);
-        let budget = choice.budget.unwrap_or(p.budget);
+        let limit = choice.limit.unwrap_or(p.limit);
         runs.push(RunSpec {
             workload: w,
-            mode: Mode::Off,
+            mode: Mode::HostSwap,
             baseline: true,
             params: p.clone(),
+            limit: None,
             budget: None,
         });
         for &mode in &modes {
@@ -170,14 +225,15 @@ pub fn plan(choice: &Choice) -> Result<Vec<RunSpec>, PlanError> {
                 mode,
                 baseline: false,
                 params: p.clone(),
-                budget: Some(budget),
+                limit: Some(limit),
+                budget: choice.budget,
             });
         }
     }
     Ok(runs)
 }
 
-/// How the runs reach the host: passed through to every run.
+/// How the hinting runs learn of host pressure: passed through to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pressure {
     pub psi: bool,
@@ -206,18 +262,16 @@ pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure) 
     if let Some(d) = disk {
         a.extend(["--disk".into(), d.display().to_string()]);
     }
-    if let Some(b) = spec.budget {
+    // Only the hinting runs reclaim; the others hold the limit through the
+    // host kernel (swap) or free page reporting alone.
+    let hints = spec.hints();
+    if let Some(b) = spec.budget.filter(|_| hints) {
         a.extend(["--host-budget".into(), b.to_string()]);
     }
-    let constrained = !spec.baseline;
-    if constrained && p.psi {
+    if hints && p.psi {
         a.push("--psi".into());
     }
-    let cgroup = if constrained {
-        p.cgroup
-    } else {
-        CgroupBudget::Off
-    };
+    let cgroup = if hints { p.cgroup } else { CgroupBudget::Off };
     a.extend([
         "--cgroup-budget".into(),
         match cgroup {
@@ -225,17 +279,16 @@ pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure) 
             CgroupBudget::Off => "off".into(),
         },
     ]);
-    let mut guest: Vec<String> = Vec::new();
     match spec.mode {
-        Mode::Off => a.push("--no-hinting".into()),
+        _ if spec.baseline => a.push("--no-hinting".into()),
+        Mode::HostSwap => a.push("--no-hinting".into()),
         Mode::FreePageReporting => a.push("--free-page-reporting".into()),
         Mode::Hinting => {}
         Mode::HintingBatched => a.extend(["--hints".into(), "batched".into()]),
         Mode::HintingUnbatched => a.extend(["--hints".into(), "unbatched".into()]),
     }
-    guest.extend(p_.guest.iter().cloned());
     a.push("--".into());
-    a.extend(guest);
+    a.extend(p_.guest.iter().cloned());
     a
 }
 
@@ -247,49 +300,54 @@ mod tests {
         Choice {
             workload: workload.map(String::from),
             modes: modes.to_vec(),
+            limit: None,
             budget: None,
             quick: false,
         }
     }
 
     #[test]
-    fn the_default_matrix_is_every_workload_by_every_mode_plus_baselines() {
+    fn the_default_matrix_is_every_workload_by_the_default_modes_plus_baselines() {
         let runs = plan(&choice(None, &[])).unwrap();
-        assert_eq!(runs.len(), 2 * (1 + 5));
+        assert_eq!(runs.len(), 4 * (1 + 4));
         let stems: Vec<String> = runs.iter().map(RunSpec::stem).collect();
         assert_eq!(stems[0], "page-cache-baseline");
-        assert_eq!(stems[1], "page-cache-off");
+        assert_eq!(stems[1], "page-cache-host-swap");
+        assert_eq!(stems[3], "page-cache-hinting");
         assert_eq!(stems[4], "page-cache-hinting-batched");
-        assert_eq!(stems[5], "page-cache-hinting-unbatched");
-        assert_eq!(stems[6], "anon-free-baseline");
-        assert!(runs[0].budget.is_none() && runs[1].budget == Some(12 << 20));
-        assert_eq!(runs[7].budget, Some(6 << 20));
+        assert_eq!(stems[5], "kv-baseline");
+        assert_eq!(stems[15], "anon-free-baseline");
+        assert!(runs[0].limit.is_none() && runs[1].limit == Some(16 << 20));
+        assert_eq!(runs[16].limit, Some(12 << 20));
+        assert!(runs.iter().all(|r| r.budget.is_none()));
     }
 
     #[test]
     fn names_and_modes_restrict_the_matrix() {
         let runs = plan(&choice(
             Some("anon-free"),
-            &[Mode::Hinting, Mode::Off, Mode::Hinting],
+            &[Mode::Hinting, Mode::HostSwap, Mode::Hinting],
         ))
         .unwrap();
         let labels: Vec<&str> = runs.iter().map(RunSpec::label).collect();
-        assert_eq!(labels, ["baseline", "off", "hinting"]);
+        assert_eq!(labels, ["baseline", "host-swap", "hinting"]);
         assert_eq!(
             plan(&choice(Some("nope"), &[])),
             Err(PlanError::UnknownWorkload("nope".into()))
         );
-        let mut c = choice(Some("page-cache"), &[Mode::Off]);
-        c.budget = Some(7 << 20);
+        let mut c = choice(Some("page-cache"), &[Mode::HostSwap]);
+        c.limit = Some(7 << 20);
         c.quick = true;
         let runs = plan(&c).unwrap();
-        assert_eq!(runs[1].budget, Some(7 << 20));
+        assert_eq!(runs[1].limit, Some(7 << 20));
         assert_eq!(runs[1].params, params(Workload::PageCache, true));
     }
 
     #[test]
     fn each_mode_becomes_its_flags() {
-        let runs = plan(&choice(Some("page-cache"), &[])).unwrap();
+        let mut c = choice(Some("page-cache"), &Mode::ALL);
+        c.budget = Some(5 << 20);
+        let runs = plan(&c).unwrap();
         let p = Pressure {
             psi: true,
             cgroup: CgroupBudget::Auto,
@@ -301,24 +359,32 @@ mod tests {
         assert!(base.contains("--no-hinting") && !base.contains("--host-budget"));
         assert!(base.contains("--cgroup-budget off") && !base.contains("--psi"));
         assert!(base.ends_with("-- copies=1 scan-mmap 2"), "{base}");
-        let off = args(1);
-        assert!(off.contains("--host-budget 12582912 --psi --cgroup-budget auto --no-hinting"));
-        assert!(off.contains("--disk /d.img") && off.contains("--stats /s.json"));
-        assert!(off.contains("--stats-interval 200") && off.contains("--vcpus 1"));
-        assert!(args(2).contains("--free-page-reporting --"));
+        let swap = args(1);
+        assert!(
+            swap.contains("--cgroup-budget off --no-hinting --"),
+            "{swap}"
+        );
+        assert!(!swap.contains("--host-budget") && !swap.contains("--psi"));
+        assert!(swap.contains("--disk /d.img") && swap.contains("--stats /s.json"));
+        assert!(swap.contains("--stats-interval 200") && swap.contains("--vcpus 1"));
+        assert!(args(2).contains("--cgroup-budget off --free-page-reporting --"));
         let h = args(3);
+        assert!(
+            h.contains("--host-budget 5242880 --psi --cgroup-budget auto --"),
+            "{h}"
+        );
         assert!(!h.contains("--no-hinting") && !h.contains("hints="), "{h}");
-        assert!(args(4).ends_with("--hints batched -- copies=1 scan-mmap 2"));
-        assert!(args(5).ends_with("--hints unbatched -- copies=1 scan-mmap 2"));
+        assert!(args(4).ends_with("auto --hints batched -- copies=1 scan-mmap 2"));
+        assert!(args(5).ends_with("auto --hints unbatched -- copies=1 scan-mmap 2"));
     }
 
     #[test]
-    fn quick_sizes_are_smaller() {
+    fn quick_sizes_are_smaller_and_limits_below_guest_ram() {
         for w in Workload::ALL {
             let (d, q) = (params(w, false), params(w, true));
             assert!(q.timeout_secs < d.timeout_secs, "{w:?}");
-            assert!(q.budget < q.mem && d.budget < d.mem);
+            assert!(q.limit <= d.limit && d.limit < d.mem, "{w:?}");
+            assert_eq!(Workload::from_name(w.name()), Ok(w));
         }
-        assert_eq!(Workload::from_name("anon-free"), Ok(Workload::AnonFree));
     }
 }

@@ -1,7 +1,10 @@
-//! The SVG plot of one workload: resident guest memory (MiB) over time
-//! (seconds since the VMM started), one line per mode, drawn with the
-//! `plotters` crate's SVG backend (no fonts are loaded: the backend writes
-//! text as SVG `<text>` elements for the viewer to render).
+//! The experiment's SVG plots, drawn with the `plotters` crate's SVG
+//! backend (no fonts are loaded: the backend writes text as SVG `<text>`
+//! elements for the viewer to render): per workload, the host memory each
+//! run was charged (MiB) over time (seconds since it started), one line
+//! per mode ([`draw`]); and the trade-off of the whole matrix, each run's
+//! time-averaged footprint against its slowdown, one point per mode and
+//! workload ([`draw_tradeoff`]).
 //!
 //! This module must never write anything but the one SVG file it is
 //! given, and a series that is empty is left out, not an error.
@@ -48,14 +51,9 @@ pub fn ranges(lines: &[Line]) -> (f64, f64) {
     ((t * 1.02).max(1.0), (m * 1.1).max(1.0))
 }
 
-/// Draws `lines` into the SVG file `path`, titled `title`; `budget` adds a
-/// dashed-looking horizontal line at the host budget.
-pub fn draw(
-    path: &Path,
-    title: &str,
-    lines: &[Line],
-    budget: Option<u64>,
-) -> Result<(), PlotError> {
+/// Draws `lines` into the SVG file `path`, titled `title`; `limit` adds a
+/// horizontal line at the host memory limit.
+pub fn draw(path: &Path, title: &str, lines: &[Line], limit: Option<u64>) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError::Draw {
         path: path.to_path_buf(),
         what: e.to_string(),
@@ -73,10 +71,10 @@ pub fn draw(
     chart
         .configure_mesh()
         .x_desc("time since the VMM started (s)")
-        .y_desc("resident guest memory (MiB)")
+        .y_desc("host memory charged to the run (MiB)")
         .draw()
         .map_err(|e| err(&e))?;
-    if let Some(b) = budget {
+    if let Some(b) = limit {
         let y = mib(b);
         let grey = RGBColor(0x99, 0x99, 0x99);
         chart
@@ -85,7 +83,7 @@ pub fn draw(
                 grey.stroke_width(1),
             ))
             .map_err(|e| err(&e))?
-            .label("host budget")
+            .label("host limit")
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey));
     }
     for (i, line) in lines.iter().filter(|l| !l.points.is_empty()).enumerate() {
@@ -99,6 +97,70 @@ pub fn draw(
             .map_err(|e| err(&e))?
             .label(line.label.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+/// One point of the trade-off plot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// `workload mode`.
+    pub label: String,
+    /// Index of the mode (one colour per mode).
+    pub mode: usize,
+    pub footprint_mib: f64,
+    pub slowdown: f64,
+}
+
+/// Draws the trade-off: time-averaged footprint (x) against slowdown (y),
+/// one labelled point per run; `modes` names the colours in the legend.
+pub fn draw_tradeoff(path: &Path, points: &[Point], modes: &[&str]) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError::Draw {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    };
+    let x_max = points.iter().map(|p| p.footprint_mib).fold(1.0, f64::max) * 1.15;
+    let y_max = points.iter().map(|p| p.slowdown).fold(1.0, f64::max) * 1.15;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "what each mode costs: footprint against slowdown",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time-averaged host memory of the run (MiB)")
+        .y_desc("slowdown against no limit (x)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (m, name) in modes.iter().enumerate() {
+        let colour = COLOURS[(m + 1) % COLOURS.len()];
+        let mine: Vec<&Point> = points.iter().filter(|p| p.mode == m).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(mine.iter().map(|p| {
+                EmptyElement::at((p.footprint_mib, p.slowdown))
+                    + Circle::new((0, 0), 5, colour.filled())
+                    + Text::new(p.label.clone(), (7, -7), ("sans-serif", 11))
+            }))
+            .map_err(|e| err(&e))?
+            .label(name.to_string())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
     }
     chart
         .configure_series_labels()
@@ -149,13 +211,37 @@ mod tests {
             "page-cache",
             "off",
             "hinting",
-            "host budget",
-            "resident guest memory",
+            "host limit",
+            "host memory charged",
         ] {
             assert!(svg.contains(text), "no {text:?} in the SVG");
         }
         assert!(!svg.contains(">empty<"));
         assert!(draw(&dir.join("missing/p.svg"), "x", &lines, None).is_err());
+        let points = [
+            Point {
+                label: "kv hinting".into(),
+                mode: 1,
+                footprint_mib: 12.0,
+                slowdown: 1.4,
+            },
+            Point {
+                label: "kv host-swap".into(),
+                mode: 0,
+                footprint_mib: 16.0,
+                slowdown: 1.1,
+            },
+        ];
+        let t = dir.join("t.svg");
+        draw_tradeoff(&t, &points, &["host-swap", "hinting", "unused"]).unwrap();
+        let svg = std::fs::read_to_string(&t).unwrap();
+        for text in ["kv hinting", "kv host-swap", "slowdown", "time-averaged"] {
+            assert!(svg.contains(text), "no {text:?} in the trade-off SVG");
+        }
+        assert!(
+            !svg.contains(">unused<"),
+            "a mode without points has no legend"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
