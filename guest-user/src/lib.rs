@@ -1,9 +1,12 @@
 //! Pure helpers of the user programs, unit-tested on the host: argument
-//! parsing and a fixed-buffer formatter (user programs have no heap).
+//! parsing, a fixed-buffer formatter (user programs have no heap) and the
+//! `kv` program's key distribution (`zipf`).
 
 #![cfg_attr(not(test), no_std)]
 
 use core::fmt;
+
+pub mod zipf;
 
 /// A `fmt::Write` into a fixed buffer; output past the end is dropped.
 pub struct LineBuf<const N: usize> {

@@ -13,6 +13,8 @@ use pagehint_abi::exit::guest;
 use pagehint_abi::syscall::{nr, prot};
 use sys::{clock_ns, cpu, exit, pid, syscall3, write};
 
+mod build;
+mod kv;
 mod sys;
 mod workloads;
 
@@ -47,8 +49,10 @@ extern "C" fn _start(args_ptr: *const u8, args_len: usize, instance: u64) -> ! {
         "sleep" => workloads::sleep(rest),
         "mprotect" => workloads::mprotect_toggle(rest),
         "cow" => workloads::cow(arg_u64(rest, 1)),
+        "kv" => kv::kv(rest, instance),
+        "build" => build::build(rest),
         _ => {
-            say!("unknown program '{program}' (known: hello preempt mm segv exit files scan-read scan-mmap churn churn-idle sleep mprotect cow crash-kernel triple-fault portio kbench bad-hints discard-list-test)");
+            say!("unknown program '{program}' (known: hello preempt mm segv exit files scan-read scan-mmap churn churn-idle sleep mprotect cow kv build crash-kernel triple-fault portio kbench bad-hints discard-list-test)");
             guest::BAD_COMMAND_LINE
         }
     };

@@ -6,6 +6,8 @@
 //! one `result:` line of `key=value` pairs: bytes processed, time, kernel
 //! counters, and integrity errors.
 
+use core::fmt;
+
 use pagehint_abi::disk::{fill_block, verify_block, DirEntry, BLOCK_SIZE};
 use pagehint_abi::exit::guest;
 use pagehint_abi::syscall::{nr, prot, FileStat, KernelStats};
@@ -21,19 +23,19 @@ pub enum Access {
 }
 
 /// Bytes read per `read()` call.
-const CHUNK: u64 = 64 * 1024;
+pub(crate) const CHUNK: u64 = 64 * 1024;
 
-fn mmap_anon(len: u64) -> Option<*mut u8> {
+pub(crate) fn mmap_anon(len: u64) -> Option<*mut u8> {
     let a = syscall3(nr::MMAP, len, prot::RW, 0);
     (a > 0).then_some(a as u64 as *mut u8)
 }
 
-fn dirent(i: u64) -> Option<DirEntry> {
+pub(crate) fn dirent(i: u64) -> Option<DirEntry> {
     let mut e = DirEntry::default();
     (syscall3(nr::DIRENT, i, &mut e as *mut DirEntry as u64, 0) == 0).then_some(e)
 }
 
-fn open(e: &DirEntry) -> Option<u64> {
+pub(crate) fn open(e: &DirEntry) -> Option<u64> {
     let name = e.name()?;
     let fd = syscall3(nr::OPEN, name.as_ptr() as u64, name.len() as u64, 0);
     (fd >= 0).then_some(fd as u64)
@@ -41,7 +43,7 @@ fn open(e: &DirEntry) -> Option<u64> {
 
 /// Checks `data` (block `index` of a generated file of `size` bytes with
 /// id `id`); returns the number of bad blocks (0 or 1).
-fn check_block(id: u32, index: u64, size: u64, data: &[u8]) -> u64 {
+pub(crate) fn check_block(id: u32, index: u64, size: u64, data: &[u8]) -> u64 {
     if id == 0 {
         return 0; // not a generated file: nothing to compare against
     }
@@ -54,7 +56,9 @@ fn check_block(id: u32, index: u64, size: u64, data: &[u8]) -> u64 {
     (data != &expect[..data.len()]) as u64
 }
 
-fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
+/// The kernel's counters since `before` (the gauges, `free_frames`,
+/// `cached_frames` and `volatile_frames`, as they are now).
+pub(crate) fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
     KernelStats {
         page_faults: after.page_faults - before.page_faults,
         file_faults: after.file_faults - before.file_faults,
@@ -77,6 +81,24 @@ fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
         discard_listed: after.discard_listed - before.discard_listed,
         discard_released: after.discard_released - before.discard_released,
         shared_hints: after.shared_hints - before.shared_hints,
+    }
+}
+
+/// The kernel counters of a file workload's result line, as `key=value`
+/// pairs (`faults=... shared_hints=...`): one format for every program.
+pub(crate) struct Counters(pub KernelStats);
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = &self.0;
+        write!(
+            f,
+            "faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={} discard_faults={} discard_listed={} discard_released={} shared_hints={}",
+            k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
+            k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames, k.hints, k.hint_batches,
+            k.hint_errors, k.volatile_discarded, k.zero_fill_skips, k.volatile_frames, k.discard_faults,
+            k.discard_listed, k.discard_released, k.shared_hints
+        )
     }
 }
 
@@ -136,11 +158,8 @@ pub fn scan(passes: u64, how: Access) -> u32 {
         "scan-mmap"
     };
     say!(
-        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={} discard_faults={} discard_listed={} discard_released={} shared_hints={}",
-        k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
-        k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames, k.hints, k.hint_batches,
-        k.hint_errors, k.volatile_discarded, k.zero_fill_skips, k.volatile_frames, k.discard_faults,
-        k.discard_listed, k.discard_released, k.shared_hints
+        "result: program={name} passes={passes} files={files} bytes={bytes} ms={ms} errors={errors} {}",
+        Counters(k)
     );
     if errors == 0 {
         guest::SUCCESS
