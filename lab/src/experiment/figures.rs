@@ -280,8 +280,14 @@ pub fn table(rows: &[Row], markdown: bool) -> String {
         .chain(rows.iter().map(cells))
         .collect();
     let mut width = vec![0usize; HEADER.len()];
-    for row in &all {
+    // A failed run's reason spans the figure columns: it sets no width.
+    for row in all.iter().filter(|r| r.len() == HEADER.len()) {
         for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for row in all.iter().filter(|r| r.len() < HEADER.len()) {
+        for (w, c) in width.iter_mut().zip(row).take(2) {
             *w = (*w).max(c.len());
         }
     }
@@ -457,6 +463,11 @@ mod tests {
             lines[1]
         );
         assert!(lines[2].contains("failed: exit status 2"));
+        assert_eq!(
+            lines[2].find("failed"),
+            lines[0].find("avg MiB"),
+            "a failure starts in the first figure column and widens none"
+        );
         let md = table(&rows, true);
         assert!(md.lines().nth(1).unwrap().starts_with("| ---"));
         assert_eq!(md.lines().count(), 6);

@@ -87,8 +87,8 @@ pub fn params(w: Workload, quick: bool) -> Params {
             300,
         ),
         (Workload::PageCache, true) => (
-            6 << 20,
-            Some((3, 2 << 20)),
+            10 << 20,
+            Some((3, 4 << 20)),
             words(&["copies=1", "scan-mmap", "2"]),
             120,
         ),
@@ -101,8 +101,8 @@ pub fn params(w: Workload, quick: bool) -> Params {
             300,
         ),
         (Workload::KeyValue, true) => (
-            8 << 20,
-            Some((3, 2 << 20)),
+            10 << 20,
+            Some((3, 4 << 20)),
             words(&["copies=1", "kv", "20000", "99"]),
             120,
         ),
@@ -115,9 +115,9 @@ pub fn params(w: Workload, quick: bool) -> Params {
             300,
         ),
         (Workload::Build, true) => (
-            8 << 20,
-            Some((120, 32 << 10)),
-            words(&["copies=1", "build", "3", "40", "3", "1000"]),
+            10 << 20,
+            Some((200, 48 << 10)),
+            words(&["copies=1", "build", "4", "50", "4", "1000"]),
             120,
         ),
         // Three waves of 8 MiB, then 6 s idle: three passes of free page
@@ -129,7 +129,7 @@ pub fn params(w: Workload, quick: bool) -> Params {
             300,
         ),
         (Workload::AnonFree, true) => (
-            8 << 20,
+            10 << 20,
             None,
             words(&["copies=1", "churn-idle", "1", "6", "4500"]),
             120,
