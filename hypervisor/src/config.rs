@@ -21,6 +21,10 @@ use crate::memory;
 /// Most vCPUs we support (APIC IDs stay below 255, tables stay small).
 pub const MAX_VCPUS: u32 = 64;
 
+/// How long a frame stays Unused before the reclaimer drops it whatever
+/// the budget (`--unused-delay`; `docs/reclaim.md` has the measurement).
+pub const DEFAULT_UNUSED_DELAY: Duration = Duration::from_millis(50);
+
 /// The guest option that turns its page hints into free page reporting.
 pub const FPR_CMDLINE_OPTION: &str = "hints=fpr";
 
@@ -167,6 +171,10 @@ pub struct ReclaimOptions {
     pub psi_threshold: Option<f64>,
     /// Use the headroom of the memory cgroup the VMM runs in as a budget.
     pub cgroup_budget: bool,
+    /// With hinting, drop every resident frame that stayed Unused this
+    /// long, whatever the budget; `None` leaves Unused frames to the
+    /// budget and PSI.
+    pub unused_delay: Option<Duration>,
 }
 
 impl Default for ReclaimOptions {
@@ -176,6 +184,7 @@ impl Default for ReclaimOptions {
             interval: Duration::from_millis(50),
             psi_threshold: None,
             cgroup_budget: true,
+            unused_delay: Some(DEFAULT_UNUSED_DELAY),
         }
     }
 }

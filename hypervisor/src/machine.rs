@@ -97,6 +97,11 @@ fn reclaim_config(config: &VmConfig) -> ReclaimConfig {
         interval: config.reclaim.interval,
         budget_bytes: config.reclaim.host_budget,
         psi_threshold: config.reclaim.psi_threshold,
+        // Hinting only: without it no frame is Unused.
+        unused_delay: config
+            .reclaim
+            .unused_delay
+            .filter(|_| config.hints.reclaims()),
     }
 }
 

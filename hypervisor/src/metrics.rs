@@ -283,6 +283,14 @@ pub struct ReclaimMetrics {
     /// frames they dropped (`crate::reclaim::reporting`).
     pub reports: Counter,
     pub reported_pages: Counter,
+    /// The eager unused policy (`crate::reclaim::eager`): frames dropped
+    /// because they stayed Unused for the unused delay, whatever the
+    /// budget; those of them the guest took back since (each then reads
+    /// as zeroes: a host page fault on its next touch); and the time its
+    /// passes took, scan and drops, in microseconds.
+    pub unused_eager_pages: Counter,
+    pub unused_eager_refaults: Counter,
+    pub unused_eager_us: Counter,
 }
 
 /// Guest memory as measured on the host.

@@ -59,6 +59,12 @@ pub struct ReclaimDoc {
     /// Free page reporting: reports honoured and frames they dropped.
     pub reports: u64,
     pub reported_pages: u64,
+    /// The eager unused policy: frames dropped because they stayed Unused
+    /// for `--unused-delay` (also in `pages_discarded`), those of them the
+    /// guest took back since, and the time its passes took.
+    pub unused_eager_pages: u64,
+    pub unused_eager_refaults: u64,
+    pub unused_eager_us: u64,
 }
 
 /// The `memory` object.
@@ -144,6 +150,9 @@ impl StatsSource {
                 psi_triggers: r.psi_triggers.get(),
                 reports: r.reports.get(),
                 reported_pages: r.reported_pages.get(),
+                unused_eager_pages: r.unused_eager_pages.get(),
+                unused_eager_refaults: r.unused_eager_refaults.get(),
+                unused_eager_us: r.unused_eager_us.get(),
             },
             memory: MemoryDoc {
                 guest_bytes: self.guest_bytes,
@@ -238,6 +247,13 @@ mod tests {
         assert!(v["memory"]["budget_bytes"].is_null());
         assert_eq!(v["reclaim"]["pages_discarded"], 0);
         assert_eq!(v["reclaim"]["reported_pages"], 0);
+        for k in [
+            "unused_eager_pages",
+            "unused_eager_refaults",
+            "unused_eager_us",
+        ] {
+            assert_eq!(v["reclaim"][k], 0, "reclaim.{k}");
+        }
         assert!(v["memory"]["cgroup_budget_bytes"].is_null());
         assert_eq!(v["frames"]["unused"], 4);
         assert_eq!(v["frames"]["stable"], 12);

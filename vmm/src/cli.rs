@@ -1,6 +1,7 @@
 //! The command line: `vmm run [--kernel PATH] [--mem SIZE] [--vcpus N]
 //! [--timeout SECS] [--disk PATH [--disk-rw]] [--no-hinting] [--no-discard-faults]
-//! [--host-budget SIZE] [--reclaim-interval MS] [--psi [--psi-threshold PCT]]
+//! [--host-budget SIZE] [--reclaim-interval MS] [--unused-delay MS|off]
+//! [--psi [--psi-threshold PCT]]
 //! [--free-page-reporting] [--cgroup-budget auto|off]
 //! [--stats FILE [--stats-interval MS]] [-- ARGS...]`, the host tools
 //! `vmm gen-files` and `vmm mkdisk`, and `vmm experiment [NAME] [--mode
@@ -98,6 +99,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub reclaim_interval: u64,
+    /// Drop guest frames that stayed unused this many milliseconds,
+    /// whatever the budget (hinting only), or `off` to leave them to
+    /// --host-budget and --psi.
+    #[arg(long, value_name = "MS|off", default_value = UNUSED_DELAY_DEFAULT,
+          value_parser = parse_unused_delay)]
+    pub unused_delay: ::std::option::Option<Duration>,
     /// Also reclaim when host memory pressure (/proc/pressure/memory,
     /// "some avg10") exceeds --psi-threshold.
     #[arg(long)]
@@ -123,6 +130,23 @@ pub struct RunArgs {
     /// Guest command line, joined with spaces.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
+}
+
+/// `--unused-delay`'s default, as typed (`hypervisor::config::DEFAULT_UNUSED_DELAY`).
+const UNUSED_DELAY_DEFAULT: &str = "50";
+
+/// Parses `--unused-delay`: milliseconds (at most 600000), or `off`.
+pub fn parse_unused_delay(s: &str) -> Result<Option<Duration>, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match t.parse::<u64>() {
+        Ok(ms) if ms <= 600_000 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(format!(
+            "'{s}' is not a number of milliseconds from 0 to 600000, or off"
+        )),
+    }
 }
 
 /// Parses a guest RAM size: as [`parse_size`], except that a bare number
@@ -291,6 +315,21 @@ mod tests {
         );
         assert_eq!((r.host_budget, r.reclaim_interval), (None, 50));
         assert_eq!(
+            r.unused_delay,
+            Some(hypervisor::config::DEFAULT_UNUSED_DELAY)
+        );
+        for (arg, want) in [
+            ("0", Some(Duration::ZERO)),
+            ("250", Some(Duration::from_millis(250))),
+            ("off", None),
+            ("OFF", None),
+        ] {
+            assert_eq!(
+                run_args(&["--unused-delay", arg]).unwrap().unused_delay,
+                want
+            );
+        }
+        assert_eq!(
             (r.psi_threshold, r.stats.clone(), r.stats_interval),
             (10.0, None, 1000)
         );
@@ -322,6 +361,9 @@ mod tests {
             &["--psi-threshold", "nan"],
             &["--host-budget", "lots"],
             &["--stats-interval", "0"],
+            &["--unused-delay", "-1"],
+            &["--unused-delay", "600001"],
+            &["--unused-delay", "never"],
         ] {
             assert_eq!(
                 parse_error_status(&run_args(bad).unwrap_err()),

@@ -54,6 +54,7 @@ pub fn vm_config(args: &RunArgs) -> VmConfig {
             interval: Duration::from_millis(args.reclaim_interval),
             psi_threshold: args.psi.then_some(args.psi_threshold),
             cgroup_budget: args.cgroup_budget == CgroupBudget::Auto,
+            unused_delay: args.unused_delay,
         },
         stats: args.stats.as_ref().map(|path| StatsOptions {
             path: path.clone(),
@@ -103,6 +104,12 @@ mod tests {
         assert_eq!(c.guest_cmdline_words(), ["hints=batched"]);
         assert_eq!(c.reclaim.host_budget, Some(8 << 20));
         assert_eq!(c.reclaim.psi_threshold, Some(10.0));
+        let off = config(&["--unused-delay", "off"]);
+        assert_eq!(off.reclaim.unused_delay, None);
+        assert_eq!(
+            config(&["--unused-delay", "0"]).reclaim.unused_delay,
+            Some(Duration::ZERO)
+        );
         assert_eq!(config(&["--no-hinting"]).hints, HintMode::Off);
         let c = config(&[
             "--free-page-reporting",

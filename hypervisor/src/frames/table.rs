@@ -121,6 +121,17 @@ impl Drop for Hinting<'_> {
     }
 }
 
+/// The indexes of the bits set in `mask`, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = u64> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros();
+            mask &= mask - 1;
+            u64::from(i)
+        })
+    })
+}
+
 /// Waits, without a lock, until a frame's entry is not held by a claim:
 /// its BUSY bit clear, or shown to be the guest's (no CLAIMED mark), in
 /// which case HINTING is taken so that no claim starts until the caller is
@@ -388,6 +399,36 @@ impl FrameTable {
     pub fn looks_claimable(&self, pfn: u64, class: PageState) -> bool {
         self.cell(pfn)
             .is_ok_and(|c| entry::claimable(c.load(Ordering::Relaxed), class))
+    }
+
+    /// [`FrameTable::looks_claimable`] for the frames of `among`, a mask
+    /// of the 64 frames from `first` (bit `i`: frame `first + i`), with
+    /// the table's checks made once for all 64: the mask of those that
+    /// look claimable. For scans of a large guest every round.
+    pub fn looks_claimable_mask(&self, first: u64, among: u64, class: PageState) -> u64 {
+        let end = first.saturating_add(64);
+        if end > self.len() || (first < self.hole.end && end > self.hole.start) {
+            // The table's end or the hole: frame by frame.
+            return bits(among)
+                .filter(|&i| self.looks_claimable(first + i, class))
+                .fold(0, |m, i| m | 1 << i);
+        }
+        let look = |c: Option<&AtomicU8>| {
+            c.is_some_and(|c| entry::claimable(c.load(Ordering::Relaxed), class))
+        };
+        match self.shared.get() {
+            Some(s) => bits(among)
+                .filter(|&i| look(s.entry(first + i)))
+                .fold(0, |m, i| m | 1 << i),
+            None => {
+                let own = usize::try_from(first)
+                    .ok()
+                    .and_then(|f| self.own.get(f..f + 64));
+                bits(among)
+                    .filter(|&i| look(own.and_then(|o| o.get(i as usize))))
+                    .fold(0, |m, i| m | 1 << i)
+            }
+        }
     }
 
     /// Ends a claim after the contents were dropped: clears BUSY, sets

@@ -247,3 +247,34 @@ fn a_hint_on_a_guests_busy_bit_blocks_claims_until_it_is_done() {
     assert_eq!(t.state(1), Some(Stable));
     assert_eq!(marks.load(Ordering::Acquire) & (HINTING | CLAIMED), 0);
 }
+
+#[test]
+fn claimable_masks_agree_with_frame_by_frame_looks() {
+    // 200 frames, 100..140 a hole: words that are plain, hit the hole, or
+    // run past the end.
+    let t = FrameTable::with_hole(200, 100..140, false);
+    for p in (0..100).chain(140..200).filter(|p| p % 3 == 0) {
+        t.apply(p, HintOp::SetUnused).unwrap();
+    }
+    t.apply(64, HintOp::MakeVolatile).unwrap();
+    assert!(
+        t.try_claim(3, Unused),
+        "a claimed frame does not look claimable"
+    );
+    for first in [0, 64, 128, 192] {
+        for among in [u64::MAX, 0x5555_5555_5555_5555, 0] {
+            for class in [Unused, Volatile, Stable] {
+                let want = (0..64)
+                    .filter(|&i| among & (1 << i) != 0 && t.looks_claimable(first + i, class))
+                    .fold(0u64, |m, i| m | 1 << i);
+                assert_eq!(
+                    t.looks_claimable_mask(first, among, class),
+                    want,
+                    "{first} {among:#x} {class:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(t.looks_claimable_mask(0, u64::MAX, Unused) & 0b1111, 0b0001);
+    assert_eq!(t.looks_claimable_mask(64, 1, Volatile), 1);
+}

@@ -4,12 +4,13 @@
 //!
 //! Every interval the thread measures residency (`resident::Residency`:
 //! from `/proc/self/pagemap`, read again only when something may have
-//! changed);
-//! if a budget is set and resident memory exceeds it, or host memory
-//! pressure (PSI) passes the threshold, it drops resident Unused frames,
-//! then Volatile ones, never Stable ones, until the estimate is under the
-//! budget. A memory cgroup with a limit (`cgroup`) lowers the budget to the
-//! headroom it leaves. With free page reporting the thread only measures:
+//! changed); drops the resident frames that have stayed Unused for the
+//! unused delay, whatever the budget (`eager`); then, if a budget is set
+//! and resident memory exceeds it, or host memory pressure (PSI) passes
+//! the threshold, it drops resident Unused frames, then Volatile ones,
+//! never Stable ones, until the estimate is under the budget. A memory
+//! cgroup with a limit (`cgroup`) lowers the budget to the headroom it
+//! leaves. With free page reporting the thread only measures:
 //! reports are dropped on the hint path (`crate::hypercall::reporting`),
 //! and nothing else is. Frames are claimed, dropped and settled through the
 //! frame-state core (`crate::frames`); discarded Volatile frames are armed
@@ -20,6 +21,7 @@
 //! handle.
 
 pub mod cgroup;
+pub mod eager;
 pub mod policy;
 pub mod resident;
 #[cfg(test)]
@@ -36,6 +38,7 @@ use crate::memory::GuestRam;
 use crate::metrics::Metrics;
 use crate::periodic::{Periodic, PeriodicThread};
 use cgroup::CgroupMemory;
+use eager::{rounds_for, EagerUnused};
 use policy::{discard_pass_with, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
 use resident::Residency;
 
@@ -62,6 +65,10 @@ pub struct ReclaimConfig {
     pub discard: bool,
     /// A memory cgroup whose headroom is a second budget.
     pub cgroup: Option<CgroupMemory>,
+    /// Drop every resident frame Unused for this long, whatever the
+    /// budget (`eager`); `None`: only the budget and PSI drop frames.
+    /// Only with `discard`.
+    pub unused_delay: Option<Duration>,
 }
 
 /// Reads host memory pressure; warns once and gives up if it cannot.
@@ -111,6 +118,7 @@ struct Worker {
     arming: Option<Arc<dyn Arming>>,
     discard: bool,
     cgroup: Option<CgroupMemory>,
+    eager: Option<EagerUnused>,
 }
 
 impl Worker {
@@ -170,22 +178,62 @@ impl Worker {
         Some(self.budget_pages.map_or(pages, |b| b.min(pages)))
     }
 
+    /// Drops the frames Unused for the delay; returns how many.
+    fn eager_round(&mut self) -> u64 {
+        let (Some(eager), Some(residency)) = (self.eager.as_mut(), self.residency.as_mut()) else {
+            return 0;
+        };
+        let t = Instant::now();
+        let done = eager.pass(
+            &self.table,
+            &mut self.discarder,
+            residency.map(),
+            Method::Auto,
+        );
+        let r = &self.metrics.reclaim;
+        r.unused_eager_us.add(micros(t.elapsed()));
+        r.unused_eager_pages.add(done.pass.pages);
+        r.unused_eager_refaults.add(done.refaults);
+        r.madvise_calls.add(done.pass.madvise_calls);
+        r.process_madvise_calls.add(done.pass.process_madvise_calls);
+        if done.pass.pages > 0 || done.pass.failed > 0 {
+            residency.invalidate();
+        }
+        done.pass.pages
+    }
+
+    /// Counts the eagerly dropped frames the guest has taken back since.
+    fn sweep_refaults(&mut self) {
+        if let Some(eager) = self.eager.as_mut() {
+            let n = eager.sweep(&self.table);
+            self.metrics.reclaim.unused_eager_refaults.add(n);
+        }
+    }
+
     /// One interval's work: measure, and drop frames if asked to.
     fn round(&mut self) {
-        let Some(resident) = self.measure() else {
+        let Some(measured) = self.measure() else {
             return;
         };
         if !self.discard {
             return;
         }
+        let resident = measured.saturating_sub(self.eager_round());
+        self.record_resident(resident);
         let pressure = self.psi.fired(&self.metrics);
         let budget = self.budget(resident);
         let want = pages_to_drop(resident, budget, pressure);
-        let c = self.table.counts();
-        if want == 0 || c.unused.saturating_add(c.volatile) == 0 {
-            // Nothing asked for, or nothing the guest lets us drop.
+        if want == 0 {
             return;
         }
+        let c = self.table.counts();
+        if c.unused.saturating_add(c.volatile) == 0 {
+            // Nothing the guest lets us drop.
+            return;
+        }
+        // Eagerly dropped frames the guest took back may be dropped again
+        // by this pass: count them first.
+        self.sweep_refaults();
         let Some(residency) = self.residency.as_mut() else {
             return;
         };
@@ -248,6 +296,7 @@ impl Reclaimer {
                 None
             }
         };
+        let frames = table.len();
         let worker = Worker {
             ram_base: ram.host_base(),
             frames: ram.frames(),
@@ -262,6 +311,10 @@ impl Reclaimer {
             arming,
             discard: config.discard,
             cgroup: config.cgroup.clone(),
+            eager: config
+                .unused_delay
+                .filter(|_| config.discard)
+                .map(|d| EagerUnused::new(frames, rounds_for(d, config.interval))),
         };
         let thread = PeriodicThread::spawn("reclaim", config.interval, worker)
             .map_err(ReclaimError::Spawn)?;
@@ -288,6 +341,7 @@ impl Periodic for Worker {
 
     fn finish(&mut self) {
         self.round();
+        self.sweep_refaults();
         self.measure();
         log::debug!("reclaim: stopped");
     }
@@ -316,6 +370,7 @@ mod tests {
             psi_threshold: None,
             discard: true,
             cgroup: None,
+            unused_delay: None,
         };
         let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         let t = Instant::now();
@@ -328,6 +383,56 @@ mod tests {
         assert_eq!(table.total_discards(), 1024);
         assert_eq!(metrics.memory.resident_bytes.get(), 12 << 20);
         assert_eq!(metrics.memory.resident_peak_bytes.get(), 16 << 20);
+    }
+
+    #[test]
+    fn without_a_budget_unused_frames_go_after_the_delay_and_only_then() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let frames = ram.frames();
+        for p in 0..frames {
+            ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
+        }
+        for (delay, want) in [(None, 0), (Some(Duration::from_millis(30)), 1024)] {
+            let table = Arc::new(FrameTable::new(frames as usize, false));
+            table.apply_range(0, 1024, HintOp::SetUnused).unwrap();
+            table.apply_range(1024, 16, HintOp::MakeVolatile).unwrap();
+            let metrics = Arc::new(Metrics::default());
+            let config = ReclaimConfig {
+                interval: Duration::from_millis(10),
+                budget_bytes: None,
+                psi_threshold: None,
+                discard: true,
+                cgroup: None,
+                unused_delay: delay,
+            };
+            let t = Instant::now();
+            let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
+            while table.total_discards() < want && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let took = t.elapsed();
+            std::thread::sleep(Duration::from_millis(50));
+            // The guest takes ten back: refaults, counted by the last sweep.
+            for p in 0..10 {
+                assert!(table.apply(p, HintOp::SetStable).is_ok());
+            }
+            r.stop();
+            let refaults = if want > 0 { 10 } else { 0 };
+            assert_eq!(metrics.reclaim.unused_eager_refaults.get(), refaults);
+            assert_eq!(table.total_discards(), want, "delay {delay:?}");
+            assert_eq!(metrics.reclaim.unused_eager_pages.get(), want);
+            assert_eq!(metrics.reclaim.rounds.get(), 0, "no budget pass");
+            if want > 0 {
+                // Three rounds of 10 ms at least: seen, aged, dropped.
+                assert!(took >= Duration::from_millis(30), "{took:?}");
+            }
+            assert!(
+                !table.is_discarded(1024),
+                "volatile frames wait for a budget"
+            );
+            let resident = metrics.memory.resident_bytes.get();
+            assert_eq!(resident, (16 << 20) - want * PAGE);
+        }
     }
 
     #[test]
@@ -346,6 +451,7 @@ mod tests {
             psi_threshold: None,
             discard: false,
             cgroup: None,
+            unused_delay: Some(Duration::ZERO),
         };
         let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         std::thread::sleep(Duration::from_millis(40));

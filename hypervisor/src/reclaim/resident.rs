@@ -124,6 +124,11 @@ impl ResidentMap {
         self.resident
     }
 
+    /// The map, 64 pages a word (bit `i` of word `k`: page `64 * k + i`).
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     /// The first resident page at or after `from`, skipping 64 absent
     /// pages per word (a sparse map is scanned at memory speed).
     pub fn next_set(&self, from: u64) -> Option<u64> {
