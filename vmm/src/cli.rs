@@ -408,15 +408,32 @@ mod tests {
             "free-page-reporting",
             "--host-budget",
             "8M",
+            "--limit",
+            "20M",
+            "--swap-file",
+            "256M",
+            "--cgroup-root",
+            "/sys/fs/cgroup/memory/x",
             "--quick",
             "--out",
             "/tmp/r",
         ])
         .unwrap();
+        assert_eq!((e.limit, e.swap_file), (Some(20 << 20), Some(256 << 20)));
+        assert_eq!(
+            e.cgroup_root.as_deref(),
+            Some(std::path::Path::new("/sys/fs/cgroup/memory/x"))
+        );
+        assert!(exp(&["--limit", "0"]).is_err(), "a zero limit is refused");
         assert_eq!(e.name.as_deref(), Some("page-cache"));
         assert_eq!(
             e.modes,
-            [Mode::Off, Mode::HintingBatched, Mode::FreePageReporting]
+            [
+                Mode::HostSwap,
+                Mode::HintingBatched,
+                Mode::FreePageReporting
+            ],
+            "off is an alias of host-swap"
         );
         let shared = exp(&["--mode", "hinting-shared"]).unwrap();
         assert_eq!(shared.modes, [Mode::Hinting], "an alias of the default");

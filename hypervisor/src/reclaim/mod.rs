@@ -156,7 +156,9 @@ impl Worker {
         let Some(cg) = &self.cgroup else {
             return self.budget_pages;
         };
-        let read = cg.limit().and_then(|l| Ok((l, cg.usage()?)));
+        let read = cg
+            .limit()
+            .and_then(|l| Ok((l, cg.usage_without_file_cache()?)));
         let (limit, usage) = match read {
             Ok((Some(limit), usage)) => (limit, usage),
             Ok((None, _)) => {
