@@ -122,7 +122,7 @@ impl Drop for Hinting<'_> {
 }
 
 /// The indexes of the bits set in `mask`, lowest first.
-fn bits(mut mask: u64) -> impl Iterator<Item = u64> {
+pub fn bits(mut mask: u64) -> impl Iterator<Item = u64> {
     std::iter::from_fn(move || {
         (mask != 0).then(|| {
             let i = mask.trailing_zeros();

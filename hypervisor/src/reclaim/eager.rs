@@ -28,6 +28,7 @@ use std::time::Duration;
 use pagehint_abi::page_state::PageState;
 
 use crate::frames::discard::IOV_BATCH;
+use crate::frames::table::bits;
 use crate::frames::{Discarder, FrameTable, Method, PassReport, Run, RunBuilder};
 use crate::reclaim::policy::CHUNK_PAGES;
 use crate::reclaim::resident::ResidentMap;
@@ -47,17 +48,6 @@ pub fn rounds_for(delay: Duration, interval: Duration) -> u16 {
     let interval = interval.max(Duration::from_millis(1)).as_nanos();
     let rounds = delay.as_nanos().div_ceil(interval);
     u16::try_from(rounds).unwrap_or(u16::MAX)
-}
-
-/// The indexes of the bits set in `mask`, lowest first.
-fn bits(mut mask: u64) -> impl Iterator<Item = u64> {
-    std::iter::from_fn(move || {
-        (mask != 0).then(|| {
-            let i = mask.trailing_zeros();
-            mask &= mask - 1;
-            u64::from(i)
-        })
-    })
 }
 
 /// A mask of the lowest `n` bits (all 64 from 64 up).

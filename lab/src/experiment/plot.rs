@@ -11,6 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::child::mib;
@@ -42,6 +44,37 @@ pub struct Line {
     pub points: Vec<(u64, u64)>,
 }
 
+/// A plot's title and its two axes, each from 0 to a maximum, described.
+struct Axes<'t> {
+    title: &'t str,
+    x: (f64, &'static str),
+    y: (f64, &'static str),
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+impl Axes<'_> {
+    /// The white canvas with the title, the axes and their mesh drawn.
+    fn chart<'a, 'b>(
+        &self,
+        root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    ) -> Result<Chart<'a, 'b>, DrawingAreaErrorKind<std::io::Error>> {
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..self.x.0, 0f64..self.y.0)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x.1)
+            .y_desc(self.y.1)
+            .draw()?;
+        Ok(chart)
+    }
+}
+
 /// The axis ranges: (seconds, MiB), each starting at 0 with a little room
 /// above the largest value.
 pub fn ranges(lines: &[Line]) -> (f64, f64) {
@@ -60,20 +93,12 @@ pub fn draw(path: &Path, title: &str, lines: &[Line], limit: Option<u64>) -> Res
     };
     let (t_max, m_max) = ranges(lines);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..t_max, 0f64..m_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the VMM started (s)")
-        .y_desc("host memory charged to the run (MiB)")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let axes = Axes {
+        title,
+        x: (t_max, "time since the VMM started (s)"),
+        y: (m_max, "host memory charged to the run (MiB)"),
+    };
+    let mut chart = axes.chart(&root).map_err(|e| err(&e))?;
     if let Some(b) = limit {
         let y = mib(b);
         let grey = RGBColor(0x99, 0x99, 0x99);
@@ -129,23 +154,12 @@ pub fn draw_tradeoff(path: &Path, points: &[Point], modes: &[&str]) -> Result<()
     let x_max = points.iter().map(|p| p.footprint_mib).fold(1.0, f64::max) * 1.15;
     let y_max = points.iter().map(|p| p.slowdown).fold(1.0, f64::max) * 1.15;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "what each mode costs: footprint against slowdown",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("time-averaged host memory of the run (MiB)")
-        .y_desc("slowdown against no limit (x)")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let axes = Axes {
+        title: "what each mode costs: footprint against slowdown",
+        x: (x_max, "time-averaged host memory of the run (MiB)"),
+        y: (y_max, "slowdown against no limit (x)"),
+    };
+    let mut chart = axes.chart(&root).map_err(|e| err(&e))?;
     for (m, name) in modes.iter().enumerate() {
         let colour = COLOURS[(m + 1) % COLOURS.len()];
         let mine: Vec<&Point> = points.iter().filter(|p| p.mode == m).collect();
