@@ -1,17 +1,22 @@
-//! `vmm experiment`: how much host memory each hinting mode gives back, how
-//! fast, and what the guest pays, side by side in one command.
+//! `vmm experiment`: how much host memory each mode saves, and what the
+//! guest pays, against what the host does without hints, side by side in
+//! one command.
 //!
-//! It runs a matrix of workload by mode (`plan`), each run a child `vmm run`
-//! of this same binary (`child`), one after the other, with a progress line
-//! on stderr; computes each run's figures (`figures`) against an
-//! unconstrained baseline run of the same workload; and writes, in the
-//! results folder, one JSON per run (machine, commit, every parameter, the
-//! result line, the final stats document, the resident-memory series), a
-//! summary JSON, the table as text and Markdown, and an SVG plot per
-//! workload (`plot`), then prints the table. This module must never touch
-//! files outside the results folder (the generated disk lives there and is
-//! removed at the end), and a run that fails is a row of the table, not the
-//! end of the experiment.
+//! It runs a matrix of workload by mode (`plan`) under one host memory
+//! limit per workload, each run a child `vmm run` of this same binary
+//! (`child`) in its own memory cgroup (`cgroup`), one after the other,
+//! with swap available (`swap`: the host's, or a temporary swap file),
+//! placed and measured by `run`; computes each run's figures (`figures`)
+//! against an unconstrained baseline run of the same workload; and writes,
+//! in the results folder, one JSON per run (machine, commit, every
+//! parameter, where it ran, the result line, the final stats document, the
+//! resident-memory and footprint series), a summary JSON, the table as
+//! text and Markdown, an SVG plot per workload and the trade-off plot
+//! (`plot`), then prints the table. This module must never touch files
+//! outside the results folder but the cgroups and swap file it made (the
+//! generated disk lives there and is removed at the end), and a run that
+//! fails or cannot run is a row of the table, not the end of the
+//! experiment.
 
 pub mod cgroup;
 pub mod child;
@@ -19,25 +24,26 @@ pub mod figures;
 pub mod output;
 pub mod plan;
 pub mod plot;
+pub mod run;
 pub mod swap;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use pagehint_abi::exit::vmm as status;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::args::{CgroupBudget, ExperimentArgs, GenFilesArgs, MkdiskArgs, Mode};
-use crate::tools::{self, ToolError};
-use cgroup::{CgroupError, Hierarchy, RunCgroup};
-use child::{ChildError, Job, Outcome};
-use figures::{Figures, Row, SwapPages};
+use crate::args::{CgroupBudget, ExperimentArgs, Mode};
+use crate::tools::ToolError;
+use cgroup::CgroupError;
+use child::{ChildError, Outcome};
+use figures::{Figures, Row};
 use output::{Machine, OutputError};
 use plan::{Choice, PlanError, Pressure, RunSpec, Workload};
 use plot::{Line, PlotError, Point};
-use swap::{SwapCounters, SwapError, SwapFile};
+use run::{make_disk, run_one, Context, Done, Host, Placement};
+use swap::SwapError;
 
 /// Why the experiment could not run (or ended with failed runs).
 #[derive(Debug, thiserror::Error)]
@@ -110,17 +116,6 @@ struct Parameters<'a> {
     vmm_args: &'a [String],
 }
 
-/// Where a run was, and where its swap figures come from.
-#[derive(Debug, Serialize)]
-struct Placement {
-    cgroup: String,
-    cgroup_version: cgroup::Version,
-    /// `cgroup` (its memory.stat) or `host` (/proc/vmstat deltas: the
-    /// whole host, with nothing else running).
-    swap_source: &'static str,
-    host_swap_bytes: u64,
-}
-
 /// One run's JSON document.
 #[derive(Debug, Serialize)]
 struct RunDoc<'a> {
@@ -171,155 +166,6 @@ fn failure(out: &Outcome, fig: &Result<Figures, String>) -> Option<String> {
         (Some(s), _) => Some(format!("exit status {s}")),
         (None, _) => Some("ended by a signal".into()),
     }
-}
-
-/// Makes the workload's disk under `dir`; returns the image.
-fn make_disk(dir: &Path, w: Workload, files: (u32, u64)) -> Result<PathBuf, ExperimentError> {
-    let err = |source| ExperimentError::Disk {
-        workload: w.name(),
-        source,
-    };
-    let from = dir.join(format!("{}-files", w.name()));
-    let image = dir.join(format!("{}.img", w.name()));
-    tools::gen_files(&GenFilesArgs {
-        dir: from.clone(),
-        count: files.0,
-        size: files.1,
-        first_id: 1,
-    })
-    .map_err(err)?;
-    tools::mkdisk(&MkdiskArgs {
-        from: from.clone(),
-        out: image.clone(),
-    })
-    .map_err(err)?;
-    let _ = std::fs::remove_dir_all(&from);
-    Ok(image)
-}
-
-/// Drops the host's cached pages of `image`, so that what a run reads of
-/// its disk is charged to the run's own cgroup, not found in a cache the
-/// experiment filled (or an earlier run did).
-fn drop_host_cache(image: &Path) {
-    use std::os::fd::AsRawFd;
-    if let Ok(f) = std::fs::File::open(image) {
-        // SAFETY: a valid open descriptor; fadvise only advises the kernel
-        // about the file's cached pages and touches no memory of ours.
-        let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
-}
-
-/// What the matrix needs from the host, found before the first run.
-struct Host {
-    hierarchy: Hierarchy,
-    /// Kept until the experiment ends (then disabled and removed).
-    _swap_file: Option<SwapFile>,
-    swap_bytes: u64,
-}
-
-impl Host {
-    fn prepare(args: &ExperimentArgs, dir: &Path) -> Result<Self, ExperimentError> {
-        let hierarchy =
-            Hierarchy::find(args.cgroup_root.as_deref()).map_err(ExperimentError::Cgroup)?;
-        // Fail now, not after the first runs, where no cgroup can be made.
-        let probe = hierarchy
-            .create(
-                &format!("pagehint-exp-{}-probe", std::process::id()),
-                Some(64 << 20),
-            )
-            .map_err(ExperimentError::Cgroup)?;
-        probe.remove().map_err(ExperimentError::Cgroup)?;
-        let swap_file = match args.swap_file {
-            Some(bytes) => Some(SwapFile::create(&dir.join("experiment.swap"), bytes)?),
-            None => None,
-        };
-        Ok(Self {
-            hierarchy,
-            _swap_file: swap_file,
-            swap_bytes: swap::host_swap_bytes(),
-        })
-    }
-
-    /// Why `spec` cannot run on this host, if it cannot.
-    fn cannot_run(&self, spec: &RunSpec) -> Option<String> {
-        (spec.mode == Mode::HostSwap && !spec.baseline && self.swap_bytes == 0).then(|| {
-            "not run: the host has no swap to hold the limit with (give --swap-file SIZE)".into()
-        })
-    }
-}
-
-/// One run's outcome and figures.
-struct Done {
-    out: Outcome,
-    fig: Result<Figures, String>,
-    placement: Placement,
-    args: Vec<String>,
-}
-
-/// Runs `spec` in its own cgroup; `baseline` is its workload's
-/// unconstrained throughput, when known.
-fn run_one(
-    spec: &RunSpec,
-    ctx: &Context<'_>,
-    disk: Option<&Path>,
-    baseline: Option<f64>,
-) -> Result<Done, ExperimentError> {
-    let stem = spec.stem();
-    let stats = ctx.dir.join(format!("{stem}.stats.json"));
-    let mut args = vec!["run".to_string()];
-    args.extend(plan::run_args(spec, disk, &stats, ctx.pressure));
-    let label = format!("{} {}", spec.workload.name(), spec.label());
-    if let Some(d) = disk {
-        drop_host_cache(d);
-    }
-    let name = format!("pagehint-exp-{}-{stem}", std::process::id());
-    let cg: RunCgroup = ctx
-        .host
-        .hierarchy
-        .create(&name, spec.limit)
-        .map_err(ExperimentError::Cgroup)?;
-    let before = SwapCounters::now();
-    let job = Job {
-        exe: ctx.exe,
-        args: &args,
-        stats: &stats,
-        log: &ctx.dir.join(format!("{stem}.log")),
-        err_log: &ctx.dir.join(format!("{stem}.err")),
-        label: &label,
-        timeout: Duration::from_secs(spec.params.timeout_secs),
-        cgroup: Some(&cg),
-    };
-    let out = child::run(&job, &mut std::io::stderr())?;
-    let host_swap = SwapCounters::now().since(before);
-    let (swap, swap_source): (SwapPages, _) = match cg.swap_pages() {
-        Some(pages) => (pages, "cgroup"),
-        None => ((host_swap.out_pages, host_swap.in_pages), "host"),
-    };
-    let placement = Placement {
-        cgroup: cg.dir.display().to_string(),
-        cgroup_version: cg.version,
-        swap_source,
-        host_swap_bytes: ctx.host.swap_bytes,
-    };
-    cg.remove().map_err(ExperimentError::Cgroup)?;
-    let _ = std::fs::remove_file(&stats);
-    let fig = figures::figures(&out, swap, baseline).map_err(|e| e.to_string());
-    Ok(Done {
-        out,
-        fig,
-        placement,
-        args,
-    })
-}
-
-/// What every run shares.
-struct Context<'a> {
-    dir: &'a Path,
-    exe: &'a Path,
-    machine: &'a Machine,
-    pressure: Pressure,
-    quick: bool,
-    host: &'a Host,
 }
 
 /// Runs the experiment; prints the table; returns the closing line.
