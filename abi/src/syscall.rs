@@ -110,6 +110,9 @@ pub struct KernelStats {
     /// Of `hints`, the state changes made in the shared page-state table
     /// (no exit).
     pub shared_hints: u64,
+    /// Mapped cache pages kept on the active list because a mapping used
+    /// them since the last look (their accessed bit): not made volatile.
+    pub referenced: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.

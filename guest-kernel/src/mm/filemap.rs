@@ -9,7 +9,7 @@
 use alloc::vec::Vec;
 
 use guest_kernel::frames::{flag, Mapping};
-use guest_kernel::paging::{Mapper, ADDR_MASK};
+use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
 use pagehint_abi::PAGE_SIZE;
 
 use super::{free_frame, hints, tlb, KernelPhys, MmState};
@@ -209,7 +209,12 @@ impl MmState {
     /// Keeps the active list at a quarter of the cache: frames that fall
     /// off it become volatile (batched hints) when they are clean, unlocked
     /// and held only by the cache and its (read-only) mappings. Without
-    /// discard faults a mapped page stays stable.
+    /// discard faults a mapped page stays stable. A mapped page that a
+    /// mapping used since the last look goes back to the active list
+    /// instead (a second chance, as Linux gives with `page_referenced`):
+    /// its uses make no fault and no cache lookup, so its accessed bits are
+    /// the only sign that it is hot, and a hot page made volatile is one
+    /// the host may take and the guest must read again.
     fn age_cache(&mut self) {
         if !hints::enabled() {
             return;
@@ -228,11 +233,43 @@ impl MmState {
                 self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
             };
             if f & busy == 0 && refs_ok {
+                if self.frames.mapcount(pfn) > 0 && self.referenced(pfn) {
+                    self.frames.activate(pfn);
+                    self.stats.referenced += 1;
+                    continue;
+                }
                 self.frames.set_flags(pfn, flag::VOLATILE);
                 self.volatile += 1;
                 hints::queue(HintOp::MakeVolatile, pfn);
             }
         }
+    }
+
+    /// Whether a user mapping used `pfn` since the last look: the accessed
+    /// bit of every entry that maps it, cleared on the way. No TLB flush
+    /// (nor does Linux on x86): a CPU that still caches the translation
+    /// sets no bit again, so a page in use may look unused once and become
+    /// volatile early, which costs a refault, never data. Cache pages are
+    /// mapped read-only here (a writable mapping is refused, a private
+    /// write copies), so the plain store loses no dirty bit.
+    fn referenced(&mut self, pfn: u64) -> bool {
+        let mut maps = Vec::new();
+        self.frames.mappings(pfn, &mut maps);
+        let mut used = false;
+        for Mapping { asid, va } in maps {
+            let Some(space) = self.spaces.get(&asid) else {
+                continue;
+            };
+            let mut phys = KernelPhys;
+            let cleared = Mapper::new(space.root(), &mut phys).update(va, |pte| {
+                used |= pte & pte_flags::ACCESSED != 0;
+                pte & !pte_flags::ACCESSED
+            });
+            if let Some(flush) = cleared {
+                flush.ignore();
+            }
+        }
+        used
     }
 
     /// Frees up to `n` page-cache frames, least recently used first,
