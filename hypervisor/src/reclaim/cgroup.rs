@@ -19,7 +19,7 @@
 //! image, mostly) is left out ([`CgroupMemory::file_cache`]): at the limit
 //! the kernel drops clean file pages before it swaps anything, so counting
 //! them would make the guest give up its own cache for the host's copy of
-//! the same blocks. The reserve is an eighth of the limit, at most
+//! the same blocks. The reserve is a quarter of the limit, at most
 //! [`RESERVE`], so a small limit still leaves the guest most of it. This module only
 //! reads files; it must never write to a cgroup, and a file it cannot read
 //! turns the budget off (with one warning) rather than failing the run.
@@ -27,7 +27,7 @@
 use std::path::{Path, PathBuf};
 
 /// Most kept free below the cgroup limit for everything that is not guest
-/// RAM and grows between two reclaimer rounds (16 MiB, or an eighth of the
+/// RAM and grows between two reclaimer rounds (16 MiB, or a quarter of the
 /// limit when that is less).
 pub const RESERVE: u64 = 16 << 20;
 /// cgroup v1 reports "no limit" as a huge page-rounded number; anything at
@@ -150,11 +150,11 @@ pub fn parse_limit(text: &str, version: Version) -> Option<Option<u64>> {
 }
 
 /// The budget for resident guest memory a cgroup leaves (see the module
-/// doc): `limit - min(RESERVE, limit / 8) - (usage - resident)`, never
+/// doc): `limit - min(RESERVE, limit / 4) - (usage - resident)`, never
 /// below zero; `usage` should leave out the file cache.
 pub fn headroom_budget(limit: u64, usage: u64, resident: u64) -> u64 {
     let others = usage.saturating_sub(resident);
-    let reserve = RESERVE.min(limit / 8);
+    let reserve = RESERVE.min(limit / 4);
     limit.saturating_sub(reserve).saturating_sub(others)
 }
 
@@ -299,12 +299,12 @@ mod tests {
         // 256 MiB limit, 40 MiB charged of which 30 MiB is guest RAM:
         // 10 MiB is everything else, so 256 - 16 - 10 = 230 MiB for the guest.
         assert_eq!(headroom_budget(256 << 20, 40 << 20, 30 << 20), 230 << 20);
-        // 64 MiB keeps an eighth back: 64 - 8 - 10 = 46 MiB.
-        assert_eq!(headroom_budget(64 << 20, 40 << 20, 30 << 20), 46 << 20);
+        // 32 MiB keeps a quarter back: 32 - 8 - 10 = 14 MiB.
+        assert_eq!(headroom_budget(32 << 20, 40 << 20, 30 << 20), 14 << 20);
         assert_eq!(headroom_budget(8 << 20, 40 << 20, 0), 0);
-        assert_eq!(headroom_budget(64 << 20, 10 << 20, 20 << 20), 56 << 20);
-        // A 16 MiB limit keeps an eighth back: 16 - 2 - 1 = 13 MiB.
-        assert_eq!(headroom_budget(16 << 20, 9 << 20, 8 << 20), 13 << 20);
+        assert_eq!(headroom_budget(64 << 20, 10 << 20, 20 << 20), 48 << 20);
+        // A 16 MiB limit keeps a quarter back: 16 - 4 - 1 = 11 MiB.
+        assert_eq!(headroom_budget(16 << 20, 9 << 20, 8 << 20), 11 << 20);
         let v1 =
             "cache 100\nrss 7\nactive_file 1\ntotal_active_file 4096\ntotal_inactive_file 8192\n";
         assert_eq!(parse_file_cache(v1, Version::V1), 12288);
