@@ -128,10 +128,18 @@ fn every_run_records_its_limit_footprint_swap_and_no_integrity_errors() {
         let base = doc(w, "baseline");
         for m in MODES {
             let d = doc(w, m);
-            assert_eq!(d["exit_status"], 0, "{w} {m}");
             assert_eq!(d["failure"], Value::Null, "{w} {m}");
-            assert_eq!(u(&d, "result.errors"), 0, "{w} {m}: integrity errors");
-            assert_eq!(fig(&d, "oom_kills"), 0, "{w} {m}");
+            // Without hints the host may only swap; at a tight limit the
+            // kernel may OOM-kill instead (a result, recorded as such).
+            // Hinting and the unconstrained baseline must finish.
+            let may_oom = matches!(m, "host-swap" | "free-page-reporting");
+            if may_oom && fig(&d, "oom_kills") > 0 {
+                assert!(d["exit_status"].is_null(), "{w} {m}: OOM-killed yet exited");
+            } else {
+                assert_eq!(d["exit_status"], 0, "{w} {m}");
+                assert_eq!(u(&d, "result.errors"), 0, "{w} {m}: integrity errors");
+                assert_eq!(fig(&d, "oom_kills"), 0, "{w} {m}");
+            }
             assert_eq!(d["parameters"]["mode"], m);
             assert!(d["machine"]["kvm"].is_string() && d["machine"]["commit"].is_string());
             for key in ["swap_out_pages", "swap_in_pages"] {

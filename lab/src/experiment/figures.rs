@@ -237,7 +237,8 @@ pub const LEGEND: &str =
     "avg/peak/final: host memory charged to the run's cgroup (time average, largest, last); \
 back: guest RAM the host took back (resident peak - final); [t]: a time on this machine \
 (guest kernel code is emulated here, host kernel code is not), not a count; \
-every other column is a count (pages, exits, faults) that carries over to hardware.";
+every other column is a count (pages, exits, faults) that carries over to hardware; \
+OOM: the kernel's OOM killer ended the run at the limit (a result of that mode, its figures up to then).";
 
 fn cells(r: &Row) -> Vec<String> {
     let mut c = vec![r.workload.clone(), r.mode.clone()];
@@ -268,7 +269,12 @@ fn cells(r: &Row) -> Vec<String> {
         f.exits.to_string(),
         f.discard_faults.to_string(),
         f.oom_kills.to_string(),
-        f.integrity_errors.map_or("?".into(), |e| e.to_string()),
+        match (f.integrity_errors, f.oom_kills) {
+            (Some(e), _) => e.to_string(),
+            (None, 0) => "?".into(),
+            // The workload did not finish: nothing was checked to the end.
+            (None, _) => "killed".into(),
+        },
     ]);
     c
 }

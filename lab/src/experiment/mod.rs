@@ -148,13 +148,20 @@ fn result_json(result: &BTreeMap<String, String>) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// Whether the kernel's OOM killer ended the run: a result of the limit
+/// (what that mode does to a guest at it), not a failure of the run.
+fn oom_killed(out: &Outcome) -> bool {
+    out.status.is_none() && !out.killed && out.oom_kills.is_some_and(|n| n > 0)
+}
+
 /// Why a finished run counts as failed, if it does.
 fn failure(out: &Outcome, fig: &Result<Figures, String>) -> Option<String> {
     if out.killed {
         return Some("killed after its timeout".into());
     }
-    if let Some(n) = out.oom_kills.filter(|&n| n > 0) {
-        return Some(format!("OOM-killed ({n} kills in its cgroup)"));
+    if oom_killed(out) {
+        // Its figures stand as far as it got; no result line to check.
+        return fig.as_ref().err().cloned();
     }
     match (out.status, fig) {
         (Some(0), Ok(f)) => match f.integrity_errors {
@@ -454,9 +461,17 @@ mod tests {
         );
         let mut oom = outcome(None);
         oom.oom_kills = Some(1);
+        assert!(oom_killed(&oom));
+        assert_eq!(failure(&oom, &figs(None)), None, "an OOM kill is a result");
         assert_eq!(
-            failure(&oom, &figs(Some(0))).as_deref(),
-            Some("OOM-killed (1 kills in its cgroup)")
+            failure(&oom, &Err("no stats".into())).as_deref(),
+            Some("no stats")
+        );
+        let mut exited = outcome(Some(0));
+        exited.oom_kills = Some(1);
+        assert!(
+            !oom_killed(&exited),
+            "a run that ended by itself was not OOM-killed"
         );
         let mut none = outcome(Some(0));
         none.oom_kills = Some(0);
