@@ -75,6 +75,20 @@ impl Axes<'_> {
     }
 }
 
+/// Draws the legend box and writes the file.
+fn legend_and_present<'a, 'b>(
+    chart: &mut Chart<'a, 'b>,
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
+}
+
 /// The axis ranges: (seconds, MiB), each starting at 0 with a little room
 /// above the largest value.
 pub fn ranges(lines: &[Line]) -> (f64, f64) {
@@ -123,14 +137,7 @@ pub fn draw(path: &Path, title: &str, lines: &[Line], limit: Option<u64>) -> Res
             .label(line.label.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    legend_and_present(&mut chart, &root).map_err(|e| err(&e))
 }
 
 /// One point of the trade-off plot.
@@ -176,14 +183,7 @@ pub fn draw_tradeoff(path: &Path, points: &[Point], modes: &[&str]) -> Result<()
             .label(name.to_string())
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    legend_and_present(&mut chart, &root).map_err(|e| err(&e))
 }
 
 #[cfg(test)]
