@@ -262,6 +262,11 @@ impl MmState {
             };
             let mut phys = KernelPhys;
             let cleared = Mapper::new(space.root(), &mut phys).update(va, |pte| {
+                // Only an entry that still maps this frame is read-only
+                // cache: leave any other as it is.
+                if (pte & ADDR_MASK) / PAGE_SIZE != pfn {
+                    return pte;
+                }
                 used |= pte & pte_flags::ACCESSED != 0;
                 pte & !pte_flags::ACCESSED
             });

@@ -164,6 +164,10 @@ impl DiskFile {
         self.file
             .read_exact_at(buf, offset)
             .map_err(DiskError::Io)?;
+        if buf.is_empty() {
+            // A length of 0 would advise the whole rest of the file.
+            return Ok(());
+        }
         advise(
             &self.file,
             offset,

@@ -163,6 +163,24 @@ impl Hierarchy {
         })
     }
 
+    /// Removes the empty cgroups an experiment that is gone left here
+    /// (`pagehint-exp-<pid>-...` whose process no longer exists: killed
+    /// before its guards ran); returns their names. A cgroup that still
+    /// holds a process is left alone.
+    pub fn remove_stale(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.parent) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                stale_owner(n).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            })
+            .filter(|n| std::fs::remove_dir(self.parent.join(n)).is_ok())
+            .collect()
+    }
+
     /// Makes cgroup `name` with a memory `limit` (none: unlimited).
     pub fn create(&self, name: &str, limit: Option<u64>) -> Result<RunCgroup, CgroupError> {
         if self.version == Version::V2 {
@@ -202,6 +220,15 @@ impl Hierarchy {
         }
         Ok(cg)
     }
+}
+
+/// The pid in a run cgroup's name, `pagehint-exp-<pid>-<run>`.
+pub fn stale_owner(name: &str) -> Option<u32> {
+    name.strip_prefix("pagehint-exp-")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn write(path: &Path, text: &str) -> Result<(), CgroupError> {
@@ -299,6 +326,9 @@ mod tests {
         assert_eq!(keyed(oom, "oom_kill"), Some(3));
         assert_eq!(keyed(oom, "oom"), None);
         assert_eq!(keyed("pswpout x\n", "pswpout"), None);
+        assert_eq!(stale_owner("pagehint-exp-4242-kv-hinting"), Some(4242));
+        assert_eq!(stale_owner("pagehint-exp-x-kv"), None);
+        assert_eq!(stale_owner("other-4242"), None);
     }
 
     #[test]

@@ -194,7 +194,13 @@ pub fn run(job: &Job<'_>, progress: &mut dyn Write) -> Result<Outcome, ChildErro
     let mut out = Outcome::default();
     let mut last_progress: Option<Instant> = None;
     let status = loop {
-        if let Some(s) = child.try_wait().map_err(ChildError::Wait)? {
+        let waited = child.try_wait().map_err(ChildError::Wait);
+        if waited.is_err() {
+            // Not left running in its cgroup: our own child, by its handle.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(s) = waited? {
             break s;
         }
         if start.elapsed() > job.timeout + GRACE {

@@ -252,17 +252,19 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             disk.as_deref(),
             baseline.get(&spec.workload).copied(),
         )?;
+        let why = failure(&done.out, &done.fig);
+        // A baseline that failed sets no slowdown for the others.
         if let (
             true,
+            None,
             Ok(Figures {
                 throughput_mib_s: Some(t),
                 ..
             }),
-        ) = (spec.baseline, &done.fig)
+        ) = (spec.baseline, &why, &done.fig)
         {
             baseline.insert(spec.workload, *t);
         }
-        let why = failure(&done.out, &done.fig);
         failed += usize::from(why.is_some());
         let file = format!("{}.json", spec.stem());
         write_run(&dir.join(&file), &ctx, spec, &done, why.as_deref())?;

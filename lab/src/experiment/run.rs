@@ -83,6 +83,9 @@ impl Host {
     pub fn prepare(args: &ExperimentArgs, dir: &Path) -> Result<Self, ExperimentError> {
         let hierarchy =
             Hierarchy::find(args.cgroup_root.as_deref()).map_err(ExperimentError::Cgroup)?;
+        for gone in hierarchy.remove_stale() {
+            eprintln!("experiment: removed {gone}, left by an experiment that is gone");
+        }
         // Fail now, not after the first runs, where no cgroup can be made.
         let probe = hierarchy
             .create(
@@ -92,7 +95,16 @@ impl Host {
             .map_err(ExperimentError::Cgroup)?;
         probe.remove().map_err(ExperimentError::Cgroup)?;
         let swap_file = match args.swap_file {
-            Some(bytes) => Some(SwapFile::create(&dir.join("experiment.swap"), bytes)?),
+            Some(bytes) => {
+                let path = dir.join("experiment.swap");
+                if swap::remove_stale(&path) {
+                    eprintln!(
+                        "experiment: removed {}, left by an earlier experiment",
+                        path.display()
+                    );
+                }
+                Some(SwapFile::create(&path, bytes)?)
+            }
             None => None,
         };
         Ok(Self {

@@ -100,6 +100,28 @@ impl SwapCounters {
     }
 }
 
+/// Disables and removes the swap file an earlier experiment left at
+/// `path` (killed before its guard ran); true if there was one. Only this
+/// exact path is touched: disabled if `/proc/swaps` lists it, then
+/// removed.
+pub fn remove_stale(path: &Path) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    let listed = std::fs::read_to_string("/proc/swaps").is_ok_and(|t| {
+        t.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().next() == path.to_str())
+    });
+    if listed {
+        if let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid NUL-terminated path that outlives the call.
+            let _ = unsafe { libc::swapoff(c_path.as_ptr()) };
+        }
+    }
+    std::fs::remove_file(path).is_ok()
+}
+
 /// The first page of a swap area of `pages` pages (version 1, no bad
 /// pages, no label).
 pub fn swap_header(pages: u64) -> Vec<u8> {
