@@ -222,6 +222,7 @@ impl MmState {
         let target = (self.frames.cached() / 4).max(16);
         let mut out = Vec::new();
         self.frames.deactivate_excess(target, &mut out);
+        let mut maps = Vec::new();
         for pfn in out {
             let f = self.frames.flags(pfn);
             let busy = flag::LOCKED | flag::DIRTY | flag::WRITABLE_MAPPED | flag::VOLATILE;
@@ -233,7 +234,7 @@ impl MmState {
                 self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
             };
             if f & busy == 0 && refs_ok {
-                if self.frames.mapcount(pfn) > 0 && self.referenced(pfn) {
+                if self.frames.mapcount(pfn) > 0 && self.referenced(pfn, &mut maps) {
                     self.frames.activate(pfn);
                     self.stats.referenced += 1;
                     continue;
@@ -252,11 +253,12 @@ impl MmState {
     /// volatile early, which costs a refault, never data. Cache pages are
     /// mapped read-only here (a writable mapping is refused, a private
     /// write copies), so the plain store loses no dirty bit.
-    fn referenced(&mut self, pfn: u64) -> bool {
-        let mut maps = Vec::new();
-        self.frames.mappings(pfn, &mut maps);
+    /// `maps` is scratch space, kept by the caller across calls.
+    fn referenced(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
+        maps.clear();
+        self.frames.mappings(pfn, maps);
         let mut used = false;
-        for Mapping { asid, va } in maps {
+        for &Mapping { asid, va } in maps.iter() {
             let Some(space) = self.spaces.get(&asid) else {
                 continue;
             };

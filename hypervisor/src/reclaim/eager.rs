@@ -59,42 +59,6 @@ fn low_bits(n: u64) -> u64 {
     }
 }
 
-/// One bit per frame.
-#[derive(Debug, Clone, Default)]
-struct Bits(Vec<u64>);
-
-impl Bits {
-    fn new(frames: u64) -> Self {
-        Bits(vec![0; usize::try_from(frames.div_ceil(64)).unwrap_or(0)])
-    }
-
-    fn word(&mut self, pfn: u64) -> Option<&mut u64> {
-        usize::try_from(pfn / 64)
-            .ok()
-            .and_then(|k| self.0.get_mut(k))
-    }
-
-    fn get(&self, pfn: u64) -> bool {
-        usize::try_from(pfn / 64)
-            .ok()
-            .and_then(|k| self.0.get(k))
-            .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
-    }
-
-    /// Sets the bit; true if it was set already.
-    fn set(&mut self, pfn: u64) -> bool {
-        self.word(pfn).is_some_and(|w| {
-            let was = *w & (1 << (pfn % 64)) != 0;
-            *w |= 1 << (pfn % 64);
-            was
-        })
-    }
-
-    fn clear_all(&mut self) {
-        self.0.fill(0);
-    }
-}
-
 /// What one eager pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EagerReport {
@@ -116,11 +80,11 @@ pub struct EagerUnused {
     ages: Vec<u16>,
     /// Frames seen Unused, idle and resident in the last pass, and those
     /// of the pass in progress.
-    seen: Bits,
-    now: Bits,
+    seen: ResidentMap,
+    now: ResidentMap,
     /// Frames this policy dropped whose drop the guest has not yet been
     /// seen to take back.
-    dropped: Bits,
+    dropped: ResidentMap,
     passes: u32,
 }
 
@@ -129,17 +93,21 @@ impl EagerUnused {
     /// `rounds` rounds (see [`rounds_for`]).
     pub fn new(frames: u64, rounds: u16) -> Self {
         let (ages, seen, now) = if rounds == 0 {
-            (Vec::new(), Bits::default(), Bits::default())
+            (Vec::new(), ResidentMap::default(), ResidentMap::default())
         } else {
             let n = usize::try_from(frames).unwrap_or(0);
-            (vec![0; n], Bits::new(frames), Bits::new(frames))
+            (
+                vec![0; n],
+                ResidentMap::new(frames),
+                ResidentMap::new(frames),
+            )
         };
         Self {
             rounds,
             ages,
             seen,
             now,
-            dropped: Bits::new(frames),
+            dropped: ResidentMap::new(frames),
             passes: 0,
         }
     }
@@ -196,7 +164,7 @@ impl EagerUnused {
             self.settle(table, discarder, &mut chunk, method, &mut report);
         }
         std::mem::swap(&mut self.seen, &mut self.now);
-        self.now.clear_all();
+        self.now.clear();
         self.passes = self.passes.wrapping_add(1);
         if self.passes.is_multiple_of(SWEEP_EVERY) {
             report.refaults += self.sweep(table);
@@ -231,8 +199,11 @@ impl EagerUnused {
         for pfn in runs.iter().flat_map(Run::frames) {
             // A frame the guest took back at once is missed (a count
             // that errs low).
-            if table.is_discarded(pfn) && self.dropped.set(pfn) {
-                report.refaults += 1;
+            if table.is_discarded(pfn) {
+                if self.dropped.get(pfn) {
+                    report.refaults += 1;
+                }
+                self.dropped.set(pfn);
             }
         }
     }
@@ -241,12 +212,12 @@ impl EagerUnused {
     /// DISCARDED were taken back by the guest. Returns how many.
     pub fn sweep(&mut self, table: &FrameTable) -> u64 {
         let mut refaults = 0;
-        for (k, word) in self.dropped.0.iter_mut().enumerate() {
-            for i in bits(*word) {
-                if !table.is_discarded(k as u64 * 64 + i) {
-                    *word &= !(1 << i);
-                    refaults += 1;
-                }
+        let mut next = self.dropped.next_set(0);
+        while let Some(pfn) = next {
+            next = self.dropped.next_set(pfn + 1);
+            if !table.is_discarded(pfn) {
+                self.dropped.assign(pfn, false);
+                refaults += 1;
             }
         }
         refaults

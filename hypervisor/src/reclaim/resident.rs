@@ -48,7 +48,8 @@ pub enum ResidentError {
     BadRange { base: u64, pages: u64 },
 }
 
-/// One bit per page of a range: set if the page was resident when measured.
+/// One bit per page of a range: set if the page was resident when measured
+/// (the eager policy keeps its per-frame marks in the same kind of map).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResidentMap {
     words: Vec<u64>,
@@ -144,7 +145,8 @@ impl ResidentMap {
         }
     }
 
-    fn clear(&mut self) {
+    /// Marks every page not resident.
+    pub fn clear(&mut self) {
         self.words.fill(0);
         self.resident = 0;
     }
