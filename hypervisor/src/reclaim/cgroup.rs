@@ -19,7 +19,9 @@
 //! image, mostly) is left out ([`CgroupMemory::file_cache`]): at the limit
 //! the kernel drops clean file pages before it swaps anything, so counting
 //! them would make the guest give up its own cache for the host's copy of
-//! the same blocks. The reserve is a quarter of the limit, at most
+//! the same blocks. Mapped file pages (the VMM's own code) are not left
+//! out: they are a working set the kernel protects, and where the binary
+//! is not in the host's cache each child faults it in, charged here. The reserve is a quarter of the limit, at most
 //! [`RESERVE`], so a small limit still leaves the guest most of it. This module only
 //! reads files; it must never write to a cgroup, and a file it cannot read
 //! turns the budget off (with one warning) rather than failing the run.
@@ -158,19 +160,33 @@ pub fn headroom_budget(limit: u64, usage: u64, resident: u64) -> u64 {
     limit.saturating_sub(reserve).saturating_sub(others)
 }
 
-/// The file cache in a `memory.stat` text: `total_active_file +
-/// total_inactive_file` (v1, this cgroup and those below it) or
-/// `active_file + inactive_file` (v2); 0 when absent.
+/// The file cache no process maps, in a `memory.stat` text:
+/// `total_active_file + total_inactive_file - total_mapped_file` (v1, this
+/// cgroup and those below it) or `active_file + inactive_file -
+/// file_mapped` (v2); 0 when absent. Mapped file pages (the VMM's own
+/// code, mostly) are a working set, not a cache: the kernel protects them
+/// and dropping them would only fault them back, so they count as
+/// everything else does.
 pub fn parse_file_cache(stat: &str, version: Version) -> u64 {
-    let keys: [&str; 2] = match version {
-        Version::V1 => ["total_active_file", "total_inactive_file"],
-        Version::V2 => ["active_file", "inactive_file"],
+    let (cache, mapped): ([&str; 2], &str) = match version {
+        Version::V1 => (
+            ["total_active_file", "total_inactive_file"],
+            "total_mapped_file",
+        ),
+        Version::V2 => (["active_file", "inactive_file"], "file_mapped"),
     };
-    stat.lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(k, _)| keys.contains(k))
-        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
-        .fold(0u64, u64::saturating_add)
+    let (mut file, mut in_use) = (0u64, 0u64);
+    for (k, v) in stat.lines().filter_map(|l| l.split_once(' ')) {
+        let Ok(v) = v.trim().parse::<u64>() else {
+            continue;
+        };
+        if cache.contains(&k) {
+            file = file.saturating_add(v);
+        } else if k == mapped {
+            in_use = in_use.saturating_add(v);
+        }
+    }
+    file.saturating_sub(in_use)
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {
@@ -308,8 +324,14 @@ mod tests {
         let v1 =
             "cache 100\nrss 7\nactive_file 1\ntotal_active_file 4096\ntotal_inactive_file 8192\n";
         assert_eq!(parse_file_cache(v1, Version::V1), 12288);
+        // Mapped file pages (the VMM's code) are not cache.
+        let v1 = format!("{v1}mapped_file 4096\ntotal_mapped_file 8192\n");
+        assert_eq!(parse_file_cache(&v1, Version::V1), 4096);
         let v2 = "anon 5\nfile 30\nactive_file 10\ninactive_file 20\n";
         assert_eq!(parse_file_cache(v2, Version::V2), 30);
+        let v2 = format!("{v2}file_mapped 12\n");
+        assert_eq!(parse_file_cache(&v2, Version::V2), 18);
+        assert_eq!(parse_file_cache("file_mapped 12\n", Version::V2), 0);
         assert_eq!(parse_file_cache("", Version::V2), 0);
     }
 
