@@ -83,9 +83,18 @@ impl Mode {
 /// Options of `vmm experiment`.
 #[derive(Debug, Clone, Args)]
 pub struct ExperimentArgs {
-    /// One workload (page-cache, kv, build, anon-free); default: all.
+    /// One workload (page-cache, kv, build, anon-free), or `density` (how
+    /// many key-value guests fit under one limit, per mode); default: every
+    /// workload.
     #[arg(value_name = "NAME")]
     pub name: Option<String>,
+    /// density: the most guests tried (default 6; 3 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub guests: Option<u32>,
+    /// density: a guest slower than this against the same guests with no
+    /// limit fails (default 2).
+    #[arg(long, value_name = "X", value_parser = parse_slowdown)]
+    pub max_slowdown: Option<f64>,
     /// Run only this mode (repeatable); default: host-swap,
     /// free-page-reporting, hinting, hinting-batched.
     #[arg(long = "mode", value_name = "MODE")]
@@ -176,6 +185,14 @@ pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
     match parse_size(s)? {
         0 => Err(format!("'{s}' must be at least 1 byte")),
         n => Ok(n),
+    }
+}
+
+/// A slowdown bound: a number above 1.
+fn parse_slowdown(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 1.0 => Ok(x),
+        _ => Err(format!("'{s}' is not a slowdown bound (a number above 1)")),
     }
 }
 

@@ -160,6 +160,39 @@ pub fn headroom_budget(limit: u64, usage: u64, resident: u64) -> u64 {
     limit.saturating_sub(reserve).saturating_sub(others)
 }
 
+/// The budget for resident guest memory when `sharers` processes share
+/// the cgroup (VMMs side by side under one limit, each deciding alone):
+/// one VMM alone gets [`headroom_budget`]. Several share the room the
+/// limit leaves (`target = limit - reserve`) with no coordinator. Each
+/// may always have its fair share, `target / sharers`, so a guest that
+/// came late is never starved by one that came first. Above it, a guest
+/// may grow by an equal part of the slack while the cgroup is under the
+/// target, and gives back the excess in proportion to its own share of
+/// `usage` while it is over (a large guest gives more). Everything that
+/// is not guest RAM (the VMMs' own memory) may take the cgroup past the
+/// target when every guest is at its fair share; the reserve is there
+/// for it. `usage` leaves out the file cache, as for [`headroom_budget`].
+pub fn shared_budget(limit: u64, usage: u64, resident: u64, sharers: u64) -> u64 {
+    if sharers <= 1 {
+        return headroom_budget(limit, usage, resident);
+    }
+    let target = limit.saturating_sub(RESERVE.min(limit / 4));
+    let fair = target / sharers;
+    let mine = if usage > target {
+        let excess = u128::from(usage - target);
+        let back = excess * u128::from(resident) / u128::from(usage);
+        resident.saturating_sub(u64::try_from(back).unwrap_or(u64::MAX))
+    } else {
+        resident.saturating_add((target - usage) / sharers)
+    };
+    mine.max(fair)
+}
+
+/// The number of processes in a `cgroup.procs` text.
+pub fn parse_procs(text: &str) -> u64 {
+    text.lines().filter(|l| !l.trim().is_empty()).count() as u64
+}
+
 /// The file cache no process maps, in a `memory.stat` text:
 /// `total_active_file + total_inactive_file - total_mapped_file` (v1, this
 /// cgroup and those below it) or `active_file + inactive_file -
@@ -226,6 +259,11 @@ impl CgroupMemory {
     /// kernel cannot drop without swapping.
     pub fn usage_without_file_cache(&self) -> Result<u64, CgroupError> {
         Ok(self.usage()?.saturating_sub(self.file_cache()?))
+    }
+
+    /// How many processes the cgroup holds now (VMMs sharing its limit).
+    pub fn sharers(&self) -> Result<u64, CgroupError> {
+        Ok(parse_procs(&read(&self.dir.join("cgroup.procs"))?))
     }
 
     /// Bytes charged to the cgroup now.
@@ -336,6 +374,54 @@ mod tests {
     }
 
     #[test]
+    fn vmms_sharing_a_limit_converge_to_equal_shares() {
+        const MIB: u64 = 1 << 20;
+        // Alone: the headroom rule.
+        assert_eq!(
+            shared_budget(32 * MIB, 20 * MIB, 18 * MIB, 1),
+            headroom_budget(32 * MIB, 20 * MIB, 18 * MIB)
+        );
+        assert_eq!(parse_procs("12\n345\n\n"), 2);
+        assert_eq!(parse_procs(""), 0);
+        // Two guests, one limit of 64 MiB (48 MiB for both after the
+        // reserve), 1 MiB of VMM overhead each. The first came early and
+        // holds 40 MiB; the second needs room and faults in what its
+        // budget lets it. Each round both decide alone from what they
+        // read; the excess goes back in proportion to size.
+        let (limit, overhead) = (64 * MIB, MIB);
+        let mut r = [40 * MIB, 4 * MIB];
+        for _ in 0..200 {
+            let usage = r[0] + r[1] + 2 * overhead;
+            let b = [
+                shared_budget(limit, usage, r[0], 2),
+                shared_budget(limit, usage, r[1], 2),
+            ];
+            // Each guest grows to its budget (it wants more than it may
+            // have) or is cut back to it.
+            r = b;
+        }
+        // Both at their fair share, 24 MiB: the VMMs' own 2 MiB is what
+        // the reserve is for.
+        let usage = r[0] + r[1] + 2 * overhead;
+        assert!(usage <= 50 * MIB + MIB / 4, "{usage}");
+        assert!(usage >= 47 * MIB, "the room is used: {usage}");
+        let diff = r[0].abs_diff(r[1]);
+        assert!(
+            diff <= MIB,
+            "not starved: {} vs {} MiB",
+            r[0] / MIB,
+            r[1] / MIB
+        );
+        // A guest that needs little leaves the rest to the other.
+        let mut r = [4 * MIB, 4 * MIB];
+        for _ in 0..200 {
+            let usage = r[0] + r[1] + 2 * overhead;
+            r[0] = shared_budget(limit, usage, r[0], 2);
+        }
+        assert!(r[0] >= 41 * MIB, "work-conserving: {} MiB", r[0] / MIB);
+    }
+
+    #[test]
     fn files_that_are_missing_are_errors_not_panics() {
         let cg = CgroupMemory {
             version: Version::V2,
@@ -344,6 +430,7 @@ mod tests {
         assert!(matches!(cg.limit(), Err(CgroupError::Read { .. })));
         assert!(cg.usage().is_err());
         assert!(cg.usage_without_file_cache().is_err());
+        assert!(cg.sharers().is_err());
         // Whatever this machine is, detection answers without panicking.
         let _ = detect();
     }

@@ -158,10 +158,10 @@ impl Worker {
         };
         let read = cg
             .limit()
-            .and_then(|l| Ok((l, cg.usage_without_file_cache()?)));
-        let (limit, usage) = match read {
-            Ok((Some(limit), usage)) => (limit, usage),
-            Ok((None, _)) => {
+            .and_then(|l| Ok((l, cg.usage_without_file_cache()?, cg.sharers()?)));
+        let (limit, usage, sharers) = match read {
+            Ok((Some(limit), usage, sharers)) => (limit, usage, sharers),
+            Ok((None, _, _)) => {
                 log::warn!("reclaim: the memory cgroup has no limit any more; --cgroup-budget off");
                 self.cgroup = None;
                 return self.budget_pages;
@@ -172,7 +172,7 @@ impl Worker {
                 return self.budget_pages;
             }
         };
-        let headroom = cgroup::headroom_budget(limit, usage, resident.saturating_mul(PAGE));
+        let headroom = cgroup::shared_budget(limit, usage, resident.saturating_mul(PAGE), sharers);
         let m = &self.metrics.memory;
         m.cgroup_limit_bytes.set(limit);
         m.cgroup_budget_bytes.set(headroom);

@@ -47,6 +47,8 @@ pub enum ChildError {
     },
     #[error("cannot wait for the child: {0}")]
     Wait(#[source] std::io::Error),
+    #[error("stopped by signal {0}; the runs under way were killed")]
+    Interrupted(i32),
 }
 
 /// What a run produced.
@@ -177,6 +179,24 @@ fn create(path: &Path) -> Result<File, ChildError> {
 
 /// Runs `job` to its end, sampling and reporting progress on `progress`.
 pub fn run(job: &Job<'_>, progress: &mut dyn Write) -> Result<Outcome, ChildError> {
+    let (mut outs, footprint) = run_group(std::slice::from_ref(job), job.label, progress)?;
+    let mut out = outs.pop().unwrap_or_default();
+    out.footprint = footprint;
+    Ok(out)
+}
+
+/// `[elapsed_ms, bytes]` samples.
+pub type Series = Vec<(u64, u64)>;
+
+/// One child of a group, while it runs.
+struct Running<'j, 'a> {
+    job: &'j Job<'a>,
+    child: Child,
+    out: Outcome,
+    done: bool,
+}
+
+fn spawn(job: &Job<'_>) -> Result<Child, ChildError> {
     let _ = std::fs::remove_file(job.stats);
     let mut cmd = Command::new(job.exe);
     cmd.args(job.args)
@@ -186,57 +206,117 @@ pub fn run(job: &Job<'_>, progress: &mut dyn Write) -> Result<Outcome, ChildErro
     if let Some(cg) = job.cgroup {
         join_on_fork(&mut cmd, cg.procs_fd());
     }
-    let mut child: Child = cmd.spawn().map_err(|source| ChildError::Spawn {
+    cmd.spawn().map_err(|source| ChildError::Spawn {
         exe: job.exe.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+/// Kills and reaps every child of `group` still running: ours, by handle.
+fn kill_all(group: &mut [Running<'_, '_>]) {
+    for r in group.iter_mut().filter(|r| !r.done) {
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+        r.done = true;
+    }
+}
+
+/// Runs `jobs` side by side to their ends (all in the first job's cgroup,
+/// whose usage is sampled into the returned footprint series); progress
+/// on one line under `label`. A stop signal kills them all and returns
+/// [`ChildError::Interrupted`]; so does a child that cannot be started
+/// (after killing those that were).
+pub fn run_group(
+    jobs: &[Job<'_>],
+    label: &str,
+    progress: &mut dyn Write,
+) -> Result<(Vec<Outcome>, Series), ChildError> {
+    let cgroup = jobs.first().and_then(|j| j.cgroup);
+    let mut group: Vec<Running<'_, '_>> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match spawn(job) {
+            Ok(child) => group.push(Running {
+                job,
+                child,
+                out: Outcome::default(),
+                done: false,
+            }),
+            Err(e) => {
+                kill_all(&mut group);
+                return Err(e);
+            }
+        }
+    }
     let start = Instant::now();
-    let mut out = Outcome::default();
+    let mut footprint = Vec::new();
     let mut last_progress: Option<Instant> = None;
-    let status = loop {
-        let waited = child.try_wait().map_err(ChildError::Wait);
-        if waited.is_err() {
-            // Not left running in its cgroup: our own child, by its handle.
-            let _ = child.kill();
-            let _ = child.wait();
+    while group.iter().any(|r| !r.done) {
+        if let Some(signal) = super::interrupt::requested() {
+            kill_all(&mut group);
+            return Err(ChildError::Interrupted(signal));
         }
-        if let Some(s) = waited? {
-            break s;
+        for r in group.iter_mut().filter(|r| !r.done) {
+            let status = match r.child.try_wait() {
+                Ok(s) => s,
+                Err(e) => {
+                    // None left running in the cgroup: ours, by handle.
+                    kill_all(&mut group);
+                    return Err(ChildError::Wait(e));
+                }
+            };
+            let status = match status {
+                Some(s) => Some(s),
+                None if start.elapsed() > r.job.timeout + GRACE => {
+                    let _ = r.child.kill();
+                    r.out.killed = true;
+                    Some(r.child.wait().map_err(ChildError::Wait)?)
+                }
+                None => None,
+            };
+            if let Some(s) = status {
+                r.done = true;
+                r.out.status = s.code();
+                r.out.wall_ms = elapsed_ms(start);
+                continue;
+            }
+            if let Some(s) = read_stats(r.job.stats).as_ref().and_then(sample) {
+                push_sample(&mut r.out.series, s);
+            }
         }
-        if start.elapsed() > job.timeout + GRACE {
-            // Our own child, by its handle: nothing else is signalled.
-            let _ = child.kill();
-            out.killed = true;
-            break child.wait().map_err(ChildError::Wait)?;
-        }
-        if let Some(s) = read_stats(job.stats).as_ref().and_then(sample) {
-            push_sample(&mut out.series, s);
-        }
-        if let Some(bytes) = job.cgroup.and_then(RunCgroup::usage) {
-            push_sample(&mut out.footprint, (elapsed_ms(start), bytes));
+        if let Some(bytes) = cgroup.and_then(RunCgroup::usage) {
+            push_sample(&mut footprint, (elapsed_ms(start), bytes));
         }
         if last_progress.is_none_or(|t| t.elapsed() >= PROGRESS) {
-            let resident = out.series.last().map(|s| s.1);
-            let line = progress_line(job.label, start.elapsed(), resident);
+            let resident = group
+                .iter()
+                .filter_map(|r| r.out.series.last().map(|s| s.1))
+                .reduce(u64::saturating_add);
+            let line = progress_line(label, start.elapsed(), resident);
             let _ = write!(progress, "\r{line}");
             let _ = progress.flush();
             last_progress = Some(Instant::now());
         }
         std::thread::sleep(POLL);
-    };
-    out.wall_ms = elapsed_ms(start);
-    out.status = status.code();
-    out.oom_kills = job.cgroup.and_then(RunCgroup::oom_kills);
-    out.stats = read_stats(job.stats);
-    if let Some(s) = out.stats.as_ref().and_then(sample) {
-        push_sample(&mut out.series, s);
     }
-    let resident = out.series.last().map(|s| s.1);
-    let line = progress_line(job.label, start.elapsed(), resident);
+    let oom_kills = cgroup.and_then(RunCgroup::oom_kills);
+    let mut outs = Vec::with_capacity(group.len());
+    for mut r in group {
+        r.out.oom_kills = oom_kills;
+        r.out.stats = read_stats(r.job.stats);
+        if let Some(s) = r.out.stats.as_ref().and_then(sample) {
+            push_sample(&mut r.out.series, s);
+        }
+        let console = std::fs::read(r.job.log).unwrap_or_default();
+        r.out.result = parse_result(&String::from_utf8_lossy(&console));
+        outs.push(r.out);
+    }
+    let resident = outs
+        .iter()
+        .filter_map(|o| o.series.last().map(|s| s.1))
+        .reduce(u64::saturating_add);
+    let line = progress_line(label, start.elapsed(), resident);
     let _ = writeln!(progress, "\r{line}");
-    let console = std::fs::read(job.log).unwrap_or_default();
-    out.result = parse_result(&String::from_utf8_lossy(&console));
-    Ok(out)
+    Ok((outs, footprint))
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod density;
+pub mod density_report;
 pub mod figures;
+pub mod interrupt;
 pub mod output;
 pub mod plan;
 pub mod plot;
@@ -72,6 +75,8 @@ pub enum ExperimentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
     #[error("cannot find this program's executable: {0}")]
     Exe(#[source] std::io::Error),
     #[error("{failed} of {runs} runs failed or could not run (see the table and the logs in {})", dir.display())]
@@ -89,6 +94,9 @@ impl ExperimentError {
             ExperimentError::Plan(_) => status::USAGE,
             ExperimentError::Cgroup(_) | ExperimentError::Swap(_) => status::CONFIG,
             ExperimentError::RunsFailed { .. } => 1,
+            ExperimentError::Child(ChildError::Interrupted(signal)) => {
+                interrupt::exit_status(*signal)
+            }
             _ => status::INTERNAL,
         }
     }
@@ -175,8 +183,14 @@ fn failure(out: &Outcome, fig: &Result<Figures, String>) -> Option<String> {
     }
 }
 
-/// Runs the experiment; prints the table; returns the closing line.
+/// Runs the experiment (`density`: the density experiment); prints the
+/// table; returns the closing line. SIGINT and SIGTERM stop it: the runs
+/// under way are killed, what was made is removed, and the error says so.
 pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
+    interrupt::install().map_err(ExperimentError::Signals)?;
+    if args.name.as_deref() == Some("density") {
+        return density::run(args);
+    }
     let runs = plan::plan(&Choice {
         workload: args.name.clone(),
         modes: args.modes.clone(),

@@ -4,7 +4,8 @@
 //! run was charged (MiB) over time (seconds since it started), one line
 //! per mode ([`draw`]); and the trade-off of the whole matrix, each run's
 //! time-averaged footprint against its slowdown, one point per mode and
-//! workload ([`draw_tradeoff`]).
+//! workload ([`draw_tradeoff`]); and the density experiment's largest
+//! number of guests per mode ([`draw_bars`]).
 //!
 //! This module must never write anything but the one SVG file it is
 //! given, and a series that is empty is left out, not an error.
@@ -186,9 +187,52 @@ pub fn draw_tradeoff(path: &Path, points: &[Point], modes: &[&str]) -> Result<()
     legend_and_present(&mut chart, &root).map_err(|e| err(&e))
 }
 
+/// Draws one bar per `(label, count)`: the density experiment's largest
+/// number of guests per mode.
+pub fn draw_bars(path: &Path, title: &str, bars: &[(String, u32)]) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError::Draw {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    };
+    let y_max = bars.iter().map(|b| f64::from(b.1)).fold(1.0, f64::max) * 1.2;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    let axes = Axes {
+        title,
+        x: (bars.len().max(1) as f64, "mode"),
+        y: (y_max, "guests that held"),
+    };
+    let mut chart = axes.chart(&root).map_err(|e| err(&e))?;
+    for (i, (label, n)) in bars.iter().enumerate() {
+        let colour = COLOURS[(i + 1) % COLOURS.len()];
+        let x = i as f64;
+        chart
+            .draw_series([Rectangle::new(
+                [(x + 0.2, 0.0), (x + 0.8, f64::from(*n))],
+                colour.filled(),
+            )])
+            .map_err(|e| err(&e))?
+            .label(format!("{label}: {n}"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+    }
+    legend_and_present(&mut chart, &root).map_err(|e| err(&e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bar_per_mode_with_its_count() {
+        let dir = std::env::temp_dir().join(format!("vmm-bars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("b.svg");
+        let bars = [("host-swap".to_string(), 1), ("hinting".to_string(), 3)];
+        draw_bars(&path, "density", &bars).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("host-swap: 1") && svg.contains("hinting: 3"));
+        assert!(draw_bars(&dir.join("missing/b.svg"), "x", &bars).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn line(label: &str, points: &[(u64, u64)]) -> Line {
         Line {

@@ -62,7 +62,7 @@ pub fn make_disk(dir: &Path, w: Workload, files: (u32, u64)) -> Result<PathBuf, 
 /// Drops the host's cached pages of `image`, so that what a run reads of
 /// its disk is charged to the run's own cgroup, not found in a cache the
 /// experiment filled (or an earlier run did).
-fn drop_host_cache(image: &Path) {
+pub(super) fn drop_host_cache(image: &Path) {
     use std::os::fd::AsRawFd;
     if let Ok(f) = std::fs::File::open(image) {
         // SAFETY: a valid open descriptor; fadvise only advises the kernel

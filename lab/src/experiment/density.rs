@@ -1,0 +1,563 @@
+//! `vmm experiment density`: how many guests fit in one host memory
+//! limit, per mode. N guests start together, each a child `vmm run` with
+//! its own disk and its own key-value data set, all in one memory cgroup
+//! with the limit (swap available as for the experiment); per mode, N
+//! rises from 1 until a guest fails: OOM-killed, an integrity error, a
+//! failed run, or slower than `--max-slowdown` (2x by default) against the
+//! same N guests run with no limit and no hints (so that sharing two CPUs
+//! is not counted against memory). The largest N that held is the mode's
+//! answer. Nothing coordinates the VMMs: each sizes its reclaim from the
+//! cgroup it shares (`--cgroup-budget auto`, the shared-budget rule in
+//! `docs/reclaim.md`).
+//!
+//! Output as the experiment's: one JSON per group run, a summary, a table
+//! (`density.txt`), a plot of the largest N per mode and one of the total
+//! footprint over time of each mode's largest run. This module must never
+//! leave a cgroup, a child or a disk image behind on any path it returns
+//! by, and a guest that fails is the answer for that N, not an error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::child::{self, Job, Outcome};
+use super::figures::{throughput, time_average};
+use super::output::{self, Machine, OutputError};
+use super::plan::{self, Pressure, RunSpec, Workload};
+use super::plot::{self, Line};
+use super::run::Host;
+use super::swap::SwapCounters;
+use super::ExperimentError;
+use crate::args::{ExperimentArgs, GenFilesArgs, MkdiskArgs, Mode};
+use crate::tools;
+
+/// The modes compared when none is asked for.
+pub const MODES: [Mode; 3] = [Mode::HostSwap, Mode::FreePageReporting, Mode::Hinting];
+/// The default bound on a guest's slowdown against the same N unlimited.
+pub const MAX_SLOWDOWN: f64 = 2.0;
+
+/// What one density experiment tries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DensityPlan {
+    pub modes: Vec<Mode>,
+    /// The most guests tried.
+    pub max_guests: u32,
+    /// The one limit all guests of a run share.
+    pub limit: u64,
+    pub max_slowdown: f64,
+    /// Each guest's sizes (the key-value workload).
+    pub params: plan::Params,
+}
+
+/// The plan for `args` (`--guests`, `--limit`, `--mode`, `--max-slowdown`,
+/// `--quick`).
+pub fn density_plan(args: &ExperimentArgs) -> Result<DensityPlan, plan::PlanError> {
+    let mut params = plan::params(Workload::KeyValue, args.quick);
+    // Each guest: 12 MiB of values; a hot set that fits a few MiB.
+    params.files = Some((3, 4 << 20));
+    if !args.quick {
+        params.guest = ["copies=1", "kv", "50000", "99"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    let modes = if args.modes.is_empty() {
+        MODES.to_vec()
+    } else {
+        let mut m = args.modes.clone();
+        m.sort();
+        m.dedup();
+        m
+    };
+    Ok(DensityPlan {
+        modes,
+        max_guests: args.guests.unwrap_or(if args.quick { 3 } else { 6 }),
+        limit: args
+            .limit
+            .unwrap_or(if args.quick { 24 << 20 } else { 40 << 20 }),
+        max_slowdown: args.max_slowdown.unwrap_or(MAX_SLOWDOWN),
+        params,
+    })
+}
+
+/// One guest of a group run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Guest {
+    pub exit_status: Option<i32>,
+    pub wall_ms: u64,
+    pub throughput_mib_s: Option<f64>,
+    pub slowdown: Option<f64>,
+    pub integrity_errors: Option<u64>,
+    pub disk_pages_read: Option<u64>,
+    pub discard_faults: Option<u64>,
+    pub resident_avg_bytes: u64,
+    /// Why the guest failed, if it did.
+    pub failure: Option<String>,
+}
+
+/// One run of N guests under one cgroup.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupRun {
+    /// `baseline` (no limit, no hints) or the mode.
+    pub mode: &'static str,
+    pub guests: u32,
+    pub limit_bytes: Option<u64>,
+    pub footprint_avg_bytes: u64,
+    pub footprint_peak_bytes: u64,
+    pub swap_out_pages: u64,
+    pub swap_in_pages: u64,
+    pub oom_kills: u64,
+    pub held: bool,
+    pub per_guest: Vec<Guest>,
+    /// `[elapsed_ms, bytes]` charged to the shared cgroup.
+    pub footprint: Vec<(u64, u64)>,
+}
+
+fn num(r: &BTreeMap<String, String>, key: &str) -> Option<u64> {
+    r.get(key)?.parse().ok()
+}
+
+fn stat(out: &Outcome, path: &[&str]) -> Option<u64> {
+    let mut v = out.stats.as_ref()?;
+    for k in path {
+        v = v.get(k)?;
+    }
+    v.as_u64()
+}
+
+/// Why guest `out` failed against `bound`, given its slowdown.
+pub fn guest_failure(out: &Outcome, slowdown: Option<f64>, bound: f64) -> Option<String> {
+    if out.killed {
+        return Some("killed after its timeout".into());
+    }
+    match out.status {
+        None if out.oom_kills.is_some_and(|n| n > 0) => return Some("OOM-killed".into()),
+        None => return Some("ended by a signal".into()),
+        Some(0) => {}
+        Some(s) => return Some(format!("exit status {s}")),
+    }
+    match num(&out.result, "errors") {
+        None => return Some("no result line".into()),
+        Some(0) => {}
+        Some(n) => return Some(format!("{n} integrity errors")),
+    }
+    match slowdown {
+        Some(s) if s > bound => Some(format!("{s:.2}x slower than the bound {bound}x")),
+        _ => None,
+    }
+}
+
+/// A guest's figures; `base` is its throughput in the unlimited run.
+pub fn guest(out: &Outcome, base: Option<f64>, bound: f64) -> Guest {
+    let tp = throughput(&out.result);
+    let slowdown = match (base, tp) {
+        (Some(b), Some(t)) if t > 0.0 => Some(b / t),
+        _ => None,
+    };
+    Guest {
+        exit_status: out.status,
+        wall_ms: out.wall_ms,
+        throughput_mib_s: tp,
+        slowdown,
+        integrity_errors: num(&out.result, "errors"),
+        disk_pages_read: num(&out.result, "disk_pages"),
+        discard_faults: stat(out, &["discard_faults", "injected"]),
+        resident_avg_bytes: time_average(&out.series),
+        failure: guest_failure(out, slowdown, bound),
+    }
+}
+
+/// Makes guest `i`'s disk: its own files (ids from `1 + 1000 i`).
+fn make_disk(dir: &Path, i: u32, files: (u32, u64)) -> Result<PathBuf, ExperimentError> {
+    let err = |source| ExperimentError::Disk {
+        workload: "density",
+        source,
+    };
+    let from = dir.join(format!("density-g{i}-files"));
+    let image = dir.join(format!("density-g{i}.img"));
+    tools::gen_files(&GenFilesArgs {
+        dir: from.clone(),
+        count: files.0,
+        size: files.1,
+        first_id: 1 + 1000 * i,
+    })
+    .map_err(err)?;
+    tools::mkdisk(&MkdiskArgs {
+        from: from.clone(),
+        out: image.clone(),
+    })
+    .map_err(err)?;
+    let _ = std::fs::remove_dir_all(&from);
+    Ok(image)
+}
+
+/// Removes the disk images when dropped (on every path out).
+struct Disks(Vec<PathBuf>);
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_file(d);
+        }
+    }
+}
+
+/// What every group run shares.
+struct Ctx<'a> {
+    dir: &'a Path,
+    exe: &'a Path,
+    host: &'a Host,
+    pressure: Pressure,
+    plan: &'a DensityPlan,
+    disks: &'a [PathBuf],
+}
+
+/// Runs `n` guests together in one cgroup: the unlimited baseline
+/// (`mode` None) or `mode` under the limit.
+fn group_run(
+    ctx: &Ctx<'_>,
+    mode: Option<Mode>,
+    n: u32,
+    base: Option<&[Option<f64>]>,
+) -> Result<GroupRun, ExperimentError> {
+    let label = mode.map_or("baseline", Mode::name);
+    let limit = mode.map(|_| ctx.plan.limit);
+    let spec = RunSpec {
+        workload: Workload::KeyValue,
+        mode: mode.unwrap_or(Mode::HostSwap),
+        baseline: mode.is_none(),
+        params: ctx.plan.params.clone(),
+        limit,
+        budget: None,
+    };
+    let name = format!("pagehint-exp-{}-density-{label}-{n}", std::process::id());
+    let cg = ctx
+        .host
+        .hierarchy
+        .create(&name, limit)
+        .map_err(ExperimentError::Cgroup)?;
+    let stem = |i: u32| format!("density-{label}-n{n}-g{i}");
+    let files: Vec<_> = (0..n)
+        .map(|i| {
+            let s = stem(i);
+            let stats = ctx.dir.join(format!("{s}.stats.json"));
+            let mut args = vec!["run".to_string()];
+            args.extend(plan::run_args(
+                &spec,
+                Some(&ctx.disks[i as usize]),
+                &stats,
+                ctx.pressure,
+            ));
+            (
+                stats,
+                ctx.dir.join(format!("{s}.log")),
+                ctx.dir.join(format!("{s}.err")),
+                args,
+            )
+        })
+        .collect();
+    let jobs: Vec<Job<'_>> = files
+        .iter()
+        .map(|(stats, log, err_log, args)| Job {
+            exe: ctx.exe,
+            args,
+            stats,
+            log,
+            err_log,
+            label,
+            timeout: Duration::from_secs(spec.params.timeout_secs),
+            cgroup: Some(&cg),
+        })
+        .collect();
+    for d in ctx.disks.iter().take(n as usize) {
+        super::run::drop_host_cache(d);
+    }
+    let before = SwapCounters::now();
+    let title = format!("density {label} x{n}");
+    let (outs, footprint) = child::run_group(&jobs, &title, &mut std::io::stderr())?;
+    let swap = SwapCounters::now().since(before);
+    let (swap_out, swap_in) = cg.swap_pages().unwrap_or((swap.out_pages, swap.in_pages));
+    let oom_kills = cg.oom_kills().unwrap_or(0);
+    cg.remove().map_err(ExperimentError::Cgroup)?;
+    for (stats, ..) in &files {
+        let _ = std::fs::remove_file(stats);
+    }
+    let per_guest: Vec<Guest> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let b = base.and_then(|b| b.get(i).copied().flatten());
+            guest(o, b, ctx.plan.max_slowdown)
+        })
+        .collect();
+    Ok(GroupRun {
+        mode: label,
+        guests: n,
+        limit_bytes: limit,
+        footprint_avg_bytes: time_average(&footprint),
+        footprint_peak_bytes: footprint.iter().map(|s| s.1).max().unwrap_or(0),
+        swap_out_pages: swap_out,
+        swap_in_pages: swap_in,
+        oom_kills,
+        held: per_guest.iter().all(|g| g.failure.is_none()),
+        per_guest,
+        footprint,
+    })
+}
+
+/// The largest N that held, per mode, from the runs in order.
+pub fn largest(runs: &[GroupRun], mode: &str) -> u32 {
+    runs.iter()
+        .filter(|r| r.mode == mode && r.held)
+        .map(|r| r.guests)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs the density experiment; prints its table; returns the closing
+/// line.
+pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
+    let plan = density_plan(args)?;
+    let dir = args.out.clone().unwrap_or_else(output::default_dir);
+    std::fs::create_dir_all(&dir).map_err(|source| ExperimentError::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let exe = std::env::current_exe().map_err(ExperimentError::Exe)?;
+    let machine = Machine::detect();
+    let host = Host::prepare(args, &dir)?;
+    eprintln!(
+        "density: up to {} guests under {} MiB, modes {}, slowdown bound {}x, memory cgroups in {} ({:?}), host swap {} MiB, results in {}",
+        plan.max_guests,
+        plan.limit >> 20,
+        plan.modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+        plan.max_slowdown,
+        host.hierarchy.parent.display(),
+        host.hierarchy.version,
+        host.swap_bytes >> 20,
+        dir.display()
+    );
+    let mut disks = Disks(Vec::new());
+    let files = plan.params.files.unwrap_or((3, 4 << 20));
+    for i in 0..plan.max_guests {
+        disks.0.push(make_disk(&dir, i, files)?);
+    }
+    let ctx = Ctx {
+        dir: &dir,
+        exe: &exe,
+        host: &host,
+        pressure: Pressure {
+            psi: args.psi,
+            cgroup: args.cgroup_budget,
+        },
+        plan: &plan,
+        disks: &disks.0,
+    };
+    let mut runs: Vec<GroupRun> = Vec::new();
+    let mut baselines: BTreeMap<u32, Vec<Option<f64>>> = BTreeMap::new();
+    let mut not_run: Vec<(String, String)> = Vec::new();
+    for &mode in &plan.modes {
+        let spec_probe = RunSpec {
+            workload: Workload::KeyValue,
+            mode,
+            baseline: false,
+            params: plan.params.clone(),
+            limit: Some(plan.limit),
+            budget: None,
+        };
+        if let Some(why) = host.cannot_run(&spec_probe) {
+            eprintln!("density {}: {why}", mode.name());
+            not_run.push((mode.name().into(), why));
+            continue;
+        }
+        for n in 1..=plan.max_guests {
+            if let std::collections::btree_map::Entry::Vacant(slot) = baselines.entry(n) {
+                let b = group_run(&ctx, None, n, None)?;
+                write_group(&dir, &machine, &plan, &b)?;
+                slot.insert(b.per_guest.iter().map(|g| g.throughput_mib_s).collect());
+                runs.push(b);
+            }
+            let r = group_run(&ctx, Some(mode), n, baselines.get(&n).map(Vec::as_slice))?;
+            write_group(&dir, &machine, &plan, &r)?;
+            let held = r.held;
+            runs.push(r);
+            if !held {
+                break;
+            }
+        }
+    }
+    drop(disks);
+    let text = super::density_report::table(&runs, &plan, &not_run);
+    std::fs::write(dir.join("density.txt"), &text).map_err(|source| OutputError::Write {
+        path: dir.join("density.txt"),
+        source,
+    })?;
+    let mut plots = Vec::new();
+    let names: Vec<&str> = plan.modes.iter().map(|m| m.name()).collect();
+    let bars: Vec<(String, u32)> = names
+        .iter()
+        .map(|m| (m.to_string(), largest(&runs, m)))
+        .collect();
+    let path = dir.join("density.svg");
+    plot::draw_bars(
+        &path,
+        &format!(
+            "guests held under one {} MiB limit (bound {}x)",
+            plan.limit >> 20,
+            plan.max_slowdown
+        ),
+        &bars,
+    )?;
+    plots.push(path.display().to_string());
+    let lines: Vec<Line> = names
+        .iter()
+        .filter_map(|m| {
+            let n = largest(&runs, m).max(1);
+            let r = runs.iter().find(|r| r.mode == *m && r.guests == n)?;
+            Some(Line {
+                label: format!("{m} x{n}"),
+                points: r.footprint.clone(),
+            })
+        })
+        .collect();
+    let path = dir.join("density-footprint.svg");
+    plot::draw(
+        &path,
+        "density: total host memory of each mode's largest run",
+        &lines,
+        Some(plan.limit),
+    )?;
+    plots.push(path.display().to_string());
+    output::write_json(
+        &dir.join("density-summary.json"),
+        &serde_json::json!({
+            "machine": machine,
+            "command": std::env::args().collect::<Vec<_>>(),
+            "limit_bytes": plan.limit,
+            "max_guests": plan.max_guests,
+            "max_slowdown": plan.max_slowdown,
+            "largest": bars.iter().map(|(m, n)| (m.clone(), *n)).collect::<BTreeMap<_, _>>(),
+            "not_run": not_run,
+            "runs": runs.iter().map(|r| serde_json::json!({
+                "mode": r.mode, "guests": r.guests, "held": r.held,
+                "file": group_file(r),
+            })).collect::<Vec<_>>(),
+            "plots": plots,
+        }),
+    )?;
+    print!("{text}");
+    if !not_run.is_empty() {
+        return Err(ExperimentError::RunsFailed {
+            failed: not_run.len(),
+            runs: plan.modes.len(),
+            dir,
+        });
+    }
+    Ok(format!(
+        "density: {}; results in {}",
+        bars.iter()
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        dir.display()
+    ))
+}
+
+fn group_file(r: &GroupRun) -> String {
+    format!("density-{}-n{}.json", r.mode, r.guests)
+}
+
+/// Writes one group run's JSON document.
+fn write_group(
+    dir: &Path,
+    machine: &Machine,
+    plan: &DensityPlan,
+    r: &GroupRun,
+) -> Result<(), OutputError> {
+    output::write_json(
+        &dir.join(group_file(r)),
+        &serde_json::json!({
+            "machine": machine,
+            "parameters": {
+                "mode": r.mode,
+                "guests": r.guests,
+                "limit_bytes": r.limit_bytes,
+                "max_slowdown": plan.max_slowdown,
+                "mem_bytes": plan.params.mem,
+                "files": plan.params.files,
+                "guest_program": plan.params.guest,
+            },
+            "run": r,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(status: Option<i32>, errors: Option<u64>) -> Outcome {
+        let mut result = BTreeMap::new();
+        if let Some(e) = errors {
+            result.insert("errors".to_string(), e.to_string());
+            result.insert("bytes".to_string(), (1u64 << 20).to_string());
+            result.insert("ms".to_string(), "1000".to_string());
+        }
+        Outcome {
+            status,
+            result,
+            ..Outcome::default()
+        }
+    }
+
+    #[test]
+    fn a_guest_fails_by_oom_errors_status_or_the_bound() {
+        assert_eq!(guest(&out(Some(0), Some(0)), Some(1.5), 2.0).failure, None);
+        let slow = guest(&out(Some(0), Some(0)), Some(3.0), 2.0);
+        assert_eq!(slow.slowdown, Some(3.0));
+        assert!(slow.failure.unwrap().contains("bound"));
+        assert!(guest(&out(Some(0), Some(4)), None, 2.0)
+            .failure
+            .unwrap()
+            .contains("4 integrity"));
+        assert!(guest(&out(Some(0), None), None, 2.0)
+            .failure
+            .unwrap()
+            .contains("no result"));
+        let mut oom = out(None, None);
+        oom.oom_kills = Some(1);
+        assert_eq!(
+            guest(&oom, None, 2.0).failure.as_deref(),
+            Some("OOM-killed")
+        );
+        assert!(guest(&out(Some(83), Some(0)), None, 2.0).failure.is_some());
+    }
+
+    #[test]
+    fn the_answer_is_the_largest_n_that_held() {
+        let r = |mode, guests, held| GroupRun {
+            mode,
+            guests,
+            limit_bytes: Some(1),
+            footprint_avg_bytes: 0,
+            footprint_peak_bytes: 0,
+            swap_out_pages: 0,
+            swap_in_pages: 0,
+            oom_kills: 0,
+            held,
+            per_guest: Vec::new(),
+            footprint: Vec::new(),
+        };
+        let runs = [
+            r("hinting", 1, true),
+            r("hinting", 2, true),
+            r("hinting", 3, false),
+            r("host-swap", 1, false),
+        ];
+        assert_eq!(largest(&runs, "hinting"), 2);
+        assert_eq!(largest(&runs, "host-swap"), 0);
+        assert_eq!(largest(&runs, "free-page-reporting"), 0);
+    }
+}

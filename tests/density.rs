@@ -1,0 +1,307 @@
+//! `vmm experiment density --quick` end to end under real KVM: up to three
+//! key-value guests, each with its own disk, under one 24 MiB memory
+//! cgroup, per mode, with a temporary swap file. Hinting holds at least as
+//! many guests as host swap and free page reporting, with far less swap
+//! traffic where host swap held the same number; no guest of any run has
+//! an integrity error; no guest of hinting's largest run was starved; the
+//! cgroups, the swap file and the disks are gone afterwards. An experiment
+//! stopped by SIGINT or SIGTERM kills its guests, removes its cgroups and
+//! exits 130 or 143.
+//!
+//! The slowdown bound here is 10x, not the default 2x: on this machine
+//! guest kernel code is emulated (~1 us per instruction), so a page the
+//! guest re-reads from its disk costs ~2.5 ms while a host swap-in costs
+//! microseconds; a 2x bound would measure the emulator. `docs/results.md`
+//! reports the 2x run beside this one.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{require_kvm, vmm, vmm_path, Run};
+use serde_json::Value;
+
+const MAX_GUESTS: u64 = 3;
+/// Several minutes here; a hang bound, not a speed goal.
+const LIMIT: Duration = Duration::from_secs(1500);
+/// One density run at a time: two would share the CPUs and the host's
+/// swap counters.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Results {
+    dir: PathBuf,
+    run: Run,
+}
+
+fn results() -> &'static Results {
+    static R: OnceLock<Results> = OnceLock::new();
+    R.get_or_init(|| {
+        require_kvm();
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = std::env::temp_dir().join(format!("vmm-density-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = dir.to_str().unwrap().to_string();
+        let run = std::panic::catch_unwind(|| {
+            vmm(
+                &[
+                    "experiment",
+                    "density",
+                    "--quick",
+                    "--guests",
+                    "3",
+                    "--max-slowdown",
+                    "10",
+                    "--swap-file",
+                    "256M",
+                    "--out",
+                    &out,
+                ],
+                LIMIT,
+            )
+        })
+        .unwrap_or_else(|_| Run {
+            status: -1,
+            stdout: String::new(),
+            stderr: format!("the density experiment did not finish within {LIMIT:?}"),
+            elapsed: LIMIT,
+        });
+        Results { dir, run }
+    })
+}
+
+fn summary() -> Value {
+    let r = results();
+    let path = r.dir.join("density-summary.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}\n--- stdout\n{}\n--- stderr\n{}",
+            path.display(),
+            r.run.stdout,
+            r.run.stderr
+        )
+    });
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The group run of `mode` with `n` guests, if it ran.
+fn group(mode: &str, n: u64) -> Option<Value> {
+    let text =
+        std::fs::read_to_string(results().dir.join(format!("density-{mode}-n{n}.json"))).ok()?;
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    Some(doc["run"].clone())
+}
+
+fn largest(mode: &str) -> u64 {
+    summary()["largest"][mode]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no answer for {mode}: {}", results().run.stdout))
+}
+
+#[test]
+fn the_density_experiment_prints_its_answer_per_mode() {
+    let r = results();
+    r.run.expect_status(0);
+    r.run
+        .expect_stdout("guests held under 24 MiB")
+        .expect_stdout("carries over to hardware");
+    for m in ["host-swap", "free-page-reporting", "hinting"] {
+        r.run.expect_stdout(&format!("{m}: "));
+        assert!(largest(m) <= MAX_GUESTS);
+    }
+    for plot in ["density.svg", "density-footprint.svg"] {
+        let svg = std::fs::read_to_string(r.dir.join(plot)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("hinting"), "{plot}");
+    }
+}
+
+#[test]
+fn hinting_holds_at_least_as_many_guests_with_less_swap() {
+    let h = largest("hinting");
+    let out = &results().run.stdout;
+    assert!(h >= 2, "hinting held {h} guests\n{out}");
+    for m in ["host-swap", "free-page-reporting"] {
+        assert!(h >= largest(m), "hinting {h} < {m} {}\n{out}", largest(m));
+    }
+    // Where host swap held as many, it did so by swapping; hinting by
+    // dropping clean cache.
+    if let Some(host) = group("host-swap", h).filter(|g| g["held"] == true) {
+        let hinting = group("hinting", h).unwrap();
+        let (hs, hi) = (
+            host["swap_out_pages"].as_u64().unwrap(),
+            hinting["swap_out_pages"].as_u64().unwrap(),
+        );
+        assert!(hs >= 200, "host swap wrote only {hs} pages\n{out}");
+        // 32: what another process of the host may add to /proc/vmstat.
+        assert!(
+            4 * hi.saturating_sub(32) <= hs,
+            "hinting {hi} vs host swap {hs}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn no_guest_of_any_run_has_an_integrity_error() {
+    let runs = summary()["runs"].as_array().unwrap().clone();
+    assert!(runs.len() >= 4, "{runs:?}");
+    for r in runs {
+        let g = group(r["mode"].as_str().unwrap(), r["guests"].as_u64().unwrap()).unwrap();
+        for guest in g["per_guest"].as_array().unwrap() {
+            if guest["failure"] == "OOM-killed" {
+                continue;
+            }
+            assert_eq!(
+                guest["integrity_errors"], 0,
+                "{} x{}: {guest}",
+                g["mode"], g["guests"]
+            );
+        }
+    }
+}
+
+#[test]
+fn no_guest_of_hintings_largest_run_is_starved() {
+    let n = largest("hinting").max(1);
+    let g = group("hinting", n).unwrap();
+    let guests = g["per_guest"].as_array().unwrap();
+    assert_eq!(guests.len() as u64, n);
+    let slow: Vec<f64> = guests
+        .iter()
+        .map(|x| x["slowdown"].as_f64().unwrap())
+        .collect();
+    let resident: Vec<u64> = guests
+        .iter()
+        .map(|x| x["resident_avg_bytes"].as_u64().unwrap())
+        .collect();
+    let (lo, hi) = slow
+        .iter()
+        .fold((f64::MAX, 0f64), |(a, b), &s| (a.min(s), b.max(s)));
+    assert!(hi <= 2.0 * lo, "slowdowns {slow:?}");
+    let (rlo, rhi) = (
+        *resident.iter().min().unwrap(),
+        *resident.iter().max().unwrap(),
+    );
+    assert!(rhi <= 2 * rlo, "resident memory {resident:?}");
+}
+
+/// The run cgroups under `parent` named for pid `pid` (any pid: None).
+fn cgroups_of(parent: &Path, pid: Option<u32>) -> Vec<String> {
+    let prefix = match pid {
+        Some(p) => format!("pagehint-exp-{p}-"),
+        None => "pagehint-exp-".to_string(),
+    };
+    std::fs::read_dir(parent)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix) && n.contains("density"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The cgroup parent the experiment said it used.
+fn parent_in(stderr: &str) -> PathBuf {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("memory cgroups in "))
+        .unwrap_or_else(|| panic!("no cgroup line in {stderr}"));
+    let rest = line.split("memory cgroups in ").nth(1).unwrap();
+    PathBuf::from(rest.split(" (").next().unwrap())
+}
+
+#[test]
+fn the_cgroups_swap_file_and_disks_are_gone_afterwards() {
+    let r = results();
+    let parent = parent_in(&r.run.stderr);
+    assert!(cgroups_of(&parent, None).is_empty());
+    for e in std::fs::read_dir(&r.dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".img") && !name.ends_with(".swap"),
+            "{name} left behind"
+        );
+    }
+}
+
+/// Processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_stopped_density_run_kills_its_guests_and_removes_its_cgroups() {
+    require_kvm();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (signal, status) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let dir =
+            std::env::temp_dir().join(format!("vmm-density-stop-{}-{signal}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = dir.to_str().unwrap().to_string();
+        let stderr = dir.with_extension("err");
+        let mut child = Command::new(vmm_path())
+            .args([
+                "experiment",
+                "density",
+                "--quick",
+                "--guests",
+                "2",
+                "--mode",
+                "hinting",
+                "--out",
+                &out,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        // Wait until guests run (their consoles appear), then stop it.
+        let start = Instant::now();
+        while !dir.join("density-baseline-n1-g0.log").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no guest started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(!processes_naming(&out).is_empty(), "no guest running");
+        let pid = child.id();
+        // SAFETY: kill(2) on our own child's pid, still unreaped.
+        assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+        let stopped = Instant::now();
+        let code = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s.code();
+            }
+            assert!(stopped.elapsed() < Duration::from_secs(30), "did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(&stderr).unwrap();
+        assert_eq!(code, Some(status), "{err}");
+        assert!(err.contains("stopped by signal"), "{err}");
+        assert!(cgroups_of(&parent_in(&err), Some(pid)).is_empty());
+        assert!(processes_naming(&out).is_empty(), "guests left running");
+        assert!(
+            !dir.join("density-g0.img").exists(),
+            "the disks are removed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&stderr);
+    }
+}
