@@ -12,7 +12,10 @@
 //! parameter, where it ran, the result line, the final stats document, the
 //! resident-memory and footprint series), a summary JSON, the table as
 //! text and Markdown, an SVG plot per workload and the trade-off plot
-//! (`plot`), then prints the table. This module must never touch files
+//! (`plot`), then prints the table. `vmm experiment density` is the
+//! density experiment (`density`, `density_report`): N guests under one
+//! limit. SIGINT and SIGTERM stop either (`interrupt`). This module must
+//! never touch files
 //! outside the results folder but the cgroups and swap file it made (the
 //! generated disk lives there and is removed at the end), and a run that
 //! fails or cannot run is a row of the table, not the end of the
