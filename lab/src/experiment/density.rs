@@ -27,11 +27,10 @@ use super::figures::{throughput, time_average};
 use super::output::{self, Machine, OutputError};
 use super::plan::{self, Pressure, RunSpec, Workload};
 use super::plot::{self, Line};
-use super::run::Host;
+use super::run::{build_disk, prepare, Host};
 use super::swap::SwapCounters;
 use super::ExperimentError;
-use crate::args::{ExperimentArgs, GenFilesArgs, MkdiskArgs, Mode};
-use crate::tools;
+use crate::args::{ExperimentArgs, Mode};
 
 /// The modes compared when none is asked for.
 pub const MODES: [Mode; 3] = [Mode::HostSwap, Mode::FreePageReporting, Mode::Hinting];
@@ -171,26 +170,13 @@ pub fn guest(out: &Outcome, base: Option<f64>, bound: f64) -> Guest {
 
 /// Makes guest `i`'s disk: its own files (ids from `1 + 1000 i`).
 fn make_disk(dir: &Path, i: u32, files: (u32, u64)) -> Result<PathBuf, ExperimentError> {
-    let err = |source| ExperimentError::Disk {
-        workload: "density",
-        source,
-    };
-    let from = dir.join(format!("density-g{i}-files"));
-    let image = dir.join(format!("density-g{i}.img"));
-    tools::gen_files(&GenFilesArgs {
-        dir: from.clone(),
-        count: files.0,
-        size: files.1,
-        first_id: 1 + 1000 * i,
-    })
-    .map_err(err)?;
-    tools::mkdisk(&MkdiskArgs {
-        from: from.clone(),
-        out: image.clone(),
-    })
-    .map_err(err)?;
-    let _ = std::fs::remove_dir_all(&from);
-    Ok(image)
+    build_disk(
+        dir,
+        &format!("density-g{i}"),
+        "density",
+        files,
+        1 + 1000 * i,
+    )
 }
 
 /// Removes the disk images when dropped (on every path out).
@@ -320,14 +306,7 @@ pub fn largest(runs: &[GroupRun], mode: &str) -> u32 {
 /// line.
 pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
     let plan = density_plan(args)?;
-    let dir = args.out.clone().unwrap_or_else(output::default_dir);
-    std::fs::create_dir_all(&dir).map_err(|source| ExperimentError::CreateDir {
-        path: dir.clone(),
-        source,
-    })?;
-    let exe = std::env::current_exe().map_err(ExperimentError::Exe)?;
-    let machine = Machine::detect();
-    let host = Host::prepare(args, &dir)?;
+    let (dir, exe, machine, host) = prepare(args)?;
     eprintln!(
         "density: up to {} guests under {} MiB, modes {}, slowdown bound {}x, memory cgroups in {} ({:?}), host swap {} MiB, results in {}",
         plan.max_guests,

@@ -48,7 +48,7 @@ use figures::{Figures, Row};
 use output::{Machine, OutputError};
 use plan::{Choice, PlanError, Pressure, RunSpec, Workload};
 use plot::{Line, PlotError, Point};
-use run::{make_disk, run_one, Context, Done, Host, Placement};
+use run::{make_disk, run_one, Context, Done, Placement};
 use swap::SwapError;
 
 /// Why the experiment could not run (or ended with failed runs).
@@ -201,14 +201,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         budget: args.host_budget,
         quick: args.quick,
     })?;
-    let dir = args.out.clone().unwrap_or_else(output::default_dir);
-    std::fs::create_dir_all(&dir).map_err(|source| ExperimentError::CreateDir {
-        path: dir.clone(),
-        source,
-    })?;
-    let exe = std::env::current_exe().map_err(ExperimentError::Exe)?;
-    let machine = Machine::detect();
-    let host = Host::prepare(args, &dir)?;
+    let (dir, exe, machine, host) = run::prepare(args)?;
     let ctx = Context {
         dir: &dir,
         exe: &exe,

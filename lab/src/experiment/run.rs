@@ -37,17 +37,26 @@ pub struct Placement {
 
 /// Makes the workload's disk under `dir`; returns the image.
 pub fn make_disk(dir: &Path, w: Workload, files: (u32, u64)) -> Result<PathBuf, ExperimentError> {
-    let err = |source| ExperimentError::Disk {
-        workload: w.name(),
-        source,
-    };
-    let from = dir.join(format!("{}-files", w.name()));
-    let image = dir.join(format!("{}.img", w.name()));
+    build_disk(dir, w.name(), w.name(), files, 1)
+}
+
+/// Makes `dir/STEM.img` of `files` (count, size) of generated blocks,
+/// file ids from `first_id`; errors name `workload`.
+pub fn build_disk(
+    dir: &Path,
+    stem: &str,
+    workload: &'static str,
+    files: (u32, u64),
+    first_id: u32,
+) -> Result<PathBuf, ExperimentError> {
+    let err = |source| ExperimentError::Disk { workload, source };
+    let from = dir.join(format!("{stem}-files"));
+    let image = dir.join(format!("{stem}.img"));
     tools::gen_files(&GenFilesArgs {
         dir: from.clone(),
         count: files.0,
         size: files.1,
-        first_id: 1,
+        first_id,
     })
     .map_err(err)?;
     tools::mkdisk(&MkdiskArgs {
@@ -57,6 +66,22 @@ pub fn make_disk(dir: &Path, w: Workload, files: (u32, u64)) -> Result<PathBuf, 
     .map_err(err)?;
     let _ = std::fs::remove_dir_all(&from);
     Ok(image)
+}
+
+/// The results folder made, this executable, the machine and the host
+/// prepared: what both experiments need before their first run.
+pub fn prepare(
+    args: &ExperimentArgs,
+) -> Result<(PathBuf, PathBuf, Machine, Host), ExperimentError> {
+    let dir = args.out.clone().unwrap_or_else(super::output::default_dir);
+    std::fs::create_dir_all(&dir).map_err(|source| ExperimentError::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let exe = std::env::current_exe().map_err(ExperimentError::Exe)?;
+    let machine = Machine::detect();
+    let host = Host::prepare(args, &dir)?;
+    Ok((dir, exe, machine, host))
 }
 
 /// Drops the host's cached pages of `image`, so that what a run reads of
