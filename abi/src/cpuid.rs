@@ -29,6 +29,12 @@ pub mod features {
     /// (`SET_STATE_TABLE`) and change frame states in it without exits
     /// (`crate::state_table`); only ever with [`PAGE_HINTS`].
     pub const SHARED_STATES: u32 = 1 << 3;
+    /// `vmm run --potentially-volatile`: a clean cache page the guest maps
+    /// writable may be potentially volatile (state 3) instead of stable;
+    /// the host discards one only when KVM's dirty log proves the guest
+    /// did not write it since it became so, and moves a written one back
+    /// to stable (seed 000). Only ever with [`PAGE_HINTS`].
+    pub const POTENTIALLY_VOLATILE: u32 = 1 << 4;
 }
 
 /// Splits [`SIGNATURE`] into the (EBX, ECX, EDX) register values.

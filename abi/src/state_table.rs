@@ -162,16 +162,75 @@ pub fn guest_make_stable(c: &impl EntryCell) -> Taken {
     }
 }
 
-/// Is an entry one the host may claim for `class` now?
+/// Guest, `CHECK_WRITABLE` through the table (seed 000): the first
+/// writable PTE of a cache page is about to be set. With `potentially` (the
+/// VMM's `POTENTIALLY_VOLATILE` feature) a Volatile or Potentially
+/// volatile frame whose contents are intact becomes Potentially volatile
+/// (one compare-and-swap; the page stays a candidate for the host, which
+/// checks its dirty log before taking it). Otherwise, and whenever the
+/// host had dropped the contents, exactly [`guest_make_stable`].
+#[inline]
+pub fn guest_check_writable(c: &impl EntryCell, potentially: bool) -> Taken {
+    if potentially {
+        let mut cur = settled(c);
+        loop {
+            let s = state_of(cur);
+            let keep = matches!(s, PageState::Volatile | PageState::PotentiallyVolatile);
+            if !keep || cur & DISCARDED != 0 {
+                break;
+            }
+            let new = PageState::PotentiallyVolatile as u8 | (cur & ARMED);
+            match c.cas(cur, new) {
+                Ok(_) => {
+                    return Taken {
+                        discarded: false,
+                        armed: cur & ARMED != 0,
+                    }
+                }
+                Err(_) => cur = settled(c),
+            }
+        }
+    }
+    guest_make_stable(c)
+}
+
+/// Is an entry one the host may claim for `class` now? Potentially
+/// volatile entries are claimable only by a host that checks its dirty log
+/// before it drops one (`docs/reclaim.md`).
 #[inline]
 pub const fn claimable(v: u8, class: PageState) -> bool {
     v & (BUSY | DISCARDED) == 0
         && (v & STATE_MASK) == class as u8
-        && matches!(class, PageState::Unused | PageState::Volatile)
+        && matches!(
+            class,
+            PageState::Unused | PageState::Volatile | PageState::PotentiallyVolatile
+        )
 }
 
-/// Host: claims a frame of state `class` (Unused or Volatile, never
-/// Stable) for discarding by setting BUSY. False if it is not claimable.
+/// Host: the dirty log says the guest wrote a Potentially volatile frame,
+/// so its contents must reach the disk before anyone may drop them: moves
+/// it to Stable (keeping ARMED) with one compare-and-swap, or, if the host
+/// holds it BUSY, releases the claim the same way. False if the entry was
+/// neither (the guest changed it meanwhile, which it may). This and
+/// [`host_finish`] are the only host writes that change a state, and this
+/// one only ever makes a frame safer.
+#[inline]
+pub fn host_demote_written(c: &impl EntryCell) -> bool {
+    let mut cur = c.load();
+    loop {
+        if state_of(cur) != PageState::PotentiallyVolatile || cur & DISCARDED != 0 {
+            return false;
+        }
+        match c.cas(cur, PageState::Stable as u8 | (cur & ARMED)) {
+            Ok(_) => return true,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// Host: claims a frame of state `class` (Unused, Volatile or Potentially
+/// volatile, never Stable) for discarding by setting BUSY. False if it is
+/// not claimable.
 #[inline]
 pub fn host_try_claim(c: &impl EntryCell, class: PageState) -> bool {
     let mut cur = c.load();
@@ -268,6 +327,44 @@ mod tests {
     }
 
     #[test]
+    fn a_writable_mapping_keeps_an_intact_page_potentially_volatile_only_with_the_option() {
+        let c = AtomicU8::new(Volatile as u8 | ARMED);
+        assert_eq!(
+            guest_check_writable(&c, false),
+            Taken {
+                discarded: false,
+                armed: true
+            }
+        );
+        assert_eq!(EntryCell::load(&c), Stable as u8 | ARMED);
+        guest_release(&c, Volatile);
+        assert!(!guest_check_writable(&c, true).discarded);
+        assert_eq!(EntryCell::load(&c), PotentiallyVolatile as u8 | ARMED);
+        // A stable page stays stable; a dropped one reports the drop.
+        let s = AtomicU8::new(Stable as u8);
+        guest_check_writable(&s, true);
+        assert_eq!(EntryCell::load(&s), Stable as u8);
+        assert!(host_try_claim(&c, PotentiallyVolatile));
+        host_finish(&c);
+        assert!(guest_check_writable(&c, true).discarded);
+        assert_eq!(state_of(EntryCell::load(&c)), Stable);
+    }
+
+    #[test]
+    fn a_written_potentially_volatile_page_goes_back_to_stable_claimed_or_not() {
+        let c = AtomicU8::new(PotentiallyVolatile as u8 | ARMED);
+        assert!(host_demote_written(&c));
+        assert_eq!(EntryCell::load(&c), Stable as u8 | ARMED);
+        assert!(!host_demote_written(&c), "stable is the guest's");
+        guest_release(&c, PotentiallyVolatile);
+        assert!(host_try_claim(&c, PotentiallyVolatile));
+        assert!(host_demote_written(&c), "a claim is released the same way");
+        assert_eq!(EntryCell::load(&c), Stable as u8 | ARMED);
+        let v = AtomicU8::new(Volatile as u8);
+        assert!(!host_demote_written(&v), "only potentially volatile frames");
+    }
+
+    #[test]
     fn freeing_a_discarded_volatile_frame_keeps_both_marks() {
         let c = AtomicU8::new(Volatile as u8);
         assert!(host_try_claim(&c, Volatile));
@@ -292,9 +389,11 @@ mod tests {
                 let c = AtomicU8::new(v);
                 let claimed = host_try_claim(&c, class);
                 assert_eq!(claimed, claimable(v, class));
-                assert!(!claimed || matches!(class, Unused | Volatile));
+                assert!(!claimed || class != Stable);
             }
             let c = AtomicU8::new(v & !BUSY);
+            let _ = guest_check_writable(&c, v & 1 != 0);
+            let _ = host_demote_written(&c);
             let _ = guest_make_stable(&c);
             guest_release(&c, Unused);
         }

@@ -50,11 +50,24 @@ pub mod nr {
     /// `pagehint_abi::disk::DirEntry`; `-ENOENT` past the end.
     pub const DIRENT: u64 = 14;
     /// `mmap_file(len, prot, fd, offset, shared)`: maps a file; `offset`
-    /// page-aligned; shared mappings are read-only (the disk is), private
-    /// ones copy on write.
+    /// page-aligned; private ones copy on write; shared ones map the page
+    /// cache itself and may be writable only when the disk is
+    /// (`-EACCES` otherwise).
     pub const MMAP_FILE: u64 = 15;
     /// `kstats(out)`: writes the kernel's [`super::KernelStats`].
     pub const KSTATS: u64 = 16;
+    /// `pwrite(fd, buf, len, offset)`: into the page cache at `offset`;
+    /// files keep their size (bytes past the end are not written);
+    /// returns bytes written, `-EROFS` on a read-only disk. The pages reach
+    /// the disk on `fsync`, when the kernel writes dirty pages back, or at
+    /// reclaim.
+    pub const PWRITE: u64 = 17;
+    /// `fsync(fd)`: writes back every dirty page of the file (written with
+    /// `pwrite` or through a shared writable mapping) and flushes the disk.
+    pub const FSYNC: u64 = 18;
+    /// `msync(addr, len)`: writes back the dirty file pages mapped shared
+    /// in the range and flushes the disk.
+    pub const MSYNC: u64 = 19;
 }
 
 /// What `fstat` writes.
@@ -113,6 +126,19 @@ pub struct KernelStats {
     /// Mapped cache pages kept on the active list because a mapping used
     /// them since the last look (their accessed bit): not made volatile.
     pub referenced: u64,
+    /// Cache pages written back to the disk, and the requests that carried
+    /// them (`fsync`, `msync`, `munmap`, exit, background and reclaim).
+    pub writeback_pages: u64,
+    pub writeback_requests: u64,
+    /// Cache pages dirty now (written, not yet on the disk).
+    pub dirty_frames: u64,
+    /// Cache pages made potentially volatile (clean, mapped writable), and
+    /// those found written by the host's dirty log (made stable by it).
+    pub potentially_volatile: u64,
+    pub pv_written: u64,
+    /// Cache pages whose dirty bit a writable mapping set (gathered
+    /// through the reverse map).
+    pub pte_dirty: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.
@@ -138,6 +164,7 @@ pub mod errno {
     pub const EACCES: i64 = 13;
     pub const EMFILE: i64 = 24;
     pub const EIO: i64 = 5;
+    pub const EROFS: i64 = 30;
 }
 
 /// Lowest address of the user half of an address space.
