@@ -21,8 +21,9 @@ pub mod flag {
     pub const CACHED: u32 = 1 << 0;
     /// Anonymous memory of a process (or a copy-on-write copy).
     pub const ANON: u32 = 1 << 1;
-    /// Contents differ from the disk (never set for the read-only file
-    /// system; kept for writable files).
+    /// Contents differ from the disk: written with `pwrite`, or a dirty
+    /// bit gathered from a writable mapping; cleared when the write-back
+    /// request is sent.
     pub const DIRTY: u32 = 1 << 2;
     /// I/O in flight: neither reclaim nor the fault path may use it.
     pub const LOCKED: u32 = 1 << 3;
@@ -34,6 +35,10 @@ pub mod flag {
     /// The host was told the page is volatile (`MAKE_VOLATILE` queued or
     /// sent): the kernel must make it stable before touching it.
     pub const VOLATILE: u32 = 1 << 8;
+    /// With `VOLATILE`: the page is potentially volatile (clean, mapped
+    /// writable; seed 000): the host may take it only after its dirty log
+    /// shows no write since.
+    pub const POT_VOLATILE: u32 = 1 << 9;
 }
 
 /// Marks "none" in the LRU and rmap links.

@@ -113,6 +113,9 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         Some(h) => {
             if h.features & features::PAGE_HINTS != 0 {
                 mm::hints::enable();
+                if h.features & features::POTENTIALLY_VOLATILE != 0 {
+                    mm::hints::enable_potentially_volatile();
+                }
             }
             mm::discard::init_cpu(h.features & features::DISCARD_FAULTS != 0);
             let r = hv::hello(0).map(hv::wire);

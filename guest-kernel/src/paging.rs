@@ -38,6 +38,24 @@ pub trait PhysMem {
     fn alloc_table(&mut self) -> Option<u64>;
     /// Gives back a table frame that is no longer referenced.
     fn free_table(&mut self, table: u64);
+    /// Replaces entry `index` and returns the old value. The kernel's
+    /// implementation is one atomic exchange, so a dirty or accessed bit a
+    /// CPU sets in the entry meanwhile is never lost.
+    fn swap_entry(&mut self, table: u64, index: usize, value: u64) -> u64 {
+        let old = self.read_entry(table, index);
+        self.write_entry(table, index, value);
+        old
+    }
+    /// Sets entry `index` to `new` if it still holds `current`; else the
+    /// value found (atomic in the kernel's implementation).
+    fn cas_entry(&mut self, table: u64, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        let found = self.read_entry(table, index);
+        if found != current {
+            return Err(found);
+        }
+        self.write_entry(table, index, new);
+        Ok(found)
+    }
 }
 
 /// A TLB invalidation the caller owes for `addr`.
@@ -201,26 +219,31 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
     pub fn unmap(&mut self, va: u64) -> Option<(u64, Flush)> {
         let t = self.leaf_table(va, false, 0).ok()??;
         let i = indices(va)[3];
-        let e = self.mem.read_entry(t, i);
-        if e & flags::PRESENT == 0 {
+        if self.mem.read_entry(t, i) & flags::PRESENT == 0 {
             return None;
         }
-        self.mem.write_entry(t, i, 0);
+        // One exchange: the old entry carries every dirty bit set so far.
+        let e = self.mem.swap_entry(t, i, 0);
         Some((e, Flush(va)))
     }
 
     /// Read-modify-write of the entry mapping `va`: `change` gets the old
-    /// entry and returns the new one. Returns `None` if nothing is mapped.
-    pub fn update(&mut self, va: u64, change: impl FnOnce(u64) -> u64) -> Option<Flush> {
+    /// entry and returns the new one (it may be called again if a CPU set
+    /// an accessed or dirty bit meanwhile: the write is a compare-and-swap).
+    /// Returns `None` if nothing is mapped.
+    pub fn update(&mut self, va: u64, mut change: impl FnMut(u64) -> u64) -> Option<Flush> {
         let t = self.leaf_table(va, false, 0).ok()??;
         let i = indices(va)[3];
-        let old = self.mem.read_entry(t, i);
-        if old & flags::PRESENT == 0 {
-            return None;
+        let mut old = self.mem.read_entry(t, i);
+        loop {
+            if old & flags::PRESENT == 0 {
+                return None;
+            }
+            match self.mem.cas_entry(t, i, old, change(old)) {
+                Ok(_) => return Some(Flush(va)),
+                Err(found) => old = found,
+            }
         }
-        let new = change(old);
-        self.mem.write_entry(t, i, new);
-        Some(Flush(va))
     }
 
     /// Frees the leaf table that maps the 2 MiB-aligned region at `va`,
@@ -257,11 +280,10 @@ impl<'m, M: PhysMem> Mapper<'m, M> {
     pub fn modify_prot_start(&mut self, va: u64) -> Option<PteTxn> {
         let t = self.leaf_table(va, false, 0).ok()??;
         let i = indices(va)[3];
-        let old = self.mem.read_entry(t, i);
-        if old & flags::PRESENT == 0 {
+        if self.mem.read_entry(t, i) & flags::PRESENT == 0 {
             return None;
         }
-        self.mem.write_entry(t, i, 0);
+        let old = self.mem.swap_entry(t, i, 0);
         Some(PteTxn {
             table: t,
             index: i,

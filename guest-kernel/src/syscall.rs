@@ -37,7 +37,17 @@ pub fn dispatch(frame: &mut TrapFrame) {
     let a = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
     let result: i64 = match frame.rax {
         nr::WRITE => write(a[0], a[1]),
-        nr::EXIT => sched::exit_current(a[0].min(u32::MAX as u64) as u32),
+        nr::EXIT => {
+            // What its shared mappings dirtied reaches the disk first.
+            let _ = with_space(|st, asid| st.writeback_space(asid).map_or_else(err, |_| 0));
+            sched::exit_current(a[0].min(u32::MAX as u64) as u32)
+        }
+        nr::PWRITE => pwrite(a[0], a[1], a[2], a[3]),
+        nr::FSYNC => match file_slot(a[0]).and_then(|s| *s) {
+            Some(of) => mm::with(|st| st.fsync_file(of.file)).map_or_else(err, |_| 0),
+            None => -errno::EBADF,
+        },
+        nr::MSYNC => with_space(|st, asid| st.msync(asid, a[0], a[1]).map_or_else(err, |_| 0)),
         nr::MMAP => with_space(|st, asid| {
             if a[0] == 0 || a[0] > MAX_MMAP || a[1] & !prot::ALL != 0 {
                 return -errno::EINVAL;
@@ -220,8 +230,8 @@ fn mmap_file(a: [u64; 5]) -> i64 {
     if len == 0 || len > MAX_MMAP || p & !prot::ALL != 0 || offset % PAGE_SIZE != 0 {
         return -errno::EINVAL;
     }
-    if shared && p & prot::WRITE != 0 {
-        // The disk is read-only: no writable shared file mappings.
+    if shared && p & prot::WRITE != 0 && disk_read_only() {
+        // Nowhere to write the pages back to.
         return -errno::EACCES;
     }
     let Some(Some(of)) = file_slot(fd).map(|s| *s) else {
@@ -236,4 +246,69 @@ fn mmap_file(a: [u64; 5]) -> i64 {
         st.mmap(asid, len, p, backing)
             .map_or_else(err, |v| v as i64)
     })
+}
+
+/// Whether the disk refuses writes (or there is none).
+fn disk_read_only() -> bool {
+    crate::drivers::virtio_blk::info().is_none_or(|(_, ro)| ro)
+}
+
+/// Longest single `pwrite`.
+const MAX_PWRITE: u64 = 1 << 20;
+
+/// `pwrite(fd, buf, len, offset)`: page by page into the page cache (each
+/// page made stable, read first if it is not cached, then marked dirty);
+/// files keep their size.
+fn pwrite(fd: u64, buf: u64, len: u64, offset: u64) -> i64 {
+    let Some(Some(of)) = file_slot(fd).map(|s| *s) else {
+        return -errno::EBADF;
+    };
+    let Some(entry) = fs::entry(of.file) else {
+        return -errno::EBADF;
+    };
+    if disk_read_only() {
+        return -errno::EROFS;
+    }
+    let len = len.min(MAX_PWRITE).min(entry.size.saturating_sub(offset));
+    let mut chunk = alloc::vec![0u8; PAGE_SIZE as usize];
+    let mut done = 0u64;
+    while done < len {
+        let pos = offset + done;
+        let off = pos % PAGE_SIZE;
+        let n = (PAGE_SIZE - off).min(len - done);
+        let r = with_space(|st, asid| {
+            if let Err(e) = st.copy_from_user(asid, buf + done, &mut chunk[..n as usize]) {
+                return err(e);
+            }
+            // A page the host dropped between the lookup and the copy is
+            // read again (`get_file_page` makes a cached page stable).
+            let pfn = match st.get_file_page(of.file, pos / PAGE_SIZE) {
+                Ok(p) => p,
+                Err(e) => return err(e),
+            };
+            // SAFETY: we hold a reference on the stable cache frame, and
+            // `off + n` stays inside it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    chunk.as_ptr(),
+                    mm::phys_to_virt(pfn * PAGE_SIZE + off) as *mut u8,
+                    n as usize,
+                )
+            };
+            st.mark_dirty(pfn);
+            if st.frames.put(pfn) {
+                mm::free_frame(pfn * PAGE_SIZE);
+            }
+            0
+        });
+        if r < 0 {
+            if done == 0 {
+                return r;
+            }
+            break;
+        }
+        done += n;
+    }
+    mm::with(|st| st.balance_dirty());
+    done as i64
 }

@@ -14,6 +14,7 @@ use pagehint_abi::syscall::{nr, prot};
 use sys::{clock_ns, cpu, exit, pid, syscall3, write};
 
 mod build;
+mod fwrite;
 mod kv;
 mod sys;
 mod workloads;
@@ -51,8 +52,14 @@ extern "C" fn _start(args_ptr: *const u8, args_len: usize, instance: u64) -> ! {
         "cow" => workloads::cow(arg_u64(rest, 1)),
         "kv" => kv::kv(rest, instance),
         "build" => build::build(rest),
+        "fwrite" | "fverify" if instance > 0 => {
+            say!("{program}: instance {instance} stands aside: one writer per disk (copies=1 runs one)");
+            guest::SUCCESS
+        }
+        "fwrite" => fwrite::fwrite(rest),
+        "fverify" => fwrite::fverify(rest),
         _ => {
-            say!("unknown program '{program}' (known: hello preempt mm segv exit files scan-read scan-mmap churn churn-idle sleep mprotect cow kv build crash-kernel triple-fault portio kbench bad-hints discard-list-test)");
+            say!("unknown program '{program}' (known: hello preempt mm segv exit files scan-read scan-mmap churn churn-idle sleep mprotect cow kv build fwrite fverify crash-kernel triple-fault portio kbench bad-hints discard-list-test)");
             guest::BAD_COMMAND_LINE
         }
     };

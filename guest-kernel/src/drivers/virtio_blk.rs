@@ -1,5 +1,6 @@
 //! virtio-mmio (version 2) transport and block driver: one split queue, one
-//! request in flight, reads straight into page frames.
+//! request in flight, reads into and writes from page frames directly,
+//! and flushes.
 //!
 //! The device is found through the command line (`virtio_mmio.device=`).
 //! Requests are serialised by the driver lock; completion is signalled by
@@ -40,9 +41,12 @@ const S_FEATURES_OK: u32 = 8;
 const S_FAILED: u32 = 128;
 
 const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
 const F_VERSION_1: u64 = 1 << 32;
 
 const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
 const DESC_NEXT: u16 = 1;
 const DESC_WRITE: u16 = 2;
 
@@ -75,6 +79,7 @@ struct Device {
     queue: u64,
     capacity: u64,
     read_only: bool,
+    flush: bool,
     avail_idx: u16,
     used_seen: u16,
 }
@@ -123,7 +128,7 @@ pub fn init(base: u64, irq: u32, vector: u8) -> Result<u64, BlkError> {
         wr(base, STATUS, S_FAILED);
         return Err(BlkError::BadDevice);
     }
-    let accept = features & (F_VERSION_1 | F_RO);
+    let accept = features & (F_VERSION_1 | F_RO | F_FLUSH);
     wr(base, DRIVER_FEATURES_SEL, 0);
     wr(base, DRIVER_FEATURES, accept as u32);
     wr(base, DRIVER_FEATURES_SEL, 1);
@@ -164,6 +169,7 @@ pub fn init(base: u64, irq: u32, vector: u8) -> Result<u64, BlkError> {
         queue,
         capacity,
         read_only: features & F_RO != 0,
+        flush: features & F_FLUSH != 0,
         avail_idx: 0,
         used_seen: 0,
     });
@@ -189,20 +195,46 @@ fn write_desc(queue: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
 /// Reads 4 KiB blocks starting at `block` into the frames `pages` (physical
 /// addresses), in one request.
 pub fn read_pages(block: u64, pages: &[u64]) -> Result<(), BlkError> {
-    if pages.is_empty() || pages.len() > MAX_PAGES {
+    request(T_IN, block, pages)
+}
+
+/// Writes the frames `pages` to 4 KiB blocks starting at `block`, in one
+/// request (`BlkError::Device(1)`, as the device would answer, on a
+/// read-only disk: nothing is sent).
+pub fn write_pages(block: u64, pages: &[u64]) -> Result<(), BlkError> {
+    request(T_OUT, block, pages)
+}
+
+/// Asks the device to make every completed write durable (a no-op for a
+/// device that does not offer `VIRTIO_BLK_F_FLUSH`: it has no cache).
+pub fn flush() -> Result<(), BlkError> {
+    if !DEV.lock().as_ref().is_some_and(|d| d.flush) {
+        return Ok(());
+    }
+    request(T_FLUSH, 0, &[])
+}
+
+/// One request of `kind` for `pages` at `block`, waited for.
+fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
+    if pages.len() > MAX_PAGES || (pages.is_empty() && kind != T_FLUSH) {
         return Err(BlkError::TooLarge);
     }
     let mut guard = DEV.lock();
     let d = guard.as_mut().ok_or(BlkError::NoDevice)?;
-    let sector = block * 8;
+    if kind == T_OUT && d.read_only {
+        return Err(BlkError::Device(1));
+    }
+    let sector = if kind == T_FLUSH { 0 } else { block * 8 };
     if sector + 8 * pages.len() as u64 > d.capacity {
         return Err(BlkError::TooLarge);
     }
+    // The device writes into the data buffers of a read only.
+    let data_flags = if kind == T_IN { DESC_WRITE } else { 0 };
     let q = d.queue;
     let header = mm::phys_to_virt(q + HEADER_OFF) as *mut u8;
     // SAFETY: the header and status bytes live in our queue page.
     unsafe {
-        (header as *mut u32).write_volatile(T_IN);
+        (header as *mut u32).write_volatile(kind);
         (header.add(4) as *mut u32).write_volatile(0);
         (header.add(8) as *mut u64).write_volatile(sector);
         (mm::phys_to_virt(q + STATUS_OFF) as *mut u8).write_volatile(0xff);
@@ -210,7 +242,7 @@ pub fn read_pages(block: u64, pages: &[u64]) -> Result<(), BlkError> {
     write_desc(q, 0, q + HEADER_OFF, 16, DESC_NEXT, 1);
     for (i, &pa) in pages.iter().enumerate() {
         let i = i as u16 + 1;
-        write_desc(q, i, pa, 4096, DESC_WRITE | DESC_NEXT, i + 1);
+        write_desc(q, i, pa, 4096, data_flags | DESC_NEXT, i + 1);
     }
     let last = pages.len() as u16 + 1;
     write_desc(q, last, q + STATUS_OFF, 1, DESC_WRITE, 0);

@@ -116,6 +116,11 @@ impl AddressSpace {
         self.pml4
     }
 
+    /// Its areas, in address order.
+    pub fn vmas(&self) -> impl Iterator<Item = &guest_kernel::vma::Vma> {
+        self.vmas.iter()
+    }
+
     /// The current entry for `va`, if present.
     pub fn translate(&self, va: u64) -> Option<u64> {
         Mapper::new(self.pml4, &mut KernelPhys).translate(va)
@@ -155,14 +160,99 @@ impl MmState {
     }
 
     /// Seed 000's `check_writable`: the first writable PTE of a frame tells
-    /// the host (a batched hint; the frames mapped writable here are
-    /// anonymous, stable already, so nothing waits for the answer), and
-    /// marks the frame `WRITABLE_MAPPED` until its last mapping goes.
+    /// the host, and marks the frame `WRITABLE_MAPPED` until its last
+    /// mapping goes. Anonymous frames are stable already, so the hint is
+    /// queued and nothing waits; a cache page went through
+    /// [`Self::writable_cache_page`] before its PTE was built.
     fn first_writable(&mut self, pfn: u64) {
         if self.frames.flags(pfn) & flag::WRITABLE_MAPPED == 0 {
             self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
             super::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
         }
+    }
+
+    /// Before the first writable PTE of cache page `pfn`: `check_writable`,
+    /// answered now when the page is volatile (the host may have taken
+    /// it). A volatile page stays potentially volatile with the VMM's
+    /// option, else becomes stable. False if the host had dropped it (the
+    /// caller drops it from the cache and the access is retried).
+    fn writable_cache_page(&mut self, pfn: u64) -> bool {
+        let f = self.frames.flags(pfn);
+        if f & flag::WRITABLE_MAPPED != 0 {
+            return true;
+        }
+        if f & flag::VOLATILE != 0 {
+            if super::hints::check_writable_now(pfn) {
+                return false;
+            }
+            if super::hints::potentially_volatile() {
+                self.frames.set_flags(pfn, flag::POT_VOLATILE);
+                self.stats.potentially_volatile += 1;
+            } else {
+                self.frames
+                    .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
+                self.volatile = self.volatile.saturating_sub(1);
+            }
+        } else {
+            super::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
+        }
+        self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
+        if let Some(owner) = self.frames.owner(pfn) {
+            self.wb.insert(owner);
+        }
+        true
+    }
+
+    /// Maps cache page `pfn` writable at `page` (a write fault in a shared
+    /// writable file area). Consumes the caller's reference.
+    fn map_shared_writable(
+        &mut self,
+        asid: u32,
+        page: u64,
+        pfn: u64,
+        p: u64,
+    ) -> Result<(), AsError> {
+        if !self.writable_cache_page(pfn) {
+            // The cache still holds it; `discard` drops it from there.
+            self.frames.put(pfn);
+            self.discard(pfn);
+            return Ok(());
+        }
+        let r = self.map_frame(asid, page, pfn * PAGE_SIZE, leaf_flags(p));
+        if self.frames.put(pfn) {
+            free_frame(pfn * PAGE_SIZE);
+        }
+        r
+    }
+
+    /// A write to a shared file page mapped read-only in a writable area:
+    /// the PTE becomes writable (Linux's `do_wp_page` with `page_mkwrite`).
+    fn upgrade_shared(&mut self, asid: u32, page: u64, old: u64) -> Result<(), AsError> {
+        let pfn = (old & ADDR_MASK) / PAGE_SIZE;
+        if self.frames.flags(pfn) & flag::CACHED == 0 {
+            return Err(AsError::Fault);
+        }
+        self.frames.get(pfn);
+        if !self.writable_cache_page(pfn) {
+            self.frames.put(pfn);
+            self.discard(pfn);
+            return Ok(());
+        }
+        let pml4 = self.space(asid)?.pml4;
+        let changed = Mapper::new(pml4, &mut KernelPhys).update(page, |pte| {
+            if (pte & ADDR_MASK) / PAGE_SIZE == pfn {
+                pte | flags::WRITABLE
+            } else {
+                pte
+            }
+        });
+        if let Some(f) = changed {
+            cpu::invlpg(f.addr());
+        }
+        if self.frames.put(pfn) {
+            free_frame(pfn * PAGE_SIZE);
+        }
+        Ok(())
     }
 
     /// Removes the mapping at `va` of `asid`; frees the frame if that was
@@ -171,6 +261,7 @@ impl MmState {
         let pml4 = self.spaces.get(&asid)?.pml4;
         let (old, flush) = Mapper::new(pml4, &mut KernelPhys).unmap(va)?;
         let pa = old & ADDR_MASK;
+        self.unmapped_pte(pa / PAGE_SIZE, old);
         if self
             .frames
             .rmap_remove(pa / PAGE_SIZE, Mapping { asid, va })
@@ -206,12 +297,16 @@ impl MmState {
             let mut va = vma.start;
             while va < vma.end {
                 if let Some(e) = space.translate(va) {
-                    leaves.push((va, e & ADDR_MASK));
+                    leaves.push((va, e));
                 }
                 va += PAGE_SIZE;
             }
         }
-        for (va, pa) in leaves {
+        for (va, e) in leaves {
+            let pa = e & ADDR_MASK;
+            // A dirty shared page stays dirty in the cache for the next
+            // write-back (`exit` wrote back what it could already).
+            self.unmapped_pte(pa / PAGE_SIZE, e);
             if self
                 .frames
                 .rmap_remove(pa / PAGE_SIZE, Mapping { asid, va })
@@ -269,10 +364,13 @@ impl MmState {
                 return Ok(());
             }
             // Present but read-only where the area allows writing: a
-            // private file page to copy.
-            if need & prot::WRITE != 0 && vma.file_page(page).is_some_and(|(_, _, shared)| !shared)
-            {
-                return self.cow(asid, page, e, vma.prot);
+            // private file page to copy, or a shared one to make writable.
+            if need & prot::WRITE != 0 {
+                match vma.file_page(page) {
+                    Some((_, _, false)) => return self.cow(asid, page, e, vma.prot),
+                    Some((_, _, true)) => return self.upgrade_shared(asid, page, e),
+                    None => {}
+                }
             }
             return Err(AsError::Fault);
         }
@@ -281,6 +379,9 @@ impl MmState {
             Some((file, index, shared)) => {
                 self.stats.file_faults += 1;
                 let pfn = self.get_file_page(file, index)?;
+                if shared && need & prot::WRITE != 0 {
+                    return self.map_shared_writable(asid, page, pfn, vma.prot);
+                }
                 let r = if shared || need & prot::WRITE == 0 {
                     // Map the cache page itself, never writable.
                     let leaf = leaf_flags(vma.prot & !prot::WRITE);
@@ -373,9 +474,11 @@ impl MmState {
         Ok(start)
     }
 
-    /// `munmap`: removes the range and drops its mappings.
+    /// `munmap`: removes the range and drops its mappings; the file pages
+    /// they dirtied are written back.
     pub fn munmap(&mut self, asid: u32, start: u64, len: u64) -> Result<(), AsError> {
         let end = check_user_range(start, len)?;
+        let shared = self.shared_pages(asid, start, end)?;
         self.space(asid)?.vmas.remove(start, len)?;
         let mut batch = FlushBatch::new();
         let mut va = start;
@@ -398,6 +501,10 @@ impl MmState {
             region += 1 << 21;
         }
         flush_local(batch, pml4);
+        if !shared.is_empty() && self.writeback(&shared).is_err() {
+            // The pages stay dirty in the cache; `fsync` reports the error.
+            crate::println!("guest: write-back at munmap failed");
+        }
         Ok(())
     }
 

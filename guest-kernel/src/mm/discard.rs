@@ -198,8 +198,19 @@ impl MmState {
         tlb::shootdown_all();
         self.stats.shootdowns += 1;
         if self.frames.flags(pfn) & flag::VOLATILE != 0 {
-            self.frames.clear_flags(pfn, flag::VOLATILE);
+            self.frames
+                .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
             self.volatile = self.volatile.saturating_sub(1);
+        }
+        if self.frames.flags(pfn) & flag::DIRTY != 0 {
+            // Cannot happen by the protocol (the host never takes a page
+            // its dirty log saw written); counted where it shows.
+            self.frames.clear_flags(pfn, flag::DIRTY);
+            self.stats.dirty_frames = self.stats.dirty_frames.saturating_sub(1);
+            self.stats.hint_errors += 1;
+        }
+        if let Some(owner) = self.frames.owner(pfn) {
+            self.wb.remove(&owner);
         }
         self.stats.volatile_discarded += 1;
         self.frames.remove(pfn);

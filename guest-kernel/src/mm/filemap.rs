@@ -133,7 +133,8 @@ impl MmState {
     /// The guest's side of a page made stable through the shared table.
     #[inline]
     fn stable_again(&mut self, pfn: u64, lost: bool) {
-        self.frames.clear_flags(pfn, flag::VOLATILE);
+        self.frames
+            .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
         self.volatile = self.volatile.saturating_sub(1);
         if lost {
             self.ahead_credit = AHEAD_CREDIT;
@@ -179,7 +180,8 @@ impl MmState {
             }
         });
         for &pfn in &run {
-            self.frames.clear_flags(pfn, flag::VOLATILE);
+            self.frames
+                .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
             self.volatile = self.volatile.saturating_sub(1);
         }
         // Lost ones leave the cache and every mapping; a discard fault for
@@ -224,25 +226,76 @@ impl MmState {
         self.frames.deactivate_excess(target, &mut out);
         let mut maps = Vec::new();
         for pfn in out {
-            let f = self.frames.flags(pfn);
-            let busy = flag::LOCKED | flag::DIRTY | flag::WRITABLE_MAPPED | flag::VOLATILE;
-            // Mapped pages may be volatile only when the VMM delivers
-            // discard faults: a user access cannot ask first.
-            let refs_ok = if super::discard::enabled() {
-                self.frames.refcount(pfn) == 1 + self.frames.mapcount(pfn)
-            } else {
-                self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
-            };
-            if f & busy == 0 && refs_ok {
-                if self.frames.mapcount(pfn) > 0 && self.referenced(pfn, &mut maps) {
-                    self.frames.activate(pfn);
-                    self.stats.referenced += 1;
-                    continue;
-                }
-                self.frames.set_flags(pfn, flag::VOLATILE);
-                self.volatile += 1;
-                hints::queue(HintOp::MakeVolatile, pfn);
+            self.age_one(pfn, &mut maps);
+        }
+    }
+
+    /// An inactive cache page, looked at once: volatile if it is clean,
+    /// idle and held only by the cache and its mappings, potentially
+    /// volatile if it is mapped writable ([`Self::age_writable`]), else
+    /// left as it is. Also called for inactive pages a write-back just
+    /// cleaned, which fell off the active list while they were dirty.
+    pub(super) fn age_one(&mut self, pfn: u64, maps: &mut Vec<Mapping>) {
+        if !hints::enabled() {
+            return;
+        }
+        let f = self.frames.flags(pfn);
+        if f & flag::WRITABLE_MAPPED != 0 {
+            self.age_writable(pfn, maps);
+            return;
+        }
+        let busy = flag::LOCKED | flag::DIRTY | flag::VOLATILE;
+        // Mapped pages may be volatile only when the VMM delivers
+        // discard faults: a user access cannot ask first.
+        let refs_ok = if super::discard::enabled() {
+            self.frames.refcount(pfn) == 1 + self.frames.mapcount(pfn)
+        } else {
+            self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
+        };
+        if f & busy == 0 && refs_ok {
+            if self.frames.mapcount(pfn) > 0 && self.referenced(pfn, maps) {
+                self.frames.activate(pfn);
+                self.stats.referenced += 1;
+                return;
             }
+            self.frames.set_flags(pfn, flag::VOLATILE);
+            self.volatile += 1;
+            hints::queue(HintOp::MakeVolatile, pfn);
+        }
+    }
+
+    /// A clean cache page mapped writable that fell off the active list
+    /// (seed 000): potentially volatile when the VMM offers it, the shared
+    /// table carries it and discard faults are on; otherwise it stays
+    /// stable. A page a mapping used since the last look goes back to the
+    /// active list; one a mapping wrote is marked dirty for the write-back
+    /// instead. The host takes a potentially volatile page only if its
+    /// dirty log shows no write since the page was last read or written
+    /// back, so a write that races with this check costs a write-back,
+    /// never data.
+    fn age_writable(&mut self, pfn: u64, maps: &mut Vec<Mapping>) {
+        let f = self.frames.flags(pfn);
+        if f & (flag::LOCKED | flag::DIRTY | flag::VOLATILE) != 0
+            || !hints::potentially_volatile()
+            || !super::discard::enabled()
+            || self.frames.refcount(pfn) != 1 + self.frames.mapcount(pfn)
+        {
+            return;
+        }
+        if self.referenced(pfn, maps) {
+            self.frames.activate(pfn);
+            self.stats.referenced += 1;
+            return;
+        }
+        if self.pte_dirty(pfn, maps) {
+            self.mark_dirty(pfn);
+            return;
+        }
+        if hints::release_potentially_volatile(pfn) {
+            self.frames
+                .set_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
+            self.volatile += 1;
+            self.stats.potentially_volatile += 1;
         }
     }
 
@@ -250,9 +303,9 @@ impl MmState {
     /// bit of every entry that maps it, cleared on the way. No TLB flush
     /// (nor does Linux on x86): a CPU that still caches the translation
     /// sets no bit again, so a page in use may look unused once and become
-    /// volatile early, which costs a refault, never data. Cache pages are
-    /// mapped read-only here (a writable mapping is refused, a private
-    /// write copies), so the plain store loses no dirty bit.
+    /// volatile early, which costs a refault, never data. The entry is
+    /// changed with a compare-and-swap, so a dirty bit a CPU sets through
+    /// a writable mapping meanwhile is kept.
     /// `maps` is scratch space, kept by the caller across calls.
     fn referenced(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
         maps.clear();
@@ -294,13 +347,16 @@ impl MmState {
             maps.clear();
             self.frames.mappings(pfn, &mut maps);
             for &Mapping { asid, va } in &maps {
+                let mut old = 0;
                 if let Some(space) = self.spaces.get(&asid) {
                     let mut phys = KernelPhys;
-                    if let Some((old, flush)) = Mapper::new(space.root(), &mut phys).unmap(va) {
-                        debug_assert_eq!((old & ADDR_MASK) / PAGE_SIZE, pfn);
+                    if let Some((e, flush)) = Mapper::new(space.root(), &mut phys).unmap(va) {
+                        debug_assert_eq!((e & ADDR_MASK) / PAGE_SIZE, pfn);
                         flush.ignore(); // paid below by the shootdown
+                        old = e;
                     }
                 }
+                self.unmapped_pte(pfn, old);
                 let _ = self.frames.rmap_remove(pfn, Mapping { asid, va });
             }
             torn.push(pfn);
@@ -311,8 +367,24 @@ impl MmState {
         // No CPU may keep a TLB entry for a frame about to be reused.
         tlb::shootdown_all();
         self.stats.shootdowns += 1;
+        // Dirty ones reach the disk first; one that cannot stays cached.
+        let mut dirty: Vec<(u32, u64, u64)> = torn
+            .iter()
+            .filter(|&&p| self.frames.flags(p) & flag::DIRTY != 0)
+            .filter_map(|&p| self.frames.owner(p).map(|(f, i)| (f, i, p)))
+            .collect();
+        dirty.sort_unstable();
+        if !dirty.is_empty() {
+            let _ = self.write_out(&dirty);
+        }
         let mut freed = 0;
         for pfn in torn {
+            if self.frames.flags(pfn) & flag::DIRTY != 0 {
+                continue;
+            }
+            if let Some(owner) = self.frames.owner(pfn) {
+                self.wb.remove(&owner);
+            }
             if self.frames.flags(pfn) & flag::VOLATILE != 0 {
                 self.volatile = self.volatile.saturating_sub(1);
             }

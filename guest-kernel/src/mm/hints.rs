@@ -126,6 +126,54 @@ pub fn enable() {
     ENABLED.store(true, Ordering::Release);
 }
 
+/// The VMM offers potentially volatile pages (CPUID `POTENTIALLY_VOLATILE`).
+static POTENTIALLY: AtomicBool = AtomicBool::new(false);
+
+/// Takes the VMM's potentially-volatile option.
+pub fn enable_potentially_volatile() {
+    POTENTIALLY.store(true, Ordering::Release);
+}
+
+/// Whether clean cache pages mapped writable may be potentially volatile.
+pub fn potentially_volatile() -> bool {
+    POTENTIALLY.load(Ordering::Relaxed) && enabled()
+}
+
+/// Seed 000's `check_writable`, answered now: the first writable PTE of
+/// cache page `pfn` is about to be set. True if the host had dropped it
+/// (it is stable and reads as zeroes: the caller drops it and reads it
+/// again). A volatile page stays a candidate (potentially volatile) with
+/// the VMM's option, else becomes stable; a stable one stays stable.
+pub fn check_writable_now(pfn: u64) -> bool {
+    if let Some(e) = shared_entry(pfn) {
+        COUNTERS.shared.fetch_add(1, Ordering::Relaxed);
+        return state_table::guest_check_writable(e, potentially_volatile()).discarded;
+    }
+    let mut lost = false;
+    now_many(HintOp::CheckWritable, &[pfn], |_, r| {
+        lost = r == Ok(HintResult::Discarded);
+    });
+    lost
+}
+
+/// Makes stable cache page `pfn`, clean and mapped writable, potentially
+/// volatile: one store in the shared table. False (nothing done) without
+/// a table: through hypercalls it would pass through Volatile, where a
+/// write could be lost, so a batched guest keeps such pages stable.
+pub fn release_potentially_volatile(pfn: u64) -> bool {
+    if !potentially_volatile() {
+        return false;
+    }
+    match shared_entry(pfn) {
+        Some(e) => {
+            COUNTERS.shared.fetch_add(1, Ordering::Relaxed);
+            state_table::guest_release(e, PageState::PotentiallyVolatile);
+            true
+        }
+        None => false,
+    }
+}
+
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }

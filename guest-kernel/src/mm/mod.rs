@@ -14,6 +14,7 @@ pub mod hints;
 pub mod report;
 pub mod scribble;
 pub mod tlb;
+pub mod writeback;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
@@ -103,6 +104,9 @@ pub struct MmState {
     /// whenever a page is found dropped, so it runs only while the host is
     /// taking pages.
     pub ahead_credit: u32,
+    /// Cache pages that are dirty or mapped writable, by (file, page): the
+    /// ones `fsync`, `msync` and the write-back look at (`writeback`).
+    pub wb: alloc::collections::BTreeSet<(u32, u64)>,
 }
 
 static MM: SpinLock<Option<MmState>> = SpinLock::new(None);
@@ -260,6 +264,7 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
         stats: KernelStats::default(),
         volatile: 0,
         ahead_credit: 0,
+        wb: alloc::collections::BTreeSet::new(),
     });
     let high_frames = ranges
         .iter()
@@ -445,5 +450,23 @@ impl PhysMem for KernelPhys {
     }
     fn free_table(&mut self, table: u64) {
         free_frame(table)
+    }
+    fn swap_entry(&mut self, table: u64, index: usize, value: u64) -> u64 {
+        // SAFETY: as above; page-table entries are naturally aligned u64s,
+        // which CPUs update atomically (the accessed and dirty bits).
+        let e =
+            unsafe { &*((phys_to_virt(table) as *const core::sync::atomic::AtomicU64).add(index)) };
+        e.swap(value, core::sync::atomic::Ordering::AcqRel)
+    }
+    fn cas_entry(&mut self, table: u64, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+        // SAFETY: as for `swap_entry`.
+        let e =
+            unsafe { &*((phys_to_virt(table) as *const core::sync::atomic::AtomicU64).add(index)) };
+        e.compare_exchange(
+            current,
+            new,
+            core::sync::atomic::Ordering::AcqRel,
+            core::sync::atomic::Ordering::Acquire,
+        )
     }
 }

@@ -1,0 +1,311 @@
+//! Writable file pages: what is dirty, and getting it to the disk.
+//!
+//! A cache page becomes dirty two ways: `pwrite` copies into it (the kernel
+//! sets `DIRTY` itself), or a user writes through a shared writable
+//! mapping (the CPU sets the PTE's dirty bit, which this module gathers
+//! through the reverse map and clears, as Linux's `page_mkclean` does).
+//! Write-back sends dirty pages to the disk in runs of up to
+//! `virtio_blk::MAX_PAGES`; it runs on `fsync`, `msync`, `munmap`, before a
+//! process exits, when too many pages are dirty (from `pwrite`, as Linux's
+//! `balance_dirty_pages`), and when reclaim picks a dirty page.
+//!
+//! The order that keeps the host honest (`docs/reclaim.md`, "Potentially
+//! volatile frames and the dirty log"): the dirty bits are cleared and
+//! every CPU's TLB flushed *before* the write request is sent, so a write
+//! after that sets a dirty bit again, and a page is made potentially
+//! volatile (`filemap::age_cache`) only while no dirty bit is set since.
+//! This module must never drop or free a page that is dirty, and never
+//! send a page to the disk while the host may have taken it (a volatile
+//! page is made stable first).
+
+use alloc::vec::Vec;
+
+use guest_kernel::frames::{flag, Mapping};
+use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
+use pagehint_abi::hypercall::{HintOp, HintResult};
+use pagehint_abi::PAGE_SIZE;
+
+use super::addr_space::AsError;
+use super::{hints, tlb, KernelPhys, MmState};
+use crate::drivers::virtio_blk;
+use crate::fs;
+
+/// Dirty pages above which `pwrite` writes some back itself.
+const DIRTY_LIMIT: u64 = 512;
+/// Pages it writes back then.
+const DIRTY_BATCH: usize = 128;
+
+impl MmState {
+    /// Cache page `pfn` (stable) now differs from the disk.
+    pub fn mark_dirty(&mut self, pfn: u64) {
+        if self.frames.flags(pfn) & flag::DIRTY != 0 {
+            return;
+        }
+        self.frames.set_flags(pfn, flag::DIRTY);
+        self.stats.dirty_frames += 1;
+        if let Some(owner) = self.frames.owner(pfn) {
+            self.wb.insert(owner);
+        }
+    }
+
+    /// A PTE that mapped cache page `pfn` went away (or was replaced) with
+    /// value `old`: its dirty bit must not be lost.
+    pub(super) fn unmapped_pte(&mut self, pfn: u64, old: u64) {
+        if old & pte_flags::DIRTY != 0 && self.frames.flags(pfn) & flag::CACHED != 0 {
+            self.stats.pte_dirty += 1;
+            self.mark_dirty(pfn);
+        }
+    }
+
+    /// Clears the dirty bit of every PTE that maps `pfn` and moves it to
+    /// the frame (`page_mkclean`). True if any mapping is writable (the
+    /// caller then owes a TLB shootdown before it trusts the bits again).
+    fn mkclean(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
+        maps.clear();
+        self.frames.mappings(pfn, maps);
+        let (mut dirty, mut writable) = (false, false);
+        for &Mapping { asid, va } in maps.iter() {
+            let Some(space) = self.spaces.get(&asid) else {
+                continue;
+            };
+            let mut phys = KernelPhys;
+            let changed = Mapper::new(space.root(), &mut phys).update(va, |pte| {
+                if (pte & ADDR_MASK) / PAGE_SIZE != pfn {
+                    return pte;
+                }
+                dirty |= pte & pte_flags::DIRTY != 0;
+                writable |= pte & pte_flags::WRITABLE != 0;
+                pte & !pte_flags::DIRTY
+            });
+            if let Some(f) = changed {
+                f.ignore(); // the caller's shootdown pays for it
+            }
+        }
+        if dirty {
+            self.stats.pte_dirty += 1;
+            self.mark_dirty(pfn);
+        }
+        writable
+    }
+
+    /// Whether any PTE mapping `pfn` has its dirty bit set (read only).
+    pub(super) fn pte_dirty(&self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
+        maps.clear();
+        self.frames.mappings(pfn, maps);
+        maps.iter().any(|&Mapping { asid, va }| {
+            self.spaces.get(&asid).is_some_and(|s| {
+                s.translate(va).is_some_and(|pte| {
+                    (pte & ADDR_MASK) / PAGE_SIZE == pfn && pte & pte_flags::DIRTY != 0
+                })
+            })
+        })
+    }
+
+    /// Writes back the dirty ones of cache pages `pages` ((file, page),
+    /// sorted): dirty bits gathered and cleared, TLBs flushed, then one
+    /// request per run of consecutive pages. Pages left clean and mapped
+    /// read-only or not at all leave the write-back set.
+    pub fn writeback(&mut self, pages: &[(u32, u64)]) -> Result<(), AsError> {
+        let mut maps = Vec::new();
+        let mut flush = false;
+        let mut live: Vec<(u32, u64, u64)> = Vec::new();
+        for &(file, index) in pages {
+            match self.frames.peek(file, index) {
+                Some(pfn) => {
+                    if self.frames.flags(pfn) & flag::WRITABLE_MAPPED != 0 {
+                        flush |= self.mkclean(pfn, &mut maps);
+                    }
+                    live.push((file, index, pfn));
+                }
+                None => {
+                    self.wb.remove(&(file, index));
+                }
+            }
+        }
+        if flush {
+            // From here on a write through any mapping sets a dirty bit.
+            tlb::shootdown_all();
+            self.stats.shootdowns += 1;
+        }
+        let dirty: Vec<(u32, u64, u64)> = live
+            .iter()
+            .copied()
+            .filter(|&(_, _, pfn)| self.frames.flags(pfn) & flag::DIRTY != 0)
+            .collect();
+        let r = self.write_out(&dirty);
+        for &(file, index, pfn) in &live {
+            let f = self.frames.flags(pfn);
+            if f & (flag::DIRTY | flag::WRITABLE_MAPPED) == 0 {
+                self.wb.remove(&(file, index));
+            }
+            // Clean again, but off the active list: it would never be
+            // looked at again until it is used.
+            if f & (flag::DIRTY | flag::ACTIVE) == 0 {
+                self.age_one(pfn, &mut maps);
+            }
+        }
+        r
+    }
+
+    /// Sends dirty cache pages `pages` ((file, page, frame), sorted) to the
+    /// disk. A page the host may hold (potentially volatile) is made
+    /// stable first; `DIRTY` is cleared before its request goes out and set
+    /// again if the request fails.
+    pub(super) fn write_out(&mut self, pages: &[(u32, u64, u64)]) -> Result<(), AsError> {
+        for &(_, _, pfn) in pages {
+            if self.frames.flags(pfn) & flag::VOLATILE != 0 {
+                self.stats.pv_written += 1;
+                self.stable_for_writeback(pfn);
+            }
+        }
+        let mut result = Ok(());
+        let mut i = 0;
+        while i < pages.len() {
+            let (file, first, _) = pages[i];
+            let mut run: Vec<u64> = Vec::new();
+            let mut j = i;
+            while j < pages.len()
+                && run.len() < virtio_blk::MAX_PAGES
+                && pages[j].0 == file
+                && pages[j].1 == first + run.len() as u64
+            {
+                run.push(pages[j].2 * PAGE_SIZE);
+                j += 1;
+            }
+            let Some(entry) = fs::entry(file) else {
+                result = Err(AsError::Io);
+                i = j;
+                continue;
+            };
+            for &pa in &run {
+                self.frames.clear_flags(pa / PAGE_SIZE, flag::DIRTY);
+                self.frames.set_flags(pa / PAGE_SIZE, flag::LOCKED);
+            }
+            let r = virtio_blk::write_pages(entry.first_block + first, &run);
+            self.stats.writeback_requests += 1;
+            for &pa in &run {
+                self.frames.clear_flags(pa / PAGE_SIZE, flag::LOCKED);
+                if r.is_err() {
+                    self.frames.set_flags(pa / PAGE_SIZE, flag::DIRTY);
+                }
+            }
+            match r {
+                Ok(()) => {
+                    self.stats.writeback_pages += run.len() as u64;
+                    self.stats.dirty_frames =
+                        self.stats.dirty_frames.saturating_sub(run.len() as u64);
+                }
+                Err(e) => {
+                    crate::println!("guest: write-back of file {file} page {first} failed: {e:?}");
+                    result = Err(AsError::Io);
+                }
+            }
+            i = j;
+        }
+        result
+    }
+
+    /// A potentially volatile page about to be written back: made stable
+    /// (the host never drops one its dirty log saw written, so it must
+    /// still be there; if it is not, the guest broke the protocol and the
+    /// page is dropped like any lost clean page, counted as an error).
+    fn stable_for_writeback(&mut self, pfn: u64) {
+        let mut lost = false;
+        match hints::make_stable_shared(pfn) {
+            Some(l) => lost = l,
+            None => hints::now_many(HintOp::MakeStable, &[pfn], |_, r| {
+                lost = r == Ok(HintResult::Discarded);
+            }),
+        }
+        self.frames
+            .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
+        self.volatile = self.volatile.saturating_sub(1);
+        if lost {
+            self.stats.hint_errors += 1;
+        }
+    }
+
+    /// `fsync`: every dirty page of `file`, then a device flush.
+    pub fn fsync_file(&mut self, file: u32) -> Result<(), AsError> {
+        let pages: Vec<(u32, u64)> = self
+            .wb
+            .range((file, 0)..=(file, u64::MAX))
+            .copied()
+            .collect();
+        self.writeback(&pages)?;
+        virtio_blk::flush().map_err(|_| AsError::Io)
+    }
+
+    /// `msync`: the cache pages mapped shared in `[start, start + len)` of
+    /// `asid`, then a device flush.
+    pub fn msync(&mut self, asid: u32, start: u64, len: u64) -> Result<(), AsError> {
+        let end = start.checked_add(len).ok_or(AsError::BadRange)?;
+        let pages = self.shared_pages(asid, start, end)?;
+        self.writeback(&pages)?;
+        virtio_blk::flush().map_err(|_| AsError::Io)
+    }
+
+    /// Before a process exits: everything its shared file mappings
+    /// dirtied reaches the disk.
+    pub fn writeback_space(&mut self, asid: u32) -> Result<(), AsError> {
+        let pages = self.shared_pages(asid, 0, pagehint_abi::syscall::USER_END)?;
+        if pages.is_empty() {
+            return Ok(());
+        }
+        self.writeback(&pages)?;
+        virtio_blk::flush().map_err(|_| AsError::Io)
+    }
+
+    /// (file, page) of every cache page mapped writable and shared in
+    /// `[start, end)` of `asid`, sorted.
+    pub(super) fn shared_pages(
+        &mut self,
+        asid: u32,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u32, u64)>, AsError> {
+        let space = self.spaces.get(&asid).ok_or(AsError::NoSpace)?;
+        let mut out = Vec::new();
+        for vma in space.vmas() {
+            let (from, to) = (vma.start.max(start), vma.end.min(end));
+            let mut va = from;
+            while va < to {
+                if let (Some((file, index, true)), Some(pte)) =
+                    (vma.file_page(va), space.translate(va))
+                {
+                    let pfn = (pte & ADDR_MASK) / PAGE_SIZE;
+                    if self.frames.peek(file, index) == Some(pfn)
+                        && self.frames.flags(pfn) & (flag::WRITABLE_MAPPED | flag::DIRTY) != 0
+                    {
+                        out.push((file, index));
+                    }
+                }
+                va += PAGE_SIZE;
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// After `pwrite`: past [`DIRTY_LIMIT`] dirty pages the writer writes
+    /// [`DIRTY_BATCH`] of them back itself (no page is dirty for long, and
+    /// dirty pages, which the host can never take, stay bounded).
+    pub fn balance_dirty(&mut self) {
+        if self.stats.dirty_frames <= DIRTY_LIMIT {
+            return;
+        }
+        let pages: Vec<(u32, u64)> = self
+            .wb
+            .iter()
+            .copied()
+            .filter(|&(f, i)| {
+                self.frames
+                    .peek(f, i)
+                    .is_some_and(|p| self.frames.flags(p) & flag::DIRTY != 0)
+            })
+            .take(DIRTY_BATCH)
+            .collect();
+        let _ = self.writeback(&pages);
+    }
+}
