@@ -344,6 +344,30 @@ pub struct BlockMetrics {
     pub bad_access: Counter,
 }
 
+/// Potentially volatile frames (`--potentially-volatile`): the reclaimer's
+/// dirty-log passes and the block worker's clears of the log.
+#[derive(Debug, Default, Serialize)]
+pub struct PotentiallyVolatileMetrics {
+    /// Passes over Potentially volatile frames that ran (vCPUs paused).
+    pub passes: Counter,
+    /// Pauses of every vCPU asked for, those that timed out (the pass was
+    /// skipped), and the time from asking to resuming, in microseconds.
+    pub pauses: Counter,
+    pub pause_timeouts: Counter,
+    pub pause_us_total: Counter,
+    /// `KVM_GET_DIRTY_LOG` readings of every slot, and their time.
+    pub dirty_log_reads: Counter,
+    pub dirty_log_us_total: Counter,
+    /// Frames the log showed written: made Stable again.
+    pub found_written: Counter,
+    /// Frames the log proved clean and the pass dropped.
+    pub discarded: Counter,
+    /// `KVM_CLEAR_DIRTY_LOG` rounds of the block worker (one per request
+    /// that moved whole pages) and the frames they cleared.
+    pub clears: Counter,
+    pub cleared_pages: Counter,
+}
+
 /// Every counter of one VMM run.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -355,6 +379,7 @@ pub struct Metrics {
     pub reclaim: ReclaimMetrics,
     pub memory: MemoryMetrics,
     pub discard_faults: DiscardFaultMetrics,
+    pub potentially_volatile: PotentiallyVolatileMetrics,
 }
 
 #[cfg(test)]

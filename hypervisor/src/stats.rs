@@ -5,7 +5,8 @@
 //! Shape (names are read by the integration tests; keep them):
 //! `{"hypercalls": {...}, "exits": {...}, "frames": {...}, "reclaim":
 //! {...}, "memory": {...}, "block": {...}, "bus": {...}, "serial": {...},
-//! "discard_faults": {...}, "elapsed_ms": n}`. The file is written to `FILE.tmp` and renamed, so a
+//! "discard_faults": {...}, "potentially_volatile": {...}, "elapsed_ms":
+//! n}`. The file is written to `FILE.tmp` and renamed, so a
 //! reader never sees half a document. This module must never change a
 //! counter, and never fail the run: a write error is returned for the
 //! caller to log.
@@ -19,7 +20,7 @@ use serde::Serialize;
 use crate::frames::{FrameCounts, FrameTable};
 use crate::metrics::{
     BlockMetrics, BusMetrics, DiscardFaultMetrics, ExitMetrics, HypercallMetrics, Metrics,
-    SerialMetrics,
+    PotentiallyVolatileMetrics, SerialMetrics,
 };
 use crate::periodic::{Periodic, PeriodicThread};
 
@@ -94,6 +95,8 @@ pub struct StatsDoc<'a> {
     pub bus: &'a BusMetrics,
     pub serial: &'a SerialMetrics,
     pub discard_faults: &'a DiscardFaultMetrics,
+    /// `--potentially-volatile`'s counters (all zero without it).
+    pub potentially_volatile: &'a PotentiallyVolatileMetrics,
     pub elapsed_ms: u64,
 }
 
@@ -166,6 +169,7 @@ impl StatsSource {
             bus: &m.bus,
             serial: &m.serial,
             discard_faults: &m.discard_faults,
+            potentially_volatile: &m.potentially_volatile,
             elapsed_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }

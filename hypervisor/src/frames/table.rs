@@ -295,9 +295,14 @@ impl FrameTable {
         let (mut cur, mut _hold) = wait_not_busy(cell, marks);
         loop {
             let from = state_of(cur);
-            let to = transition(from, op, self.potentially_volatile)
+            let mut to = transition(from, op, self.potentially_volatile)
                 .ok_or(StateError::Illegal { pfn, op, from })?;
             let was_discarded = cur & DISCARDED != 0;
+            if was_discarded && to == PageState::PotentiallyVolatile {
+                // Contents gone: the page must be read again, as
+                // `state_table::guest_check_writable` does.
+                to = PageState::Stable;
+            }
             // Making a frame stable (or potentially volatile: it is about to
             // be written) tells the guest of a discard; the other hints keep
             // the mark for the next stable-making hint to report.
@@ -457,7 +462,8 @@ impl FrameTable {
 
     /// True if a touch of the frame is a discard fault: its contents are
     /// dropped (or being dropped) and a guest mapping may still reach it.
-    /// That is a Volatile frame that is DISCARDED or BUSY, and also a
+    /// That is a Volatile or Potentially volatile frame that is DISCARDED
+    /// or BUSY, and also a
     /// Stable frame still registered: one whose discard a `MAKE_STABLE` or
     /// `CHECK_WRITABLE` reported, which the guest is dropping from its
     /// cache while another CPU's mapping may still touch it (that touch
@@ -467,7 +473,7 @@ impl FrameTable {
         self.cell(pfn).is_ok_and(|c| {
             let v = c.load(Ordering::Acquire);
             match state_of(v) {
-                PageState::Volatile => v & (DISCARDED | BUSY) != 0,
+                PageState::Volatile | PageState::PotentiallyVolatile => v & (DISCARDED | BUSY) != 0,
                 PageState::Stable => self.is_registered(pfn),
                 _ => false,
             }
@@ -507,14 +513,17 @@ impl FrameTable {
         };
         let (mut cur, mut _hold) = wait_not_busy(cell, marks);
         loop {
-            if state_of(cur) != PageState::Volatile || cur & DISCARDED == 0 {
+            let from = state_of(cur);
+            let mapped_volatile =
+                matches!(from, PageState::Volatile | PageState::PotentiallyVolatile);
+            if !mapped_volatile || cur & DISCARDED == 0 {
                 return false;
             }
             // The caller unregisters it: no ARMED mark is left.
             let new = PageState::Stable as u8;
             match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    self.account(PageState::Volatile, PageState::Stable);
+                    self.account(from, PageState::Stable);
                     self.discarded_now.fetch_sub(1, Ordering::Relaxed);
                     return true;
                 }
@@ -566,6 +575,9 @@ impl FrameTable {
         self.zero_fills.load(Ordering::Relaxed)
     }
 }
+
+#[path = "table_pv.rs"]
+mod pv;
 
 #[cfg(test)]
 #[path = "table_tests.rs"]

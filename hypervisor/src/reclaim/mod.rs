@@ -23,6 +23,7 @@
 pub mod cgroup;
 pub mod eager;
 pub mod policy;
+pub mod pv;
 pub mod resident;
 #[cfg(test)]
 mod shared_stress;

@@ -536,7 +536,7 @@ fn check_returned(pfn: u64, b: u8, w: Waiting, got: &Returned, after: u8) {
         (Waiting::ForceStable, Returned::ForceStable(done)) => {
             assert_eq!(
                 *done,
-                from == Volatile && b & DISCARDED != 0,
+                matches!(from, Volatile | PotentiallyVolatile) && b & DISCARDED != 0,
                 "{pfn:#x} {b:#x}"
             );
             if *done {
@@ -605,7 +605,7 @@ fn every_entry_byte_is_handled_for_every_host_step() {
             let due = t.discard_fault_due(pfn);
             let want_due = ram
                 && match state_of(b) {
-                    Volatile => b & (DISCARDED | BUSY) != 0,
+                    Volatile | PotentiallyVolatile => b & (DISCARDED | BUSY) != 0,
                     // Nothing is registered in this test.
                     _ => false,
                 };

@@ -2,8 +2,10 @@
 //! They apply state and run vCPUs; policy (what state, which devices) comes
 //! from `arch` and `devices`, never from here.
 
+pub mod dirty_log;
 pub mod exit;
 pub mod kvm;
+pub mod pause;
 pub mod step_count;
 pub mod vcpu;
 pub mod vm;

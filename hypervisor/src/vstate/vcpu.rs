@@ -36,6 +36,7 @@ use crate::discard_fault::DiscardFaults;
 use crate::hypercall::HypercallDevice;
 use crate::metrics::Metrics;
 use crate::vstate::exit::{handle_exit, ExitDevices, Step};
+use crate::vstate::pause::VcpuGate;
 use crate::vstate::step_count::{set_single_step, StepCounter};
 
 /// Why a vCPU could not be prepared or started.
@@ -179,6 +180,7 @@ pub struct Vcpu {
     metrics: Arc<Metrics>,
     faults: Option<Arc<DiscardFaults>>,
     steps: StepCounter,
+    gate: Option<Arc<VcpuGate>>,
 }
 
 /// The doorbell's ports: served on the vCPU thread without the bus's
@@ -206,6 +208,7 @@ impl Vcpu {
             metrics,
             faults: None,
             steps: StepCounter::default(),
+            gate: None,
         }
     }
 
@@ -218,6 +221,13 @@ impl Vcpu {
     /// Delivers discard faults through `faults` (discard faults on).
     pub fn with_discard_faults(mut self, faults: Arc<DiscardFaults>) -> Self {
         self.faults = Some(faults);
+        self
+    }
+
+    /// Parks at `gate` before each `KVM_RUN` while a pause is held
+    /// (potentially volatile frames' reclaim, `crate::vstate::pause`).
+    pub fn with_pause_gate(mut self, gate: Arc<VcpuGate>) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -258,12 +268,21 @@ impl Vcpu {
             }
             BoundThread(f, u64::from(self.index))
         });
+        // Seated after the kick target is published, so a pause's kick
+        // always reaches KVM_RUN.
+        let _seat = self.gate.as_ref().map(|g| g.seat(self.index));
         loop {
             // Clear before checking: a kick after the check sets it again
             // and KVM_RUN returns at once.
             self.fd.set_kvm_immediate_exit(0);
             if stop.load(Ordering::SeqCst) {
                 return StopReason::Stopped;
+            }
+            if let Some(g) = &self.gate {
+                g.park_if_asked(stop);
+                if stop.load(Ordering::SeqCst) {
+                    return StopReason::Stopped;
+                }
             }
             if let Some(reason) = self.run_once() {
                 return reason;

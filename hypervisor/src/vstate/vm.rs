@@ -9,6 +9,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestRam;
+use crate::vstate::dirty_log::{DirtyLog, DirtyLogError};
 use crate::vstate::kvm::KvmContext;
 
 /// Guest-physical address of the three pages KVM needs for the real-mode
@@ -43,6 +44,13 @@ pub enum VmError {
     /// Enabling KVM_CAP_X86_DISABLE_EXITS failed.
     #[error("KVM_ENABLE_CAP(X86_DISABLE_EXITS, HLT) failed: {0}")]
     DisableExits(#[source] kvm_ioctls::Error),
+    /// Enabling KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 failed.
+    #[error(
+        "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2, manual protect + initially set) failed: {0}"
+    )]
+    DirtyLogProtect(#[source] kvm_ioctls::Error),
+    #[error(transparent)]
+    DirtyLog(#[from] DirtyLogError),
     #[error("KVM_CREATE_VCPU {index} failed: {source}")]
     CreateVcpu {
         index: u8,
@@ -87,13 +95,50 @@ impl Vm {
         self.fd.enable_cap(&cap).map_err(VmError::DisableExits)
     }
 
+    /// Turns on manual dirty-log protection with every bit initially set
+    /// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`, args 3): `KVM_GET_DIRTY_LOG`
+    /// then leaves the bitmap alone and only `KVM_CLEAR_DIRTY_LOG` clears
+    /// bits. Before [`Vm::register_ram_logged`].
+    pub fn enable_manual_dirty_log(&self) -> Result<(), VmError> {
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+            args: [
+                u64::from(
+                    kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+                        | kvm_bindings::KVM_DIRTY_LOG_INITIALLY_SET,
+                ),
+                0,
+                0,
+                0,
+            ],
+            ..Default::default()
+        };
+        self.fd.enable_cap(&cap).map_err(VmError::DirtyLogProtect)
+    }
+
+    /// The dirty log of `ram`'s memslots (a duplicate of the VM's fd).
+    pub fn dirty_log(&self, ram: &GuestRam) -> Result<DirtyLog, VmError> {
+        Ok(DirtyLog::new(&self.fd, ram)?)
+    }
+
     /// Registers guest RAM: memslot 0 below the MMIO hole, memslot 1 for
     /// RAM above 4 GiB when there is any.
     pub fn register_ram(&self, ram: &GuestRam) -> Result<(), VmError> {
+        self.register_ram_logged(ram, false)
+    }
+
+    /// [`Vm::register_ram`], with `KVM_MEM_LOG_DIRTY_PAGES` on every slot
+    /// when `log_dirty`.
+    pub fn register_ram_logged(&self, ram: &GuestRam, log_dirty: bool) -> Result<(), VmError> {
+        let flags = if log_dirty {
+            kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        };
         for (slot, (gpa, len)) in (RAM_SLOT..).zip(ram.ranges()) {
             let region = kvm_userspace_memory_region {
                 slot,
-                flags: 0,
+                flags,
                 guest_phys_addr: gpa,
                 memory_size: len,
                 userspace_addr: ram.host_base() + gpa,
