@@ -189,19 +189,19 @@ pub fn fwrite(rest: &str) -> u32 {
         "mmap" => How::Mmap,
         "mixed" => How::Mixed,
         other => {
-            say!("fwrite: FAIL unknown way of writing '{other}' (pwrite, mmap, mixed)");
+            say!("result: program=fwrite errors=1 reason=unknown-way-of-writing-{other} (pwrite, mmap, mixed)");
             return guest::BAD_COMMAND_LINE;
         }
     };
     let files = match Files::open(how != How::Pwrite) {
         Ok(f) => f,
         Err(e) => {
-            say!("fwrite: FAIL {e}");
+            say!("result: program=fwrite errors=1 reason={e}");
             return guest::FAILURE;
         }
     };
     let Some(ver) = expected(&files, 0, 0, seed) else {
-        say!("fwrite: FAIL no-memory");
+        say!("result: program=fwrite errors=1 reason=no-memory");
         return guest::FAILURE;
     };
     let before = kstats();
@@ -227,7 +227,7 @@ pub fn fwrite(rest: &str) -> u32 {
                     0,
                 );
                 if n != BLOCK_SIZE as i64 {
-                    say!("fwrite: FAIL pwrite of file {} block {index}: {n}", f.id);
+                    say!("result: program=fwrite errors=1 reason=pwrite-returned-{n} file={} block={index}", f.id);
                     return guest::FAILURE;
                 }
             }
@@ -266,7 +266,7 @@ pub fn fwrite(rest: &str) -> u32 {
     let read_errors = match check_by_read(&files, ver) {
         Ok(e) => e,
         Err(e) => {
-            say!("fwrite: FAIL {e}");
+            say!("result: program=fwrite errors=1 reason={e}");
             return guest::FAILURE;
         }
     };
@@ -274,8 +274,7 @@ pub fn fwrite(rest: &str) -> u32 {
     let k = counters_line(&before, &kstats());
     let ok = errors == 0 && read_errors == 0 && sync_errors == 0;
     say!(
-        "fwrite: {} rounds={rounds} pages={pages} blocks={} written={written} checked={checked} errors={errors} read_errors={read_errors} sync_errors={sync_errors} elapsed_ms={ms} {}",
-        if ok { "ok" } else { "FAIL" },
+        "result: program=fwrite rounds={rounds} pages={pages} blocks={} written={written} checked={checked} errors={errors} read_errors={read_errors} sync_errors={sync_errors} ms={ms} {}",
         files.keys,
         Counters(k)
     );
@@ -293,20 +292,19 @@ pub fn fverify(rest: &str) -> u32 {
     let files = match Files::open(false) {
         Ok(f) => f,
         Err(e) => {
-            say!("fverify: FAIL {e}");
+            say!("result: program=fverify errors=1 reason={e}");
             return guest::FAILURE;
         }
     };
     let Some(ver) = expected(&files, rounds, pages, seed) else {
-        say!("fverify: FAIL no-memory");
+        say!("result: program=fverify errors=1 reason=no-memory");
         return guest::FAILURE;
     };
     let rewritten = ver.iter().filter(|&&v| v != 0).count();
     match check_by_read(&files, ver) {
         Ok(errors) => {
             say!(
-                "fverify: {} blocks={} rewritten={rewritten} errors={errors}",
-                if errors == 0 { "ok" } else { "FAIL" },
+                "result: program=fverify blocks={} rewritten={rewritten} errors={errors}",
                 files.keys
             );
             if errors == 0 {
@@ -316,7 +314,7 @@ pub fn fverify(rest: &str) -> u32 {
             }
         }
         Err(e) => {
-            say!("fverify: FAIL {e}");
+            say!("result: program=fverify errors=1 reason={e}");
             guest::FAILURE
         }
     }
