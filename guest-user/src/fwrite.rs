@@ -272,10 +272,14 @@ pub fn fwrite(rest: &str) -> u32 {
     };
     let ms = (clock_ns() - t0) / 1_000_000;
     let k = counters_line(&before, &kstats());
-    let ok = errors == 0 && read_errors == 0 && sync_errors == 0;
+    let all = errors + read_errors + sync_errors;
+    let ok = all == 0;
+    // `bytes` counts the blocks written and checked in the rounds, so that
+    // bytes over ms is the workload's throughput.
     say!(
-        "result: program=fwrite rounds={rounds} pages={pages} blocks={} written={written} checked={checked} errors={errors} read_errors={read_errors} sync_errors={sync_errors} ms={ms} {}",
+        "result: program=fwrite rounds={rounds} pages={pages} blocks={} written={written} checked={checked} bytes={} errors={all} map_errors={errors} read_errors={read_errors} sync_errors={sync_errors} ms={ms} {}",
         files.keys,
+        (written + checked) * BLOCK_SIZE as u64,
         Counters(k)
     );
     if ok {

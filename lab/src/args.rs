@@ -47,25 +47,32 @@ pub enum Mode {
     HintingBatched,
     /// Page hinting, one exit per hint (`--hints unbatched`).
     HintingUnbatched,
+    /// Page hinting with potentially volatile pages (`--potentially-volatile`):
+    /// clean file pages mapped writable are candidates too, taken only when
+    /// KVM's dirty log proves them clean. Only the writing workload maps
+    /// file pages writable, so only it runs this mode unless asked.
+    HintingPv,
 }
 
 impl Mode {
     /// Every mode, in table order.
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::HostSwap,
         Mode::FreePageReporting,
         Mode::Hinting,
         Mode::HintingBatched,
         Mode::HintingUnbatched,
+        Mode::HintingPv,
     ];
 
     /// The modes run when none is asked for (one exit per hint is
     /// measured on request only: it changes no memory figure).
-    pub const DEFAULT: [Mode; 4] = [
+    pub const DEFAULT: [Mode; 5] = [
         Mode::HostSwap,
         Mode::FreePageReporting,
         Mode::Hinting,
         Mode::HintingBatched,
+        Mode::HintingPv,
     ];
 
     /// The name on the command line and in the results.
@@ -76,6 +83,7 @@ impl Mode {
             Mode::Hinting => "hinting",
             Mode::HintingBatched => "hinting-batched",
             Mode::HintingUnbatched => "hinting-unbatched",
+            Mode::HintingPv => "hinting-pv",
         }
     }
 }
@@ -83,7 +91,7 @@ impl Mode {
 /// Options of `vmm experiment`.
 #[derive(Debug, Clone, Args)]
 pub struct ExperimentArgs {
-    /// One workload (page-cache, kv, build, anon-free), or `density` (how
+    /// One workload (page-cache, kv, build, anon-free, write), or `density` (how
     /// many key-value guests fit under one limit, per mode); default: every
     /// workload.
     #[arg(value_name = "NAME")]

@@ -248,6 +248,15 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             continue;
         }
         let disk = match spec.params.files {
+            // A writing run starts from the generated contents: its own
+            // disk, removed after it.
+            Some(files) if spec.workload.writes_disk() => Some(run::build_disk(
+                &dir,
+                &spec.stem(),
+                spec.workload.name(),
+                files,
+                1,
+            )?),
             Some(files) if !disks.contains_key(&spec.workload) => {
                 let image = make_disk(&dir, spec.workload, files)?;
                 disks.insert(spec.workload, image.clone());
@@ -262,6 +271,9 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             disk.as_deref(),
             baseline.get(&spec.workload).copied(),
         )?;
+        if let (true, Some(d)) = (spec.workload.writes_disk(), &disk) {
+            let _ = std::fs::remove_file(d);
+        }
         let why = failure(&done.out, &done.fig);
         // A baseline that failed sets no slowdown for the others.
         if let (

@@ -14,7 +14,7 @@ use crate::args::{CgroupBudget, Mode};
 /// Why the arguments do not make a plan.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("unknown workload '{0}' (known: page-cache, kv, build, anon-free)")]
+    #[error("unknown workload '{0}' (known: page-cache, kv, build, anon-free, write)")]
     UnknownWorkload(String),
 }
 
@@ -31,14 +31,19 @@ pub enum Workload {
     Build,
     /// Anonymous memory churned in waves, freed, then an idle guest.
     AnonFree,
+    /// File blocks rewritten in place through shared writable mappings,
+    /// synced every round and read back (a database's buffer pool over
+    /// a memory-mapped file): dirty and clean writable-mapped pages.
+    Write,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::PageCache,
         Workload::KeyValue,
         Workload::Build,
         Workload::AnonFree,
+        Workload::Write,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,7 +52,14 @@ impl Workload {
             Workload::KeyValue => "kv",
             Workload::Build => "build",
             Workload::AnonFree => "anon-free",
+            Workload::Write => "write",
         }
+    }
+
+    /// Whether it writes its disk (each run then gets a fresh copy, opened
+    /// read-write).
+    pub fn writes_disk(self) -> bool {
+        self == Workload::Write
     }
 
     pub fn from_name(name: &str) -> Result<Self, PlanError> {
@@ -134,6 +146,20 @@ pub fn params(w: Workload, quick: bool) -> Params {
             words(&["copies=1", "churn-idle", "1", "6", "4500"]),
             120,
         ),
+        // 16 MiB of files mapped shared and writable; 12 rounds each
+        // rewrite 256 blocks, msync, and read 256 back.
+        (Workload::Write, false) => (
+            16 << 20,
+            Some((4, 4 << 20)),
+            words(&["copies=1", "fwrite", "12", "256", "mmap", "1"]),
+            300,
+        ),
+        (Workload::Write, true) => (
+            10 << 20,
+            Some((3, 4 << 20)),
+            words(&["copies=1", "fwrite", "4", "128", "mmap", "1"]),
+            120,
+        ),
     };
     Params {
         mem: 32 << 20,
@@ -179,7 +205,7 @@ impl RunSpec {
         !self.baseline
             && matches!(
                 self.mode,
-                Mode::Hinting | Mode::HintingBatched | Mode::HintingUnbatched
+                Mode::Hinting | Mode::HintingBatched | Mode::HintingUnbatched | Mode::HintingPv
             )
     }
 }
@@ -220,6 +246,12 @@ pub fn plan(choice: &Choice) -> Result<Vec<RunSpec>, PlanError> {
             budget: None,
         });
         for &mode in &modes {
+            // Potentially volatile pages change nothing for a guest that
+            // maps no file page writable: by default that mode runs for
+            // the writing workload only.
+            if mode == Mode::HintingPv && choice.modes.is_empty() && !w.writes_disk() {
+                continue;
+            }
             runs.push(RunSpec {
                 workload: w,
                 mode,
@@ -261,6 +293,9 @@ pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure) 
     ];
     if let Some(d) = disk {
         a.extend(["--disk".into(), d.display().to_string()]);
+        if spec.workload.writes_disk() {
+            a.push("--disk-rw".into());
+        }
     }
     // Only the hinting runs reclaim; the others hold the limit through the
     // host kernel (swap) or free page reporting alone.
@@ -286,6 +321,7 @@ pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure) 
         Mode::Hinting => {}
         Mode::HintingBatched => a.extend(["--hints".into(), "batched".into()]),
         Mode::HintingUnbatched => a.extend(["--hints".into(), "unbatched".into()]),
+        Mode::HintingPv => a.push("--potentially-volatile".into()),
     }
     a.push("--".into());
     a.extend(p_.guest.iter().cloned());
@@ -309,7 +345,9 @@ mod tests {
     #[test]
     fn the_default_matrix_is_every_workload_by_the_default_modes_plus_baselines() {
         let runs = plan(&choice(None, &[])).unwrap();
-        assert_eq!(runs.len(), 4 * (1 + 4));
+        // Four modes and a baseline per workload; the writing one also
+        // runs hinting with potentially volatile pages.
+        assert_eq!(runs.len(), 5 * (1 + 4) + 1);
         let stems: Vec<String> = runs.iter().map(RunSpec::stem).collect();
         assert_eq!(stems[0], "page-cache-baseline");
         assert_eq!(stems[1], "page-cache-host-swap");
@@ -320,6 +358,9 @@ mod tests {
         assert!(runs[0].limit.is_none() && runs[1].limit == Some(16 << 20));
         assert_eq!(runs[16].limit, Some(12 << 20));
         assert!(runs.iter().all(|r| r.budget.is_none()));
+        assert_eq!(stems[20], "write-baseline");
+        assert_eq!(stems[25], "write-hinting-pv");
+        assert!(!stems[..20].iter().any(|s| s.ends_with("hinting-pv")));
     }
 
     #[test]
@@ -376,6 +417,14 @@ mod tests {
         assert!(!h.contains("--no-hinting") && !h.contains("hints="), "{h}");
         assert!(args(4).ends_with("auto --hints batched -- copies=1 scan-mmap 2"));
         assert!(args(5).ends_with("auto --hints unbatched -- copies=1 scan-mmap 2"));
+        assert!(args(6).ends_with("auto --potentially-volatile -- copies=1 scan-mmap 2"));
+        assert!(!args(6).contains("--disk-rw"), "the scan only reads");
+        let w = plan(&choice(Some("write"), &[Mode::HintingPv])).unwrap();
+        let a = run_args(&w[1], Some(Path::new("/w.img")), Path::new("/s.json"), p).join(" ");
+        assert!(
+            a.contains("--disk /w.img --disk-rw") && a.contains("fwrite"),
+            "{a}"
+        );
     }
 
     #[test]
