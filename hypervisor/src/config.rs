@@ -213,6 +213,11 @@ pub struct VmConfig {
     pub guest_args: Vec<String>,
     /// Serve the instruction counter port (`--count-instructions`).
     pub count_instructions: bool,
+    /// Potentially volatile frames (`--potentially-volatile`): CPUID
+    /// advertises them, `CHECK_WRITABLE` keeps an intact volatile page
+    /// potentially volatile, and the reclaimer drops those KVM's dirty log
+    /// proves clean. Needs hinting with discard faults.
+    pub potentially_volatile: bool,
 }
 
 impl VmConfig {
@@ -229,6 +234,7 @@ impl VmConfig {
             stats: None,
             guest_args: Vec::new(),
             count_instructions: false,
+            potentially_volatile: false,
         }
     }
 
@@ -237,6 +243,7 @@ impl VmConfig {
     pub fn validate(&self) -> Result<u8, VmmError> {
         let vcpus = check_vcpus(self.vcpus)?;
         memory::validate_size(self.mem)?;
+        check_potentially_volatile(self.potentially_volatile, self.hints)?;
         Ok(vcpus)
     }
 
@@ -258,6 +265,25 @@ fn check_vcpus(vcpus: u32) -> Result<u8, VmmError> {
         )));
     }
     u8::try_from(vcpus).map_err(|_| VmmError::Config(format!("--vcpus {vcpus} is too large")))
+}
+
+/// Potentially volatile frames are mapped writable: the host may drop one
+/// only if a touch of it is a discard fault, so they need hinting with
+/// discard faults.
+fn check_potentially_volatile(on: bool, hints: HintMode) -> Result<(), VmmError> {
+    let why = match hints {
+        _ if !on => return Ok(()),
+        HintMode::Off => "--no-hinting",
+        HintMode::FreePageReporting => "--free-page-reporting",
+        HintMode::Hinting {
+            discard_faults: false,
+            ..
+        } => "--no-discard-faults",
+        HintMode::Hinting { .. } => return Ok(()),
+    };
+    Err(VmmError::Config(format!(
+        "--potentially-volatile needs hinting with discard faults; it cannot go with {why}"
+    )))
 }
 
 /// A size as the kernel's `memparse` reads it: `4K`, `1M`, or bytes.
@@ -349,6 +375,37 @@ mod tests {
         c.hints = fpr;
         c.guest_args = vec!["x".into()];
         assert_eq!(c.guest_cmdline_words(), ["hints=fpr", "x"]);
+    }
+
+    #[test]
+    fn potentially_volatile_needs_hinting_with_discard_faults() {
+        let mut c = VmConfig::new(Kernel::Image(Cow::Borrowed(&[])));
+        c.potentially_volatile = true;
+        assert_eq!(c.validate().unwrap(), 2);
+        for (hints, flag) in [
+            (HintMode::Off, "--no-hinting"),
+            (HintMode::FreePageReporting, "--free-page-reporting"),
+            (
+                HintMode::Hinting {
+                    discard_faults: false,
+                    transport: Transport::Shared,
+                },
+                "--no-discard-faults",
+            ),
+        ] {
+            c.hints = hints;
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.exit_status(), status::CONFIG);
+            assert!(e.to_string().contains(flag), "{e}");
+            c.potentially_volatile = false;
+            assert!(c.validate().is_ok());
+            c.potentially_volatile = true;
+        }
+        c.hints = HintMode::Hinting {
+            discard_faults: true,
+            transport: Transport::Batched,
+        };
+        assert!(c.validate().is_ok(), "batched hints take it too");
     }
 
     #[test]

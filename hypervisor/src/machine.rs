@@ -26,6 +26,7 @@ use crate::devices::disk::DiskFile;
 use crate::devices::mmio::MmioBus;
 use crate::devices::pio::{ExitDevice, PioBus};
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio_blk::PagesOnDisk;
 use crate::devices::virtio_mmio::{VirtioBlock, QUEUE_NOTIFY};
 use crate::discard_fault::handler::FaultHandler;
 use crate::discard_fault::{self, DiscardFaults};
@@ -36,9 +37,12 @@ use crate::hypercall::HypercallDevice;
 use crate::loader;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
+use crate::reclaim::pv::{PvReclaim, PAUSE_TIMEOUT};
 use crate::reclaim::{self, ReclaimConfig, Reclaimer};
 use crate::stats::{StatsSource, StatsWriter};
+use crate::vstate::dirty_log::ClearOnDisk;
 use crate::vstate::kvm::KvmContext;
+use crate::vstate::pause::VcpuGate;
 use crate::vstate::vcpu::{self, StopReason, Vcpu, VcpuDevices, VcpuHandles, VcpuReport};
 use crate::vstate::vm::Vm;
 
@@ -54,6 +58,7 @@ fn attach_disk(
     disk: DiskFile,
     mmio: &mut MmioBus,
     metrics: &Arc<Metrics>,
+    on_disk: Option<Arc<dyn PagesOnDisk>>,
 ) -> Result<(Arc<Mutex<VirtioBlock>>, EventFd), VmmError> {
     log::info!(
         "disk {} ({} sectors, {})",
@@ -65,7 +70,10 @@ fn attach_disk(
             "read-write"
         }
     );
-    let (dev, irq, notify) = VirtioBlock::new(ram.mem().clone(), disk, metrics.clone())?;
+    let (mut dev, irq, notify) = VirtioBlock::new(ram.mem().clone(), disk, metrics.clone())?;
+    if let Some(o) = on_disk {
+        dev = dev.with_pages_on_disk(o);
+    }
     vm.register_irqfd(&irq, VIRTIO_BLK_IRQ)?;
     vm.register_ioevent(&notify, VIRTIO_BLK_MMIO_BASE + QUEUE_NOTIFY)?;
     let dev = Arc::new(Mutex::new(dev));
@@ -204,6 +212,9 @@ struct Machine {
     /// The block device, waiting for its worker thread.
     disk: Option<(Arc<Mutex<VirtioBlock>>, EventFd)>,
     entry: u64,
+    /// `--potentially-volatile`: what the reclaimer's pass over those
+    /// frames needs.
+    pv: Option<PvReclaim>,
 }
 
 impl Machine {
@@ -233,12 +244,22 @@ impl Machine {
         }
         let supported = kvm.supported_cpuid()?;
         let vm = Vm::new(&kvm)?;
-        vm.register_ram(&ram)?;
+        // Potentially volatile frames: KVM's dirty log, manual protect,
+        // every bit initially set (`docs/reclaim.md`).
+        let pv = config.potentially_volatile;
+        if pv {
+            vm.enable_manual_dirty_log()?;
+        }
+        vm.register_ram_logged(&ram, pv)?;
+        let dirty = match pv {
+            true => Some(Arc::new(vm.dirty_log(&ram)?)),
+            false => None,
+        };
 
         let metrics = Arc::new(Metrics::default());
         let frames = usize::try_from(ram.frames())
             .map_err(|_| VmmError::Config("--mem is too large for this host".into()))?;
-        let table = Arc::new(FrameTable::with_hole(frames, ram.hole_frames(), false));
+        let table = Arc::new(FrameTable::with_hole(frames, ram.hole_frames(), pv));
         let mut faults = discard_faults(config, &ram, &table, &metrics, vcpu_count)?;
         if faults.is_some() {
             // Discard faults must be taken by the vCPU thread itself, not by
@@ -248,6 +269,22 @@ impl Machine {
                 faults = None;
             }
         }
+        if pv && faults.is_none() {
+            return Err(VmmError::Config(
+                "--potentially-volatile needs discard faults, which this host could not set up (see the warning above)".into(),
+            ));
+        }
+        let gate = pv.then(VcpuGate::new);
+        let pv_reclaim = match (&gate, &dirty) {
+            (Some(g), Some(d)) => Some(PvReclaim {
+                pauser: g.clone(),
+                dirty: d.clone(),
+                timeout: PAUSE_TIMEOUT,
+            }),
+            _ => None,
+        };
+        let on_disk =
+            dirty.map(|d| Arc::new(ClearOnDisk::new(d, metrics.clone())) as Arc<dyn PagesOnDisk>);
 
         let mut pio = PioBus::new(metrics.clone());
         let (serial, serial_irq) = SerialDevice::new(std::io::stdout(), metrics.clone())?;
@@ -260,11 +297,14 @@ impl Machine {
         )?;
         let mut mmio = MmioBus::new(metrics.clone());
         let disk = match disk {
-            Some(disk) => Some(attach_disk(&vm, &ram, disk, &mut mmio, &metrics)?),
+            Some(disk) => Some(attach_disk(&vm, &ram, disk, &mut mmio, &metrics, on_disk)?),
             None => None,
         };
         let hinting = config.hints.hypercalls();
-        let features = config.hints.cpuid_features(faults.is_some());
+        let mut features = config.hints.cpuid_features(faults.is_some());
+        if pv {
+            features |= pagehint_abi::cpuid::features::POTENTIALLY_VOLATILE;
+        }
         let mut hypercalls =
             HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), hinting);
         if config.hints.shared_states() {
@@ -292,6 +332,9 @@ impl Machine {
             if config.count_instructions {
                 vcpu = vcpu.with_instruction_counter();
             }
+            if let Some(g) = &gate {
+                vcpu = vcpu.with_pause_gate(g.clone());
+            }
             vcpu.configure(&supported, vcpu_count, entry, features)?;
             vcpus.push(vcpu);
         }
@@ -305,6 +348,7 @@ impl Machine {
             vcpus,
             disk,
             entry,
+            pv: pv_reclaim,
         })
     }
 
@@ -327,12 +371,13 @@ impl Machine {
             threads.block_worker = Some(BlockWorker::spawn(dev, notify)?);
         }
         let arming = self.faults.clone().map(|f| f as Arc<dyn Arming>);
-        threads.reclaimer = Some(Reclaimer::spawn(
+        threads.reclaimer = Some(Reclaimer::spawn_with_pv(
             &self.ram,
             self.table.clone(),
             self.metrics.clone(),
             reclaim_config(config),
             arming,
+            self.pv.clone(),
         )?);
         if let Some(f) = &self.faults {
             threads.fault_handler = Some(FaultHandler::spawn(f.clone())?);

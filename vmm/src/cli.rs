@@ -2,7 +2,7 @@
 //! [--timeout SECS] [--disk PATH [--disk-rw]] [--no-hinting] [--no-discard-faults]
 //! [--host-budget SIZE] [--reclaim-interval MS] [--unused-delay MS|off]
 //! [--psi [--psi-threshold PCT]]
-//! [--free-page-reporting] [--cgroup-budget auto|off]
+//! [--free-page-reporting] [--potentially-volatile] [--cgroup-budget auto|off]
 //! [--stats FILE [--stats-interval MS]] [-- ARGS...]`, the host tools
 //! `vmm gen-files` and `vmm mkdisk`, and `vmm experiment [NAME] [--mode
 //! MODE ...] [--host-budget SIZE] [--out DIR] [--quick]`.
@@ -119,6 +119,13 @@ pub struct RunArgs {
     /// guest, drops each reported free block at once and nothing else.
     #[arg(long, conflicts_with = "no_hinting")]
     pub free_page_reporting: bool,
+    /// Potentially volatile pages: clean page-cache pages the guest maps
+    /// writable stay candidates for reclaim, and the host drops one only
+    /// when KVM's dirty log proves the guest has not written it since it
+    /// was last clean (all vCPUs paused for the check). Needs hinting with
+    /// discard faults.
+    #[arg(long, conflicts_with_all = ["no_hinting", "free_page_reporting", "no_discard_faults"])]
+    pub potentially_volatile: bool,
     /// Use a memory cgroup's headroom as a budget: `auto` when the VMM
     /// runs in a memory cgroup with a limit, or `off`.
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupBudget::Auto)]
@@ -383,6 +390,23 @@ mod tests {
         assert_eq!(r.cgroup_budget, CgroupBudget::Off);
         let e = run_args(&["--free-page-reporting", "--no-hinting"]).unwrap_err();
         assert_eq!(parse_error_status(&e), USAGE);
+        assert!(!r.potentially_volatile);
+        let pv = run_args(&["--potentially-volatile", "--hints", "batched"]).unwrap();
+        assert!(pv.potentially_volatile);
+        for other in [
+            "--no-hinting",
+            "--free-page-reporting",
+            "--no-discard-faults",
+        ] {
+            let e = run_args(&["--potentially-volatile", other]).unwrap_err();
+            assert_eq!(parse_error_status(&e), USAGE, "{other}");
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or_default();
+            assert!(
+                first.contains("--potentially-volatile") && first.contains(other),
+                "{first}"
+            );
+        }
         assert!(run_args(&["--cgroup-budget", "sometimes"]).is_err());
 
         let exp = |args: &[&str]| {

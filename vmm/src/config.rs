@@ -62,6 +62,7 @@ pub fn vm_config(args: &RunArgs) -> VmConfig {
         }),
         guest_args: args.args.clone(),
         count_instructions: args.count_instructions,
+        potentially_volatile: args.potentially_volatile,
     }
 }
 
@@ -111,6 +112,9 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(config(&["--no-hinting"]).hints, HintMode::Off);
+        assert!(!config(&[]).potentially_volatile);
+        let pv = config(&["--potentially-volatile"]);
+        assert!(pv.potentially_volatile && pv.validate().is_ok());
         let c = config(&[
             "--free-page-reporting",
             "--cgroup-budget",

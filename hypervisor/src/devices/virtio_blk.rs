@@ -78,6 +78,28 @@ impl RequestError {
     }
 }
 
+/// Told, after a read or write request moved its data and before it
+/// completes, of the guest buffers whose contents now equal the disk
+/// (`--potentially-volatile`: their whole pages leave KVM's dirty log).
+pub trait PagesOnDisk: Send + Sync {
+    /// `(guest address, length)` of each data buffer.
+    fn on_disk(&self, buffers: &[(u64, u64)]);
+}
+
+/// The data buffers of a stream over `segs` from byte `skip` on.
+fn data_buffers(segs: &[Segment], mut skip: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(segs.len());
+    for s in segs {
+        if skip >= s.len {
+            skip -= s.len;
+            continue;
+        }
+        out.push((s.addr.saturating_add(skip), s.len - skip));
+        skip = 0;
+    }
+    out
+}
+
 /// One guest buffer of a chain.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -198,6 +220,7 @@ fn execute(
     descs: &[Descriptor],
     disk: &DiskFile,
     m: &BlockMetrics,
+    on_disk: Option<&dyn PagesOnDisk>,
 ) -> Result<(u32, u64), RequestError> {
     let l = split(mem, descs)?;
     if l.r_len < HEADER_LEN {
@@ -221,6 +244,9 @@ fn execute(
             let mut buf = vec![0u8; l.w_len as usize];
             disk.read_at(offset, &mut buf)?;
             copy_stream(mem, &l.writable, 0, &mut buf, true)?;
+            if let Some(o) = on_disk {
+                o.on_disk(&data_buffers(&l.writable, 0));
+            }
             m.bytes_read.add(l.w_len);
             Ok((VIRTIO_BLK_S_OK, l.w_len))
         }
@@ -239,6 +265,9 @@ fn execute(
             let mut buf = vec![0u8; len as usize];
             copy_stream(mem, &l.readable, HEADER_LEN, &mut buf, false)?;
             disk.write_at(offset, &buf)?;
+            if let Some(o) = on_disk {
+                o.on_disk(&data_buffers(&l.readable, HEADER_LEN));
+            }
             m.bytes_written.add(len);
             Ok((VIRTIO_BLK_S_OK, 0))
         }
@@ -266,6 +295,21 @@ fn execute(
 /// Serves one descriptor chain and returns the number of bytes written
 /// into its writable buffers (the used-ring length).
 pub fn process_chain<I>(mem: &GuestMemoryMmap, chain: I, disk: &DiskFile, m: &BlockMetrics) -> u32
+where
+    I: IntoIterator<Item = Descriptor>,
+{
+    process_chain_with(mem, chain, disk, m, None)
+}
+
+/// [`process_chain`], telling `on_disk` of the data buffers of every read
+/// or write that succeeded, before the status byte is written.
+pub fn process_chain_with<I>(
+    mem: &GuestMemoryMmap,
+    chain: I,
+    disk: &DiskFile,
+    m: &BlockMetrics,
+    on_disk: Option<&dyn PagesOnDisk>,
+) -> u32
 where
     I: IntoIterator<Item = Descriptor>,
 {
@@ -301,7 +345,7 @@ where
     let result = if too_long {
         Err(RequestError::ChainTooLong)
     } else {
-        execute(mem, &descs, disk, m)
+        execute(mem, &descs, disk, m, on_disk)
     };
     let (status, written) = match result {
         Ok(r) => r,
@@ -321,6 +365,10 @@ where
     // written <= MAX_DATA, so this fits.
     u32::try_from(written + 1).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+#[path = "virtio_blk_on_disk_tests.rs"]
+mod on_disk_tests;
 
 #[cfg(test)]
 mod tests {

@@ -30,7 +30,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::disk::DiskFile;
 use crate::devices::mmio::MmioDevice;
-use crate::devices::virtio_blk::{process_chain, BLOCK_SIZE, MAX_CHAIN};
+use crate::devices::virtio_blk::{process_chain_with, PagesOnDisk, BLOCK_SIZE, MAX_CHAIN};
 use crate::metrics::Metrics;
 
 /// "virt", little-endian.
@@ -93,6 +93,8 @@ pub struct VirtioBlock {
     addrs: [u64; 3],
     addrs_written: u8,
     interrupt_status: u32,
+    /// Told of the guest pages each request moved (`--potentially-volatile`).
+    on_disk: Option<Arc<dyn PagesOnDisk>>,
 }
 
 impl std::fmt::Debug for VirtioBlock {
@@ -149,8 +151,16 @@ impl VirtioBlock {
             addrs: [0; 3],
             addrs_written: 0,
             interrupt_status: 0,
+            on_disk: None,
         };
         Ok((dev, irq_out, notify_out))
+    }
+
+    /// Tells `on_disk` of the data buffers of every read and write after
+    /// the data moved and before the request completes.
+    pub fn with_pages_on_disk(mut self, on_disk: Arc<dyn PagesOnDisk>) -> Self {
+        self.on_disk = Some(on_disk);
+        self
     }
 
     /// The feature bits we offer.
@@ -366,7 +376,13 @@ impl VirtioBlock {
         let mut completed = 0u32;
         for chain in chains {
             let head = chain.head_index();
-            let len = process_chain(&self.mem, chain, &self.disk, &self.metrics.block);
+            let len = process_chain_with(
+                &self.mem,
+                chain,
+                &self.disk,
+                &self.metrics.block,
+                self.on_disk.as_deref(),
+            );
             match self.queue.add_used(&self.mem, head, len) {
                 Ok(()) => completed += 1,
                 Err(e) => {

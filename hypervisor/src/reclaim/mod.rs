@@ -8,7 +8,9 @@
 //! unused delay, whatever the budget (`eager`); then, if a budget is set
 //! and resident memory exceeds it, or host memory pressure (PSI) passes
 //! the threshold, it drops resident Unused frames, then Volatile ones,
-//! never Stable ones, until the estimate is under the budget. A memory
+//! never Stable ones, until the estimate is under the budget; with
+//! `--potentially-volatile`, then the Potentially volatile frames KVM's
+//! dirty log proves clean, with every vCPU paused (`pv`). A memory
 //! cgroup with a limit (`cgroup`) lowers the budget to the headroom it
 //! leaves. With free page reporting the thread only measures:
 //! reports are dropped on the hint path (`crate::hypercall::reporting`),
@@ -41,6 +43,7 @@ use crate::periodic::{Periodic, PeriodicThread};
 use cgroup::CgroupMemory;
 use eager::{rounds_for, EagerUnused};
 use policy::{discard_pass_with, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
+use pv::{pv_pass, PvInputs, PvReclaim};
 use resident::Residency;
 
 /// Why the reclaimer could not start.
@@ -120,6 +123,9 @@ struct Worker {
     discard: bool,
     cgroup: Option<CgroupMemory>,
     eager: Option<EagerUnused>,
+    /// `--potentially-volatile`: the pause and the dirty log of the pass
+    /// over Potentially volatile frames.
+    pv: Option<PvReclaim>,
 }
 
 impl Worker {
@@ -230,7 +236,12 @@ impl Worker {
             return;
         }
         let c = self.table.counts();
-        if c.unused.saturating_add(c.volatile) == 0 {
+        let pv_frames = self.pv.as_ref().map_or(0, |_| c.potentially_volatile);
+        if c.unused
+            .saturating_add(c.volatile)
+            .saturating_add(pv_frames)
+            == 0
+        {
             // Nothing the guest lets us drop.
             return;
         }
@@ -241,7 +252,7 @@ impl Worker {
             return;
         };
         let t = Instant::now();
-        let pass = discard_pass_with(
+        let mut pass = discard_pass_with(
             &self.table,
             &mut self.discarder,
             residency.map(),
@@ -249,6 +260,29 @@ impl Worker {
             Method::Auto,
             self.arming.as_deref(),
         );
+        if let Some(pv) = self
+            .pv
+            .as_ref()
+            .filter(|_| pv_frames > 0 && pass.pages < want)
+        {
+            let inputs = PvInputs {
+                table: &self.table,
+                resident: residency.map(),
+                want: want - pass.pages,
+                method: Method::Auto,
+                arming: self.arming.as_deref(),
+            };
+            let m = &self.metrics.potentially_volatile;
+            match pv_pass(inputs, &mut self.discarder, pv, m) {
+                Ok(r) => {
+                    pass.pages += r.pages;
+                    pass.failed += r.failed;
+                    pass.madvise_calls += r.madvise_calls;
+                    pass.process_madvise_calls += r.process_madvise_calls;
+                }
+                Err(e) => log::debug!("reclaim: potentially volatile pass skipped: {e}"),
+            }
+        }
         let us = micros(t.elapsed());
         let r = &self.metrics.reclaim;
         r.rounds.inc();
@@ -292,6 +326,21 @@ impl Reclaimer {
         config: ReclaimConfig,
         arming: Option<Arc<dyn Arming>>,
     ) -> Result<Self, ReclaimError> {
+        Self::spawn_with_pv(ram, table, metrics, config, arming, None)
+    }
+
+    /// [`Reclaimer::spawn`]; with `pv` (`--potentially-volatile`) each
+    /// budget or PSI round that still wants pages after the Volatile pass
+    /// also takes Potentially volatile frames the dirty log proves clean
+    /// (`pv`). Those are armed like Volatile ones, so they need `arming`.
+    pub fn spawn_with_pv(
+        ram: &GuestRam,
+        table: Arc<FrameTable>,
+        metrics: Arc<Metrics>,
+        config: ReclaimConfig,
+        arming: Option<Arc<dyn Arming>>,
+        pv: Option<PvReclaim>,
+    ) -> Result<Self, ReclaimError> {
         let residency = match Residency::open() {
             Ok(r) => Some(r),
             Err(e) => {
@@ -318,6 +367,7 @@ impl Reclaimer {
                 .unused_delay
                 .filter(|_| config.discard)
                 .map(|d| EagerUnused::new(frames, rounds_for(d, config.interval))),
+            pv,
         };
         let thread = PeriodicThread::spawn("reclaim", config.interval, worker)
             .map_err(ReclaimError::Spawn)?;

@@ -17,6 +17,8 @@
 //! slot it failed to read, counts as written.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_dirty_log,
@@ -26,8 +28,10 @@ use pagehint_abi::PAGE_SIZE;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::{ioctl_iow_nr, ioctl_iowr_nr};
 
+use crate::devices::virtio_blk::PagesOnDisk;
 use crate::frames::Run;
 use crate::memory::GuestRam;
+use crate::metrics::Metrics;
 use crate::vstate::vm::RAM_SLOT;
 
 const KVMIO: u32 = 0xAE;
@@ -283,6 +287,51 @@ impl DirtyLog {
                 .sum::<u64>();
         }
         Ok(pages)
+    }
+}
+
+/// The block device's side: after each read or write request it clears
+/// the bits of the whole guest pages the request's data buffers cover
+/// (their contents now equal the disk), counting the clears. A failed
+/// clear leaves bits set, which only keeps frames from being dropped.
+#[derive(Debug)]
+pub struct ClearOnDisk {
+    log: Arc<DirtyLog>,
+    metrics: Arc<Metrics>,
+    warned: AtomicBool,
+}
+
+impl ClearOnDisk {
+    pub fn new(log: Arc<DirtyLog>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            log,
+            metrics,
+            warned: AtomicBool::new(false),
+        }
+    }
+}
+
+impl PagesOnDisk for ClearOnDisk {
+    fn on_disk(&self, buffers: &[(u64, u64)]) {
+        let runs: Vec<Run> = buffers
+            .iter()
+            .filter_map(|&(addr, len)| whole_pages(addr, len))
+            .collect();
+        if runs.is_empty() {
+            return;
+        }
+        let m = &self.metrics.potentially_volatile;
+        match self.log.clear(&runs) {
+            Ok(pages) => {
+                m.clears.inc();
+                m.cleared_pages.add(pages);
+            }
+            Err(e) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    log::warn!("virtio-blk: {e}; those pages stay marked written");
+                }
+            }
+        }
     }
 }
 

@@ -139,7 +139,7 @@ fn a_guest_write_sets_its_bit_a_clear_clears_it_and_host_writes_are_not_logged()
     code.push(0xf4);
     ram.mem().write_slice(&code, GuestAddress(ENTRY)).unwrap();
     vm.register_ram_logged(&ram, true).unwrap();
-    let log = vm.dirty_log(&ram).unwrap();
+    let log = Arc::new(vm.dirty_log(&ram).unwrap());
     let mut vcpu = vm.create_vcpu(0).unwrap();
     setup_bsp(&vcpu, ENTRY).unwrap();
     let target = TARGET / PAGE_SIZE;
@@ -183,6 +183,14 @@ fn a_guest_write_sets_its_bit_a_clear_clears_it_and_host_writes_are_not_logged()
     // ... and write-protects it again: the next write sets it again.
     run_to_out(&mut vcpu);
     assert!(log.read().unwrap().written(target));
+    // The block device's clear after a request over the page and a half
+    // before it: only the whole page is cleared.
+    let metrics = Arc::new(Metrics::default());
+    let blk = ClearOnDisk::new(log.clone(), metrics.clone());
+    blk.on_disk(&[(TARGET - PAGE_SIZE / 2, PAGE_SIZE * 3 / 2)]);
+    assert!(!log.read().unwrap().written(target));
+    let m = &metrics.potentially_volatile;
+    assert_eq!((m.clears.get(), m.cleared_pages.get()), (1, 1));
 }
 
 /// Times `KVM_GET_DIRTY_LOG` of a 256 MiB and a 4 GiB slot and

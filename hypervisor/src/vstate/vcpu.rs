@@ -495,6 +495,37 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_takes_a_spinning_vcpu_out_of_kvm_run_until_it_ends() {
+        // jmp $
+        let (_vm, vcpus, metrics) = machine(&[0xeb, 0xfe]);
+        register_kick_signal().unwrap();
+        let gate = VcpuGate::new();
+        let vcpus = vcpus
+            .into_iter()
+            .map(|v| v.with_pause_gate(gate.clone()))
+            .collect();
+        let (tx, rx) = mpsc::channel();
+        let handles = VcpuHandles::spawn(vcpus, tx).unwrap();
+        while gate.seated() < 1 {
+            std::thread::yield_now();
+        }
+        for _ in 0..3 {
+            let paused = gate.pause(Duration::from_secs(5)).unwrap();
+            let interrupted = metrics.exits.interrupted.get();
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(metrics.exits.interrupted.get(), interrupted, "parked");
+            drop(paused);
+        }
+        // Stopping while paused does not wait for the pause.
+        let paused = gate.pause(Duration::from_secs(5)).unwrap();
+        drop(handles);
+        drop(paused);
+        let report = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(report.reason, StopReason::Stopped);
+        assert_eq!(gate.seated(), 0);
+    }
+
+    #[test]
     fn a_spinning_vcpu_is_kicked_out_and_joined() {
         // jmp $
         let (_vm, vcpus, _metrics) = machine(&[0xeb, 0xfe]);
