@@ -9,7 +9,9 @@
 //! [`MAX_DATA`] bytes, a data length that is a whole number of sectors, and a
 //! range inside the image. A request that fails a check completes with
 //! `VIRTIO_BLK_S_IOERR`, a counter and a log line; one with no writable
-//! status byte is completed with nothing written. This module must never
+//! status byte is completed with nothing written. A read or write that
+//! succeeded names its data buffers to a [`PagesOnDisk`], if any, before
+//! its status is written. This module must never
 //! panic on a chain the guest built, never write the image before the whole
 //! request is validated, and never touch guest memory outside the chain's
 //! own buffers.

@@ -13,8 +13,8 @@ const HDR: u64 = 0x1_0000;
 const DATA: u64 = 0x2_0000;
 const STATUS: u64 = 0x3_0000;
 
-/// One call: the buffers, and the status byte then.
-type Call = (Vec<(u64, u64)>, u8);
+/// One call: the buffers, and the status byte (or used index) then.
+type Call<T = u8> = (Vec<(u64, u64)>, T);
 
 /// Records each call, with the status byte as it was then (0xff: the
 /// request had not completed).
@@ -114,4 +114,43 @@ fn reads_and_writes_report_their_data_buffers_before_completing() {
         "a failed request moved nothing"
     );
     std::fs::remove_file(&path).ok();
+}
+
+/// Records the used ring's index each time it is told of buffers.
+struct UsedAtCall {
+    mem: GuestMemoryMmap,
+    used_idx: GuestAddress,
+    seen: Mutex<Vec<Call<u16>>>,
+}
+
+impl PagesOnDisk for UsedAtCall {
+    fn on_disk(&self, buffers: &[(u64, u64)]) {
+        let idx = self.mem.read_obj::<u16>(self.used_idx).unwrap();
+        self.seen.lock().unwrap().push((buffers.to_vec(), idx));
+    }
+}
+
+#[test]
+fn the_device_tells_before_the_used_ring_completes_the_request() {
+    use crate::devices::virtio_mmio::tests as t;
+    use std::sync::Arc;
+    let (mem, img) = (t::mem(), t::image("on-disk-order"));
+    let (dev, _irq, _notify) = t::device(&mem, &img, false);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let used_idx = GuestAddress(vq.used_addr().0 + 2);
+    let seen = Arc::new(UsedAtCall {
+        mem: mem.clone(),
+        used_idx,
+        seen: Mutex::new(Vec::new()),
+    });
+    let mut dev = dev.with_pages_on_disk(seen.clone());
+    t::make_live(&mut dev, &vq);
+    t::queue_read(&mem, &vq);
+    dev.process_queue();
+    assert_eq!(mem.read_obj::<u16>(used_idx).unwrap(), 1, "completed");
+    assert_eq!(
+        *seen.seen.lock().unwrap(),
+        [(vec![(t::DATA, 1024)], 0)],
+        "told once, before the used ring moved"
+    );
 }

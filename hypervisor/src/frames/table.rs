@@ -460,26 +460,6 @@ impl FrameTable {
         }
     }
 
-    /// True if a touch of the frame is a discard fault: its contents are
-    /// dropped (or being dropped) and a guest mapping may still reach it.
-    /// That is a Volatile or Potentially volatile frame that is DISCARDED
-    /// or BUSY, and also a
-    /// Stable frame still registered: one whose discard a `MAKE_STABLE` or
-    /// `CHECK_WRITABLE` reported, which the guest is dropping from its
-    /// cache while another CPU's mapping may still touch it (that touch
-    /// must be a discard fault, never a silent zero page). `SET_STABLE`
-    /// unregisters a frame (it is being handed out afresh, unmapped).
-    pub fn discard_fault_due(&self, pfn: u64) -> bool {
-        self.cell(pfn).is_ok_and(|c| {
-            let v = c.load(Ordering::Acquire);
-            match state_of(v) {
-                PageState::Volatile | PageState::PotentiallyVolatile => v & (DISCARDED | BUSY) != 0,
-                PageState::Stable => self.is_registered(pfn),
-                _ => false,
-            }
-        })
-    }
-
     /// Marks a frame (claimed, BUSY) registered with the discard-fault
     /// userfaultfd: the host's own mark, and ARMED in the entry for the
     /// guest to see.
@@ -501,39 +481,6 @@ impl FrameTable {
     pub fn is_registered(&self, pfn: u64) -> bool {
         self.host_marks(pfn)
             .is_some_and(|m| m.load(Ordering::Acquire) & REGISTERED != 0)
-    }
-
-    /// Breaks a discard-fault livelock: a Volatile, discarded frame becomes
-    /// Stable and no longer discarded (its contents are the zero page the
-    /// caller put there). The registered mark is left for the caller to
-    /// take. False if the frame was not Volatile and discarded.
-    pub fn force_stable(&self, pfn: u64) -> bool {
-        let (Ok(cell), Some(marks)) = (self.cell(pfn), self.host_marks(pfn)) else {
-            return false;
-        };
-        let (mut cur, mut _hold) = wait_not_busy(cell, marks);
-        loop {
-            let from = state_of(cur);
-            let mapped_volatile =
-                matches!(from, PageState::Volatile | PageState::PotentiallyVolatile);
-            if !mapped_volatile || cur & DISCARDED == 0 {
-                return false;
-            }
-            // The caller unregisters it: no ARMED mark is left.
-            let new = PageState::Stable as u8;
-            match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    self.account(from, PageState::Stable);
-                    self.discarded_now.fetch_sub(1, Ordering::Relaxed);
-                    return true;
-                }
-                Err(actual) if actual & BUSY != 0 => {
-                    _hold = None;
-                    (cur, _hold) = wait_not_busy(cell, marks);
-                }
-                Err(actual) => cur = actual,
-            }
-        }
     }
 
     /// Frames per state and discarded now. With a shared table the guest

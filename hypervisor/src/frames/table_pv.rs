@@ -1,20 +1,76 @@
-//! The state table's steps for potentially volatile frames: the dirty-log
-//! verdict on a frame (`FrameTable::demote_written`) and the check that a
-//! table takes them at all. A child of `table`, kept apart so that the
-//! table's file stays about the states every guest uses; the claim, arm,
-//! finish and abort steps are the table's own, for every class.
+//! The state table's steps for frames a guest mapping may still reach
+//! after the host dropped them (Volatile and Potentially volatile): whether
+//! a touch of one is a discard fault, the livelock breaker's way out, and
+//! the dirty log's verdict on a Potentially volatile frame
+//! (`FrameTable::demote_written`). A child of `table`, kept apart so that
+//! the table's file stays about hints and claims; the claim, arm, finish
+//! and abort steps are the table's own, for every class.
 //!
-//! This module must never drop memory, and never change a frame that is
-//! not Potentially volatile: a demotion only ever makes a frame safer.
+//! This module must never drop memory, never wait on a BUSY bit the guest
+//! wrote, and never change a frame that is not in the state a step names:
+//! a demotion or a forced stable state only ever makes a frame safer.
 
 use std::sync::atomic::Ordering;
 
 use pagehint_abi::page_state::PageState;
-use pagehint_abi::state_table::{self as entry, BUSY};
+use pagehint_abi::state_table::{self as entry, state_of, BUSY, DISCARDED};
 
-use super::{FrameTable, CLAIMED};
+use super::{wait_not_busy, FrameTable, CLAIMED};
 
 impl FrameTable {
+    /// True if a touch of the frame is a discard fault: its contents are
+    /// dropped (or being dropped) and a guest mapping may still reach it.
+    /// That is a Volatile or Potentially volatile frame that is DISCARDED
+    /// or BUSY, and also a
+    /// Stable frame still registered: one whose discard a `MAKE_STABLE` or
+    /// `CHECK_WRITABLE` reported, which the guest is dropping from its
+    /// cache while another CPU's mapping may still touch it (that touch
+    /// must be a discard fault, never a silent zero page). `SET_STABLE`
+    /// unregisters a frame (it is being handed out afresh, unmapped).
+    pub fn discard_fault_due(&self, pfn: u64) -> bool {
+        self.cell(pfn).is_ok_and(|c| {
+            let v = c.load(Ordering::Acquire);
+            match state_of(v) {
+                PageState::Volatile | PageState::PotentiallyVolatile => v & (DISCARDED | BUSY) != 0,
+                PageState::Stable => self.is_registered(pfn),
+                _ => false,
+            }
+        })
+    }
+
+    /// Breaks a discard-fault livelock: a Volatile, discarded frame becomes
+    /// Stable and no longer discarded (its contents are the zero page the
+    /// caller put there). The registered mark is left for the caller to
+    /// take. False if the frame was not Volatile and discarded.
+    pub fn force_stable(&self, pfn: u64) -> bool {
+        let (Ok(cell), Some(marks)) = (self.cell(pfn), self.host_marks(pfn)) else {
+            return false;
+        };
+        let (mut cur, mut _hold) = wait_not_busy(cell, marks);
+        loop {
+            let from = state_of(cur);
+            let mapped_volatile =
+                matches!(from, PageState::Volatile | PageState::PotentiallyVolatile);
+            if !mapped_volatile || cur & DISCARDED == 0 {
+                return false;
+            }
+            // The caller unregisters it: no ARMED mark is left.
+            let new = PageState::Stable as u8;
+            match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.account(from, PageState::Stable);
+                    self.discarded_now.fetch_sub(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(actual) if actual & BUSY != 0 => {
+                    _hold = None;
+                    (cur, _hold) = wait_not_busy(cell, marks);
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
     /// Does this table let frames become Potentially volatile (the VMM's
     /// `--potentially-volatile`)?
     pub fn potentially_volatile(&self) -> bool {
