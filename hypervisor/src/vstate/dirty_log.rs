@@ -139,9 +139,10 @@ pub struct ClearWindow {
     pub bitmap: Vec<u64>,
 }
 
-/// The clear calls for the frames of `runs`: per slot, the 64-aligned
-/// window from the first to the last wanted frame (clipped at the slot's
-/// end) with only the wanted bits. Frames outside every slot are skipped.
+/// The clear calls for the frames of `runs`: per slot, one 64-aligned
+/// window per cluster of wanted frames (frames whose bitmap words are
+/// adjacent share one), clipped at the slot's end, with only the wanted
+/// bits set. Frames outside every slot are skipped.
 pub fn clear_windows(spans: &[SlotSpan], runs: &[Run]) -> Vec<ClearWindow> {
     let mut out = Vec::new();
     for s in spans {
@@ -151,23 +152,35 @@ pub fn clear_windows(spans: &[SlotSpan], runs: &[Run]) -> Vec<ClearWindow> {
             .filter(|&p| s.contains(p))
             .map(|p| p - s.first_pfn)
             .collect();
-        let (Some(&lo), Some(&hi)) = (pages.iter().min(), pages.iter().max()) else {
-            continue;
-        };
         pages.sort_unstable();
-        let first = lo / WORD * WORD;
-        let end = (hi + 1).div_ceil(WORD).saturating_mul(WORD).min(s.pages);
-        let mut bitmap = vec![0u64; (end - first).div_ceil(WORD) as usize];
-        for p in pages {
-            let i = p - first;
-            bitmap[(i / WORD) as usize] |= 1 << (i % WORD);
+        pages.dedup();
+        let mut rest = pages.as_slice();
+        while let Some(&lo) = rest.first() {
+            // The cluster: pages whose word follows the previous one's.
+            let mut n = 1;
+            while rest
+                .get(n)
+                .is_some_and(|&p| p / WORD <= rest[n - 1] / WORD + 1)
+            {
+                n += 1;
+            }
+            let (cluster, tail) = rest.split_at(n);
+            rest = tail;
+            let hi = cluster[n - 1];
+            let first = lo / WORD * WORD;
+            let end = (hi + 1).div_ceil(WORD).saturating_mul(WORD).min(s.pages);
+            let mut bitmap = vec![0u64; (end - first).div_ceil(WORD) as usize];
+            for &p in cluster {
+                let i = p - first;
+                bitmap[(i / WORD) as usize] |= 1 << (i % WORD);
+            }
+            out.push(ClearWindow {
+                slot: s.slot,
+                first_page: first,
+                num_pages: end - first,
+                bitmap,
+            });
         }
-        out.push(ClearWindow {
-            slot: s.slot,
-            first_page: first,
-            num_pages: end - first,
-            bitmap,
-        });
     }
     out
 }

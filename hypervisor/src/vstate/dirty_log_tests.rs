@@ -85,6 +85,15 @@ fn clear_windows_are_64_aligned_hold_only_the_wanted_bits_and_stop_at_the_slot_e
     assert_eq!(w[0].bitmap, vec![1 << 3]);
     assert_eq!((w[1].slot, w[1].first_page, w[1].num_pages), (1, 64, 36));
     assert_eq!(w[1].bitmap, vec![1 << 35]);
+    // Far apart in one slot: one window each, not one across the gap.
+    let w = clear_windows(&spans, &[run(900, 1), run(3, 1), run(3, 1)]);
+    assert_eq!(w.len(), 2);
+    assert_eq!(
+        (w[0].first_page, w[0].num_pages, &w[0].bitmap),
+        (0, 64, &vec![1 << 3])
+    );
+    assert_eq!((w[1].first_page, w[1].num_pages), (896, 64));
+    assert_eq!(w[1].bitmap, vec![1 << 4]);
     assert!(clear_windows(&spans, &[run(2000, 5)]).is_empty());
     assert!(clear_windows(&spans, &[]).is_empty());
 }
