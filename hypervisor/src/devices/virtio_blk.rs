@@ -9,9 +9,10 @@
 //! [`MAX_DATA`] bytes, a data length that is a whole number of sectors, and a
 //! range inside the image. A request that fails a check completes with
 //! `VIRTIO_BLK_S_IOERR`, a counter and a log line; one with no writable
-//! status byte is completed with nothing written. A read or write that
-//! succeeded names its data buffers to a [`PagesOnDisk`], if any, before
-//! its status is written. This module must never
+//! status byte is completed with nothing written. A checked write names
+//! its data buffers to a [`PagesOnDisk`], if any, before it reads them, a
+//! read after it filled them; both before the status is written. This
+//! module must never
 //! panic on a chain the guest built, never write the image before the whole
 //! request is validated, and never touch guest memory outside the chain's
 //! own buffers.
@@ -80,9 +81,12 @@ impl RequestError {
     }
 }
 
-/// Told, after a read or write request moved its data and before it
-/// completes, of the guest buffers whose contents now equal the disk
-/// (`--potentially-volatile`: their whole pages leave KVM's dirty log).
+/// Told of the guest buffers whose contents equal the disk once the request
+/// completes (`--potentially-volatile`: their whole pages leave KVM's dirty
+/// log): for a write before its data is read from them (a write by the
+/// guest after that is logged again; a failed write leaves the guest's
+/// pages dirty, and the guest never offers a dirty page), for a read after
+/// its data is in them; always before the request completes.
 pub trait PagesOnDisk: Send + Sync {
     /// `(guest address, length)` of each data buffer.
     fn on_disk(&self, buffers: &[(u64, u64)]);
@@ -264,12 +268,15 @@ fn execute(
             }
             let len = l.r_len - HEADER_LEN;
             let offset = check_transfer(disk, sector, len)?;
-            let mut buf = vec![0u8; len as usize];
-            copy_stream(mem, &l.readable, HEADER_LEN, &mut buf, false)?;
-            disk.write_at(offset, &buf)?;
+            // Before the data is read: a guest write after this point marks
+            // the page in the dirty log again; one between the read and a
+            // later clear would be erased from it and then lost.
             if let Some(o) = on_disk {
                 o.on_disk(&data_buffers(&l.readable, HEADER_LEN));
             }
+            let mut buf = vec![0u8; len as usize];
+            copy_stream(mem, &l.readable, HEADER_LEN, &mut buf, false)?;
+            disk.write_at(offset, &buf)?;
             m.bytes_written.add(len);
             Ok((VIRTIO_BLK_S_OK, 0))
         }
