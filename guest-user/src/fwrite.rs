@@ -1,4 +1,4 @@
-//! `fwrite ROUNDS PAGES HOW [SEED]`: rewrites file blocks in place and
+//! `fwrite ROUNDS PAGES HOW [SEED [GAP_US]]`: rewrites file blocks in place and
 //! checks that every write is kept, through the page cache while the host
 //! reclaims and, with `fverify`, on the disk after a fresh boot.
 //!
@@ -6,7 +6,9 @@
 //! `mixed`). Each round rewrites PAGES whole blocks picked by a seeded
 //! generator, block `k` becoming version `round` of itself
 //! (`pagehint_abi::disk::fill_block_version`): with `pwrite`, through the
-//! shared mapping (`mmap`), or alternately (`mixed`); then syncs (`fsync`
+//! shared mapping (`mmap`), or alternately (`mixed`), GAP_US microseconds
+//! apart (default 0: a writer that races the host's reclaim spreads its
+//! writes over several reclaim rounds); then syncs (`fsync`
 //! per file or `msync` per mapping) and reads PAGES other blocks back
 //! through the mapping, checking checksum and version. At the end every
 //! block is checked through the mapping and again through `read`.
@@ -172,18 +174,33 @@ fn check_by_read(files: &Files, ver: &[u64]) -> Result<u64, &'static str> {
     Ok(errors)
 }
 
-fn parse(rest: &str) -> (u64, u64, &str, u64) {
+fn parse(rest: &str) -> (u64, u64, &str, u64, u64) {
     let mut w = rest.split_whitespace();
     let rounds = w.next().and_then(|s| s.parse().ok()).unwrap_or(20);
     let pages = w.next().and_then(|s| s.parse().ok()).unwrap_or(64);
     let how = w.next().unwrap_or("mixed");
     let seed = w.next().and_then(|s| s.parse().ok()).unwrap_or(1);
-    (rounds, pages, how, seed)
+    let gap_us = w.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (rounds, pages, how, seed, gap_us)
 }
 
-/// `fwrite ROUNDS PAGES pwrite|mmap|mixed [SEED]`.
+/// Spins in user mode for `us` microseconds (no system call per spin).
+fn spin_us(us: u64) {
+    if us == 0 {
+        return;
+    }
+    let end = clock_ns() + us * 1000;
+    while clock_ns() < end {
+        let t = crate::sys::rdtsc();
+        while crate::sys::rdtsc() - t < 20_000 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// `fwrite ROUNDS PAGES pwrite|mmap|mixed [SEED [GAP_US]]`.
 pub fn fwrite(rest: &str) -> u32 {
-    let (rounds, pages, how, seed) = parse(rest);
+    let (rounds, pages, how, seed, gap_us) = parse(rest);
     let how = match how {
         "pwrite" => How::Pwrite,
         "mmap" => How::Mmap,
@@ -233,6 +250,7 @@ pub fn fwrite(rest: &str) -> u32 {
             }
             ver[k as usize] = r;
             written += 1;
+            spin_us(gap_us);
         }
         for f in &files.list[..files.n] {
             let s = if how == How::Pwrite {
@@ -292,7 +310,7 @@ pub fn fwrite(rest: &str) -> u32 {
 /// `fverify ROUNDS PAGES HOW [SEED]`: the versions `fwrite` with the same
 /// arguments left, checked on the disk through `read`.
 pub fn fverify(rest: &str) -> u32 {
-    let (rounds, pages, _, seed) = parse(rest);
+    let (rounds, pages, _, seed, _) = parse(rest);
     let files = match Files::open(false) {
         Ok(f) => f,
         Err(e) => {
