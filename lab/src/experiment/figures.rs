@@ -86,6 +86,16 @@ pub struct Figures {
     pub discard_faults: u64,
     /// The result line's `errors=` (integrity errors), if it had one.
     pub integrity_errors: Option<u64>,
+    /// Pages the VMM wrote to the guest's disk for it (write-back).
+    pub disk_pages_written: u64,
+    /// `--potentially-volatile`: clean potentially volatile pages the host
+    /// took, written ones it gave back stable, its dirty-log reads and the
+    /// vCPU pauses around them (total µs the guest stood still, [t]).
+    pub pv_taken: u64,
+    pub pv_found_written: u64,
+    pub dirty_log_reads: u64,
+    pub pv_pauses: u64,
+    pub pv_pause_us: u64,
 }
 
 fn at(doc: &Value, path: &str) -> u64 {
@@ -201,6 +211,12 @@ pub fn figures(
         exits,
         discard_faults: at(doc, "discard_faults.injected"),
         integrity_errors: num(result, "errors"),
+        disk_pages_written: at(doc, "block.bytes_written") / PAGE,
+        pv_taken: at(doc, "potentially_volatile.discarded"),
+        pv_found_written: at(doc, "potentially_volatile.found_written"),
+        dirty_log_reads: at(doc, "potentially_volatile.dirty_log_reads"),
+        pv_pauses: at(doc, "potentially_volatile.pauses"),
+        pv_pause_us: at(doc, "potentially_volatile.pause_us_total"),
     })
 }
 
@@ -212,7 +228,7 @@ pub struct Row {
     pub figures: Result<Figures, String>,
 }
 
-const HEADER: [&str; 17] = [
+const HEADER: [&str; 19] = [
     "workload",
     "mode",
     "avg MiB",
@@ -225,6 +241,8 @@ const HEADER: [&str; 17] = [
     "swap out",
     "swap in",
     "disk pages",
+    "disk writes",
+    "pv taken/written",
     "hint exits",
     "exits",
     "discard faults",
@@ -238,6 +256,8 @@ pub const LEGEND: &str =
 back: guest RAM the host took back (resident peak - final); [t]: a time on this machine \
 (guest kernel code is emulated here, host kernel code is not), not a count; \
 every other column is a count (pages, exits, faults) that carries over to hardware; \
+pv taken/written: potentially volatile pages the host took after its dirty log proved them clean, \
+and those it found written and gave back stable (hinting-pv only); \
 OOM: the kernel's OOM killer ended the run at the limit (a result of that mode, its figures up to then).";
 
 fn cells(r: &Row) -> Vec<String> {
@@ -265,6 +285,12 @@ fn cells(r: &Row) -> Vec<String> {
         f.swap_out_pages.to_string(),
         f.swap_in_pages.to_string(),
         f.disk_pages_read.to_string(),
+        f.disk_pages_written.to_string(),
+        if f.pv_pauses == 0 {
+            "-".into()
+        } else {
+            format!("{}/{}", f.pv_taken, f.pv_found_written)
+        },
         f.hint_exits.to_string(),
         f.exits.to_string(),
         f.discard_faults.to_string(),
@@ -384,7 +410,9 @@ mod tests {
             "hypercalls": {"hint_batch": 7, "make_volatile": 2, "hello": 1},
             "exits": {"io_out": 5, "hlt": 2, "other": 1},
             "discard_faults": {"injected": 3},
-            "block": {"bytes_read": 40960},
+            "block": {"bytes_read": 40960, "bytes_written": 8192},
+            "potentially_volatile": {"discarded": 40, "found_written": 6, "pauses": 9,
+                "dirty_log_reads": 9, "pause_us_total": 900},
         });
         let r = result(&[("bytes", "4194304"), ("ms", "2000"), ("errors", "0")]);
         let mut out = outcome(doc.clone(), &[], r.clone());
@@ -416,6 +444,11 @@ mod tests {
         assert_eq!(f.slowdown, Some(2.0));
         assert_eq!(f.integrity_errors, Some(0));
         assert_eq!(f.give_back, GiveBack::NotApplicable);
+        assert_eq!(
+            (f.disk_pages_written, f.pv_taken, f.pv_found_written),
+            (2, 40, 6)
+        );
+        assert_eq!((f.dirty_log_reads, f.pv_pauses, f.pv_pause_us), (9, 9, 900));
         let mut none = out.clone();
         none.stats = None;
         assert_eq!(figures(&none, (0, 0), None), Err(FiguresError::NoStats));
