@@ -1,4 +1,5 @@
-//! Writable file pages: what is dirty, and getting it to the disk.
+//! Writable file pages: mapping them writable (seed 000's
+//! `check_writable`), what is dirty, and getting it to the disk.
 //!
 //! A cache page becomes dirty two ways: `pwrite` copies into it (the kernel
 //! sets `DIRTY` itself), or a user writes through a shared writable
@@ -25,8 +26,9 @@ use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
 use pagehint_abi::hypercall::{HintOp, HintResult};
 use pagehint_abi::PAGE_SIZE;
 
-use super::addr_space::AsError;
-use super::{hints, tlb, KernelPhys, MmState};
+use super::addr_space::{leaf_flags, AsError};
+use super::{free_frame, hints, tlb, KernelPhys, MmState};
+use crate::arch::cpu;
 use crate::drivers::virtio_blk;
 use crate::fs;
 
@@ -307,5 +309,89 @@ impl MmState {
             .take(DIRTY_BATCH)
             .collect();
         let _ = self.writeback(&pages);
+    }
+
+    /// Before the first writable PTE of cache page `pfn`: `check_writable`,
+    /// answered now when the page is volatile (the host may have taken
+    /// it). A volatile page stays potentially volatile with the VMM's
+    /// option, else becomes stable. False if the host had dropped it (the
+    /// caller drops it from the cache and the access is retried).
+    pub(super) fn writable_cache_page(&mut self, pfn: u64) -> bool {
+        let f = self.frames.flags(pfn);
+        if f & flag::WRITABLE_MAPPED != 0 {
+            return true;
+        }
+        if f & flag::VOLATILE != 0 {
+            if super::hints::check_writable_now(pfn) {
+                return false;
+            }
+            if super::hints::potentially_volatile() {
+                self.frames.set_flags(pfn, flag::POT_VOLATILE);
+                self.stats.potentially_volatile += 1;
+            } else {
+                self.frames
+                    .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
+                self.volatile = self.volatile.saturating_sub(1);
+            }
+        } else {
+            super::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
+        }
+        self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
+        if let Some(owner) = self.frames.owner(pfn) {
+            self.wb.insert(owner);
+        }
+        true
+    }
+
+    /// Maps cache page `pfn` writable at `page` (a write fault in a shared
+    /// writable file area). Consumes the caller's reference.
+    pub(super) fn map_shared_writable(
+        &mut self,
+        asid: u32,
+        page: u64,
+        pfn: u64,
+        p: u64,
+    ) -> Result<(), AsError> {
+        if !self.writable_cache_page(pfn) {
+            // The cache still holds it; `discard` drops it from there.
+            self.frames.put(pfn);
+            self.discard(pfn);
+            return Ok(());
+        }
+        let r = self.map_frame(asid, page, pfn * PAGE_SIZE, leaf_flags(p));
+        if self.frames.put(pfn) {
+            free_frame(pfn * PAGE_SIZE);
+        }
+        r
+    }
+
+    /// A write to a shared file page mapped read-only in a writable area:
+    /// the PTE becomes writable (Linux's `do_wp_page` with `page_mkwrite`).
+    pub(super) fn upgrade_shared(&mut self, asid: u32, page: u64, old: u64) -> Result<(), AsError> {
+        let pfn = (old & ADDR_MASK) / PAGE_SIZE;
+        if self.frames.flags(pfn) & flag::CACHED == 0 {
+            return Err(AsError::Fault);
+        }
+        self.frames.get(pfn);
+        if !self.writable_cache_page(pfn) {
+            self.frames.put(pfn);
+            self.discard(pfn);
+            return Ok(());
+        }
+        let pml4 = self.root(asid).ok_or(AsError::NoSpace)?;
+        let changed = Mapper::new(pml4, &mut KernelPhys).update(page, |pte| {
+            if (pte & ADDR_MASK) / PAGE_SIZE == pfn {
+                pte | pte_flags::WRITABLE
+            } else {
+                pte
+            }
+        });
+        if let Some(f) = changed {
+            cpu::invlpg(f.addr());
+        }
+        if self.frames.put(pfn) {
+            free_frame(pfn * PAGE_SIZE);
+        }
+        Ok(())
     }
 }

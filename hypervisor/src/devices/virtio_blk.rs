@@ -81,12 +81,10 @@ impl RequestError {
     }
 }
 
-/// Told of the guest buffers whose contents equal the disk once the request
-/// completes (`--potentially-volatile`: their whole pages leave KVM's dirty
-/// log): for a write before its data is read from them (a write by the
-/// guest after that is logged again; a failed write leaves the guest's
-/// pages dirty, and the guest never offers a dirty page), for a read after
-/// its data is in them; always before the request completes.
+/// Told of the guest buffers that equal the disk once the request completes
+/// (`--potentially-volatile`: their pages leave KVM's dirty log): a write's
+/// before it reads them (a later guest write is logged again), a read's
+/// after it filled them; always before the request completes.
 pub trait PagesOnDisk: Send + Sync {
     /// `(guest address, length)` of each data buffer.
     fn on_disk(&self, buffers: &[(u64, u64)]);
@@ -268,9 +266,8 @@ fn execute(
             }
             let len = l.r_len - HEADER_LEN;
             let offset = check_transfer(disk, sector, len)?;
-            // Before the data is read: a guest write after this point marks
-            // the page in the dirty log again; one between the read and a
-            // later clear would be erased from it and then lost.
+            // Before the read: a clear after it could erase the bit of a
+            // guest write that landed in between (`docs/reclaim.md`).
             if let Some(o) = on_disk {
                 o.on_disk(&data_buffers(&l.readable, HEADER_LEN));
             }
