@@ -28,7 +28,7 @@ use pagehint_abi::syscall::{nr, prot};
 
 use crate::say;
 use crate::sys::{clock_ns, kstats, syscall3, syscall5};
-use crate::workloads::{counters_line, dirent, mmap_anon, open, Counters, CHUNK};
+use crate::workloads::{counters_line, dirent, mmap_anon, open, sleep_us, Counters, CHUNK};
 use guest_user::zipf::SplitMix64;
 
 /// Most files used (a task has 64 descriptors).
@@ -102,6 +102,21 @@ impl Files {
         let i = self.list[..self.n].partition_point(|f| f.first_key + f.blocks <= k);
         let f = &self.list[i.min(self.n - 1)];
         (f, k - f.first_key)
+    }
+
+    /// Every file to the disk: `fsync` after `pwrite`, else `msync` of its
+    /// mapping. Returns how many calls failed.
+    fn sync(&self, how: How) -> u64 {
+        let mut failed = 0;
+        for f in &self.list[..self.n] {
+            let s = if how == How::Pwrite {
+                syscall3(nr::FSYNC, f.fd, 0, 0)
+            } else {
+                syscall3(nr::MSYNC, f.base, f.size, 0)
+            };
+            failed += (s != 0) as u64;
+        }
+        failed
     }
 
     /// Block `index` of `f` through its mapping.
@@ -184,20 +199,6 @@ fn parse(rest: &str) -> (u64, u64, &str, u64, u64) {
     (rounds, pages, how, seed, gap_us)
 }
 
-/// Spins in user mode for `us` microseconds (no system call per spin).
-fn spin_us(us: u64) {
-    if us == 0 {
-        return;
-    }
-    let end = clock_ns() + us * 1000;
-    while clock_ns() < end {
-        let t = crate::sys::rdtsc();
-        while crate::sys::rdtsc() - t < 20_000 {
-            core::hint::spin_loop();
-        }
-    }
-}
-
 /// `fwrite ROUNDS PAGES pwrite|mmap|mixed [SEED [GAP_US]]`.
 pub fn fwrite(rest: &str) -> u32 {
     let (rounds, pages, how, seed, gap_us) = parse(rest);
@@ -250,16 +251,9 @@ pub fn fwrite(rest: &str) -> u32 {
             }
             ver[k as usize] = r;
             written += 1;
-            spin_us(gap_us);
+            sleep_us(gap_us);
         }
-        for f in &files.list[..files.n] {
-            let s = if how == How::Pwrite {
-                syscall3(nr::FSYNC, f.fd, 0, 0)
-            } else {
-                syscall3(nr::MSYNC, f.base, f.size, 0)
-            };
-            sync_errors += (s != 0) as u64;
-        }
+        sync_errors += files.sync(how);
         let mut g = schedule(seed, r, 0x5a5a);
         for _ in 0..pages {
             let k = g.next_u64() % files.keys;
@@ -273,14 +267,7 @@ pub fn fwrite(rest: &str) -> u32 {
         let (f, index) = files.locate(k);
         errors += check(f, index, ver[k as usize], Files::mapped(f, index));
     }
-    for f in &files.list[..files.n] {
-        let s = if how == How::Pwrite {
-            syscall3(nr::FSYNC, f.fd, 0, 0)
-        } else {
-            syscall3(nr::MSYNC, f.base, f.size, 0)
-        };
-        sync_errors += (s != 0) as u64;
-    }
+    sync_errors += files.sync(how);
     let read_errors = match check_by_read(&files, ver) {
         Ok(e) => e,
         Err(e) => {
