@@ -128,3 +128,63 @@ fn timeout_stops_a_guest_that_never_exits() {
     assert!(r.elapsed < Duration::from_secs(20), "took {:?}", r.elapsed);
     one_line_error(&r.stderr);
 }
+
+#[test]
+fn sigint_and_sigterm_stop_the_guest_join_every_thread_and_write_the_final_stats() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    require_kvm();
+    for (signal, status) in [(libc::SIGINT, code::SIGINT), (libc::SIGTERM, code::SIGTERM)] {
+        let stats =
+            std::env::temp_dir().join(format!("vmm-signal-{}-{signal}.json", std::process::id()));
+        let _ = std::fs::remove_file(&stats);
+        let mut child = Command::new(common::vmm_path())
+            .args([
+                "run",
+                "--stats",
+                stats.to_str().unwrap(),
+                "--stats-interval",
+                "100",
+            ])
+            .args(["--", "copies=1", "sleep", "60000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Running: the periodic stats document appears.
+        let start = Instant::now();
+        while !stats.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no stats: not running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::remove_file(&stats).unwrap();
+        // SAFETY: kill(2) on our own child's pid, still unreaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let sent = Instant::now();
+        let exit = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "did not stop within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(exit.code(), Some(status), "{err}");
+        one_line_error(&err);
+        assert!(err.contains("stopped by signal"), "{err}");
+        // The final document, written after every thread was joined.
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        assert!(doc["exits"].is_object(), "{doc}");
+        let _ = std::fs::remove_file(&stats);
+    }
+}

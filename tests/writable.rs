@@ -67,6 +67,15 @@ fn writes_reach_the_disk_through_pwrite_and_through_shared_mappings() {
 }
 
 #[test]
+fn unsynced_writes_reach_the_disk_by_the_background_write_back_and_the_stop() {
+    // Never an fsync: an idle CPU's background passes write some pages
+    // back while the writer runs, the kernel's sync at the stop the rest.
+    let disk = Disk::new("wr-nosync", 2, "1M");
+    let out = write_then_verify(&disk, &[], "4 48 pwrite-nosync 31 2000");
+    assert!(one(&out, "fwrite", "background_passes") > 0, "{out}");
+}
+
+#[test]
 fn dirty_pages_survive_the_guests_own_reclaim() {
     // 16 MiB of files in 16 MiB of RAM: the guest's cache reclaim meets
     // dirty pages and must write them back before it frees them.

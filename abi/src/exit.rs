@@ -50,6 +50,11 @@ pub mod vmm {
     pub const UNEXPECTED_EXIT: i32 = 82;
     /// `--timeout` expired before the guest exited.
     pub const TIMEOUT: i32 = 83;
+    /// SIGINT stopped the run (128 + 2, as a shell reports it): the guest
+    /// was stopped, every thread joined, the final stats written.
+    pub const SIGINT: i32 = 130;
+    /// SIGTERM stopped the run (128 + 15), likewise.
+    pub const SIGTERM: i32 = 143;
 }
 
 /// The VMM's exit status for a guest status written to the exit port.
@@ -70,7 +75,14 @@ mod tests {
         assert_eq!(status_from_guest(0), 0);
         assert_eq!(status_from_guest(7), 7);
         assert_eq!(status_from_guest(u32::MAX), GUEST_STATUS_MAX as i32);
-        for s in [vmm::USAGE, vmm::BAD_KERNEL, vmm::NO_INPUT, vmm::TIMEOUT] {
+        for s in [
+            vmm::USAGE,
+            vmm::BAD_KERNEL,
+            vmm::NO_INPUT,
+            vmm::TIMEOUT,
+            vmm::SIGINT,
+            vmm::SIGTERM,
+        ] {
             assert!(s > GUEST_STATUS_MAX as i32);
         }
     }

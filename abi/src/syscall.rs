@@ -139,6 +139,8 @@ pub struct KernelStats {
     /// Cache pages whose dirty bit a writable mapping set (gathered
     /// through the reverse map).
     pub pte_dirty: u64,
+    /// Background write-back passes an idle CPU made.
+    pub background_passes: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.

@@ -234,6 +234,10 @@ pub fn exit_current(status: u32) -> ! {
     WORST_STATUS.fetch_max(status, Ordering::AcqRel);
     if LIVE.fetch_sub(1, Ordering::AcqRel) == 1 {
         let worst = WORST_STATUS.load(Ordering::Acquire);
+        // As a clean shutdown syncs: nothing written may stay in the cache.
+        if mm::with(|st| st.sync_all()).is_err() {
+            crate::println!("guest: write-back before the stop failed");
+        }
         crate::println!(
             "guest: all {} processes exited, status {}",
             STARTED.load(Ordering::Relaxed),
@@ -260,6 +264,8 @@ pub fn idle_loop() -> ! {
         mm::discard::flush_local();
         mm::discard::quiescent();
         mm::discard::drain();
+        // The flusher: dirty pages reach the disk while nothing else runs.
+        mm::writeback::background();
         cpu::wait_for_interrupt();
     }
 }

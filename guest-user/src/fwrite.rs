@@ -5,8 +5,10 @@
 //! Every file of the disk is mapped shared (writable for `HOW` = `mmap` or
 //! `mixed`). Each round rewrites PAGES whole blocks picked by a seeded
 //! generator, block `k` becoming version `round` of itself
-//! (`pagehint_abi::disk::fill_block_version`): with `pwrite`, through the
-//! shared mapping (`mmap`), or alternately (`mixed`), GAP_US microseconds
+//! (`pagehint_abi::disk::fill_block_version`): with `pwrite` (never
+//! synced with `pwrite-nosync`: the kernel's background write-back and its
+//! sync at the stop must carry the writes), through the shared mapping
+//! (`mmap`), or alternately (`mixed`), GAP_US microseconds
 //! apart (default 0: a writer that races the host's reclaim spreads its
 //! writes over several reclaim rounds); then syncs (`fsync`
 //! per file or `msync` per mapping) and reads PAGES other blocks back
@@ -38,6 +40,9 @@ const MAX_FILES: usize = 48;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum How {
     Pwrite,
+    /// `pwrite` and never `fsync`: the kernel's background write-back and
+    /// its sync before the machine stops must carry every write.
+    PwriteNoSync,
     Mmap,
     Mixed,
 }
@@ -107,6 +112,9 @@ impl Files {
     /// Every file to the disk: `fsync` after `pwrite`, else `msync` of its
     /// mapping. Returns how many calls failed.
     fn sync(&self, how: How) -> u64 {
+        if how == How::PwriteNoSync {
+            return 0;
+        }
         let mut failed = 0;
         for f in &self.list[..self.n] {
             let s = if how == How::Pwrite {
@@ -204,6 +212,7 @@ pub fn fwrite(rest: &str) -> u32 {
     let (rounds, pages, how, seed, gap_us) = parse(rest);
     let how = match how {
         "pwrite" => How::Pwrite,
+        "pwrite-nosync" => How::PwriteNoSync,
         "mmap" => How::Mmap,
         "mixed" => How::Mixed,
         other => {
@@ -211,7 +220,7 @@ pub fn fwrite(rest: &str) -> u32 {
             return guest::BAD_COMMAND_LINE;
         }
     };
-    let files = match Files::open(how != How::Pwrite) {
+    let files = match Files::open(matches!(how, How::Mmap | How::Mixed)) {
         Ok(f) => f,
         Err(e) => {
             say!("result: program=fwrite errors=1 reason={e}");

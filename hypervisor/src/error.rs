@@ -73,6 +73,9 @@ pub enum VmmError {
     /// `--timeout` expired.
     #[error("guest did not exit within the {0:?} timeout")]
     Timeout(Duration),
+    /// SIGINT or SIGTERM (the number) stopped the run.
+    #[error("stopped by signal {0} ({name}): the guest was stopped, every thread joined and the final stats written", name = crate::signals::name(*.0))]
+    Signal(i32),
     /// A bug of the VMM (a vCPU thread panicked or vanished).
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,6 +107,7 @@ impl VmmError {
             VmmError::KvmFailure { .. } => status::KVM_FAILURE,
             VmmError::UnexpectedExit { .. } => status::UNEXPECTED_EXIT,
             VmmError::Timeout(_) => status::TIMEOUT,
+            VmmError::Signal(s) => crate::signals::exit_status(*s),
             VmmError::Internal(_) => status::INTERNAL,
         }
     }

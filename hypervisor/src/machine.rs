@@ -12,8 +12,9 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pagehint_abi::boot::{VIRTIO_BLK_IRQ, VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use pagehint_abi::exit::status_from_guest;
@@ -39,6 +40,7 @@ use crate::memory::GuestRam;
 use crate::metrics::Metrics;
 use crate::reclaim::pv::{PvReclaim, PAUSE_TIMEOUT};
 use crate::reclaim::{self, ReclaimConfig, Reclaimer};
+use crate::signals;
 use crate::stats::{StatsSource, StatsWriter};
 use crate::vstate::dirty_log::ClearOnDisk;
 use crate::vstate::kvm::KvmContext;
@@ -408,6 +410,10 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
         machine.ram.size(),
         config.reclaim.host_budget,
     );
+    // Before any thread starts, so that all of them inherit it.
+    signals::install().map_err(|e| {
+        VmmError::Internal(format!("cannot install the SIGINT/SIGTERM handlers: {e}"))
+    })?;
     let (tx, rx) = mpsc::channel();
     let threads = machine.start(config, &stats, tx)?;
     log::info!(
@@ -415,10 +421,7 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
         machine.ram.size(),
         machine.entry
     );
-    let first = match config.timeout {
-        Some(limit) => rx.recv_timeout(limit),
-        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-    };
+    let first = wait_first(&rx, config.timeout);
     threads.stop();
     // The devices and the VM outlive every thread that used them.
     drop((machine.devices, machine.vm));
@@ -427,12 +430,42 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
 
     match first {
         Ok(report) => outcome(report),
-        Err(RecvTimeoutError::Timeout) => {
-            Err(VmmError::Timeout(config.timeout.unwrap_or_default()))
-        }
-        Err(RecvTimeoutError::Disconnected) => Err(VmmError::Internal(
+        Err(Waited::Signal(s)) => Err(VmmError::Signal(s)),
+        Err(Waited::Timeout) => Err(VmmError::Timeout(config.timeout.unwrap_or_default())),
+        Err(Waited::Disconnected) => Err(VmmError::Internal(
             "every vCPU thread ended without a report".into(),
         )),
+    }
+}
+
+/// Why the wait for the first vCPU report ended without one.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    Timeout,
+    Signal(i32),
+    Disconnected,
+}
+
+/// The first vCPU report, waited for in slices of at most
+/// [`signals::POLL`] so that SIGINT/SIGTERM and `--timeout` are seen.
+fn wait_first(rx: &Receiver<VcpuReport>, timeout: Option<Duration>) -> Result<VcpuReport, Waited> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        if let Some(s) = signals::requested() {
+            return Err(Waited::Signal(s));
+        }
+        let slice = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left.min(signals::POLL),
+                _ => return Err(Waited::Timeout),
+            },
+            None => signals::POLL,
+        };
+        match rx.recv_timeout(slice) {
+            Ok(report) => return Ok(report),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(Waited::Disconnected),
+        }
     }
 }
 
@@ -441,7 +474,6 @@ mod tests {
     use super::*;
     use crate::arch::x86_64::regs::RegDump;
     use pagehint_abi::exit::vmm as status;
-    use std::time::Duration;
 
     #[test]
     fn guest_exit_and_faults_map_to_statuses() {
@@ -460,5 +492,29 @@ mod tests {
             VmmError::Timeout(Duration::ZERO).exit_status(),
             status::TIMEOUT
         );
+        assert_eq!(VmmError::Signal(libc::SIGINT).exit_status(), status::SIGINT);
+        assert_eq!(
+            VmmError::Signal(libc::SIGTERM).exit_status(),
+            status::SIGTERM
+        );
+    }
+
+    #[test]
+    fn the_wait_ends_at_a_report_the_deadline_or_a_lost_channel() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(VcpuReport {
+            index: 0,
+            reason: StopReason::GuestExit(3),
+        })
+        .unwrap();
+        assert!(matches!(wait_first(&rx, None), Ok(r) if r.index == 0));
+        let t = Instant::now();
+        assert_eq!(
+            wait_first(&rx, Some(Duration::from_millis(250))).err(),
+            Some(Waited::Timeout)
+        );
+        assert!(t.elapsed() >= Duration::from_millis(250));
+        drop(tx);
+        assert_eq!(wait_first(&rx, None).err(), Some(Waited::Disconnected));
     }
 }

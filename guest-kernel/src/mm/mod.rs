@@ -107,6 +107,8 @@ pub struct MmState {
     /// Cache pages that are dirty or mapped writable, by (file, page): the
     /// ones `fsync`, `msync` and the write-back look at (`writeback`).
     pub wb: alloc::collections::BTreeSet<(u32, u64)>,
+    /// Where the next background write-back pass starts in `wb`.
+    pub wb_cursor: (u32, u64),
 }
 
 static MM: SpinLock<Option<MmState>> = SpinLock::new(None);
@@ -265,6 +267,7 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
         volatile: 0,
         ahead_credit: 0,
         wb: alloc::collections::BTreeSet::new(),
+        wb_cursor: (0, 0),
     });
     let high_frames = ranges
         .iter()

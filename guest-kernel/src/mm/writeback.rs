@@ -8,7 +8,9 @@
 //! Write-back sends dirty pages to the disk in runs of up to
 //! `virtio_blk::MAX_PAGES`; it runs on `fsync`, `msync`, `munmap`, before a
 //! process exits, when too many pages are dirty (from `pwrite`, as Linux's
-//! `balance_dirty_pages`), and when reclaim picks a dirty page.
+//! `balance_dirty_pages`), when reclaim picks a dirty page, on an idle CPU
+//! every half second (64 pages of the write-back set a pass, round robin:
+//! the flusher), and for everything before the machine stops.
 //!
 //! The order that keeps the host honest (`docs/reclaim.md`, "Potentially
 //! volatile frames and the dirty log"): the dirty bits are cleared and
@@ -36,6 +38,35 @@ use crate::fs;
 const DIRTY_LIMIT: u64 = 512;
 /// Pages it writes back then.
 const DIRTY_BATCH: usize = 128;
+/// Pages of the write-back set an idle CPU looks at per pass.
+const BACKGROUND_BATCH: usize = 64;
+/// Time between two background passes.
+pub const BACKGROUND_PERIOD_NS: u64 = 500_000_000;
+
+/// When the next background pass may run (kernel clock, ns).
+static NEXT_BACKGROUND: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Called by an idle CPU before it halts: at most every
+/// [`BACKGROUND_PERIOD_NS`], one background pass (`MmState::
+/// background_writeback`). Only one CPU wins each period.
+pub fn background() {
+    use core::sync::atomic::Ordering;
+    let now = crate::clock::now_ns();
+    let next = NEXT_BACKGROUND.load(Ordering::Relaxed);
+    if now < next
+        || NEXT_BACKGROUND
+            .compare_exchange(
+                next,
+                now + BACKGROUND_PERIOD_NS,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+    {
+        return;
+    }
+    super::with(|st| st.background_writeback());
+}
 
 impl MmState {
     /// Cache page `pfn` (stable) now differs from the disk.
@@ -288,6 +319,46 @@ impl MmState {
         out.sort_unstable();
         out.dedup();
         Ok(out)
+    }
+
+    /// Before the machine stops (the last process exited): every page
+    /// still dirty, `pwrite`'s included, reaches the disk, then a flush
+    /// (as a clean shutdown syncs).
+    pub fn sync_all(&mut self) -> Result<(), AsError> {
+        if self.wb.is_empty() {
+            return Ok(());
+        }
+        let pages: Vec<(u32, u64)> = self.wb.iter().copied().collect();
+        self.writeback(&pages)?;
+        virtio_blk::flush().map_err(|_| AsError::Io)
+    }
+
+    /// The background write-back of an idle CPU: the next
+    /// [`BACKGROUND_BATCH`] pages of the write-back set after the last
+    /// pass's (so every page comes round), dirty bits gathered and dirty
+    /// ones written. Nothing is flushed: that is `fsync`'s promise.
+    pub fn background_writeback(&mut self) {
+        if self.wb.is_empty() {
+            return;
+        }
+        let from = self.wb_cursor;
+        let mut pages: Vec<(u32, u64)> = self
+            .wb
+            .range(from..)
+            .take(BACKGROUND_BATCH)
+            .copied()
+            .collect();
+        if pages.len() < BACKGROUND_BATCH {
+            let more = BACKGROUND_BATCH - pages.len();
+            pages.extend(self.wb.range(..from).take(more).copied());
+            pages.sort_unstable();
+            pages.dedup();
+        }
+        if let Some(&(f, i)) = pages.last() {
+            self.wb_cursor = (f, i.saturating_add(1));
+        }
+        self.stats.background_passes += 1;
+        let _ = self.writeback(&pages);
     }
 
     /// After `pwrite`: past [`DIRTY_LIMIT`] dirty pages the writer writes
