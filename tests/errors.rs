@@ -188,3 +188,38 @@ fn sigint_and_sigterm_stop_the_guest_join_every_thread_and_write_the_final_stats
         let _ = std::fs::remove_file(&stats);
     }
 }
+
+#[test]
+fn a_forbidden_system_call_in_any_vmm_thread_stops_the_vmm_with_its_own_status() {
+    // Each kind of thread makes one call outside its filter right after
+    // installing it (the hidden test hook); the VMM must end at once with
+    // the seccomp status and one line naming the thread.
+    let disk = common::Disk::new("seccomp", 1, "64K");
+    let stats = disk.path("s.json");
+    for thread in [
+        "main",
+        "vcpu",
+        "virtio-blk",
+        "discard-faults",
+        "reclaim",
+        "stats",
+    ] {
+        let r = boot(
+            &[
+                "--disk",
+                &disk.image(),
+                "--stats",
+                &stats,
+                "--seccomp-probe",
+                thread,
+            ],
+            &["hello"],
+        );
+        r.expect_status(code::SECCOMP);
+        one_line_error(&r.stderr);
+        r.expect_stderr(&format!("seccomp: the {thread} thread made system call"));
+    }
+    // The same runs without the filters: the probe's call is harmless.
+    let r = boot(&["--no-seccomp", "--seccomp-probe", "vcpu"], &["hello"]);
+    r.expect_status(0);
+}

@@ -50,6 +50,8 @@ pub mod vmm {
     pub const UNEXPECTED_EXIT: i32 = 82;
     /// `--timeout` expired before the guest exited.
     pub const TIMEOUT: i32 = 83;
+    /// A VMM thread made a system call its seccomp filter forbids.
+    pub const SECCOMP: i32 = 84;
     /// SIGINT stopped the run (128 + 2, as a shell reports it): the guest
     /// was stopped, every thread joined, the final stats written.
     pub const SIGINT: i32 = 130;

@@ -218,6 +218,8 @@ pub struct VmConfig {
     /// potentially volatile, and the reclaimer drops those KVM's dirty log
     /// proves clean. Needs hinting with discard faults.
     pub potentially_volatile: bool,
+    /// Per-thread seccomp filters (on unless `--no-seccomp`).
+    pub seccomp: crate::seccomp::Policy,
 }
 
 impl VmConfig {
@@ -235,6 +237,7 @@ impl VmConfig {
             guest_args: Vec::new(),
             count_instructions: false,
             potentially_volatile: false,
+            seccomp: crate::seccomp::Policy::default(),
         }
     }
 

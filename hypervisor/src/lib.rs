@@ -24,6 +24,7 @@ pub mod memory;
 pub mod metrics;
 pub mod periodic;
 pub mod reclaim;
+pub mod seccomp;
 pub mod signals;
 pub mod stats;
 pub mod vstate;

@@ -40,13 +40,13 @@ use crate::memory::GuestRam;
 use crate::metrics::Metrics;
 use crate::reclaim::pv::{PvReclaim, PAUSE_TIMEOUT};
 use crate::reclaim::{self, ReclaimConfig, Reclaimer};
-use crate::signals;
 use crate::stats::{StatsSource, StatsWriter};
 use crate::vstate::dirty_log::ClearOnDisk;
 use crate::vstate::kvm::KvmContext;
 use crate::vstate::pause::VcpuGate;
 use crate::vstate::vcpu::{self, StopReason, Vcpu, VcpuDevices, VcpuHandles, VcpuReport};
 use crate::vstate::vm::Vm;
+use crate::{seccomp, signals};
 
 /// Width of the exit port (QEMU's `isa-debug-exit,iosize=0x04`).
 const EXIT_PORT_LEN: u16 = 4;
@@ -414,8 +414,12 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
     signals::install().map_err(|e| {
         VmmError::Internal(format!("cannot install the SIGINT/SIGTERM handlers: {e}"))
     })?;
+    seccomp::prepare(config.seccomp).map_err(|e| VmmError::Internal(e.to_string()))?;
     let (tx, rx) = mpsc::channel();
     let threads = machine.start(config, &stats, tx)?;
+    // Every other thread runs (each filtered itself first): the main
+    // thread's filter goes on before it waits for the guest.
+    seccomp::enter(seccomp::ThreadKind::Main).map_err(|e| VmmError::Internal(e.to_string()))?;
     log::info!(
         "running {vcpu_count} vCPU(s), {} bytes of RAM, entry {:#x}",
         machine.ram.size(),

@@ -33,9 +33,13 @@ impl PeriodicThread {
     pub fn spawn(name: &str, interval: Duration, mut job: impl Periodic) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<()>();
         let interval = interval.max(Duration::from_millis(1));
+        let thread_name = name.to_string();
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                if let Some(kind) = crate::seccomp::ThreadKind::from_name(&thread_name) {
+                    crate::seccomp::enter_or_exit(kind);
+                }
                 job.start();
                 // A message or a dropped sender both mean stop.
                 while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {

@@ -126,6 +126,14 @@ pub struct RunArgs {
     /// discard faults.
     #[arg(long, conflicts_with_all = ["no_hinting", "free_page_reporting", "no_discard_faults"])]
     pub potentially_volatile: bool,
+    /// No seccomp filters on the VMM's threads (for debugging with strace
+    /// and the like; on by default).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Test hook: the named thread (main, vcpu, virtio-blk, discard-faults,
+    /// reclaim, stats) makes a forbidden system call once its filter is on.
+    #[arg(long, hide = true, value_name = "THREAD", value_parser = parse_probe)]
+    pub seccomp_probe: Option<hypervisor::seccomp::ThreadKind>,
     /// Use a memory cgroup's headroom as a budget: `auto` when the VMM
     /// runs in a memory cgroup with a limit, or `off`.
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupBudget::Auto)]
@@ -200,6 +208,13 @@ pub fn parse_error_status(e: &clap::Error) -> i32 {
     } else {
         0
     }
+}
+
+/// `--seccomp-probe`'s thread name.
+fn parse_probe(s: &str) -> Result<hypervisor::seccomp::ThreadKind, String> {
+    hypervisor::seccomp::ThreadKind::from_name(s).ok_or_else(|| {
+        format!("unknown thread '{s}' (main, vcpu, virtio-blk, discard-faults, reclaim, stats)")
+    })
 }
 
 #[cfg(test)]

@@ -63,6 +63,10 @@ pub fn vm_config(args: &RunArgs) -> VmConfig {
         guest_args: args.args.clone(),
         count_instructions: args.count_instructions,
         potentially_volatile: args.potentially_volatile,
+        seccomp: hypervisor::seccomp::Policy {
+            enabled: !args.no_seccomp,
+            probe: args.seccomp_probe,
+        },
     }
 }
 

@@ -94,6 +94,7 @@ impl BlockWorker {
         let handle = std::thread::Builder::new()
             .name("virtio-blk".into())
             .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::BlockWorker);
                 work(&dev, &notify, &epoll);
                 drop(stop_in);
                 log::debug!("virtio-blk worker: stopped");

@@ -153,6 +153,7 @@ impl FaultHandler {
         let handle = std::thread::Builder::new()
             .name("discard-faults".into())
             .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::DiscardFaults);
                 // A panic aborts the process (the workspace's panic
                 // strategy): no handler state can be left half-updated.
                 run(&faults, &stop2);

@@ -368,6 +368,7 @@ fn spawn(
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
+            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vcpu);
             // A panic aborts the process (the workspace's one panic
             // strategy), so every report is a real end of the loop.
             let reason = vcpu.run_loop(&stop);
