@@ -1,9 +1,11 @@
-//! SIGINT and SIGTERM during `vmm run`: the handler records which signal
-//! came, and [`crate::machine::run`], which waits for the first vCPU report
-//! in slices of at most [`POLL`], sees it within one slice, stops the
-//! guest, joins every thread, writes the final stats and returns
-//! [`crate::VmmError::Signal`]: `vmm` exits 130 (SIGINT) or 143 (SIGTERM),
-//! as a shell reports a process a signal ended.
+//! SIGINT and SIGTERM, the project's one handler: it records which signal
+//! came. During `vmm run`, [`crate::machine::run`], which waits for the
+//! first vCPU report in slices of at most [`POLL`], sees it within one
+//! slice, stops the guest, joins every thread, writes the final stats and
+//! returns [`crate::VmmError::Signal`]: `vmm` exits 130 (SIGINT) or 143
+//! (SIGTERM), as a shell reports a process a signal ended. `vmm
+//! experiment` reads the same record through
+//! `lab::experiment::interrupt::set_source`.
 //!
 //! A vCPU thread that takes the signal inside `KVM_RUN` sees `EINTR` and
 //! goes on; only the main thread acts on it. The handler must never do

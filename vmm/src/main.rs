@@ -59,16 +59,30 @@ fn main() {
         },
         Command::GenFiles(args) => report(lab::tools::gen_files(&args)),
         Command::Mkdisk(args) => report(lab::tools::mkdisk(&args)),
-        Command::Experiment(args) => match lab::experiment::run(&args) {
-            Ok(line) => {
-                println!("{line}");
-                0
-            }
-            Err(e) => {
-                eprintln!("vmm: error: {e}");
-                e.exit_status()
-            }
+        Command::Experiment(args) => match experiment_signals() {
+            Err(status) => status,
+            Ok(()) => match lab::experiment::run(&args) {
+                Ok(line) => {
+                    println!("{line}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("vmm: error: {e}");
+                    e.exit_status()
+                }
+            },
         },
     };
     std::process::exit(status);
+}
+
+/// SIGINT and SIGTERM for `vmm experiment`: the hypervisor's handler (the
+/// project's one), read by the experiment's wait loop.
+fn experiment_signals() -> Result<(), i32> {
+    if let Err(e) = hypervisor::signals::install() {
+        eprintln!("vmm: error: cannot install the signal handlers: {e}");
+        return Err(pagehint_abi::exit::vmm::INTERNAL);
+    }
+    lab::experiment::interrupt::set_source(hypervisor::signals::requested);
+    Ok(())
 }

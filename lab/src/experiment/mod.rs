@@ -78,8 +78,6 @@ pub enum ExperimentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot install the signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
     #[error("cannot find this program's executable: {0}")]
     Exe(#[source] std::io::Error),
     #[error("{failed} of {runs} runs failed or could not run (see the table and the logs in {})", dir.display())]
@@ -187,10 +185,11 @@ fn failure(out: &Outcome, fig: &Result<Figures, String>) -> Option<String> {
 }
 
 /// Runs the experiment (`density`: the density experiment); prints the
-/// table; returns the closing line. SIGINT and SIGTERM stop it: the runs
-/// under way are killed, what was made is removed, and the error says so.
+/// table; returns the closing line. SIGINT and SIGTERM stop it (once the
+/// caller gave [`interrupt::set_source`] its signal handler's reader): the
+/// runs under way are killed, what was made is removed, and the error
+/// says so.
 pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
-    interrupt::install().map_err(ExperimentError::Signals)?;
     if args.name.as_deref() == Some("density") {
         return density::run(args);
     }
