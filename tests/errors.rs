@@ -223,3 +223,74 @@ fn a_forbidden_system_call_in_any_vmm_thread_stops_the_vmm_with_its_own_status()
     let r = boot(&["--no-seccomp", "--seccomp-probe", "vcpu"], &["hello"]);
     r.expect_status(0);
 }
+
+#[test]
+fn a_disk_truncated_under_a_running_guest_gives_it_io_errors_not_a_crash() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    // The host takes the disk away from under the guest (the file is cut
+    // to 64 KiB once the guest mounted it): every read past the cut fails
+    // on the host side; the guest must see I/O errors and say so, and the
+    // VMM must neither panic nor hang.
+    let disk = common::Disk::new("truncate", 5, "4M");
+    let image = disk.image();
+    let mut child = Command::new(common::vmm_path())
+        .args(["run", "--mem", "32M", "--timeout", "120", "--disk", &image])
+        .args(["--", "copies=1", "scan-read", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("guest: disk ") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the guest never found its disk");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(64 << 10)
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "hung after the cut"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(guest::FAILURE as i32), "{out}\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+    assert!(err.contains("disk I/O failed"), "the host says why: {err}");
+    assert!(
+        out.contains("disk read of file"),
+        "the guest says which read failed: {out}"
+    );
+    let errors = common::results(&out, "scan-read", "errors");
+    assert!(errors.len() == 1 && errors[0] > 0, "{out}");
+}
