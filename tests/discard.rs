@@ -47,7 +47,13 @@ fn mmap_scan_under_a_budget_takes_discard_faults_and_loses_nothing() {
         r.stdout
     );
     let doc = stats(&s);
-    assert!(get(&doc, "discard_faults.injected") > 0, "{doc}");
+    // Seen once (1 CI run in about 10 today): 0 injected, 6,512 pages
+    // dropped, the guest re-reading instead; the console says how.
+    assert!(
+        get(&doc, "discard_faults.injected") > 0,
+        "{doc}\n--- stdout\n{}",
+        r.stdout
+    );
     let guest_faults: u64 = results(&r.stdout, "scan-mmap", "discard_faults")
         .iter()
         .sum();
