@@ -25,6 +25,7 @@ use alloc::vec::Vec;
 
 use guest_kernel::frames::{flag, Mapping};
 use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
+use guest_kernel::vma::Backing;
 use pagehint_abi::hypercall::{HintOp, HintResult};
 use pagehint_abi::PAGE_SIZE;
 
@@ -299,7 +300,14 @@ impl MmState {
     ) -> Result<Vec<(u32, u64)>, AsError> {
         let space = self.spaces.get(&asid).ok_or(AsError::NoSpace)?;
         let mut out = Vec::new();
-        for vma in space.vmas() {
+        // Every page this can find is in the write-back set (dirty or
+        // mapped writable): without one, `munmap` and exit walk nothing.
+        if self.wb.is_empty() {
+            return Ok(out);
+        }
+        let shared_file =
+            |v: &&guest_kernel::vma::Vma| matches!(v.backing, Backing::File { shared: true, .. });
+        for vma in space.vmas().filter(shared_file) {
             let (from, to) = (vma.start.max(start), vma.end.min(end));
             let mut va = from;
             while va < to {
