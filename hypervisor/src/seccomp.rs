@@ -203,7 +203,20 @@ thread_local! {
 /// errno, code, padding and `si_call_addr`).
 const SI_SYSCALL: usize = 24;
 
+/// Set by the first thread to reach the SIGSYS handler: when several
+/// threads break their filters at once (every vCPU running the same code),
+/// only the first writes its line and ends the process; the others wait
+/// for that exit instead of writing a second line.
+static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    if REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // Another thread is writing the line and will end the process;
+        // calling _exit here could end it before that line is written.
+        loop {
+            std::hint::spin_loop();
+        }
+    }
     // SAFETY: the kernel passes a valid siginfo_t for SIGSYS, whose
     // `si_syscall` (an int) sits at SI_SYSCALL.
     let nr = unsafe { std::ptr::read_unaligned((info as *const u8).add(SI_SYSCALL) as *const i32) };
