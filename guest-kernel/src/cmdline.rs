@@ -3,7 +3,9 @@
 //! Grammar: words separated by spaces. Words of the form `key=value` are
 //! kernel options; the first other word names the program and the rest are
 //! its arguments. Options known today: `copies=N` (run N instances of the
-//! program; default one per CPU for programs that say so).
+//! program; default one per CPU for programs that say so), `hints=`,
+//! `scribble=N` and `hcnoise=N` (misbehaving-guest stress), and
+//! `virtio_mmio.device=`.
 
 /// Longest argument string passed to a program.
 pub const MAX_ARGS: usize = 256;
@@ -24,6 +26,9 @@ pub struct Cmdline<'a> {
     /// `scribble=N`: write N random bytes a tick into shared-table entries
     /// no workload uses (a misbehaving guest, for the VMM's stress tests).
     pub scribble: u32,
+    /// `hcnoise=N`: send N garbage hypercalls every 10 ticks on every CPU (a
+    /// misbehaving guest, for the VMM's soak).
+    pub hcnoise: u32,
 }
 
 /// The `hints=` option.
@@ -81,6 +86,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
     let mut copies = None;
     let mut virtio_mmio = None;
     let mut scribble = 0;
+    let mut hcnoise = 0;
     let mut hints = HintsOption::default();
     let mut args = "";
     let mut rest = text.trim();
@@ -111,6 +117,9 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
                     "scribble" => {
                         scribble = value.parse().map_err(|_| CmdlineError::BadOption)?;
                     }
+                    "hcnoise" => {
+                        hcnoise = value.parse().map_err(|_| CmdlineError::BadOption)?;
+                    }
                     pagehint_abi::boot::VIRTIO_MMIO_CMDLINE_KEY => {
                         virtio_mmio =
                             Some(parse_virtio_mmio(value).ok_or(CmdlineError::BadOption)?);
@@ -134,6 +143,7 @@ pub fn parse(text: &str) -> Result<Cmdline<'_>, CmdlineError> {
         copies,
         virtio_mmio,
         scribble,
+        hcnoise,
         hints,
     })
 }
@@ -199,6 +209,8 @@ mod tests {
         assert_eq!(parse("scribble=8 hello").unwrap().scribble, 8);
         assert_eq!(parse("hello").unwrap().scribble, 0);
         assert_eq!(parse("scribble=x hello"), Err(CmdlineError::BadOption));
+        assert_eq!(parse("hcnoise=4 hello").unwrap().hcnoise, 4);
+        assert_eq!(parse("hcnoise=-1 hello"), Err(CmdlineError::BadOption));
     }
 
     #[test]

@@ -48,6 +48,11 @@ impl Hypervisor {
     }
 }
 
+/// Whether a VMM of ours answered CPUID with a hypercall port.
+pub fn present() -> bool {
+    PORT.load(Ordering::Relaxed) != 0
+}
+
 /// Issues one hypercall: the VMM's result (the unknown wire value as the
 /// error), or `None` when no VMM of ours is present.
 pub fn call(req: Request) -> Option<Result<CallResult, i32>> {

@@ -159,6 +159,12 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             }
         }
     }
+    if mm::noise::start(u64::from(cmd.hcnoise)) {
+        println!(
+            "guest: sending {} garbage hypercalls every 10 ticks on every cpu (a stress test)",
+            cmd.hcnoise
+        );
+    }
     let wanted = smp::cpu_count();
     let cpus = smp::start_aps(wanted, hv.map_or(0, |h| h.tsc_khz));
     println!(

@@ -213,6 +213,7 @@ pub fn tick(frame: &TrapFrame) {
         mm::report_free_pages();
     }
     mm::scribble::tick();
+    mm::noise::tick(ticks);
     if frame.came_from_user() {
         // Hints must not wait for ever behind a busy user program, nor
         // discarded frames whose grace period is over.
@@ -237,6 +238,14 @@ pub fn exit_current(status: u32) -> ! {
         // As a clean shutdown syncs: nothing written may stay in the cache.
         if mm::with(|st| st.sync_all()).is_err() {
             crate::println!("guest: write-back before the stop failed");
+        }
+        if mm::noise::SENT.load(Ordering::Relaxed) > 0 {
+            crate::println!(
+                "guest: hcnoise: {} garbage hypercalls sent, {} refused, {} odd doorbell writes",
+                mm::noise::SENT.load(Ordering::Relaxed),
+                mm::noise::REFUSED.load(Ordering::Relaxed),
+                mm::noise::ODD_WRITES.load(Ordering::Relaxed)
+            );
         }
         crate::println!(
             "guest: all {} processes exited, status {}",

@@ -23,16 +23,16 @@ use guest_user::zipf::{fill_cdf, rank_of, ranks_holding, scramble, SplitMix64};
 
 /// One mapped file: where its blocks are, and its first key.
 #[derive(Clone, Copy)]
-struct Mapped {
-    base: *const u8,
-    size: u64,
-    first_key: u64,
-    id: u32,
+pub(crate) struct Mapped {
+    pub(crate) base: *const u8,
+    pub(crate) size: u64,
+    pub(crate) first_key: u64,
+    pub(crate) id: u32,
 }
 
 /// Arrays in anonymous memory (user programs have no heap): zeroed
 /// on first touch, never freed (the program exits).
-fn alloc<T>(n: usize) -> Option<&'static mut [T]> {
+pub(crate) fn alloc<T>(n: usize) -> Option<&'static mut [T]> {
     let len = (n.max(1) * core::mem::size_of::<T>()).next_multiple_of(4096) as u64;
     let p = mmap_anon(len)? as *mut T;
     // SAFETY: a fresh, zero-filled, read-write mapping big enough for `n`
@@ -44,7 +44,7 @@ fn alloc<T>(n: usize) -> Option<&'static mut [T]> {
 
 /// Maps every file of the disk shared and read-only; the table and the
 /// key count, or why not.
-fn map_files() -> Result<(&'static [Mapped], u64), &'static str> {
+pub(crate) fn map_files() -> Result<(&'static [Mapped], u64), &'static str> {
     let mut count = 0;
     while dirent(count).is_some() {
         count += 1;

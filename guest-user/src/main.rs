@@ -14,6 +14,7 @@ use pagehint_abi::syscall::{nr, prot};
 use sys::{clock_ns, cpu, exit, pid, syscall3, write};
 
 mod build;
+mod cycle;
 mod fwrite;
 mod kv;
 mod sys;
@@ -51,6 +52,7 @@ extern "C" fn _start(args_ptr: *const u8, args_len: usize, instance: u64) -> ! {
         "mprotect" => workloads::mprotect_toggle(rest),
         "cow" => workloads::cow(arg_u64(rest, 1)),
         "kv" => kv::kv(rest, instance),
+        "cycle" => cycle::cycle(rest),
         "build" => build::build(rest),
         "fwrite" | "fverify" if instance > 0 => {
             say!("{program}: instance {instance} stands aside: one writer per disk (copies=1 runs one)");

@@ -11,6 +11,7 @@ pub mod addr_space;
 pub mod discard;
 pub mod filemap;
 pub mod hints;
+pub mod noise;
 pub mod report;
 pub mod scribble;
 pub mod tlb;

@@ -1,0 +1,66 @@
+//! The short soak CI runs (`scripts/soak.sh` runs the long one): the
+//! `cycle` workload turns pages over on both vCPUs under a tight host
+//! budget, every block verified, while every CPU sends garbage hypercalls
+//! and scribbles garbage into shared-table entries no workload uses. The
+//! guest must lose no byte, the VMM must answer every garbage call with
+//! an error and go on, and the cycles must really happen (the host took
+//! pages the guest then found gone and read again).
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{boot, json_u64 as get, read_stats as stats, results, Disk};
+
+#[test]
+fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
+    let disk = Disk::new("soak", 3, "2M");
+    let s = disk.path("stats.json");
+    let r = boot(
+        &[
+            "--mem",
+            "32M",
+            "--vcpus",
+            "2",
+            "--disk",
+            &disk.image(),
+            "--host-budget",
+            "6M",
+            "--reclaim-interval",
+            "10",
+            "--stats",
+            &s,
+        ],
+        &["hcnoise=1", "scribble=2", "copies=2", "cycle", "30", "10"],
+    );
+    let console = format!("{}\n{}", r.stdout, r.stderr);
+    r.expect_status(0);
+    let errors = results(&r.stdout, "cycle", "errors");
+    assert_eq!(errors, vec![0, 0], "{console}");
+    let cycles = *results(&r.stdout, "cycle", "cycles").iter().max().unwrap();
+    let doc = stats(&s);
+    // Every cycle is a page the host took: the guest cannot find more
+    // pages gone than the host dropped.
+    let discarded = get(&doc, "reclaim.pages_discarded");
+    assert!(cycles > 0, "no page was taken and read again: {console}");
+    assert!(cycles <= discarded, "{cycles} > {discarded}: {doc}");
+    assert!(get(&doc, "discard_faults.injected") > 0, "{doc}");
+    // The noise was sent and refused.
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("guest: hcnoise:"))
+        .unwrap_or_else(|| panic!("no noise count: {console}"));
+    let sent: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let refused: u64 = line.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert!(sent > 0 && refused > 0, "{line}");
+    let answered: u64 = doc["hypercalls"]["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert!(answered >= refused, "{answered} < {refused}: {doc}");
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
