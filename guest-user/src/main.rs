@@ -53,6 +53,7 @@ extern "C" fn _start(args_ptr: *const u8, args_len: usize, instance: u64) -> ! {
         "cow" => workloads::cow(arg_u64(rest, 1)),
         "kv" => kv::kv(rest, instance),
         "cycle" => cycle::cycle(rest),
+        "flood" => flood(arg_u64(rest, 5)),
         "build" => build::build(rest),
         "fwrite" | "fverify" if instance > 0 => {
             say!("{program}: instance {instance} stands aside: one writer per disk (copies=1 runs one)");
@@ -61,7 +62,7 @@ extern "C" fn _start(args_ptr: *const u8, args_len: usize, instance: u64) -> ! {
         "fwrite" => fwrite::fwrite(rest),
         "fverify" => fwrite::fverify(rest),
         _ => {
-            say!("unknown program '{program}' (known: hello preempt mm segv exit files scan-read scan-mmap churn churn-idle sleep mprotect cow kv build fwrite fverify crash-kernel triple-fault portio kbench bad-hints discard-list-test)");
+            say!("unknown program '{program}' (known: hello preempt mm segv exit flood files scan-read scan-mmap churn churn-idle sleep mprotect cow kv cycle build fwrite fverify crash-kernel triple-fault portio kbench bad-hints discard-list-test)");
             guest::BAD_COMMAND_LINE
         }
     };
@@ -167,6 +168,22 @@ fn mm(pages: u64) -> u32 {
     } else {
         guest::FAILURE
     }
+}
+
+/// `flood SECONDS`: console output as fast as the kernel takes it, for
+/// SECONDS of the kernel's clock (a guest that floods its console: the
+/// VMM must neither buffer it without bound nor miss its `--timeout`).
+fn flood(seconds: u64) -> u32 {
+    let end = clock_ns() + seconds * 1_000_000_000;
+    let mut lines = 0u64;
+    while clock_ns() < end {
+        for _ in 0..16 {
+            say!("flood: line {lines:012} ................................................................");
+            lines += 1;
+        }
+    }
+    say!("result: program=flood lines={lines} errors=0");
+    guest::SUCCESS
 }
 
 /// Writes to a read-only mapping: the kernel must end this process.

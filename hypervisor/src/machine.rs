@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{HintMode, Kernel, VmConfig};
 use crate::devices::blk_worker::BlockWorker;
+use crate::devices::console_out::ConsoleOut;
 use crate::devices::disk::DiskFile;
 use crate::devices::mmio::MmioBus;
 use crate::devices::pio::{ExitDevice, PioBus};
@@ -289,7 +290,10 @@ impl Machine {
             dirty.map(|d| Arc::new(ClearOnDisk::new(d, metrics.clone())) as Arc<dyn PagesOnDisk>);
 
         let mut pio = PioBus::new(metrics.clone());
-        let (serial, serial_irq) = SerialDevice::new(std::io::stdout(), metrics.clone())?;
+        let (serial, serial_irq) = SerialDevice::new(
+            ConsoleOut::new(libc::STDOUT_FILENO, metrics.clone()),
+            metrics.clone(),
+        )?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)?;
         pio.insert(COM1_BASE, COM1_LEN, Arc::new(Mutex::new(serial)))?;
         pio.insert(

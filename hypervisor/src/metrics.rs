@@ -311,6 +311,11 @@ pub struct MemoryMetrics {
 pub struct SerialMetrics {
     /// Register writes the UART model refused or could not complete.
     pub write_errors: Counter,
+    /// Console bytes dropped: stdout did not take them in time (the
+    /// buffer was full, or the VMM stopped), or stdout was gone.
+    pub dropped_bytes: Counter,
+    /// Times console output found stdout full and waited in the buffer.
+    pub stalls: Counter,
 }
 
 /// The virtio block device.

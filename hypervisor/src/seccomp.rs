@@ -107,8 +107,15 @@ const BASE: &[i64] = &[
 ];
 
 /// vCPU threads: `KVM_RUN` and the other vCPU and VM ioctls, userfaultfd
-/// ioctls of the hint path, free page reporting's drops.
-const VCPU: &[i64] = &[libc::SYS_ioctl, libc::SYS_process_madvise, libc::SYS_read];
+/// ioctls of the hint path, free page reporting's drops, and `poll` on
+/// stdout before console output is written (it must never block).
+const VCPU: &[i64] = &[
+    libc::SYS_ioctl,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_process_madvise,
+    libc::SYS_read,
+];
 
 /// The block worker: its eventfds and epoll, the image file, dirty-log
 /// clears.
@@ -178,6 +185,7 @@ const MAIN: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_openat,
     libc::SYS_poll,
+    libc::SYS_ppoll,
     libc::SYS_read,
     libc::SYS_rename,
     libc::SYS_statx,

@@ -3,6 +3,7 @@
 
 pub mod blk_worker;
 pub mod bus;
+pub mod console_out;
 pub mod disk;
 pub mod mmio;
 pub mod pio;

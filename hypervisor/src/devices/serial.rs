@@ -1,8 +1,9 @@
-//! The guest console: a 16550 UART (vm-superio) on COM1 writing to stdout.
+//! The guest console: a 16550 UART (vm-superio) on COM1 writing to stdout
+//! through a bounded, non-blocking buffer (`console_out`).
 //!
 //! Output is line-buffered: the UART model flushes after every byte, so the
-//! writer here only passes a flush on once a line is complete (the VMM
-//! flushes the rest when it stops). The UART raises IRQ 4 through an
+//! writer here only passes a flush on once a line is complete (the buffer
+//! writes the rest, with a bounded wait, when the device is dropped). The UART raises IRQ 4 through an
 //! eventfd registered as a KVM irqfd. This module must never block on, or
 //! fail the guest because of, a broken stdout.
 
