@@ -380,6 +380,82 @@ fn the_cgroups_and_the_swap_file_are_gone_afterwards() {
 }
 
 #[test]
+fn an_interrupted_experiment_keeps_what_finished_and_says_what_did_not_run() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    // After the big experiment: two at once would disturb its figures.
+    let _ = results();
+    let dir = std::env::temp_dir().join(format!("vmm-exp-stop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = dir.with_extension("err");
+    let mut child = Command::new(common::vmm_path())
+        .args(["experiment", "anon-free", "--quick", "--mode", "hinting"])
+        .args([
+            "--mode",
+            "free-page-reporting",
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    // The first run (the baseline) has written its document: stop then.
+    let finished = |d: &PathBuf| {
+        std::fs::read_dir(d).ok().is_some_and(|rd| {
+            rd.filter_map(Result::ok).any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.ends_with(".json") && !n.ends_with(".stats.json") && n != "summary.json"
+            })
+        })
+    };
+    let start = Instant::now();
+    while !finished(&dir) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no run finished: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid, still unreaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(30), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("stopped by signal 2 after 1 of 3 runs"),
+        "{err}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["interrupted_by_signal"], 2, "{summary}");
+    assert_eq!(summary["runs"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!(summary["not_run"].as_array().unwrap().len(), 2, "{summary}");
+    let table = std::fs::read_to_string(dir.join("table.txt")).unwrap();
+    assert!(table.contains("anon-free"), "{table}");
+    // Its disk images and swap file are gone.
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".img") || n.ends_with(".swap"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&stderr);
+}
+
+#[test]
 fn a_cgroup_that_cannot_be_made_ends_the_experiment_at_once() {
     require_kvm();
     // A plain directory is no memory cgroup.

@@ -103,6 +103,43 @@ impl ExperimentError {
     }
 }
 
+/// After a stop by `signal`: the table of the runs that finished and
+/// `summary.json` with them, the signal, and the runs not done; one line
+/// on stderr says where.
+fn write_interrupted(
+    dir: &Path,
+    rows: &[Row],
+    summary: Vec<Value>,
+    signal: i32,
+    not_run: &[String],
+) -> Result<(), ExperimentError> {
+    let write = |name: &str, body: String| {
+        std::fs::write(dir.join(name), body).map_err(|source| OutputError::Write {
+            path: dir.join(name),
+            source,
+        })
+    };
+    write("table.txt", figures::table(rows, false))?;
+    write("table.md", figures::table(rows, true))?;
+    let finished = summary.len();
+    output::write_json(
+        &dir.join("summary.json"),
+        &serde_json::json!({
+            "command": std::env::args().collect::<Vec<_>>(),
+            "interrupted_by_signal": signal,
+            "runs": summary,
+            "not_run": not_run,
+        }),
+    )?;
+    // A newline first: the cut run's progress line has none yet.
+    eprintln!(
+        "\nexperiment: stopped by signal {signal} after {finished} of {} runs; what finished is in {}",
+        finished + not_run.len(),
+        dir.display()
+    );
+    Ok(())
+}
+
 /// The parameters of a run, as its JSON records them.
 #[derive(Debug, Serialize)]
 struct Parameters<'a> {
@@ -229,7 +266,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
     let mut points = Vec::new();
     let mut summary = Vec::with_capacity(runs.len());
     let mut failed = 0;
-    for spec in &runs {
+    for (index, spec) in runs.iter().enumerate() {
         let row = |figures| Row {
             workload: spec.workload.name().into(),
             mode: spec.label().into(),
@@ -264,12 +301,28 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             Some(_) => disks.get(&spec.workload).cloned(),
             None => None,
         };
-        let done = run_one(
+        let done = match run_one(
             spec,
             &ctx,
             disk.as_deref(),
             baseline.get(&spec.workload).copied(),
-        )?;
+        ) {
+            Ok(done) => done,
+            Err(ExperimentError::Child(ChildError::Interrupted(signal))) => {
+                // What finished is kept: its table and a summary that
+                // names the signal and the runs it cut or never started.
+                for image in disks.values().chain(disk.iter()) {
+                    let _ = std::fs::remove_file(image);
+                }
+                let not_run: Vec<String> = runs[index..]
+                    .iter()
+                    .map(|r| format!("{} {}", r.workload.name(), r.label()))
+                    .collect();
+                write_interrupted(&dir, &rows, summary, signal, &not_run)?;
+                return Err(ChildError::Interrupted(signal).into());
+            }
+            Err(e) => return Err(e),
+        };
         if let (true, Some(d)) = (spec.workload.writes_disk(), &disk) {
             let _ = std::fs::remove_file(d);
         }
