@@ -3,7 +3,8 @@
 //! memory cgroup under the workload's limit, with a temporary swap file;
 //! then checks on the JSON it wrote. On every workload hinting's
 //! time-averaged footprint is at most free page reporting's (where free
-//! page reporting was not OOM-killed at the limit) and its swap
+//! page reporting was not OOM-killed at the limit and did not need swap to
+//! hold it; where it did, hinting swaps at most a quarter as much) and its swap
 //! traffic at most host swap's (far less where the guest holds page
 //! cache); no run has an integrity error, no hinting or baseline run an
 //! OOM kill (host swap and free page reporting may meet one); the cgroups and
@@ -208,6 +209,21 @@ fn hinting_holds_the_limit_in_less_memory_than_free_page_reporting() {
         // Hinting held the same limit to the end (checked above).
         if fig(&f, "oom_kills") > 0 {
             assert_eq!(fig(&h, "oom_kills"), 0, "{w}");
+            continue;
+        }
+        // A run that free page reporting could hold only by swapping keeps
+        // part of its memory in swap, which its RAM footprint leaves out:
+        // both sit at the limit, and their RAM averages differ by noise
+        // (kv: 9.34 MiB for hinting, 9.03 for free page reporting in one CI
+        // run, the other way round in others). There the claim is that
+        // hinting holds the same limit without the swap.
+        let fpr_swap = fig(&f, "swap_out_pages").saturating_sub(noise(&f));
+        if fpr_swap >= 200 {
+            let own = fig(&h, "swap_out_pages").saturating_sub(noise(&h));
+            assert!(
+                4 * own <= fpr_swap,
+                "{w}: hinting swapped {own} pages out, free page reporting {fpr_swap}"
+            );
             continue;
         }
         assert!(
