@@ -295,6 +295,13 @@ fn a_stopped_density_run_kills_its_guests_and_removes_its_cgroups() {
         let err = std::fs::read_to_string(&stderr).unwrap();
         assert_eq!(code, Some(status), "{err}");
         assert!(err.contains("stopped by signal"), "{err}");
+        // What finished (maybe nothing yet) is summed up, with the signal.
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("density-summary.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(summary["interrupted_by_signal"], signal, "{summary}");
+        assert!(dir.join("density.txt").exists());
         assert!(cgroups_of(&parent_in(&err), Some(pid)).is_empty());
         assert!(processes_naming(&out).is_empty(), "guests left running");
         assert!(

@@ -302,6 +302,49 @@ pub fn largest(runs: &[GroupRun], mode: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// `e` as it is, unless it is a stop by a signal: then the table of the
+/// group runs that finished (`density.txt`) and `density-summary.json`
+/// (naming the signal) are written first, and one line says where. A
+/// failure to write them is only reported: the stop goes on.
+fn stopped(
+    e: ExperimentError,
+    dir: &Path,
+    runs: &[GroupRun],
+    plan: &DensityPlan,
+    not_run: &[(String, String)],
+) -> ExperimentError {
+    let ExperimentError::Child(child::ChildError::Interrupted(signal)) = &e else {
+        return e;
+    };
+    let text = super::density_report::table(runs, plan, not_run);
+    let summary = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>(),
+        "interrupted_by_signal": signal,
+        "limit_bytes": plan.limit,
+        "runs": runs.iter().map(|r| serde_json::json!({
+            "mode": r.mode, "guests": r.guests, "held": r.held,
+            "file": group_file(r),
+        })).collect::<Vec<_>>(),
+    });
+    let written = std::fs::write(dir.join("density.txt"), text)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            output::write_json(&dir.join("density-summary.json"), &summary)
+                .map_err(|e| e.to_string())
+        });
+    match written {
+        Ok(()) => eprintln!(
+            "\ndensity: stopped by signal {signal} after {} group runs; what finished is in {}",
+            runs.len(),
+            dir.display()
+        ),
+        Err(why) => eprintln!(
+            "\ndensity: stopped by signal {signal}; the summary could not be written: {why}"
+        ),
+    }
+    e
+}
+
 /// Runs the density experiment; prints its table; returns the closing
 /// line.
 pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
@@ -353,12 +396,14 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         }
         for n in 1..=plan.max_guests {
             if let std::collections::btree_map::Entry::Vacant(slot) = baselines.entry(n) {
-                let b = group_run(&ctx, None, n, None)?;
+                let b = group_run(&ctx, None, n, None)
+                    .map_err(|e| stopped(e, &dir, &runs, &plan, &not_run))?;
                 write_group(&dir, &machine, &plan, &b)?;
                 slot.insert(b.per_guest.iter().map(|g| g.throughput_mib_s).collect());
                 runs.push(b);
             }
-            let r = group_run(&ctx, Some(mode), n, baselines.get(&n).map(Vec::as_slice))?;
+            let r = group_run(&ctx, Some(mode), n, baselines.get(&n).map(Vec::as_slice))
+                .map_err(|e| stopped(e, &dir, &runs, &plan, &not_run))?;
             write_group(&dir, &machine, &plan, &r)?;
             let held = r.held;
             runs.push(r);
