@@ -15,6 +15,7 @@
 //! never write to an image opened read-only, never touch bytes past the
 //! image's size, and never trust an offset without checked arithmetic.
 
+use crate::fault_inject::{check_io, Point};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -161,8 +162,8 @@ impl DiskFile {
     /// page cache.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check_range(offset, buf.len() as u64)?;
-        self.file
-            .read_exact_at(buf, offset)
+        check_io(Point::DiskRead)
+            .and_then(|()| self.file.read_exact_at(buf, offset))
             .map_err(DiskError::Io)?;
         if buf.is_empty() {
             // A length of 0 would advise the whole rest of the file.
@@ -183,7 +184,9 @@ impl DiskFile {
             return Err(DiskError::ReadOnly);
         }
         self.check_range(offset, buf.len() as u64)?;
-        self.file.write_all_at(buf, offset).map_err(DiskError::Io)
+        check_io(Point::DiskWrite)
+            .and_then(|()| self.file.write_all_at(buf, offset))
+            .map_err(DiskError::Io)
     }
 
     /// Makes every completed write durable (`fsync`); nothing to do on a
@@ -192,7 +195,9 @@ impl DiskFile {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_all().map_err(DiskError::Io)
+        check_io(Point::DiskFlush)
+            .and_then(|()| self.file.sync_all())
+            .map_err(DiskError::Io)
     }
 }
 

@@ -111,9 +111,7 @@ impl DiscardFaults {
     fn break_livelock(&self, index: u64, pfn: u64) {
         let gpa = pfn * PAGE;
         self.slots.clear_pending_if(index, gpa);
-        if let Err(e) = self.uffd.zero_fill(pfn) {
-            log::debug!("discard faults: {e}");
-        }
+        self.fill(pfn);
         self.table.force_stable(pfn);
         self.unregister_marked(pfn, 1);
         self.violation(format_args!(
