@@ -386,9 +386,12 @@ pub struct HostFailureMetrics {
     pub uffd_unregister: Counter,
     /// `UFFDIO_ZEROPAGE`/`UFFDIO_WAKE` answered `EAGAIN` and were retried.
     pub uffd_retries: Counter,
-    /// `UFFDIO_ZEROPAGE`/`UFFDIO_WAKE` failed for good: the run stopped
-    /// (`crate::fatal`).
+    /// `UFFDIO_ZEROPAGE`/`UFFDIO_WAKE` failed for good: the frame was
+    /// unregistered instead (the waiter then gets a zero page from the
+    /// kernel); and those whose unregistration failed too, which stopped
+    /// the run (`crate::fatal`).
     pub uffd_fill: Counter,
+    pub uffd_fill_stops: Counter,
     /// Reclaimer rounds skipped because pagemap could not be read.
     pub pagemap: Counter,
     /// Writes of the stats file that failed.

@@ -9,8 +9,8 @@
 //! "host_failures": {...}, "injected_faults": {...}, "elapsed_ms": n}`. The file is written to `FILE.tmp` and renamed, so a
 //! reader never sees half a document. A write that fails is counted
 //! (`host_failures.stats_write`) and returned for the caller to log: the
-//! periodic writer logs the first failure only and goes on, the final
-//! write is tried twice. This module must never change another counter,
+//! periodic writer logs the run's first failure only and goes on, the
+//! final write is tried twice. This module must never change another counter,
 //! and never fail the run.
 
 use std::path::{Path, PathBuf};
@@ -219,24 +219,19 @@ impl StatsSource {
 struct Writer {
     source: StatsSource,
     path: PathBuf,
-    /// Failed writes since the last one that worked.
-    failing: u64,
+    /// A failed write was logged (later ones are only counted).
+    warned: bool,
 }
 
 impl Periodic for Writer {
     fn tick(&mut self) {
-        match self.source.write(&self.path) {
-            // One line per stretch of failures, not one per interval.
-            Err(e) if self.failing == 0 => {
-                log::warn!("stats: {e}; retrying every interval");
-                self.failing = 1;
+        if let Err(e) = self.source.write(&self.path) {
+            if !self.warned {
+                log::warn!(
+                    "stats: {e}; retrying every interval (further failures are only counted)"
+                );
+                self.warned = true;
             }
-            Err(_) => self.failing += 1,
-            Ok(()) if self.failing > 0 => {
-                log::info!("stats: written again after {} failed writes", self.failing);
-                self.failing = 0;
-            }
-            Ok(()) => {}
         }
     }
 }
@@ -258,7 +253,7 @@ impl StatsWriter {
             Writer {
                 source,
                 path,
-                failing: 0,
+                warned: false,
             },
         )?;
         Ok(Self { thread })

@@ -204,14 +204,16 @@ impl DiscardFaults {
     /// Answers the fault on `pfn` with the zero page, or only a wake-up if
     /// a page is there. `EAGAIN` is retried (up to [`FILL_TRIES`] times);
     /// `ENOENT` means the frame is no longer registered, whose
-    /// unregistration already woke its waiters. Any other failure would
-    /// leave the faulting thread waiting for ever, or need a page the VMM
-    /// cannot vouch for: the run is stopped (`crate::fatal`, status
+    /// unregistration already woke its waiters. On any other failure the
+    /// frame is unregistered instead, which wakes the waiters and lets the
+    /// kernel back the page as it backs any first touch: with zeroes, what
+    /// the fill would have given. If that fails too, nothing can answer the
+    /// faulting thread: the run is stopped (`crate::fatal`, status
     /// `HOST_FAILURE`) rather than left hanging.
     fn fill(&self, pfn: u64) {
         let f = &self.metrics.host_failures;
         let mut tries = 0;
-        loop {
+        let e = loop {
             let Err(e) = self.uffd.zero_fill(pfn) else {
                 return;
             };
@@ -225,15 +227,24 @@ impl DiscardFaults {
                     log::debug!("discard faults: {e} (already unregistered)");
                     return;
                 }
-                _ => {
-                    f.uffd_fill.inc();
-                    crate::fatal::record(format!(
-                        "discard faults: {e} after {tries} retries; the thread that touched \
-                         guest frame {:#x} cannot be answered",
-                        pfn * PAGE
-                    ));
-                    return;
+                _ => break e,
+            }
+        };
+        f.uffd_fill.inc();
+        match self.uffd.unregister(pfn, 1) {
+            Ok(()) => {
+                if self.log_limit.allow() {
+                    log::warn!("discard faults: {e}; frame unregistered instead (a zero page)");
                 }
+            }
+            Err(u) => {
+                f.uffd_unregister.inc();
+                f.uffd_fill_stops.inc();
+                crate::fatal::record(format!(
+                    "discard faults: {e} after {tries} retries, and {u}; the thread that \
+                     touched guest frame {:#x} cannot be answered",
+                    pfn * PAGE
+                ));
             }
         }
     }
