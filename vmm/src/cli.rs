@@ -497,6 +497,37 @@ mod tests {
     }
 
     #[test]
+    fn inject_fault_is_hidden_repeatable_and_checked() {
+        use hypervisor::fault_inject::{Pattern, Point};
+        assert!(run_args(&[]).unwrap().inject_fault.is_empty());
+        let r = run_args(&[
+            "--inject-fault",
+            "madvise:EAGAIN:every=2",
+            "--inject-fault",
+            "disk-read:EIO:nth=3",
+        ])
+        .unwrap();
+        let got: Vec<_> = r
+            .inject_fault
+            .iter()
+            .map(|f| (f.point, f.pattern))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Point::Madvise, Pattern::Every(2)),
+                (Point::DiskRead, Pattern::Nth(3))
+            ]
+        );
+        let e = run_args(&["--inject-fault", "madvise:EWHAT"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        let help = cli.find_subcommand_mut("run").unwrap().render_help();
+        let help = help.to_string();
+        assert!(!help.contains("inject-fault"), "{help}");
+    }
+
+    #[test]
     fn errors_map_to_usage_but_help_does_not() {
         let e = run_args(&["--bogus"]).unwrap_err();
         assert_eq!(parse_error_status(&e), USAGE);
