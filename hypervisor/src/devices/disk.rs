@@ -15,13 +15,14 @@
 //! never write to an image opened read-only, never touch bytes past the
 //! image's size, and never trust an offset without checked arithmetic.
 
-use crate::fault_inject::{check_io, Point};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use pagehint_abi::exit::vmm as status;
+
+use crate::fault_inject::{check_io, Point};
 
 /// Bytes per sector: the unit of `capacity` and of request offsets.
 pub const SECTOR_SIZE: u64 = 512;

@@ -11,7 +11,11 @@
 //! ([`inject`]) writes the guest-physical address into the vCPU's info area
 //! and injects vector 20 (#VE). A fault that repeats without progress
 //! ([`livelock`]) is broken by backing the page with zeroes and counting a
-//! protocol violation, so the VMM never hangs on a misbehaving guest.
+//! protocol violation, so the VMM never hangs on a misbehaving guest. Nor
+//! on a failing host: a zero-page fill that fails is replaced by
+//! unregistering the frame (which wakes the waiter), and if that fails too
+//! the run stops (`crate::fatal`, status 85) rather than leave a thread
+//! waiting for ever.
 //!
 //! The per-frame REGISTERED bit lives in the state table; whoever clears it
 //! unregisters the frame, so every registration is undone exactly once. This

@@ -4,8 +4,9 @@
 //!
 //! Every interval the thread measures residency (`resident::Residency`:
 //! from `/proc/self/pagemap`, read again only when something may have
-//! changed); drops the resident frames that have stayed Unused for the
-//! unused delay, whatever the budget (`eager`); then, if a budget is set
+//! changed; a round whose reading fails is skipped, counted, and the next
+//! one reads all of it); drops the resident frames that have stayed Unused
+//! for the unused delay, whatever the budget (`eager`); then, if a budget is set
 //! and resident memory exceeds it, or host memory pressure (PSI) passes
 //! the threshold, it drops resident Unused frames, then Volatile ones,
 //! never Stable ones, until the estimate is under the budget; with
