@@ -195,6 +195,30 @@ fn a_wake_that_fails_stops_the_run_too() {
 }
 
 #[test]
+fn a_fault_handler_that_cannot_read_its_userfaultfd_stops_the_run() {
+    // Without the handler no later fault would ever be answered.
+    let (r, doc) = scan(
+        "uffd-read",
+        2,
+        &["uffd-unregister:ENOMEM", "uffd-read:EIO:nth=2"],
+    );
+    r.expect_status(status::HOST_FAILURE);
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("vmm: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("cannot read userfaultfd events"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(get(&doc, "injected_faults.uffd_read"), 1, "{doc}");
+    assert_eq!(get(&doc, "host_failures.uffd_read"), 1, "{doc}");
+}
+
+#[test]
 fn pagemap_reads_that_fail_skip_their_rounds_and_drop_nothing_on_them() {
     let (r, doc) = scan("pagemap-some", 1, &["pagemap:EIO:every=3"]);
     intact(&r, &doc);

@@ -1,9 +1,10 @@
 //! A host failure that must end the run: recorded by the thread that saw
-//! it, acted on by the main thread. Today one kind exists: a userfaultfd
-//! operation that answers a guest page fault (`UFFDIO_ZEROPAGE`,
-//! `UFFDIO_WAKE`) failed for good and so did the fallback, unregistering
-//! the frame, so a vCPU (or the block worker) would wait for ever on a
-//! page the VMM cannot give it.
+//! it, acted on by the main thread. Today both kinds leave a guest page
+//! fault unanswerable, so that a vCPU (or the block worker) would wait for
+//! ever on a page the VMM cannot give it: a userfaultfd operation that
+//! answers a fault (`UFFDIO_ZEROPAGE`, `UFFDIO_WAKE`) failed for good and
+//! so did the fallback, unregistering the frame; or the fault handler
+//! cannot read or poll the userfaultfd any more.
 //!
 //! [`crate::machine::run`] waits for the guest in slices of at most
 //! [`crate::signals::POLL`] and looks here each slice, as it does for

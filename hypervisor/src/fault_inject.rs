@@ -50,6 +50,8 @@ pub enum Point {
     UffdZeropage,
     /// `UFFDIO_WAKE`, which answers a fault on a page already present.
     UffdWake,
+    /// The handler's `read` of fault events from the userfaultfd.
+    UffdRead,
     /// A `pread` of `/proc/self/pagemap`.
     Pagemap,
     /// A read of the disk image.
@@ -63,13 +65,14 @@ pub enum Point {
 }
 
 /// Every point, in the order of the stats document.
-pub const POINTS: [Point; 11] = [
+pub const POINTS: [Point; 12] = [
     Point::Madvise,
     Point::ProcessMadvise,
     Point::UffdRegister,
     Point::UffdUnregister,
     Point::UffdZeropage,
     Point::UffdWake,
+    Point::UffdRead,
     Point::Pagemap,
     Point::DiskRead,
     Point::DiskWrite,
@@ -87,6 +90,7 @@ impl Point {
             Point::UffdUnregister => "uffd-unregister",
             Point::UffdZeropage => "uffd-zeropage",
             Point::UffdWake => "uffd-wake",
+            Point::UffdRead => "uffd-read",
             Point::Pagemap => "pagemap",
             Point::DiskRead => "disk-read",
             Point::DiskWrite => "disk-write",
@@ -352,6 +356,7 @@ pub struct Injected {
     pub uffd_unregister: u64,
     pub uffd_zeropage: u64,
     pub uffd_wake: u64,
+    pub uffd_read: u64,
     pub pagemap: u64,
     pub disk_read: u64,
     pub disk_write: u64,
@@ -369,6 +374,7 @@ pub fn injected() -> Injected {
         uffd_unregister: n(Point::UffdUnregister),
         uffd_zeropage: n(Point::UffdZeropage),
         uffd_wake: n(Point::UffdWake),
+        uffd_read: n(Point::UffdRead),
         pagemap: n(Point::Pagemap),
         disk_read: n(Point::DiskRead),
         disk_write: n(Point::DiskWrite),

@@ -392,6 +392,9 @@ pub struct HostFailureMetrics {
     /// the run (`crate::fatal`).
     pub uffd_fill: Counter,
     pub uffd_fill_stops: Counter,
+    /// The fault handler could not read the userfaultfd: it stopped, and
+    /// so did the run (`crate::fatal`).
+    pub uffd_read: Counter,
     /// Reclaimer rounds skipped because pagemap could not be read.
     pub pagemap: Counter,
     /// Writes of the stats file that failed.

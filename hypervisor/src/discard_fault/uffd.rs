@@ -228,7 +228,12 @@ impl GuestUffd {
         out: &mut Vec<Fault>,
     ) -> Result<usize, UffdError> {
         out.clear();
-        let n = sys::read_msgs(self.uffd.as_fd(), &mut buf.0).map_err(UffdError::Read)?;
+        let n = match check_io(Point::UffdRead) {
+            // As the real read of a non-blocking descriptor: nothing yet.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
+            Err(e) => return Err(UffdError::Read(e)),
+            Ok(()) => sys::read_msgs(self.uffd.as_fd(), &mut buf.0).map_err(UffdError::Read)?,
+        };
         for msg in &buf.0[..n] {
             if let Some(pf) = msg.pagefault() {
                 out.push(Fault {
