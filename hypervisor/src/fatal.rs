@@ -12,7 +12,8 @@
 //! a fault once the vCPUs are stopped), writes the final stats and returns
 //! [`crate::VmmError::HostFailure`], which `vmm` prints as its one error
 //! line and exits with `pagehint_abi::exit::vmm::HOST_FAILURE`. The first
-//! record wins; later ones are only logged. This module must never block
+//! record wins; later ones are only logged. The record is process-wide and
+//! never cleared: one run per process, as the `vmm` binary does. This module must never block
 //! the thread that records (it may be the fault handler) beyond a short
 //! lock, and never stop anything itself.
 
