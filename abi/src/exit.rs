@@ -52,6 +52,12 @@ pub mod vmm {
     pub const TIMEOUT: i32 = 83;
     /// A VMM thread made a system call its seccomp filter forbids.
     pub const SECCOMP: i32 = 84;
+    /// The host failed an operation the guest needed to go on (a
+    /// userfaultfd fill or wake that answers a guest page fault, and the
+    /// unregistration that replaces it; or reading the userfaultfd): the
+    /// guest was stopped rather than left waiting for ever or handed a
+    /// wrong page; every thread joined, the final stats written.
+    pub const HOST_FAILURE: i32 = 85;
     /// SIGINT stopped the run (128 + 2, as a shell reports it): the guest
     /// was stopped, every thread joined, the final stats written.
     pub const SIGINT: i32 = 130;
@@ -82,6 +88,8 @@ mod tests {
             vmm::BAD_KERNEL,
             vmm::NO_INPUT,
             vmm::TIMEOUT,
+            vmm::SECCOMP,
+            vmm::HOST_FAILURE,
             vmm::SIGINT,
             vmm::SIGTERM,
         ] {

@@ -220,6 +220,9 @@ pub struct VmConfig {
     pub potentially_volatile: bool,
     /// Per-thread seccomp filters (on unless `--no-seccomp`).
     pub seccomp: crate::seccomp::Policy,
+    /// The test hook's host calls to fail (`--inject-fault`), at most one
+    /// rule per point; empty: none.
+    pub faults: Vec<crate::fault_inject::Rule>,
 }
 
 impl VmConfig {
@@ -238,6 +241,7 @@ impl VmConfig {
             count_instructions: false,
             potentially_volatile: false,
             seccomp: crate::seccomp::Policy::default(),
+            faults: Vec::new(),
         }
     }
 

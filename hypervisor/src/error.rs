@@ -76,6 +76,12 @@ pub enum VmmError {
     /// SIGINT or SIGTERM (the number) stopped the run.
     #[error("stopped by signal {0} ({name}): the guest was stopped, every thread joined and the final stats written", name = crate::signals::name(*.0))]
     Signal(i32),
+    /// The host failed an operation the guest needs to go on
+    /// (`crate::fatal`).
+    #[error(
+        "host failure: {0}; the guest was stopped, every thread joined and the final stats written"
+    )]
+    HostFailure(String),
     /// A bug of the VMM (a vCPU thread panicked or vanished).
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,6 +114,7 @@ impl VmmError {
             VmmError::UnexpectedExit { .. } => status::UNEXPECTED_EXIT,
             VmmError::Timeout(_) => status::TIMEOUT,
             VmmError::Signal(s) => crate::signals::exit_status(*s),
+            VmmError::HostFailure(_) => status::HOST_FAILURE,
             VmmError::Internal(_) => status::INTERNAL,
         }
     }

@@ -15,6 +15,8 @@ pub mod config;
 pub mod devices;
 pub mod discard_fault;
 pub mod error;
+pub mod fatal;
+pub mod fault_inject;
 pub mod frames;
 pub mod hypercall;
 pub mod loader;

@@ -47,7 +47,7 @@ use crate::vstate::kvm::KvmContext;
 use crate::vstate::pause::VcpuGate;
 use crate::vstate::vcpu::{self, StopReason, Vcpu, VcpuDevices, VcpuHandles, VcpuReport};
 use crate::vstate::vm::Vm;
-use crate::{seccomp, signals};
+use crate::{fatal, fault_inject, seccomp, signals};
 
 /// Width of the exit port (QEMU's `isa-debug-exit,iosize=0x04`).
 const EXIT_PORT_LEN: u16 = 4;
@@ -144,7 +144,8 @@ fn report_stats(stats: &StatsSource, config: &VmConfig) {
         Err(e) => log::warn!("{e}"),
     }
     if let Some(s) = &config.stats {
-        if let Err(e) = stats.write(&s.path) {
+        // The last document matters most: one more try if the first fails.
+        if let Err(e) = stats.write(&s.path).or_else(|_| stats.write(&s.path)) {
             log::error!("stats: {e}");
         }
     }
@@ -181,13 +182,27 @@ struct Threads {
     fault_handler: Option<FaultHandler>,
     reclaimer: Option<Reclaimer>,
     stats_writer: Option<StatsWriter>,
+    /// After a fault that could not be answered (`crate::fatal`), its
+    /// waiters are released so that their threads can stop.
+    faults: Option<Arc<DiscardFaults>>,
 }
 
 impl Threads {
+    /// Unregisters all of guest RAM if a fault went unanswered.
+    fn release_waiters(&self) {
+        if let (true, Some(f)) = (fatal::recorded(), &self.faults) {
+            if let Err(e) = f.release_all() {
+                log::warn!("discard faults: cannot release the waiting threads: {e}");
+            }
+        }
+    }
+
     fn stop(mut self) {
         if let Some(v) = self.vcpus.take() {
-            v.stop();
+            v.stop_or_unstick(&mut || self.release_waiters());
         }
+        // The block worker may wait on the same fault.
+        self.release_waiters();
         if let Some(w) = self.block_worker.take() {
             w.stop();
         }
@@ -372,6 +387,7 @@ impl Machine {
             fault_handler: None,
             reclaimer: None,
             stats_writer: None,
+            faults: self.faults.clone(),
         };
         if let Some((dev, notify)) = self.disk.take() {
             threads.block_worker = Some(BlockWorker::spawn(dev, notify)?);
@@ -407,6 +423,10 @@ impl Machine {
 /// exit status the guest asked for, or the error that ended the run.
 pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
     let vcpu_count = config.validate()?;
+    // Before any thread that makes a hooked call starts.
+    let plan = fault_inject::Plan::new(config.faults.clone())
+        .map_err(|e| VmmError::Config(format!("--inject-fault: {e}")))?;
+    fault_inject::install(&plan);
     let mut machine = Machine::build(config, vcpu_count)?;
     let stats = StatsSource::new(
         machine.metrics.clone(),
@@ -439,6 +459,7 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
     match first {
         Ok(report) => outcome(report),
         Err(Waited::Signal(s)) => Err(VmmError::Signal(s)),
+        Err(Waited::HostFailure(what)) => Err(VmmError::HostFailure(what)),
         Err(Waited::Timeout) => Err(VmmError::Timeout(config.timeout.unwrap_or_default())),
         Err(Waited::Disconnected) => Err(VmmError::Internal(
             "every vCPU thread ended without a report".into(),
@@ -450,6 +471,7 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
 #[derive(Debug, PartialEq, Eq)]
 enum Waited {
     Timeout,
+    HostFailure(String),
     Signal(i32),
     Disconnected,
 }
@@ -461,6 +483,9 @@ fn wait_first(rx: &Receiver<VcpuReport>, timeout: Option<Duration>) -> Result<Vc
     loop {
         if let Some(s) = signals::requested() {
             return Err(Waited::Signal(s));
+        }
+        if let Some(what) = fatal::first() {
+            return Err(Waited::HostFailure(what));
         }
         let slice = match deadline {
             Some(d) => match d.checked_duration_since(Instant::now()) {

@@ -373,6 +373,39 @@ pub struct PotentiallyVolatileMetrics {
     pub cleared_pages: Counter,
 }
 
+/// Host calls that failed, by site (the disk's are `block.err_io`). Each
+/// counts real failures and injected ones alike (`crate::fault_inject`).
+#[derive(Debug, Default, Serialize)]
+pub struct HostFailureMetrics {
+    /// `madvise(MADV_DONTNEED)` calls that failed, and the frames they
+    /// left resident (not marked discarded, contents intact).
+    pub madvise: Counter,
+    pub madvise_kept_pages: Counter,
+    /// `process_madvise` calls that failed (their runs went through
+    /// `madvise` instead).
+    pub process_madvise: Counter,
+    /// `UFFDIO_REGISTER` refused: the run was kept, not dropped.
+    pub uffd_register: Counter,
+    /// `UFFDIO_UNREGISTER` refused: the frames stay registered with the
+    /// kernel; a later touch is answered with the zero page.
+    pub uffd_unregister: Counter,
+    /// `UFFDIO_ZEROPAGE`/`UFFDIO_WAKE` answered `EAGAIN` and were retried.
+    pub uffd_retries: Counter,
+    /// `UFFDIO_ZEROPAGE`/`UFFDIO_WAKE` failed for good: the frame was
+    /// unregistered instead (the waiter then gets a zero page from the
+    /// kernel); and those whose unregistration failed too, which stopped
+    /// the run (`crate::fatal`).
+    pub uffd_fill: Counter,
+    pub uffd_fill_stops: Counter,
+    /// The fault handler could not read the userfaultfd: it stopped, and
+    /// so did the run (`crate::fatal`).
+    pub uffd_read: Counter,
+    /// Reclaimer rounds skipped because pagemap could not be read.
+    pub pagemap: Counter,
+    /// Writes of the stats file that failed.
+    pub stats_write: Counter,
+}
+
 /// Every counter of one VMM run.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -385,6 +418,7 @@ pub struct Metrics {
     pub memory: MemoryMetrics,
     pub discard_faults: DiscardFaultMetrics,
     pub potentially_volatile: PotentiallyVolatileMetrics,
+    pub host_failures: HostFailureMetrics,
 }
 
 #[cfg(test)]

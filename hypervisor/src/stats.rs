@@ -5,11 +5,13 @@
 //! Shape (names are read by the integration tests; keep them):
 //! `{"hypercalls": {...}, "exits": {...}, "frames": {...}, "reclaim":
 //! {...}, "memory": {...}, "block": {...}, "bus": {...}, "serial": {...},
-//! "discard_faults": {...}, "potentially_volatile": {...}, "elapsed_ms":
-//! n}`. The file is written to `FILE.tmp` and renamed, so a
-//! reader never sees half a document. This module must never change a
-//! counter, and never fail the run: a write error is returned for the
-//! caller to log.
+//! "discard_faults": {...}, "potentially_volatile": {...},
+//! "host_failures": {...}, "injected_faults": {...}, "elapsed_ms": n}`. The file is written to `FILE.tmp` and renamed, so a
+//! reader never sees half a document. A write that fails is counted
+//! (`host_failures.stats_write`) and returned for the caller to log: the
+//! periodic writer logs the run's first failure only and goes on, the
+//! final write is tried twice. This module must never change another counter,
+//! and never fail the run.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::fault_inject::{self, Injected};
 use crate::frames::{FrameCounts, FrameTable};
 use crate::metrics::{
-    BlockMetrics, BusMetrics, DiscardFaultMetrics, ExitMetrics, HypercallMetrics, Metrics,
-    PotentiallyVolatileMetrics, SerialMetrics,
+    BlockMetrics, BusMetrics, DiscardFaultMetrics, ExitMetrics, HostFailureMetrics,
+    HypercallMetrics, Metrics, PotentiallyVolatileMetrics, SerialMetrics,
 };
 use crate::periodic::{Periodic, PeriodicThread};
 
@@ -97,6 +100,11 @@ pub struct StatsDoc<'a> {
     pub discard_faults: &'a DiscardFaultMetrics,
     /// `--potentially-volatile`'s counters (all zero without it).
     pub potentially_volatile: &'a PotentiallyVolatileMetrics,
+    /// Host calls that failed, by site.
+    pub host_failures: &'a HostFailureMetrics,
+    /// Faults the `--inject-fault` test hook injected, by point (all zero
+    /// without it).
+    pub injected_faults: Injected,
     pub elapsed_ms: u64,
 }
 
@@ -170,6 +178,8 @@ impl StatsSource {
             serial: &m.serial,
             discard_faults: &m.discard_faults,
             potentially_volatile: &m.potentially_volatile,
+            host_failures: &m.host_failures,
+            injected_faults: fault_inject::injected(),
             elapsed_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -179,8 +189,17 @@ impl StatsSource {
         serde_json::to_string(&self.document()).map_err(StatsError::Json)
     }
 
-    /// Writes the document to `path` (through `path.tmp` and a rename).
+    /// Writes the document to `path` (through `path.tmp` and a rename);
+    /// a failure is counted.
     pub fn write(&self, path: &Path) -> Result<(), StatsError> {
+        let r = self.write_once(path);
+        if r.is_err() {
+            self.metrics.host_failures.stats_write.inc();
+        }
+        r
+    }
+
+    fn write_once(&self, path: &Path) -> Result<(), StatsError> {
         let mut json = self.to_json()?;
         json.push('\n');
         let mut tmp = path.as_os_str().to_owned();
@@ -190,6 +209,7 @@ impl StatsSource {
             path: path.to_path_buf(),
             source,
         };
+        fault_inject::check_io(fault_inject::Point::StatsWrite).map_err(err)?;
         std::fs::write(&tmp, json).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)
     }
@@ -199,12 +219,19 @@ impl StatsSource {
 struct Writer {
     source: StatsSource,
     path: PathBuf,
+    /// A failed write was logged (later ones are only counted).
+    warned: bool,
 }
 
 impl Periodic for Writer {
     fn tick(&mut self) {
         if let Err(e) = self.source.write(&self.path) {
-            log::warn!("stats: {e}");
+            if !self.warned {
+                log::warn!(
+                    "stats: {e}; retrying every interval (further failures are only counted)"
+                );
+                self.warned = true;
+            }
         }
     }
 }
@@ -220,7 +247,15 @@ pub struct StatsWriter {
 impl StatsWriter {
     /// Starts writing `source` to `path` every `interval`.
     pub fn spawn(source: StatsSource, path: PathBuf, interval: Duration) -> std::io::Result<Self> {
-        let thread = PeriodicThread::spawn("stats", interval, Writer { source, path })?;
+        let thread = PeriodicThread::spawn(
+            "stats",
+            interval,
+            Writer {
+                source,
+                path,
+                warned: false,
+            },
+        )?;
         Ok(Self { thread })
     }
 

@@ -134,6 +134,12 @@ pub struct RunArgs {
     /// reclaim, stats) makes a forbidden system call once its filter is on.
     #[arg(long, hide = true, value_name = "THREAD", value_parser = parse_probe)]
     pub seccomp_probe: Option<hypervisor::seccomp::ThreadKind>,
+    /// Test hook (repeatable): make a host call of the VMM fail,
+    /// `POINT:ERRNO[:every=N|after=N|nth=N]` (docs/reliability.md, "Fault
+    /// injection").
+    #[arg(long, hide = true, value_name = "POINT:ERRNO[:PATTERN]",
+          value_parser = parse_fault)]
+    pub inject_fault: Vec<hypervisor::fault_inject::Rule>,
     /// Use a memory cgroup's headroom as a budget: `auto` when the VMM
     /// runs in a memory cgroup with a limit, or `off`.
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupBudget::Auto)]
@@ -215,6 +221,12 @@ fn parse_probe(s: &str) -> Result<hypervisor::seccomp::ThreadKind, String> {
     hypervisor::seccomp::ThreadKind::from_name(s).ok_or_else(|| {
         format!("unknown thread '{s}' (main, vcpu, virtio-blk, discard-faults, reclaim, stats)")
     })
+}
+
+/// One `--inject-fault` rule.
+fn parse_fault(s: &str) -> Result<hypervisor::fault_inject::Rule, String> {
+    s.parse()
+        .map_err(|e: hypervisor::fault_inject::FaultSpecError| e.to_string())
 }
 
 #[cfg(test)]
@@ -482,6 +494,37 @@ mod tests {
         for m in Mode::ALL {
             assert_eq!(Mode::from_str(m.name(), false), Ok(m));
         }
+    }
+
+    #[test]
+    fn inject_fault_is_hidden_repeatable_and_checked() {
+        use hypervisor::fault_inject::{Pattern, Point};
+        assert!(run_args(&[]).unwrap().inject_fault.is_empty());
+        let r = run_args(&[
+            "--inject-fault",
+            "madvise:EAGAIN:every=2",
+            "--inject-fault",
+            "disk-read:EIO:nth=3",
+        ])
+        .unwrap();
+        let got: Vec<_> = r
+            .inject_fault
+            .iter()
+            .map(|f| (f.point, f.pattern))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Point::Madvise, Pattern::Every(2)),
+                (Point::DiskRead, Pattern::Nth(3))
+            ]
+        );
+        let e = run_args(&["--inject-fault", "madvise:EWHAT"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        let help = cli.find_subcommand_mut("run").unwrap().render_help();
+        let help = help.to_string();
+        assert!(!help.contains("inject-fault"), "{help}");
     }
 
     #[test]

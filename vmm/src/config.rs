@@ -67,6 +67,7 @@ pub fn vm_config(args: &RunArgs) -> VmConfig {
             enabled: !args.no_seccomp,
             probe: args.seccomp_probe,
         },
+        faults: args.inject_fault.clone(),
     }
 }
 

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use pagehint_abi::exit::vmm as status;
 
+use crate::fault_inject::{check_io, Point};
+
 /// Bytes per sector: the unit of `capacity` and of request offsets.
 pub const SECTOR_SIZE: u64 = 512;
 
@@ -161,8 +163,8 @@ impl DiskFile {
     /// page cache.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check_range(offset, buf.len() as u64)?;
-        self.file
-            .read_exact_at(buf, offset)
+        check_io(Point::DiskRead)
+            .and_then(|()| self.file.read_exact_at(buf, offset))
             .map_err(DiskError::Io)?;
         if buf.is_empty() {
             // A length of 0 would advise the whole rest of the file.
@@ -183,7 +185,9 @@ impl DiskFile {
             return Err(DiskError::ReadOnly);
         }
         self.check_range(offset, buf.len() as u64)?;
-        self.file.write_all_at(buf, offset).map_err(DiskError::Io)
+        check_io(Point::DiskWrite)
+            .and_then(|()| self.file.write_all_at(buf, offset))
+            .map_err(DiskError::Io)
     }
 
     /// Makes every completed write durable (`fsync`); nothing to do on a
@@ -192,7 +196,9 @@ impl DiskFile {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_all().map_err(DiskError::Io)
+        check_io(Point::DiskFlush)
+            .and_then(|()| self.file.sync_all())
+            .map_err(DiskError::Io)
     }
 }
 

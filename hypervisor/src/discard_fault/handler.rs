@@ -111,9 +111,7 @@ impl DiscardFaults {
     fn break_livelock(&self, index: u64, pfn: u64) {
         let gpa = pfn * PAGE;
         self.slots.clear_pending_if(index, gpa);
-        if let Err(e) = self.uffd.zero_fill(pfn) {
-            log::debug!("discard faults: {e}");
-        }
+        self.fill(pfn);
         self.table.force_stable(pfn);
         self.unregister_marked(pfn, 1);
         self.violation(format_args!(
@@ -213,7 +211,9 @@ fn run(faults: &DiscardFaults, stop: &EventFd) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            log::error!("discard faults: poll failed: {e}; the handler stops");
+            crate::fatal::record(format!(
+                "discard faults: poll failed: {e}; no fault can be answered"
+            ));
             return;
         }
         if fds[1].revents != 0 {
@@ -221,11 +221,19 @@ fn run(faults: &DiscardFaults, stop: &EventFd) {
             return;
         }
         if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            log::error!("discard faults: the userfaultfd failed; the handler stops");
+            crate::fatal::record(
+                "discard faults: the userfaultfd failed; no fault can be answered".into(),
+            );
             return;
         }
         if let Err(e) = faults.serve(&mut det, &mut buf, &mut batch) {
-            log::error!("discard faults: {e}; the handler stops");
+            if matches!(&e, DiscardFaultError::Uffd(u) if u.errno() == Some(libc::EINTR)) {
+                continue;
+            }
+            // Without the handler a thread that faults waits for ever: the
+            // run stops instead (status 85).
+            faults.metrics.host_failures.uffd_read.inc();
+            crate::fatal::record(format!("discard faults: {e}; no fault can be answered"));
             return;
         }
     }

@@ -11,7 +11,11 @@
 //! ([`inject`]) writes the guest-physical address into the vCPU's info area
 //! and injects vector 20 (#VE). A fault that repeats without progress
 //! ([`livelock`]) is broken by backing the page with zeroes and counting a
-//! protocol violation, so the VMM never hangs on a misbehaving guest.
+//! protocol violation, so the VMM never hangs on a misbehaving guest. Nor
+//! on a failing host: a zero-page fill that fails is replaced by
+//! unregistering the frame (which wakes the waiter), and if that fails too
+//! the run stops (`crate::fatal`, status 85) rather than leave a thread
+//! waiting for ever.
 //!
 //! The per-frame REGISTERED bit lives in the state table; whoever clears it
 //! unregisters the frame, so every registration is undone exactly once. This
@@ -44,6 +48,8 @@ use uffd::{GuestUffd, UffdError};
 const PAGE: u64 = pagehint_abi::PAGE_SIZE;
 /// Size and alignment of a guest's `DiscardFaultInfo`.
 const INFO_SIZE: u64 = core::mem::size_of::<DiscardFaultInfo>() as u64;
+/// Tries of a fill that fails with `EAGAIN` before the run stops.
+const FILL_TRIES: u32 = 100;
 /// Log lines per second the guest can provoke here.
 const LOG_LINES_PER_SECOND: u64 = 5;
 
@@ -155,6 +161,7 @@ impl DiscardFaults {
                 true
             }
             Err(e) => {
+                self.metrics.host_failures.uffd_register.inc();
                 if self.log_limit.allow() {
                     log::warn!("discard faults: {e}; those frames are kept");
                 }
@@ -176,8 +183,12 @@ impl DiscardFaults {
         }
         for run in runs.runs() {
             if let Err(e) = self.uffd.unregister(run.pfn, run.count) {
+                // The kernel keeps them registered: a later touch of one
+                // that is not present is answered with the zero page, as
+                // for any frame that is no longer volatile.
+                self.metrics.host_failures.uffd_unregister.inc();
                 if self.log_limit.allow() {
-                    log::warn!("discard faults: {e}");
+                    log::warn!("discard faults: {e}; answered with the zero page if touched");
                 }
             }
         }
@@ -190,11 +201,63 @@ impl DiscardFaults {
     /// Backs one frame with the zero page (waking whoever waits on it) and
     /// unregisters it if it was registered.
     fn zero_fill(&self, pfn: u64) {
-        if let Err(e) = self.uffd.zero_fill(pfn) {
-            // Already unregistered by a hint: the unregister woke the thread.
-            log::debug!("discard faults: {e}");
-        }
+        self.fill(pfn);
         self.unregister_marked(pfn, 1);
+    }
+
+    /// Answers the fault on `pfn` with the zero page, or only a wake-up if
+    /// a page is there. `EAGAIN` is retried (up to [`FILL_TRIES`] times);
+    /// `ENOENT` means the frame is no longer registered, whose
+    /// unregistration already woke its waiters. On any other failure the
+    /// frame is unregistered instead, which wakes the waiters and lets the
+    /// kernel back the page as it backs any first touch: with zeroes, what
+    /// the fill would have given. If that fails too, nothing can answer the
+    /// faulting thread: the run is stopped (`crate::fatal`, status
+    /// `HOST_FAILURE`) rather than left hanging.
+    fn fill(&self, pfn: u64) {
+        let f = &self.metrics.host_failures;
+        let mut tries = 0;
+        let e = loop {
+            let Err(e) = self.uffd.zero_fill(pfn) else {
+                return;
+            };
+            match e.errno() {
+                Some(libc::EAGAIN) if tries < FILL_TRIES => {
+                    tries += 1;
+                    f.uffd_retries.inc();
+                    std::thread::yield_now();
+                }
+                Some(libc::ENOENT) => {
+                    log::debug!("discard faults: {e} (already unregistered)");
+                    return;
+                }
+                _ => break e,
+            }
+        };
+        f.uffd_fill.inc();
+        match self.uffd.unregister(pfn, 1) {
+            Ok(()) => {
+                if self.log_limit.allow() {
+                    log::warn!("discard faults: {e}; frame unregistered instead (a zero page)");
+                }
+            }
+            Err(u) => {
+                f.uffd_unregister.inc();
+                f.uffd_fill_stops.inc();
+                crate::fatal::record(format!(
+                    "discard faults: {e} after {tries} retries, and {u}; the thread that \
+                     touched guest frame {:#x} cannot be answered",
+                    pfn * PAGE
+                ));
+            }
+        }
+    }
+
+    /// Unregisters all of guest RAM, waking every thread that waits on a
+    /// fault; only when the run stops because a fault could not be
+    /// answered (`crate::fatal`), once the vCPUs were asked to stop.
+    pub fn release_all(&self) -> Result<(), UffdError> {
+        self.uffd.release_all()
     }
 
     /// `SET_FAULT_INFO`: the info area of CPU `cpu` is at `info`.

@@ -13,6 +13,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use super::uffd_sys::{self as sys, UffdMsg};
+use crate::fault_inject::{check_io, Point};
 use crate::frames::{HostMap, HostRange, Run};
 use crate::memory::GuestRam;
 
@@ -57,6 +58,21 @@ pub enum UffdError {
     },
     #[error("cannot read userfaultfd events: {0}")]
     Read(#[source] std::io::Error),
+}
+
+impl UffdError {
+    /// The errno of a failed ioctl, if this is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            UffdError::Register { source, .. }
+            | UffdError::Unregister { source, .. }
+            | UffdError::Zeropage { source, .. }
+            | UffdError::Wake { source, .. }
+            | UffdError::Read(source)
+            | UffdError::Create(source) => source.raw_os_error(),
+            UffdError::NoHostMapping | UffdError::OutOfRange { .. } => None,
+        }
+    }
 }
 
 /// One missing-page fault read from the userfaultfd.
@@ -131,25 +147,45 @@ impl GuestUffd {
     /// Registers `count` frames from `pfn` in MISSING mode.
     pub fn register(&self, pfn: u64, count: u64) -> Result<(), UffdError> {
         let (addr, len) = self.range(pfn, count)?;
-        sys::register(
-            self.uffd.as_fd(),
-            addr,
-            len,
-            sys::UFFDIO_REGISTER_MODE_MISSING,
-        )
-        .map(|_| ())
-        .map_err(|source| UffdError::Register { pfn, count, source })
+        check_io(Point::UffdRegister)
+            .and_then(|()| {
+                sys::register(
+                    self.uffd.as_fd(),
+                    addr,
+                    len,
+                    sys::UFFDIO_REGISTER_MODE_MISSING,
+                )
+            })
+            .map(|_| ())
+            .map_err(|source| UffdError::Register { pfn, count, source })
     }
 
     /// Unregisters `count` frames from `pfn` (the kernel splits a larger
     /// registration and wakes any thread waiting on those frames).
     pub fn unregister(&self, pfn: u64, count: u64) -> Result<(), UffdError> {
         let (addr, len) = self.range(pfn, count)?;
-        sys::unregister(self.uffd.as_fd(), addr, len).map_err(|source| UffdError::Unregister {
-            pfn,
-            count,
-            source,
-        })
+        check_io(Point::UffdUnregister)
+            .and_then(|()| sys::unregister(self.uffd.as_fd(), addr, len))
+            .map_err(|source| UffdError::Unregister { pfn, count, source })
+    }
+
+    /// Unregisters all of guest RAM, waking every thread waiting on a
+    /// fault (each then sees a zero page where the frame was dropped).
+    /// Only for the end of a run the VMM stops because it cannot answer a
+    /// fault (`crate::fatal`), once the vCPUs are stopped. Not a hooked
+    /// point: it is the way out.
+    pub fn release_all(&self) -> Result<(), UffdError> {
+        for run in self.map.runs() {
+            let (addr, len) = self.range(run.pfn, run.count)?;
+            sys::unregister(self.uffd.as_fd(), addr, len).map_err(|source| {
+                UffdError::Unregister {
+                    pfn: run.pfn,
+                    count: run.count,
+                    source,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// Backs a missing frame with the zero page and wakes its waiters. A
@@ -158,12 +194,17 @@ impl GuestUffd {
         let (addr, len) = self.range(pfn, 1)?;
         // Not UFFDIO_ZEROPAGE_MODE_DONTWAKE: the waiters are woken.
         let mode = 0;
-        // SAFETY: [addr, addr + len) is one page inside the guest RAM mapping
-        // that `self.map` keeps alive (checked by `range`). UFFDIO_ZEROPAGE only
-        // maps the zero page where no page is present and fails with EEXIST
-        // otherwise, so it never changes memory anyone has written; the VMM
-        // holds no Rust reference into guest memory (vm-memory copies).
-        match unsafe { sys::zeropage(self.uffd.as_fd(), addr, len, mode) } {
+        let filled = match check_io(Point::UffdZeropage) {
+            Err(e) => Err(e),
+            // SAFETY: [addr, addr + len) is one page inside the guest RAM
+            // mapping that `self.map` keeps alive (checked by `range`).
+            // UFFDIO_ZEROPAGE only maps the zero page where no page is
+            // present and fails with EEXIST otherwise, so it never changes
+            // memory anyone has written; the VMM holds no Rust reference
+            // into guest memory (vm-memory copies).
+            Ok(()) => unsafe { sys::zeropage(self.uffd.as_fd(), addr, len, mode) },
+        };
+        match filled {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.wake(pfn),
             Err(source) => Err(UffdError::Zeropage { pfn, source }),
@@ -173,7 +214,9 @@ impl GuestUffd {
     /// Wakes the threads waiting on a frame (they retry the access).
     pub fn wake(&self, pfn: u64) -> Result<(), UffdError> {
         let (addr, len) = self.range(pfn, 1)?;
-        sys::wake(self.uffd.as_fd(), addr, len).map_err(|source| UffdError::Wake { pfn, source })
+        check_io(Point::UffdWake)
+            .and_then(|()| sys::wake(self.uffd.as_fd(), addr, len))
+            .map_err(|source| UffdError::Wake { pfn, source })
     }
 
     /// Reads the pending page faults into `out` (cleared first); other
@@ -185,7 +228,12 @@ impl GuestUffd {
         out: &mut Vec<Fault>,
     ) -> Result<usize, UffdError> {
         out.clear();
-        let n = sys::read_msgs(self.uffd.as_fd(), &mut buf.0).map_err(UffdError::Read)?;
+        let n = match check_io(Point::UffdRead) {
+            // As the real read of a non-blocking descriptor: nothing yet.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
+            Err(e) => return Err(UffdError::Read(e)),
+            Ok(()) => sys::read_msgs(self.uffd.as_fd(), &mut buf.0).map_err(UffdError::Read)?,
+        };
         for msg in &buf.0[..n] {
             if let Some(pf) = msg.pagefault() {
                 out.push(Fault {

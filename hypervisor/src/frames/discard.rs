@@ -15,13 +15,17 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::fault_inject::{self, Point};
 use crate::frames::host::{HostMap, HostRange};
 use crate::frames::run::{Run, RunBuilder};
 use crate::frames::table::FrameTable;
+use crate::logger::RateLimit;
 use crate::memory::GuestRam;
 
 /// Runs per `process_madvise` call (the kernel allows `UIO_MAXIOV`, 1024).
 pub const IOV_BATCH: usize = 512;
+/// Log lines per second about failed drops.
+const LOG_LINES_PER_SECOND: u64 = 2;
 /// Use `process_madvise` when a batch has at least this many runs...
 const SCATTERED_MIN_RUNS: usize = 16;
 /// ... of at most this many pages on average.
@@ -42,6 +46,10 @@ pub struct DiscardReport {
     pub pages: u64,
     pub madvise_calls: u64,
     pub process_madvise_calls: u64,
+    /// Of those calls, the ones that failed (a failed `process_madvise`
+    /// batch goes through `madvise` instead).
+    pub madvise_failures: u64,
+    pub process_madvise_failures: u64,
     /// Indexes (into the runs given) of runs NOT dropped: contents intact.
     pub failed: Vec<usize>,
 }
@@ -73,15 +81,34 @@ pub trait Arming: Send + Sync {
 pub struct PassReport {
     /// Frames dropped (each was resident, so resident fell by as many).
     pub pages: u64,
-    /// Frames claimed but not dropped (madvise failed; contents intact).
+    /// Frames claimed but not dropped (madvise failed, or the run could
+    /// not be armed; contents intact).
     pub failed: u64,
     pub madvise_calls: u64,
     pub process_madvise_calls: u64,
+    /// Failed calls, and the frames whose `madvise` failed (in `failed`).
+    pub madvise_failures: u64,
+    pub process_madvise_failures: u64,
+    pub madvise_kept_pages: u64,
+}
+
+impl PassReport {
+    /// Adds `other` to this report.
+    pub fn add(&mut self, other: &PassReport) {
+        self.pages += other.pages;
+        self.failed += other.failed;
+        self.madvise_calls += other.madvise_calls;
+        self.process_madvise_calls += other.process_madvise_calls;
+        self.madvise_failures += other.madvise_failures;
+        self.process_madvise_failures += other.process_madvise_failures;
+        self.madvise_kept_pages += other.madvise_kept_pages;
+    }
 }
 
 /// `madvise(MADV_DONTNEED)` of one checked host range.
 fn madvise_dontneed(range: HostRange) -> std::io::Result<()> {
     let len = usize::try_from(range.len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    fault_inject::check_io(Point::Madvise)?;
     // SAFETY: `range` came from a `HostMap`, so it lies inside the guest
     // RAM mapping the map keeps alive. MADV_DONTNEED on this private
     // anonymous mapping only replaces the contents with zero pages; the VMM
@@ -110,6 +137,8 @@ pub struct Discarder {
     /// Our own pidfd, opened on first use; `None` after the kernel refused.
     pidfd: Option<OwnedFd>,
     process_madvise_ok: bool,
+    /// Failed drops are logged at most this often (they are counted).
+    log_limit: RateLimit,
 }
 
 impl Discarder {
@@ -119,6 +148,7 @@ impl Discarder {
             map: HostMap::new(ram).ok_or(DiscardError::NoHostMapping)?,
             pidfd: None,
             process_madvise_ok: true,
+            log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
         })
     }
 
@@ -153,11 +183,16 @@ impl Discarder {
         match madvise_dontneed(range) {
             Ok(()) => report.pages += run.count,
             Err(e) => {
-                log::warn!(
-                    "reclaim: madvise(MADV_DONTNEED) of frames {:#x}+{} failed: {e}",
-                    run.pfn,
-                    run.count
-                );
+                // Nothing was dropped: the caller gives the run back as it
+                // was (a later round may try again).
+                if self.log_limit.allow() {
+                    log::warn!(
+                        "reclaim: madvise(MADV_DONTNEED) of frames {:#x}+{} failed: {e}; kept",
+                        run.pfn,
+                        run.count
+                    );
+                }
+                report.madvise_failures += 1;
                 report.failed.push(i);
             }
         }
@@ -202,6 +237,7 @@ impl Discarder {
                 }
                 run.frames().for_each(|pfn| table.abort_discard(pfn));
                 report.failed += run.count;
+                report.madvise_kept_pages += run.count;
             } else {
                 run.frames().for_each(|pfn| table.finish_discard(pfn));
             }
@@ -209,6 +245,8 @@ impl Discarder {
         report.pages += done.pages;
         report.madvise_calls += done.madvise_calls;
         report.process_madvise_calls += done.process_madvise_calls;
+        report.madvise_failures += done.madvise_failures;
+        report.process_madvise_failures += done.process_madvise_failures;
         chunk.clear();
     }
 
@@ -234,6 +272,12 @@ impl Discarder {
             "reclaim: {what} unavailable ({}); using madvise",
             std::io::Error::last_os_error()
         );
+        self.process_madvise_ok = false;
+        self.pidfd = None;
+    }
+
+    fn give_up_process_madvise_after(&mut self, e: &std::io::Error) {
+        log::info!("reclaim: process_madvise(MADV_DONTNEED) failed ({e}); using madvise");
         self.process_madvise_ok = false;
         self.pidfd = None;
     }
@@ -272,24 +316,50 @@ impl Discarder {
                 next = end;
                 continue;
             }
-            // SAFETY: every iovec is a range inside the guest RAM mapping
-            // kept alive by `self.map` (HostMap::range), so the same argument as for
-            // madvise holds; the iovec array outlives the call; `pidfd` is
-            // our own open pidfd.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_process_madvise,
-                    pidfd,
-                    iov.as_ptr(),
-                    iov.len(),
-                    libc::MADV_DONTNEED,
-                    0u32,
-                )
+            let r = match fault_inject::check(Point::ProcessMadvise) {
+                Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+                None => {
+                    // SAFETY: every iovec is a range inside the guest RAM
+                    // mapping kept alive by `self.map` (HostMap::range), so
+                    // the same argument as for madvise holds; the iovec
+                    // array outlives the call; `pidfd` is our own pidfd.
+                    let r = unsafe {
+                        libc::syscall(
+                            libc::SYS_process_madvise,
+                            pidfd,
+                            iov.as_ptr(),
+                            iov.len(),
+                            libc::MADV_DONTNEED,
+                            0u32,
+                        )
+                    };
+                    if r < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(r)
+                    }
+                }
             };
-            if r < 0 {
-                self.give_up_process_madvise("process_madvise(MADV_DONTNEED)");
-                return next;
-            }
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // A failed call dropped nothing (a partial one returns
+                    // its count): these runs go through madvise. Only a
+                    // passing shortage keeps process_madvise for later.
+                    report.process_madvise_failures += 1;
+                    report.process_madvise_calls += 1;
+                    let passing = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::ENOMEM | libc::EINTR)
+                    );
+                    if passing {
+                        log::debug!("reclaim: process_madvise(MADV_DONTNEED) failed: {e}; madvise this time");
+                    } else {
+                        self.give_up_process_madvise_after(&e);
+                    }
+                    return next;
+                }
+            };
             report.process_madvise_calls += 1;
             // The kernel advises the vectors in order; `r` bytes were done.
             let mut done = u64::try_from(r).unwrap_or(0);

@@ -63,6 +63,18 @@ impl HostMap {
         })
     }
 
+    /// Every RAM range as a run of frames, in address order.
+    pub fn runs(&self) -> Vec<Run> {
+        self.ram
+            .ranges()
+            .into_iter()
+            .map(|(start, len)| Run {
+                pfn: start / PAGE_SIZE,
+                count: len / PAGE_SIZE,
+            })
+            .collect()
+    }
+
     /// The guest frame holding host address `addr`, if it is guest RAM.
     pub fn pfn_of(&self, addr: u64) -> Option<u64> {
         let pfn = addr.checked_sub(self.base)? / PAGE_SIZE;

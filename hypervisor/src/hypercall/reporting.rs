@@ -54,15 +54,22 @@ impl FreePageReporter {
         if map.range(run).is_none() {
             return Err(outside);
         }
-        discard_run(map, run).map_err(|e| ReportError::Madvise {
-            pfn,
-            count,
-            errno: e.raw_os_error().unwrap_or(0),
-        })?;
         let r = &metrics.reclaim;
+        r.madvise_calls.inc();
+        if let Err(e) = discard_run(map, run) {
+            // Nothing dropped, nothing counted as reported: the frames
+            // keep their contents (the guest reuses them as it would).
+            let f = &metrics.host_failures;
+            f.madvise.inc();
+            f.madvise_kept_pages.add(count);
+            return Err(ReportError::Madvise {
+                pfn,
+                count,
+                errno: e.raw_os_error().unwrap_or(0),
+            });
+        }
         r.reports.inc();
         r.reported_pages.add(count);
-        r.madvise_calls.inc();
         Ok(())
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Every interval the thread measures residency (`resident::Residency`:
 //! from `/proc/self/pagemap`, read again only when something may have
-//! changed); drops the resident frames that have stayed Unused for the
-//! unused delay, whatever the budget (`eager`); then, if a budget is set
+//! changed; a round whose reading fails is skipped, counted, and the next
+//! one reads all of it); drops the resident frames that have stayed Unused
+//! for the unused delay, whatever the budget (`eager`); then, if a budget is set
 //! and resident memory exceeds it, or host memory pressure (PSI) passes
 //! the threshold, it drops resident Unused frames, then Volatile ones,
 //! never Stable ones, until the estimate is under the budget; with
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use pagehint_abi::PAGE_SIZE as PAGE;
 
 use crate::frames::discard::DiscardError;
-use crate::frames::{Arming, Discarder, FrameTable, Method};
+use crate::frames::{Arming, Discarder, FrameTable, Method, PassReport};
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
 use crate::periodic::{Periodic, PeriodicThread};
@@ -144,8 +145,14 @@ impl Worker {
                 Some(m.pages)
             }
             Err(e) => {
-                log::warn!("reclaim: {e}; residency is no longer measured");
-                self.residency = None;
+                // No reading, no drop: the round is skipped and the next
+                // one reads all of pagemap again.
+                r.invalidate();
+                let f = &self.metrics.host_failures.pagemap;
+                if f.get() == 0 {
+                    log::warn!("reclaim: {e}; rounds are skipped until pagemap reads again");
+                }
+                f.inc();
                 None
             }
         }
@@ -203,8 +210,7 @@ impl Worker {
         r.unused_eager_us.add(micros(t.elapsed()));
         r.unused_eager_pages.add(done.pass.pages);
         r.unused_eager_refaults.add(done.refaults);
-        r.madvise_calls.add(done.pass.madvise_calls);
-        r.process_madvise_calls.add(done.pass.process_madvise_calls);
+        count_calls(&self.metrics, &done.pass);
         if done.pass.pages > 0 || done.pass.failed > 0 {
             residency.invalidate();
         }
@@ -274,12 +280,7 @@ impl Worker {
             };
             let m = &self.metrics.potentially_volatile;
             match pv_pass(inputs, &mut self.discarder, pv, m) {
-                Ok(r) => {
-                    pass.pages += r.pages;
-                    pass.failed += r.failed;
-                    pass.madvise_calls += r.madvise_calls;
-                    pass.process_madvise_calls += r.process_madvise_calls;
-                }
+                Ok(r) => pass.add(&r),
                 Err(e) => log::debug!("reclaim: potentially volatile pass skipped: {e}"),
             }
         }
@@ -288,8 +289,7 @@ impl Worker {
         r.rounds.inc();
         r.time_us.add(us);
         r.max_round_us.raise(us);
-        r.madvise_calls.add(pass.madvise_calls);
-        r.process_madvise_calls.add(pass.process_madvise_calls);
+        count_calls(&self.metrics, &pass);
         // Each dropped frame was resident a moment ago; the reading no
         // longer holds.
         if pass.pages > 0 || pass.failed > 0 {
@@ -304,6 +304,17 @@ impl Worker {
             );
         }
     }
+}
+
+/// Counts a pass's `madvise`/`process_madvise` calls and failures.
+fn count_calls(metrics: &Metrics, pass: &PassReport) {
+    let r = &metrics.reclaim;
+    r.madvise_calls.add(pass.madvise_calls);
+    r.process_madvise_calls.add(pass.process_madvise_calls);
+    let f = &metrics.host_failures;
+    f.madvise.add(pass.madvise_failures);
+    f.madvise_kept_pages.add(pass.madvise_kept_pages);
+    f.process_madvise.add(pass.process_madvise_failures);
 }
 
 fn micros(d: Duration) -> u64 {

@@ -337,8 +337,8 @@ impl Pagemap {
             let bytes = (n as usize) * ENTRY;
             let offset = start + done * ENTRY as u64;
             let buf = &mut self.buf[..bytes];
-            self.file
-                .read_exact_at(buf, offset)
+            crate::fault_inject::check_io(crate::fault_inject::Point::Pagemap)
+                .and_then(|()| self.file.read_exact_at(buf, offset))
                 .map_err(|source| match source.kind() {
                     std::io::ErrorKind::UnexpectedEof => ResidentError::Short(offset),
                     _ => ResidentError::Read { offset, source },

@@ -406,10 +406,17 @@ impl VcpuHandles {
 
     /// Stops and joins every vCPU thread.
     pub fn stop(mut self) {
-        self.stop_and_join();
+        self.stop_and_join(&mut || {});
     }
 
-    fn stop_and_join(&mut self) {
+    /// [`VcpuHandles::stop`]; if threads are still running after 100 ms of
+    /// kicks (one waits on a page fault no one will answer, which a
+    /// signal does not end), `unstick` is called once.
+    pub fn stop_or_unstick(mut self, unstick: &mut dyn FnMut()) {
+        self.stop_and_join(unstick);
+    }
+
+    fn stop_and_join(&mut self, unstick: &mut dyn FnMut()) {
         self.stop.store(true, Ordering::SeqCst);
         let signal = SIGRTMIN();
         let mut rounds = 0u32;
@@ -420,6 +427,9 @@ impl VcpuHandles {
                 }
             }
             rounds = rounds.saturating_add(1);
+            if rounds == 20 {
+                unstick();
+            }
             if rounds == 200 {
                 log::warn!("vCPU threads are slow to stop; still kicking");
             }
@@ -433,7 +443,7 @@ impl VcpuHandles {
 
 impl Drop for VcpuHandles {
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.stop_and_join(&mut || {});
     }
 }
 
