@@ -66,6 +66,24 @@ fn toucher(
     (rx.recv().unwrap(), h)
 }
 
+/// The toucher's byte, once it is done: it must be within 10 s of the
+/// step that should let it go on. A thread left waiting in the kernel
+/// would otherwise hang the whole test run (one run here, under heavy
+/// load, waited 20 minutes in `a_touch_after_make_stable_...`, not seen
+/// again in the next 5 runs of the suite); this turns that into a failure
+/// that says so.
+fn joined(h: std::thread::JoinHandle<u8>) -> u8 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !h.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the touching thread is still waiting 10 s after it should have gone on"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.join().unwrap()
+}
+
 #[test]
 fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable() {
     register_fault_kick_signal().unwrap();
@@ -92,7 +110,7 @@ fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable()
         Ok(crate::frames::HintOutcome::Discarded)
     );
     f.unregister_marked(20, 1);
-    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(joined(h), 0);
     assert_eq!(m.discard_faults.uffd_registered_pages.get(), 0);
     assert!(m.discard_faults.events.get() >= 1);
     assert_eq!(m.discard_faults.protocol_violations.get(), 0);
@@ -124,7 +142,7 @@ fn a_touch_after_make_stable_reported_the_discard_is_still_a_discard_fault() {
     f.table().apply(25, HintOp::SetStable).unwrap();
     f.unregister_marked(25, 1);
     assert!(!f.table().discard_fault_due(25));
-    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(joined(h), 0);
 }
 
 #[test]
@@ -139,7 +157,7 @@ fn other_threads_and_frames_no_longer_volatile_get_zeroes() {
         f.handle_fault(&mut det, fault, Instant::now()),
         Action::ZeroOtherThread
     );
-    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(joined(h), 0);
     assert_eq!(m.discard_faults.zero_fills_other_thread.get(), 1);
     assert!(!f.table().is_registered(30));
 
@@ -151,7 +169,7 @@ fn other_threads_and_frames_no_longer_volatile_get_zeroes() {
         f.handle_fault(&mut det, fault, Instant::now()),
         Action::ZeroNotVolatile
     );
-    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(joined(h), 0);
     assert_eq!(m.discard_faults.zero_fills_not_volatile.get(), 1);
     assert_eq!(m.discard_faults.uffd_registered_pages.get(), 0);
     assert_eq!(f.slots().pending(0), None);
@@ -174,7 +192,7 @@ fn a_fault_that_keeps_repeating_is_broken() {
             break;
         }
     }
-    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(joined(h), 0);
     assert_eq!(actions.last(), Some(&Action::BrokeLivelock), "{actions:?}");
     assert!(actions.len() > 3, "{actions:?}");
     assert_eq!(m.discard_faults.protocol_violations.get(), 1);
@@ -190,7 +208,7 @@ fn the_thread_answers_faults_and_stops() {
     let handler = FaultHandler::spawn(f.clone()).unwrap();
     // A thread that runs no vCPU gets its zero page from the thread.
     let (_, h) = toucher(&f, &ram, 50, false);
-    assert_eq!(h.join().unwrap(), 0);
+    assert_eq!(joined(h), 0);
     handler.stop();
     assert_eq!(m.discard_faults.zero_fills_other_thread.get(), 1);
 }
