@@ -45,7 +45,8 @@ fn segments_are_sane(image: &[u8], ram: u64) {
             u64_at(ph, 32),
             u64_at(ph, 40),
         );
-        if p_type != 1 || memsz == 0 {
+        // linux-loader copies any PT_LOAD with file bytes.
+        if p_type != 1 || (memsz == 0 && filesz == 0) {
             continue;
         }
         loads += 1;
@@ -117,11 +118,10 @@ fuzz_target!(|data: &[u8]| {
             "entry {entry:#x}"
         );
     }
-    // Nothing below the kernel's load address was written.
+    // Nothing below the kernel's load address was written (compared as
+    // slices: one memcmp, not a traced comparison per byte).
     let mut low = vec![0u8; KERNEL_START as usize];
+    let zero = vec![0u8; KERNEL_START as usize];
     assert!(ram.mem().read_slice(&mut low, GuestAddress(0)).is_ok());
-    assert!(
-        low.iter().all(|&b| b == 0),
-        "the loader wrote the boot area"
-    );
+    assert!(low == zero, "the loader wrote the boot area");
 });

@@ -168,7 +168,8 @@ fuzz_target!(|data: &[u8]| {
     if ram.mem().read_slice(&mut after, GuestAddress(gpa)).is_err() {
         panic!("fuzz harness: cannot read the batch back");
     }
-    for (i, (a, b)) in after.iter().zip(&page).enumerate() {
+    let changed = after != page;
+    for (i, (a, b)) in after.iter().zip(&page).enumerate().filter(|_| changed) {
         let in_result =
             i >= HEADER && (i - HEADER) / ENTRY < n && (i - HEADER) % ENTRY >= RESULT_AT;
         assert!(in_result || a == b, "batch byte {i} changed");
