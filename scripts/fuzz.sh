@@ -11,6 +11,8 @@
 # (-Cpasses=sancov-module and the -sanitizer-coverage-* LLVM options), with
 # debug assertions and overflow checks on. `--target` keeps those flags off
 # build scripts and proc-macros; the target directory is fuzz/target.
+# `--locked`: fuzz/Cargo.lock is committed, and a dependency added to the
+# crates under test must be recorded there (a plain `cargo build` in fuzz/).
 #
 # Each run starts from a copy of the committed seed corpus
 # (fuzz/corpus/TARGET/); what libFuzzer finds goes to the run's own
