@@ -2,14 +2,16 @@
 //! I/O: the virtio-mmio block device behind the `MmioBus`
 //! (`VirtioBlock`'s registers, its status machine, queue setup and
 //! `process_queue` over rings the fuzzer wrote), and the `PioBus` routing
-//! with the exit port, with any address, width and value.
+//! with the exit port and the 16550 console, with any address, width and
+//! value.
 //!
 //! Asserts: the identification registers always read their constants and
 //! the configuration space the disk's capacity; the status never shows
 //! DRIVER_OK without FEATURES_OK; only the two defined interrupt bits are
 //! ever set; neither bus hands a device an access that does not start in
 //! its window, and the MMIO bus never one that runs past it; the exit port
-//! reports exactly the value an `out` wrote, zero-extended. It must never keep a
+//! reports exactly the value an `out` wrote, zero-extended; the console
+//! prints no more bytes than it was written. It must never keep a
 //! device between inputs.
 
 #![no_main]
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use hypervisor::devices::disk::DiskFile;
 use hypervisor::devices::mmio::{MmioBus, MmioDevice};
 use hypervisor::devices::pio::{ExitDevice, PioBus, PioDevice, PioOutcome};
+use hypervisor::devices::serial::SerialDevice;
 use hypervisor::devices::virtio_mmio::{VirtioBlock, DEVICE_ID_BLOCK, MAGIC, VENDOR_ID, VERSION};
 use hypervisor::metrics::Metrics;
 use libfuzzer_sys::fuzz_target;
@@ -33,6 +36,7 @@ const WINDOW: u64 = 0x1000;
 const PROBE_PORT: u16 = 0x100;
 const PROBE_PORTS: u16 = 8;
 const EXIT_PORT: u16 = 0x200;
+const COM1: u16 = 0x3f8;
 const DISK_SECTORS: u64 = 16;
 
 /// A device that checks every access it is handed lies in its window.
@@ -106,6 +110,12 @@ fuzz_target!(|data: &[u8]| {
     let mut mmio = MmioBus::new(metrics.clone());
     let mut pio = PioBus::new(metrics.clone());
     let exit = Arc::new(Mutex::new(ExitDevice::new()));
+    let (serial, _serial_irq) = match SerialDevice::new(Vec::<u8>::new(), metrics.clone()) {
+        Ok(s) => s,
+        Err(e) => panic!("fuzz harness: {e}"),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    let mut serial_writes = 0usize;
     let inserted = mmio.insert(VIRTIO, WINDOW, dev.clone()).is_ok()
         && mmio
             .insert(PROBE, WINDOW, Arc::new(Mutex::new(Probe { len: WINDOW })))
@@ -119,7 +129,8 @@ fuzz_target!(|data: &[u8]| {
                 })),
             )
             .is_ok()
-        && pio.insert(EXIT_PORT, 1, exit.clone()).is_ok();
+        && pio.insert(EXIT_PORT, 1, exit.clone()).is_ok()
+        && pio.insert(COM1, 8, serial.clone()).is_ok();
     assert!(inserted, "fuzz harness: cannot build the buses");
 
     for _ in 0..128 {
@@ -203,15 +214,19 @@ fuzz_target!(|data: &[u8]| {
             }
             // Port I/O.
             _ => {
-                let port = match input.u8() % 4 {
+                let port = match input.u8() % 5 {
                     0 => input.u16(),
                     1 => EXIT_PORT,
+                    2 => COM1 + input.below(10) as u16,
                     _ => PROBE_PORT + input.below(u64::from(PROBE_PORTS) + 2) as u16,
                 };
                 let w = [1, 2, 4][input.below(3) as usize];
                 let value = input.u32();
                 pio.read(port, &mut buf[..w]);
                 let out = pio.write(port, &value.to_le_bytes()[..w]);
+                if (COM1..COM1 + 8).contains(&port) {
+                    serial_writes += 1;
+                }
                 if port == EXIT_PORT {
                     let v = if w == 4 {
                         value
@@ -224,6 +239,13 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
+        }
+        // The console prints at most a byte per write it was given.
+        if let Ok(s) = serial.lock() {
+            assert!(
+                s.writer().len() <= serial_writes,
+                "console output from nowhere"
+            );
         }
         // The register file's invariants.
         assert_eq!(read32(&mmio, 0x00), MAGIC);
