@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
+# The fuzz crate is its own workspace (scripts/fuzz.sh builds it).
+(cd fuzz && cargo fmt -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
 # The guest binaries: the user programs first, since the kernel embeds them.
 guest=target/guest-lint

@@ -139,7 +139,9 @@ pub fn check_image(image: &[u8], ram_size: u64) -> Result<(), LoaderError> {
         let p_paddr = u64_at(ph, 24).ok_or(LoaderError::NotElf("bad program header"))?;
         let p_filesz = u64_at(ph, 32).ok_or(LoaderError::NotElf("bad program header"))?;
         let p_memsz = u64_at(ph, 40).ok_or(LoaderError::NotElf("bad program header"))?;
-        if p_type != PT_LOAD || p_memsz == 0 {
+        // linux-loader copies every PT_LOAD that has file bytes, whatever
+        // its memory size: only a segment with neither is nothing.
+        if p_type != PT_LOAD || (p_memsz == 0 && p_filesz == 0) {
             continue;
         }
         any_load = true;
@@ -354,6 +356,35 @@ mod tests {
             check_image(&not_x86, ram),
             Err(LoaderError::NotElf(_))
         ));
+    }
+
+    /// Found by the `elf_loader` fuzz target: a PT_LOAD with file bytes but
+    /// a memory size of 0 was skipped by the check, yet linux-loader copies
+    /// its file bytes to its address, here into the boot area.
+    #[test]
+    fn a_segment_with_data_but_no_memory_size_is_refused() {
+        let good = elf(KERNEL_START, 0x1000);
+        let mut b = vec![0u8; ELF_HEADER_LEN + 2 * PHDR_LEN + 16];
+        b[..ELF_HEADER_LEN + PHDR_LEN].copy_from_slice(&good[..ELF_HEADER_LEN + PHDR_LEN]);
+        b[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let data = (ELF_HEADER_LEN + 2 * PHDR_LEN) as u64;
+        let first = ELF_HEADER_LEN;
+        b[first + 8..first + 16].copy_from_slice(&data.to_le_bytes());
+        let ph = ELF_HEADER_LEN + PHDR_LEN;
+        b[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        b[ph + 8..ph + 16].copy_from_slice(&data.to_le_bytes());
+        b[ph + 24..ph + 32].copy_from_slice(&0x1000u64.to_le_bytes());
+        b[ph + 32..ph + 40].copy_from_slice(&16u64.to_le_bytes());
+        b[ph + 40..ph + 48].copy_from_slice(&0u64.to_le_bytes());
+        b[data as usize..].fill(0xcc);
+        let ram = GuestRam::new(16 << 20).unwrap();
+        assert!(matches!(
+            check_image(&b, 16 << 20),
+            Err(LoaderError::NotElf(_))
+        ));
+        assert!(load_kernel(&ram, &b).is_err());
+        let low: u64 = ram.mem().read_obj(GuestAddress(0x1000)).unwrap();
+        assert_eq!(low, 0, "the boot area was written");
     }
 
     #[test]
