@@ -34,7 +34,7 @@ fn verify_file(f: &Mapped, end_ns: u64, done: &mut u64) -> Option<u64> {
     let blocks = f.size.div_ceil(BLOCK_SIZE as u64);
     let mut errors = 0;
     for index in 0..blocks {
-        if *done % CLOCK_EVERY == 0 && clock_ns() >= end_ns {
+        if done.is_multiple_of(CLOCK_EVERY) && clock_ns() >= end_ns {
             return None;
         }
         let off = index * BLOCK_SIZE as u64;
