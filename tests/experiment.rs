@@ -32,7 +32,8 @@ const RUNS: usize = 26;
 /// hinting's only with potentially volatile pages).
 const WORKLOADS: [&str; 4] = ["page-cache", "kv", "build", "anon-free"];
 /// How long the whole quick experiment may take (about 5 minutes here;
-/// each run has its own timeout of 2 minutes besides).
+/// each run has its own timeout besides: 2 minutes, 4 for the writing
+/// workload).
 const LIMIT: Duration = Duration::from_secs(1500);
 
 struct Results {
