@@ -66,12 +66,7 @@ pub fn start(per_tick: u64) -> bool {
 }
 
 fn next() -> u64 {
-    let mut x = SEED.load(Ordering::Relaxed);
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    SEED.store(x, Ordering::Relaxed);
-    x
+    super::scribble::xorshift(&SEED)
 }
 
 /// A frame number the noise may name: a set-aside frame (with a count

@@ -42,11 +42,18 @@ pub fn start(per_tick: u64) -> bool {
 }
 
 fn next() -> u64 {
-    let mut x = SEED.load(Ordering::Relaxed);
+    xorshift(&SEED)
+}
+
+/// Advances the xorshift64 state `seed` (shared by every CPU: a race only
+/// makes the garbage more random) and returns the new value. The noise
+/// (`mm::noise`) draws from it too.
+pub(super) fn xorshift(seed: &AtomicU64) -> u64 {
+    let mut x = seed.load(Ordering::Relaxed);
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
-    SEED.store(x, Ordering::Relaxed);
+    seed.store(x, Ordering::Relaxed);
     x
 }
 
