@@ -243,6 +243,65 @@ pub fn host_try_claim(c: &impl EntryCell, class: PageState) -> bool {
     false
 }
 
+/// Host: the VMM backed a frame whose contents it had dropped with zeroes
+/// without delivering a discard fault (an access it cannot fault: a vCPU
+/// stuck on the frame, or a thread that runs no vCPU). The entry must go
+/// on telling the guest that the contents are gone, so this step never
+/// clears a bit and never changes the state: an entry that is DISCARDED
+/// already, BUSY (the claimer's [`host_finish`] sets DISCARDED) or Stable
+/// (the guest was told of the drop when it made the frame stable, or the
+/// frame is the guest's own to fill) is left as it is; any other entry
+/// gets DISCARDED with one compare-and-swap. True if it set DISCARDED.
+/// It never waits: the guest may have written any byte.
+#[inline]
+pub fn host_zero_filled(c: &impl EntryCell) -> bool {
+    let mut cur = c.load();
+    loop {
+        if cur & (BUSY | DISCARDED) != 0 || cur & STATE_MASK == PageState::Stable as u8 {
+            return false;
+        }
+        match c.cas(cur, cur | DISCARDED) {
+            Ok(_) => return true,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// Host, `SET_STABLE` (a `HINT_BATCH` entry): the frame is handed out
+/// afresh, unregistered from discard faults. Stable, its ARMED mark gone;
+/// a drop it carried is reported (the caller answers `DISCARDED`: the
+/// frame reads as zeroes). Waits while BUSY is set: the caller must have
+/// made sure the BUSY bit, if any, is the host's own (it never waits on
+/// one the guest wrote). Returns what the guest learns.
+#[inline]
+pub fn host_set_stable(c: &impl EntryCell) -> Taken {
+    let mut cur = settled(c);
+    loop {
+        match c.cas(cur, after_host_hint(cur, PageState::Stable, true, true)) {
+            Ok(_) => {
+                return Taken {
+                    discarded: cur & DISCARDED != 0,
+                    armed: cur & ARMED != 0,
+                }
+            }
+            Err(_) => cur = settled(c),
+        }
+    }
+}
+
+/// The entry a hint the host applies leaves behind (`HINT_BATCH`, with
+/// or without a shared table): state `to`; a stable-making hint
+/// (`reports`: `SET_STABLE`, `MAKE_STABLE`, `CHECK_WRITABLE`) reports and
+/// so clears DISCARDED, the others keep it; `SET_STABLE` (`unregisters`)
+/// clears ARMED, the others keep it. BUSY is never kept: the caller
+/// applies hints only to idle entries.
+#[inline]
+pub const fn after_host_hint(cur: u8, to: PageState, reports: bool, unregisters: bool) -> u8 {
+    let discarded = if reports { 0 } else { cur & DISCARDED };
+    let armed = if unregisters { 0 } else { cur & ARMED };
+    to as u8 | discarded | armed
+}
+
 /// Host, holding BUSY: the frame is registered for discard faults.
 #[inline]
 pub fn host_arm(c: &impl EntryCell) {

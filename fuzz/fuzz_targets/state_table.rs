@@ -4,7 +4,7 @@
 //! interleaved with the guest writing any byte into any entry.
 //!
 //! Asserts: a table is accepted exactly when it is page aligned, one entry
-//! per frame and wholly in RAM, and the switch carries every frame's state
+//! per frame and wholly inside one RAM range of the memory map, and the switch carries every frame's state
 //! over; an entry's state decodes and encodes back to its two low bits; the
 //! host claims only an entry the ABI calls claimable, never one of the
 //! table's own frames, and never changes a Stable entry; finishing a claim
@@ -72,11 +72,14 @@ fuzz_target!(|data: &[u8]| {
         frames
     };
     let pages = frames.div_ceil(PAGE_SIZE);
+    // Wholly inside one range the memory map calls RAM: below the legacy
+    // area (`LOW_RAM_END`), or from 1 MiB to the top.
     let fits = at % PAGE_SIZE == 0
         && entries == frames
-        && at
-            .checked_add(pages * PAGE_SIZE)
-            .is_some_and(|end| end <= RAM_SIZE);
+        && at.checked_add(pages * PAGE_SIZE).is_some_and(|end| {
+            end <= pagehint_hypervisor::memory::LOW_RAM_END
+                || (at >= pagehint_abi::boot::KERNEL_START && end <= RAM_SIZE)
+        });
     // The guest's table may hold anything before it is registered.
     let junk = input.bytes(64);
     if at
@@ -238,11 +241,18 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             5 => {
-                if table.force_stable(pfn) {
-                    assert_eq!(table.state(pfn), Some(PageState::Stable));
-                    assert!(!table.is_discarded(pfn));
-                } else if pre.is_some_and(|v| v & BUSY == 0) {
-                    assert_eq!(byte(pfn), pre, "a refused force_stable wrote the entry");
+                // A zero fill never hides a drop: same state, DISCARDED
+                // set (added or already there) unless the entry is stable
+                // or busy, which it leaves alone.
+                let before = table.state(pfn);
+                if table.mark_zero_filled(pfn) {
+                    assert_eq!(table.state(pfn), before);
+                    assert!(table.is_discarded(pfn));
+                    if let Some(v) = pre {
+                        assert_eq!(byte(pfn), Some(v | st::DISCARDED));
+                    }
+                } else if shared.is_some() {
+                    assert_eq!(byte(pfn), pre, "a refused zero-fill mark wrote the entry");
                 }
             }
             6 => {

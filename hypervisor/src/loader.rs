@@ -22,8 +22,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::GuestRam;
 
-/// End of conventional low memory (the EBDA starts here on a PC).
-pub const LOW_RAM_END: u64 = 0x9_fc00;
+pub use crate::memory::LOW_RAM_END;
 
 const ELF_HEADER_LEN: usize = 64;
 const PHDR_LEN: usize = 56;
@@ -214,25 +213,18 @@ pub fn memory_map(ram_size: u64) -> Vec<MemmapEntry> {
         kind,
         reserved: 0,
     };
-    // The RAM ranges are `memory::ram_ranges`; the first (at 0) loses the
-    // legacy area below 1 MiB but for its first 639 KiB.
+    // The RAM ranges are `memory::e820_ram_ranges` (what SET_STATE_TABLE
+    // checks against); the legacy area between its first two is reserved.
     let mut map = Vec::new();
-    for (start, len) in crate::memory::ram_ranges(ram_size) {
-        if start == 0 {
-            map.push(entry(0, LOW_RAM_END, E820_RAM));
+    for (start, len) in crate::memory::e820_ram_ranges(ram_size) {
+        if start == KERNEL_START {
             map.push(entry(
                 LOW_RAM_END,
                 KERNEL_START - LOW_RAM_END,
                 E820_RESERVED,
             ));
-            map.push(entry(
-                KERNEL_START,
-                len.saturating_sub(KERNEL_START),
-                E820_RAM,
-            ));
-        } else {
-            map.push(entry(start, len, E820_RAM));
         }
+        map.push(entry(start, len, E820_RAM));
     }
     map
 }

@@ -74,6 +74,37 @@ pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
     ranges
 }
 
+/// End of conventional low memory (the EBDA starts here on a PC): the
+/// memory map calls `LOW_RAM_END..KERNEL_START` reserved.
+pub const LOW_RAM_END: u64 = 0x9_fc00;
+
+/// The ranges `(start, len)` the guest's memory map (E820) calls RAM: the
+/// [`ram_ranges`] less the legacy area `LOW_RAM_END..KERNEL_START` (the
+/// EBDA, VGA and BIOS windows of a PC), which is reserved.
+pub fn e820_ram_ranges(size: u64) -> Vec<(u64, u64)> {
+    use pagehint_abi::boot::KERNEL_START;
+    let mut out = Vec::new();
+    for (start, len) in ram_ranges(size) {
+        if start == 0 {
+            out.push((0, LOW_RAM_END));
+            out.push((KERNEL_START, len.saturating_sub(KERNEL_START)));
+        } else {
+            out.push((start, len));
+        }
+    }
+    out
+}
+
+/// True if `gpa..gpa + len` lies wholly inside one range the memory map
+/// calls RAM ([`e820_ram_ranges`]).
+pub fn in_one_e820_ram_range(size: u64, gpa: u64, len: u64) -> bool {
+    gpa.checked_add(len).is_some_and(|end| {
+        e820_ram_ranges(size)
+            .into_iter()
+            .any(|(s, l)| gpa >= s && end <= s + l)
+    })
+}
+
 /// The host mapping behind guest RAM; unmapped when the last user drops.
 #[derive(Debug)]
 struct HostMapping {
@@ -237,6 +268,13 @@ impl GuestRam {
         gpa.checked_add(len).is_some_and(|end| {
             end <= low || (gpa >= HIGH_RAM_START && end <= self.top && self.top > HIGH_RAM_START)
         })
+    }
+
+    /// True if `gpa..gpa + len` lies wholly inside one range the guest's
+    /// memory map calls RAM (not the legacy area below 1 MiB, not the
+    /// hole).
+    pub fn in_usable_ram(&self, gpa: u64, len: u64) -> bool {
+        in_one_e820_ram_range(self.size, gpa, len)
     }
 
     /// True if frame `pfn` is RAM (inside `0..frames()` and not in the

@@ -168,6 +168,17 @@ pub struct DiscardFaultMetrics {
     /// Faults by a thread that runs no vCPU (the block worker, say):
     /// backed with a zero page.
     pub zero_fills_other_thread: Counter,
+    /// Livelocks broken: a vCPU kept faulting on a dropped frame (a
+    /// kernel-mode access on a host whose KVM emulates it, or a discard
+    /// fault the guest did not handle), so the frame was backed with
+    /// zeroes; its entry still says discarded. Also counted in
+    /// `protocol_violations`.
+    pub livelocks_broken: Counter,
+    /// Zero fills (of any kind above) that found the frame's entry neither
+    /// stable, discarded nor busy and set DISCARDED on it, so that the
+    /// guest learns of the drop (a frame it had made volatile or unused
+    /// again after being told, say).
+    pub zero_fills_marked: Counter,
     /// Faults the guest handled wrongly or could not be told of: a
     /// repeating fault broken by backing the page, or a fault on a vCPU
     /// without a registered info area.

@@ -306,6 +306,8 @@ mod tests {
         for k in [
             "injected",
             "zero_fills_not_volatile",
+            "zero_fills_marked",
+            "livelocks_broken",
             "protocol_violations",
             "uffd_registered_pages",
             "events",

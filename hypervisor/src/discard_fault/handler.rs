@@ -9,9 +9,10 @@
 //! touches it again until it is made stable, which unregisters it and wakes
 //! any waiter). Every other fault (a frame no longer volatile, a thread that
 //! runs no vCPU) is backed with the zero page and counted, and so is a fault
-//! the livelock detector calls stuck. This module must never leave a fault
-//! unanswered that no discard fault will resolve, and never outlive its
-//! handle.
+//! the livelock detector calls stuck; a zero fill never hides the drop
+//! (the frame's entry keeps or gets DISCARDED unless the guest already
+//! made it stable). This module must never leave a fault unanswered that
+//! no discard fault will resolve, and never outlive its handle.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ pub enum Action {
     ZeroNotVolatile,
     /// Backed with zeroes: the faulting thread runs no vCPU.
     ZeroOtherThread,
-    /// Backed with zeroes and made stable: a livelock was broken.
+    /// Backed with zeroes, the entry still discarded: a livelock was broken.
     BrokeLivelock,
     /// Not a guest RAM address (cannot happen: only RAM is registered).
     Ignored,
@@ -107,16 +108,19 @@ impl DiscardFaults {
         }
     }
 
-    /// Backs a frame some vCPU is stuck on with zeroes and makes it Stable.
+    /// Backs a frame some vCPU is stuck on with zeroes. Its entry keeps
+    /// saying that the contents are gone (`FrameTable::mark_zero_filled`):
+    /// the guest learns of the drop when it makes the frame stable, as it
+    /// would have from a discard fault.
     fn break_livelock(&self, index: u64, pfn: u64) {
         let gpa = pfn * PAGE;
         self.slots.clear_pending_if(index, gpa);
-        self.fill(pfn);
-        self.table.force_stable(pfn);
-        self.unregister_marked(pfn, 1);
+        self.metrics.discard_faults.livelocks_broken.inc();
+        self.zero_fill(pfn);
         self.violation(format_args!(
-            "vCPU {index} keeps faulting on discarded volatile frame {gpa:#x} \
-             (a kernel access, or a discard fault not handled); backed with zeroes"
+            "vCPU {index} keeps faulting on discarded frame {gpa:#x} \
+             (a kernel access, or a discard fault not handled); backed with zeroes, \
+             the entry still says discarded"
         ));
     }
 

@@ -202,6 +202,9 @@ impl DiscardFaults {
     /// unregisters it if it was registered.
     fn zero_fill(&self, pfn: u64) {
         self.fill(pfn);
+        if self.table.mark_zero_filled(pfn) {
+            self.metrics.discard_faults.zero_fills_marked.inc();
+        }
         self.unregister_marked(pfn, 1);
     }
 

@@ -24,8 +24,9 @@ use crate::memory::GuestRam;
 /// Why a `SET_STATE_TABLE` was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ShareError {
-    /// The table is not 4 KiB aligned or not wholly inside one RAM range.
-    #[error("state table {0:#x} is not 4 KiB aligned or not wholly in guest RAM")]
+    /// The table is not 4 KiB aligned or not wholly inside one range the
+    /// memory map calls RAM.
+    #[error("state table {0:#x} is not 4 KiB aligned or not wholly inside one RAM range of the memory map")]
     BadPlace(u64),
     /// The table does not have one entry per frame of the VMM's table.
     #[error("state table has {got} entries, the guest has {want} frames")]
@@ -82,8 +83,11 @@ impl SharedEntries {
         if !table.is_page_aligned() || entries == 0 {
             return Err(bad);
         }
-        let map = HostMap::new(ram).ok_or(bad)?;
         let pages = entries.div_ceil(PAGE_SIZE);
+        if !ram.in_usable_ram(gpa, pages * PAGE_SIZE) {
+            return Err(bad);
+        }
+        let map = HostMap::new(ram).ok_or(bad)?;
         let first = gpa / PAGE_SIZE;
         let range = map.range(Run {
             pfn: first,
@@ -177,5 +181,33 @@ mod tests {
         // Straddling the hole's start is refused too.
         let below = GuestPhys((hole.start - 1) * PAGE_SIZE);
         assert!(SharedEntries::new(&ram, below, frames, frames).is_err());
+    }
+
+    /// Found by a guest written from docs/abi.md alone: tables in the
+    /// legacy area below 1 MiB, which the memory map calls reserved, were
+    /// accepted because the VMM's mapping covers it.
+    #[test]
+    fn a_table_outside_the_memory_maps_ram_is_refused() {
+        // 32 MiB: 8192 frames, a table of two pages.
+        let ram = GuestRam::new(32 << 20).unwrap();
+        let frames = ram.frames();
+        for at in [0xa_0000, 0x9_e000, 0x9_f000, 0xf_f000, 0xc_0000] {
+            assert_eq!(
+                SharedEntries::new(&ram, GuestPhys(at), frames, frames).unwrap_err(),
+                ShareError::BadPlace(at),
+                "{at:#x}"
+            );
+        }
+        // Wholly inside the low RAM range, or from 1 MiB up: accepted.
+        assert!(SharedEntries::new(&ram, GuestPhys(0x9_d000), frames, frames).is_ok());
+        assert!(SharedEntries::new(&ram, GuestPhys(0x10_0000), frames, frames).is_ok());
+        // The order of the checks: the entry count before the place.
+        assert_eq!(
+            SharedEntries::new(&ram, GuestPhys(0xa_0000), frames + 1, frames).unwrap_err(),
+            ShareError::WrongLength {
+                got: frames + 1,
+                want: frames
+            }
+        );
     }
 }

@@ -313,13 +313,7 @@ impl FrameTable {
             // SET_STABLE hands a frame out afresh: its discard-fault
             // registration is undone (`DiscardFaults::unregister_marked`),
             // so its ARMED mark goes; the other hints keep it.
-            let armed = if op == HintOp::SetStable {
-                0
-            } else {
-                cur & ARMED
-            };
-            let keep = (if reports { 0 } else { cur & DISCARDED }) | armed;
-            let new = (to as u8) | keep;
+            let new = entry::after_host_hint(cur, to, reports, op == HintOp::SetStable);
             match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.account(from, to);

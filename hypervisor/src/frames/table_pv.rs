@@ -1,6 +1,7 @@
 //! The state table's steps for frames a guest mapping may still reach
 //! after the host dropped them (Volatile and Potentially volatile): whether
-//! a touch of one is a discard fault, the livelock breaker's way out, and
+//! a touch of one is a discard fault, what a zero fill leaves in the entry
+//! (the livelock breaker's way out, among others), and
 //! the dirty log's verdict on a Potentially volatile frame
 //! (`FrameTable::demote_written`). A child of `table`, kept apart so that
 //! the table's file stays about hints and claims; the claim, arm, finish
@@ -8,14 +9,15 @@
 //!
 //! This module must never drop memory, never wait on a BUSY bit the guest
 //! wrote, and never change a frame that is not in the state a step names:
-//! a demotion or a forced stable state only ever makes a frame safer.
+//! a demotion only ever makes a frame safer, and a zero fill never hides a
+//! drop (it never clears DISCARDED or changes a state).
 
 use std::sync::atomic::Ordering;
 
 use pagehint_abi::page_state::PageState;
 use pagehint_abi::state_table::{self as entry, state_of, BUSY, DISCARDED};
 
-use super::{wait_not_busy, FrameTable, CLAIMED};
+use super::{FrameTable, CLAIMED};
 
 impl FrameTable {
     /// True if a touch of the frame is a discard fault: its contents are
@@ -38,37 +40,21 @@ impl FrameTable {
         })
     }
 
-    /// Breaks a discard-fault livelock: a Volatile, discarded frame becomes
-    /// Stable and no longer discarded (its contents are the zero page the
-    /// caller put there). The registered mark is left for the caller to
-    /// take. False if the frame was not Volatile and discarded.
-    pub fn force_stable(&self, pfn: u64) -> bool {
-        let (Ok(cell), Some(marks)) = (self.cell(pfn), self.host_marks(pfn)) else {
+    /// The VMM backed frame `pfn` with zeroes without a discard fault (a
+    /// livelock broken, a fault by a thread that runs no vCPU, a frame no
+    /// longer due one): its entry goes on saying the contents are gone
+    /// (`state_table::host_zero_filled`: DISCARDED set where the state is
+    /// not Stable and neither DISCARDED nor BUSY is; nothing else
+    /// changes). True if it set DISCARDED. Never waits on a BUSY bit.
+    pub fn mark_zero_filled(&self, pfn: u64) -> bool {
+        let Ok(cell) = self.cell(pfn) else {
             return false;
         };
-        let (mut cur, mut _hold) = wait_not_busy(cell, marks);
-        loop {
-            let from = state_of(cur);
-            let mapped_volatile =
-                matches!(from, PageState::Volatile | PageState::PotentiallyVolatile);
-            if !mapped_volatile || cur & DISCARDED == 0 {
-                return false;
-            }
-            // The caller unregisters it: no ARMED mark is left.
-            let new = PageState::Stable as u8;
-            match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    self.account(from, PageState::Stable);
-                    self.discarded_now.fetch_sub(1, Ordering::Relaxed);
-                    return true;
-                }
-                Err(actual) if actual & BUSY != 0 => {
-                    _hold = None;
-                    (cur, _hold) = wait_not_busy(cell, marks);
-                }
-                Err(actual) => cur = actual,
-            }
+        if !entry::host_zero_filled(cell) {
+            return false;
         }
+        self.discarded_now.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Does this table let frames become Potentially volatile (the VMM's
@@ -138,10 +124,11 @@ mod tests {
             Ok(crate::frames::HintOutcome::Discarded)
         );
         assert_eq!(t.state(2), Some(PageState::Stable));
-        // The livelock breaker takes a discarded PV frame too.
+        // A zero fill of a discarded PV frame leaves it discarded.
         assert!(t.try_claim(3, PageState::PotentiallyVolatile));
         t.finish_discard(3);
-        assert!(t.force_stable(3));
-        assert_eq!(t.state(3), Some(PageState::Stable));
+        assert!(!t.mark_zero_filled(3), "discarded already");
+        assert_eq!(t.state(3), Some(PageState::PotentiallyVolatile));
+        assert!(t.is_discarded(3));
     }
 }

@@ -99,18 +99,23 @@ fn the_registered_mark_survives_hints_and_is_taken_once() {
     assert!(t.take_registered(1));
     assert!(!t.take_registered(1), "taken exactly once");
     assert!(!t.take_registered(9), "out of range");
-    // The livelock breaker.
+    // A zero fill (the livelock breaker, say) never hides a drop.
     t.apply(2, HintOp::MakeVolatile).unwrap();
-    assert!(!t.force_stable(2), "not discarded");
+    assert!(t.mark_zero_filled(2), "volatile, not discarded: marked");
+    assert!(t.is_discarded(2));
+    assert_eq!(t.apply(2, HintOp::MakeStable), Ok(HintOutcome::Discarded));
+    t.apply(2, HintOp::MakeVolatile).unwrap();
     assert!(t.try_claim(2, Volatile));
     t.mark_registered(2);
+    assert!(!t.mark_zero_filled(2), "busy: the claimer's finish marks it");
     t.finish_discard(2);
-    assert!(t.force_stable(2));
-    assert_eq!(t.state(2), Some(Stable));
-    assert!(!t.is_discarded(2) && t.is_registered(2));
-    assert_eq!(t.apply(2, HintOp::MakeStable), Ok(HintOutcome::Applied));
+    assert!(!t.mark_zero_filled(2), "discarded already");
+    assert_eq!(t.state(2), Some(Volatile));
+    assert!(t.is_discarded(2) && t.is_registered(2));
+    assert_eq!(t.apply(2, HintOp::MakeStable), Ok(HintOutcome::Discarded));
+    assert!(!t.mark_zero_filled(2), "stable: the guest was told");
     assert_eq!(t.counts().discarded, 0);
-    assert!(!t.force_stable(2) && !t.force_stable(99));
+    assert!(!t.mark_zero_filled(99));
 }
 
 #[test]
