@@ -18,6 +18,7 @@ use crate::mm::discard;
 use crate::{hv, mm, percpu, println, process, sched, trap};
 
 mod hint_cost;
+mod outsider;
 
 /// A port that neither this VMM nor QEMU's microvm claims.
 const UNCLAIMED_PORT: u16 = 0x0700;
@@ -61,6 +62,7 @@ pub fn run(name: &str, args: &str, tsc_khz: u32) -> Option<u32> {
         "bad-hints" => Some(bad_hints()),
         "hint-cost" => Some(hint_cost::run()),
         "discard-list-test" => Some(discard_list_test(tsc_khz)),
+        "abi-outsider" => Some(outsider::run(tsc_khz)),
         _ => None,
     }
 }
