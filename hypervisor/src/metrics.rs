@@ -252,28 +252,34 @@ pub struct HypercallErrors {
     pub unknown_op: Counter,
     /// `HELLO` with another ABI version.
     pub bad_version: Counter,
-    /// Doorbell writes naming a misaligned block or one outside RAM, and
-    /// hint batches whose page is misaligned or outside RAM.
+    /// Doorbell writes naming a misaligned block or one outside RAM; hint
+    /// batches whose page is misaligned or outside RAM; `SET_STATE_TABLE`
+    /// tables and `SET_FAULT_INFO` areas misaligned or misplaced.
     pub bad_block: Counter,
     /// Doorbell writes that were not 32 bits wide, or reads of the port.
     pub bad_access: Counter,
     /// Hint batches with an entry count of 0 or above the maximum.
     pub bad_count: Counter,
-    /// Hint entries naming frames outside RAM or a bad frame count.
+    /// Hint entries naming frames outside RAM or a bad frame count; free
+    /// page reports not honoured; `SET_STATE_TABLE` with the wrong count or
+    /// a second time; `SET_FAULT_INFO` with a vCPU index out of range.
     pub bad_argument: Counter,
     /// Hint entries with an unknown hint operation.
     pub unknown_hint: Counter,
     /// Hint entries asking for a transition the state machine forbids.
     pub illegal_transition: Counter,
-    /// `HINT_BATCH` while hinting is turned off (`--no-hinting`), or
-    /// `SET_FAULT_INFO` while discard faults are.
+    /// `HINT_BATCH` while hinting is turned off (`--no-hinting`),
+    /// `SET_FAULT_INFO` while discard faults are, `SET_STATE_TABLE` when
+    /// the table is not offered.
     pub hints_disabled: Counter,
 }
 
 /// The host-side reclaimer (`crate::reclaim`).
 #[derive(Debug, Default, Serialize)]
 pub struct ReclaimMetrics {
-    /// Rounds run (one per interval).
+    /// Rounds that ran a budget or PSI drop pass (not one per interval:
+    /// a round with nothing over the budget, or an eager pass, is not
+    /// counted).
     pub rounds: Counter,
     /// `madvise(MADV_DONTNEED)` calls.
     pub madvise_calls: Counter,
@@ -286,7 +292,8 @@ pub struct ReclaimMetrics {
     /// Time spent measuring residency (statm, and pagemap when read), in
     /// microseconds.
     pub measure_us: Counter,
-    /// Rounds that read pagemap (the others found nothing changed).
+    /// Measurements that read the pagemap of all of guest RAM (the others
+    /// found nothing changed and re-read a twentieth of it).
     pub pagemap_reads: Counter,
     /// Rounds where the PSI threshold was exceeded.
     pub psi_triggers: Counter,
