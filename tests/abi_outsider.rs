@@ -58,7 +58,11 @@ fn a_dropped_frame_is_never_reported_intact_and_odd_tables_are_refused() {
     // hardware KVM; at once here, where kernel code is emulated), counted.
     let broken = get(&doc, "discard_faults.livelocks_broken");
     assert_eq!(broken, touches, "{doc}");
-    assert_eq!(get(&doc, "discard_faults.protocol_violations"), broken, "{doc}");
+    assert_eq!(
+        get(&doc, "discard_faults.protocol_violations"),
+        broken,
+        "{doc}"
+    );
     // Three refused placements (0xa0000, 0x9f000, misaligned), one count,
     // one second registration; exactly one table taken.
     assert_eq!(get(&doc, "hypercalls.set_state_table"), 6, "{doc}");

@@ -277,15 +277,21 @@ pub fn run(tsc_khz: u32) -> u32 {
         t.contents("B", pa, taken.discarded);
         let after = e.load(Ordering::Acquire);
         if st::state_of(after) != PageState::Stable || after & (DISCARDED | BUSY) != 0 {
-            t.fail(format_args!("B: frame {pa:#x} entry {after:#x} after a kernel read"));
+            t.fail(format_args!(
+                "B: frame {pa:#x} entry {after:#x} after a kernel read"
+            ));
         }
         match set_stable(&[pfn]) {
             Some(0) => {}
-            r => t.fail(format_args!("B: SET_STABLE of {pa:#x} after the CAS: {r:?}")),
+            r => t.fail(format_args!(
+                "B: SET_STABLE of {pa:#x} after the CAS: {r:?}"
+            )),
         }
         let e = e.load(Ordering::Acquire);
         if e != 0 {
-            t.fail(format_args!("B: frame {pa:#x} entry {e:#x} after SET_STABLE"));
+            t.fail(format_args!(
+                "B: frame {pa:#x} entry {e:#x} after SET_STABLE"
+            ));
         }
     }
     // C: odd orders: volatile to unused to volatile by CAS (the marks
@@ -299,7 +305,9 @@ pub fn run(tsc_khz: u32) -> u32 {
         match set_stable(&[pfn]) {
             Some(n) if n <= 1 => {
                 if marked && n == 0 {
-                    t.fail(format_args!("C: frame {pa:#x} was dropped, SET_STABLE said OK"));
+                    t.fail(format_args!(
+                        "C: frame {pa:#x} was dropped, SET_STABLE said OK"
+                    ));
                 }
                 t.contents("C", pa, n == 1);
             }
@@ -307,7 +315,9 @@ pub fn run(tsc_khz: u32) -> u32 {
         }
         let v = e.load(Ordering::Acquire);
         if v != 0 {
-            t.fail(format_args!("C: frame {pa:#x} entry {v:#x} after SET_STABLE"));
+            t.fail(format_args!(
+                "C: frame {pa:#x} entry {v:#x} after SET_STABLE"
+            ));
         }
     }
     // D: the documented path: the CAS, SET_STABLE for an armed frame
@@ -319,7 +329,9 @@ pub fn run(tsc_khz: u32) -> u32 {
             t.fail(format_args!("D: SET_STABLE of {pa:#x} after the CAS"));
         }
         if entry(pfn).load(Ordering::Acquire) & ARMED != 0 {
-            t.fail(format_args!("D: frame {pa:#x} still armed after SET_STABLE"));
+            t.fail(format_args!(
+                "D: frame {pa:#x} still armed after SET_STABLE"
+            ));
         }
         t.contents("D", pa, taken.discarded);
     }

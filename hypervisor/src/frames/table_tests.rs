@@ -107,7 +107,10 @@ fn the_registered_mark_survives_hints_and_is_taken_once() {
     t.apply(2, HintOp::MakeVolatile).unwrap();
     assert!(t.try_claim(2, Volatile));
     t.mark_registered(2);
-    assert!(!t.mark_zero_filled(2), "busy: the claimer's finish marks it");
+    assert!(
+        !t.mark_zero_filled(2),
+        "busy: the claimer's finish marks it"
+    );
     t.finish_discard(2);
     assert!(!t.mark_zero_filled(2), "discarded already");
     assert_eq!(t.state(2), Some(Volatile));

@@ -537,7 +537,11 @@ fn check_returned(pfn: u64, b: u8, w: Waiting, got: &Returned, after: u8) {
         (Waiting::ZeroFilled, Returned::ZeroFilled(done)) => {
             // Never hides a drop: the state and every bit stay, DISCARDED
             // is added where a non-stable idle entry lacked it.
-            assert_eq!(*done, from != Stable && b & DISCARDED == 0, "{pfn:#x} {b:#x}");
+            assert_eq!(
+                *done,
+                from != Stable && b & DISCARDED == 0,
+                "{pfn:#x} {b:#x}"
+            );
             let want = if *done { b | DISCARDED } else { b };
             assert_eq!(after, want, "{pfn:#x} {b:#x}");
         }
