@@ -243,28 +243,26 @@ pub fn host_try_claim(c: &impl EntryCell, class: PageState) -> bool {
     false
 }
 
-/// Host: the VMM backed a frame whose contents it had dropped with zeroes
-/// without delivering a discard fault (an access it cannot fault: a vCPU
-/// stuck on the frame, or a thread that runs no vCPU). The entry must go
-/// on telling the guest that the contents are gone, so this step never
-/// clears a bit and never changes the state: an entry that is DISCARDED
-/// already, BUSY (the claimer's [`host_finish`] sets DISCARDED) or Stable
-/// (the guest was told of the drop when it made the frame stable, or the
-/// frame is the guest's own to fill) is left as it is; any other entry
-/// gets DISCARDED with one compare-and-swap. True if it set DISCARDED.
-/// It never waits: the guest may have written any byte.
+/// Host: the VMM is about to back a frame it dropped with zeroes without
+/// delivering a discard fault (an access it cannot fault: a vCPU stuck on
+/// the frame, or a thread that runs no vCPU). The entry must go on telling
+/// the guest that the contents are gone. `seen` is the entry as the host
+/// read it while the frame was still registered for discard faults, hence
+/// still missing, and still so until this host fills it: only if `seen`
+/// is neither Stable (the guest was told of the drop when it made the
+/// frame stable), BUSY (the claimer's [`host_finish`] sets DISCARDED) nor
+/// DISCARDED already does one compare-and-swap from `seen` add DISCARDED.
+/// It never retries on another value: an entry the guest changed since may
+/// be one it took back and refilled (after `SET_STABLE`, which ends the
+/// registration), and marking that would report intact contents lost. So
+/// the caller marks before it fills, never after. True if it set
+/// DISCARDED; never clears a bit, never changes the state, never waits.
 #[inline]
-pub fn host_zero_filled(c: &impl EntryCell) -> bool {
-    let mut cur = c.load();
-    loop {
-        if cur & (BUSY | DISCARDED) != 0 || cur & STATE_MASK == PageState::Stable as u8 {
-            return false;
-        }
-        match c.cas(cur, cur | DISCARDED) {
-            Ok(_) => return true,
-            Err(actual) => cur = actual,
-        }
+pub fn host_zero_filled(c: &impl EntryCell, seen: u8) -> bool {
+    if seen & (BUSY | DISCARDED) != 0 || seen & STATE_MASK == PageState::Stable as u8 {
+        return false;
     }
+    c.cas(seen, seen | DISCARDED).is_ok()
 }
 
 /// Host, `SET_STABLE` (a `HINT_BATCH` entry): the frame is handed out

@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
     let fits = at % PAGE_SIZE == 0
         && entries == frames
         && at.checked_add(pages * PAGE_SIZE).is_some_and(|end| {
-            end <= pagehint_hypervisor::memory::LOW_RAM_END
+            end <= hypervisor::memory::LOW_RAM_END
                 || (at >= pagehint_abi::boot::KERNEL_START && end <= RAM_SIZE)
         });
     // The guest's table may hold anything before it is registered.
@@ -242,10 +242,12 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 // A zero fill never hides a drop: same state, DISCARDED
-                // set (added or already there) unless the entry is stable
-                // or busy, which it leaves alone.
+                // added, and only on a registered (so missing) frame whose
+                // entry is neither stable, busy nor discarded.
                 let before = table.state(pfn);
+                let registered = table.is_registered(pfn);
                 if table.mark_zero_filled(pfn) {
+                    assert!(registered, "marked a frame that is not registered");
                     assert_eq!(table.state(pfn), before);
                     assert!(table.is_discarded(pfn));
                     if let Some(v) = pre {

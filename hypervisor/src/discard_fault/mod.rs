@@ -199,12 +199,16 @@ impl DiscardFaults {
     }
 
     /// Backs one frame with the zero page (waking whoever waits on it) and
-    /// unregisters it if it was registered.
+    /// unregisters it if it was registered; its entry keeps saying the
+    /// contents are gone.
     fn zero_fill(&self, pfn: u64) {
-        self.fill(pfn);
+        // Marked first, while the frame is still missing (see
+        // `FrameTable::mark_zero_filled`: after the fill the guest could
+        // have refilled it).
         if self.table.mark_zero_filled(pfn) {
             self.metrics.discard_faults.zero_fills_marked.inc();
         }
+        self.fill(pfn);
         self.unregister_marked(pfn, 1);
     }
 

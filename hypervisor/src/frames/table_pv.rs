@@ -40,17 +40,28 @@ impl FrameTable {
         })
     }
 
-    /// The VMM backed frame `pfn` with zeroes without a discard fault (a
-    /// livelock broken, a fault by a thread that runs no vCPU, a frame no
-    /// longer due one): its entry goes on saying the contents are gone
-    /// (`state_table::host_zero_filled`: DISCARDED set where the state is
-    /// not Stable and neither DISCARDED nor BUSY is; nothing else
-    /// changes). True if it set DISCARDED. Never waits on a BUSY bit.
+    /// The VMM is about to back frame `pfn` with zeroes without a discard
+    /// fault (a livelock broken, a fault by a thread that runs no vCPU, a
+    /// frame no longer due one): marks its entry so that it goes on saying
+    /// the contents are gone (`state_table::host_zero_filled`: DISCARDED
+    /// set where the state is not Stable and neither DISCARDED nor BUSY is;
+    /// nothing else changes). Only while the frame carries the registered
+    /// mark: then it is still missing, and stays so until the caller's fill
+    /// (the discard-fault handler is the only thread that fills registered
+    /// frames, and unregisters each it fills). Call it before the fill,
+    /// never after: once the page is back the guest may take the frame,
+    /// refill it and free it, and a mark then would report intact contents
+    /// lost. True if it set DISCARDED. Never waits on a BUSY bit.
     pub fn mark_zero_filled(&self, pfn: u64) -> bool {
         let Ok(cell) = self.cell(pfn) else {
             return false;
         };
-        if !entry::host_zero_filled(cell) {
+        // The entry first, then the mark: a SET_STABLE between the two
+        // clears ARMED (and ends the registration), so the entry cannot
+        // come back to `seen` without a new drop that leaves the frame
+        // missing again.
+        let seen = cell.load(Ordering::Acquire);
+        if !self.is_registered(pfn) || !entry::host_zero_filled(cell, seen) {
             return false;
         }
         self.discarded_now.fetch_add(1, Ordering::Relaxed);

@@ -101,10 +101,7 @@ fn the_registered_mark_survives_hints_and_is_taken_once() {
     assert!(!t.take_registered(9), "out of range");
     // A zero fill (the livelock breaker, say) never hides a drop.
     t.apply(2, HintOp::MakeVolatile).unwrap();
-    assert!(t.mark_zero_filled(2), "volatile, not discarded: marked");
-    assert!(t.is_discarded(2));
-    assert_eq!(t.apply(2, HintOp::MakeStable), Ok(HintOutcome::Discarded));
-    t.apply(2, HintOp::MakeVolatile).unwrap();
+    assert!(!t.mark_zero_filled(2), "not registered: never dropped");
     assert!(t.try_claim(2, Volatile));
     t.mark_registered(2);
     assert!(
@@ -115,8 +112,17 @@ fn the_registered_mark_survives_hints_and_is_taken_once() {
     assert!(!t.mark_zero_filled(2), "discarded already");
     assert_eq!(t.state(2), Some(Volatile));
     assert!(t.is_discarded(2) && t.is_registered(2));
+    // Told of the drop, made volatile again, still registered (missing):
+    // a zero fill marks it again.
     assert_eq!(t.apply(2, HintOp::MakeStable), Ok(HintOutcome::Discarded));
     assert!(!t.mark_zero_filled(2), "stable: the guest was told");
+    t.apply(2, HintOp::MakeVolatile).unwrap();
+    assert!(t.mark_zero_filled(2));
+    assert!(t.is_discarded(2) && t.state(2) == Some(Volatile));
+    assert_eq!(t.apply(2, HintOp::SetStable), Ok(HintOutcome::Discarded));
+    assert!(t.take_registered(2));
+    t.apply(2, HintOp::MakeVolatile).unwrap();
+    assert!(!t.mark_zero_filled(2), "unregistered: the page may be back");
     assert_eq!(t.counts().discarded, 0);
     assert!(!t.mark_zero_filled(99));
 }

@@ -535,15 +535,11 @@ fn check_returned(pfn: u64, b: u8, w: Waiting, got: &Returned, after: u8) {
             }
         }
         (Waiting::ZeroFilled, Returned::ZeroFilled(done)) => {
-            // Never hides a drop: the state and every bit stay, DISCARDED
-            // is added where a non-stable idle entry lacked it.
-            assert_eq!(
-                *done,
-                from != Stable && b & DISCARDED == 0,
-                "{pfn:#x} {b:#x}"
-            );
-            let want = if *done { b | DISCARDED } else { b };
-            assert_eq!(after, want, "{pfn:#x} {b:#x}");
+            // Nothing is registered in this test, so nothing is missing
+            // for sure: a zero fill's mark writes nothing, whatever the
+            // byte (`frames::table_tests` has the registered cases).
+            assert!(!*done, "{pfn:#x} {b:#x}");
+            assert_eq!(after, b, "{pfn:#x} {b:#x}");
         }
         _ => unreachable!(),
     }
