@@ -329,6 +329,14 @@ pub fn host_abort(c: &impl EntryCell) {
     c.fetch_and(!(BUSY | ARMED));
 }
 
+/// Host, holding BUSY: the discard did not happen, but the frame is still
+/// registered for discard faults from an earlier drop (its new arming was
+/// refused): only BUSY goes, ARMED stays for the guest to see.
+#[inline]
+pub fn host_abort_registered(c: &impl EntryCell) {
+    c.fetch_and(!BUSY);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,9 +212,21 @@ fuzz_target!(|data: &[u8]| {
                         assert!(table.is_discarded(pfn));
                     }
                     1 => {
+                        // A failed drop is disarmed first (`Discarder::settle`);
+                        // a refused arming leaves an earlier registration, whose
+                        // ARMED mark the abort keeps.
+                        if arm && input.bool() {
+                            let _ = table.take_registered(pfn);
+                        }
+                        let registered = table.is_registered(pfn);
                         table.abort_discard(pfn);
                         if let Some(now) = byte(pfn) {
-                            assert_eq!(now, v & !(BUSY | ARMED));
+                            let want = if registered {
+                                (v & !BUSY) | if arm { ARMED } else { v & ARMED }
+                            } else {
+                                v & !(BUSY | ARMED)
+                            };
+                            assert_eq!(now, want);
                         }
                     }
                     _ => {

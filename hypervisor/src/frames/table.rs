@@ -446,10 +446,17 @@ impl FrameTable {
     }
 
     /// Ends a claim whose discard failed: clears BUSY (and the ARMED mark
-    /// its arming set), contents intact.
+    /// its arming set), contents intact. A frame that still carries the
+    /// registered mark (from an earlier drop, its arming now refused)
+    /// keeps ARMED: the guest must go on seeing the registration it has to
+    /// end with `SET_STABLE`.
     pub fn abort_discard(&self, pfn: u64) {
         if let Ok(cell) = self.cell(pfn) {
-            entry::host_abort(cell);
+            if self.is_registered(pfn) {
+                entry::host_abort_registered(cell);
+            } else {
+                entry::host_abort(cell);
+            }
             self.unclaim(pfn);
         }
     }

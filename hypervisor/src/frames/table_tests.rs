@@ -125,6 +125,23 @@ fn the_registered_mark_survives_hints_and_is_taken_once() {
     assert!(!t.mark_zero_filled(2), "unregistered: the page may be back");
     assert_eq!(t.counts().discarded, 0);
     assert!(!t.mark_zero_filled(99));
+    // A claim aborted on a frame still registered from an earlier drop
+    // (its new arming refused) keeps ARMED for the guest to see.
+    t.apply(3, HintOp::MakeVolatile).unwrap();
+    assert!(t.try_claim(3, Volatile));
+    t.mark_registered(3);
+    t.finish_discard(3);
+    assert_eq!(t.apply(3, HintOp::MakeStable), Ok(HintOutcome::Discarded));
+    t.apply(3, HintOp::MakeVolatile).unwrap();
+    assert!(t.try_claim(3, Volatile));
+    t.abort_discard(3);
+    assert!(t.is_registered(3));
+    let armed = |t: &FrameTable| t.cell(3).unwrap().load(Ordering::Acquire) & ARMED != 0;
+    assert!(armed(&t), "the registration stays visible");
+    assert_eq!(t.apply(3, HintOp::MakeStable), Ok(HintOutcome::Applied));
+    assert_eq!(t.apply(3, HintOp::SetStable), Ok(HintOutcome::Applied));
+    assert!(!armed(&t));
+    assert!(t.take_registered(3));
 }
 
 #[test]
