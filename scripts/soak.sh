@@ -34,8 +34,14 @@ while [ $# -gt 0 ]; do
     *) echo "soak.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-cargo build --release -p vmm >/dev/null
-vmm=target/release/vmm
+# SOAK_VMM=PATH runs that binary instead of building this checkout's (an
+# A/B of two builds, one after the other).
+if [ -n "${SOAK_VMM:-}" ]; then
+  vmm=$SOAK_VMM
+else
+  cargo build --release -p vmm >/dev/null
+  vmm=target/release/vmm
+fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$vmm" gen-files --dir "$dir/files" --count 3 --size 2M >/dev/null

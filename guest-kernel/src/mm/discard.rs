@@ -172,31 +172,52 @@ pub fn fault(from_user: bool) {
     }
     FAULTS.fetch_add(1, Ordering::Relaxed);
     let pfn = info.gpa / PAGE_SIZE;
-    super::with(|st| st.discard(pfn));
+    super::with(|st| st.discard_fault_run(pfn));
 }
 
 impl MmState {
     /// Drops a discarded frame from the page cache and every address space.
     pub(super) fn discard(&mut self, pfn: u64) {
-        if !self.frames.get_unless_zero(pfn) {
-            // Freed meanwhile: nothing maps it; the access will fault
-            // normally or find the frame reused and backed.
-            STALE_FAULTS.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        self.discard_many(&[pfn]);
+    }
+
+    /// Drops discarded frames from the page cache and every address space,
+    /// paying the other CPUs' TLBs with one shootdown for all of them.
+    pub(super) fn discard_many(&mut self, pfns: &[u64]) {
+        let mut held = Vec::with_capacity(pfns.len());
         let mut maps = Vec::new();
-        self.frames.mappings(pfn, &mut maps);
-        for &Mapping { asid, va } in &maps {
-            if let Some(space) = self.spaces.get(&asid) {
-                let mut phys = KernelPhys;
-                if let Some((_, flush)) = Mapper::new(space.root(), &mut phys).unmap(va) {
-                    flush.ignore(); // paid by the shootdown below
-                }
+        for &pfn in pfns {
+            if !self.frames.get_unless_zero(pfn) {
+                // Freed meanwhile: nothing maps it; the access will fault
+                // normally or find the frame reused and backed.
+                STALE_FAULTS.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-            let _ = self.frames.rmap_remove(pfn, Mapping { asid, va });
+            maps.clear();
+            self.frames.mappings(pfn, &mut maps);
+            for &Mapping { asid, va } in &maps {
+                if let Some(space) = self.spaces.get(&asid) {
+                    let mut phys = KernelPhys;
+                    if let Some((_, flush)) = Mapper::new(space.root(), &mut phys).unmap(va) {
+                        flush.ignore(); // paid by the shootdown below
+                    }
+                }
+                let _ = self.frames.rmap_remove(pfn, Mapping { asid, va });
+            }
+            held.push(pfn);
+        }
+        if held.is_empty() {
+            return;
         }
         tlb::shootdown_all();
         self.stats.shootdowns += 1;
+        for pfn in held {
+            self.discarded_unmapped(pfn);
+        }
+    }
+
+    /// The rest of a discard, once no mapping and no TLB holds the frame.
+    fn discarded_unmapped(&mut self, pfn: u64) {
         if self.frames.flags(pfn) & flag::VOLATILE != 0 {
             self.frames
                 .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);

@@ -192,6 +192,34 @@ impl MmState {
         }
     }
 
+    /// A discard fault on frame `pfn`: drops it and, with the shared
+    /// table, the cached pages right after it in its file that the host
+    /// dropped too (up to `READAHEAD - 1`, stopping at the first that is
+    /// not), with one shootdown. A scan touches them next, and each would
+    /// otherwise cost a discard fault, a shootdown and a disk read of its
+    /// own (the read-ahead stops at the first page still cached); dropped
+    /// together they come back with one read-ahead request. Only frames
+    /// whose entry says DISCARDED join: their contents are gone whatever
+    /// the guest does.
+    pub(super) fn discard_fault_run(&mut self, pfn: u64) {
+        let mut run: Vec<u64> = Vec::with_capacity(READAHEAD as usize);
+        run.push(pfn);
+        if let Some((file, index)) = self.frames.owner(pfn) {
+            for i in index + 1..index + READAHEAD {
+                let Some(p) = self.frames.peek(file, i) else {
+                    break;
+                };
+                if self.frames.flags(p) & flag::VOLATILE == 0
+                    || hints::dropped_shared(p) != Some(true)
+                {
+                    break;
+                }
+                run.push(p);
+            }
+        }
+        self.discard_many(&run);
+    }
+
     /// Before the kernel touches a cached frame a user maps: makes it
     /// stable if it is volatile. Returns false if the host had dropped it
     /// (it is then gone from the cache and every mapping).

@@ -67,6 +67,12 @@ fn shared_entry(pfn: u64) -> Option<&'static AtomicU8> {
     Some(unsafe { &*((base + pfn) as *const AtomicU8) })
 }
 
+/// Whether the host dropped frame `pfn` (its shared entry says
+/// DISCARDED); `None` without a table.
+pub fn dropped_shared(pfn: u64) -> Option<bool> {
+    shared_entry(pfn).map(|e| e.load(Ordering::Acquire) & state_table::DISCARDED != 0)
+}
+
 /// The frames holding the shared table (empty without one).
 pub fn table_frames() -> core::ops::Range<u64> {
     let va = TABLE.load(Ordering::Acquire);
