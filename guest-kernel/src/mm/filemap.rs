@@ -192,19 +192,33 @@ impl MmState {
         }
     }
 
-    /// A discard fault on frame `pfn`: drops it and, with the shared
-    /// table, the cached pages right after it in its file that the host
-    /// dropped too (up to `READAHEAD - 1`, stopping at the first that is
-    /// not), with one shootdown. A scan touches them next, and each would
-    /// otherwise cost a discard fault, a shootdown and a disk read of its
-    /// own (the read-ahead stops at the first page still cached); dropped
-    /// together they come back with one read-ahead request. Only frames
-    /// whose entry says DISCARDED join: their contents are gone whatever
-    /// the guest does.
+    /// A discard fault on frame `pfn`: drops it and, when the faults walk
+    /// forward through its file (this one is on the page right after the
+    /// last run dropped for that file) and the shared table says so, the
+    /// cached pages right after it that the host dropped too (up to
+    /// `READAHEAD - 1`, stopping at the first that is not), with one
+    /// shootdown. A scan touches them next, and each would otherwise cost
+    /// a discard fault, a shootdown and a one-page disk read of its own
+    /// (the read-ahead stops at the first page still cached); dropped
+    /// together they come back with one read-ahead request. Random access
+    /// (a key-value store) gets the single frame, as before: there the
+    /// dropped neighbours are not wanted soon, and reading them back
+    /// would cost disk reads and memory (three times the disk pages on
+    /// `kv 50000` over 20 MiB under a 12 MiB budget, when every fault
+    /// took its neighbours). Only frames whose entry says DISCARDED join:
+    /// their contents are gone whatever the guest does.
     pub(super) fn discard_fault_run(&mut self, pfn: u64) {
+        let Some((file, index)) = self.frames.owner(pfn) else {
+            self.discard(pfn);
+            return;
+        };
+        let stream = self
+            .fault_streams
+            .iter()
+            .position(|&(f, next)| f == file && next == index);
         let mut run: Vec<u64> = Vec::with_capacity(READAHEAD as usize);
         run.push(pfn);
-        if let Some((file, index)) = self.frames.owner(pfn) {
+        if stream.is_some() {
             for i in index + 1..index + READAHEAD {
                 let Some(p) = self.frames.peek(file, i) else {
                     break;
@@ -217,6 +231,12 @@ impl MmState {
                 run.push(p);
             }
         }
+        let slot = stream.unwrap_or_else(|| {
+            let s = self.fault_stream_next;
+            self.fault_stream_next = (s + 1) % super::FAULT_STREAMS;
+            s
+        });
+        self.fault_streams[slot] = (file, index + run.len() as u64);
         self.discard_many(&run);
     }
 

@@ -110,7 +110,17 @@ pub struct MmState {
     pub wb: alloc::collections::BTreeSet<(u32, u64)>,
     /// Where the next background write-back pass starts in `wb`.
     pub wb_cursor: (u32, u64),
+    /// Discard faults that walk forward through a file: (file, the page
+    /// after the last run dropped), a few streams, oldest replaced first
+    /// (`filemap::discard_fault_run`).
+    pub fault_streams: [(u32, u64); FAULT_STREAMS],
+    /// The stream `fault_streams` replaces next.
+    pub fault_stream_next: usize,
 }
+
+/// Sequential discard-fault streams remembered (the soak runs one scan
+/// per CPU over the same files).
+pub const FAULT_STREAMS: usize = 4;
 
 static MM: SpinLock<Option<MmState>> = SpinLock::new(None);
 
@@ -269,6 +279,8 @@ pub fn init(ranges: &[PfnRange]) -> Result<MemInfo, MemError> {
         ahead_credit: 0,
         wb: alloc::collections::BTreeSet::new(),
         wb_cursor: (0, 0),
+        fault_streams: [(u32::MAX, 0); FAULT_STREAMS],
+        fault_stream_next: 0,
     });
     let high_frames = ranges
         .iter()
