@@ -148,9 +148,17 @@ pub fn guest_make_stable(c: &impl EntryCell) -> Taken {
             armed: v & ARMED != 0,
         };
     }
-    let mut cur = if v & BUSY == 0 { v } else { settled(c) };
+    let cur = if v & BUSY == 0 { v } else { settled(c) };
+    swap_reporting(c, cur, |cur| PageState::Stable as u8 | (cur & ARMED))
+}
+
+/// Compare-and-swaps the entry from `cur` (BUSY clear) to `next(cur)`,
+/// waiting out BUSY and trying again from whatever it found; what the
+/// value it replaced said.
+#[inline]
+fn swap_reporting(c: &impl EntryCell, mut cur: u8, next: impl Fn(u8) -> u8) -> Taken {
     loop {
-        match c.cas(cur, PageState::Stable as u8 | (cur & ARMED)) {
+        match c.cas(cur, next(cur)) {
             Ok(_) => {
                 return Taken {
                     discarded: cur & DISCARDED != 0,
@@ -273,18 +281,9 @@ pub fn host_zero_filled(c: &impl EntryCell, seen: u8) -> bool {
 /// one the guest wrote). Returns what the guest learns.
 #[inline]
 pub fn host_set_stable(c: &impl EntryCell) -> Taken {
-    let mut cur = settled(c);
-    loop {
-        match c.cas(cur, after_host_hint(cur, PageState::Stable, true, true)) {
-            Ok(_) => {
-                return Taken {
-                    discarded: cur & DISCARDED != 0,
-                    armed: cur & ARMED != 0,
-                }
-            }
-            Err(_) => cur = settled(c),
-        }
-    }
+    swap_reporting(c, settled(c), |cur| {
+        after_host_hint(cur, PageState::Stable, true, true)
+    })
 }
 
 /// The entry a hint the host applies leaves behind (`HINT_BATCH`, with
