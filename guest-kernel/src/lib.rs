@@ -15,6 +15,7 @@ pub mod elf;
 pub mod frame;
 pub mod frames;
 pub mod hinting;
+pub mod noise;
 pub mod paging;
 pub mod phfs;
 pub mod vma;

@@ -10,38 +10,43 @@
 //! name a frame anything else uses: every frame it names is one of a
 //! block set aside here (never used by anything, so the host may take
 //! it), or lies past the end of any possible RAM (2^40 and up); every
-//! address it registers lies past RAM too. It counts what it sent and how
-//! many answers were errors; `guest: hcnoise: ...` at exit says so.
+//! address it registers lies past RAM too. Each CPU fills a batch page of
+//! its own (`guest_kernel::noise`): the VMM reads a batch while the other
+//! CPUs go on sending theirs, and an entry it read half rewritten by
+//! another CPU (the frame of one entry with the count of another) could
+//! name frames in use. It counts what it sent and how many answers were
+//! errors; `guest: hcnoise: ...` at exit says so.
 //!
 //! It runs in the timer interrupt, whose period is about 1 ms, in kernel
 //! code that the development machines emulate at about 1 us an
 //! instruction: a batch is filled with at most [`FILL`] entries, so that
 //! one tick's noise stays well under a period. (Filling all 255 entries
-//! every tick took longer than the period and the guest triple-faulted
-//! inside the noise itself; the cause was not found.)
+//! every tick, on one batch page for every CPU, once triple-faulted the
+//! guest: most likely the mixed entries above, which the longer fills made
+//! far likelier.)
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use guest_kernel::noise::{NoiseBlock, PAST_RAM};
 use pagehint_abi::hypercall::{op, result, HintBatch, HypercallBlock, HINT_BATCH_MAX};
 use pagehint_abi::ports::HYPERCALL_PORT;
 use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
 
 use crate::arch::cpu::{outb, outl};
-use crate::hv;
+use crate::{hv, percpu, smp};
 
-/// Frames set aside: the only RAM a hint of the noise names.
-const FRAMES: u64 = 64;
 /// Entries written into the batch page per batch sent.
 const FILL: usize = 16;
 /// Ticks between two bursts of noise.
 const EVERY_TICKS: u64 = 10;
-/// No guest has RAM here (the VMM's limit is 64 GiB, 2^24 frames).
-const PAST_RAM: u64 = 1 << 40;
 
 /// Hypercalls per tick per CPU (0: off).
 static PER_TICK: AtomicU64 = AtomicU64::new(0);
-/// First set-aside frame (the batch page is the one after the block).
+/// First set-aside frame; the CPUs' batch pages follow the set-aside
+/// frames (`NoiseBlock`).
 static FIRST: AtomicU64 = AtomicU64::new(0);
+/// CPUs with a batch page.
+static CPUS: AtomicU64 = AtomicU64::new(0);
 /// The xorshift state every CPU advances (races only make it more random).
 static SEED: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
 /// Hypercalls sent, and how many of them the VMM answered with an error.
@@ -50,36 +55,26 @@ pub static REFUSED: AtomicU64 = AtomicU64::new(0);
 /// Doorbell writes of the wrong width (no answer to read).
 pub static ODD_WRITES: AtomicU64 = AtomicU64::new(0);
 
-/// Sets aside the frames (and one batch page) and starts sending
-/// `per_tick` garbage hypercalls a tick on every CPU. False when there is
-/// no hypercall port or no memory.
+/// Sets aside the frames (and a batch page for each CPU the machine
+/// describes) and starts sending `per_tick` garbage hypercalls a tick on
+/// every CPU. False when there is no hypercall port or no memory. Call
+/// before the other CPUs run.
 pub fn start(per_tick: u64) -> bool {
     if per_tick == 0 || !hv::present() {
         return false;
     }
-    let Some(pa) = super::alloc_contiguous(FRAMES + 1) else {
+    let cpus = smp::cpu_count() as u64;
+    let Some(pa) = super::alloc_contiguous(NoiseBlock::frames(cpus)) else {
         return false;
     };
     FIRST.store(pa / PAGE_SIZE, Ordering::Relaxed);
+    CPUS.store(cpus, Ordering::Relaxed);
     PER_TICK.store(per_tick, Ordering::Release);
     true
 }
 
 fn next() -> u64 {
     super::scribble::xorshift(&SEED)
-}
-
-/// A frame number the noise may name: a set-aside frame (with a count
-/// that stays inside the block), or one past RAM (any count).
-fn target(first: u64) -> (u64, u32) {
-    let r = next();
-    if r & 1 == 0 {
-        let i = (r >> 8) % FRAMES;
-        let room = FRAMES - i;
-        (first + i, ((r >> 40) % room) as u32 + (r >> 60 == 0) as u32)
-    } else {
-        (PAST_RAM + (r >> 24), (r >> 48) as u32 % 1024)
-    }
 }
 
 /// An address past RAM, or a misaligned one, for registrations and
@@ -96,50 +91,57 @@ fn bad_address() -> u64 {
 /// One tick's noise (from the timer interrupt; `ticks` is this CPU's
 /// tick count).
 pub fn tick(ticks: u64) {
-    let n = PER_TICK.load(Ordering::Relaxed);
+    let n = PER_TICK.load(Ordering::Acquire);
     if n == 0 || !ticks.is_multiple_of(EVERY_TICKS) {
         return;
     }
-    let first = FIRST.load(Ordering::Relaxed);
+    let block = NoiseBlock {
+        first: FIRST.load(Ordering::Relaxed),
+        cpus: CPUS.load(Ordering::Relaxed),
+    };
+    // This CPU's own batch page: no other CPU writes it.
+    let Some(page) = block.batch_page(u64::from(percpu::this().index.get())) else {
+        return;
+    };
     for _ in 0..n {
-        send_one(first);
+        send_one(&block, page);
     }
 }
 
-fn send_one(first: u64) {
+fn send_one(block: &NoiseBlock, page: u64) {
     let r = next();
-    let mut block = HypercallBlock::default();
+    let mut call = HypercallBlock::default();
     match r % 8 {
         0 => {
             // An operation no ABI version defines.
-            block.op = 5 + (r >> 8) as u32 % 1000;
-            block.args = [next(), next(), next(), next(), next(), next(), next()];
+            call.op = 5 + (r >> 8) as u32 % 1000;
+            call.args = [next(), next(), next(), next(), next(), next(), next()];
         }
         1 | 2 => {
-            block.op = op::HINT_BATCH;
-            block.args[0] = (first + FRAMES) * PAGE_SIZE;
-            block.args[1] = (r >> 8) % (HINT_BATCH_MAX as u64 + 40);
-            fill_batch(first, block.args[1]);
+            call.op = op::HINT_BATCH;
+            call.args[0] = page * PAGE_SIZE;
+            call.args[1] = (r >> 8) % (HINT_BATCH_MAX as u64 + 40);
+            fill_batch(block, page, call.args[1]);
         }
         3 => {
-            block.op = op::HINT_BATCH;
-            block.args[0] = bad_address();
-            block.args[1] = (r >> 8) % 300;
+            call.op = op::HINT_BATCH;
+            call.args[0] = bad_address();
+            call.args[1] = (r >> 8) % 300;
         }
         4 => {
-            block.op = op::SET_FAULT_INFO;
-            block.args[0] = bad_address();
+            call.op = op::SET_FAULT_INFO;
+            call.args[0] = bad_address();
         }
         5 => {
-            block.op = op::SET_STATE_TABLE;
-            block.args[0] = bad_address();
-            block.args[1] = next();
+            call.op = op::SET_STATE_TABLE;
+            call.args[0] = bad_address();
+            call.args[1] = next();
         }
         6 => {
-            block.op = op::HELLO;
+            call.op = op::HELLO;
             let v = (r >> 8) as u32;
-            block.args[0] = u64::from(if v == ABI_VERSION { v + 1 } else { v });
-            block.args[1] = next();
+            call.args[0] = u64::from(if v == ABI_VERSION { v + 1 } else { v });
+            call.args[1] = next();
         }
         _ => {
             // The doorbell written a byte at a time, or pointed at an
@@ -154,7 +156,7 @@ fn send_one(first: u64) {
             return;
         }
     }
-    if let Some(code) = hv::hypercall(&mut block) {
+    if let Some(code) = hv::hypercall(&mut call) {
         SENT.fetch_add(1, Ordering::Relaxed);
         if code < result::OK {
             REFUSED.fetch_add(1, Ordering::Relaxed);
@@ -162,20 +164,22 @@ fn send_one(first: u64) {
     }
 }
 
-/// Fills the first entries of the noise's batch page (up to `asked`, at
-/// most [`FILL`]) with random entries naming only set-aside frames or
-/// frames past RAM, with random operations; the header gets a random
-/// count. Entries further on keep what earlier batches left there, which
-/// names the same frames (or nothing: zeroes are an unknown operation).
-fn fill_batch(first: u64, asked: u64) {
-    let page = super::phys_to_virt((first + FRAMES) * PAGE_SIZE) as *mut HintBatch;
+/// Fills the first entries of this CPU's batch page `page` (up to
+/// `asked`, at most [`FILL`]) with random entries naming only set-aside
+/// frames or frames past RAM, with random operations; the header gets a
+/// random count. Entries further on keep what this CPU's earlier batches
+/// left there, which names the same frames (or nothing: zeroes are an
+/// unknown operation).
+fn fill_batch(block: &NoiseBlock, page: u64, asked: u64) {
+    let batch = super::phys_to_virt(page * PAGE_SIZE) as *mut HintBatch;
     for i in 0..(asked as usize).min(FILL) {
-        let (pfn, count) = target(first);
+        let (pfn, count) = block.target(next());
         let r = next();
-        // SAFETY: the batch page is set aside for the noise alone; other
-        // CPUs may fill it at the same time, which only mixes garbage.
+        // SAFETY: the page is this CPU's own batch page, set aside for the
+        // noise alone and written only here, with interrupts off (the
+        // timer interrupt), so no other writer mixes its entries.
         unsafe {
-            let e = core::ptr::addr_of_mut!((*page).entries[i]);
+            let e = core::ptr::addr_of_mut!((*batch).entries[i]);
             e.write_volatile(pagehint_abi::hypercall::HintEntry {
                 pfn,
                 count,
@@ -185,5 +189,5 @@ fn fill_batch(first: u64, asked: u64) {
         }
     }
     // SAFETY: as above.
-    unsafe { core::ptr::addr_of_mut!((*page).count).write_volatile(next() as u32 % 300) };
+    unsafe { core::ptr::addr_of_mut!((*batch).count).write_volatile(next() as u32 % 300) };
 }
