@@ -207,9 +207,20 @@ impl MmState {
     /// `kv 50000` over 20 MiB under a 12 MiB budget, when every fault
     /// took its neighbours). Only frames whose entry says DISCARDED join:
     /// their contents are gone whatever the guest does.
+    ///
+    /// A fault is stale, and drops nothing, if the frame is no longer a
+    /// cache page (another CPU dropped it first, or it was freed and
+    /// reused, as anonymous memory say, whose mappings must not be torn
+    /// down) or, with the table, if its entry shows no drop (neither
+    /// DISCARDED, ARMED nor BUSY: a cache page read afresh into a reused
+    /// frame); the restarted access then finds the page or faults
+    /// normally.
     pub(super) fn discard_fault_run(&mut self, pfn: u64) {
-        let Some((file, index)) = self.frames.owner(pfn) else {
-            self.discard(pfn);
+        use pagehint_abi::state_table::{ARMED, BUSY, DISCARDED};
+        let owner = self.frames.owner(pfn);
+        let no_drop = hints::shared_value(pfn).is_some_and(|v| v & (DISCARDED | ARMED | BUSY) == 0);
+        let Some((file, index)) = owner.filter(|_| !no_drop) else {
+            super::discard::STALE_FAULTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
             return;
         };
         let stream = self

@@ -70,7 +70,12 @@ fn shared_entry(pfn: u64) -> Option<&'static AtomicU8> {
 /// Whether the host dropped frame `pfn` (its shared entry says
 /// DISCARDED); `None` without a table.
 pub fn dropped_shared(pfn: u64) -> Option<bool> {
-    shared_entry(pfn).map(|e| e.load(Ordering::Acquire) & state_table::DISCARDED != 0)
+    shared_value(pfn).map(|v| v & state_table::DISCARDED != 0)
+}
+
+/// Frame `pfn`'s shared entry as it is now; `None` without a table.
+pub fn shared_value(pfn: u64) -> Option<u8> {
+    shared_entry(pfn).map(|e| e.load(Ordering::Acquire))
 }
 
 /// The frames holding the shared table (empty without one).
