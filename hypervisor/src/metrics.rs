@@ -175,8 +175,9 @@ pub struct DiscardFaultMetrics {
     /// `protocol_violations`.
     pub livelocks_broken: Counter,
     /// Zero fills (of any kind above) that found the frame's entry neither
-    /// stable, discarded nor busy and set DISCARDED on it, so that the
-    /// guest learns of the drop (a frame it had made volatile or unused
+    /// stable, discarded nor busy and set DISCARDED on it, before the fill
+    /// and only while the frame was registered (so still missing), so that
+    /// the guest learns of the drop (a frame it had made volatile or unused
     /// again after being told, say).
     pub zero_fills_marked: Counter,
     /// Faults the guest handled wrongly or could not be told of: a
