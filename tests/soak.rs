@@ -11,11 +11,20 @@
 
 mod common;
 
-use common::{boot, json_u64 as get, read_stats as stats, results, Disk};
+use common::{boot, json_u64 as get, read_stats as stats, results, Disk, Run};
 
-#[test]
-fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
-    let disk = Disk::new("soak", 3, "2M");
+/// One boot of `cycle` on both vCPUs of a 32 MiB guest over a fresh
+/// 6 MiB disk (`tag` names it) under `budget`, the reclaimer every
+/// `interval` ms, with `guest` as the guest's command line: the disk
+/// (which holds the stats file), the run, the stats file's path and the
+/// console for messages.
+fn cycle_boot(
+    tag: &str,
+    budget: &str,
+    interval: &str,
+    guest: &[&str],
+) -> (Disk, Run, String, String) {
+    let disk = Disk::new(tag, 3, "2M");
     let s = disk.path("stats.json");
     let r = boot(
         &[
@@ -26,15 +35,22 @@ fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
             "--disk",
             &disk.image(),
             "--host-budget",
-            "6M",
+            budget,
             "--reclaim-interval",
-            "10",
+            interval,
             "--stats",
             &s,
         ],
-        &["hcnoise=1", "scribble=2", "copies=2", "cycle", "30", "10"],
+        guest,
     );
     let console = format!("{}\n{}", r.stdout, r.stderr);
+    (disk, r, s, console)
+}
+
+#[test]
+fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
+    let guest = ["hcnoise=1", "scribble=2", "copies=2", "cycle", "30", "10"];
+    let (_disk, r, s, console) = cycle_boot("soak", "6M", "10", &guest);
     r.expect_status(0);
     let errors = results(&r.stdout, "cycle", "errors");
     assert_eq!(errors, vec![0, 0], "{console}");
@@ -79,26 +95,8 @@ fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
 /// pin the rule itself.
 #[test]
 fn heavy_noise_from_every_cpu_never_names_a_frame_in_use() {
-    let disk = Disk::new("soak-heavy-noise", 3, "2M");
-    let s = disk.path("stats.json");
-    let r = boot(
-        &[
-            "--mem",
-            "32M",
-            "--vcpus",
-            "2",
-            "--disk",
-            &disk.image(),
-            "--host-budget",
-            "4M",
-            "--reclaim-interval",
-            "5",
-            "--stats",
-            &s,
-        ],
-        &["hcnoise=200", "scribble=8", "copies=2", "cycle", "60", "20"],
-    );
-    let console = format!("{}\n{}", r.stdout, r.stderr);
+    let guest = ["hcnoise=200", "scribble=8", "copies=2", "cycle", "60", "20"];
+    let (_disk, r, s, console) = cycle_boot("soak-heavy-noise", "4M", "5", &guest);
     assert!(
         !r.stderr.contains("triple fault"),
         "the guest lost a frame in use: {console}"
