@@ -218,14 +218,22 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         args.push(' ');
         args.push_str(cmd.args);
     }
+    // Every copy is built before any is queued, so they start together:
+    // building one takes long enough in an emulated kernel that copies
+    // queued one by one would run mostly apart (and a test of
+    // preemption would see a copy alone on its CPU).
+    let mut tasks = alloc::vec::Vec::with_capacity(copies);
     for i in 0..copies {
         match process::create(&elf, &args, i as u32) {
-            Ok(task) => sched::spawn(task, i % cpus),
+            Ok(task) => tasks.push(task),
             Err(e) => fail(
                 guest::BAD_MACHINE,
                 format_args!("starting {}: {e:?}", cmd.program),
             ),
         }
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        sched::spawn(task, i % cpus);
     }
     sched::idle_loop()
 }
