@@ -35,6 +35,11 @@ pub mod features {
     /// did not write it since it became so, and moves a written one back
     /// to stable (seed 000). Only ever with [`PAGE_HINTS`].
     pub const POTENTIALLY_VOLATILE: u32 = 1 << 4;
+    /// The host orders its victims by the age a guest publishes in bits
+    /// 2..=4 of a shared-table entry (`state_table::AGE_MASK`), highest
+    /// first. Only ever with [`SHARED_STATES`]; a guest that publishes
+    /// nothing loses nothing.
+    pub const GUEST_AGES: u32 = 1 << 5;
 }
 
 /// Splits [`SIGNATURE`] into the (EBX, ECX, EDX) register values.

@@ -40,6 +40,16 @@ pub const DISCARDED: u8 = 0x40;
 pub const BUSY: u8 = 0x80;
 /// The bits only the host sets.
 pub const HOST_BITS: u8 = ARMED | DISCARDED | BUSY;
+/// Bits 2..=4: how long the guest has seen a discardable frame idle, 0
+/// (used lately) to 7, published with CPUID feature `GUEST_AGES`
+/// ([`guest_publish_age`]); the host takes the highest first. Every other
+/// guest write of the entry clears them: a frame that changes state starts
+/// young.
+pub const AGE_MASK: u8 = 0x1c;
+/// The shift of [`AGE_MASK`].
+pub const AGE_SHIFT: u32 = 2;
+/// The highest age.
+pub const AGE_MAX: u8 = 7;
 
 /// One entry's storage: an atomic byte. The guest and the VMM use
 /// `core`'s `AtomicU8`; the concurrency check uses loom's.
@@ -200,6 +210,26 @@ pub fn guest_check_writable(c: &impl EntryCell, potentially: bool) -> Taken {
         }
     }
     guest_make_stable(c)
+}
+
+/// Guest: publishes `age` (clamped to [`AGE_MAX`]) on an unused,
+/// volatile or potentially volatile entry the host is not dropping, by
+/// one compare-and-swap from the value read; nothing else changes. An
+/// advisory write: a stable, `BUSY` or `DISCARDED` entry, or a CAS that
+/// loses a race, is left as it is (false), never waited for or retried.
+pub fn guest_publish_age(c: &impl EntryCell, age: u8) -> bool {
+    let v = c.load();
+    if v & (BUSY | DISCARDED) != 0 || v & STATE_MASK == PageState::Stable as u8 {
+        return false;
+    }
+    let next = (v & !AGE_MASK) | (age.min(AGE_MAX) << AGE_SHIFT);
+    next == v || c.cas(v, next).is_ok()
+}
+
+/// The age a guest published in entry `v` (0 if none).
+#[inline]
+pub const fn age_of(v: u8) -> u8 {
+    (v & AGE_MASK) >> AGE_SHIFT
 }
 
 /// Is an entry one the host may claim for `class` now? Potentially

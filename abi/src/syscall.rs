@@ -141,6 +141,9 @@ pub struct KernelStats {
     pub pte_dirty: u64,
     /// Background write-back passes an idle CPU made.
     pub background_passes: u64,
+    /// Ages the ageing hand published in the shared table (CPUID
+    /// `GUEST_AGES`).
+    pub ages_published: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.

@@ -268,6 +268,33 @@ impl<'a> FrameTable<'a> {
         }
     }
 
+    /// Moves a cached frame to the front of the inactive list (a page read
+    /// ahead, which nobody asked for yet).
+    pub fn deactivate(&mut self, pfn: u64) {
+        if self.owner(pfn).is_none() {
+            return;
+        }
+        self.lru_remove(pfn as u32);
+        self.flags[pfn as usize] &= !flag::ACTIVE;
+        self.lru_push_front(pfn as u32, INACTIVE);
+    }
+
+    /// The ageing hand: moves up to `n` frames from the tail of the
+    /// inactive list to its head and returns them in `out`, so that each
+    /// call looks at the frames the last one did not.
+    pub fn rotate_inactive(&mut self, n: usize, out: &mut Vec<u64>) {
+        let n = n.min(usize::try_from(self.lists[INACTIVE].len).unwrap_or(usize::MAX));
+        for _ in 0..n {
+            let pfn = self.lists[INACTIVE].tail;
+            if pfn == NIL {
+                break;
+            }
+            self.lru_remove(pfn);
+            self.lru_push_front(pfn, INACTIVE);
+            out.push(pfn as u64);
+        }
+    }
+
     /// Frames on the active list.
     pub fn active(&self) -> u64 {
         self.lists[ACTIVE].len
@@ -524,6 +551,26 @@ mod tests {
         assert!(t.remove(2));
         assert_eq!(t.cached(), 3);
         assert_eq!(t.peek(9, 1), None);
+    }
+
+    #[test]
+    fn the_ageing_hand_goes_round_the_inactive_list() {
+        let mut t = FrameTable::new(16);
+        for (i, pfn) in [1u64, 2, 3, 4, 5].iter().enumerate() {
+            t.insert(9, i as u64, *pfn).unwrap();
+        }
+        let mut out = Vec::new();
+        t.deactivate_excess(1, &mut out); // inactive, head first: 4 3 2 1
+        let mut seen = Vec::new();
+        t.rotate_inactive(3, &mut seen);
+        assert_eq!(seen, vec![1, 2, 3]);
+        seen.clear();
+        t.rotate_inactive(3, &mut seen);
+        assert_eq!(seen, vec![4, 1, 2], "the next look starts where the last ended");
+        seen.clear();
+        t.rotate_inactive(99, &mut seen);
+        assert_eq!(seen.len(), 4, "never more than the list holds");
+        assert_eq!((t.active(), t.cached()), (1, 5));
     }
 
     #[test]

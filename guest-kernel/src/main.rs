@@ -116,6 +116,9 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
                 if h.features & features::POTENTIALLY_VOLATILE != 0 {
                     mm::hints::enable_potentially_volatile();
                 }
+                if h.features & features::GUEST_AGES != 0 {
+                    mm::hints::enable_guest_ages();
+                }
             }
             mm::discard::init_cpu(h.features & features::DISCARD_FAULTS != 0);
             let r = hv::hello(0).map(hv::wire);

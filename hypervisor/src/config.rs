@@ -175,6 +175,8 @@ pub struct ReclaimOptions {
     /// long, whatever the budget; `None` leaves Unused frames to the
     /// budget and PSI.
     pub unused_delay: Option<Duration>,
+    /// Which Volatile frames a budget or PSI round takes first.
+    pub victim_order: crate::reclaim::age::VictimOrder,
 }
 
 impl Default for ReclaimOptions {
@@ -185,6 +187,7 @@ impl Default for ReclaimOptions {
             psi_threshold: None,
             cgroup_budget: true,
             unused_delay: Some(DEFAULT_UNUSED_DELAY),
+            victim_order: crate::reclaim::age::VictimOrder::default(),
         }
     }
 }

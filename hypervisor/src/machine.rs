@@ -113,6 +113,7 @@ fn reclaim_config(config: &VmConfig) -> ReclaimConfig {
             .reclaim
             .unused_delay
             .filter(|_| config.hints.reclaims()),
+        victim_order: config.reclaim.victim_order,
     }
 }
 
@@ -325,6 +326,11 @@ impl Machine {
         let mut features = config.hints.cpuid_features(faults.is_some());
         if pv {
             features |= pagehint_abi::cpuid::features::POTENTIALLY_VOLATILE;
+        }
+        if config.hints.shared_states()
+            && config.reclaim.victim_order == crate::reclaim::age::VictimOrder::GuestAge
+        {
+            features |= pagehint_abi::cpuid::features::GUEST_AGES;
         }
         let mut hypercalls =
             HypercallDevice::new(ram.clone(), metrics.clone(), table.clone(), hinting);

@@ -290,6 +290,9 @@ pub struct ReclaimMetrics {
     pub time_us: Counter,
     /// The longest single round's discarding, in microseconds.
     pub max_round_us: Gauge,
+    /// Time spent noting which table entries changed (the victim order's
+    /// host age, `crate::reclaim::age`), in microseconds.
+    pub age_us: Counter,
     /// Time spent measuring residency (statm, and pagemap when read), in
     /// microseconds.
     pub measure_us: Counter,
@@ -323,6 +326,9 @@ pub struct MemoryMetrics {
     /// last round (`crate::reclaim::cgroup`); 0 when there is none.
     pub cgroup_limit_bytes: Gauge,
     pub cgroup_budget_bytes: Gauge,
+    /// What that budget kept free below the limit: the measured reserve
+    /// (`crate::reclaim::headroom`).
+    pub cgroup_reserve_bytes: Gauge,
 }
 
 /// The serial console.

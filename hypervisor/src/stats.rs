@@ -54,6 +54,8 @@ pub struct ReclaimDoc {
     /// Time spent dropping, total and longest round, in microseconds.
     pub time_us: u64,
     pub max_round_us: u64,
+    /// Time spent noting which entries changed, for the victim order.
+    pub age_us: u64,
     /// Time spent measuring residency, in microseconds, and how many
     /// measurements read pagemap (the rest found nothing changed).
     pub measure_us: u64,
@@ -84,6 +86,9 @@ pub struct MemoryDoc {
     /// last reclaimer round (`--cgroup-budget`), or null.
     pub cgroup_limit_bytes: Option<u64>,
     pub cgroup_budget_bytes: Option<u64>,
+    /// What that budget kept free below the limit (the measured reserve),
+    /// or null.
+    pub cgroup_reserve_bytes: Option<u64>,
 }
 
 /// The whole document.
@@ -156,6 +161,7 @@ impl StatsSource {
                 process_madvise_calls: r.process_madvise_calls.get(),
                 time_us: r.time_us.get(),
                 max_round_us: r.max_round_us.get(),
+                age_us: r.age_us.get(),
                 measure_us: r.measure_us.get(),
                 pagemap_reads: r.pagemap_reads.get(),
                 psi_triggers: r.psi_triggers.get(),
@@ -172,6 +178,7 @@ impl StatsSource {
                 budget_bytes: self.budget_bytes,
                 cgroup_limit_bytes: nonzero(m.memory.cgroup_limit_bytes.get()),
                 cgroup_budget_bytes: nonzero(m.memory.cgroup_budget_bytes.get()),
+                cgroup_reserve_bytes: nonzero(m.memory.cgroup_reserve_bytes.get()),
             },
             block: &m.block,
             bus: &m.bus,
@@ -294,6 +301,7 @@ mod tests {
             assert_eq!(v["reclaim"][k], 0, "reclaim.{k}");
         }
         assert!(v["memory"]["cgroup_budget_bytes"].is_null());
+        assert!(v["memory"]["cgroup_reserve_bytes"].is_null());
         assert_eq!(v["frames"]["unused"], 4);
         assert_eq!(v["frames"]["stable"], 12);
         assert_eq!(v["frames"]["potentially_volatile"], 0);

@@ -126,6 +126,10 @@ pub struct ExperimentArgs {
     /// Also reclaim on host memory pressure (passed to every run).
     #[arg(long)]
     pub psi: bool,
+    /// The hinting runs' `--victim-order` (default: `vmm run`'s).
+    #[arg(long, value_name = "ORDER",
+          value_parser = ["frame", "host-age", "guest-age"])]
+    pub victim_order: Option<String>,
     /// Memory cgroup budget of the runs (see `vmm run --cgroup-budget`).
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = CgroupBudget::Auto)]
     pub cgroup_budget: CgroupBudget,

@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use lab::args::{parse_size, CgroupBudget, ExperimentArgs, GenFilesArgs, HintsArg, MkdiskArgs};
 use pagehint_abi::exit::vmm::USAGE;
+use hypervisor::reclaim::age::VictimOrder;
 
 /// A KVM mini-hypervisor for the page-hinting guest.
 #[derive(Debug, Parser)]
@@ -105,6 +106,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS|off", default_value = UNUSED_DELAY_DEFAULT,
           value_parser = parse_unused_delay)]
     pub unused_delay: ::std::option::Option<Duration>,
+    /// Which volatile frames the reclaimer takes first when it must hold
+    /// a budget: `guest-age` (the age the guest publishes, then how long
+    /// the entry stayed unchanged), `host-age` (only the latter) or `frame`
+    /// (lowest frame first; for comparison).
+    #[arg(long, value_name = "ORDER", default_value = "guest-age",
+          value_parser = parse_victim_order)]
+    pub victim_order: VictimOrder,
     /// Also reclaim when host memory pressure (/proc/pressure/memory,
     /// "some avg10") exceeds --psi-threshold.
     #[arg(long)]
@@ -155,6 +163,11 @@ pub struct RunArgs {
 
 /// `--unused-delay`'s default, as typed (`hypervisor::config::DEFAULT_UNUSED_DELAY`).
 const UNUSED_DELAY_DEFAULT: &str = "50";
+
+/// Parses `--victim-order`.
+pub fn parse_victim_order(s: &str) -> Result<VictimOrder, String> {
+    VictimOrder::parse(s).ok_or_else(|| format!("'{s}' is not frame, host-age or guest-age"))
+}
 
 /// Parses `--unused-delay`: milliseconds (at most 600000), or `off`.
 pub fn parse_unused_delay(s: &str) -> Result<Option<Duration>, String> {

@@ -55,6 +55,7 @@ pub fn vm_config(args: &RunArgs) -> VmConfig {
             psi_threshold: args.psi.then_some(args.psi_threshold),
             cgroup_budget: args.cgroup_budget == CgroupBudget::Auto,
             unused_delay: args.unused_delay,
+            victim_order: args.victim_order,
         },
         stats: args.stats.as_ref().map(|path| StatsOptions {
             path: path.clone(),

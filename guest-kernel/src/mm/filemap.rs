@@ -22,6 +22,8 @@ use pagehint_abi::hypercall::{HintOp, HintResult};
 const READAHEAD: u64 = 16;
 /// Frames reclaimed per round.
 const RECLAIM_BATCH: usize = 32;
+/// Inactive frames the ageing hand looks at per cache miss.
+const AGE_HAND: usize = 16;
 /// Hits on volatile pages after a drop was last seen during which the
 /// shared-table path reads ahead (`MmState::ahead_credit`).
 const AHEAD_CREDIT: u32 = 256;
@@ -89,17 +91,30 @@ impl MmState {
         self.stats.disk_requests += 1;
         self.stats.disk_pages += pages.len() as u64;
         let mut result = Err(AsError::Io);
+        let mut ahead = Vec::new();
         for (k, &pa) in pages.iter().enumerate() {
             let pfn = pa / PAGE_SIZE;
             self.frames.clear_flags(pfn, flag::LOCKED);
-            if r.is_ok() && self.frames.insert(file, index + k as u64, pfn).is_ok() && k == 0 {
-                // Keep the allocation's reference for the caller.
-                result = Ok(pfn);
-                continue;
+            if r.is_ok() && self.frames.insert(file, index + k as u64, pfn).is_ok() {
+                if k == 0 {
+                    // Keep the allocation's reference for the caller.
+                    result = Ok(pfn);
+                    continue;
+                }
+                ahead.push(pfn);
             }
             if self.frames.put(pfn) {
                 free_frame(pa);
             }
+        }
+        // Pages read ahead start inactive, as Linux's do: nobody asked for
+        // them yet, and a page that never is should be the first the host
+        // may take, not a quarter of the cache held stable. A hit makes
+        // one active.
+        let mut maps = Vec::new();
+        for pfn in ahead {
+            self.frames.deactivate(pfn);
+            self.age_one(pfn, &mut maps);
         }
         if let Err(e) = r {
             crate::println!("guest: disk read of file {file} page {index} failed: {e:?}");
@@ -286,6 +301,31 @@ impl MmState {
         let mut maps = Vec::new();
         for pfn in out {
             self.age_one(pfn, &mut maps);
+        }
+        if hints::guest_ages() {
+            self.publish_ages(&mut maps);
+        }
+    }
+
+    /// The ageing hand (CPUID `GUEST_AGES`): looks at the next
+    /// [`AGE_HAND`] frames of the inactive list and publishes in each
+    /// volatile one's shared-table entry how long it has been idle: 0 if a
+    /// mapping used it since the last look (its accessed bits, cleared on
+    /// the way), else one more. The host takes the oldest first. A page
+    /// used through `read()` needs no look: the hit made it stable, which
+    /// cleared its age. Paid once per cache miss, so the hand turns as
+    /// fast as the host takes pages and not at all while nothing misses.
+    fn publish_ages(&mut self, maps: &mut Vec<Mapping>) {
+        let mut seen = Vec::new();
+        self.frames.rotate_inactive(AGE_HAND, &mut seen);
+        for pfn in seen {
+            if self.frames.flags(pfn) & flag::VOLATILE == 0 {
+                continue;
+            }
+            let used = self.frames.mapcount(pfn) > 0 && self.referenced(pfn, maps);
+            if hints::publish_age(pfn, used).is_some() {
+                self.stats.ages_published += 1;
+            }
         }
     }
 

@@ -150,6 +150,36 @@ pub fn potentially_volatile() -> bool {
     POTENTIALLY.load(Ordering::Relaxed) && enabled()
 }
 
+/// The VMM orders its victims by the ages the guest publishes (CPUID
+/// `GUEST_AGES`).
+static GUEST_AGES: AtomicBool = AtomicBool::new(false);
+
+/// Takes the VMM's offer to read published ages.
+pub fn enable_guest_ages() {
+    GUEST_AGES.store(true, Ordering::Release);
+}
+
+/// Whether ages are worth publishing: offered, and a shared table to
+/// publish them in.
+pub fn guest_ages() -> bool {
+    GUEST_AGES.load(Ordering::Relaxed) && shared()
+}
+
+/// Publishes how long the guest has seen discardable frame `pfn` idle:
+/// 0 if `used`, else one more than the entry says (at most
+/// `state_table::AGE_MAX`). One compare-and-swap on the frame's entry,
+/// never waited for or retried: an entry the host is dropping, or a
+/// stable one, keeps its value. The age written, if any.
+pub fn publish_age(pfn: u64, used: bool) -> Option<u8> {
+    let e = shared_entry(pfn)?;
+    let age = if used {
+        0
+    } else {
+        state_table::age_of(e.load(Ordering::Relaxed)).saturating_add(1)
+    };
+    state_table::guest_publish_age(e, age).then_some(age.min(state_table::AGE_MAX))
+}
+
 /// Seed 000's `check_writable`, answered now: the first writable PTE of
 /// cache page `pfn` is about to be set. True if the host had dropped it
 /// (it is stable and reads as zeroes: the caller drops it and reads it

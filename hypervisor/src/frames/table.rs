@@ -279,6 +279,20 @@ impl FrameTable {
             .map(|c| state_of(c.load(Ordering::Acquire)))
     }
 
+    /// Frame `pfn`'s entry as it reads now (for the victim order, which
+    /// decides nothing on it but an order), or `None` past the end.
+    pub fn entry_value(&self, pfn: u64) -> Option<u8> {
+        self.cell(pfn).ok().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Writes an entry's raw value, as a guest can (tests only).
+    #[cfg(test)]
+    pub fn set_entry_bits_for_test(&self, pfn: u64, v: u8) {
+        if let Ok(c) = self.cell(pfn) {
+            c.store(v, Ordering::Release);
+        }
+    }
+
     /// True if the frame is marked discarded.
     pub fn is_discarded(&self, pfn: u64) -> bool {
         self.cell(pfn)

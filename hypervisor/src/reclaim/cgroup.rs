@@ -152,12 +152,17 @@ pub fn parse_limit(text: &str, version: Version) -> Option<Option<u64>> {
 }
 
 /// The budget for resident guest memory a cgroup leaves (see the module
-/// doc): `limit - min(RESERVE, limit / 4) - (usage - resident)`, never
-/// below zero; `usage` should leave out the file cache.
-pub fn headroom_budget(limit: u64, usage: u64, resident: u64) -> u64 {
+/// doc): `limit - reserve - (usage - resident)`, never below zero;
+/// `usage` should leave out the file cache. The reclaimer's `reserve` is
+/// measured (`super::headroom`); [`fixed_reserve`] was the rule before.
+pub fn headroom_budget(limit: u64, usage: u64, resident: u64, reserve: u64) -> u64 {
     let others = usage.saturating_sub(resident);
-    let reserve = RESERVE.min(limit / 4);
     limit.saturating_sub(reserve).saturating_sub(others)
+}
+
+/// The fixed reserve of old: a quarter of the limit, at most [`RESERVE`].
+pub fn fixed_reserve(limit: u64) -> u64 {
+    RESERVE.min(limit / 4)
 }
 
 /// The budget for resident guest memory when `sharers` processes share
@@ -172,11 +177,11 @@ pub fn headroom_budget(limit: u64, usage: u64, resident: u64) -> u64 {
 /// is not guest RAM (the VMMs' own memory) may take the cgroup past the
 /// target when every guest is at its fair share; the reserve is there
 /// for it. `usage` leaves out the file cache, as for [`headroom_budget`].
-pub fn shared_budget(limit: u64, usage: u64, resident: u64, sharers: u64) -> u64 {
+pub fn shared_budget(limit: u64, usage: u64, resident: u64, sharers: u64, reserve: u64) -> u64 {
     if sharers <= 1 {
-        return headroom_budget(limit, usage, resident);
+        return headroom_budget(limit, usage, resident, reserve);
     }
-    let target = limit.saturating_sub(RESERVE.min(limit / 4));
+    let target = limit.saturating_sub(reserve);
     let fair = target / sharers;
     let mine = if usage > target {
         let excess = u128::from(usage - target);
@@ -352,13 +357,16 @@ mod tests {
         assert_eq!(parse_limit("-1", Version::V2), None);
         // 256 MiB limit, 40 MiB charged of which 30 MiB is guest RAM:
         // 10 MiB is everything else, so 256 - 16 - 10 = 230 MiB for the guest.
-        assert_eq!(headroom_budget(256 << 20, 40 << 20, 30 << 20), 230 << 20);
+        let fixed = |l, u, r| headroom_budget(l, u, r, fixed_reserve(l));
+        assert_eq!(fixed(256 << 20, 40 << 20, 30 << 20), 230 << 20);
         // 32 MiB keeps a quarter back: 32 - 8 - 10 = 14 MiB.
-        assert_eq!(headroom_budget(32 << 20, 40 << 20, 30 << 20), 14 << 20);
-        assert_eq!(headroom_budget(8 << 20, 40 << 20, 0), 0);
-        assert_eq!(headroom_budget(64 << 20, 10 << 20, 20 << 20), 48 << 20);
+        assert_eq!(fixed(32 << 20, 40 << 20, 30 << 20), 14 << 20);
+        assert_eq!(fixed(8 << 20, 40 << 20, 0), 0);
+        assert_eq!(fixed(64 << 20, 10 << 20, 20 << 20), 48 << 20);
         // A 16 MiB limit keeps a quarter back: 16 - 4 - 1 = 11 MiB.
-        assert_eq!(headroom_budget(16 << 20, 9 << 20, 8 << 20), 11 << 20);
+        assert_eq!(fixed(16 << 20, 9 << 20, 8 << 20), 11 << 20);
+        // A measured reserve of 1 MiB: 16 - 1 - 1 = 14 MiB.
+        assert_eq!(headroom_budget(16 << 20, 9 << 20, 8 << 20, 1 << 20), 14 << 20);
         let v1 =
             "cache 100\nrss 7\nactive_file 1\ntotal_active_file 4096\ntotal_inactive_file 8192\n";
         assert_eq!(parse_file_cache(v1, Version::V1), 12288);
@@ -378,8 +386,8 @@ mod tests {
         const MIB: u64 = 1 << 20;
         // Alone: the headroom rule.
         assert_eq!(
-            shared_budget(32 * MIB, 20 * MIB, 18 * MIB, 1),
-            headroom_budget(32 * MIB, 20 * MIB, 18 * MIB)
+            shared_budget(32 * MIB, 20 * MIB, 18 * MIB, 1, 8 * MIB),
+            headroom_budget(32 * MIB, 20 * MIB, 18 * MIB, 8 * MIB)
         );
         assert_eq!(parse_procs("12\n345\n\n"), 2);
         assert_eq!(parse_procs(""), 0);
@@ -393,8 +401,8 @@ mod tests {
         for _ in 0..200 {
             let usage = r[0] + r[1] + 2 * overhead;
             let b = [
-                shared_budget(limit, usage, r[0], 2),
-                shared_budget(limit, usage, r[1], 2),
+                shared_budget(limit, usage, r[0], 2, 16 * MIB),
+                shared_budget(limit, usage, r[1], 2, 16 * MIB),
             ];
             // Each guest grows to its budget (it wants more than it may
             // have) or is cut back to it.
@@ -416,7 +424,7 @@ mod tests {
         let mut r = [4 * MIB, 4 * MIB];
         for _ in 0..200 {
             let usage = r[0] + r[1] + 2 * overhead;
-            r[0] = shared_budget(limit, usage, r[0], 2);
+            r[0] = shared_budget(limit, usage, r[0], 2, 16 * MIB);
         }
         assert!(r[0] >= 41 * MIB, "work-conserving: {} MiB", r[0] / MIB);
     }

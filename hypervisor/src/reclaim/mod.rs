@@ -23,8 +23,10 @@
 //! guest has not hinted droppable, and never let the thread outlive its
 //! handle.
 
+pub mod age;
 pub mod cgroup;
 pub mod eager;
+pub mod headroom;
 pub mod policy;
 pub mod pv;
 pub mod resident;
@@ -42,8 +44,10 @@ use crate::memory::GuestRam;
 use crate::metrics::Metrics;
 use crate::periodic::{Periodic, PeriodicThread};
 use cgroup::CgroupMemory;
+use headroom::Headroom;
 use eager::{rounds_for, EagerUnused};
-use policy::{discard_pass_with, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
+use age::{Ages, VictimOrder};
+use policy::{discard_pass_ordered, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
 use pv::{pv_pass, PvInputs, PvReclaim};
 use resident::Residency;
 
@@ -74,6 +78,8 @@ pub struct ReclaimConfig {
     /// budget (`eager`); `None`: only the budget and PSI drop frames.
     /// Only with `discard`.
     pub unused_delay: Option<Duration>,
+    /// Which Volatile frames a budget or PSI round takes first.
+    pub victim_order: VictimOrder,
 }
 
 /// Reads host memory pressure; warns once and gives up if it cannot.
@@ -127,6 +133,11 @@ struct Worker {
     /// `--potentially-volatile`: the pause and the dirty log of the pass
     /// over Potentially volatile frames.
     pv: Option<PvReclaim>,
+    /// When each entry last changed (only where a budget or PSI may make
+    /// the reclaimer choose).
+    ages: Option<Ages>,
+    /// How fast the guest grew between rounds: the cgroup reserve.
+    headroom: Headroom,
 }
 
 impl Worker {
@@ -186,8 +197,16 @@ impl Worker {
                 return self.budget_pages;
             }
         };
-        let headroom = cgroup::shared_budget(limit, usage, resident.saturating_mul(PAGE), sharers);
+        let reserve = self.headroom.reserve(limit);
+        let headroom = cgroup::shared_budget(
+            limit,
+            usage,
+            resident.saturating_mul(PAGE),
+            sharers,
+            reserve,
+        );
         let m = &self.metrics.memory;
+        m.cgroup_reserve_bytes.set(reserve);
         m.cgroup_limit_bytes.set(limit);
         m.cgroup_budget_bytes.set(headroom);
         let pages = headroom / PAGE;
@@ -233,8 +252,14 @@ impl Worker {
         if !self.discard {
             return;
         }
+        if let Some(ages) = self.ages.as_mut() {
+            let t = Instant::now();
+            ages.observe(&self.table);
+            self.metrics.reclaim.age_us.add(micros(t.elapsed()));
+        }
         let resident = measured.saturating_sub(self.eager_round());
         self.record_resident(resident);
+        self.headroom.observe(resident.saturating_mul(PAGE));
         let pressure = self.psi.fired(&self.metrics);
         let budget = self.budget(resident);
         let want = pages_to_drop(resident, budget, pressure);
@@ -258,13 +283,14 @@ impl Worker {
             return;
         };
         let t = Instant::now();
-        let mut pass = discard_pass_with(
+        let mut pass = discard_pass_ordered(
             &self.table,
             &mut self.discarder,
             residency.map(),
             want,
             Method::Auto,
             self.arming.as_deref(),
+            self.ages.as_ref(),
         );
         if let Some(pv) = self
             .pv
@@ -296,6 +322,7 @@ impl Worker {
             residency.invalidate();
         }
         self.record_resident(resident.saturating_sub(pass.pages));
+        self.headroom.dropped(pass.pages.saturating_mul(PAGE));
         if pass.pages > 0 {
             log::debug!(
                 "reclaim: dropped {} of {want} wanted frames in {us} us ({} failed)",
@@ -379,6 +406,12 @@ impl Reclaimer {
                 .filter(|_| config.discard)
                 .map(|d| EagerUnused::new(frames, rounds_for(d, config.interval))),
             pv,
+            ages: (config.discard
+                && (config.budget_bytes.is_some()
+                    || config.cgroup.is_some()
+                    || config.psi_threshold.is_some()))
+            .then(|| Ages::new(frames, config.victim_order)),
+            headroom: Headroom::default(),
         };
         let thread = PeriodicThread::spawn("reclaim", config.interval, worker)
             .map_err(ReclaimError::Spawn)?;
@@ -435,6 +468,7 @@ mod tests {
             discard: true,
             cgroup: None,
             unused_delay: None,
+            victim_order: VictimOrder::default(),
         };
         let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         let t = Instant::now();
@@ -468,6 +502,7 @@ mod tests {
                 discard: true,
                 cgroup: None,
                 unused_delay: delay,
+                victim_order: VictimOrder::default(),
             };
             let t = Instant::now();
             let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
@@ -516,6 +551,7 @@ mod tests {
             discard: false,
             cgroup: None,
             unused_delay: Some(Duration::ZERO),
+            victim_order: VictimOrder::default(),
         };
         let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         std::thread::sleep(Duration::from_millis(40));

@@ -12,6 +12,7 @@ use pagehint_abi::page_state::PageState;
 
 use crate::frames::discard::IOV_BATCH;
 use crate::frames::{Arming, Discarder, FrameTable, Method, PassReport, RunBuilder};
+use crate::reclaim::age::{Ages, VictimOrder};
 use crate::reclaim::resident::ResidentMap;
 
 /// Most frames claimed at once: hints on claimed frames wait while they are
@@ -75,34 +76,104 @@ pub fn discard_pass_with(
     method: Method,
     arming: Option<&dyn Arming>,
 ) -> PassReport {
+    discard_pass_ordered(table, discarder, resident, want, method, arming, None)
+}
+
+/// [`discard_pass_with`], taking Volatile frames coldest first by `ages`
+/// (`None`, or [`crate::reclaim::age::VictimOrder::Frame`]: in frame
+/// order). Unused frames hold nothing the guest wants: any order will do.
+pub fn discard_pass_ordered(
+    table: &FrameTable,
+    discarder: &mut Discarder,
+    resident: &ResidentMap,
+    want: u64,
+    method: Method,
+    arming: Option<&dyn Arming>,
+    ages: Option<&Ages>,
+) -> PassReport {
     // No switch to the guest's shared table while claims are out.
     let _pass = table.pass_guard();
-    let mut report = PassReport::default();
-    let mut chunk = RunBuilder::default();
+    let mut pass = Pass {
+        table,
+        discarder,
+        method,
+        report: PassReport::default(),
+        chunk: RunBuilder::default(),
+    };
     let frames = table.len().min(resident.pages());
-    for class in [PageState::Unused, PageState::Volatile] {
-        // Only resident frames are candidates: skip the rest 64 at a time.
+    // Only resident frames are candidates: skip the rest 64 at a time.
+    let resident_frames = || {
         let mut next = resident.next_set(0);
-        while let Some(pfn) = next.filter(|&p| p < frames) {
+        std::iter::from_fn(move || {
+            let pfn = next.filter(|&p| p < frames)?;
             next = pfn.checked_add(1).and_then(|p| resident.next_set(p));
-            if report.pages + chunk.pages() >= want {
-                break;
+            Some(pfn)
+        })
+    };
+    for class in [PageState::Unused, PageState::Volatile] {
+        let arming = arming.filter(|_| class == PageState::Volatile);
+        let ordered = ages.filter(|a| class == PageState::Volatile && a.order() != VictimOrder::Frame);
+        match ordered {
+            Some(ages) => {
+                let left = want.saturating_sub(pass.report.pages);
+                if left == 0 {
+                    break;
+                }
+                let candidates: Vec<(u64, u8)> = resident_frames()
+                    .filter(|&p| table.looks_claimable(p, class))
+                    .filter_map(|p| table.entry_value(p).map(|e| (p, e)))
+                    .collect();
+                for pfn in ages.coldest(candidates, left) {
+                    pass.take(pfn, class, arming);
+                }
             }
-            if !table.looks_claimable(pfn, class) {
-                continue;
-            }
-            if table.try_claim(pfn, class) {
-                chunk.push(pfn);
-                if chunk.pages() >= CHUNK_PAGES || chunk.runs().len() >= IOV_BATCH {
-                    let arming = arming.filter(|_| class == PageState::Volatile);
-                    discarder.settle(table, &mut chunk, method, arming, &mut report);
+            None => {
+                for pfn in resident_frames() {
+                    if pass.report.pages + pass.chunk.pages() >= want {
+                        break;
+                    }
+                    if table.looks_claimable(pfn, class) {
+                        pass.take(pfn, class, arming);
+                    }
                 }
             }
         }
-        let arming = arming.filter(|_| class == PageState::Volatile);
-        discarder.settle(table, &mut chunk, method, arming, &mut report);
+        pass.settle(arming);
     }
-    report
+    pass.report
+}
+
+/// A pass in progress: the chunk of claimed frames not yet dropped.
+struct Pass<'a> {
+    table: &'a FrameTable,
+    discarder: &'a mut Discarder,
+    method: Method,
+    report: PassReport,
+    chunk: RunBuilder,
+}
+
+impl Pass<'_> {
+    /// Claims `pfn` for `class` if it still can be; drops the chunk when
+    /// it is full.
+    fn take(&mut self, pfn: u64, class: PageState, arming: Option<&dyn Arming>) {
+        if self.table.try_claim(pfn, class) {
+            self.chunk.push(pfn);
+            if self.chunk.pages() >= CHUNK_PAGES || self.chunk.runs().len() >= IOV_BATCH {
+                self.settle(arming);
+            }
+        }
+    }
+
+    /// Drops and settles the chunk.
+    fn settle(&mut self, arming: Option<&dyn Arming>) {
+        self.discarder.settle(
+            self.table,
+            &mut self.chunk,
+            self.method,
+            arming,
+            &mut self.report,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ struct Ctx<'a> {
     dir: &'a Path,
     exe: &'a Path,
     host: &'a Host,
-    pressure: Pressure,
+    pressure: Pressure<'a>,
     plan: &'a DensityPlan,
     disks: &'a [PathBuf],
 }
@@ -373,6 +373,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         pressure: Pressure {
             psi: args.psi,
             cgroup: args.cgroup_budget,
+            victim_order: args.victim_order.as_deref(),
         },
         plan: &plan,
         disks: &disks.0,

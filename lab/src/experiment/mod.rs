@@ -245,6 +245,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         pressure: Pressure {
             psi: args.psi,
             cgroup: args.cgroup_budget,
+            victim_order: args.victim_order.as_deref(),
         },
         quick: args.quick,
         host: &host,

@@ -272,16 +272,18 @@ pub fn plan(choice: &Choice) -> Result<Vec<RunSpec>, PlanError> {
 
 /// How the hinting runs learn of host pressure: passed through to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pressure {
+pub struct Pressure<'a> {
     pub psi: bool,
     pub cgroup: CgroupBudget,
+    /// `--victim-order` of the hinting runs, if not the default.
+    pub victim_order: Option<&'a str>,
 }
 
 /// Interval of the stats file the experiment samples (ms).
 pub const STATS_INTERVAL_MS: u64 = 200;
 
 /// The arguments of `vmm run` for `spec` (after the subcommand).
-pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure) -> Vec<String> {
+pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure<'_>) -> Vec<String> {
     let p_ = &spec.params;
     let mut a: Vec<String> = vec![
         "--mem".into(),
@@ -310,6 +312,9 @@ pub fn run_args(spec: &RunSpec, disk: Option<&Path>, stats: &Path, p: Pressure) 
     }
     if hints && p.psi {
         a.push("--psi".into());
+    }
+    if let Some(o) = p.victim_order.filter(|_| hints) {
+        a.extend(["--victim-order".into(), o.into()]);
     }
     let cgroup = if hints { p.cgroup } else { CgroupBudget::Off };
     a.extend([
@@ -397,6 +402,7 @@ mod tests {
         let p = Pressure {
             psi: true,
             cgroup: CgroupBudget::Auto,
+            victim_order: Some("host-age"),
         };
         let args = |i: usize| {
             run_args(&runs[i], Some(Path::new("/d.img")), Path::new("/s.json"), p).join(" ")
@@ -411,12 +417,13 @@ mod tests {
             "{swap}"
         );
         assert!(!swap.contains("--host-budget") && !swap.contains("--psi"));
+        assert!(!swap.contains("--victim-order"), "{swap}");
         assert!(swap.contains("--disk /d.img") && swap.contains("--stats /s.json"));
         assert!(swap.contains("--stats-interval 200") && swap.contains("--vcpus 1"));
         assert!(args(2).contains("--cgroup-budget off --free-page-reporting --"));
         let h = args(3);
         assert!(
-            h.contains("--host-budget 5242880 --psi --cgroup-budget auto --"),
+            h.contains("--host-budget 5242880 --psi --victim-order host-age --cgroup-budget auto --"),
             "{h}"
         );
         assert!(!h.contains("--no-hinting") && !h.contains("hints="), "{h}");

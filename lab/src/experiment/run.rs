@@ -216,7 +216,7 @@ pub struct Context<'a> {
     pub dir: &'a Path,
     pub exe: &'a Path,
     pub machine: &'a Machine,
-    pub pressure: Pressure,
+    pub pressure: Pressure<'a>,
     pub quick: bool,
     pub host: &'a Host,
 }
