@@ -369,8 +369,37 @@ pub fn host_abort_registered(c: &impl EntryCell) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::sync::atomic::AtomicU8;
+    use core::sync::atomic::{AtomicU8, Ordering};
     use PageState::*;
+
+    #[test]
+    fn ages_are_published_only_on_idle_discardable_entries_and_cleared_by_any_change() {
+        let v = Volatile as u8;
+        let c = AtomicU8::new(v | ARMED);
+        assert!(guest_publish_age(&c, 3));
+        assert_eq!(c.load(Ordering::Relaxed), v | ARMED | 3 << AGE_SHIFT);
+        assert_eq!(age_of(c.load(Ordering::Relaxed)), 3);
+        assert!(guest_publish_age(&c, 200), "clamped, not refused");
+        assert_eq!(age_of(c.load(Ordering::Relaxed)), AGE_MAX);
+        // The host's claim keeps the age; a stable-making CAS clears it.
+        assert!(host_try_claim(&c, Volatile));
+        assert!(!guest_publish_age(&c, 1), "never on a BUSY entry");
+        assert!(host_finish(&c));
+        assert_eq!(age_of(c.load(Ordering::Relaxed)), AGE_MAX);
+        assert!(!guest_publish_age(&c, 1), "never on a DISCARDED entry");
+        assert!(guest_make_stable(&c).discarded);
+        assert_eq!(c.load(Ordering::Relaxed), Stable as u8 | ARMED);
+        assert!(!guest_publish_age(&c, 1), "never on a stable entry");
+        // Released again: young.
+        let c = AtomicU8::new(v | 5 << AGE_SHIFT);
+        guest_release(&c, Unused);
+        assert_eq!(c.load(Ordering::Relaxed), Unused as u8);
+        // Ages change nothing a claim looks at.
+        for age in 0..=AGE_MAX {
+            assert!(claimable(v | age << AGE_SHIFT, Volatile));
+            assert!(!claimable(Stable as u8 | age << AGE_SHIFT, Volatile));
+        }
+    }
 
     #[test]
     fn a_stable_entry_leaves_with_a_store_and_keeps_the_armed_mark() {

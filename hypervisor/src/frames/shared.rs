@@ -115,6 +115,14 @@ impl SharedEntries {
         Some(unsafe { &*self.base.add(pfn as usize) })
     }
 
+    /// Every entry, as one slice (for scans that visit many).
+    pub fn entries(&self) -> &[AtomicU8] {
+        // SAFETY: as for `entry`: the `len` bytes from `base` are inside
+        // guest RAM, mapped while `_map` lives (as long as `self`), and
+        // `AtomicU8` tolerates the guest's concurrent single-byte writes.
+        unsafe { std::slice::from_raw_parts(self.base, self.len as usize) }
+    }
+
     /// True if `pfn` holds the table itself.
     pub fn is_own_frame(&self, pfn: u64) -> bool {
         self.own_frames.contains(&pfn)

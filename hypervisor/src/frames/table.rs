@@ -285,6 +285,17 @@ impl FrameTable {
         self.cell(pfn).ok().map(|c| c.load(Ordering::Relaxed))
     }
 
+    /// Every entry as it is stored now (the shared table's once
+    /// registered), indexed by frame; frames of the hole have entries
+    /// nobody reads. For scans that read many entries and decide nothing
+    /// on one but an order.
+    pub fn entries(&self) -> &[AtomicU8] {
+        match self.shared.get() {
+            Some(s) => s.entries(),
+            None => &self.own,
+        }
+    }
+
     /// Writes an entry's raw value, as a guest can (tests only).
     #[cfg(test)]
     pub fn set_entry_bits_for_test(&self, pfn: u64, v: u8) {

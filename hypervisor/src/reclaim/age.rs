@@ -29,9 +29,16 @@
 //! candidates when a pass runs. This module only reads the table: it must
 //! never claim, write an entry or decide how much to drop.
 
+use std::sync::atomic::Ordering;
+
 use pagehint_abi::state_table::{AGE_MASK, AGE_SHIFT};
 
 use crate::frames::FrameTable;
+use crate::reclaim::resident::ResidentMap;
+
+/// Most resident entries one round looks at (4 GiB of guest RAM, about
+/// half a millisecond here).
+pub const LOOK_PER_ROUND: u64 = 1 << 20;
 
 /// How the reclaimer orders Volatile frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +82,8 @@ pub struct Ages {
     /// The round in which it was observed to change.
     since: Vec<u32>,
     round: u32,
+    /// The part of a large resident set this round looks at.
+    part: usize,
 }
 
 impl Ages {
@@ -90,6 +99,7 @@ impl Ages {
             seen: vec![0; n],
             since: vec![0; n],
             round: 0,
+            part: 0,
         }
     }
 
@@ -98,18 +108,41 @@ impl Ages {
         self.order
     }
 
-    /// One round's look at the table: restamps every entry that changed.
-    pub fn observe(&mut self, table: &FrameTable) {
+    /// One round's look at the table: restamps every resident frame's
+    /// entry that changed. Only resident frames can be victims, so only
+    /// they are looked at (the cost follows resident memory, not guest
+    /// RAM); a frame that comes back after a drop has changed its entry
+    /// meanwhile and starts young.
+    pub fn observe(&mut self, table: &FrameTable, resident: &ResidentMap) {
         if self.order == VictimOrder::Frame {
             return;
         }
         self.round = self.round.wrapping_add(1);
         let round = self.round;
-        for (pfn, (seen, since)) in self.seen.iter_mut().zip(self.since.iter_mut()).enumerate() {
-            let v = table.entry_value(pfn as u64).unwrap_or(0) & !AGE_MASK;
-            if v != *seen {
-                *seen = v;
-                *since = round;
+        let entries = table.entries();
+        let n = self.seen.len().min(entries.len());
+        // A large resident set is looked at in parts, one a round, so that
+        // a round reads at most about LOOK_PER_ROUND entries; its frames
+        // are stamped up to `parts - 1` rounds late.
+        let parts = resident.resident().div_ceil(LOOK_PER_ROUND).max(1) as usize;
+        self.part = (self.part + 1) % parts;
+        // A word of the resident map at a time, set bits only: the cost
+        // follows resident frames, however sparse.
+        let words = resident.words().iter().enumerate();
+        for (w, &word) in words.skip(self.part).step_by(parts) {
+            let first = w * 64;
+            let mut bits = word;
+            while bits != 0 {
+                let pfn = first + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if pfn >= n {
+                    break;
+                }
+                let v = entries[pfn].load(Ordering::Relaxed) & !AGE_MASK;
+                if v != self.seen[pfn] {
+                    self.seen[pfn] = v;
+                    self.since[pfn] = round;
+                }
             }
         }
     }
@@ -156,6 +189,10 @@ mod tests {
     use super::*;
     use pagehint_abi::hypercall::HintOp;
 
+    fn all(frames: u64) -> ResidentMap {
+        ResidentMap::all(frames)
+    }
+
     fn volatile_table(frames: u64, volatile: &[u64]) -> FrameTable {
         let t = FrameTable::new(frames as usize, false);
         for &p in volatile {
@@ -168,11 +205,11 @@ mod tests {
     fn the_oldest_go_first_and_a_change_makes_a_frame_young() {
         let t = volatile_table(64, &[40]);
         let mut a = Ages::new(64, VictimOrder::HostAge);
-        a.observe(&t); // 40 stamped in round 1
+        a.observe(&t, &all(64)); // 40 stamped in round 1
         t.apply(10, HintOp::MakeVolatile).unwrap();
-        a.observe(&t); // 10 in round 2
+        a.observe(&t, &all(64)); // 10 in round 2
         t.apply(30, HintOp::MakeVolatile).unwrap();
-        a.observe(&t); // 30 in round 3
+        a.observe(&t, &all(64)); // 30 in round 3
         let all = |t: &FrameTable| {
             [10u64, 30, 40]
                 .iter()
@@ -185,13 +222,13 @@ mod tests {
         // rounds; this round sees the same value, so 40 stays old...
         t.apply(40, HintOp::MakeStable).unwrap();
         t.apply(40, HintOp::MakeVolatile).unwrap();
-        a.observe(&t);
+        a.observe(&t, &all(64));
         assert_eq!(a.coldest(all(&t), 1), [40]);
         // ...but a change seen by a round makes it the youngest.
         t.apply(40, HintOp::MakeStable).unwrap();
-        a.observe(&t);
+        a.observe(&t, &all(64));
         t.apply(40, HintOp::MakeVolatile).unwrap();
-        a.observe(&t);
+        a.observe(&t, &all(64));
         assert_eq!(a.coldest(all(&t), 2), [10, 30]);
         assert_eq!(a.coldest(all(&t), 9), [10, 30, 40]);
     }
@@ -207,9 +244,9 @@ mod tests {
     fn guest_age_comes_first_and_host_age_breaks_ties() {
         let t = volatile_table(64, &[1, 2, 3]);
         let mut a = Ages::new(64, VictimOrder::GuestAge);
-        a.observe(&t);
+        a.observe(&t, &all(64));
         t.apply(4, HintOp::MakeVolatile).unwrap();
-        a.observe(&t);
+        a.observe(&t, &all(64));
         let v = pagehint_abi::page_state::PageState::Volatile as u8;
         let aged = |age: u8| v | (age << AGE_SHIFT);
         // Frame 4 is younger on the host's clock but the guest says it is
@@ -221,13 +258,17 @@ mod tests {
         // Ages the guest writes do not restamp the host's clock.
         let before = a.coldness(1, aged(0));
         t.set_entry_bits_for_test(1, aged(3));
-        a.observe(&t);
+        a.observe(&t, &all(64));
         assert_eq!(a.coldness(1, aged(0)), before + 1);
     }
 
     #[test]
     fn names_round_trip() {
-        for o in [VictimOrder::Frame, VictimOrder::HostAge, VictimOrder::GuestAge] {
+        for o in [
+            VictimOrder::Frame,
+            VictimOrder::HostAge,
+            VictimOrder::GuestAge,
+        ] {
             assert_eq!(VictimOrder::parse(o.name()), Some(o));
         }
         assert_eq!(VictimOrder::parse("lru"), None);

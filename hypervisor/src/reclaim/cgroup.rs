@@ -366,7 +366,10 @@ mod tests {
         // A 16 MiB limit keeps a quarter back: 16 - 4 - 1 = 11 MiB.
         assert_eq!(fixed(16 << 20, 9 << 20, 8 << 20), 11 << 20);
         // A measured reserve of 1 MiB: 16 - 1 - 1 = 14 MiB.
-        assert_eq!(headroom_budget(16 << 20, 9 << 20, 8 << 20, 1 << 20), 14 << 20);
+        assert_eq!(
+            headroom_budget(16 << 20, 9 << 20, 8 << 20, 1 << 20),
+            14 << 20
+        );
         let v1 =
             "cache 100\nrss 7\nactive_file 1\ntotal_active_file 4096\ntotal_inactive_file 8192\n";
         assert_eq!(parse_file_cache(v1, Version::V1), 12288);

@@ -43,10 +43,10 @@ use crate::frames::{Arming, Discarder, FrameTable, Method, PassReport};
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
 use crate::periodic::{Periodic, PeriodicThread};
-use cgroup::CgroupMemory;
-use headroom::Headroom;
-use eager::{rounds_for, EagerUnused};
 use age::{Ages, VictimOrder};
+use cgroup::CgroupMemory;
+use eager::{rounds_for, EagerUnused};
+use headroom::Headroom;
 use policy::{discard_pass_ordered, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
 use pv::{pv_pass, PvInputs, PvReclaim};
 use resident::Residency;
@@ -252,9 +252,9 @@ impl Worker {
         if !self.discard {
             return;
         }
-        if let Some(ages) = self.ages.as_mut() {
+        if let (Some(ages), Some(residency)) = (self.ages.as_mut(), self.residency.as_ref()) {
             let t = Instant::now();
-            ages.observe(&self.table);
+            ages.observe(&self.table, residency.map());
             self.metrics.reclaim.age_us.add(micros(t.elapsed()));
         }
         let resident = measured.saturating_sub(self.eager_round());

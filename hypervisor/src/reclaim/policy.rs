@@ -112,7 +112,8 @@ pub fn discard_pass_ordered(
     };
     for class in [PageState::Unused, PageState::Volatile] {
         let arming = arming.filter(|_| class == PageState::Volatile);
-        let ordered = ages.filter(|a| class == PageState::Volatile && a.order() != VictimOrder::Frame);
+        let ordered =
+            ages.filter(|a| class == PageState::Volatile && a.order() != VictimOrder::Frame);
         match ordered {
             Some(ages) => {
                 let left = want.saturating_sub(pass.report.pages);
@@ -235,6 +236,82 @@ mod tests {
         assert_eq!(table.counts().discarded, 7);
         let r = discard_pass(&table, &mut d, &resident, u64::MAX, Method::Auto);
         assert_eq!(r, PassReport::default());
+    }
+
+    #[test]
+    fn published_ages_choose_the_victims_and_garbage_ages_lose_nothing_else() {
+        use crate::reclaim::age::{Ages, VictimOrder};
+        use pagehint_abi::state_table::{AGE_SHIFT, BUSY, DISCARDED};
+        use vm_memory::{Bytes, GuestAddress};
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let frames = ram.frames();
+        let table = FrameTable::new(frames as usize, false);
+        let mut d = Discarder::new(&ram).unwrap();
+        let mut resident = ResidentMap::new(frames);
+        (0..frames).for_each(|p| resident.set(p));
+        let v = PageState::Volatile as u8;
+        for p in 10..20 {
+            table.apply(p, HintOp::MakeVolatile).unwrap();
+            ram.mem().write_obj(p, GuestAddress(p * 4096)).unwrap();
+        }
+        // The guest says 15..20 have been idle longest.
+        for p in 15..20 {
+            table.set_entry_bits_for_test(p, v | 6 << AGE_SHIFT);
+        }
+        // Garbage: age bits on stable frames, and on entries the host
+        // must never claim (BUSY or DISCARDED the guest wrote itself).
+        for p in 30..36 {
+            ram.mem().write_obj(p, GuestAddress(p * 4096)).unwrap();
+            let junk = [
+                0x1c,
+                0x1c | BUSY | v,
+                0x1c | DISCARDED | v,
+                0x9f,
+                0x5e,
+                0x3c,
+            ][(p - 30) as usize];
+            table.set_entry_bits_for_test(p, junk);
+        }
+        let mut ages = Ages::new(frames, VictimOrder::GuestAge);
+        ages.observe(&table, &resident);
+        let r = discard_pass_ordered(
+            &table,
+            &mut d,
+            &resident,
+            5,
+            Method::Auto,
+            None,
+            Some(&ages),
+        );
+        assert_eq!(r.pages, 5);
+        for p in 15..20 {
+            assert!(table.is_discarded(p), "frame {p}: idle longest, taken");
+        }
+        for p in 10..15 {
+            assert!(!table.is_discarded(p), "frame {p}: younger, kept");
+            assert_eq!(
+                ram.mem().read_obj::<u64>(GuestAddress(p * 4096)).unwrap(),
+                p
+            );
+        }
+        // Everything else goes; never a frame whose entry is not claimable.
+        let r = discard_pass_ordered(
+            &table,
+            &mut d,
+            &resident,
+            u64::MAX,
+            Method::Auto,
+            None,
+            Some(&ages),
+        );
+        assert_eq!(r.pages, 5, "10..15 and nothing of 30..36");
+        for p in 30..36 {
+            assert_eq!(
+                ram.mem().read_obj::<u64>(GuestAddress(p * 4096)).unwrap(),
+                p,
+                "frame {p} kept its contents"
+            );
+        }
     }
 
     /// Records what it was asked to arm; refuses runs from `refuse_from`.
