@@ -189,7 +189,7 @@ mod tests {
     use super::*;
     use pagehint_abi::hypercall::HintOp;
 
-    fn all(frames: u64) -> ResidentMap {
+    fn every(frames: u64) -> ResidentMap {
         ResidentMap::all(frames)
     }
 
@@ -205,11 +205,11 @@ mod tests {
     fn the_oldest_go_first_and_a_change_makes_a_frame_young() {
         let t = volatile_table(64, &[40]);
         let mut a = Ages::new(64, VictimOrder::HostAge);
-        a.observe(&t, &all(64)); // 40 stamped in round 1
+        a.observe(&t, &every(64)); // 40 stamped in round 1
         t.apply(10, HintOp::MakeVolatile).unwrap();
-        a.observe(&t, &all(64)); // 10 in round 2
+        a.observe(&t, &every(64)); // 10 in round 2
         t.apply(30, HintOp::MakeVolatile).unwrap();
-        a.observe(&t, &all(64)); // 30 in round 3
+        a.observe(&t, &every(64)); // 30 in round 3
         let all = |t: &FrameTable| {
             [10u64, 30, 40]
                 .iter()
@@ -222,13 +222,13 @@ mod tests {
         // rounds; this round sees the same value, so 40 stays old...
         t.apply(40, HintOp::MakeStable).unwrap();
         t.apply(40, HintOp::MakeVolatile).unwrap();
-        a.observe(&t, &all(64));
+        a.observe(&t, &every(64));
         assert_eq!(a.coldest(all(&t), 1), [40]);
         // ...but a change seen by a round makes it the youngest.
         t.apply(40, HintOp::MakeStable).unwrap();
-        a.observe(&t, &all(64));
+        a.observe(&t, &every(64));
         t.apply(40, HintOp::MakeVolatile).unwrap();
-        a.observe(&t, &all(64));
+        a.observe(&t, &every(64));
         assert_eq!(a.coldest(all(&t), 2), [10, 30]);
         assert_eq!(a.coldest(all(&t), 9), [10, 30, 40]);
     }
@@ -244,9 +244,9 @@ mod tests {
     fn guest_age_comes_first_and_host_age_breaks_ties() {
         let t = volatile_table(64, &[1, 2, 3]);
         let mut a = Ages::new(64, VictimOrder::GuestAge);
-        a.observe(&t, &all(64));
+        a.observe(&t, &every(64));
         t.apply(4, HintOp::MakeVolatile).unwrap();
-        a.observe(&t, &all(64));
+        a.observe(&t, &every(64));
         let v = pagehint_abi::page_state::PageState::Volatile as u8;
         let aged = |age: u8| v | (age << AGE_SHIFT);
         // Frame 4 is younger on the host's clock but the guest says it is
@@ -258,7 +258,7 @@ mod tests {
         // Ages the guest writes do not restamp the host's clock.
         let before = a.coldness(1, aged(0));
         t.set_entry_bits_for_test(1, aged(3));
-        a.observe(&t, &all(64));
+        a.observe(&t, &every(64));
         assert_eq!(a.coldness(1, aged(0)), before + 1);
     }
 
