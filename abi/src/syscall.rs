@@ -144,6 +144,9 @@ pub struct KernelStats {
     /// Ages the ageing hand published in the shared table (CPUID
     /// `GUEST_AGES`).
     pub ages_published: u64,
+    /// Of those, the ages of 0 (a mapping used the page since the last
+    /// look).
+    pub ages_young: u64,
 }
 
 /// Protection bits for `mmap` and `mprotect`.

@@ -566,7 +566,11 @@ mod tests {
         assert_eq!(seen, vec![1, 2, 3]);
         seen.clear();
         t.rotate_inactive(3, &mut seen);
-        assert_eq!(seen, vec![4, 1, 2], "the next look starts where the last ended");
+        assert_eq!(
+            seen,
+            vec![4, 1, 2],
+            "the next look starts where the last ended"
+        );
         seen.clear();
         t.rotate_inactive(99, &mut seen);
         assert_eq!(seen.len(), 4, "never more than the list holds");

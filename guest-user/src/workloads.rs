@@ -90,6 +90,7 @@ pub(crate) fn counters_line(before: &KernelStats, after: &KernelStats) -> Kernel
         pte_dirty: after.pte_dirty - before.pte_dirty,
         background_passes: after.background_passes - before.background_passes,
         ages_published: after.ages_published - before.ages_published,
+        ages_young: after.ages_young - before.ages_young,
     }
 }
 
@@ -102,13 +103,13 @@ impl fmt::Display for Counters {
         let k = &self.0;
         write!(
             f,
-            "faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={} discard_faults={} discard_listed={} discard_released={} shared_hints={} referenced={} writeback_pages={} writeback_requests={} dirty_frames={} potentially_volatile={} pv_written={} pte_dirty={} background_passes={} ages_published={}",
+            "faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={} discard_faults={} discard_listed={} discard_released={} shared_hints={} referenced={} writeback_pages={} writeback_requests={} dirty_frames={} potentially_volatile={} pv_written={} pte_dirty={} background_passes={} ages_published={} ages_young={}",
             k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
             k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames, k.hints, k.hint_batches,
             k.hint_errors, k.volatile_discarded, k.zero_fill_skips, k.volatile_frames, k.discard_faults,
             k.discard_listed, k.discard_released, k.shared_hints, k.referenced, k.writeback_pages,
             k.writeback_requests, k.dirty_frames, k.potentially_volatile, k.pv_written, k.pte_dirty,
-            k.background_passes, k.ages_published
+            k.background_passes, k.ages_published, k.ages_young
         )
     }
 }

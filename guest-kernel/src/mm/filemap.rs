@@ -107,10 +107,15 @@ impl MmState {
                 free_frame(pa);
             }
         }
-        // Pages read ahead start inactive, as Linux's do: nobody asked for
-        // them yet, and a page that never is should be the first the host
-        // may take, not a quarter of the cache held stable. A hit makes
-        // one active.
+        // Pages read start inactive, as Linux's do: the one asked for is
+        // used once so far, those read ahead not at all, and the host
+        // should weigh them by their use (the ages the hand publishes),
+        // not find a quarter of the cache held stable for having been read
+        // lately. A hit makes one active. The one asked for is still held
+        // by the caller: the ageing hand makes it volatile later.
+        if let Ok(pfn) = result {
+            self.frames.deactivate(pfn);
+        }
         let mut maps = Vec::new();
         for pfn in ahead {
             self.frames.deactivate(pfn);
@@ -302,29 +307,42 @@ impl MmState {
         for pfn in out {
             self.age_one(pfn, &mut maps);
         }
-        if hints::guest_ages() {
-            self.publish_ages(&mut maps);
-        }
+        self.turn_hand(&mut maps);
     }
 
-    /// The ageing hand (CPUID `GUEST_AGES`): looks at the next
-    /// [`AGE_HAND`] frames of the inactive list and publishes in each
-    /// volatile one's shared-table entry how long it has been idle: 0 if a
-    /// mapping used it since the last look (its accessed bits, cleared on
-    /// the way), else one more. The host takes the oldest first. A page
-    /// used through `read()` needs no look: the hit made it stable, which
-    /// cleared its age. Paid once per cache miss, so the hand turns as
-    /// fast as the host takes pages and not at all while nothing misses.
-    fn publish_ages(&mut self, maps: &mut Vec<Mapping>) {
+    /// The ageing hand: looks at the next [`AGE_HAND`] frames of the
+    /// inactive list. One not yet volatile (read lately, and busy then)
+    /// becomes volatile if it may ([`Self::age_one`]; the use that read it
+    /// in is not a second chance). With CPUID
+    /// `GUEST_AGES`, a volatile one gets its age published in its
+    /// shared-table entry: 0 if a mapping used it since the last look
+    /// (its accessed bits, cleared on the way), else one more; the host
+    /// takes the oldest first. A page used through `read()` needs no
+    /// look: the hit made it stable, which cleared its age. Paid once per
+    /// cache miss, so the hand turns as fast as pages come in (or the
+    /// host takes them) and not at all while nothing misses.
+    fn turn_hand(&mut self, maps: &mut Vec<Mapping>) {
+        let publish = hints::guest_ages();
         let mut seen = Vec::new();
         self.frames.rotate_inactive(AGE_HAND, &mut seen);
         for pfn in seen {
             if self.frames.flags(pfn) & flag::VOLATILE == 0 {
+                // The use that read it in set its accessed bit: that one
+                // does not count (Linux activates a mapped page referenced
+                // twice, not once).
+                if self.frames.mapcount(pfn) > 0 {
+                    self.referenced(pfn, maps);
+                }
+                self.age_one(pfn, maps);
+                continue;
+            }
+            if !publish {
                 continue;
             }
             let used = self.frames.mapcount(pfn) > 0 && self.referenced(pfn, maps);
             if hints::publish_age(pfn, used).is_some() {
                 self.stats.ages_published += 1;
+                self.stats.ages_young += u64::from(used);
             }
         }
     }
