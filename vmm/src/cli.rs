@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use hypervisor::reclaim::age::VictimOrder;
 use lab::args::{parse_size, CgroupBudget, ExperimentArgs, GenFilesArgs, HintsArg, MkdiskArgs};
 use pagehint_abi::exit::vmm::USAGE;
-use hypervisor::reclaim::age::VictimOrder;
 
 /// A KVM mini-hypervisor for the page-hinting guest.
 #[derive(Debug, Parser)]

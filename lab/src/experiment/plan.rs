@@ -423,7 +423,9 @@ mod tests {
         assert!(args(2).contains("--cgroup-budget off --free-page-reporting --"));
         let h = args(3);
         assert!(
-            h.contains("--host-budget 5242880 --psi --victim-order host-age --cgroup-budget auto --"),
+            h.contains(
+                "--host-budget 5242880 --psi --victim-order host-age --cgroup-budget auto --"
+            ),
             "{h}"
         );
         assert!(!h.contains("--no-hinting") && !h.contains("hints="), "{h}");
