@@ -145,6 +145,49 @@ fn hinting_holds_at_least_as_many_guests_with_less_swap() {
     }
 }
 
+/// Pages moved per guest by `mode`'s run of `n` guests beyond the same
+/// guests unconstrained: disk pages read again, and the cgroup's swap out
+/// and in shared among the guests.
+fn page_io_per_guest(mode: &str, n: u64) -> Option<f64> {
+    let run = group(mode, n)?;
+    let base = group("baseline", n)?;
+    let disk = |g: &Value| -> u64 {
+        g["per_guest"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["disk_pages_read"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let reread = disk(&run).saturating_sub(disk(&base));
+    let swap = run["swap_out_pages"].as_u64().unwrap() + run["swap_in_pages"].as_u64().unwrap();
+    Some((reread + swap) as f64 / n as f64)
+}
+
+/// Issue 23's goal on density: at the largest number of guests hinting
+/// held, it moves no more pages per guest than host swap does with as
+/// many guests (reads again from its disks what host swap writes out and
+/// reads back).
+#[test]
+fn hinting_moves_no_more_pages_per_guest_than_host_swap() {
+    let n = largest("hinting");
+    let out = &results().run.stdout;
+    let (Some(hinting), Some(host)) = (
+        page_io_per_guest("hinting", n),
+        page_io_per_guest("host-swap", n),
+    ) else {
+        panic!("no runs of {n} guests to compare\n{out}");
+    };
+    assert!(
+        host >= 100.0,
+        "host swap moved only {host} pages a guest\n{out}"
+    );
+    assert!(
+        hinting <= host,
+        "{n} guests: hinting moved {hinting:.0} pages a guest, host swap {host:.0}\n{out}"
+    );
+}
+
 #[test]
 fn no_guest_of_any_run_has_an_integrity_error() {
     let runs = summary()["runs"].as_array().unwrap().clone();

@@ -197,7 +197,18 @@ impl Worker {
                 return self.budget_pages;
             }
         };
-        let reserve = self.headroom.reserve(limit);
+        // Alone, the measured reserve. Shared, the fixed quarter at least:
+        // each VMM sees its own guest but not the other VMMs' memory
+        // (their heaps, page tables, KVM's shadow pages), which a fair
+        // share must leave room for; a measured reserve there let three
+        // quick density guests take the limit and the host swap 8,831
+        // pages.
+        let measured = self.headroom.reserve(limit);
+        let reserve = if sharers > 1 {
+            measured.max(cgroup::fixed_reserve(limit))
+        } else {
+            measured
+        };
         let headroom = cgroup::shared_budget(
             limit,
             usage,
