@@ -210,12 +210,18 @@ mod tests {
         assert_eq!(parse_psi_some_avg10(""), Err(PolicyError::NoSomeAvg10));
     }
 
+    /// 16 MiB of guest RAM, its table (all stable) and a discarder.
+    fn fixture() -> (GuestRam, FrameTable, Discarder) {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let table = FrameTable::new(ram.frames() as usize, false);
+        let d = Discarder::new(&ram).unwrap();
+        (ram, table, d)
+    }
+
     #[test]
     fn passes_take_unused_before_volatile_and_never_stable() {
-        let ram = GuestRam::new(16 << 20).unwrap();
+        let (ram, table, mut d) = fixture();
         let frames = ram.frames();
-        let table = FrameTable::new(frames as usize, false);
-        let mut d = Discarder::new(&ram).unwrap();
         table.apply_range(10, 4, HintOp::SetUnused).unwrap();
         table.apply_range(20, 2, HintOp::SetUnused).unwrap();
         table.apply(30, HintOp::MakeVolatile).unwrap();
@@ -243,10 +249,8 @@ mod tests {
         use crate::reclaim::age::{Ages, VictimOrder};
         use pagehint_abi::state_table::{AGE_SHIFT, BUSY, DISCARDED};
         use vm_memory::{Bytes, GuestAddress};
-        let ram = GuestRam::new(16 << 20).unwrap();
+        let (ram, table, mut d) = fixture();
         let frames = ram.frames();
-        let table = FrameTable::new(frames as usize, false);
-        let mut d = Discarder::new(&ram).unwrap();
         let mut resident = ResidentMap::new(frames);
         (0..frames).for_each(|p| resident.set(p));
         let v = PageState::Volatile as u8;
@@ -336,10 +340,8 @@ mod tests {
 
     #[test]
     fn only_volatile_runs_are_armed_and_refused_runs_are_kept() {
-        let ram = GuestRam::new(16 << 20).unwrap();
+        let (ram, table, mut d) = fixture();
         let frames = ram.frames();
-        let table = FrameTable::new(frames as usize, false);
-        let mut d = Discarder::new(&ram).unwrap();
         table.apply_range(10, 3, HintOp::SetUnused).unwrap();
         for p in [20, 21, 22, 30] {
             table.apply(p, HintOp::MakeVolatile).unwrap();
