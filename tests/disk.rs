@@ -35,11 +35,15 @@ fn read_scan_larger_than_memory_reclaims_and_stays_correct() {
         "{}",
         r.stdout
     );
-    // Read-ahead: far fewer requests than pages.
+    // Read-ahead: far fewer requests than pages. Every page is read at
+    // least once; the second pass may find part of the first still
+    // cached (pages read start on the inactive list, so a scan larger
+    // than memory does not push out everything it read: 6,150 pages of
+    // 8,192 in one run).
     let req = results(&r.stdout, "scan-read", "disk_requests")[0];
     let pages = results(&r.stdout, "scan-read", "disk_pages")[0];
     assert!(
-        pages >= 8192 && req * 8 <= pages,
+        pages >= 4096 && req * 8 <= pages,
         "requests {req} pages {pages}"
     );
 }
