@@ -247,12 +247,21 @@ impl<'a> FrameTable<'a> {
 
     /// Moves a cached frame to the front of the active list.
     pub fn activate(&mut self, pfn: u64) {
+        self.move_to_front(pfn, ACTIVE);
+    }
+
+    /// Moves a cached frame to the front of `list`.
+    fn move_to_front(&mut self, pfn: u64, list: usize) {
         if self.owner(pfn).is_none() {
             return;
         }
         self.lru_remove(pfn as u32);
-        self.flags[pfn as usize] |= flag::ACTIVE;
-        self.lru_push_front(pfn as u32, ACTIVE);
+        if list == ACTIVE {
+            self.flags[pfn as usize] |= flag::ACTIVE;
+        } else {
+            self.flags[pfn as usize] &= !flag::ACTIVE;
+        }
+        self.lru_push_front(pfn as u32, list);
     }
 
     /// Moves frames from the tail of the active list to the inactive list
@@ -271,12 +280,7 @@ impl<'a> FrameTable<'a> {
     /// Moves a cached frame to the front of the inactive list (a page read
     /// ahead, which nobody asked for yet).
     pub fn deactivate(&mut self, pfn: u64) {
-        if self.owner(pfn).is_none() {
-            return;
-        }
-        self.lru_remove(pfn as u32);
-        self.flags[pfn as usize] &= !flag::ACTIVE;
-        self.lru_push_front(pfn as u32, INACTIVE);
+        self.move_to_front(pfn, INACTIVE);
     }
 
     /// The ageing hand: moves up to `n` frames from the tail of the

@@ -333,7 +333,7 @@ impl MmState {
                 if self.frames.mapcount(pfn) > 0 {
                     self.referenced(pfn, maps);
                 }
-                self.age_one(pfn, maps);
+                self.age(pfn, maps, false);
                 continue;
             }
             if !publish {
@@ -353,12 +353,19 @@ impl MmState {
     /// left as it is. Also called for inactive pages a write-back just
     /// cleaned, which fell off the active list while they were dirty.
     pub(super) fn age_one(&mut self, pfn: u64, maps: &mut Vec<Mapping>) {
+        self.age(pfn, maps, true);
+    }
+
+    /// [`Self::age_one`]; without `second_chance` the accessed bits are
+    /// not looked at (the caller has just cleared them, and the use they
+    /// showed does not count), which saves a walk of the reverse map.
+    fn age(&mut self, pfn: u64, maps: &mut Vec<Mapping>, second_chance: bool) {
         if !hints::enabled() {
             return;
         }
         let f = self.frames.flags(pfn);
         if f & flag::WRITABLE_MAPPED != 0 {
-            self.age_writable(pfn, maps);
+            self.age_writable(pfn, maps, second_chance);
             return;
         }
         let busy = flag::LOCKED | flag::DIRTY | flag::VOLATILE;
@@ -370,7 +377,7 @@ impl MmState {
             self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
         };
         if f & busy == 0 && refs_ok {
-            if self.frames.mapcount(pfn) > 0 && self.referenced(pfn, maps) {
+            if second_chance && self.frames.mapcount(pfn) > 0 && self.referenced(pfn, maps) {
                 self.frames.activate(pfn);
                 self.stats.referenced += 1;
                 return;
@@ -390,7 +397,7 @@ impl MmState {
     /// dirty log shows no write since the page was last read or written
     /// back, so a write that races with this check costs a write-back,
     /// never data.
-    fn age_writable(&mut self, pfn: u64, maps: &mut Vec<Mapping>) {
+    fn age_writable(&mut self, pfn: u64, maps: &mut Vec<Mapping>, second_chance: bool) {
         let f = self.frames.flags(pfn);
         if f & (flag::LOCKED | flag::DIRTY | flag::VOLATILE) != 0
             || !hints::potentially_volatile()
@@ -399,7 +406,7 @@ impl MmState {
         {
             return;
         }
-        if self.referenced(pfn, maps) {
+        if second_chance && self.referenced(pfn, maps) {
             self.frames.activate(pfn);
             self.stats.referenced += 1;
             return;

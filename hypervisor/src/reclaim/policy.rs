@@ -9,6 +9,7 @@
 //! must never drop a frame it has not claimed, nor leave a claim unsettled.
 
 use pagehint_abi::page_state::PageState;
+use pagehint_abi::state_table::claimable;
 
 use crate::frames::discard::IOV_BATCH;
 use crate::frames::{Arming, Discarder, FrameTable, Method, PassReport, RunBuilder};
@@ -63,25 +64,14 @@ pub fn discard_pass(
     want: u64,
     method: Method,
 ) -> PassReport {
-    discard_pass_with(table, discarder, resident, want, method, None)
+    discard_pass_ordered(table, discarder, resident, want, method, None, None)
 }
 
 /// [`discard_pass`], arming each run of Volatile frames for discard faults
-/// (`arming`) before dropping it; a run that cannot be armed is kept.
-pub fn discard_pass_with(
-    table: &FrameTable,
-    discarder: &mut Discarder,
-    resident: &ResidentMap,
-    want: u64,
-    method: Method,
-    arming: Option<&dyn Arming>,
-) -> PassReport {
-    discard_pass_ordered(table, discarder, resident, want, method, arming, None)
-}
-
-/// [`discard_pass_with`], taking Volatile frames coldest first by `ages`
-/// (`None`, or [`crate::reclaim::age::VictimOrder::Frame`]: in frame
-/// order). Unused frames hold nothing the guest wants: any order will do.
+/// (`arming`) before dropping it (a run that cannot be armed is kept),
+/// and taking Volatile frames coldest first by `ages` (`None`, or
+/// [`crate::reclaim::age::VictimOrder::Frame`]: in frame order). Unused
+/// frames hold nothing the guest wants: any order will do.
 pub fn discard_pass_ordered(
     table: &FrameTable,
     discarder: &mut Discarder,
@@ -120,9 +110,10 @@ pub fn discard_pass_ordered(
                 if left == 0 {
                     break;
                 }
+                // One read of each entry: claimable now, and its age.
                 let candidates: Vec<(u64, u8)> = resident_frames()
-                    .filter(|&p| table.looks_claimable(p, class))
                     .filter_map(|p| table.entry_value(p).map(|e| (p, e)))
+                    .filter(|&(_, e)| claimable(e, class))
                     .collect();
                 for pfn in ages.coldest(candidates, left) {
                     pass.take(pfn, class, arming);
@@ -353,13 +344,14 @@ mod tests {
             armed: Mutex::new(Vec::new()),
             disarmed: Mutex::new(Vec::new()),
         };
-        let r = discard_pass_with(
+        let r = discard_pass_ordered(
             &table,
             &mut d,
             &resident,
             u64::MAX,
             Method::Auto,
             Some(&arming),
+            None,
         );
         assert_eq!((r.pages, r.failed), (6, 1));
         assert_eq!(*arming.armed.lock().unwrap(), [Run { pfn: 20, count: 3 }]);

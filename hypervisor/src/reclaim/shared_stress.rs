@@ -12,7 +12,7 @@
 //! - [`guest_scribbles_while_the_reclaimer_drops_and_protocol_frames_survive`]
 //!   runs for about two seconds, deterministically seeded: two "vCPU"
 //!   threads cycle their own frames through the protocol and check their
-//!   contents, a reclaimer runs `discard_pass_with` back to back with real
+//!   contents, a reclaimer runs `discard_pass_ordered` back to back with real
 //!   `MADV_DONTNEED`, and a scribbler writes any byte into every other
 //!   entry, the table's own frames' and the hole's included.
 //! - [`every_entry_byte_is_handled_for_every_host_step`] writes each of the
@@ -25,7 +25,7 @@
 //!   CLAIMED mark).
 //!
 //! It lives beside the reclaimer because it drives the frame-state core
-//! the way the reclaimer does (`policy::discard_pass_with`). It must
+//! the way the reclaimer does (`policy::discard_pass_ordered`). It must
 //! never use `unsafe`, depend on timing for its verdicts (only for how much
 //! work gets done), or leave a thread behind when it passes.
 
@@ -43,7 +43,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::frames::transition::transition;
 use crate::frames::{Discarder, FrameTable, HintOutcome, Method, SharedEntries, StateError};
 use crate::memory::GuestRam;
-use crate::reclaim::policy::discard_pass_with;
+use crate::reclaim::policy::{discard_pass, discard_pass_ordered};
 use crate::reclaim::resident::ResidentMap;
 
 use PageState::*;
@@ -334,7 +334,8 @@ fn guest_scribbles_while_the_reclaimer_drops_and_protocol_frames_survive() {
             let methods = [Method::Auto, Method::Madvise, Method::ProcessMadvise];
             while !stop.load(Ordering::Relaxed) {
                 let method = methods[(r.passes % 3) as usize];
-                let p = discard_pass_with(&table, &mut d, &resident, u64::MAX, method, None);
+                let p =
+                    discard_pass_ordered(&table, &mut d, &resident, u64::MAX, method, None, None);
                 r.passes += 1;
                 r.pages += p.pages;
                 r.failed += p.failed;
@@ -426,13 +427,12 @@ fn guest_scribbles_while_the_reclaimer_drops_and_protocol_frames_survive() {
     }
     let before = table.total_discards();
     let mut d = Discarder::new(&ram).unwrap();
-    let last = discard_pass_with(
+    let last = discard_pass(
         &table,
         &mut d,
         &ResidentMap::all(frames),
         u64::MAX,
         Method::Auto,
-        None,
     );
     assert_eq!(last.pages, 0, "every frame is Stable now");
     assert_eq!(table.total_discards(), before);
