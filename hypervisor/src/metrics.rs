@@ -293,6 +293,11 @@ pub struct ReclaimMetrics {
     /// Time spent noting which table entries changed (the victim order's
     /// host age, `crate::reclaim::age`), in microseconds.
     pub age_us: Counter,
+    /// Rounds run at once because the cgroup's usage event fired
+    /// (`crate::reclaim::usage_event`), and those of them that dropped
+    /// frames.
+    pub event_wakes: Counter,
+    pub event_drops: Counter,
     /// Time spent measuring residency (statm, and pagemap when read), in
     /// microseconds.
     pub measure_us: Counter,

@@ -2,13 +2,20 @@
 //! shape of the reclaimer and of the stats writer. [`PeriodicThread`]
 //! owns the thread; stopping it (or dropping it) wakes it at once, lets
 //! the job finish, and joins it, so no such thread outlives its handle.
+//! A job may also name a descriptor to wake on between intervals (the
+//! reclaimer's cgroup usage event): when it polls ready, the job runs
+//! [`Periodic::woken`] at once, and the next tick is still an interval
+//! after the previous one.
 //!
-//! This module knows no job: it must never do more than run, stop and
-//! join.
+//! This module knows no job: it must never do more than run, wake, stop
+//! and join.
 
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// What a periodic thread does.
 pub trait Periodic: Send + 'static {
@@ -18,20 +25,73 @@ pub trait Periodic: Send + 'static {
     fn tick(&mut self);
     /// Once, on the thread, after the stop was asked for.
     fn finish(&mut self) {}
+    /// A descriptor to wake on between ticks, and the `poll` events that
+    /// mean "wake" (asked again before every wait, so it may change).
+    fn wake_source(&self) -> Option<(RawFd, i16)> {
+        None
+    }
+    /// The wake source polled ready (or in error): the job must consume
+    /// the event, or it is called again at once.
+    fn woken(&mut self) {}
 }
 
 /// The running thread of one [`Periodic`] job.
 #[derive(Debug)]
 pub struct PeriodicThread {
-    stop: Option<Sender<()>>,
+    stop: Arc<EventFd>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// What one wait ended with.
+enum Waited {
+    Stop,
+    Tick,
+    Woken,
+}
+
+/// Waits until `stop` is signalled, `deadline` passes, or `wake` polls
+/// ready. A failed `poll` (only EINTR is possible with valid descriptors)
+/// counts as a tick, so a signal storm cannot stall the job.
+fn wait(stop: &EventFd, wake: Option<(RawFd, i16)>, deadline: Instant) -> Waited {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Waited::Tick;
+    }
+    let mut fds = [
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.map_or(-1, |w| w.0),
+            events: wake.map_or(0, |w| w.1),
+            revents: 0,
+        },
+    ];
+    // Round up so a deadline less than a millisecond away is not a busy loop.
+    let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    // SAFETY: `fds` is a valid array of two pollfd for the call; a
+    // negative fd is ignored by poll.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    if n <= 0 {
+        return Waited::Tick;
+    }
+    if fds[0].revents != 0 {
+        return Waited::Stop;
+    }
+    if fds[1].revents != 0 {
+        return Waited::Woken;
+    }
+    Waited::Tick
 }
 
 impl PeriodicThread {
     /// Starts `job` on a thread called `name`, ticking every `interval`
     /// (at least 1 ms).
     pub fn spawn(name: &str, interval: Duration, mut job: impl Periodic) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<()>();
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let theirs = stop.clone();
         let interval = interval.max(Duration::from_millis(1));
         let thread_name = name.to_string();
         let handle = std::thread::Builder::new()
@@ -41,14 +101,21 @@ impl PeriodicThread {
                     crate::seccomp::enter_or_exit(kind);
                 }
                 job.start();
-                // A message or a dropped sender both mean stop.
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
-                    job.tick();
+                let mut next = Instant::now() + interval;
+                loop {
+                    match wait(&theirs, job.wake_source(), next) {
+                        Waited::Stop => break,
+                        Waited::Woken => job.woken(),
+                        Waited::Tick => {
+                            job.tick();
+                            next = Instant::now() + interval;
+                        }
+                    }
                 }
                 job.finish();
             })?;
         Ok(Self {
-            stop: Some(tx),
+            stop,
             handle: Some(handle),
         })
     }
@@ -59,10 +126,10 @@ impl PeriodicThread {
     }
 
     fn stop_and_join(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
         if let Some(h) = self.handle.take() {
+            // Cannot fail but on counter overflow, which one write cannot
+            // reach; the thread sees the descriptor readable.
+            let _ = self.stop.write(1);
             // The thread cannot have panicked: a panic aborts the process.
             let _ = h.join();
         }
@@ -121,5 +188,55 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(ends.load(Ordering::SeqCst), 22);
+    }
+
+    struct Wakes {
+        fd: EventFd,
+        woken: Arc<AtomicU32>,
+        ticks: Arc<AtomicU32>,
+    }
+    impl Periodic for Wakes {
+        fn tick(&mut self) {
+            self.ticks.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_source(&self) -> Option<(RawFd, i16)> {
+            Some((self.fd.as_raw_fd(), libc::POLLIN))
+        }
+        fn woken(&mut self) {
+            self.fd.read().unwrap();
+            self.woken.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wake_source_runs_the_job_between_ticks() {
+        let (woken, ticks) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let signal = fd.try_clone().unwrap();
+        let t = PeriodicThread::spawn(
+            "test",
+            Duration::from_secs(60),
+            Wakes {
+                fd,
+                woken: woken.clone(),
+                ticks: ticks.clone(),
+            },
+        )
+        .unwrap();
+        for want in 1..=3 {
+            signal.write(1).unwrap();
+            let start = Instant::now();
+            while woken.load(Ordering::SeqCst) < want {
+                assert!(start.elapsed() < Duration::from_secs(10), "never woken");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        t.stop();
+        assert_eq!(woken.load(Ordering::SeqCst), 3, "once per event");
+        assert_eq!(
+            ticks.load(Ordering::SeqCst),
+            0,
+            "an hour-long interval never ticked"
+        );
     }
 }

@@ -143,9 +143,11 @@ const FAULTS: &[i64] = &[
     libc::SYS_read,
 ];
 
-/// The reclaimer: pagemap, cgroup and PSI files, drops, userfaultfd
-/// registration, the dirty log.
+/// The reclaimer: pagemap, cgroup and PSI files, the cgroup usage event
+/// (an eventfd registered through `cgroup.event_control`), drops,
+/// userfaultfd registration, the dirty log.
 const RECLAIM: &[i64] = &[
+    libc::SYS_eventfd2,
     libc::SYS_fcntl,
     libc::SYS_fstat,
     libc::SYS_ioctl,
@@ -161,7 +163,8 @@ const RECLAIM: &[i64] = &[
     libc::SYS_statx,
 ];
 
-/// The stats writer: a temporary file renamed over the stats file.
+/// The stats writer: a temporary file renamed over the stats file, and
+/// `poll` on its stop descriptor.
 const STATS: &[i64] = &[
     libc::SYS_fcntl,
     libc::SYS_fstat,
@@ -169,6 +172,8 @@ const STATS: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_newfstatat,
     libc::SYS_openat,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
     libc::SYS_rename,
     libc::SYS_statx,
 ];

@@ -56,6 +56,9 @@ pub struct ReclaimDoc {
     pub max_round_us: u64,
     /// Time spent noting which entries changed, for the victim order.
     pub age_us: u64,
+    /// Rounds the cgroup's usage event woke, and those that dropped.
+    pub event_wakes: u64,
+    pub event_drops: u64,
     /// Time spent measuring residency, in microseconds, and how many
     /// measurements read pagemap (the rest found nothing changed).
     pub measure_us: u64,
@@ -162,6 +165,8 @@ impl StatsSource {
                 time_us: r.time_us.get(),
                 max_round_us: r.max_round_us.get(),
                 age_us: r.age_us.get(),
+                event_wakes: r.event_wakes.get(),
+                event_drops: r.event_drops.get(),
                 measure_us: r.measure_us.get(),
                 pagemap_reads: r.pagemap_reads.get(),
                 psi_triggers: r.psi_triggers.get(),

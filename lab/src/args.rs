@@ -12,7 +12,9 @@ use clap::{Args, ValueEnum};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CgroupBudget {
     /// When the VMM runs in a memory cgroup with a limit: budget =
-    /// limit - 16 MiB - what everything but guest RAM uses.
+    /// limit - a measured reserve - what everything but guest RAM and
+    /// unmapped file cache uses; a round also runs at once when usage
+    /// crosses limit - reserve (cgroup v1 threshold, v2 memory.events).
     Auto,
     /// Never.
     Off,

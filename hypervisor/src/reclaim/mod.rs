@@ -32,7 +32,9 @@ pub mod pv;
 pub mod resident;
 #[cfg(test)]
 mod shared_stress;
+pub mod usage_event;
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +52,7 @@ use headroom::Headroom;
 use policy::{discard_pass_ordered, pages_to_drop, parse_psi_some_avg10, PSI_MEMORY};
 use pv::{pv_pass, PvInputs, PvReclaim};
 use resident::Residency;
+use usage_event::UsageEvent;
 
 /// Why the reclaimer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,8 @@ struct Worker {
     ages: Option<Ages>,
     /// How fast the guest grew between rounds: the cgroup reserve.
     headroom: Headroom,
+    /// Wakes a round when the cgroup's usage nears the limit.
+    usage_event: Option<UsageEvent>,
 }
 
 impl Worker {
@@ -216,12 +221,26 @@ impl Worker {
             sharers,
             reserve,
         );
+        self.move_threshold(limit.saturating_sub(reserve));
         let m = &self.metrics.memory;
         m.cgroup_reserve_bytes.set(reserve);
         m.cgroup_limit_bytes.set(limit);
         m.cgroup_budget_bytes.set(headroom);
         let pages = headroom / PAGE;
         Some(self.budget_pages.map_or(pages, |b| b.min(pages)))
+    }
+
+    /// Keeps the usage event at the edge of the reserve, where the guest
+    /// starts to eat into what the limit keeps free; a failed move keeps
+    /// the old threshold (warned once, then the event is given up).
+    fn move_threshold(&mut self, bytes: u64) {
+        let Some(event) = self.usage_event.as_mut() else {
+            return;
+        };
+        if let Err(e) = event.rearm(bytes) {
+            log::warn!("reclaim: {e}; rounds only every interval from now on");
+            self.usage_event = None;
+        }
     }
 
     /// Drops the frames Unused for the delay; returns how many.
@@ -255,13 +274,14 @@ impl Worker {
         }
     }
 
-    /// One interval's work: measure, and drop frames if asked to.
-    fn round(&mut self) {
+    /// One interval's work: measure, and drop frames if asked to; returns
+    /// how many frames the budget or PSI pass dropped.
+    fn round(&mut self) -> u64 {
         let Some(measured) = self.measure() else {
-            return;
+            return 0;
         };
         if !self.discard {
-            return;
+            return 0;
         }
         if let (Some(ages), Some(residency)) = (self.ages.as_mut(), self.residency.as_ref()) {
             let t = Instant::now();
@@ -275,7 +295,7 @@ impl Worker {
         let budget = self.budget(resident);
         let want = pages_to_drop(resident, budget, pressure);
         if want == 0 {
-            return;
+            return 0;
         }
         let c = self.table.counts();
         let pv_frames = self.pv.as_ref().map_or(0, |_| c.potentially_volatile);
@@ -285,13 +305,13 @@ impl Worker {
             == 0
         {
             // Nothing the guest lets us drop.
-            return;
+            return 0;
         }
         // Eagerly dropped frames the guest took back may be dropped again
         // by this pass: count them first.
         self.sweep_refaults();
         let Some(residency) = self.residency.as_mut() else {
-            return;
+            return 0;
         };
         let t = Instant::now();
         let mut pass = discard_pass_ordered(
@@ -341,6 +361,7 @@ impl Worker {
                 pass.failed
             );
         }
+        pass.pages
     }
 }
 
@@ -398,6 +419,11 @@ impl Reclaimer {
             }
         };
         let frames = table.len();
+        let usage_event = config
+            .cgroup
+            .as_ref()
+            .filter(|_| config.discard)
+            .and_then(first_usage_event);
         let worker = Worker {
             ram_base: ram.host_base(),
             frames: ram.frames(),
@@ -423,6 +449,7 @@ impl Reclaimer {
                     || config.psi_threshold.is_some()))
             .then(|| Ages::new(frames, config.victim_order)),
             headroom: Headroom::default(),
+            usage_event,
         };
         let thread = PeriodicThread::spawn("reclaim", config.interval, worker)
             .map_err(ReclaimError::Spawn)?;
@@ -432,6 +459,22 @@ impl Reclaimer {
     /// Stops the thread and waits for it (it measures residency once more).
     pub fn stop(self) {
         self.thread.stop();
+    }
+}
+
+/// The cgroup's usage event, at the edge of the reserve the headroom starts
+/// with (moved by each round to the one it measures); `None`, with a note
+/// in the log, where it cannot be registered (no limit, no permission):
+/// then rounds run only every interval.
+fn first_usage_event(cg: &CgroupMemory) -> Option<UsageEvent> {
+    let limit = cg.limit().ok().flatten()?;
+    let at = limit.saturating_sub(Headroom::default().reserve(limit));
+    match UsageEvent::register(cg, at) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            log::info!("reclaim: {e}; rounds only every interval");
+            None
+        }
     }
 }
 
@@ -445,6 +488,23 @@ impl Periodic for Worker {
 
     fn tick(&mut self) {
         self.round();
+    }
+
+    fn wake_source(&self) -> Option<(RawFd, i16)> {
+        self.usage_event.as_ref().map(UsageEvent::source)
+    }
+
+    /// The cgroup neared its limit: a round now rather than at the next
+    /// interval.
+    fn woken(&mut self) {
+        if let Some(event) = self.usage_event.as_mut() {
+            event.consume();
+        }
+        let r = &self.metrics.reclaim;
+        r.event_wakes.inc();
+        if self.round() > 0 {
+            self.metrics.reclaim.event_drops.inc();
+        }
     }
 
     fn finish(&mut self) {
