@@ -271,6 +271,12 @@ fn hinting_moves_no_more_pages_than_host_swap_on_kv() {
         hinting <= host,
         "kv: hinting moved {hinting} pages (re-read + swap), host swap {host}"
     );
+    // The guest grows into the limit: the cgroup's usage event woke the
+    // reclaimer at least once between its intervals.
+    let d = doc("kv", "hinting");
+    let wakes = u(&d, "stats.reclaim.event_wakes");
+    assert!(wakes >= 1, "kv: the usage event never woke the reclaimer");
+    assert!(u(&d, "stats.reclaim.event_drops") <= wakes);
 }
 
 #[test]

@@ -202,15 +202,15 @@ impl Worker {
                 return self.budget_pages;
             }
         };
-        // Alone, the measured reserve. Shared, the fixed quarter at least:
-        // each VMM sees its own guest but not the other VMMs' memory
-        // (their heaps, page tables, KVM's shadow pages), which a fair
-        // share must leave room for; a measured reserve there let three
-        // quick density guests take the limit and the host swap 8,831
-        // pages.
+        // Alone, the measured reserve. Shared, that times the sharers
+        // (between two rounds the cgroup grows by every guest, and each
+        // VMM sees only its own), at most the fixed quarter that was the
+        // rule before.
         let measured = self.headroom.reserve(limit);
         let reserve = if sharers > 1 {
-            measured.max(cgroup::fixed_reserve(limit))
+            measured
+                .saturating_mul(sharers)
+                .min(cgroup::fixed_reserve(limit))
         } else {
             measured
         };
