@@ -21,10 +21,14 @@
 //! them would make the guest give up its own cache for the host's copy of
 //! the same blocks. Mapped file pages (the VMM's own code) are not left
 //! out: they are a working set the kernel protects, and where the binary
-//! is not in the host's cache each child faults it in, charged here. The reserve is a quarter of the limit, at most
-//! [`RESERVE`], so a small limit still leaves the guest most of it. This module only
-//! reads files; it must never write to a cgroup, and a file it cannot read
-//! turns the budget off (with one warning) rather than failing the run.
+//! is not in the host's cache each child faults it in, charged here. The
+//! reserve is measured by the reclaimer (`super::headroom`), at most a
+//! quarter of the limit and [`RESERVE`] ([`fixed_reserve`], the rule
+//! before), so a small limit still leaves the guest most of it. This
+//! module only reads files; it must never write to a cgroup (the usage
+//! event's registration is `super::usage_event`'s), and a file it cannot
+//! read turns the budget off (with one warning) rather than failing the
+//! run.
 
 use std::path::{Path, PathBuf};
 
