@@ -12,12 +12,14 @@
 //! round left (after its drops), over the last [`WINDOW`] rounds; a burst
 //! is remembered for as long. Twice the largest, because a round may land
 //! just after the growth began and the next one is an interval away.
+//! Several VMMs in one cgroup keep that times their number: between two
+//! rounds the cgroup grows by every guest, and each VMM sees only its own.
 //!
 //! This module only counts: it must never read a file or drop a frame.
 
 use std::collections::VecDeque;
 
-use super::cgroup::RESERVE;
+use super::cgroup::fixed_reserve;
 
 /// Rounds whose growth is remembered (5 s at the default 50 ms).
 pub const WINDOW: usize = 100;
@@ -57,14 +59,15 @@ impl Headroom {
         self.growth.iter().copied().max().unwrap_or(0)
     }
 
-    /// Bytes to keep free below a cgroup `limit`: `FLOOR + 2 x` the
-    /// largest growth, at most a quarter of the limit and
-    /// [`RESERVE`].
-    pub fn reserve(&self, limit: u64) -> u64 {
-        let cap = RESERVE.min(limit / 4);
+    /// Bytes to keep free below a cgroup `limit` that `sharers` processes
+    /// share: `FLOOR + 2 x` the largest growth, times the sharers (at
+    /// least one), at most the fixed reserve (a quarter of the limit and
+    /// `cgroup::RESERVE`).
+    pub fn reserve(&self, limit: u64, sharers: u64) -> u64 {
         FLOOR
             .saturating_add(self.max_growth().saturating_mul(2))
-            .min(cap)
+            .saturating_mul(sharers.max(1))
+            .min(fixed_reserve(limit))
     }
 }
 
@@ -77,13 +80,13 @@ mod tests {
     #[test]
     fn a_quiet_guest_keeps_only_the_floor() {
         let mut h = Headroom::default();
-        assert_eq!(h.reserve(64 * MIB), FLOOR, "nothing measured yet");
+        assert_eq!(h.reserve(64 * MIB, 1), FLOOR, "nothing measured yet");
         for _ in 0..10 {
             h.observe(20 * MIB);
         }
-        assert_eq!(h.reserve(64 * MIB), FLOOR);
+        assert_eq!(h.reserve(64 * MIB, 1), FLOOR);
         // A tiny limit caps it.
-        assert_eq!(h.reserve(MIB), MIB / 4);
+        assert_eq!(h.reserve(MIB, 1), MIB / 4);
     }
 
     #[test]
@@ -93,15 +96,18 @@ mod tests {
         h.dropped(2 * MIB); // the round left 8 MiB
         h.observe(9 * MIB); // grew 1 MiB in one interval
         assert_eq!(h.max_growth(), MIB);
-        assert_eq!(h.reserve(64 * MIB), FLOOR + 2 * MIB);
+        assert_eq!(h.reserve(64 * MIB, 1), FLOOR + 2 * MIB);
+        // Three VMMs in the cgroup keep three times as much, capped alike.
+        assert_eq!(h.reserve(64 * MIB, 3), 3 * (FLOOR + 2 * MIB));
+        assert_eq!(h.reserve(16 * MIB, 3), 4 * MIB);
         // Never more than the fixed reserve of old.
         h.observe(40 * MIB);
-        assert_eq!(h.reserve(64 * MIB), 16 * MIB);
-        assert_eq!(h.reserve(16 * MIB), 4 * MIB);
+        assert_eq!(h.reserve(64 * MIB, 1), 16 * MIB);
+        assert_eq!(h.reserve(16 * MIB, 1), 4 * MIB);
         // Shrinking is no growth; a burst is forgotten after WINDOW rounds.
         for _ in 0..WINDOW {
             h.observe(30 * MIB);
         }
-        assert_eq!(h.reserve(64 * MIB), FLOOR);
+        assert_eq!(h.reserve(64 * MIB, 1), FLOOR);
     }
 }

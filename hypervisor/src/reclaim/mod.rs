@@ -202,18 +202,7 @@ impl Worker {
                 return self.budget_pages;
             }
         };
-        // Alone, the measured reserve. Shared, that times the sharers
-        // (between two rounds the cgroup grows by every guest, and each
-        // VMM sees only its own), at most the fixed quarter that was the
-        // rule before.
-        let measured = self.headroom.reserve(limit);
-        let reserve = if sharers > 1 {
-            measured
-                .saturating_mul(sharers)
-                .min(cgroup::fixed_reserve(limit))
-        } else {
-            measured
-        };
+        let reserve = self.headroom.reserve(limit, sharers);
         let headroom = cgroup::shared_budget(
             limit,
             usage,
@@ -468,7 +457,7 @@ impl Reclaimer {
 /// then rounds run only every interval.
 fn first_usage_event(cg: &CgroupMemory) -> Option<UsageEvent> {
     let limit = cg.limit().ok().flatten()?;
-    let at = limit.saturating_sub(Headroom::default().reserve(limit));
+    let at = limit.saturating_sub(Headroom::default().reserve(limit, 1));
     match UsageEvent::register(cg, at) {
         Ok(e) => Some(e),
         Err(e) => {
