@@ -6,7 +6,8 @@
 
 use core::ops::Add;
 
-use crate::PAGE_SIZE;
+/// Size of a guest page (and of a host page for the guest RAM mapping).
+pub const PAGE_SIZE: u64 = 4096;
 
 /// A guest-physical address.
 #[repr(transparent)]

@@ -30,7 +30,4 @@ pub mod syscall;
 /// its `Hello` hypercall and the VMM refuses a mismatch.
 pub const ABI_VERSION: u32 = 1;
 
-/// Size of a guest page (and of a host page for the guest RAM mapping).
-pub const PAGE_SIZE: u64 = 4096;
-
-pub use addr::{GuestPhys, Pfn};
+pub use addr::{GuestPhys, Pfn, PAGE_SIZE};

@@ -4,7 +4,7 @@
 //! Converting a wire value that names nothing gives back the value as the
 //! error; nothing here may panic on what the other side wrote.
 
-use super::{hint, result, HintEntry};
+use super::wire::{hint, result, HintEntry};
 use crate::Pfn;
 
 /// A page-state hint, the `op` of a [`HintEntry`].

@@ -9,7 +9,7 @@
 //! carried at full width, so a decoded request says exactly what the
 //! guest wrote.
 
-use super::{op, HypercallBlock};
+use super::wire::{op, HypercallBlock};
 use crate::GuestPhys;
 
 /// One hypercall and its arguments.
@@ -19,11 +19,11 @@ pub enum Request {
     /// speaks (`args[0]`), `cpu` its CPU index (`args[1]`).
     Hello { version: u64, cpu: u64 },
     /// [`op::HINT_BATCH`]: `batch` is the address of a
-    /// [`super::HintBatch`] page (`args[0]`), `count` the entries to apply
-    /// (`args[1]`, 1..=[`super::HINT_BATCH_MAX`]).
+    /// [`super::wire::HintBatch`] page (`args[0]`), `count` the entries to apply
+    /// (`args[1]`, 1..=[`super::wire::HINT_BATCH_MAX`]).
     HintBatch { batch: GuestPhys, count: u64 },
     /// [`op::SET_FAULT_INFO`]: `info` is the address of this vCPU's
-    /// [`super::DiscardFaultInfo`] (`args[0]`), `cpu` the vCPU index
+    /// [`super::wire::DiscardFaultInfo`] (`args[0]`), `cpu` the vCPU index
     /// (`args[1]`).
     SetFaultInfo { info: GuestPhys, cpu: u64 },
     /// [`op::SET_STATE_TABLE`]: `table` is the address of the shared
@@ -35,15 +35,15 @@ pub enum Request {
 /// Why a block is not a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    /// `op` names no hypercall (answered [`super::CallResult::UnknownOp`]).
+    /// `op` names no hypercall (answered [`super::codes::CallResult::UnknownOp`]).
     UnknownOp(u32),
 }
 
 impl DecodeError {
     /// The result code the VMM answers for it.
-    pub const fn result(self) -> super::CallResult {
+    pub const fn result(self) -> super::codes::CallResult {
         match self {
-            DecodeError::UnknownOp(_) => super::CallResult::UnknownOp,
+            DecodeError::UnknownOp(_) => super::codes::CallResult::UnknownOp,
         }
     }
 }
