@@ -1,9 +1,10 @@
 //! What one `KVM_RUN` exit means: [`handle_exit`] turns an exit into a
 //! [`Step`], serving port and MMIO accesses on the way through
-//! [`ExitDevices`]. It is a pure function of the exit, the devices and the
-//! counters, so it is unit-tested here with synthetic exits; the vCPU loop
-//! (`vcpu.rs`) acts on the step (dumps registers, delivers a discard fault,
-//! stops).
+//! [`ExitDevices`], a trait the VMM's buses and doorbell implement above
+//! this module (`crate::vcpu_devices`). It is a pure function of the exit,
+//! the devices and the counters, so it is unit-tested here with synthetic
+//! exits; the vCPU loop (`vcpu.rs`) acts on the step (dumps registers,
+//! lets its kick handler deliver a discard fault, stops).
 //!
 //! This module must never panic on an exit the guest provoked, and never
 //! touch the vCPU's file descriptor.
@@ -11,9 +12,17 @@
 use kvm_ioctls::VcpuExit;
 use pagehint_abi::ports::STEP_COUNTER_PORT;
 
-use crate::devices::pio::PioOutcome;
 use crate::metrics::ExitMetrics;
 use crate::vstate::step_count::{StepChange, StepCounter};
+
+/// What the vCPU must do after a port write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PioOutcome {
+    /// Nothing: the guest continues.
+    Continue,
+    /// The guest asked the machine to stop with this status value.
+    Exit(u32),
+}
 
 /// Where the exits' accesses go.
 pub trait ExitDevices {

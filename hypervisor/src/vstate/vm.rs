@@ -2,21 +2,20 @@
 //! the guest RAM memslot, irqfds and ioeventfds.
 //!
 //! This module must never run vCPUs or decide the memory layout; it applies
-//! what it is given.
+//! what it is given. It is tested against the host's KVM in
+//! `hypervisor/tests/kvm_vcpu.rs`.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestRam;
-use crate::vstate::dirty_log::{DirtyLog, DirtyLogError};
+use crate::vstate::dirty_log::{DirtyLog, DirtyLogError, RAM_SLOT};
 use crate::vstate::kvm::KvmContext;
 
 /// Guest-physical address of the three pages KVM needs for the real-mode
 /// TSS on Intel hosts; just below the 4 GiB BIOS area, above the LAPIC.
 pub const TSS_ADDR: usize = 0xfffb_d000;
-/// The memslot guest RAM uses.
-pub const RAM_SLOT: u32 = 0;
 
 /// Why the VM could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -173,42 +172,5 @@ impl Vm {
         self.fd
             .create_vcpu(u64::from(index))
             .map_err(|source| VmError::CreateVcpu { index, source })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
-
-    #[test]
-    fn a_vm_takes_ram_devices_and_vcpus_and_refuses_duplicates() {
-        let kvm = KvmContext::new().expect("these tests need /dev/kvm");
-        let vm = Vm::new(&kvm).unwrap();
-        // RAM on both sides of the MMIO hole: two memslots.
-        let ram = GuestRam::new(4 << 30).unwrap();
-        vm.register_ram(&ram).unwrap();
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        vm.register_irqfd(&evt, 5).unwrap();
-        vm.register_ioevent(&evt, 0xd000_0050).unwrap();
-        assert!(
-            matches!(
-                vm.register_ioevent(&evt, 0xd000_0050),
-                Err(VmError::Ioevent { .. })
-            ),
-            "the same ioeventfd twice"
-        );
-        // KVM takes the exit setting only before the first vCPU exists.
-        vm.disable_hlt_exits().unwrap();
-        vm.create_vcpu(0).unwrap();
-        vm.create_vcpu(1).unwrap();
-        assert!(matches!(
-            vm.create_vcpu(1),
-            Err(VmError::CreateVcpu { index: 1, .. })
-        ));
-        assert!(matches!(
-            vm.disable_hlt_exits(),
-            Err(VmError::DisableExits(_))
-        ));
     }
 }
