@@ -23,14 +23,19 @@ use crate::worker::{Stop, Worker};
 const TOKEN_NOTIFY: u64 = 1;
 const TOKEN_STOP: u64 = 2;
 
-/// Why the worker could not be started.
+/// Why the worker could not be started: `what` failed (its stop eventfd,
+/// its epoll set, or the thread).
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// The stop eventfd or the thread itself.
-    #[error("cannot start the block worker (its stop eventfd or thread): {0}")]
-    Start(#[source] std::io::Error),
-    #[error("cannot set up epoll for the block worker: {0}")]
-    Epoll(#[source] std::io::Error),
+#[error("cannot start the block worker: {what}: {source}")]
+pub struct WorkerError {
+    what: &'static str,
+    #[source]
+    source: std::io::Error,
+}
+
+/// `map_err` of the step `what` of starting the worker.
+fn failed(what: &'static str) -> impl FnOnce(std::io::Error) -> WorkerError {
+    move |source| WorkerError { what, source }
 }
 
 /// A running worker; stopping it (or dropping it) joins the thread.
@@ -73,8 +78,8 @@ fn work(dev: &Mutex<VirtioBlock>, notify: &EventFd, epoll: &Epoll) {
 impl BlockWorker {
     /// Starts the worker on `dev`, woken by `notify`.
     pub fn spawn(dev: Arc<Mutex<VirtioBlock>>, notify: EventFd) -> Result<Self, WorkerError> {
-        let stop = Stop::new().map_err(WorkerError::Start)?;
-        let epoll = Epoll::new().map_err(WorkerError::Epoll)?;
+        let stop = Stop::new().map_err(failed("stop eventfd"))?;
+        let epoll = Epoll::new().map_err(failed("epoll"))?;
         for (fd, token) in [
             (notify.as_raw_fd(), TOKEN_NOTIFY),
             (stop.fd().as_raw_fd(), TOKEN_STOP),
@@ -85,14 +90,14 @@ impl BlockWorker {
                     fd,
                     EpollEvent::new(EventSet::IN, token),
                 )
-                .map_err(WorkerError::Epoll)?;
+                .map_err(failed("epoll"))?;
         }
         let worker = Worker::spawn_with("virtio-blk", stop, move |_: &Stop| {
             crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::BlockWorker);
             work(&dev, &notify, &epoll);
             log::debug!("virtio-blk worker: stopped");
         })
-        .map_err(WorkerError::Start)?;
+        .map_err(failed("thread"))?;
         Ok(Self(worker))
     }
 

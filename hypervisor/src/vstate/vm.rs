@@ -17,17 +17,23 @@ use crate::vstate::kvm::KvmContext;
 /// TSS on Intel hosts; just below the 4 GiB BIOS area, above the LAPIC.
 pub const TSS_ADDR: usize = 0xfffb_d000;
 
+/// `map_err` of a setup ioctl named `ioctl`.
+fn ioctl(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Ioctl { ioctl, source }
+}
+
 /// Why the VM could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("KVM_CREATE_VM failed: {0}")]
-    Create(#[source] kvm_ioctls::Error),
-    #[error("KVM_SET_TSS_ADDR failed: {0}")]
-    TssAddr(#[source] kvm_ioctls::Error),
-    #[error("KVM_CREATE_IRQCHIP failed: {0}")]
-    Irqchip(#[source] kvm_ioctls::Error),
-    #[error("KVM_SET_USER_MEMORY_REGION failed: {0}")]
-    Memslot(#[source] kvm_ioctls::Error),
+    /// A VM ioctl of setup failed: `KVM_CREATE_VM`, `KVM_SET_TSS_ADDR`,
+    /// `KVM_CREATE_IRQCHIP`, `KVM_SET_USER_MEMORY_REGION`, or enabling
+    /// manual dirty-log protection.
+    #[error("{ioctl} failed: {source}")]
+    Ioctl {
+        ioctl: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM_IRQFD for GSI {gsi} failed: {source}")]
     Irqfd {
         gsi: u32,
@@ -43,11 +49,6 @@ pub enum VmError {
     /// Enabling KVM_CAP_X86_DISABLE_EXITS failed.
     #[error("KVM_ENABLE_CAP(X86_DISABLE_EXITS, HLT) failed: {0}")]
     DisableExits(#[source] kvm_ioctls::Error),
-    /// Enabling KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 failed.
-    #[error(
-        "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2, manual protect + initially set) failed: {0}"
-    )]
-    DirtyLogProtect(#[source] kvm_ioctls::Error),
     #[error(transparent)]
     DirtyLog(#[from] DirtyLogError),
     #[error("KVM_CREATE_VCPU {index} failed: {source}")]
@@ -67,9 +68,10 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with the in-kernel PIC, IOAPIC and LAPICs.
     pub fn new(kvm: &KvmContext) -> Result<Self, VmError> {
-        let fd = kvm.kvm().create_vm().map_err(VmError::Create)?;
-        fd.set_tss_address(TSS_ADDR).map_err(VmError::TssAddr)?;
-        fd.create_irq_chip().map_err(VmError::Irqchip)?;
+        let fd = kvm.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        fd.set_tss_address(TSS_ADDR)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
         Ok(Self { fd })
     }
 
@@ -112,7 +114,9 @@ impl Vm {
             ],
             ..Default::default()
         };
-        self.fd.enable_cap(&cap).map_err(VmError::DirtyLogProtect)
+        self.fd.enable_cap(&cap).map_err(ioctl(
+            "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2, manual protect + initially set)",
+        ))
     }
 
     /// The dirty log of `ram`'s memslots (a duplicate of the VM's fd).
@@ -147,7 +151,8 @@ impl Vm {
             // alive (in the devices and in `run`) for as long as the VM
             // exists, so KVM never sees the mapping disappear under the
             // memslot.
-            unsafe { self.fd.set_user_memory_region(region) }.map_err(VmError::Memslot)?;
+            unsafe { self.fd.set_user_memory_region(region) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
         Ok(())
     }
