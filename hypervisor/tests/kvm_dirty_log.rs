@@ -165,7 +165,8 @@ fn dirty_log_cost() {
         let time_clears = || {
             let t = Instant::now();
             for i in 0..u64::from(n) {
-                log.clear(&[i * 64..(i + 1) * 64]).unwrap();
+                let window = i * 64..(i + 1) * 64;
+                log.clear(std::slice::from_ref(&window)).unwrap();
             }
             t.elapsed() / n
         };
