@@ -200,8 +200,9 @@ mod tests {
         .unwrap()
     }
 
-    /// A gate, a turn counter, and `parking` fake vCPUs seated at it
-    /// (plus one that never parks when `parking` is 1), kick handler ready.
+    /// A gate, a turn counter, and `parking` fake vCPUs seated at it (plus
+    /// one that never parks and counts no turns, if `stubborn`), the kick
+    /// signal's handler installed.
     fn seated(parking: u8, stubborn: bool) -> (Arc<VcpuGate>, Arc<AtomicU64>, Vec<Worker>) {
         crate::vstate::vcpu::register_kick_signal().unwrap();
         let gate = VcpuGate::new();
