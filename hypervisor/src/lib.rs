@@ -29,7 +29,9 @@ pub mod reclaim;
 pub mod seccomp;
 pub mod signals;
 pub mod stats;
+pub mod vcpu_devices;
 pub mod vstate;
+pub mod worker;
 
 pub use config::{DiskConfig, HintMode, Kernel, ReclaimOptions, StatsOptions, Transport, VmConfig};
 pub use error::VmmError;

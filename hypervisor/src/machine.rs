@@ -42,15 +42,24 @@ use crate::metrics::Metrics;
 use crate::reclaim::pv::{PvReclaim, PAUSE_TIMEOUT};
 use crate::reclaim::{self, ReclaimConfig, Reclaimer};
 use crate::stats::{StatsSource, StatsWriter};
+use crate::vcpu_devices::VcpuDevices;
 use crate::vstate::dirty_log::ClearOnDisk;
 use crate::vstate::kvm::KvmContext;
 use crate::vstate::pause::VcpuGate;
-use crate::vstate::vcpu::{self, StopReason, Vcpu, VcpuDevices, VcpuHandles, VcpuReport};
+use crate::vstate::vcpu::{self, StopReason, Vcpu, VcpuHandles, VcpuReport};
 use crate::vstate::vm::Vm;
 use crate::{fatal, fault_inject, seccomp, signals};
 
 /// Width of the exit port (QEMU's `isa-debug-exit,iosize=0x04`).
 const EXIT_PORT_LEN: u16 = 4;
+
+/// The block device tells the dirty log which pages now equal the disk
+/// (potentially volatile frames).
+impl PagesOnDisk for ClearOnDisk {
+    fn on_disk(&self, buffers: &[(u64, u64)]) {
+        ClearOnDisk::on_disk(self, buffers);
+    }
+}
 
 /// Creates the virtio block device on `disk`: wires its interrupt and
 /// notification into KVM and puts it on the MMIO bus. Its worker thread
@@ -227,7 +236,7 @@ struct Machine {
     table: Arc<FrameTable>,
     faults: Option<Arc<DiscardFaults>>,
     devices: VcpuDevices,
-    vcpus: Vec<Vcpu>,
+    vcpus: Vec<Vcpu<VcpuDevices>>,
     /// The block device, waiting for its worker thread.
     disk: Option<(Arc<Mutex<VirtioBlock>>, EventFd)>,
     entry: u64,
@@ -354,7 +363,7 @@ impl Machine {
             let fd = vm.create_vcpu(index)?;
             let mut vcpu = Vcpu::new(index, fd, devices.clone(), metrics.clone());
             if let Some(f) = &faults {
-                vcpu = vcpu.with_discard_faults(f.clone());
+                vcpu = vcpu.with_kick_handler(f.clone());
             }
             if config.count_instructions {
                 vcpu = vcpu.with_instruction_counter();

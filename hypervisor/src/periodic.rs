@@ -1,7 +1,8 @@
 //! A thread that does one job every interval until it is stopped: the
 //! shape of the reclaimer and of the stats writer. [`PeriodicThread`]
-//! owns the thread; stopping it (or dropping it) wakes it at once, lets
-//! the job finish, and joins it, so no such thread outlives its handle.
+//! owns the thread (a [`Worker`]); stopping it (or dropping it) wakes it at
+//! once through the stop's eventfd, lets the job finish, and joins it, so
+//! no such thread outlives its handle.
 //! A job may also name a descriptor to wake on between intervals (the
 //! reclaimer's cgroup usage event): when it polls ready, the job runs
 //! [`Periodic::woken`] at once, and the next tick is still an interval
@@ -11,11 +12,11 @@
 //! and join.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::worker::{Stop, Worker};
 
 /// What a periodic thread does.
 pub trait Periodic: Send + 'static {
@@ -37,10 +38,7 @@ pub trait Periodic: Send + 'static {
 
 /// The running thread of one [`Periodic`] job.
 #[derive(Debug)]
-pub struct PeriodicThread {
-    stop: Arc<EventFd>,
-    handle: Option<JoinHandle<()>>,
-}
+pub struct PeriodicThread(Worker);
 
 /// What one wait ended with.
 enum Waited {
@@ -90,55 +88,32 @@ impl PeriodicThread {
     /// Starts `job` on a thread called `name`, ticking every `interval`
     /// (at least 1 ms).
     pub fn spawn(name: &str, interval: Duration, mut job: impl Periodic) -> std::io::Result<Self> {
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
-        let theirs = stop.clone();
         let interval = interval.max(Duration::from_millis(1));
         let thread_name = name.to_string();
-        let handle = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                if let Some(kind) = crate::seccomp::ThreadKind::from_name(&thread_name) {
-                    crate::seccomp::enter_or_exit(kind);
-                }
-                job.start();
-                let mut next = Instant::now() + interval;
-                loop {
-                    match wait(&theirs, job.wake_source(), next) {
-                        Waited::Stop => break,
-                        Waited::Woken => job.woken(),
-                        Waited::Tick => {
-                            job.tick();
-                            next = Instant::now() + interval;
-                        }
+        let worker = Worker::spawn(name, move |stop: &Stop| {
+            if let Some(kind) = crate::seccomp::ThreadKind::from_name(&thread_name) {
+                crate::seccomp::enter_or_exit(kind);
+            }
+            job.start();
+            let mut next = Instant::now() + interval;
+            loop {
+                match wait(stop.fd(), job.wake_source(), next) {
+                    Waited::Stop => break,
+                    Waited::Woken => job.woken(),
+                    Waited::Tick => {
+                        job.tick();
+                        next = Instant::now() + interval;
                     }
                 }
-                job.finish();
-            })?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
+            }
+            job.finish();
+        })?;
+        Ok(Self(worker))
     }
 
     /// Stops the thread and waits for it (its job's `finish` runs first).
-    pub fn stop(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(h) = self.handle.take() {
-            // Cannot fail but on counter overflow, which one write cannot
-            // reach; the thread sees the descriptor readable.
-            let _ = self.stop.write(1);
-            // The thread cannot have panicked: a panic aborts the process.
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for PeriodicThread {
-    fn drop(&mut self) {
-        self.stop_and_join();
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 
@@ -147,6 +122,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     struct Count(Arc<AtomicU32>, Arc<AtomicU32>);
     impl Periodic for Count {

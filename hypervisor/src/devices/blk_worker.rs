@@ -4,41 +4,43 @@
 //!
 //! The guest's store to QueueNotify completes inside KVM without a VM exit;
 //! the eventfd counter makes sure no notification is lost between two
-//! rounds (it is drained before the queue is read). The thread is stopped
-//! and joined by [`BlockWorker::stop`] or when the handle is dropped, so
-//! every way out of `run` ends it. This module must never leave the thread
+//! rounds (it is drained before the queue is read). The thread is a
+//! [`Worker`], stopped through its stop's eventfd and joined by
+//! [`BlockWorker::stop`] or when the handle is dropped, so every way out of
+//! `run` ends it. This module must never leave the thread
 //! running after its handle is gone, and never let a panic in request
 //! handling escape the thread.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio_mmio::VirtioBlock;
+use crate::worker::{Stop, Worker};
 
 const TOKEN_NOTIFY: u64 = 1;
 const TOKEN_STOP: u64 = 2;
 
-/// Why the worker could not be started.
+/// Why the worker could not be started: `what` failed (its stop eventfd,
+/// its epoll set, or the thread).
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("cannot create the block worker's stop eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
-    #[error("cannot set up epoll for the block worker: {0}")]
-    Epoll(#[source] std::io::Error),
-    #[error("cannot spawn the block worker thread: {0}")]
-    Spawn(#[source] std::io::Error),
+#[error("cannot start the block worker: {what}: {source}")]
+pub struct WorkerError {
+    what: &'static str,
+    #[source]
+    source: std::io::Error,
+}
+
+/// `map_err` of the step `what` of starting the worker.
+fn failed(what: &'static str) -> impl FnOnce(std::io::Error) -> WorkerError {
+    move |source| WorkerError { what, source }
 }
 
 /// A running worker; stopping it (or dropping it) joins the thread.
 #[derive(Debug)]
-pub struct BlockWorker {
-    stop: EventFd,
-    handle: Option<JoinHandle<()>>,
-}
+pub struct BlockWorker(Worker);
 
 /// Locks the device even if a previous holder panicked.
 fn lock(dev: &Mutex<VirtioBlock>) -> std::sync::MutexGuard<'_, VirtioBlock> {
@@ -76,12 +78,11 @@ fn work(dev: &Mutex<VirtioBlock>, notify: &EventFd, epoll: &Epoll) {
 impl BlockWorker {
     /// Starts the worker on `dev`, woken by `notify`.
     pub fn spawn(dev: Arc<Mutex<VirtioBlock>>, notify: EventFd) -> Result<Self, WorkerError> {
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::EventFd)?;
-        let stop_in = stop.try_clone().map_err(WorkerError::EventFd)?;
-        let epoll = Epoll::new().map_err(WorkerError::Epoll)?;
+        let stop = Stop::new().map_err(failed("stop eventfd"))?;
+        let epoll = Epoll::new().map_err(failed("epoll"))?;
         for (fd, token) in [
             (notify.as_raw_fd(), TOKEN_NOTIFY),
-            (stop_in.as_raw_fd(), TOKEN_STOP),
+            (stop.fd().as_raw_fd(), TOKEN_STOP),
         ] {
             epoll
                 .ctl(
@@ -89,42 +90,20 @@ impl BlockWorker {
                     fd,
                     EpollEvent::new(EventSet::IN, token),
                 )
-                .map_err(WorkerError::Epoll)?;
+                .map_err(failed("epoll"))?;
         }
-        let handle = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || {
-                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::BlockWorker);
-                work(&dev, &notify, &epoll);
-                drop(stop_in);
-                log::debug!("virtio-blk worker: stopped");
-            })
-            .map_err(WorkerError::Spawn)?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
+        let worker = Worker::spawn_with("virtio-blk", stop, move |_: &Stop| {
+            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::BlockWorker);
+            work(&dev, &notify, &epoll);
+            log::debug!("virtio-blk worker: stopped");
         })
+        .map_err(failed("thread"))?;
+        Ok(Self(worker))
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            if let Err(e) = self.stop.write(1) {
-                log::error!("virtio-blk worker: cannot signal stop: {e}");
-            }
-            // A panic inside the thread was already caught and logged.
-            let _ = handle.join();
-        }
-    }
-}
-
-impl Drop for BlockWorker {
-    fn drop(&mut self) {
-        self.stop_and_join();
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 

@@ -11,15 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::devices::bus::{Bus, BusError};
 use crate::metrics::Metrics;
-
-/// What the VMM must do after a port write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PioOutcome {
-    /// Nothing: the guest continues.
-    Continue,
-    /// The guest asked the machine to stop with this status value.
-    Exit(u32),
-}
+/// What the VMM must do after a port write (the vCPU's exit vocabulary).
+pub use crate::vstate::exit::PioOutcome;
 
 /// A device on the port bus. `offset` is relative to the start of the
 /// device's range; `data` is 1, 2 or 4 bytes, little-endian.

@@ -11,19 +11,18 @@
 //! runs no vCPU) is backed with the zero page and counted, and so is a fault
 //! the livelock detector calls stuck; a zero fill never hides the drop
 //! (the frame's entry keeps or gets DISCARDED unless the guest already
-//! made it stable). This module must never leave a fault unanswered that
-//! no discard fault will resolve, and never outlive its handle.
+//! made it stable). The thread is a [`Worker`], stopped through its stop's
+//! eventfd. This module must never leave a fault unanswered that no discard
+//! fault will resolve, and never outlive its handle.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
-
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::livelock::{LivelockDetector, Verdict};
 use super::uffd::{EventBuffer, Fault, GuestUffd};
 use super::{fault_kick_signal, DiscardFaultError, DiscardFaults, PAGE};
+use crate::worker::{Stop, Worker};
 
 /// What the handler did with one fault (returned for tests and counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,55 +141,30 @@ impl DiscardFaults {
 
 /// The running handler thread; stopping it (or dropping it) joins it.
 #[derive(Debug)]
-pub struct FaultHandler {
-    stop: Arc<EventFd>,
-    handle: Option<JoinHandle<()>>,
-}
+pub struct FaultHandler(Worker);
 
 impl FaultHandler {
     /// Starts the thread serving `faults`.
     pub fn spawn(faults: Arc<DiscardFaults>) -> Result<Self, DiscardFaultError> {
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(DiscardFaultError::EventFd)?);
-        let stop2 = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("discard-faults".into())
-            .spawn(move || {
-                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::DiscardFaults);
-                // A panic aborts the process (the workspace's panic
-                // strategy): no handler state can be left half-updated.
-                run(&faults, &stop2);
-            })
-            .map_err(DiscardFaultError::Spawn)?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
+        let stop = Stop::new().map_err(DiscardFaultError::EventFd)?;
+        let worker = Worker::spawn_with("discard-faults", stop, move |stop: &Stop| {
+            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::DiscardFaults);
+            // A panic aborts the process (the workspace's panic
+            // strategy): no handler state can be left half-updated.
+            run(&faults, stop);
         })
+        .map_err(DiscardFaultError::Spawn)?;
+        Ok(Self(worker))
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(h) = self.handle.take() {
-            if let Err(e) = self.stop.write(1) {
-                log::error!("discard faults: cannot stop the handler: {e}");
-                return;
-            }
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for FaultHandler {
-    fn drop(&mut self) {
-        self.stop_and_join();
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 
 /// The thread's loop: poll the userfaultfd and the stop eventfd.
-fn run(faults: &DiscardFaults, stop: &EventFd) {
+fn run(faults: &DiscardFaults, stop: &Stop) {
     let mut det = LivelockDetector::default();
     let mut buf = GuestUffd::event_buffer();
     let mut batch = Vec::new();
@@ -201,7 +175,7 @@ fn run(faults: &DiscardFaults, stop: &EventFd) {
             revents: 0,
         },
         libc::pollfd {
-            fd: stop.as_raw_fd(),
+            fd: stop.fd().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         },

@@ -84,12 +84,27 @@ fn joined(h: std::thread::JoinHandle<u8>) -> u8 {
     h.join().unwrap()
 }
 
-#[test]
-fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable() {
+/// The fault kick's handler in place, frame `pfn` discarded, and a thread
+/// bound as vCPU 0 touching it: the hub, its metrics, the thread's id and
+/// handle.
+fn vcpu_touches_discarded(
+    pfn: u64,
+) -> (
+    Arc<DiscardFaults>,
+    Arc<crate::metrics::Metrics>,
+    i32,
+    std::thread::JoinHandle<u8>,
+) {
     register_fault_kick_signal().unwrap();
     let (f, ram, m) = hub(1);
-    discard_volatile(&f, &ram, 20);
-    let (tid, h) = toucher(&f, &ram, 20, true);
+    discard_volatile(&f, &ram, pfn);
+    let (tid, h) = toucher(&f, &ram, pfn, true);
+    (f, m, tid, h)
+}
+
+#[test]
+fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable() {
+    let (f, m, tid, h) = vcpu_touches_discarded(20);
     let fault = next_fault(&f);
     assert_eq!((fault.tid, fault.pfn, fault.write), (tid, Some(20), false));
     let mut det = LivelockDetector::default();
@@ -178,10 +193,7 @@ fn other_threads_and_frames_no_longer_volatile_get_zeroes() {
 
 #[test]
 fn a_fault_that_keeps_repeating_is_broken() {
-    register_fault_kick_signal().unwrap();
-    let (f, ram, m) = hub(1);
-    discard_volatile(&f, &ram, 40);
-    let (_, h) = toucher(&f, &ram, 40, true);
+    let (f, m, _, h) = vcpu_touches_discarded(40);
     let mut det = LivelockDetector::default();
     let mut actions = Vec::new();
     // Nobody injects anything: every kick makes the thread fault again.

@@ -9,8 +9,10 @@
 //! Before injecting, the frame is checked again: if the guest made it
 //! stable meanwhile there is nothing to report. A vCPU without an info area
 //! gets its fault backed with zeroes instead (a protocol violation, warned
-//! once). This module must never inject anything else, and never clobber an
-//! event KVM is already delivering.
+//! once). The vCPU loop reaches this through `vstate::vcpu::KickHandler`,
+//! which [`DiscardFaults`] implements here. This module must never inject
+//! anything else, and never clobber an event KVM is already delivering.
+//! It is tested against the host's KVM in `hypervisor/tests/kvm_vcpu.rs`.
 
 use std::sync::atomic::Ordering;
 
@@ -19,6 +21,7 @@ use pagehint_abi::hypercall::{DiscardFaultInfo, DISCARD_FAULT_VECTOR};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{DiscardFaultError, DiscardFaults, PAGE};
+use crate::vstate::vcpu::KickHandler;
 
 /// Offset of `sequence` in the info area.
 const SEQUENCE_OFFSET: u64 = core::mem::offset_of!(DiscardFaultInfo, sequence) as u64;
@@ -120,78 +123,27 @@ impl DiscardFaults {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::discard_fault::tests::hub;
-    use crate::vstate::kvm::KvmContext;
-    use crate::vstate::vm::Vm;
-    use pagehint_abi::hypercall::HintOp;
-    use pagehint_abi::page_state::PageState;
-
-    /// A real vCPU (never run) whose event state the injection changes.
-    fn vcpu() -> (Vm, VcpuFd) {
-        let kvm = KvmContext::new().expect("these tests need /dev/kvm");
-        let vm = Vm::new(&kvm).unwrap();
-        let fd = vm.create_vcpu(0).unwrap();
-        (vm, fd)
+/// The vCPU thread's side: bound to its slot while its loop runs, and
+/// delivering its pending discard fault after every interrupted run.
+impl KickHandler for DiscardFaults {
+    fn bind(&self, index: u8) {
+        if let Err(e) = self.bind_current_thread(u64::from(index)) {
+            log::error!("vcpu{index}: {e}");
+        }
     }
 
-    /// Makes `pfn` a discarded, registered Volatile frame.
-    fn discarded(f: &DiscardFaults, pfn: u64) {
-        let t = f.table();
-        t.apply(pfn, HintOp::MakeVolatile).unwrap();
-        assert!(t.try_claim(pfn, PageState::Volatile));
-        assert!(f.register_volatile_run(pfn, 1));
-        t.finish_discard(pfn);
+    fn unbind(&self, index: u8) {
+        DiscardFaults::unbind(self, u64::from(index));
     }
 
-    #[test]
-    fn a_due_fault_is_written_to_the_info_area_and_injected_once() {
-        let (f, ram, m) = hub(1);
-        let (_vm, fd) = vcpu();
-        assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Nothing);
-        f.set_fault_info(pagehint_abi::GuestPhys(0x9000), 0)
-            .unwrap();
-        discarded(&f, 40);
-        f.slots().set_pending(0, 40 * PAGE);
-        assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Injected);
-        let info: DiscardFaultInfo = ram.mem().read_obj(GuestAddress(0x9000)).unwrap();
-        assert_eq!((info.gpa, info.sequence), (40 * PAGE, 1));
-        let ev = fd.get_vcpu_events().unwrap();
-        assert_eq!(
-            (ev.exception.injected, ev.exception.nr),
-            (1, DISCARD_FAULT_VECTOR)
-        );
-        assert_eq!(m.discard_faults.injected.get(), 1);
-        // Another fault while the first is still being injected waits.
-        discarded(&f, 41);
-        f.slots().set_pending(0, 41 * PAGE);
-        assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Deferred);
-        assert_eq!(m.discard_faults.deferred.get(), 1);
-        let info: DiscardFaultInfo = ram.mem().read_obj(GuestAddress(0x9000)).unwrap();
-        assert_eq!(info.sequence, 2, "the info area names the newest fault");
-    }
-
-    #[test]
-    fn stale_faults_and_missing_info_areas_inject_nothing() {
-        let (f, _ram, m) = hub(1);
-        let (_vm, fd) = vcpu();
-        // The guest freed and reallocated the frame before the vCPU got
-        // the kick (SET_STABLE unregisters it on the hint path).
-        discarded(&f, 50);
-        f.table().apply(50, HintOp::SetUnused).unwrap();
-        f.table().apply(50, HintOp::SetStable).unwrap();
-        f.unregister_marked(50, 1);
-        f.slots().set_pending(0, 50 * PAGE);
-        assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Stale);
-        // No SET_FAULT_INFO: the page is backed with zeroes, a violation.
-        discarded(&f, 51);
-        f.slots().set_pending(0, 51 * PAGE);
-        assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::NoInfoArea);
-        assert_eq!(m.discard_faults.protocol_violations.get(), 1);
-        assert!(!f.table().is_registered(51), "zero-filled and unregistered");
-        assert_eq!(fd.get_vcpu_events().unwrap().exception.injected, 0);
-        assert_eq!(m.discard_faults.injected.get(), 0);
+    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<(), String> {
+        match self.on_interrupt(u64::from(index), fd) {
+            Ok(Delivery::Injected) => {
+                log::trace!("vcpu{index}: discard fault injected");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }

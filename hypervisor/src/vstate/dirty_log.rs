@@ -10,12 +10,16 @@
 //! bits it is given. [`DirtyLog`] owns a duplicate of the VM's file
 //! descriptor, so the reclaimer (which reads) and the block worker (which
 //! clears the pages a request moved between guest and disk) each use it
-//! without the `Vm`. Frame <-> slot mapping follows the memslots
-//! `Vm::register_ram` makes (slot 0 below the MMIO hole, slot 1 from
-//! 4 GiB). This module must never decide what is dropped, and never report
-//! a frame clean that it could not read: a frame outside every slot, or a
-//! slot it failed to read, counts as written.
+//! without the `Vm`. Frames are guest frame numbers, runs of them
+//! `Range<u64>`. Frame <-> slot mapping is [`slot_spans`], which
+//! `Vm::register_ram` follows (slots from [`RAM_SLOT`]: slot 0 below the
+//! MMIO hole, slot 1 from 4 GiB). The block device reaches
+//! [`ClearOnDisk`] through its own trait, wired by `crate::machine`. This
+//! module knows no device and no frame state: it must never decide what is
+//! dropped, and never report a frame clean that it could not read: a frame
+//! outside every slot, or a slot it failed to read, counts as written.
 
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,11 +32,8 @@ use pagehint_abi::PAGE_SIZE;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::{ioctl_iow_nr, ioctl_iowr_nr};
 
-use crate::devices::virtio_blk::PagesOnDisk;
-use crate::frames::Run;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
-use crate::vstate::vm::RAM_SLOT;
 
 const KVMIO: u32 = 0xAE;
 ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
@@ -40,6 +41,8 @@ ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
 
 /// Bits per bitmap word, and the alignment `KVM_CLEAR_DIRTY_LOG` needs.
 const WORD: u64 = 64;
+/// The memslot of the first range of guest RAM; the others follow it.
+pub const RAM_SLOT: u32 = 0;
 
 /// Why the dirty log could not be read or cleared.
 #[derive(Debug, thiserror::Error)]
@@ -139,16 +142,16 @@ pub struct ClearWindow {
     pub bitmap: Vec<u64>,
 }
 
-/// The clear calls for the frames of `runs`: per slot, one 64-aligned
+/// The clear calls for the frames of `runs` (frame numbers): per slot, one 64-aligned
 /// window per cluster of wanted frames (frames whose bitmap words are
 /// adjacent share one), clipped at the slot's end, with only the wanted
 /// bits set. Frames outside every slot are skipped.
-pub fn clear_windows(spans: &[SlotSpan], runs: &[Run]) -> Vec<ClearWindow> {
+pub fn clear_windows(spans: &[SlotSpan], runs: &[Range<u64>]) -> Vec<ClearWindow> {
     let mut out = Vec::new();
     for s in spans {
         let mut pages: Vec<u64> = runs
             .iter()
-            .flat_map(|r| r.frames())
+            .flat_map(Clone::clone)
             .filter(|&p| s.contains(p))
             .map(|p| p - s.first_pfn)
             .collect();
@@ -186,13 +189,10 @@ pub fn clear_windows(spans: &[SlotSpan], runs: &[Run]) -> Vec<ClearWindow> {
 }
 
 /// The frames wholly inside guest bytes `[addr, addr + len)`.
-pub fn whole_pages(addr: u64, len: u64) -> Option<Run> {
+pub fn whole_pages(addr: u64, len: u64) -> Option<Range<u64>> {
     let first = addr.checked_add(PAGE_SIZE - 1)? / PAGE_SIZE;
     let end = addr.checked_add(len)? / PAGE_SIZE;
-    (end > first).then(|| Run {
-        pfn: first,
-        count: end - first,
-    })
+    (end > first).then_some(first..end)
 }
 
 /// The dirty log of one VM's RAM slots.
@@ -267,7 +267,7 @@ impl DirtyLog {
     /// Clears the bits of the frames of `runs` (and write-protects them
     /// again, so the guest's next write sets the bit). Returns the number
     /// of frames asked for that lie in a slot.
-    pub fn clear(&self, runs: &[Run]) -> Result<u64, DirtyLogError> {
+    pub fn clear(&self, runs: &[Range<u64>]) -> Result<u64, DirtyLogError> {
         let mut pages = 0;
         for mut w in clear_windows(&self.spans, runs) {
             let (Ok(num), first) = (u32::try_from(w.num_pages), w.first_page) else {
@@ -306,7 +306,9 @@ impl DirtyLog {
 /// The block device's side: after each read or write request it clears
 /// the bits of the whole guest pages the request's data buffers cover
 /// (their contents now equal the disk), counting the clears. A failed
-/// clear leaves bits set, which only keeps frames from being dropped.
+/// clear leaves bits set, which only keeps frames from being dropped. The
+/// device calls [`ClearOnDisk::on_disk`] through its `PagesOnDisk` trait
+/// (implemented in `crate::machine`).
 #[derive(Debug)]
 pub struct ClearOnDisk {
     log: Arc<DirtyLog>,
@@ -322,11 +324,11 @@ impl ClearOnDisk {
             warned: AtomicBool::new(false),
         }
     }
-}
 
-impl PagesOnDisk for ClearOnDisk {
-    fn on_disk(&self, buffers: &[(u64, u64)]) {
-        let runs: Vec<Run> = buffers
+    /// The request's data buffers `(guest address, length)` now equal the
+    /// disk: clears the bits of the whole pages they cover.
+    pub fn on_disk(&self, buffers: &[(u64, u64)]) {
+        let runs: Vec<Range<u64>> = buffers
             .iter()
             .filter_map(|&(addr, len)| whole_pages(addr, len))
             .collect();

@@ -1,9 +1,10 @@
 //! What one `KVM_RUN` exit means: [`handle_exit`] turns an exit into a
 //! [`Step`], serving port and MMIO accesses on the way through
-//! [`ExitDevices`]. It is a pure function of the exit, the devices and the
-//! counters, so it is unit-tested here with synthetic exits; the vCPU loop
-//! (`vcpu.rs`) acts on the step (dumps registers, delivers a discard fault,
-//! stops).
+//! [`ExitDevices`], a trait the VMM's buses and doorbell implement above
+//! this module (`crate::vcpu_devices`). It is a pure function of the exit,
+//! the devices and the counters, so it is unit-tested here with synthetic
+//! exits; the vCPU loop (`vcpu.rs`) acts on the step (dumps registers,
+//! lets its kick handler deliver a discard fault, stops).
 //!
 //! This module must never panic on an exit the guest provoked, and never
 //! touch the vCPU's file descriptor.
@@ -11,9 +12,17 @@
 use kvm_ioctls::VcpuExit;
 use pagehint_abi::ports::STEP_COUNTER_PORT;
 
-use crate::devices::pio::PioOutcome;
-use crate::metrics::ExitMetrics;
+use crate::metrics::{Counter, ExitMetrics};
 use crate::vstate::step_count::{StepChange, StepCounter};
+
+/// What the vCPU must do after a port write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PioOutcome {
+    /// Nothing: the guest continues.
+    Continue,
+    /// The guest asked the machine to stop with this status value.
+    Exit(u32),
+}
 
 /// Where the exits' accesses go.
 pub trait ExitDevices {
@@ -63,6 +72,12 @@ impl Step {
     }
 }
 
+/// Counts an exit that needs no serving, and says what comes next.
+fn counted(counter: &Counter, step: Step) -> Step {
+    counter.inc();
+    step
+}
+
 /// Serves one exit and says what comes next. `steps` is the vCPU's
 /// instruction counter (`STEP_COUNTER_PORT`, single-step debug exits).
 pub fn handle_exit(
@@ -108,33 +123,16 @@ pub fn handle_exit(
             }
             Step::Continue
         }
-        Ok(VcpuExit::Hlt) => {
-            m.hlt.inc();
-            Step::Continue
-        }
-        Ok(VcpuExit::Intr) => {
-            m.interrupted.inc();
-            Step::Interrupted
-        }
-        Ok(VcpuExit::Shutdown) => {
-            m.shutdown.inc();
-            Step::TripleFault
-        }
-        Ok(VcpuExit::InternalError) => {
-            m.internal_error.inc();
-            Step::InternalError
-        }
+        Ok(VcpuExit::Hlt) => counted(&m.hlt, Step::Continue),
+        Ok(VcpuExit::Intr) => counted(&m.interrupted, Step::Interrupted),
+        Ok(VcpuExit::Shutdown) => counted(&m.shutdown, Step::TripleFault),
+        Ok(VcpuExit::InternalError) => counted(&m.internal_error, Step::InternalError),
         Ok(VcpuExit::FailEntry(reason, cpu)) => {
-            m.fail_entry.inc();
-            Step::FailEntry { reason, cpu }
+            counted(&m.fail_entry, Step::FailEntry { reason, cpu })
         }
-        Ok(other) => {
-            m.other.inc();
-            Step::Unhandled(format!("{other:?}"))
-        }
+        Ok(other) => counted(&m.other, Step::Unhandled(format!("{other:?}"))),
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-            m.interrupted.inc();
-            Step::Interrupted
+            counted(&m.interrupted, Step::Interrupted)
         }
         Err(e) => Step::RunFailed(e.errno()),
     }
@@ -177,60 +175,35 @@ mod tests {
         }
     }
 
+    /// One exit with a fresh (disabled) instruction counter.
+    fn once(d: &Fake, m: &ExitMetrics, exit: Result<VcpuExit<'_>, kvm_ioctls::Error>) -> Step {
+        handle_exit(exit, d, m, &mut StepCounter::default())
+    }
+
     #[test]
     fn port_and_mmio_exits_are_served_and_counted() {
         let (d, m) = (Fake::default(), ExitMetrics::default());
         assert_eq!(
-            handle_exit(
-                Ok(VcpuExit::IoOut(0x3f8, &[7])),
-                &d,
-                &m,
-                &mut StepCounter::default()
-            ),
+            once(&d, &m, Ok(VcpuExit::IoOut(0x3f8, &[7]))),
             Step::Continue
         );
         assert_eq!(
-            handle_exit(
-                Ok(VcpuExit::IoOut(0xf4, &[3, 0, 0, 0])),
-                &d,
-                &m,
-                &mut StepCounter::default()
-            ),
+            once(&d, &m, Ok(VcpuExit::IoOut(0xf4, &[3, 0, 0, 0]))),
             Step::GuestExit(3)
         );
         let mut b = [0u8; 2];
         assert_eq!(
-            handle_exit(
-                Ok(VcpuExit::IoIn(0x60, &mut b)),
-                &d,
-                &m,
-                &mut StepCounter::default()
-            ),
+            once(&d, &m, Ok(VcpuExit::IoIn(0x60, &mut b))),
             Step::Continue
         );
         assert_eq!(b, [0x11; 2]);
         let mut w = [0u8; 4];
-        handle_exit(
-            Ok(VcpuExit::MmioRead(0x10, &mut w)),
-            &d,
-            &m,
-            &mut StepCounter::default(),
-        );
+        once(&d, &m, Ok(VcpuExit::MmioRead(0x10, &mut w)));
         assert_eq!(w, [0x5a; 4]);
-        handle_exit(
-            Ok(VcpuExit::MmioRead(0xd000_0000, &mut w)),
-            &d,
-            &m,
-            &mut StepCounter::default(),
-        );
+        once(&d, &m, Ok(VcpuExit::MmioRead(0xd000_0000, &mut w)));
         assert_eq!(w, [0xff; 4], "unclaimed loads read all-ones");
         assert_eq!(
-            handle_exit(
-                Ok(VcpuExit::MmioWrite(0x2000, &[1])),
-                &d,
-                &m,
-                &mut StepCounter::default()
-            ),
+            once(&d, &m, Ok(VcpuExit::MmioWrite(0x2000, &[1]))),
             Step::Continue
         );
         assert_eq!(
@@ -292,42 +265,17 @@ mod tests {
     #[test]
     fn every_other_way_out_has_its_step() {
         let (d, m) = (Fake::default(), ExitMetrics::default());
-        assert_eq!(
-            handle_exit(Ok(VcpuExit::Hlt), &d, &m, &mut StepCounter::default()),
-            Step::Continue
-        );
-        assert_eq!(
-            handle_exit(Ok(VcpuExit::Intr), &d, &m, &mut StepCounter::default()),
-            Step::Interrupted
-        );
+        assert_eq!(once(&d, &m, Ok(VcpuExit::Hlt)), Step::Continue);
+        assert_eq!(once(&d, &m, Ok(VcpuExit::Intr)), Step::Interrupted);
         let eintr = kvm_ioctls::Error::new(libc::EINTR);
-        assert_eq!(
-            handle_exit(Err(eintr), &d, &m, &mut StepCounter::default()),
-            Step::Interrupted
-        );
+        assert_eq!(once(&d, &m, Err(eintr)), Step::Interrupted);
         let eagain = kvm_ioctls::Error::new(libc::EAGAIN);
-        assert_eq!(
-            handle_exit(Err(eagain), &d, &m, &mut StepCounter::default()),
-            Step::Interrupted
-        );
+        assert_eq!(once(&d, &m, Err(eagain)), Step::Interrupted);
         assert_eq!(m.interrupted.get(), 3);
-        assert_eq!(
-            handle_exit(Ok(VcpuExit::Shutdown), &d, &m, &mut StepCounter::default()),
-            Step::TripleFault
-        );
-        let s = handle_exit(
-            Ok(VcpuExit::InternalError),
-            &d,
-            &m,
-            &mut StepCounter::default(),
-        );
+        assert_eq!(once(&d, &m, Ok(VcpuExit::Shutdown)), Step::TripleFault);
+        let s = once(&d, &m, Ok(VcpuExit::InternalError));
         assert!(s == Step::InternalError && s.is_kvm_failure());
-        let s = handle_exit(
-            Ok(VcpuExit::FailEntry(0x21, 1)),
-            &d,
-            &m,
-            &mut StepCounter::default(),
-        );
+        let s = once(&d, &m, Ok(VcpuExit::FailEntry(0x21, 1)));
         assert_eq!(
             s,
             Step::FailEntry {
@@ -337,14 +285,9 @@ mod tests {
         );
         assert!(s.is_kvm_failure());
         let efault = kvm_ioctls::Error::new(libc::EFAULT);
-        let s = handle_exit(Err(efault), &d, &m, &mut StepCounter::default());
+        let s = once(&d, &m, Err(efault));
         assert!(s == Step::RunFailed(libc::EFAULT) && s.is_kvm_failure());
-        let s = handle_exit(
-            Ok(VcpuExit::IrqWindowOpen),
-            &d,
-            &m,
-            &mut StepCounter::default(),
-        );
+        let s = once(&d, &m, Ok(VcpuExit::IrqWindowOpen));
         assert!(matches!(s, Step::Unhandled(ref w) if w.contains("IrqWindowOpen")));
         assert!(!s.is_kvm_failure() && !Step::TripleFault.is_kvm_failure());
         assert_eq!((m.hlt.get(), m.shutdown.get(), m.other.get()), (1, 1, 1));

@@ -105,14 +105,4 @@ mod tests {
         let msg = KvmError::MissingCap("KVM_CAP_SYNC_MMU").to_string();
         assert!(msg.contains("KVM_CAP_SYNC_MMU"));
     }
-
-    #[test]
-    fn opens_dev_kvm_when_present() {
-        if !std::path::Path::new("/dev/kvm").exists() {
-            return;
-        }
-        let ctx = KvmContext::new().expect("host KVM");
-        assert!(ctx.max_vcpus() >= 1);
-        assert!(!ctx.supported_cpuid().expect("cpuid").as_slice().is_empty());
-    }
 }

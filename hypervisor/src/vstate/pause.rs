@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::SIGRTMIN;
 
+use crate::worker::Stop;
+
 /// How often a parked thread looks at its stop flag.
 const STOP_POLL: Duration = Duration::from_millis(10);
 
@@ -113,14 +115,14 @@ impl VcpuGate {
 
     /// Called by a vCPU thread before each `KVM_RUN`: parks while a pause
     /// is held, or until `stop` is set.
-    pub fn park_if_asked(&self, stop: &AtomicBool) {
+    pub fn park_if_asked(&self, stop: &Stop) {
         if !self.asked.load(Ordering::SeqCst) {
             return;
         }
         let mut st = self.lock();
         st.parked += 1;
         self.changed.notify_all();
-        while self.asked.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+        while self.asked.load(Ordering::SeqCst) && !stop.is_set() {
             st = match self.changed.wait_timeout(st, STOP_POLL) {
                 Ok((g, _)) => g,
                 Err(e) => e.into_inner().0,
@@ -179,41 +181,52 @@ impl VcpuGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::Worker;
     use std::sync::atomic::AtomicU64;
 
     /// A stand-in vCPU thread: counts loop turns, parks when asked.
-    fn fake_vcpu(
-        gate: &Arc<VcpuGate>,
-        index: u8,
-        stop: &Arc<AtomicBool>,
-        turns: &Arc<AtomicU64>,
-        park: bool,
-    ) -> std::thread::JoinHandle<()> {
-        let (gate, stop, turns) = (gate.clone(), stop.clone(), turns.clone());
-        std::thread::spawn(move || {
+    fn fake_vcpu(gate: &Arc<VcpuGate>, index: u8, turns: &Arc<AtomicU64>, park: bool) -> Worker {
+        let (gate, turns) = (gate.clone(), turns.clone());
+        Worker::spawn("fake-vcpu", move |stop: &Stop| {
             let _seat = gate.seat(index);
-            while !stop.load(Ordering::SeqCst) {
+            while !stop.is_set() {
                 if park {
-                    gate.park_if_asked(&stop);
+                    gate.park_if_asked(stop);
                 }
                 turns.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_micros(200));
             }
         })
+        .unwrap()
+    }
+
+    /// A gate, a turn counter, and `parking` fake vCPUs seated at it (plus
+    /// one that never parks and counts no turns, if `stubborn`), the kick
+    /// signal's handler installed.
+    fn seated(parking: u8, stubborn: bool) -> (Arc<VcpuGate>, Arc<AtomicU64>, Vec<Worker>) {
+        crate::vstate::vcpu::register_kick_signal().unwrap();
+        let gate = VcpuGate::new();
+        let turns = Arc::new(AtomicU64::new(0));
+        let mut threads: Vec<_> = (0..parking)
+            .map(|i| fake_vcpu(&gate, i, &turns, true))
+            .collect();
+        if stubborn {
+            threads.push(fake_vcpu(
+                &gate,
+                parking,
+                &Arc::new(AtomicU64::new(0)),
+                false,
+            ));
+        }
+        while gate.seated() < threads.len() {
+            std::thread::yield_now();
+        }
+        (gate, turns, threads)
     }
 
     #[test]
     fn a_pause_parks_every_seated_thread_until_dropped() {
-        crate::vstate::vcpu::register_kick_signal().unwrap();
-        let gate = VcpuGate::new();
-        let stop = Arc::new(AtomicBool::new(false));
-        let turns = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..2)
-            .map(|i| fake_vcpu(&gate, i, &stop, &turns, true))
-            .collect();
-        while gate.seated() < 2 {
-            std::thread::yield_now();
-        }
+        let (gate, turns, threads) = seated(2, false);
         let paused = gate.pause(Duration::from_secs(5)).unwrap();
         let before = turns.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(30));
@@ -223,9 +236,8 @@ mod tests {
         assert!(turns.load(Ordering::SeqCst) > before, "running again");
         // Stopping while paused does not wait for the pause.
         let paused = gate.pause(Duration::from_secs(5)).unwrap();
-        stop.store(true, Ordering::SeqCst);
         for t in threads {
-            t.join().unwrap();
+            assert_eq!(t.stop(), Some(()));
         }
         drop(paused);
         assert_eq!(gate.seated(), 0);
@@ -235,23 +247,15 @@ mod tests {
 
     #[test]
     fn a_thread_that_does_not_park_times_the_pause_out() {
-        crate::vstate::vcpu::register_kick_signal().unwrap();
-        let gate = VcpuGate::new();
-        let stop = Arc::new(AtomicBool::new(false));
-        let turns = Arc::new(AtomicU64::new(0));
-        let good = fake_vcpu(&gate, 0, &stop, &turns, true);
-        let bad = fake_vcpu(&gate, 1, &stop, &Arc::new(AtomicU64::new(0)), false);
-        while gate.seated() < 2 {
-            std::thread::yield_now();
-        }
+        let (gate, turns, threads) = seated(1, true);
         let e = gate.pause(Duration::from_millis(50)).unwrap_err();
         assert!(matches!(e, PauseError::Timeout { seated: 2, .. }), "{e}");
         // The withdrawn pause let the good thread go.
         let before = turns.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(30));
         assert!(turns.load(Ordering::SeqCst) > before);
-        stop.store(true, Ordering::SeqCst);
-        good.join().unwrap();
-        bad.join().unwrap();
+        for t in threads {
+            assert_eq!(t.stop(), Some(()));
+        }
     }
 }

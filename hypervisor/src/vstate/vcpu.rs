@@ -1,43 +1,39 @@
 //! One vCPU: its file descriptor, its thread, its exit loop, and the kick
 //! that gets it out of `KVM_RUN`.
 //!
-//! Each vCPU runs on its own thread, which owns the `VcpuFd`. The loop hands
-//! every exit to `exit::handle_exit`, which says what comes next as a
-//! `Step`: continue, deliver a pending discard fault, or stop for a
-//! [`StopReason`] that is sent to the main thread. [`VcpuHandles`] owns the
-//! threads: dropping it stops and joins every one. To stop a vCPU the main thread sets the shared
-//! stop flag and sends the thread `SIGRTMIN`; the signal handler sets
-//! `kvm_run.immediate_exit`, so a kick that lands just before `KVM_RUN`
-//! still makes it return `EINTR` at once. With discard faults on, the thread
-//! records its thread id for the fault handler and, whenever `KVM_RUN`
-//! returns `EINTR`, lets `discard_fault::inject` deliver a pending discard
-//! fault before running again. This module must never panic on an
+//! Each vCPU runs on its own thread (a [`Worker`]), which owns the
+//! `VcpuFd`. The loop hands every exit to `exit::handle_exit`, which serves
+//! it through the vCPU's [`ExitDevices`] (static dispatch: the type is the
+//! caller's) and says what comes next as a `Step`: continue, hand an
+//! interrupted run to the [`KickHandler`], or stop for a [`StopReason`]
+//! that is sent to the main thread. [`VcpuHandles`] owns the threads:
+//! dropping it stops and joins every one. To stop a vCPU the main thread
+//! sets the shared [`Stop`] and sends the thread `SIGRTMIN`; the signal
+//! handler sets `kvm_run.immediate_exit`, so a kick that lands just before
+//! `KVM_RUN` still makes it return `EINTR` at once. With a kick handler
+//! (the discard faults, which implement it in `crate::discard_fault`), the
+//! thread binds itself to it when the loop starts and, whenever `KVM_RUN`
+//! returns `EINTR`, lets it act (deliver a pending discard fault) before
+//! running again. This module knows no device: it must never panic on an
 //! exit the guest provoked, and must never leave a thread that ignores the
-//! stop flag.
+//! stop.
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use kvm_bindings::{CpuId, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::VcpuFd;
-use pagehint_abi::ports::HYPERCALL_PORT;
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::arch::x86_64::cpuid::{setup_cpuid, CpuidError};
 use crate::arch::x86_64::regs::{setup_ap, setup_bsp, setup_lint, RegDump, RegsError};
-use crate::devices::mmio::MmioBus;
-use crate::devices::pio::{PioBus, PioOutcome};
-use crate::discard_fault::inject::Delivery;
-use crate::discard_fault::DiscardFaults;
-use crate::hypercall::HypercallDevice;
 use crate::metrics::Metrics;
 use crate::vstate::exit::{handle_exit, ExitDevices, Step};
 use crate::vstate::pause::VcpuGate;
 use crate::vstate::step_count::{set_single_step, StepCounter};
+use crate::worker::{Stop, Worker};
 
 /// Why a vCPU could not be prepared or started.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +52,7 @@ pub enum VcpuError {
     },
     #[error("cannot register the vCPU kick signal handler: {0}")]
     Signal(#[source] vmm_sys_util::errno::Error),
-    #[error("cannot spawn the thread of vCPU {index}: {source}")]
+    #[error("cannot spawn the thread of vCPU {index} (or its stop eventfd): {source}")]
     Spawn {
         index: u8,
         #[source]
@@ -126,8 +122,20 @@ impl Drop for PublishedRun {
     }
 }
 
-/// Forgets the vCPU thread's id in the discard-fault slots when the loop ends.
-struct BoundThread(Arc<DiscardFaults>, u64);
+/// What a vCPU thread does for whoever kicks it out of `KVM_RUN` with
+/// work for it (the discard faults), known to the vCPU only by this trait.
+pub trait KickHandler: Send + Sync {
+    /// On the vCPU thread, as its loop starts: this thread runs vCPU `index`.
+    fn bind(&self, index: u8);
+    /// On the vCPU thread, as its loop ends.
+    fn unbind(&self, index: u8);
+    /// `KVM_RUN` of vCPU `index` returned `EINTR`: act on `fd` before it
+    /// runs again. An error ends the vCPU as a KVM failure.
+    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<(), String>;
+}
+
+/// Unbinds the vCPU thread from its kick handler when the loop ends.
+struct BoundThread(Arc<dyn KickHandler>, u8);
 
 impl Drop for BoundThread {
     fn drop(&mut self) {
@@ -135,62 +143,19 @@ impl Drop for BoundThread {
     }
 }
 
-/// Width of the hypercall doorbell.
-pub const HYPERCALL_PORT_LEN: u16 = 4;
-
-/// The devices a vCPU's exits reach: the port bus, the MMIO bus and the
-/// hypercall doorbell.
-#[derive(Debug, Clone)]
-pub struct VcpuDevices {
-    pub pio: Arc<PioBus>,
-    pub mmio: Arc<MmioBus>,
-    pub hypercalls: Arc<HypercallDevice>,
-}
-
-impl ExitDevices for VcpuDevices {
-    fn pio_write(&self, port: u16, data: &[u8]) -> PioOutcome {
-        if let Some(offset) = doorbell_offset(port) {
-            self.hypercalls.write(offset, data);
-            return PioOutcome::Continue;
-        }
-        self.pio.write(port, data)
-    }
-
-    fn pio_read(&self, port: u16, data: &mut [u8]) {
-        match doorbell_offset(port) {
-            Some(offset) => self.hypercalls.read(offset, data),
-            None => self.pio.read(port, data),
-        }
-    }
-
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
-        self.mmio.read(addr, data)
-    }
-
-    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
-        self.mmio.write(addr, data)
-    }
-}
-
-/// One vCPU and what it needs to handle exits.
-pub struct Vcpu {
+/// One vCPU and what it needs to handle exits: `D` serves its port and
+/// MMIO accesses.
+pub struct Vcpu<D> {
     index: u8,
     fd: VcpuFd,
-    devices: VcpuDevices,
+    devices: D,
     metrics: Arc<Metrics>,
-    faults: Option<Arc<DiscardFaults>>,
+    kicks: Option<Arc<dyn KickHandler>>,
     steps: StepCounter,
     gate: Option<Arc<VcpuGate>>,
 }
 
-/// The doorbell's ports: served on the vCPU thread without the bus's
-/// per-device lock, so that vCPUs hint concurrently.
-fn doorbell_offset(port: u16) -> Option<u16> {
-    port.checked_sub(HYPERCALL_PORT)
-        .filter(|&o| o < HYPERCALL_PORT_LEN)
-}
-
-impl fmt::Debug for Vcpu {
+impl<D> fmt::Debug for Vcpu<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vcpu")
             .field("index", &self.index)
@@ -198,15 +163,15 @@ impl fmt::Debug for Vcpu {
     }
 }
 
-impl Vcpu {
+impl<D: ExitDevices + Send + 'static> Vcpu<D> {
     /// Wraps a created vCPU.
-    pub fn new(index: u8, fd: VcpuFd, devices: VcpuDevices, metrics: Arc<Metrics>) -> Self {
+    pub fn new(index: u8, fd: VcpuFd, devices: D, metrics: Arc<Metrics>) -> Self {
         Self {
             index,
             fd,
             devices,
             metrics,
-            faults: None,
+            kicks: None,
             steps: StepCounter::default(),
             gate: None,
         }
@@ -218,9 +183,10 @@ impl Vcpu {
         self
     }
 
-    /// Delivers discard faults through `faults` (discard faults on).
-    pub fn with_discard_faults(mut self, faults: Arc<DiscardFaults>) -> Self {
-        self.faults = Some(faults);
+    /// Binds the vCPU thread to `kicks` and lets it act on every
+    /// interrupted run (discard faults on).
+    pub fn with_kick_handler(mut self, kicks: Arc<dyn KickHandler>) -> Self {
+        self.kicks = Some(kicks);
         self
     }
 
@@ -258,15 +224,13 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until it stops or `stop` is set.
-    pub fn run_loop(&mut self, stop: &AtomicBool) -> StopReason {
+    pub fn run_loop(&mut self, stop: &Stop) -> StopReason {
         let run: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         let _published = PublishedRun;
         let _ = IMMEDIATE_EXIT.try_with(|p| p.set(run));
-        let _bound = self.faults.clone().map(|f| {
-            if let Err(e) = f.bind_current_thread(u64::from(self.index)) {
-                log::error!("vcpu{}: {e}", self.index);
-            }
-            BoundThread(f, u64::from(self.index))
+        let _bound = self.kicks.clone().map(|k| {
+            k.bind(self.index);
+            BoundThread(k, self.index)
         });
         // Seated after the kick target is published, so a pause's kick
         // always reaches KVM_RUN.
@@ -275,12 +239,12 @@ impl Vcpu {
             // Clear before checking: a kick after the check sets it again
             // and KVM_RUN returns at once.
             self.fd.set_kvm_immediate_exit(0);
-            if stop.load(Ordering::SeqCst) {
+            if stop.is_set() {
                 return StopReason::Stopped;
             }
             if let Some(g) = &self.gate {
                 g.park_if_asked(stop);
-                if stop.load(Ordering::SeqCst) {
+                if stop.is_set() {
                     return StopReason::Stopped;
                 }
             }
@@ -329,18 +293,15 @@ impl Vcpu {
         })
     }
 
-    /// After `KVM_RUN` was interrupted: deliver a pending discard fault.
+    /// After `KVM_RUN` was interrupted: the kick handler acts (delivers a
+    /// pending discard fault).
     fn after_interrupt(&mut self) -> Option<StopReason> {
-        let faults = self.faults.as_ref()?;
-        match faults.on_interrupt(u64::from(self.index), &self.fd) {
-            Ok(Delivery::Injected) => {
-                log::trace!("vcpu{}: discard fault injected", self.index);
-                None
-            }
-            Ok(_) => None,
-            Err(e) => {
+        let kicks = self.kicks.as_ref()?;
+        match kicks.interrupted(self.index, &self.fd) {
+            Ok(()) => None,
+            Err(what) => {
                 let dump = RegDump::capture(&self.fd);
-                Some(StopReason::KvmFailure(e.to_string(), dump))
+                Some(StopReason::KvmFailure(what, dump))
             }
         }
     }
@@ -358,48 +319,51 @@ impl Vcpu {
     }
 }
 
-/// Runs `vcpu` on a new thread that reports on `tx` when it ends.
-fn spawn(
-    mut vcpu: Vcpu,
-    stop: Arc<AtomicBool>,
+/// Runs `vcpu` on a new thread, stopped by `stop`, that reports on `tx`
+/// when it ends.
+fn spawn<D: ExitDevices + Send + 'static>(
+    mut vcpu: Vcpu<D>,
+    stop: &Arc<Stop>,
     tx: Sender<VcpuReport>,
-) -> Result<JoinHandle<()>, VcpuError> {
+) -> Result<Worker, VcpuError> {
     let index = vcpu.index;
-    std::thread::Builder::new()
-        .name(format!("vcpu{index}"))
-        .spawn(move || {
-            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vcpu);
-            // A panic aborts the process (the workspace's one panic
-            // strategy), so every report is a real end of the loop.
-            let reason = vcpu.run_loop(&stop);
-            log::debug!("vcpu{index}: stopped: {reason:?}");
-            // The receiver may be gone if the VMM is already shutting down.
-            let _ = tx.send(VcpuReport { index, reason });
-        })
-        .map_err(|source| VcpuError::Spawn { index, source })
+    Worker::spawn_with(&format!("vcpu{index}"), stop.clone(), move |stop: &Stop| {
+        crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vcpu);
+        // A panic aborts the process (the workspace's one panic
+        // strategy), so every report is a real end of the loop.
+        let reason = vcpu.run_loop(stop);
+        log::debug!("vcpu{index}: stopped: {reason:?}");
+        // The receiver may be gone if the VMM is already shutting down.
+        let _ = tx.send(VcpuReport { index, reason });
+    })
+    .map_err(|source| VcpuError::Spawn { index, source })
 }
 
 /// The running vCPU threads. Dropping (or [`VcpuHandles::stop`]) sets the
-/// stop flag and kicks each thread still running until it has ended, then
-/// joins them all, so no vCPU thread outlives its handle.
+/// stop they share and kicks each thread still running until it has
+/// ended, then joins them all, so no vCPU thread outlives its handle.
 #[derive(Debug)]
 pub struct VcpuHandles {
-    handles: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    workers: Vec<Worker>,
+    stop: Arc<Stop>,
 }
 
 impl VcpuHandles {
     /// Starts one thread per vCPU, each reporting on `tx` when it ends. If a
     /// thread cannot be started, those already running are stopped.
-    pub fn spawn(vcpus: Vec<Vcpu>, tx: Sender<VcpuReport>) -> Result<Self, VcpuError> {
+    pub fn spawn<D: ExitDevices + Send + 'static>(
+        vcpus: Vec<Vcpu<D>>,
+        tx: Sender<VcpuReport>,
+    ) -> Result<Self, VcpuError> {
+        let stop = Stop::new().map_err(|source| VcpuError::Spawn { index: 0, source })?;
         let mut started = Self {
-            handles: Vec::with_capacity(vcpus.len()),
-            stop: Arc::new(AtomicBool::new(false)),
+            workers: Vec::with_capacity(vcpus.len()),
+            stop,
         };
         for vcpu in vcpus {
             // On error, dropping `started` stops the threads begun so far.
-            let handle = spawn(vcpu, started.stop.clone(), tx.clone())?;
-            started.handles.push(handle);
+            let worker = spawn(vcpu, &started.stop, tx.clone())?;
+            started.workers.push(worker);
         }
         Ok(started)
     }
@@ -417,12 +381,16 @@ impl VcpuHandles {
     }
 
     fn stop_and_join(&mut self, unstick: &mut dyn FnMut()) {
-        self.stop.store(true, Ordering::SeqCst);
+        // Setting the flag cannot fail; only the eventfd's write could,
+        // which no vCPU waits on.
+        if let Err(e) = self.stop.set() {
+            log::debug!("vCPU stop: {e}");
+        }
         let signal = SIGRTMIN();
         let mut rounds = 0u32;
-        while self.handles.iter().any(|h| !h.is_finished()) {
-            for h in self.handles.iter().filter(|h| !h.is_finished()) {
-                if let Err(e) = h.kill(signal) {
+        while self.workers.iter().any(|w| !w.is_finished()) {
+            for w in self.workers.iter().filter(|w| !w.is_finished()) {
+                if let Err(e) = w.kick(signal) {
                     log::debug!("kicking a vCPU thread failed: {e}");
                 }
             }
@@ -435,8 +403,8 @@ impl VcpuHandles {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        for h in self.handles.drain(..) {
-            let _ = h.join();
+        for w in self.workers.drain(..) {
+            w.stop();
         }
     }
 }
@@ -444,109 +412,5 @@ impl VcpuHandles {
 impl Drop for VcpuHandles {
     fn drop(&mut self) {
         self.stop_and_join(&mut || {});
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devices::pio::ExitDevice;
-    use crate::frames::FrameTable;
-    use crate::memory::GuestRam;
-    use crate::vstate::kvm::KvmContext;
-    use crate::vstate::vm::Vm;
-    use std::sync::mpsc;
-    use std::sync::Mutex;
-    use std::time::Duration;
-    use vm_memory::{Bytes, GuestAddress};
-
-    /// Where the test code goes (above the PVH boot structures' page).
-    const ENTRY: u64 = 0x10_0000;
-
-    /// A one-vCPU VM whose BSP starts at `ENTRY` running `code`, with the
-    /// exit port on the bus.
-    fn machine(code: &[u8]) -> (Vm, Vec<Vcpu>, Arc<Metrics>) {
-        let kvm = KvmContext::new().expect("these tests need /dev/kvm");
-        let vm = Vm::new(&kvm).unwrap();
-        let ram = GuestRam::new(16 << 20).unwrap();
-        ram.mem().write_slice(code, GuestAddress(ENTRY)).unwrap();
-        vm.register_ram(&ram).unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let mut pio = PioBus::new(metrics.clone());
-        pio.insert(0xf4, 4, Arc::new(Mutex::new(ExitDevice::new())))
-            .unwrap();
-        let table = Arc::new(FrameTable::new(ram.frames() as usize, false));
-        let devices = VcpuDevices {
-            pio: Arc::new(pio),
-            mmio: Arc::new(MmioBus::new(metrics.clone())),
-            hypercalls: Arc::new(HypercallDevice::new(ram, metrics.clone(), table, false)),
-        };
-        let vcpu = Vcpu::new(0, vm.create_vcpu(0).unwrap(), devices, metrics.clone());
-        setup_bsp(vcpu.fd(), ENTRY).unwrap();
-        (vm, vec![vcpu], metrics)
-    }
-
-    #[test]
-    fn a_guest_exit_reaches_the_machine_as_a_report() {
-        // mov al, 7; out 0xf4, al; hlt
-        let (_vm, vcpus, metrics) = machine(&[0xb0, 0x07, 0xe6, 0xf4, 0xf4]);
-        register_kick_signal().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let handles = VcpuHandles::spawn(vcpus, tx).unwrap();
-        let report = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        assert_eq!(
-            report,
-            VcpuReport {
-                index: 0,
-                reason: StopReason::GuestExit(7)
-            }
-        );
-        handles.stop();
-        assert_eq!(metrics.exits.io_out.get(), 1);
-    }
-
-    #[test]
-    fn a_pause_takes_a_spinning_vcpu_out_of_kvm_run_until_it_ends() {
-        // jmp $
-        let (_vm, vcpus, metrics) = machine(&[0xeb, 0xfe]);
-        register_kick_signal().unwrap();
-        let gate = VcpuGate::new();
-        let vcpus = vcpus
-            .into_iter()
-            .map(|v| v.with_pause_gate(gate.clone()))
-            .collect();
-        let (tx, rx) = mpsc::channel();
-        let handles = VcpuHandles::spawn(vcpus, tx).unwrap();
-        while gate.seated() < 1 {
-            std::thread::yield_now();
-        }
-        for _ in 0..3 {
-            let paused = gate.pause(Duration::from_secs(5)).unwrap();
-            let interrupted = metrics.exits.interrupted.get();
-            std::thread::sleep(Duration::from_millis(20));
-            assert_eq!(metrics.exits.interrupted.get(), interrupted, "parked");
-            drop(paused);
-        }
-        // Stopping while paused does not wait for the pause.
-        let paused = gate.pause(Duration::from_secs(5)).unwrap();
-        drop(handles);
-        drop(paused);
-        let report = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(report.reason, StopReason::Stopped);
-        assert_eq!(gate.seated(), 0);
-    }
-
-    #[test]
-    fn a_spinning_vcpu_is_kicked_out_and_joined() {
-        // jmp $
-        let (_vm, vcpus, _metrics) = machine(&[0xeb, 0xfe]);
-        register_kick_signal().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let handles = VcpuHandles::spawn(vcpus, tx).unwrap();
-        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
-        // Dropping the handles stops and joins the thread.
-        drop(handles);
-        let report = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(report.reason, StopReason::Stopped);
     }
 }

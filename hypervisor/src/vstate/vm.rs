@@ -2,33 +2,38 @@
 //! the guest RAM memslot, irqfds and ioeventfds.
 //!
 //! This module must never run vCPUs or decide the memory layout; it applies
-//! what it is given.
+//! what it is given. It is tested against the host's KVM in
+//! `hypervisor/tests/kvm_vcpu.rs`.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestRam;
-use crate::vstate::dirty_log::{DirtyLog, DirtyLogError};
+use crate::vstate::dirty_log::{DirtyLog, DirtyLogError, RAM_SLOT};
 use crate::vstate::kvm::KvmContext;
 
 /// Guest-physical address of the three pages KVM needs for the real-mode
 /// TSS on Intel hosts; just below the 4 GiB BIOS area, above the LAPIC.
 pub const TSS_ADDR: usize = 0xfffb_d000;
-/// The memslot guest RAM uses.
-pub const RAM_SLOT: u32 = 0;
+
+/// `map_err` of a setup ioctl named `ioctl`.
+fn ioctl(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Ioctl { ioctl, source }
+}
 
 /// Why the VM could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("KVM_CREATE_VM failed: {0}")]
-    Create(#[source] kvm_ioctls::Error),
-    #[error("KVM_SET_TSS_ADDR failed: {0}")]
-    TssAddr(#[source] kvm_ioctls::Error),
-    #[error("KVM_CREATE_IRQCHIP failed: {0}")]
-    Irqchip(#[source] kvm_ioctls::Error),
-    #[error("KVM_SET_USER_MEMORY_REGION failed: {0}")]
-    Memslot(#[source] kvm_ioctls::Error),
+    /// A VM ioctl of setup failed: `KVM_CREATE_VM`, `KVM_SET_TSS_ADDR`,
+    /// `KVM_CREATE_IRQCHIP`, `KVM_SET_USER_MEMORY_REGION`, or enabling
+    /// manual dirty-log protection.
+    #[error("{ioctl} failed: {source}")]
+    Ioctl {
+        ioctl: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM_IRQFD for GSI {gsi} failed: {source}")]
     Irqfd {
         gsi: u32,
@@ -44,11 +49,6 @@ pub enum VmError {
     /// Enabling KVM_CAP_X86_DISABLE_EXITS failed.
     #[error("KVM_ENABLE_CAP(X86_DISABLE_EXITS, HLT) failed: {0}")]
     DisableExits(#[source] kvm_ioctls::Error),
-    /// Enabling KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 failed.
-    #[error(
-        "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2, manual protect + initially set) failed: {0}"
-    )]
-    DirtyLogProtect(#[source] kvm_ioctls::Error),
     #[error(transparent)]
     DirtyLog(#[from] DirtyLogError),
     #[error("KVM_CREATE_VCPU {index} failed: {source}")]
@@ -68,9 +68,10 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with the in-kernel PIC, IOAPIC and LAPICs.
     pub fn new(kvm: &KvmContext) -> Result<Self, VmError> {
-        let fd = kvm.kvm().create_vm().map_err(VmError::Create)?;
-        fd.set_tss_address(TSS_ADDR).map_err(VmError::TssAddr)?;
-        fd.create_irq_chip().map_err(VmError::Irqchip)?;
+        let fd = kvm.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        fd.set_tss_address(TSS_ADDR)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
         Ok(Self { fd })
     }
 
@@ -113,7 +114,9 @@ impl Vm {
             ],
             ..Default::default()
         };
-        self.fd.enable_cap(&cap).map_err(VmError::DirtyLogProtect)
+        self.fd.enable_cap(&cap).map_err(ioctl(
+            "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2, manual protect + initially set)",
+        ))
     }
 
     /// The dirty log of `ram`'s memslots (a duplicate of the VM's fd).
@@ -148,7 +151,8 @@ impl Vm {
             // alive (in the devices and in `run`) for as long as the VM
             // exists, so KVM never sees the mapping disappear under the
             // memslot.
-            unsafe { self.fd.set_user_memory_region(region) }.map_err(VmError::Memslot)?;
+            unsafe { self.fd.set_user_memory_region(region) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
         Ok(())
     }
@@ -173,42 +177,5 @@ impl Vm {
         self.fd
             .create_vcpu(u64::from(index))
             .map_err(|source| VmError::CreateVcpu { index, source })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
-
-    #[test]
-    fn a_vm_takes_ram_devices_and_vcpus_and_refuses_duplicates() {
-        let kvm = KvmContext::new().expect("these tests need /dev/kvm");
-        let vm = Vm::new(&kvm).unwrap();
-        // RAM on both sides of the MMIO hole: two memslots.
-        let ram = GuestRam::new(4 << 30).unwrap();
-        vm.register_ram(&ram).unwrap();
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        vm.register_irqfd(&evt, 5).unwrap();
-        vm.register_ioevent(&evt, 0xd000_0050).unwrap();
-        assert!(
-            matches!(
-                vm.register_ioevent(&evt, 0xd000_0050),
-                Err(VmError::Ioevent { .. })
-            ),
-            "the same ioeventfd twice"
-        );
-        // KVM takes the exit setting only before the first vCPU exists.
-        vm.disable_hlt_exits().unwrap();
-        vm.create_vcpu(0).unwrap();
-        vm.create_vcpu(1).unwrap();
-        assert!(matches!(
-            vm.create_vcpu(1),
-            Err(VmError::CreateVcpu { index: 1, .. })
-        ));
-        assert!(matches!(
-            vm.disable_hlt_exits(),
-            Err(VmError::DisableExits(_))
-        ));
     }
 }
