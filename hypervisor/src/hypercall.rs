@@ -234,12 +234,13 @@ impl HypercallDevice {
         if data.len() != 4 {
             return Err(HypercallError::BadWidth(data.len()));
         }
-        let gpa = u64::from(le_value(data));
-        if gpa % BLOCK_ALIGN != 0 {
+        let block_at = GuestPhys(u64::from(le_value(data)));
+        let gpa = block_at.as_u64();
+        if !block_at.is_aligned(BLOCK_ALIGN) {
             return Err(HypercallError::Misaligned(gpa));
         }
         let len = core::mem::size_of::<HypercallBlock>() as u64;
-        if !self.ram.contains(gpa, len) {
+        if !self.ram.contains(block_at, len) {
             return Err(HypercallError::OutsideRam(gpa));
         }
         let addr = GuestAddress(gpa);

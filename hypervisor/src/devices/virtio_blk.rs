@@ -17,7 +17,7 @@
 //! request is validated, and never touch guest memory outside the chain's
 //! own buffers.
 
-use pagehint_abi::PAGE_SIZE;
+use pagehint_abi::{GuestPhys, PAGE_SIZE};
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -98,7 +98,7 @@ fn data_buffers(segs: &[Segment], mut skip: u64) -> Vec<(u64, u64)> {
             skip -= s.len;
             continue;
         }
-        out.push((s.addr.saturating_add(skip), s.len - skip));
+        out.push((s.addr.as_u64().saturating_add(skip), s.len - skip));
         skip = 0;
     }
     out
@@ -107,7 +107,7 @@ fn data_buffers(segs: &[Segment], mut skip: u64) -> Vec<(u64, u64)> {
 /// One guest buffer of a chain.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
-    addr: u64,
+    addr: GuestPhys,
     len: u64,
 }
 
@@ -133,7 +133,7 @@ fn copy_stream(
         let n = usize::try_from(s.len - offset)
             .unwrap_or(usize::MAX)
             .min(buf.len() - done);
-        let addr = GuestAddress(s.addr + offset);
+        let addr = GuestAddress(s.addr.as_u64() + offset);
         let part = &mut buf[done..done + n];
         let r = if to_guest {
             mem.write_slice(part, addr)
@@ -176,7 +176,7 @@ fn split(mem: &GuestMemoryMmap, descs: &[Descriptor]) -> Result<Layout, RequestE
             return Err(RequestError::OutsideRam { addr, len });
         }
         let seg = Segment {
-            addr,
+            addr: GuestPhys(addr),
             len: u64::from(len),
         };
         if d.is_write_only() {

@@ -9,7 +9,7 @@
 //! address (the discarder, free page reporting, the userfaultfd) goes
 //! through [`HostMap`]. This module must never touch the memory it maps.
 
-use pagehint_abi::PAGE_SIZE;
+use pagehint_abi::{GuestPhys, PAGE_SIZE};
 
 use crate::frames::run::Run;
 use crate::memory::GuestRam;
@@ -54,7 +54,7 @@ impl HostMap {
     pub fn range(&self, run: Run) -> Option<HostRange> {
         let gpa = run.pfn.checked_mul(PAGE_SIZE)?;
         let len = run.count.checked_mul(PAGE_SIZE)?;
-        if run.count == 0 || !self.ram.contains(gpa, len) {
+        if run.count == 0 || !self.ram.contains(GuestPhys(gpa), len) {
             return None;
         }
         Some(HostRange {
