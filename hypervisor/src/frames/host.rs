@@ -99,21 +99,7 @@ mod tests {
         assert_eq!(map.pfn_of(r.addr + 5), Some(2));
         assert_eq!(map.pfn_of(ram.host_base() - 1), None);
         assert_eq!(map.pfn_of(ram.host_base() + frames * PAGE_SIZE), None);
-        for bad in [
-            Run { pfn: 5, count: 0 },
-            Run {
-                pfn: frames - 1,
-                count: 2,
-            },
-            Run {
-                pfn: u64::MAX,
-                count: 1,
-            },
-            Run {
-                pfn: 1,
-                count: u64::MAX,
-            },
-        ] {
+        for bad in Run::outside(frames) {
             assert_eq!(map.range(bad), None, "{bad:?}");
         }
     }
