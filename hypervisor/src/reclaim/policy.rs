@@ -278,15 +278,19 @@ mod tests {
         }
         let mut ages = Ages::new(frames, VictimOrder::GuestAge);
         ages.observe(&table, &resident);
-        let r = discard_pass_ordered(
-            &table,
-            &mut d,
-            &resident,
-            5,
-            Method::Auto,
-            None,
-            Some(&ages),
-        );
+        // A pass by the ages for at most `want` pages.
+        let mut by_age = |want| {
+            discard_pass_ordered(
+                &table,
+                &mut d,
+                &resident,
+                want,
+                Method::Auto,
+                None,
+                Some(&ages),
+            )
+        };
+        let r = by_age(5);
         assert_eq!(r.pages, 5);
         for p in 15..20 {
             assert!(table.is_discarded(p), "frame {p}: idle longest, taken");
@@ -299,15 +303,7 @@ mod tests {
             );
         }
         // Everything else goes; never a frame whose entry is not claimable.
-        let r = discard_pass_ordered(
-            &table,
-            &mut d,
-            &resident,
-            u64::MAX,
-            Method::Auto,
-            None,
-            Some(&ages),
-        );
+        let r = by_age(u64::MAX);
         assert_eq!(r.pages, 5, "10..15 and nothing of 30..36");
         for p in 30..36 {
             assert_eq!(
