@@ -186,7 +186,8 @@ mod tests {
         let t = Instant::now();
         // Thread 3's faults on 0x9000: (ms after t, the address last
         // injected into its vCPU, injections so far, the verdict).
-        let scenarios: [[(u32, Option<u64>, u64, Verdict); 3]; 2] = [
+        type Fault = (u32, Option<u64>, u64, Verdict);
+        let scenarios: [[Fault; 3]; 2] = [
             // Injected once (count 4 -> 5); one repeat is tolerated, the
             // second after the injection is not.
             [
