@@ -269,10 +269,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
     }
     drop(disks);
     let text = super::density_report::table(&runs, &plan, &not_run);
-    std::fs::write(dir.join("density.txt"), &text).map_err(|source| OutputError::Write {
-        path: dir.join("density.txt"),
-        source,
-    })?;
+    output::write_text(&dir.join("density.txt"), &text)?;
     let mut plots = Vec::new();
     let names: Vec<&str> = plan.modes.iter().map(|m| m.name()).collect();
     let bars: Vec<(String, u32)> = names

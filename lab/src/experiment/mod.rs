@@ -60,14 +60,8 @@ fn write_interrupted(
     signal: i32,
     not_run: &[String],
 ) -> Result<(), ExperimentError> {
-    let write = |name: &str, body: String| {
-        std::fs::write(dir.join(name), body).map_err(|source| OutputError::Write {
-            path: dir.join(name),
-            source,
-        })
-    };
-    write("table.txt", figures::table(rows, false))?;
-    write("table.md", figures::table(rows, true))?;
+    output::write_text(&dir.join("table.txt"), figures::table(rows, false))?;
+    output::write_text(&dir.join("table.md"), figures::table(rows, true))?;
     let finished = summary.len();
     output::write_json(
         &dir.join("summary.json"),
@@ -354,10 +348,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         ("table.txt", text.clone()),
         ("table.md", figures::table(&rows, true)),
     ] {
-        std::fs::write(dir.join(name), body).map_err(|source| OutputError::Write {
-            path: dir.join(name),
-            source,
-        })?;
+        output::write_text(&dir.join(name), body)?;
     }
     output::write_json(
         &dir.join("summary.json"),
