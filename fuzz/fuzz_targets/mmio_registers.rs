@@ -25,8 +25,8 @@ use hypervisor::devices::serial::SerialDevice;
 use hypervisor::devices::virtio_mmio::{VirtioBlock, DEVICE_ID_BLOCK, MAGIC, VENDOR_ID, VERSION};
 use hypervisor::metrics::Metrics;
 use libfuzzer_sys::fuzz_target;
-use pagehint_fuzz::{scratch_path, Input};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use pagehint_fuzz::{plain_memory, scratch_path, Input};
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM: u64 = 0x4_0000;
 /// Where the devices sit.
@@ -89,10 +89,7 @@ fn write32(bus: &MmioBus, offset: u64, v: u32) {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    let mem = match GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]) {
-        Ok(m) => m,
-        Err(e) => panic!("fuzz harness: guest memory: {e}"),
-    };
+    let mem = plain_memory(MEM);
     let path = scratch_path("mmio.img");
     if std::fs::write(&path, vec![0x11u8; (DISK_SECTORS * 512) as usize]).is_err() {
         panic!("fuzz harness: cannot write {}", path.display());

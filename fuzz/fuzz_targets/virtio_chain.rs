@@ -18,7 +18,7 @@ use hypervisor::devices::disk::DiskFile;
 use hypervisor::devices::virtio_blk::{process_chain_with, PagesOnDisk, MAX_DATA};
 use hypervisor::metrics::BlockMetrics;
 use libfuzzer_sys::fuzz_target;
-use pagehint_fuzz::{scratch_path, Input};
+use pagehint_fuzz::{plain_memory, scratch_path, Input};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -54,10 +54,7 @@ fn snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    let mem = match GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]) {
-        Ok(m) => m,
-        Err(e) => panic!("fuzz harness: guest memory: {e}"),
-    };
+    let mem = plain_memory(MEM);
     // The disk: a known pattern, read-only or not.
     let path = scratch_path("virtio-chain.img");
     let pattern: Vec<u8> = (0..DISK).map(|i| (i % 251) as u8).collect();

@@ -1,5 +1,6 @@
 //! What the fuzz targets share: a cursor that turns the fuzzer's bytes into
-//! the values a target needs, fresh guest RAM, and a scratch disk image.
+//! the values a target needs, fresh guest RAM (the VMM's or plain
+//! memory), and a scratch disk image.
 //!
 //! Each target builds everything it uses anew from its input, so that a
 //! crash input replays alone. Nothing here may keep state from one input to
@@ -9,6 +10,7 @@
 use std::path::PathBuf;
 
 use hypervisor::memory::GuestRam;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Guest RAM of the targets: the VMM's smallest size, 16 MiB (4096
 /// frames), mapped lazily, so a fresh one per input costs little.
@@ -102,6 +104,16 @@ pub fn ram() -> GuestRam {
         Ok(r) => r,
         // Not the VMM's fault: the host could not map 16 MiB.
         Err(e) => panic!("fuzz harness: cannot map guest RAM: {e}"),
+    }
+}
+
+/// Plain guest memory of `size` bytes at guest-physical 0, all zero (no
+/// hole, none of the VMM's layout): where the virtio targets put their
+/// queues and buffers.
+pub fn plain_memory(size: u64) -> GuestMemoryMmap {
+    match GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]) {
+        Ok(m) => m,
+        Err(e) => panic!("fuzz harness: guest memory: {e}"),
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod hint;
 pub mod reporting;
 
+use std::fmt;
 use std::sync::Arc;
 
 use pagehint_abi::hypercall::{CallResult, HypercallBlock, Request, BLOCK_ALIGN};
@@ -26,7 +27,7 @@ use crate::frames::{FrameTable, ShareError, SharedEntries};
 use crate::hypercall::reporting::FreePageReporter;
 use crate::logger::RateLimit;
 use crate::memory::GuestRam;
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use hint::HintContext;
 
 /// Offset of `result` in the block (`contains` above rules out overflow).
@@ -129,24 +130,14 @@ impl HypercallDevice {
             }
             Err(e) => e,
         };
-        let code = match e {
-            ShareError::BadPlace(_) => {
-                h.errors.bad_block.inc();
-                CallResult::BadBlock
-            }
+        let (counter, code) = match e {
+            ShareError::BadPlace(_) => (&h.errors.bad_block, CallResult::BadBlock),
             ShareError::WrongLength { .. } | ShareError::AlreadyShared => {
-                h.errors.bad_argument.inc();
-                CallResult::BadArgument
+                (&h.errors.bad_argument, CallResult::BadArgument)
             }
-            ShareError::NotOffered => {
-                h.errors.hints_disabled.inc();
-                CallResult::HintsDisabled
-            }
+            ShareError::NotOffered => (&h.errors.hints_disabled, CallResult::HintsDisabled),
         };
-        if self.log_limit.allow() {
-            log::warn!("hypercall: SET_STATE_TABLE: {e}");
-        }
-        code
+        self.refuse(counter, code, format_args!("SET_STATE_TABLE: {e}"))
     }
 
     /// `SET_FAULT_INFO`: records a vCPU's discard-fault info area.
@@ -154,28 +145,22 @@ impl HypercallDevice {
         let h = &self.metrics.hypercalls;
         h.set_fault_info.inc();
         let Some(faults) = &self.faults else {
-            h.errors.hints_disabled.inc();
-            if self.log_limit.allow() {
-                log::warn!("hypercall: SET_FAULT_INFO while discard faults are off");
-            }
-            return CallResult::HintsDisabled;
+            return self.refuse(
+                &h.errors.hints_disabled,
+                CallResult::HintsDisabled,
+                format_args!("SET_FAULT_INFO while discard faults are off"),
+            );
         };
-        match faults.set_fault_info(info, cpu) {
-            Ok(()) => CallResult::Ok,
-            Err(e) => {
-                let code = if matches!(e, DiscardFaultError::BadInfoArea(_)) {
-                    h.errors.bad_block.inc();
-                    CallResult::BadBlock
-                } else {
-                    h.errors.bad_argument.inc();
-                    CallResult::BadArgument
-                };
-                if self.log_limit.allow() {
-                    log::warn!("hypercall: SET_FAULT_INFO: {e}");
-                }
-                code
-            }
-        }
+        let e = match faults.set_fault_info(info, cpu) {
+            Ok(()) => return CallResult::Ok,
+            Err(e) => e,
+        };
+        let (counter, code) = if matches!(e, DiscardFaultError::BadInfoArea(_)) {
+            (&h.errors.bad_block, CallResult::BadBlock)
+        } else {
+            (&h.errors.bad_argument, CallResult::BadArgument)
+        };
+        self.refuse(counter, code, format_args!("SET_FAULT_INFO: {e}"))
     }
 
     /// `HELLO`: checks the guest's ABI version.
@@ -186,13 +171,21 @@ impl HypercallDevice {
             log::info!("hypercall: HELLO from guest cpu {cpu}");
             return CallResult::Ok;
         }
-        h.errors.bad_version.inc();
+        self.refuse(
+            &h.errors.bad_version,
+            CallResult::BadVersion,
+            format_args!("HELLO from guest cpu {cpu} speaks ABI {version}, we speak {ABI_VERSION}"),
+        )
+    }
+
+    /// A refused call: counts it in `counter`, logs `why` within the rate
+    /// limit and returns `code`.
+    fn refuse(&self, counter: &Counter, code: CallResult, why: fmt::Arguments<'_>) -> CallResult {
+        counter.inc();
         if self.log_limit.allow() {
-            log::warn!(
-                "hypercall: HELLO from guest cpu {cpu} speaks ABI {version}, we speak {ABI_VERSION}"
-            );
+            log::warn!("hypercall: {why}");
         }
-        CallResult::BadVersion
+        code
     }
 
     /// Executes one request and returns its result.
@@ -202,11 +195,11 @@ impl HypercallDevice {
             Ok(Request::Hello { version, cpu }) => self.hello(version, cpu),
             Ok(Request::HintBatch { .. }) if !self.hinting => {
                 h.hint_batch.inc();
-                h.errors.hints_disabled.inc();
-                if self.log_limit.allow() {
-                    log::warn!("hypercall: HINT_BATCH while hinting is off (--no-hinting)");
-                }
-                CallResult::HintsDisabled
+                self.refuse(
+                    &h.errors.hints_disabled,
+                    CallResult::HintsDisabled,
+                    format_args!("HINT_BATCH while hinting is off (--no-hinting)"),
+                )
             }
             Ok(Request::HintBatch { batch, count }) => HintContext {
                 ram: &self.ram,
@@ -219,13 +212,7 @@ impl HypercallDevice {
             .batch(batch, count),
             Ok(Request::SetFaultInfo { info, cpu }) => self.set_fault_info(info, cpu),
             Ok(Request::SetStateTable { table, entries }) => self.set_state_table(table, entries),
-            Err(e) => {
-                h.errors.unknown_op.inc();
-                if self.log_limit.allow() {
-                    log::warn!("hypercall: {e}");
-                }
-                e.result()
-            }
+            Err(e) => self.refuse(&h.errors.unknown_op, e.result(), format_args!("{e}")),
         }
     }
 
@@ -234,12 +221,13 @@ impl HypercallDevice {
         if data.len() != 4 {
             return Err(HypercallError::BadWidth(data.len()));
         }
-        let gpa = u64::from(le_value(data));
-        if gpa % BLOCK_ALIGN != 0 {
+        let block_at = GuestPhys(u64::from(le_value(data)));
+        let gpa = block_at.as_u64();
+        if !block_at.is_aligned(BLOCK_ALIGN) {
             return Err(HypercallError::Misaligned(gpa));
         }
         let len = core::mem::size_of::<HypercallBlock>() as u64;
-        if !self.ram.contains(gpa, len) {
+        if !self.ram.contains(block_at, len) {
             return Err(HypercallError::OutsideRam(gpa));
         }
         let addr = GuestAddress(gpa);

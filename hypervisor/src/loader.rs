@@ -18,6 +18,7 @@ use pagehint_abi::boot::{
     MemmapEntry, StartInfo, CMDLINE_ADDR, CMDLINE_MAX, E820_RAM, E820_RESERVED, KERNEL_START,
     MEMMAP_ADDR, MMIO_HOLE_START, START_INFO_ADDR, START_INFO_MAGIC,
 };
+use pagehint_abi::GuestPhys;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::GuestRam;
@@ -184,7 +185,7 @@ pub fn load_kernel(ram: &GuestRam, image: &[u8]) -> Result<u64, LoaderError> {
         PvhBootCapability::PvhEntryPresent(entry) => entry.0,
         _ => return Err(LoaderError::NoPvhNote),
     };
-    if entry < KERNEL_START || !ram.contains(entry, 1) {
+    if entry < KERNEL_START || !ram.contains(GuestPhys(entry), 1) {
         return Err(LoaderError::BadEntry(entry));
     }
     log::debug!(

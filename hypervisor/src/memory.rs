@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use pagehint_abi::boot::{HIGH_RAM_START, MMIO_HOLE_START};
-use pagehint_abi::PAGE_SIZE;
+use pagehint_abi::{GuestPhys, PAGE_SIZE};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
@@ -97,7 +97,8 @@ pub fn e820_ram_ranges(size: u64) -> Vec<(u64, u64)> {
 
 /// True if `gpa..gpa + len` lies wholly inside one range the memory map
 /// calls RAM ([`e820_ram_ranges`]).
-pub fn in_one_e820_ram_range(size: u64, gpa: u64, len: u64) -> bool {
+pub fn in_one_e820_ram_range(size: u64, gpa: GuestPhys, len: u64) -> bool {
+    let gpa = gpa.as_u64();
     gpa.checked_add(len).is_some_and(|end| {
         e820_ram_ranges(size)
             .into_iter()
@@ -263,7 +264,8 @@ impl GuestRam {
 
     /// True if `[gpa, gpa + len)` lies inside one RAM range
     /// (overflow-checked; a range across the MMIO hole is not RAM).
-    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+    pub fn contains(&self, gpa: GuestPhys, len: u64) -> bool {
+        let gpa = gpa.as_u64();
         let low = self.size.min(MMIO_HOLE_START);
         gpa.checked_add(len).is_some_and(|end| {
             end <= low || (gpa >= HIGH_RAM_START && end <= self.top && self.top > HIGH_RAM_START)
@@ -273,7 +275,7 @@ impl GuestRam {
     /// True if `gpa..gpa + len` lies wholly inside one range the guest's
     /// memory map calls RAM (not the legacy area below 1 MiB, not the
     /// hole).
-    pub fn in_usable_ram(&self, gpa: u64, len: u64) -> bool {
+    pub fn in_usable_ram(&self, gpa: GuestPhys, len: u64) -> bool {
         in_one_e820_ram_range(self.size, gpa, len)
     }
 
@@ -348,11 +350,11 @@ mod tests {
             .mem()
             .read_obj::<u64>(GuestAddress(MMIO_HOLE_START))
             .is_err());
-        assert!(ram.contains(0, MMIO_HOLE_START));
-        assert!(!ram.contains(MMIO_HOLE_START - 8, 16));
-        assert!(!ram.contains(MMIO_HOLE_START, 8));
-        assert!(ram.contains(HIGH_RAM_START, 4096));
-        assert!(!ram.contains(top - 8, 16));
+        assert!(ram.contains(GuestPhys(0), MMIO_HOLE_START));
+        assert!(!ram.contains(GuestPhys(MMIO_HOLE_START - 8), 16));
+        assert!(!ram.contains(GuestPhys(MMIO_HOLE_START), 8));
+        assert!(ram.contains(GuestPhys(HIGH_RAM_START), 4096));
+        assert!(!ram.contains(GuestPhys(top - 8), 16));
         assert!(ram.is_ram_frame(0) && ram.is_ram_frame(top / PAGE_SIZE - 1));
         assert!(!ram.is_ram_frame(MMIO_HOLE_START / PAGE_SIZE));
         assert!(!ram.is_ram_frame(top / PAGE_SIZE));
@@ -372,8 +374,8 @@ mod tests {
             .unwrap();
         let v: u32 = ram.mem().read_obj(GuestAddress(0x1000)).unwrap();
         assert_eq!(v, 0xdead_beef);
-        assert!(ram.contains(0, 64 << 20));
-        assert!(!ram.contains(1, 64 << 20));
-        assert!(!ram.contains(u64::MAX, 2));
+        assert!(ram.contains(GuestPhys(0), 64 << 20));
+        assert!(!ram.contains(GuestPhys(1), 64 << 20));
+        assert!(!ram.contains(GuestPhys(u64::MAX), 2));
     }
 }

@@ -82,6 +82,31 @@ fn row(name: &str, pages: u64, ms: u64, faults: u64, reqs: u64, exits: u64) -> f
     mib_s
 }
 
+/// Runs `{program} 1` then `{program} 2` (one pass, then two) on disk
+/// `d` and prints the cold pass and what the second pass added; returns
+/// both throughputs and the cold run.
+fn cold_then_warm(d: Option<&str>, program: &str, path: &str) -> (f64, f64, Run) {
+    let one = run(d, &format!("{program} 1"));
+    let two = run(d, &format!("{program} 2"));
+    let miss = row(
+        &format!("{path} miss (cold)"),
+        PAGES,
+        one.ms,
+        one.faults,
+        one.disk_requests,
+        one.exits,
+    );
+    let hit = row(
+        &format!("{path} hit (2nd pass)"),
+        PAGES,
+        two.ms.saturating_sub(one.ms),
+        two.faults - one.faults,
+        two.disk_requests - one.disk_requests,
+        two.exits.saturating_sub(one.exits),
+    );
+    (miss, hit, one)
+}
+
 fn main() {
     let dir = std::env::temp_dir().join(format!("vmm-bench-memory-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -92,42 +117,8 @@ fn main() {
         "{:<26} {:>7} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "path", "pages", "ms", "MiB/s", "us/page", "faults", "disk_req", "exits"
     );
-    let r1 = run(d, "scan-read 1");
-    let r2 = run(d, "scan-read 2");
-    let read_miss = row(
-        "read() miss (cold)",
-        PAGES,
-        r1.ms,
-        r1.faults,
-        r1.disk_requests,
-        r1.exits,
-    );
-    let read_hit = row(
-        "read() hit (2nd pass)",
-        PAGES,
-        r2.ms.saturating_sub(r1.ms),
-        r2.faults - r1.faults,
-        r2.disk_requests - r1.disk_requests,
-        r2.exits.saturating_sub(r1.exits),
-    );
-    let m1 = run(d, "scan-mmap 1");
-    let m2 = run(d, "scan-mmap 2");
-    let mmap_miss = row(
-        "mmap miss (cold)",
-        PAGES,
-        m1.ms,
-        m1.faults,
-        m1.disk_requests,
-        m1.exits,
-    );
-    let mmap_hit = row(
-        "mmap hit (2nd pass)",
-        PAGES,
-        m2.ms.saturating_sub(m1.ms),
-        m2.faults - m1.faults,
-        m2.disk_requests - m1.disk_requests,
-        m2.exits.saturating_sub(m1.exits),
-    );
+    let (read_miss, read_hit, _) = cold_then_warm(d, "scan-read", "read()");
+    let (mmap_miss, mmap_hit, m1) = cold_then_warm(d, "scan-mmap", "mmap");
     let c = run(None, "churn 2 4");
     let anon_pages = 2 * 4 * 256;
     row(

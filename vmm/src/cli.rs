@@ -302,45 +302,28 @@ mod tests {
         let e = run_args(&["--disk-rw"]).unwrap_err();
         assert_eq!(parse_error_status(&e), USAGE);
 
-        let c = parse_from([
-            "vmm",
-            "gen-files",
-            "--dir",
-            "d",
-            "--count",
-            "3",
-            "--size",
-            "6K",
-        ]);
-        match c.unwrap().command {
+        let gen_files = |count: &str, size: &str| {
+            parse_from([
+                "vmm",
+                "gen-files",
+                "--dir",
+                "d",
+                "--count",
+                count,
+                "--size",
+                size,
+            ])
+        };
+        match gen_files("3", "6K").unwrap().command {
             Command::GenFiles(g) => assert_eq!((g.count, g.size, g.first_id), (3, 6144, 1)),
             other => panic!("{other:?}"),
         }
-        for bad in [
-            &[
-                "vmm",
-                "gen-files",
-                "--dir",
-                "d",
-                "--count",
-                "3",
-                "--size",
-                "0",
-            ][..],
-            &[
-                "vmm",
-                "gen-files",
-                "--dir",
-                "d",
-                "--count",
-                "100001",
-                "--size",
-                "1",
-            ],
-            &["vmm", "mkdisk", "--from", "d"],
-        ] {
-            assert_eq!(parse_error_status(&parse_from(bad).unwrap_err()), USAGE);
+        for (count, size) in [("3", "0"), ("100001", "1")] {
+            let e = gen_files(count, size).unwrap_err();
+            assert_eq!(parse_error_status(&e), USAGE, "{count} x {size}");
         }
+        let e = parse_from(["vmm", "mkdisk", "--from", "d"]).unwrap_err();
+        assert_eq!(parse_error_status(&e), USAGE);
         let c = parse_from(["vmm", "mkdisk", "--from", "d", "--out", "x.img"]).unwrap();
         assert!(matches!(c.command, Command::Mkdisk(_)));
     }

@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::devices::bus::{Bus, BusError};
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 
 /// A device on the MMIO bus. `offset` is relative to the window's base;
 /// `data` is whatever width the guest used (1, 2, 4 or 8 bytes),
@@ -56,28 +56,38 @@ impl MmioBus {
     /// Handles a load from `addr`. Returns false, leaving `data` alone, if
     /// no device claims the whole access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.bus.find(addr, data.len()) {
-            Some((mut device, offset)) => {
-                device.read(offset, data);
-                true
-            }
-            None => {
-                self.metrics.bus.unhandled_mmio_reads.inc();
-                false
-            }
-        }
+        let miss = &self.metrics.bus.unhandled_mmio_reads;
+        self.route(addr, data.len(), miss, |device, offset| {
+            device.read(offset, data)
+        })
     }
 
     /// Handles a store to `addr`. Returns false if no device claims the
     /// whole access (the store is then ignored).
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.bus.find(addr, data.len()) {
+        let miss = &self.metrics.bus.unhandled_mmio_writes;
+        self.route(addr, data.len(), miss, |device, offset| {
+            device.write(offset, data)
+        })
+    }
+
+    /// Hands an access of `len` bytes at `addr` to the device whose window
+    /// holds all of it, with the offset into that window; counts `miss`
+    /// and returns false if no device does.
+    fn route(
+        &self,
+        addr: u64,
+        len: usize,
+        miss: &Counter,
+        access: impl FnOnce(&mut dyn MmioDevice, u64),
+    ) -> bool {
+        match self.bus.find(addr, len) {
             Some((mut device, offset)) => {
-                device.write(offset, data);
+                access(&mut *device, offset);
                 true
             }
             None => {
-                self.metrics.bus.unhandled_mmio_writes.inc();
+                miss.inc();
                 false
             }
         }

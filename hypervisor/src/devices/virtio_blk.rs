@@ -17,7 +17,7 @@
 //! request is validated, and never touch guest memory outside the chain's
 //! own buffers.
 
-use pagehint_abi::PAGE_SIZE;
+use pagehint_abi::{GuestPhys, PAGE_SIZE};
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -98,7 +98,7 @@ fn data_buffers(segs: &[Segment], mut skip: u64) -> Vec<(u64, u64)> {
             skip -= s.len;
             continue;
         }
-        out.push((s.addr.saturating_add(skip), s.len - skip));
+        out.push((s.addr.as_u64().saturating_add(skip), s.len - skip));
         skip = 0;
     }
     out
@@ -107,7 +107,7 @@ fn data_buffers(segs: &[Segment], mut skip: u64) -> Vec<(u64, u64)> {
 /// One guest buffer of a chain.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
-    addr: u64,
+    addr: GuestPhys,
     len: u64,
 }
 
@@ -133,7 +133,7 @@ fn copy_stream(
         let n = usize::try_from(s.len - offset)
             .unwrap_or(usize::MAX)
             .min(buf.len() - done);
-        let addr = GuestAddress(s.addr + offset);
+        let addr = GuestAddress(s.addr.as_u64() + offset);
         let part = &mut buf[done..done + n];
         let r = if to_guest {
             mem.write_slice(part, addr)
@@ -176,7 +176,7 @@ fn split(mem: &GuestMemoryMmap, descs: &[Descriptor]) -> Result<Layout, RequestE
             return Err(RequestError::OutsideRam { addr, len });
         }
         let seg = Segment {
-            addr,
+            addr: GuestPhys(addr),
             len: u64::from(len),
         };
         if d.is_write_only() {
@@ -477,76 +477,33 @@ mod tests {
         let (mem, img, m) = (mem(), image("bad"), BlockMetrics::default());
         let disk = DiskFile::open(&img.0, true).unwrap();
         let ioerr = VIRTIO_BLK_S_IOERR as u8;
+        // The status a request of `kind` at `sector` over `chain` gets.
+        let status = |kind, sector, chain: &[RawDescriptor]| {
+            header(&mem, kind, sector);
+            run(&mem, &disk, &m, chain).1
+        };
         // Past the end: sector 7 + 1024 bytes of an 8-sector disk.
-        header(&mem, VIRTIO_BLK_T_IN, 7);
-        assert_eq!(
-            run(
-                &mem,
-                &disk,
-                &m,
-                &[d(HDR, 16, 0), d(DATA, 1024, W), d(STATUS, 1, W)]
-            )
-            .1,
-            ioerr
-        );
-        header(&mem, VIRTIO_BLK_T_OUT, u64::MAX);
-        assert_eq!(
-            run(
-                &mem,
-                &disk,
-                &m,
-                &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, W)]
-            )
-            .1,
-            ioerr
-        );
+        let past_end = [d(HDR, 16, 0), d(DATA, 1024, W), d(STATUS, 1, W)];
+        assert_eq!(status(VIRTIO_BLK_T_IN, 7, &past_end), ioerr);
+        let past_end = [d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, W)];
+        assert_eq!(status(VIRTIO_BLK_T_OUT, u64::MAX, &past_end), ioerr);
         assert_eq!(m.err_past_end.get(), 2);
         // A data descriptor outside RAM.
-        header(&mem, VIRTIO_BLK_T_OUT, 0);
-        assert_eq!(
-            run(
-                &mem,
-                &disk,
-                &m,
-                &[d(HDR, 16, 0), d(0xff_f000, 512, 0), d(STATUS, 1, W)]
-            )
-            .1,
-            ioerr
-        );
+        let outside = [d(HDR, 16, 0), d(0xff_f000, 512, 0), d(STATUS, 1, W)];
+        assert_eq!(status(VIRTIO_BLK_T_OUT, 0, &outside), ioerr);
         assert_eq!(m.err_outside_ram.get(), 1);
         // Not whole sectors, header too short, readable after writable.
-        header(&mem, VIRTIO_BLK_T_IN, 0);
-        assert_eq!(
-            run(
-                &mem,
-                &disk,
-                &m,
-                &[d(HDR, 16, 0), d(DATA, 100, W), d(STATUS, 1, W)]
-            )
-            .1,
-            ioerr
-        );
-        header(&mem, VIRTIO_BLK_T_IN, 0);
-        assert_eq!(
-            run(&mem, &disk, &m, &[d(HDR, 8, 0), d(STATUS, 1, W)]).1,
-            ioerr
-        );
-        header(&mem, VIRTIO_BLK_T_OUT, 0);
-        assert_eq!(
-            run(
-                &mem,
-                &disk,
-                &m,
-                &[
-                    d(HDR, 16, 0),
-                    d(DATA, 512, W),
-                    d(DATA, 512, 0),
-                    d(STATUS, 1, W)
-                ]
-            )
-            .1,
-            ioerr
-        );
+        let partial = [d(HDR, 16, 0), d(DATA, 100, W), d(STATUS, 1, W)];
+        assert_eq!(status(VIRTIO_BLK_T_IN, 0, &partial), ioerr);
+        let short_header = [d(HDR, 8, 0), d(STATUS, 1, W)];
+        assert_eq!(status(VIRTIO_BLK_T_IN, 0, &short_header), ioerr);
+        let readable_after = [
+            d(HDR, 16, 0),
+            d(DATA, 512, W),
+            d(DATA, 512, 0),
+            d(STATUS, 1, W),
+        ];
+        assert_eq!(status(VIRTIO_BLK_T_OUT, 0, &readable_after), ioerr);
         assert_eq!(
             (
                 m.err_bad_length.get(),

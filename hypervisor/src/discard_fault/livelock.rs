@@ -183,30 +183,36 @@ mod tests {
 
     #[test]
     fn a_fault_that_survives_its_discard_fault_is_a_livelock() {
-        let mut d = LivelockDetector::default();
         let t = Instant::now();
-        assert_eq!(d.observe(3, 0x9000, t, None, 4), Verdict::Deliver);
-        // Injected once (count 4 -> 5); one repeat is tolerated...
-        assert_eq!(
-            d.observe(3, 0x9000, t + MS, Some(0x9000), 5),
-            Verdict::Deliver
-        );
-        // ... the second after the injection is not.
-        assert_eq!(
-            d.observe(3, 0x9000, t + 2 * MS, Some(0x9000), 6),
-            Verdict::Livelock
-        );
-        // An injection for another frame does not count against this one.
-        let mut d = LivelockDetector::default();
-        assert_eq!(d.observe(3, 0x9000, t, None, 0), Verdict::Deliver);
-        assert_eq!(
-            d.observe(3, 0x9000, t + MS, Some(0x8000), 1),
-            Verdict::Deliver
-        );
-        assert_eq!(
-            d.observe(3, 0x9000, t + 2 * MS, Some(0x8000), 2),
-            Verdict::Deliver
-        );
+        // Thread 3's faults on 0x9000: (ms after t, the address last
+        // injected into its vCPU, injections so far, the verdict).
+        type Fault = (u32, Option<u64>, u64, Verdict);
+        let scenarios: [[Fault; 3]; 2] = [
+            // Injected once (count 4 -> 5); one repeat is tolerated, the
+            // second after the injection is not.
+            [
+                (0, None, 4, Verdict::Deliver),
+                (1, Some(0x9000), 5, Verdict::Deliver),
+                (2, Some(0x9000), 6, Verdict::Livelock),
+            ],
+            // An injection for another frame does not count against this one.
+            [
+                (0, None, 0, Verdict::Deliver),
+                (1, Some(0x8000), 1, Verdict::Deliver),
+                (2, Some(0x8000), 2, Verdict::Deliver),
+            ],
+        ];
+        for faults in scenarios {
+            let mut d = LivelockDetector::default();
+            for (ms, last, injections, verdict) in faults {
+                let at = t + ms * MS;
+                assert_eq!(
+                    d.observe(3, 0x9000, at, last, injections),
+                    verdict,
+                    "{ms} ms"
+                );
+            }
+        }
     }
 
     #[test]

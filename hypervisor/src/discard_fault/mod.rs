@@ -270,13 +270,13 @@ impl DiscardFaults {
     /// `SET_FAULT_INFO`: the info area of CPU `cpu` is at `info`.
     pub fn set_fault_info(&self, info: GuestPhys, cpu: u64) -> Result<(), DiscardFaultError> {
         let gpa = info.as_u64();
-        if !gpa.is_multiple_of(INFO_SIZE) || !self.ram.contains(gpa, INFO_SIZE) {
+        if !gpa.is_multiple_of(INFO_SIZE) || !self.ram.contains(info, INFO_SIZE) {
             return Err(DiscardFaultError::BadInfoArea(gpa));
         }
         if cpu >= self.slots.len() as u64 {
             return Err(DiscardFaultError::BadCpu(cpu));
         }
-        self.slots.set_info(cpu, gpa)?;
+        self.slots.set_info(cpu, info)?;
         self.metrics.discard_faults.info_areas.inc();
         log::debug!("discard faults: CPU {cpu} info area at {gpa:#x}");
         Ok(())

@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use pagehint_abi::GuestPhys;
+
 /// "Nothing here" in the address fields.
 const NONE: u64 = u64::MAX;
 /// "No thread" in the thread-id field.
@@ -122,8 +124,10 @@ impl VcpuSlots {
 
     /// Records the guest-physical address of vCPU `index`'s info area
     /// (already checked by the caller).
-    pub fn set_info(&self, index: u64, gpa: u64) -> Result<(), SlotError> {
-        self.slot(index)?.info_gpa.store(gpa, Ordering::Release);
+    pub fn set_info(&self, index: u64, gpa: GuestPhys) -> Result<(), SlotError> {
+        self.slot(index)?
+            .info_gpa
+            .store(gpa.as_u64(), Ordering::Release);
         Ok(())
     }
 
@@ -233,12 +237,12 @@ mod tests {
     fn info_areas_and_injections_are_per_vcpu() {
         let s = VcpuSlots::new(2);
         assert_eq!(s.info(0), None);
-        s.set_info(0, 0x9000).unwrap();
+        s.set_info(0, GuestPhys(0x9000)).unwrap();
         assert_eq!(
             (s.info(0), s.info(1), s.info(5)),
             (Some(0x9000), None, None)
         );
-        assert_eq!(s.set_info(2, 0), Err(SlotError::NoSuchVcpu(2)));
+        assert_eq!(s.set_info(2, GuestPhys(0)), Err(SlotError::NoSuchVcpu(2)));
         assert_eq!(s.last_injected(1), (None, 0));
         s.note_injected(1, 0x3000);
         s.note_injected(1, 0x4000);

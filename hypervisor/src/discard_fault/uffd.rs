@@ -139,11 +139,6 @@ impl GuestUffd {
         Ok((addr, len))
     }
 
-    /// The guest frame holding host address `addr`, if it is in guest RAM.
-    pub fn pfn_of(&self, addr: u64) -> Option<u64> {
-        self.map.pfn_of(addr)
-    }
-
     /// Registers `count` frames from `pfn` in MISSING mode.
     pub fn register(&self, pfn: u64, count: u64) -> Result<(), UffdError> {
         let (addr, len) = self.range(pfn, count)?;
@@ -238,7 +233,7 @@ impl GuestUffd {
             if let Some(pf) = msg.pagefault() {
                 out.push(Fault {
                     host_addr: pf.address,
-                    pfn: self.pfn_of(pf.address),
+                    pfn: self.map.pfn_of(pf.address),
                     // Thread ids fit: Linux caps them at 2^22.
                     tid: pf.ptid as i32,
                     write: pf.flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0,
@@ -285,7 +280,10 @@ mod tests {
         // The last frame of RAM above 4 GiB.
         u.register(top - 1, 1).unwrap();
         u.unregister(top - 1, 1).unwrap();
-        assert_eq!(u.pfn_of(ram.host_base() + (top - 1) * PAGE), Some(top - 1));
+        assert_eq!(
+            u.map.pfn_of(ram.host_base() + (top - 1) * PAGE),
+            Some(top - 1)
+        );
         // Frames of the hole, or a run into it, are not RAM.
         for (pfn, count) in [(hole.start, 1), (hole.start - 1, 2), (hole.end - 1, 2)] {
             assert!(
@@ -293,7 +291,7 @@ mod tests {
                 "{pfn:#x}+{count}"
             );
         }
-        assert_eq!(u.pfn_of(ram.host_base() + hole.start * PAGE), None);
+        assert_eq!(u.map.pfn_of(ram.host_base() + hole.start * PAGE), None);
         assert!(matches!(
             u.zero_fill(top),
             Err(UffdError::OutOfRange { .. })
@@ -321,9 +319,9 @@ mod tests {
             u.zero_fill(frames),
             Err(UffdError::OutOfRange { .. })
         ));
-        assert_eq!(u.pfn_of(ram.host_base() + 5 * PAGE + 7), Some(5));
-        assert_eq!(u.pfn_of(ram.host_base() + frames * PAGE), None);
-        assert_eq!(u.pfn_of(ram.host_base().wrapping_sub(1)), None);
+        assert_eq!(u.map.pfn_of(ram.host_base() + 5 * PAGE + 7), Some(5));
+        assert_eq!(u.map.pfn_of(ram.host_base() + frames * PAGE), None);
+        assert_eq!(u.map.pfn_of(ram.host_base().wrapping_sub(1)), None);
         // A present page is never replaced: zero_fill only wakes.
         ram.mem().write_obj(0x5au8, GuestAddress(9 * PAGE)).unwrap();
         u.register(9, 1).unwrap();

@@ -9,7 +9,7 @@
 //! address (the discarder, free page reporting, the userfaultfd) goes
 //! through [`HostMap`]. This module must never touch the memory it maps.
 
-use pagehint_abi::PAGE_SIZE;
+use pagehint_abi::{GuestPhys, PAGE_SIZE};
 
 use crate::frames::run::Run;
 use crate::memory::GuestRam;
@@ -54,7 +54,7 @@ impl HostMap {
     pub fn range(&self, run: Run) -> Option<HostRange> {
         let gpa = run.pfn.checked_mul(PAGE_SIZE)?;
         let len = run.count.checked_mul(PAGE_SIZE)?;
-        if run.count == 0 || !self.ram.contains(gpa, len) {
+        if run.count == 0 || !self.ram.contains(GuestPhys(gpa), len) {
             return None;
         }
         Some(HostRange {
@@ -99,21 +99,7 @@ mod tests {
         assert_eq!(map.pfn_of(r.addr + 5), Some(2));
         assert_eq!(map.pfn_of(ram.host_base() - 1), None);
         assert_eq!(map.pfn_of(ram.host_base() + frames * PAGE_SIZE), None);
-        for bad in [
-            Run { pfn: 5, count: 0 },
-            Run {
-                pfn: frames - 1,
-                count: 2,
-            },
-            Run {
-                pfn: u64::MAX,
-                count: 1,
-            },
-            Run {
-                pfn: 1,
-                count: u64::MAX,
-            },
-        ] {
+        for bad in Run::outside(frames) {
             assert_eq!(map.range(bad), None, "{bad:?}");
         }
     }

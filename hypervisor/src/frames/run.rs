@@ -17,6 +17,29 @@ impl Run {
     pub fn frames(&self) -> std::ops::Range<u64> {
         self.pfn..self.pfn.saturating_add(self.count)
     }
+
+    /// Runs that RAM of `frames` frames cannot hold, whatever its layout:
+    /// one past the top, one at the largest frame number, an empty one
+    /// and one too long to count in bytes. What the tests of every run
+    /// check offer.
+    #[cfg(test)]
+    pub fn outside(frames: u64) -> [Run; 4] {
+        [
+            Run {
+                pfn: frames - 1,
+                count: 2,
+            },
+            Run {
+                pfn: u64::MAX,
+                count: 1,
+            },
+            Run { pfn: 5, count: 0 },
+            Run {
+                pfn: 1,
+                count: u64::MAX,
+            },
+        ]
+    }
 }
 
 /// Collects frame numbers, pushed in ascending order, into runs.

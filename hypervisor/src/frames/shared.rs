@@ -84,7 +84,7 @@ impl SharedEntries {
             return Err(bad);
         }
         let pages = entries.div_ceil(PAGE_SIZE);
-        if !ram.in_usable_ram(gpa, pages * PAGE_SIZE) {
+        if !ram.in_usable_ram(table, pages * PAGE_SIZE) {
             return Err(bad);
         }
         let map = HostMap::new(ram).ok_or(bad)?;

@@ -13,7 +13,7 @@
 use std::mem::{offset_of, size_of};
 
 use pagehint_abi::hypercall::{CallResult, HintBatch, HintEntry, HintOp, HINT_BATCH_MAX};
-use pagehint_abi::{GuestPhys, PAGE_SIZE};
+use pagehint_abi::GuestPhys;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::discard_fault::DiscardFaults;
@@ -114,17 +114,18 @@ impl HintContext<'_> {
     /// `count` entries asked for; returns the call's result.
     pub fn batch(&self, batch: GuestPhys, count: u64) -> CallResult {
         self.metrics.hypercalls.hint_batch.inc();
-        match self.batch_inner(batch.as_u64(), count) {
+        match self.batch_inner(batch, count) {
             Ok(()) => CallResult::Ok,
             Err(e) => self.refuse(e),
         }
     }
 
-    fn batch_inner(&self, gpa: u64, asked: u64) -> Result<(), HintError> {
-        if !gpa.is_multiple_of(PAGE_SIZE) {
+    fn batch_inner(&self, batch: GuestPhys, asked: u64) -> Result<(), HintError> {
+        let gpa = batch.as_u64();
+        if !batch.is_page_aligned() {
             return Err(HintError::Misaligned(gpa));
         }
-        if !self.ram.contains(gpa, size_of::<HintBatch>() as u64) {
+        if !self.ram.contains(batch, size_of::<HintBatch>() as u64) {
             return Err(HintError::OutsideRam(gpa));
         }
         let max = HINT_BATCH_MAX as u64;
@@ -219,6 +220,7 @@ impl HintContext<'_> {
 mod tests {
     use super::*;
     use pagehint_abi::hypercall::{hint, result};
+    use pagehint_abi::PAGE_SIZE;
 
     const BATCH: u64 = 0x10_0000;
 

@@ -510,13 +510,20 @@ mod tests {
     use pagehint_abi::hypercall::HintOp;
     use vm_memory::{Bytes, GuestAddress};
 
-    #[test]
-    fn the_thread_reclaims_down_to_the_budget_and_stops() {
+    /// 16 MiB of guest RAM with every frame written (all resident), and
+    /// its frame count.
+    fn resident_ram() -> (GuestRam, u64) {
         let ram = GuestRam::new(16 << 20).unwrap();
         let frames = ram.frames();
         for p in 0..frames {
             ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
         }
+        (ram, frames)
+    }
+
+    #[test]
+    fn the_thread_reclaims_down_to_the_budget_and_stops() {
+        let (ram, frames) = resident_ram();
         let table = Arc::new(FrameTable::new(frames as usize, false));
         // Half the frames are free.
         table.apply_range(0, frames / 2, HintOp::SetUnused).unwrap();
@@ -545,11 +552,7 @@ mod tests {
 
     #[test]
     fn without_a_budget_unused_frames_go_after_the_delay_and_only_then() {
-        let ram = GuestRam::new(16 << 20).unwrap();
-        let frames = ram.frames();
-        for p in 0..frames {
-            ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
-        }
+        let (ram, frames) = resident_ram();
         for (delay, want) in [(None, 0), (Some(Duration::from_millis(30)), 1024)] {
             let table = Arc::new(FrameTable::new(frames as usize, false));
             table.apply_range(0, 1024, HintOp::SetUnused).unwrap();
@@ -596,11 +599,7 @@ mod tests {
 
     #[test]
     fn without_discarding_the_thread_only_measures() {
-        let ram = GuestRam::new(16 << 20).unwrap();
-        let frames = ram.frames();
-        for p in 0..frames {
-            ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
-        }
+        let (ram, frames) = resident_ram();
         let table = Arc::new(FrameTable::new(frames as usize, false));
         table.apply_range(0, frames, HintOp::SetUnused).unwrap();
         let metrics = Arc::new(Metrics::default());

@@ -83,23 +83,10 @@ pub fn discard_pass_ordered(
 ) -> PassReport {
     // No switch to the guest's shared table while claims are out.
     let _pass = table.pass_guard();
-    let mut pass = Pass {
-        table,
-        discarder,
-        method,
-        report: PassReport::default(),
-        chunk: RunBuilder::default(),
-    };
+    let mut pass = Pass::new(table, discarder, method);
+    // Only resident frames are candidates.
     let frames = table.len().min(resident.pages());
-    // Only resident frames are candidates: skip the rest 64 at a time.
-    let resident_frames = || {
-        let mut next = resident.next_set(0);
-        std::iter::from_fn(move || {
-            let pfn = next.filter(|&p| p < frames)?;
-            next = pfn.checked_add(1).and_then(|p| resident.next_set(p));
-            Some(pfn)
-        })
-    };
+    let resident_frames = || resident.resident_below(frames);
     for class in [PageState::Unused, PageState::Volatile] {
         let arming = arming.filter(|_| class == PageState::Volatile);
         let ordered =
@@ -121,7 +108,7 @@ pub fn discard_pass_ordered(
             }
             None => {
                 for pfn in resident_frames() {
-                    if pass.report.pages + pass.chunk.pages() >= want {
+                    if pass.pages() >= want {
                         break;
                     }
                     if table.looks_claimable(pfn, class) {
@@ -135,8 +122,9 @@ pub fn discard_pass_ordered(
     pass.report
 }
 
-/// A pass in progress: the chunk of claimed frames not yet dropped.
-struct Pass<'a> {
+/// A pass in progress: the chunk of claimed frames not yet dropped. Both
+/// passes (this module's and [`crate::reclaim::pv`]'s) claim through it.
+pub struct Pass<'a> {
     table: &'a FrameTable,
     discarder: &'a mut Discarder,
     method: Method,
@@ -144,10 +132,31 @@ struct Pass<'a> {
     chunk: RunBuilder,
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    /// A pass over `table` that drops through `discarder` by `method`.
+    pub fn new(table: &'a FrameTable, discarder: &'a mut Discarder, method: Method) -> Self {
+        Self {
+            table,
+            discarder,
+            method,
+            report: PassReport::default(),
+            chunk: RunBuilder::default(),
+        }
+    }
+
+    /// Pages dropped so far and claimed to drop next.
+    pub fn pages(&self) -> u64 {
+        self.report.pages + self.chunk.pages()
+    }
+
+    /// What the pass did (after the last [`Pass::settle`]).
+    pub fn into_report(self) -> PassReport {
+        self.report
+    }
+
     /// Claims `pfn` for `class` if it still can be; drops the chunk when
     /// it is full.
-    fn take(&mut self, pfn: u64, class: PageState, arming: Option<&dyn Arming>) {
+    pub fn take(&mut self, pfn: u64, class: PageState, arming: Option<&dyn Arming>) {
         if self.table.try_claim(pfn, class) {
             self.chunk.push(pfn);
             if self.chunk.pages() >= CHUNK_PAGES || self.chunk.runs().len() >= IOV_BATCH {
@@ -157,7 +166,7 @@ impl Pass<'_> {
     }
 
     /// Drops and settles the chunk.
-    fn settle(&mut self, arming: Option<&dyn Arming>) {
+    pub fn settle(&mut self, arming: Option<&dyn Arming>) {
         self.discarder.settle(
             self.table,
             &mut self.chunk,
@@ -269,15 +278,19 @@ mod tests {
         }
         let mut ages = Ages::new(frames, VictimOrder::GuestAge);
         ages.observe(&table, &resident);
-        let r = discard_pass_ordered(
-            &table,
-            &mut d,
-            &resident,
-            5,
-            Method::Auto,
-            None,
-            Some(&ages),
-        );
+        // A pass by the ages for at most `want` pages.
+        let mut by_age = |want| {
+            discard_pass_ordered(
+                &table,
+                &mut d,
+                &resident,
+                want,
+                Method::Auto,
+                None,
+                Some(&ages),
+            )
+        };
+        let r = by_age(5);
         assert_eq!(r.pages, 5);
         for p in 15..20 {
             assert!(table.is_discarded(p), "frame {p}: idle longest, taken");
@@ -290,15 +303,7 @@ mod tests {
             );
         }
         // Everything else goes; never a frame whose entry is not claimable.
-        let r = discard_pass_ordered(
-            &table,
-            &mut d,
-            &resident,
-            u64::MAX,
-            Method::Auto,
-            None,
-            Some(&ages),
-        );
+        let r = by_age(u64::MAX);
         assert_eq!(r.pages, 5, "10..15 and nothing of 30..36");
         for p in 30..36 {
             assert_eq!(

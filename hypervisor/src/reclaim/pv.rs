@@ -21,10 +21,9 @@ use std::time::{Duration, Instant};
 
 use pagehint_abi::page_state::PageState;
 
-use crate::frames::discard::IOV_BATCH;
-use crate::frames::{Arming, Discarder, FrameTable, Method, PassReport, RunBuilder};
+use crate::frames::{Arming, Discarder, FrameTable, Method, PassReport};
 use crate::metrics::PotentiallyVolatileMetrics;
-use crate::reclaim::policy::CHUNK_PAGES;
+use crate::reclaim::policy::Pass;
 use crate::reclaim::resident::ResidentMap;
 use crate::vstate::dirty_log::{DirtyBitmap, DirtyLog, DirtyLogError};
 use crate::vstate::pause::{PauseError, VcpuGate};
@@ -109,15 +108,11 @@ fn walk(
     bits: &DirtyBitmap,
     m: &PotentiallyVolatileMetrics,
 ) -> PassReport {
-    let (table, resident, want, method) = (i.table, i.resident, i.want, i.method);
+    let (table, resident, want) = (i.table, i.resident, i.want);
     let class = PageState::PotentiallyVolatile;
-    let mut report = PassReport::default();
-    let mut chunk = RunBuilder::default();
-    let frames = table.len().min(resident.pages());
-    let mut next = resident.next_set(0);
-    while let Some(pfn) = next.filter(|&p| p < frames) {
-        next = pfn.checked_add(1).and_then(|p| resident.next_set(p));
-        if report.pages + chunk.pages() >= want {
+    let mut pass = Pass::new(table, discarder, i.method);
+    for pfn in resident.resident_below(table.len().min(resident.pages())) {
+        if pass.pages() >= want {
             break;
         }
         if !table.looks_claimable(pfn, class) {
@@ -129,15 +124,10 @@ fn walk(
             }
             continue;
         }
-        if table.try_claim(pfn, class) {
-            chunk.push(pfn);
-            if chunk.pages() >= CHUNK_PAGES || chunk.runs().len() >= IOV_BATCH {
-                discarder.settle(table, &mut chunk, method, Some(arming), &mut report);
-            }
-        }
+        pass.take(pfn, class, Some(arming));
     }
-    discarder.settle(table, &mut chunk, method, Some(arming), &mut report);
-    report
+    pass.settle(Some(arming));
+    pass.into_report()
 }
 
 /// Drops up to `want` resident Potentially volatile frames that the dirty

@@ -145,6 +145,17 @@ impl ResidentMap {
         }
     }
 
+    /// The resident pages below `limit`, in order (the rest skipped 64 at
+    /// a time).
+    pub fn resident_below(&self, limit: u64) -> impl Iterator<Item = u64> + '_ {
+        let mut next = self.next_set(0);
+        std::iter::from_fn(move || {
+            let pfn = next.filter(|&p| p < limit)?;
+            next = pfn.checked_add(1).and_then(|p| self.next_set(p));
+            Some(pfn)
+        })
+    }
+
     /// Marks every page not resident.
     pub fn clear(&mut self) {
         self.words.fill(0);

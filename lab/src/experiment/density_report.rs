@@ -8,14 +8,10 @@
 use std::fmt::Write;
 
 use super::child::mib;
-use super::density::{largest, DensityPlan, GroupRun};
+use super::density_plan::{largest, DensityPlan, GroupRun, Guest};
 
 /// `a/b/c` of each guest's value, `-` where it has none.
-fn each<T>(
-    r: &GroupRun,
-    f: impl Fn(&super::density::Guest) -> Option<T>,
-    show: impl Fn(T) -> String,
-) -> String {
+fn each<T>(r: &GroupRun, f: impl Fn(&Guest) -> Option<T>, show: impl Fn(T) -> String) -> String {
     r.per_guest
         .iter()
         .map(|g| f(g).map_or_else(|| "-".to_string(), &show))
@@ -96,7 +92,6 @@ pub fn table(runs: &[GroupRun], plan: &DensityPlan, not_run: &[(String, String)]
 
 #[cfg(test)]
 mod tests {
-    use super::super::density::Guest;
     use super::*;
     use crate::args::Mode;
 

@@ -13,7 +13,7 @@
 //! resident-memory and footprint series), a summary JSON, the table as
 //! text and Markdown, an SVG plot per workload and the trade-off plot
 //! (`plot`), then prints the table. `vmm experiment density` is the
-//! density experiment (`density`, `density_report`): N guests under one
+//! density experiment (`density`, `density_plan`, `density_report`): N guests under one
 //! limit. SIGINT and SIGTERM stop either (`interrupt`). This module must
 //! never touch files
 //! outside the results folder but the cgroups and swap file it made (the
@@ -24,7 +24,9 @@
 pub mod cgroup;
 pub mod child;
 pub mod density;
+pub mod density_plan;
 pub mod density_report;
+pub mod error;
 pub mod figures;
 pub mod interrupt;
 pub mod output;
@@ -36,72 +38,17 @@ pub mod swap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use pagehint_abi::exit::vmm as status;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::args::{CgroupBudget, ExperimentArgs, Mode};
-use crate::tools::ToolError;
-use cgroup::CgroupError;
 use child::{ChildError, Outcome};
+pub use error::ExperimentError;
 use figures::{Figures, Row};
 use output::{Machine, OutputError};
-use plan::{Choice, PlanError, Pressure, RunSpec, Workload};
-use plot::{Line, PlotError, Point};
+use plan::{Choice, Pressure, RunSpec, Workload};
+use plot::{Line, Point};
 use run::{make_disk, run_one, Context, Done, Placement};
-use swap::SwapError;
-
-/// Why the experiment could not run (or ended with failed runs).
-#[derive(Debug, thiserror::Error)]
-pub enum ExperimentError {
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
-    #[error(transparent)]
-    Child(#[from] ChildError),
-    #[error(transparent)]
-    Plot(#[from] PlotError),
-    #[error("the runs need a memory cgroup each, and {0}")]
-    Cgroup(#[source] CgroupError),
-    #[error(transparent)]
-    Swap(#[from] SwapError),
-    #[error("cannot make the disk for {workload}: {source}")]
-    Disk {
-        workload: &'static str,
-        #[source]
-        source: ToolError,
-    },
-    #[error("cannot create {}: {source}", path.display())]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot find this program's executable: {0}")]
-    Exe(#[source] std::io::Error),
-    #[error("{failed} of {runs} runs failed or could not run (see the table and the logs in {})", dir.display())]
-    RunsFailed {
-        failed: usize,
-        runs: usize,
-        dir: PathBuf,
-    },
-}
-
-impl ExperimentError {
-    /// The process exit status for this error.
-    pub fn exit_status(&self) -> i32 {
-        match self {
-            ExperimentError::Plan(_) => status::USAGE,
-            ExperimentError::Cgroup(_) | ExperimentError::Swap(_) => status::CONFIG,
-            ExperimentError::RunsFailed { .. } => 1,
-            ExperimentError::Child(ChildError::Interrupted(signal)) => {
-                interrupt::exit_status(*signal)
-            }
-            _ => status::INTERNAL,
-        }
-    }
-}
 
 /// After a stop by `signal`: the table of the runs that finished and
 /// `summary.json` with them, the signal, and the runs not done; one line
@@ -113,14 +60,8 @@ fn write_interrupted(
     signal: i32,
     not_run: &[String],
 ) -> Result<(), ExperimentError> {
-    let write = |name: &str, body: String| {
-        std::fs::write(dir.join(name), body).map_err(|source| OutputError::Write {
-            path: dir.join(name),
-            source,
-        })
-    };
-    write("table.txt", figures::table(rows, false))?;
-    write("table.md", figures::table(rows, true))?;
+    output::write_text(&dir.join("table.txt"), figures::table(rows, false))?;
+    output::write_text(&dir.join("table.md"), figures::table(rows, true))?;
     let finished = summary.len();
     output::write_json(
         &dir.join("summary.json"),
@@ -407,10 +348,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         ("table.txt", text.clone()),
         ("table.md", figures::table(&rows, true)),
     ] {
-        std::fs::write(dir.join(name), body).map_err(|source| OutputError::Write {
-            path: dir.join(name),
-            source,
-        })?;
+        output::write_text(&dir.join(name), body)?;
     }
     output::write_json(
         &dir.join("summary.json"),
@@ -488,6 +426,8 @@ fn write_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pagehint_abi::exit::vmm as status;
+    use plan::PlanError;
 
     fn outcome(status: Option<i32>) -> Outcome {
         Outcome {

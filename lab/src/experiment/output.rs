@@ -158,6 +158,11 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), OutputErro
         source,
     })?;
     text.push('\n');
+    write_text(path, text)
+}
+
+/// Writes `text` to `path`.
+pub fn write_text(path: &Path, text: impl AsRef<[u8]>) -> Result<(), OutputError> {
     std::fs::write(path, text).map_err(|source| OutputError::Write {
         path: path.to_path_buf(),
         source,

@@ -16,11 +16,11 @@ use serde::Serialize;
 
 use super::cgroup::{self, Hierarchy, RunCgroup};
 use super::child::{self, Job, Outcome};
+use super::error::ExperimentError;
 use super::figures::{self, Figures, SwapPages};
 use super::output::Machine;
 use super::plan::{self, Pressure, RunSpec, Workload};
 use super::swap::{self, SwapCounters, SwapFile};
-use super::ExperimentError;
 use crate::args::{ExperimentArgs, GenFilesArgs, MkdiskArgs, Mode};
 use crate::tools;
 
