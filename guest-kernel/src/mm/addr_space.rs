@@ -6,7 +6,7 @@
 //! counts, reverse map, `WRITABLE_MAPPED`) in step with the page tables.
 //! The kernel half (PML4 slots 256..512) is shared and never edited here.
 
-use guest_kernel::frames::{flag, Mapping};
+use guest_kernel::frame_table::{flag, Mapping};
 use guest_kernel::paging::{
     flags, Flush, FlushBatch, MapError, Mapper, ADDR_MASK, ENTRIES, KERNEL_PML4_SLOT,
 };

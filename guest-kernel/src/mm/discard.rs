@@ -20,7 +20,7 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use guest_kernel::frames::{flag, Mapping};
+use guest_kernel::frame_table::{flag, Mapping};
 use guest_kernel::paging::Mapper;
 use pagehint_abi::hypercall::{CallResult, DiscardFaultInfo, Request};
 use pagehint_abi::GuestPhys;

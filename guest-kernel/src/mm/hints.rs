@@ -1,5 +1,5 @@
 //! The kernel's side of page hinting: the machine that the library's
-//! [`guest_kernel::hinting`] logic runs on (this CPU's batch page, the
+//! [`guest_kernel::hint_state`] logic runs on (this CPU's batch page, the
 //! `HINT_BATCH` hypercall, the frame allocator, the shared page-state
 //! table) and the entry points the rest of the kernel calls. The batching
 //! and the ordering rules live in the library, where they are tested, and
@@ -11,7 +11,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use guest_kernel::hinting::{self, Counters, HintHost};
+use guest_kernel::hint_state::{self, Counters, HintHost};
 use pagehint_abi::hypercall::{CallResult, HintBatch, HintOp, HintResult, Request};
 use pagehint_abi::page_state::PageState;
 use pagehint_abi::state_table;
@@ -223,14 +223,14 @@ pub fn enabled() -> bool {
 pub struct CpuHints {
     /// The batch page (kernel-virtual address; 0 until `init_cpu`).
     batch: u64,
-    state: hinting::CpuHints,
+    state: hint_state::HintState,
 }
 
 impl CpuHints {
     pub const fn new() -> Self {
         Self {
             batch: 0,
-            state: hinting::CpuHints::new(),
+            state: hint_state::HintState::new(),
         }
     }
 }
@@ -308,7 +308,7 @@ fn change_shared(e: &AtomicU8, op: HintOp) -> bool {
 }
 
 /// Runs `f` on this CPU's hint state and machine with interrupts off.
-fn with_cpu<R>(f: impl FnOnce(&mut hinting::CpuHints, &mut Kernel) -> R) -> R {
+fn with_cpu<R>(f: impl FnOnce(&mut hint_state::HintState, &mut Kernel) -> R) -> R {
     let irq = cpu::interrupts_off();
     // SAFETY: interrupts are off, so nothing else on this CPU can reach
     // its hint state until we are done; other CPUs never touch it.
@@ -364,7 +364,7 @@ pub fn make_stable_shared(pfn: u64) -> Option<bool> {
     shared_entry(pfn).map(|e| change_shared(e, HintOp::MakeStable))
 }
 
-/// Sends up to [`hinting::NOW_MAX`] hints of one kind now and calls
+/// Sends up to [`hint_state::NOW_MAX`] hints of one kind now and calls
 /// `each(pfn, result)` for every one (`Ok` for all when hinting is off).
 pub fn now_many(op: HintOp, pfns: &[u64], mut each: impl FnMut(u64, Result<HintResult, i16>)) {
     if !enabled() {

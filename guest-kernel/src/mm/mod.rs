@@ -29,8 +29,8 @@ use crate::sync::SpinLock;
 use alloc::collections::BTreeMap;
 
 use addr_space::AddressSpace;
-use guest_kernel::frame::{FrameAllocator, PfnRange, MAX_RANGES};
-use guest_kernel::frames::FrameTable;
+use guest_kernel::frame_alloc::{FrameAllocator, PfnRange, MAX_RANGES};
+use guest_kernel::frame_table::FrameTable;
 use guest_kernel::paging::PhysMem;
 use pagehint_abi::boot::{MemmapEntry, StartInfo, E820_RAM, MMIO_HOLE_START, START_INFO_MAGIC};
 use pagehint_abi::syscall::KernelStats;

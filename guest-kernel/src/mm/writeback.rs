@@ -23,7 +23,7 @@
 
 use alloc::vec::Vec;
 
-use guest_kernel::frames::{flag, Mapping};
+use guest_kernel::frame_table::{flag, Mapping};
 use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
 use guest_kernel::vma::Backing;
 use pagehint_abi::hypercall::{HintOp, HintResult};
