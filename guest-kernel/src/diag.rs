@@ -11,9 +11,9 @@ use pagehint_abi::hypercall::{
 };
 use pagehint_abi::{GuestPhys, Pfn, ABI_VERSION, PAGE_SIZE};
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-use crate::arch::{apic, cpu, idt};
+use crate::arch::{apic, cpu, idt, vectors};
 use crate::mm::discard;
 use crate::{hv, mm, percpu, println, process, sched, trap};
 
@@ -85,8 +85,8 @@ fn kbench(tsc_khz: u32) {
         // SAFETY: two frames we own, in the direct map.
         unsafe {
             core::ptr::copy_nonoverlapping(
-                mm::phys_to_virt(page_a) as *const u8,
-                mm::phys_to_virt(page_b) as *mut u8,
+                crate::arch::boot::phys_to_virt(page_a) as *const u8,
+                crate::arch::boot::phys_to_virt(page_b) as *mut u8,
                 4096,
             )
         };
@@ -96,7 +96,9 @@ fn kbench(tsc_khz: u32) {
     let t = cpu::rdtsc();
     for _ in 0..n {
         // SAFETY: as above.
-        unsafe { core::ptr::write_bytes(mm::phys_to_virt(page_b) as *mut u8, 0, 4096) };
+        unsafe {
+            core::ptr::write_bytes(crate::arch::boot::phys_to_virt(page_b) as *mut u8, 0, 4096)
+        };
         core::hint::black_box(page_b);
     }
     let zero = cpu::rdtsc() - t;
@@ -127,7 +129,7 @@ fn bad_hints() -> u32 {
     let Some(victim) = mm::alloc_zeroed_frame() else {
         return guest::BAD_MACHINE;
     };
-    let batch = mm::phys_to_virt(page) as *mut HintBatch;
+    let batch = crate::arch::boot::phys_to_virt(page) as *mut HintBatch;
     let wire = |r: Option<Result<CallResult, i32>>| r.map_or(i32::MIN, hv::wire);
     let send = |addr: u64, count: u64| {
         wire(hv::call(Request::HintBatch {
@@ -269,21 +271,6 @@ fn state_table_checks(page: u64) -> impl Iterator<Item = (&'static str, i32, Cal
     checks.into_iter().filter(|c| !c.0.is_empty())
 }
 
-/// TSC deadline until which a CPU asked by `SPIN_VECTOR` spins.
-static SPIN_UNTIL: AtomicU64 = AtomicU64::new(0);
-/// True while that CPU spins.
-static SPINNING: AtomicBool = AtomicBool::new(false);
-
-/// The `SPIN_VECTOR` handler: busy in kernel code with interrupts off (an
-/// interrupt gate cleared IF) until the deadline.
-pub fn spin_with_interrupts_off() {
-    SPINNING.store(true, Ordering::Release);
-    while cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
-    SPINNING.store(false, Ordering::Release);
-}
-
 /// Sleeps this CPU for about `ms` with interrupts enabled (a quiescent
 /// state for the discard list).
 fn rest(ms: u64, khz: u64) {
@@ -311,9 +298,9 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
             .collect()
     };
     // Phase A: CPU 1 spins with interrupts off for 300 ms.
-    SPIN_UNTIL.store(cpu::rdtsc() + 300 * khz, Ordering::Release);
-    apic::send_ipi(percpu::get(1).apic_id.get(), trap::SPIN_VECTOR);
-    while !SPINNING.load(Ordering::Acquire) {
+    trap::SPIN_UNTIL.store(cpu::rdtsc() + 300 * khz, Ordering::Release);
+    apic::send_ipi(percpu::get(1).apic_id.get(), vectors::SPIN_VECTOR);
+    while !trap::SPINNING.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }
     let listed = take(8);
@@ -321,8 +308,8 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     discard::list_for_test(listed.clone());
     // This CPU passes quiescent states; CPU 1 cannot.
     let mut reused = 0;
-    while SPINNING.load(Ordering::Acquire)
-        && cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) - 50 * khz
+    while trap::SPINNING.load(Ordering::Acquire)
+        && cpu::rdtsc() < trap::SPIN_UNTIL.load(Ordering::Acquire) - 50 * khz
     {
         rest(5, khz);
         discard::drain();
@@ -335,7 +322,7 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     println!("discard-list: phase A (cpu 1 busy, interrupts off): {still}/8 still listed, {reused} reused");
     ok &= still == 8 && reused == 0;
     // CPU 1 returns to idle: a quiescent state.
-    while SPINNING.load(Ordering::Acquire) {
+    while trap::SPINNING.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }
     let mut released = false;

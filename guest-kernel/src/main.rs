@@ -29,7 +29,7 @@ mod trap;
 
 use core::sync::atomic::Ordering;
 
-use arch::{apic, boot, cpu, gdt, idt};
+use arch::{apic, boot, cpu, gdt, idt, vectors};
 use guest_kernel::cmdline;
 use guest_kernel::elf::Elf;
 use pagehint_abi::boot::CMDLINE_MAX;
@@ -55,7 +55,7 @@ fn init_cpu(index: usize) {
             format_args!("no memory for cpu {index}'s IST stacks"),
         );
     };
-    let ist = mm::phys_to_virt(ist);
+    let ist = crate::arch::boot::phys_to_virt(ist);
     let size = IST_PAGES * pagehint_abi::PAGE_SIZE;
     gdt::init(index, [ist + size, ist + 2 * size]);
     idt::load();
@@ -63,9 +63,9 @@ fn init_cpu(index: usize) {
     unsafe { cpu::write_cr3(boot::kernel_pml4_phys()) };
     percpu::init_this(index, apic::id());
     mm::hints::init_cpu();
-    apic::enable(trap::SPURIOUS_VECTOR);
+    apic::enable(vectors::SPURIOUS_VECTOR);
     sched::init_cpu();
-    trap::start_timer();
+    vectors::start_timer();
     percpu::ONLINE.fetch_add(1, Ordering::AcqRel);
 }
 
@@ -76,8 +76,12 @@ fn read_cmdline(pa: u64) -> &'static str {
     }
     // SAFETY: the loader placed the command line in RAM below 4 GiB, which
     // the direct map covers; at most CMDLINE_MAX bytes are read.
-    let bytes =
-        unsafe { core::slice::from_raw_parts(mm::phys_to_virt(pa) as *const u8, CMDLINE_MAX) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            crate::arch::boot::phys_to_virt(pa) as *const u8,
+            CMDLINE_MAX,
+        )
+    };
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
     core::str::from_utf8(&bytes[..len]).unwrap_or("")
 }
@@ -101,7 +105,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         Ok(m) => m,
         Err(e) => fail(guest::BAD_MACHINE, format_args!("memory: {e:?}")),
     };
-    idt::build(trap::SYSCALL_VECTOR);
+    idt::build(vectors::SYSCALL_VECTOR);
     // The legacy 8259 PICs would deliver device lines (through LINT0) on
     // vectors that collide with CPU exceptions: mask them all; devices are
     // routed through the I/O APIC.
@@ -188,7 +192,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         );
     }
     if let Some(dev) = cmd.virtio_mmio {
-        match drivers::virtio_blk::init(dev.base, dev.irq, trap::VIRTIO_BLK_VECTOR) {
+        match drivers::virtio_blk::init(dev.base, dev.irq, vectors::VIRTIO_BLK_VECTOR) {
             Ok(sectors) => match fs::mount() {
                 Ok(files) => println!(
                     "guest: disk {} KiB at {:#x} irq {}, {} files",

@@ -13,10 +13,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::arch::idt::TrapFrame;
+use crate::arch::vectors::RESCHEDULE_VECTOR;
 use crate::arch::{apic, boot, cpu, gdt, switch};
 use crate::mm;
 use crate::percpu;
-use crate::trap::RESCHEDULE_VECTOR;
 
 /// Kernel stack per task.
 const KSTACK_WORDS: usize = 2048;

@@ -6,8 +6,9 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::arch::boot::phys_to_virt;
 use crate::arch::{apic, boot, cpu};
-use crate::mm::{self, phys_to_virt};
+use crate::mm;
 use crate::percpu;
 use pagehint_abi::boot::AP_TRAMPOLINE_ADDR;
 use pagehint_abi::PAGE_SIZE;

@@ -179,7 +179,7 @@ fn read(fd: u64, buf: u64, len: u64) -> i64 {
                 Ok(p) => p,
                 Err(e) => return err(e),
             };
-            let src = mm::phys_to_virt(pfn * PAGE_SIZE + off) as *const u8;
+            let src = crate::arch::boot::phys_to_virt(pfn * PAGE_SIZE + off) as *const u8;
             // SAFETY: we hold a reference on the cache frame until the copy
             // is done, and `off + n` stays inside it.
             let r = unsafe { st.copy_ptr_to_user(asid, buf + done, src, n as usize) };
@@ -291,7 +291,7 @@ fn pwrite(fd: u64, buf: u64, len: u64, offset: u64) -> i64 {
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     chunk.as_ptr(),
-                    mm::phys_to_virt(pfn * PAGE_SIZE + off) as *mut u8,
+                    crate::arch::boot::phys_to_virt(pfn * PAGE_SIZE + off) as *mut u8,
                     n as usize,
                 )
             };

@@ -40,7 +40,7 @@ fn pattern(pfn: u64, i: u64) -> u64 {
 }
 
 fn words(pa: u64) -> *mut u64 {
-    mm::phys_to_virt(pa) as *mut u64
+    crate::arch::boot::phys_to_virt(pa) as *mut u64
 }
 
 fn fill(pa: u64) {
@@ -219,7 +219,7 @@ pub fn run(tsc_khz: u32) -> u32 {
         // SAFETY: the table's `entries` bytes are frames this program took
         // for good, in the direct map; every frame below is RAM, so
         // `pfn < entries`; entries are only accessed atomically.
-        unsafe { &*((mm::phys_to_virt(table) + pfn) as *const AtomicU8) }
+        unsafe { &*((crate::arch::boot::phys_to_virt(table) + pfn) as *const AtomicU8) }
     };
 
     let mut frames = [0u64; FRAMES];

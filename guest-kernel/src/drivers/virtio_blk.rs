@@ -90,7 +90,7 @@ static DEV: SpinLock<Option<Device>> = SpinLock::new(None);
 static BASE: AtomicU64 = AtomicU64::new(0);
 
 fn reg(base: u64, off: u64) -> *mut u32 {
-    (mm::phys_to_virt(base) + off) as *mut u32
+    (crate::arch::boot::phys_to_virt(base) + off) as *mut u32
 }
 
 fn rd(base: u64, off: u64) -> u32 {
@@ -105,7 +105,7 @@ fn wr(base: u64, off: u64, v: u32) {
 }
 
 fn q16(queue: u64, off: u64) -> *mut u16 {
-    mm::phys_to_virt(queue + off) as *mut u16
+    crate::arch::boot::phys_to_virt(queue + off) as *mut u16
 }
 
 /// Initialises the device at `base` with interrupt line `irq`, delivered on
@@ -182,7 +182,7 @@ pub fn info() -> Option<(u64, bool)> {
 }
 
 fn write_desc(queue: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let p = mm::phys_to_virt(queue + DESC_OFF + 16 * i as u64) as *mut u8;
+    let p = crate::arch::boot::phys_to_virt(queue + DESC_OFF + 16 * i as u64) as *mut u8;
     // SAFETY: descriptor `i` < QSIZE lies in the queue page we own.
     unsafe {
         (p as *mut u64).write_volatile(addr);
@@ -231,13 +231,13 @@ fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
     // The device writes into the data buffers of a read only.
     let data_flags = if kind == T_IN { DESC_WRITE } else { 0 };
     let q = d.queue;
-    let header = mm::phys_to_virt(q + HEADER_OFF) as *mut u8;
+    let header = crate::arch::boot::phys_to_virt(q + HEADER_OFF) as *mut u8;
     // SAFETY: the header and status bytes live in our queue page.
     unsafe {
         (header as *mut u32).write_volatile(kind);
         (header.add(4) as *mut u32).write_volatile(0);
         (header.add(8) as *mut u64).write_volatile(sector);
-        (mm::phys_to_virt(q + STATUS_OFF) as *mut u8).write_volatile(0xff);
+        (crate::arch::boot::phys_to_virt(q + STATUS_OFF) as *mut u8).write_volatile(0xff);
     }
     write_desc(q, 0, q + HEADER_OFF, 16, DESC_NEXT, 1);
     for (i, &pa) in pages.iter().enumerate() {
@@ -269,7 +269,8 @@ fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
     }
     fence(Ordering::SeqCst);
     // SAFETY: as above.
-    let status = unsafe { (mm::phys_to_virt(q + STATUS_OFF) as *const u8).read_volatile() };
+    let status =
+        unsafe { (crate::arch::boot::phys_to_virt(q + STATUS_OFF) as *const u8).read_volatile() };
     if status != 0 {
         return Err(BlkError::Device(status));
     }

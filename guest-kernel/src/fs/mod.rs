@@ -42,7 +42,8 @@ fn with_block<R>(block: u64, f: impl FnOnce(&[u8; BLOCK_SIZE]) -> R) -> Result<R
     let r = virtio_blk::read_pages(block, &[pa]).map_err(|_| MountError::Io);
     // SAFETY: the frame is ours, in the direct map, and fully written by
     // the device (or still zero).
-    let out = r.map(|_| f(unsafe { &*(mm::phys_to_virt(pa) as *const [u8; BLOCK_SIZE]) }));
+    let out =
+        r.map(|_| f(unsafe { &*(crate::arch::boot::phys_to_virt(pa) as *const [u8; BLOCK_SIZE]) }));
     mm::free_frame(pa);
     out
 }

@@ -14,7 +14,8 @@ use guest_kernel::vma::{Backing, VmaError, VmaSet};
 use pagehint_abi::syscall::{prot, MMAP_BASE, STACK_TOP, USER_END};
 use pagehint_abi::PAGE_SIZE;
 
-use super::{free_frame, phys_to_virt, KernelPhys, MmState};
+use super::{free_frame, KernelPhys, MmState};
+use crate::arch::boot::phys_to_virt;
 use crate::arch::{boot, cpu};
 
 /// Pages mapped by one file fault (the faulting one included), as Linux's

@@ -84,7 +84,7 @@ pub fn table_frames() -> core::ops::Range<u64> {
     if va == 0 {
         return 0..0;
     }
-    let first = super::virt_to_phys(va) / PAGE_SIZE;
+    let first = crate::arch::boot::virt_to_phys(va) / PAGE_SIZE;
     first..first + TABLE_LEN.load(Ordering::Relaxed).div_ceil(PAGE_SIZE)
 }
 
@@ -113,7 +113,7 @@ pub fn share_table() -> bool {
     let Some(pa) = super::alloc_contiguous(pages) else {
         return false;
     };
-    let va = super::phys_to_virt(pa);
+    let va = crate::arch::boot::phys_to_virt(pa);
     if !super::fresh_frames_are_zero() {
         // SAFETY: the frames are ours for good, in the direct map.
         unsafe { core::ptr::write_bytes(va as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
@@ -265,7 +265,7 @@ impl HintHost for Kernel {
     }
     fn send_batch(&mut self, count: usize) -> Option<Result<CallResult, i32>> {
         crate::hv::call(Request::HintBatch {
-            batch: GuestPhys(super::virt_to_phys(self.batch)),
+            batch: GuestPhys(crate::arch::boot::virt_to_phys(self.batch)),
             count: count as u64,
         })
     }
@@ -325,7 +325,7 @@ pub fn init_cpu() {
     if let Some(pa) = super::alloc_contiguous(1) {
         let irq = cpu::interrupts_off();
         // SAFETY: as in `with_cpu`.
-        unsafe { (*percpu::this().hints.get()).batch = super::phys_to_virt(pa) };
+        unsafe { (*percpu::this().hints.get()).batch = crate::arch::boot::phys_to_virt(pa) };
         if irq {
             cpu::interrupts_on();
         }
@@ -410,7 +410,11 @@ pub fn pool_alloc(zeroed: bool) -> Option<u64> {
         if !f.known_zero {
             // SAFETY: the frame is ours now and in the direct map.
             unsafe {
-                core::ptr::write_bytes(super::phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize)
+                core::ptr::write_bytes(
+                    crate::arch::boot::phys_to_virt(pa) as *mut u8,
+                    0,
+                    PAGE_SIZE as usize,
+                )
             };
         } else {
             COUNTERS.zero_skips.fetch_add(1, Ordering::Relaxed);

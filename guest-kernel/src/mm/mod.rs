@@ -22,9 +22,7 @@ use core::ptr::NonNull;
 
 use linked_list_allocator::Heap;
 
-use crate::arch::boot::{
-    kernel_end_phys, set_direct_map_slot, KERNEL_PDPT_SLOT, KERNEL_VMA, PHYS_MAP,
-};
+use crate::arch::boot::{kernel_end_phys, phys_to_virt, set_direct_map_slot, KERNEL_PDPT_SLOT};
 use crate::sync::SpinLock;
 use alloc::collections::BTreeMap;
 
@@ -35,22 +33,6 @@ use guest_kernel::paging::PhysMem;
 use pagehint_abi::boot::{MemmapEntry, StartInfo, E820_RAM, MMIO_HOLE_START, START_INFO_MAGIC};
 use pagehint_abi::syscall::KernelStats;
 use pagehint_abi::{GuestPhys, Pfn, PAGE_SIZE};
-
-/// Kernel-virtual address of physical address `pa` (through the direct
-/// map).
-pub const fn phys_to_virt(pa: u64) -> u64 {
-    PHYS_MAP + pa
-}
-
-/// Physical address of a kernel-virtual address in the image or the
-/// direct map.
-pub fn virt_to_phys(va: u64) -> u64 {
-    if va >= KERNEL_VMA {
-        va - KERNEL_VMA
-    } else {
-        va - PHYS_MAP
-    }
-}
 
 /// Why the memory map was refused.
 #[derive(Debug, Clone, Copy)]

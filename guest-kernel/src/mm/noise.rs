@@ -171,7 +171,7 @@ fn send_one(block: &NoiseBlock, page: u64) {
 /// left there, which names the same frames (or nothing: zeroes are an
 /// unknown operation).
 fn fill_batch(block: &NoiseBlock, page: u64, asked: u64) {
-    let batch = super::phys_to_virt(page * PAGE_SIZE) as *mut HintBatch;
+    let batch = crate::arch::boot::phys_to_virt(page * PAGE_SIZE) as *mut HintBatch;
     for i in 0..(asked as usize).min(FILL) {
         let (pfn, count) = block.target(next());
         let r = next();

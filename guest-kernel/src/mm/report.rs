@@ -51,7 +51,7 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Turns reporting on for `frames` frames of RAM.
 pub fn init(frames: u64) {
     let n = frames.div_ceil(BLOCK_FRAMES) as usize;
-    let page = super::alloc_contiguous(1).map_or(0, super::phys_to_virt);
+    let page = super::alloc_contiguous(1).map_or(0, crate::arch::boot::phys_to_virt);
     *BLOCKS.lock() = Some(Blocks {
         free: vec![0; n],
         reported: vec![false; n],
@@ -115,7 +115,7 @@ pub fn pass(for_each_free: impl FnOnce(&mut dyn FnMut(u64))) {
     }
     batch.count = picked.len() as u32;
     let r = crate::hv::call(Request::HintBatch {
-        batch: GuestPhys(super::virt_to_phys(b.page)),
+        batch: GuestPhys(crate::arch::boot::virt_to_phys(b.page)),
         count: picked.len() as u64,
     });
     if r == Some(Ok(CallResult::Ok)) {

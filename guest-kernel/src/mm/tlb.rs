@@ -9,9 +9,9 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::arch::vectors::SHOOTDOWN_VECTOR;
 use crate::arch::{apic, cpu};
 use crate::percpu;
-use crate::trap::SHOOTDOWN_VECTOR;
 
 /// Generation of the latest request.
 static REQUEST: AtomicU64 = AtomicU64::new(0);

@@ -177,6 +177,24 @@ pub const PHYS_MAP: u64 = 0xffff_ff80_0000_0000;
 /// Virtual address of physical address 0 in the kernel image mapping.
 pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
 
+/// Kernel-virtual address of physical address `pa` (through the direct
+/// map).
+#[inline]
+pub const fn phys_to_virt(pa: u64) -> u64 {
+    PHYS_MAP + pa
+}
+
+/// Physical address of a kernel-virtual address in the image or the
+/// direct map.
+#[inline]
+pub fn virt_to_phys(va: u64) -> u64 {
+    if va >= KERNEL_VMA {
+        va - KERNEL_VMA
+    } else {
+        va - PHYS_MAP
+    }
+}
+
 /// PDPT slot of the kernel image mapping (-2 GiB); the direct map may use
 /// the slots below it.
 pub const KERNEL_PDPT_SLOT: usize = 510;

@@ -9,3 +9,4 @@ pub mod gdt;
 pub mod idt;
 pub mod ioapic;
 pub mod switch;
+pub mod vectors;
