@@ -14,7 +14,8 @@ use pagehint_abi::{GuestPhys, Pfn, ABI_VERSION, PAGE_SIZE};
 use core::sync::atomic::Ordering;
 
 use crate::arch::{apic, cpu, idt, vectors};
-use crate::mm::discard;
+use crate::phys;
+use crate::phys::discard;
 use crate::{hv, mm, percpu, println, process, sched, trap};
 
 mod hint_cost;
@@ -73,8 +74,8 @@ fn kbench(tsc_khz: u32) {
     let khz = tsc_khz.max(1) as u64;
     let us = |c: u64, n: u64| c * 1000 / khz / n.max(1);
     let n = 200u64;
-    let page_a = mm::alloc_zeroed_frame().unwrap_or(0);
-    let page_b = mm::alloc_zeroed_frame().unwrap_or(0);
+    let page_a = phys::pages::alloc_zeroed_frame().unwrap_or(0);
+    let page_b = phys::pages::alloc_zeroed_frame().unwrap_or(0);
     let t = cpu::rdtsc();
     for i in 0..n {
         core::hint::black_box(i);
@@ -119,14 +120,14 @@ fn kbench(tsc_khz: u32) {
 /// `bad-hints`: sends malformed hypercalls and checks that each is refused
 /// with the right code while the VMM keeps running.
 fn bad_hints() -> u32 {
-    if !mm::hints::enabled() {
+    if !phys::hints::enabled() {
         println!("bad-hints: hinting is off; nothing to test");
         return guest::FAILURE;
     }
-    let Some(page) = mm::alloc_zeroed_frame() else {
+    let Some(page) = phys::pages::alloc_zeroed_frame() else {
         return guest::BAD_MACHINE;
     };
-    let Some(victim) = mm::alloc_zeroed_frame() else {
+    let Some(victim) = phys::pages::alloc_zeroed_frame() else {
         return guest::BAD_MACHINE;
     };
     let batch = crate::arch::boot::phys_to_virt(page) as *mut HintBatch;
@@ -219,8 +220,8 @@ fn bad_hints() -> u32 {
             ok = false;
         }
     }
-    mm::free_frame(victim);
-    mm::free_frame(page);
+    phys::pages::free_frame(victim);
+    phys::pages::free_frame(page);
     if ok {
         println!("bad-hints: all refused as expected");
         guest::SUCCESS
@@ -239,11 +240,11 @@ fn state_table_checks(page: u64) -> impl Iterator<Item = (&'static str, i32, Cal
     let register = |table: u64| {
         hv::call(Request::SetStateTable {
             table: GuestPhys(table),
-            entries: mm::max_pfn(),
+            entries: phys::allocator::max_pfn(),
         })
         .map_or(i32::MIN, hv::wire)
     };
-    let checks: [(&'static str, i32, CallResult); 2] = if mm::hints::shared() {
+    let checks: [(&'static str, i32, CallResult); 2] = if phys::hints::shared() {
         [
             ("state table again", register(page), CallResult::BadArgument),
             (
@@ -293,7 +294,7 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     let mut ok = true;
     let take = |n: usize| -> alloc::vec::Vec<u64> {
         (0..n)
-            .filter_map(|_| mm::alloc_frame_for_overwrite())
+            .filter_map(|_| phys::pages::alloc_frame_for_overwrite())
             .map(|pa| pa / PAGE_SIZE)
             .collect()
     };
@@ -316,7 +317,9 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
         // Nothing listed may come back from the allocator meanwhile.
         let probe = take(32);
         reused += probe.iter().filter(|p| listed.contains(p)).count();
-        probe.iter().for_each(|&p| mm::free_frame(p * PAGE_SIZE));
+        probe
+            .iter()
+            .for_each(|&p| phys::pages::free_frame(p * PAGE_SIZE));
     }
     let still = listed.iter().filter(|&&p| discard::is_listed(p)).count();
     println!("discard-list: phase A (cpu 1 busy, interrupts off): {still}/8 still listed, {reused} reused");

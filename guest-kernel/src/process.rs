@@ -12,7 +12,7 @@ use pagehint_abi::syscall::{prot, STACK_SIZE, STACK_TOP};
 use pagehint_abi::PAGE_SIZE;
 
 use crate::mm::{self, addr_space::AsError, MmState};
-use crate::sched::Task;
+use crate::task::Task;
 
 /// Builds a task that runs `elf` with `args` as instance `instance`.
 pub fn create(elf: &Elf, args: &str, instance: u32) -> Result<Box<Task>, AsError> {

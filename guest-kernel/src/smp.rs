@@ -8,8 +8,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::boot::phys_to_virt;
 use crate::arch::{apic, boot, cpu};
-use crate::mm;
 use crate::percpu;
+use crate::phys;
 use pagehint_abi::boot::AP_TRAMPOLINE_ADDR;
 use pagehint_abi::PAGE_SIZE;
 
@@ -22,17 +22,6 @@ static AP_BOOT_CPU: AtomicU64 = AtomicU64::new(0);
 
 /// Pages of each AP's boot (later idle) stack.
 const AP_STACK_PAGES: u64 = 4;
-
-/// How many CPUs the firmware describes: CPUID.1 EBX[23:16] when HTT is
-/// set, which both this VMM and QEMU fill in; 1 otherwise.
-pub fn cpu_count() -> usize {
-    let (_, ebx, _, edx) = cpu::cpuid(1, 0);
-    if edx & (1 << 28) != 0 {
-        (((ebx >> 16) & 0xff) as usize).clamp(1, crate::arch::gdt::MAX_CPUS)
-    } else {
-        1
-    }
-}
 
 /// Starts CPUs 1..n (APIC IDs equal to indices); returns how many came up,
 /// the bootstrap CPU included.
@@ -57,7 +46,7 @@ pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
         0
     };
     for i in 1..n {
-        let Some(stack) = mm::alloc_contiguous(AP_STACK_PAGES) else {
+        let Some(stack) = phys::allocator::alloc_contiguous(AP_STACK_PAGES) else {
             crate::println!("guest: no memory for cpu {i}'s stack");
             return i;
         };

@@ -8,7 +8,9 @@
 use crate::arch::idt::TrapFrame;
 use crate::mm::addr_space::AsError;
 use crate::mm::{self, MmState};
-use crate::sched::{self, OpenFile, Reason};
+use crate::phys;
+use crate::sched::{self, Reason};
+use crate::task::OpenFile;
 use crate::{clock, console, fs, percpu};
 use guest_kernel::vma::Backing;
 use pagehint_abi::disk::NAME_MAX;
@@ -184,7 +186,7 @@ fn read(fd: u64, buf: u64, len: u64) -> i64 {
             // is done, and `off + n` stays inside it.
             let r = unsafe { st.copy_ptr_to_user(asid, buf + done, src, n as usize) };
             if st.frames.put(pfn) {
-                mm::free_frame(pfn * PAGE_SIZE);
+                phys::pages::free_frame(pfn * PAGE_SIZE);
             }
             r.map_or_else(err, |_| 0)
         });
@@ -297,7 +299,7 @@ fn pwrite(fd: u64, buf: u64, len: u64, offset: u64) -> i64 {
             };
             st.mark_dirty(pfn);
             if st.frames.put(pfn) {
-                mm::free_frame(pfn * PAGE_SIZE);
+                phys::pages::free_frame(pfn * PAGE_SIZE);
             }
             0
         });

@@ -58,10 +58,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if frame.came_from_user() {
         // User mode runs with interrupts enabled: a quiescent state for the
         // discard list.
-        crate::mm::discard::quiescent();
+        crate::phys::discard::quiescent();
     }
     match frame.vector {
-        v if v == DISCARD_FAULT_VECTOR as u64 => crate::mm::discard::fault(frame.came_from_user()),
+        v if v == DISCARD_FAULT_VECTOR as u64 => {
+            crate::mm::discard_fault::fault(frame.came_from_user())
+        }
         v if v == SYSCALL_VECTOR as u64 && frame.came_from_user() => syscall::dispatch(frame),
         v if v < 32 => exception(frame),
         v if v == TIMER_VECTOR as u64 => {
@@ -75,7 +77,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             }
         }
         v if v == SHOOTDOWN_VECTOR as u64 => {
-            crate::mm::tlb::answer();
+            crate::phys::tlb::answer();
             apic::eoi();
         }
         v if v == SPIN_VECTOR as u64 => {

@@ -26,7 +26,8 @@ use pagehint_abi::state_table::{self as st, ARMED, BUSY, DISCARDED};
 use pagehint_abi::{GuestPhys, PAGE_SIZE};
 
 use crate::arch::cpu;
-use crate::{hv, mm, println};
+use crate::phys;
+use crate::{hv, println};
 
 /// Frames under test, in four groups of [`GROUP`].
 const FRAMES: usize = 64;
@@ -106,7 +107,7 @@ fn set_stable(pfns: &[u64]) -> Option<usize> {
     let mut lost = 0;
     let mut ok = true;
     for chunk in pfns.chunks(32) {
-        mm::hints::now_many(HintOp::SetStable, chunk, |_, r| match r {
+        phys::hints::now_many(HintOp::SetStable, chunk, |_, r| match r {
             Ok(HintResult::Discarded) => lost += 1,
             Ok(HintResult::Ok) => {}
             _ => ok = false,
@@ -170,11 +171,11 @@ pub fn run(tsc_khz: u32) -> u32 {
     let khz = u64::from(tsc_khz.max(1));
     let offered =
         hv::Hypervisor::detect().is_some_and(|h| h.features & features::SHARED_STATES != 0);
-    if !offered || mm::hints::shared() {
+    if !offered || phys::hints::shared() {
         println!("abi-outsider: needs the shared table offered and hints=batched");
         return guest::BAD_COMMAND_LINE;
     }
-    let entries = mm::max_pfn();
+    let entries = phys::allocator::max_pfn();
     let pages = entries.div_ceil(PAGE_SIZE);
     let mut t = Tally::default();
     // Odd tables first: each is refused and changes nothing.
@@ -193,7 +194,7 @@ pub fn run(tsc_khz: u32) -> u32 {
         register(0xa_0000, entries + 1),
         CallResult::BadArgument,
     );
-    let Some(table) = mm::alloc_contiguous(pages) else {
+    let Some(table) = phys::allocator::alloc_contiguous(pages) else {
         return guest::BAD_MACHINE;
     };
     t.call(
@@ -201,7 +202,7 @@ pub fn run(tsc_khz: u32) -> u32 {
         register(table + 8, entries),
         CallResult::BadBlock,
     );
-    if !mm::fresh_frames_are_zero() {
+    if !phys::allocator::fresh_frames_are_zero() {
         // SAFETY: the frames are ours for good, in the direct map.
         unsafe { core::ptr::write_bytes(words(table) as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
     }
@@ -224,7 +225,7 @@ pub fn run(tsc_khz: u32) -> u32 {
 
     let mut frames = [0u64; FRAMES];
     for f in frames.iter_mut() {
-        let Some(pa) = mm::alloc_zeroed_frame() else {
+        let Some(pa) = phys::pages::alloc_zeroed_frame() else {
             return guest::BAD_MACHINE;
         };
         *f = pa;
@@ -336,14 +337,14 @@ pub fn run(tsc_khz: u32) -> u32 {
         t.contents("D", pa, taken.discarded);
     }
     for &pa in &frames {
-        mm::free_frame(pa);
+        phys::pages::free_frame(pa);
     }
     println!(
         "result: program=abi-outsider frames={FRAMES} seen_dropped={seen_dropped} dropped={} intact={} kernel_touches={} kernel_ve={} errors={}",
         t.dropped,
         t.intact,
         t.kernel_touches,
-        mm::discard::KERNEL_FAULTS.load(Ordering::Relaxed),
+        phys::discard::KERNEL_FAULTS.load(Ordering::Relaxed),
         t.errors
     );
     if t.errors == 0 {

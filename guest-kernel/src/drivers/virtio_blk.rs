@@ -11,7 +11,7 @@
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use crate::arch::{apic, cpu, ioapic};
-use crate::mm;
+use crate::phys;
 use crate::sync::SpinLock;
 
 const MAGIC: u64 = 0x000;
@@ -143,7 +143,7 @@ pub fn init(base: u64, irq: u32, vector: u8) -> Result<u64, BlkError> {
         wr(base, STATUS, S_FAILED);
         return Err(BlkError::BadDevice);
     }
-    let queue = mm::alloc_zeroed_frame().ok_or(BlkError::BadDevice)?;
+    let queue = phys::pages::alloc_zeroed_frame().ok_or(BlkError::BadDevice)?;
     wr(base, QUEUE_NUM, QSIZE as u32);
     for (off, addr) in [
         (QUEUE_DESC, DESC_OFF),

@@ -13,7 +13,7 @@ use guest_kernel::phfs::{self, FsError};
 use pagehint_abi::disk::{DirEntry, BLOCK_SIZE, DIR_ENTRIES_PER_BLOCK};
 
 use crate::drivers::virtio_blk;
-use crate::mm;
+use crate::phys;
 
 /// Why mounting failed.
 #[derive(Debug, Clone, Copy)]
@@ -38,13 +38,13 @@ fn fs() -> Option<&'static FileSystem> {
 
 /// Reads block `block` into a scratch frame and hands it to `f`.
 fn with_block<R>(block: u64, f: impl FnOnce(&[u8; BLOCK_SIZE]) -> R) -> Result<R, MountError> {
-    let pa = mm::alloc_zeroed_frame().ok_or(MountError::NoMemory)?;
+    let pa = phys::pages::alloc_zeroed_frame().ok_or(MountError::NoMemory)?;
     let r = virtio_blk::read_pages(block, &[pa]).map_err(|_| MountError::Io);
     // SAFETY: the frame is ours, in the direct map, and fully written by
     // the device (or still zero).
     let out =
         r.map(|_| f(unsafe { &*(crate::arch::boot::phys_to_virt(pa) as *const [u8; BLOCK_SIZE]) }));
-    mm::free_frame(pa);
+    phys::pages::free_frame(pa);
     out
 }
 

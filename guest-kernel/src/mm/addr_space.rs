@@ -14,9 +14,10 @@ use guest_kernel::vma::{Backing, VmaError, VmaSet};
 use pagehint_abi::syscall::{prot, MMAP_BASE, STACK_TOP, USER_END};
 use pagehint_abi::PAGE_SIZE;
 
-use super::{free_frame, KernelPhys, MmState};
+use super::MmState;
 use crate::arch::boot::phys_to_virt;
 use crate::arch::{boot, cpu};
+use crate::phys::pages::{free_frame, KernelPhys};
 
 /// Pages mapped by one file fault (the faulting one included), as Linux's
 /// default `fault_around_bytes` of 64 KiB.
@@ -94,7 +95,7 @@ pub struct AddressSpace {
 impl AddressSpace {
     /// An empty user half over the shared kernel half.
     pub fn new() -> Result<Self, AsError> {
-        let pml4 = super::alloc_zeroed_frame().ok_or(AsError::NoMemory)?;
+        let pml4 = crate::phys::pages::alloc_zeroed_frame().ok_or(AsError::NoMemory)?;
         let kernel = phys_to_virt(boot::kernel_pml4_phys()) as *const u64;
         let new = phys_to_virt(pml4) as *mut u64;
         // SAFETY: both are page-table frames in the direct map; only the
@@ -168,7 +169,7 @@ impl MmState {
     fn first_writable(&mut self, pfn: u64) {
         if self.frames.flags(pfn) & flag::WRITABLE_MAPPED == 0 {
             self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
-            super::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
+            crate::phys::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
         }
     }
 
@@ -454,7 +455,7 @@ impl MmState {
         }
         flush_local(batch, pml4);
         // The hints the transaction queued are committed once per call.
-        super::hints::commit();
+        crate::phys::hints::commit();
         Ok(())
     }
 

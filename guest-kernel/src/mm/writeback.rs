@@ -30,10 +30,12 @@ use pagehint_abi::hypercall::{HintOp, HintResult};
 use pagehint_abi::PAGE_SIZE;
 
 use super::addr_space::{leaf_flags, AsError};
-use super::{free_frame, hints, tlb, KernelPhys, MmState};
+use super::MmState;
 use crate::arch::cpu;
 use crate::drivers::virtio_blk;
 use crate::fs;
+use crate::phys::pages::{free_frame, KernelPhys};
+use crate::phys::{hints, tlb};
 
 /// Dirty pages above which `pwrite` writes some back itself.
 const DIRTY_LIMIT: u64 = 512;
@@ -401,10 +403,10 @@ impl MmState {
             return true;
         }
         if f & flag::VOLATILE != 0 {
-            if super::hints::check_writable_now(pfn) {
+            if crate::phys::hints::check_writable_now(pfn) {
                 return false;
             }
-            if super::hints::potentially_volatile() {
+            if crate::phys::hints::potentially_volatile() {
                 self.frames.set_flags(pfn, flag::POT_VOLATILE);
                 self.stats.potentially_volatile += 1;
             } else {
@@ -413,7 +415,7 @@ impl MmState {
                 self.volatile = self.volatile.saturating_sub(1);
             }
         } else {
-            super::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
+            crate::phys::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
         }
         self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
         if let Some(owner) = self.frames.owner(pfn) {

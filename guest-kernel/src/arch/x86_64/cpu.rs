@@ -126,3 +126,14 @@ pub fn halt_forever() -> ! {
         unsafe { asm!("cli; hlt", options(nomem, nostack)) }
     }
 }
+
+/// How many CPUs the firmware describes: CPUID.1 EBX[23:16] when HTT is
+/// set, which both this VMM and QEMU fill in; 1 otherwise.
+pub fn cpu_count() -> usize {
+    let (_, ebx, _, edx) = cpuid(1, 0);
+    if edx & (1 << 28) != 0 {
+        (((ebx >> 16) & 0xff) as usize).clamp(1, super::gdt::MAX_CPUS)
+    } else {
+        1
+    }
+}

@@ -33,7 +33,7 @@ use pagehint_abi::ports::HYPERCALL_PORT;
 use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
 
 use crate::arch::cpu::{outb, outl};
-use crate::{hv, percpu, smp};
+use crate::{hv, percpu};
 
 /// Entries written into the batch page per batch sent.
 const FILL: usize = 16;
@@ -63,8 +63,8 @@ pub fn start(per_tick: u64) -> bool {
     if per_tick == 0 || !hv::present() {
         return false;
     }
-    let cpus = smp::cpu_count() as u64;
-    let Some(pa) = super::alloc_contiguous(NoiseBlock::frames(cpus)) else {
+    let cpus = crate::arch::cpu::cpu_count() as u64;
+    let Some(pa) = super::allocator::alloc_contiguous(NoiseBlock::frames(cpus)) else {
         return false;
     };
     FIRST.store(pa / PAGE_SIZE, Ordering::Relaxed);

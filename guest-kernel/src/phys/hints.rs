@@ -34,7 +34,7 @@ pub enum Mode {
     /// One exit per hint.
     Unbatched,
     /// No page-state hints at all; only free 2 MiB blocks are reported,
-    /// at most every 2 s (Linux's free page reporting, `mm::report`).
+    /// at most every 2 s (Linux's free page reporting, `phys::report`).
     FreePageReporting,
 }
 
@@ -89,7 +89,7 @@ pub fn table_frames() -> core::ops::Range<u64> {
 }
 
 /// Writes `value` into frame `pfn`'s entry, whatever the protocol says
-/// (`mm::scribble` only: the VMM's stress tests).
+/// (`phys::scribble` only: the VMM's stress tests).
 pub fn scribble(pfn: u64, value: u8) {
     if let Some(e) = shared_entry(pfn) {
         e.store(value, Ordering::Relaxed);
@@ -108,13 +108,13 @@ pub fn shared() -> bool {
 /// copies every state there. Call on the bootstrap CPU before the others
 /// run. False if there is no table (hints then keep to hypercalls).
 pub fn share_table() -> bool {
-    let entries = super::max_pfn();
+    let entries = super::allocator::max_pfn();
     let pages = entries.div_ceil(PAGE_SIZE);
-    let Some(pa) = super::alloc_contiguous(pages) else {
+    let Some(pa) = super::allocator::alloc_contiguous(pages) else {
         return false;
     };
     let va = crate::arch::boot::phys_to_virt(pa);
-    if !super::fresh_frames_are_zero() {
+    if !super::allocator::fresh_frames_are_zero() {
         // SAFETY: the frames are ours for good, in the direct map.
         unsafe { core::ptr::write_bytes(va as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
     }
@@ -219,28 +219,6 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// A CPU's hint state: the library's, plus the batch page it works on.
-pub struct CpuHints {
-    /// The batch page (kernel-virtual address; 0 until `init_cpu`).
-    batch: u64,
-    state: hint_state::HintState,
-}
-
-impl CpuHints {
-    pub const fn new() -> Self {
-        Self {
-            batch: 0,
-            state: hint_state::HintState::new(),
-        }
-    }
-}
-
-impl Default for CpuHints {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// The machine for one CPU's hints: its batch page and the kernel's
 /// hypercall and allocator.
 struct Kernel {
@@ -270,13 +248,13 @@ impl HintHost for Kernel {
         })
     }
     fn take_frames(&mut self, n: usize, f: impl FnMut(usize, Pfn, bool)) -> usize {
-        super::take_frames(n, f)
+        super::allocator::take_frames(n, f)
     }
     fn give_back_frames(&mut self, frames: &[GuestPhys]) {
-        super::give_back_frames(frames)
+        super::allocator::give_back_frames(frames)
     }
     fn fresh_frames_are_zero(&self) -> bool {
-        super::fresh_frames_are_zero()
+        super::allocator::fresh_frames_are_zero()
     }
     fn counters(&self) -> &Counters {
         &COUNTERS
@@ -322,7 +300,7 @@ fn with_cpu<R>(f: impl FnOnce(&mut hint_state::HintState, &mut Kernel) -> R) -> 
 
 /// Gives this CPU its batch page.
 pub fn init_cpu() {
-    if let Some(pa) = super::alloc_contiguous(1) {
+    if let Some(pa) = super::allocator::alloc_contiguous(1) {
         let irq = cpu::interrupts_off();
         // SAFETY: as in `with_cpu`.
         unsafe { (*percpu::this().hints.get()).batch = crate::arch::boot::phys_to_virt(pa) };

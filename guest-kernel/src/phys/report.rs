@@ -48,10 +48,10 @@ static BLOCKS: SpinLock<Option<Blocks>> = SpinLock::new(None);
 /// Set once reporting is on: the counters cost nothing otherwise.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Turns reporting on for `frames` frames of RAM.
-pub fn init(frames: u64) {
+/// Turns reporting on for `frames` frames of RAM, with `page` (a
+/// kernel-virtual address, 0 if none could be had) as the report batch.
+pub fn init(frames: u64, page: u64) {
     let n = frames.div_ceil(BLOCK_FRAMES) as usize;
-    let page = super::alloc_contiguous(1).map_or(0, crate::arch::boot::phys_to_virt);
     *BLOCKS.lock() = Some(Blocks {
         free: vec![0; n],
         reported: vec![false; n],
