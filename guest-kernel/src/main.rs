@@ -32,14 +32,12 @@ mod trap;
 use core::sync::atomic::Ordering;
 
 use arch::{apic, boot, cpu, gdt, idt, vectors};
+use console::println;
 use guest_kernel::cmdline;
 use guest_kernel::elf::Elf;
 use pagehint_abi::boot::CMDLINE_MAX;
 use pagehint_abi::cpuid::features;
 use pagehint_abi::exit::guest;
-
-/// The user programs, built by `vmm/build.rs` from the `guest-user` crate.
-pub(crate) static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
 
 /// Pages of each IST stack.
 const IST_PAGES: u64 = 2;
@@ -217,7 +215,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
     if let Some(status) = diag::run(cmd.program, cmd.args, hv.map_or(0, |h| h.tsc_khz)) {
         hv::exit(status);
     }
-    let elf = match Elf::parse(USER_ELF) {
+    let elf = match Elf::parse(process::USER_ELF) {
         Ok(e) => e,
         Err(e) => fail(
             guest::BAD_MACHINE,

@@ -14,6 +14,9 @@ use pagehint_abi::PAGE_SIZE;
 use crate::mm::{self, addr_space::AsError, MmState};
 use crate::task::Task;
 
+/// The user programs, built by `vmm/build.rs` from the `guest-user` crate.
+pub(crate) static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
+
 /// Builds a task that runs `elf` with `args` as instance `instance`.
 pub fn create(elf: &Elf, args: &str, instance: u32) -> Result<Box<Task>, AsError> {
     mm::with(|st| {

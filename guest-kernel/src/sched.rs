@@ -151,17 +151,17 @@ pub fn exit_current(status: u32) -> ! {
         let worst = WORST_STATUS.load(Ordering::Acquire);
         // As a clean shutdown syncs: nothing written may stay in the cache.
         if mm::with(|st| st.sync_all()).is_err() {
-            crate::println!("guest: write-back before the stop failed");
+            crate::console::println!("guest: write-back before the stop failed");
         }
         if phys::noise::SENT.load(Ordering::Relaxed) > 0 {
-            crate::println!(
+            crate::console::println!(
                 "guest: hcnoise: {} garbage hypercalls sent, {} refused, {} odd doorbell writes",
                 phys::noise::SENT.load(Ordering::Relaxed),
                 phys::noise::REFUSED.load(Ordering::Relaxed),
                 phys::noise::ODD_WRITES.load(Ordering::Relaxed)
             );
         }
-        crate::println!(
+        crate::console::println!(
             "guest: all {} processes exited, status {}",
             STARTED.load(Ordering::Relaxed),
             worst

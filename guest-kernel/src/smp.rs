@@ -47,7 +47,7 @@ pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
     };
     for i in 1..n {
         let Some(stack) = phys::allocator::alloc_contiguous(AP_STACK_PAGES) else {
-            crate::println!("guest: no memory for cpu {i}'s stack");
+            crate::console::println!("guest: no memory for cpu {i}'s stack");
             return i;
         };
         AP_BOOT_STACK.store(
@@ -68,7 +68,7 @@ pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
                 spins > 200_000
             };
             if expired {
-                crate::println!("guest: cpu {i} did not come up");
+                crate::console::println!("guest: cpu {i} did not come up");
                 return i;
             }
         }

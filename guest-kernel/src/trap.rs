@@ -112,7 +112,7 @@ fn exception(frame: &mut TrapFrame) {
                         return;
                     }
                 }
-                crate::println!(
+                crate::console::println!(
                     "guest: pid {} killed: {} ({}) at rip {:#x}, address {:#x}",
                     task.pid,
                     NAMES[v],
@@ -122,7 +122,7 @@ fn exception(frame: &mut TrapFrame) {
                 );
             }
         } else if let Some(task) = sched::current() {
-            crate::println!(
+            crate::console::println!(
                 "guest: pid {} killed: {} (vector {}) error {:#x} at rip {:#x}",
                 task.pid,
                 NAMES[v],

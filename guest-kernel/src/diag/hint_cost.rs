@@ -20,8 +20,9 @@ use pagehint_abi::ports::STEP_COUNTER_PORT;
 use pagehint_abi::PAGE_SIZE;
 
 use crate::arch::cpu;
+use crate::console::println;
+use crate::mm;
 use crate::phys;
-use crate::{mm, println};
 
 /// State changes per region.
 const CHANGES: usize = 16;

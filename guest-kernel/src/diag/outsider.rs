@@ -26,8 +26,9 @@ use pagehint_abi::state_table::{self as st, ARMED, BUSY, DISCARDED};
 use pagehint_abi::{GuestPhys, PAGE_SIZE};
 
 use crate::arch::cpu;
+use crate::console::println;
+use crate::hv;
 use crate::phys;
-use crate::{hv, println};
 
 /// Frames under test, in four groups of [`GROUP`].
 const FRAMES: usize = 64;

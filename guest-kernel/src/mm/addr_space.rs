@@ -421,7 +421,7 @@ impl MmState {
         flush_local(batch, pml4);
         if !shared.is_empty() && self.writeback(&shared).is_err() {
             // The pages stay dirty in the cache; `fsync` reports the error.
-            crate::println!("guest: write-back at munmap failed");
+            crate::console::println!("guest: write-back at munmap failed");
         }
         Ok(())
     }

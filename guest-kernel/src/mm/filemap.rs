@@ -124,7 +124,7 @@ impl MmState {
             self.age_one(pfn, &mut maps);
         }
         if let Err(e) = r {
-            crate::println!("guest: disk read of file {file} page {index} failed: {e:?}");
+            crate::console::println!("guest: disk read of file {file} page {index} failed: {e:?}");
         }
         self.age_cache();
         result

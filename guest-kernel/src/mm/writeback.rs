@@ -232,7 +232,9 @@ impl MmState {
                         self.stats.dirty_frames.saturating_sub(run.len() as u64);
                 }
                 Err(e) => {
-                    crate::println!("guest: write-back of file {file} page {first} failed: {e:?}");
+                    crate::console::println!(
+                        "guest: write-back of file {file} page {first} failed: {e:?}"
+                    );
                     result = Err(AsError::Io);
                 }
             }

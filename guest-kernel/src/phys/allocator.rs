@@ -288,7 +288,7 @@ pub fn give_back_frames(frames: &[GuestPhys]) {
     let Some(a) = g.as_mut() else { return };
     for &pa in frames {
         if a.free(pa.pfn().as_u64()).is_err() {
-            crate::println!(
+            crate::console::println!(
                 "mm: refused to free frame {:#x} (not allocated)",
                 pa.as_u64()
             );

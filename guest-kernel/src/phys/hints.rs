@@ -124,7 +124,7 @@ pub fn share_table() -> bool {
         entries,
     });
     if r != Some(Ok(CallResult::Ok)) {
-        crate::println!("guest: the VMM refused the shared state table: {r:?}");
+        crate::console::println!("guest: the VMM refused the shared state table: {r:?}");
         return false;
     }
     TABLE_LEN.store(entries, Ordering::Relaxed);
