@@ -1,6 +1,6 @@
 //! The guest kernel's pure logic: data structures and parsers with no
 //! hardware access, so they build and are unit-tested on the host. This
-//! folder is the `guest_kernel` library; the kernel binary (`src/`) is
+//! folder is the `guest_logic` library; the kernel binary (`src/`) is
 //! built on it.
 //!
 //! Nothing here may touch a port, a control register or a raw physical

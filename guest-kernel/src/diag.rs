@@ -343,7 +343,7 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     ok &= released && cpu1_now > cpu1_at_listing;
     // Phase B: CPU 1 busy in user mode (a CPU-bound program that never
     // idles); its timer ticks from user mode are its quiescent states.
-    let Ok(elf) = guest_kernel::elf::Elf::parse(crate::process::USER_ELF) else {
+    let Ok(elf) = guest_logic::elf::Elf::parse(crate::process::USER_ELF) else {
         return guest::BAD_MACHINE;
     };
     match process::create(&elf, "preempt 400", 0) {

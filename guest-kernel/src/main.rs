@@ -33,8 +33,8 @@ use core::sync::atomic::Ordering;
 
 use arch::{apic, boot, cpu, gdt, idt, vectors};
 use console::println;
-use guest_kernel::cmdline;
-use guest_kernel::elf::Elf;
+use guest_logic::cmdline;
+use guest_logic::elf::Elf;
 use pagehint_abi::boot::CMDLINE_MAX;
 use pagehint_abi::cpuid::features;
 use pagehint_abi::exit::guest;

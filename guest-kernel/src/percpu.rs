@@ -14,7 +14,7 @@ use crate::arch::cpu::{wrmsr, MSR_GS_BASE, MSR_KERNEL_GS_BASE};
 use crate::arch::gdt::MAX_CPUS;
 use crate::sync::SpinLock;
 use crate::task::{Pending, Task, TaskPtr};
-use guest_kernel::hint_state::HintState;
+use guest_logic::hint_state::HintState;
 use pagehint_abi::hypercall::DiscardFaultInfo;
 
 /// A CPU's hint state: the library's, plus the batch page it works on

@@ -2,12 +2,12 @@
 //! into it, a stack with the argument string on top, and a task.
 //!
 //! The image is the kernel's embedded user-program ELF; it is checked by
-//! `guest_kernel::elf` before anything is copied.
+//! `guest_logic::elf` before anything is copied.
 
 use alloc::boxed::Box;
 
-use guest_kernel::elf::{Elf, PF_W, PF_X};
-use guest_kernel::vma::Backing;
+use guest_logic::elf::{Elf, PF_W, PF_X};
+use guest_logic::vma::Backing;
 use pagehint_abi::syscall::{prot, STACK_SIZE, STACK_TOP};
 use pagehint_abi::PAGE_SIZE;
 

@@ -12,7 +12,7 @@ use crate::phys;
 use crate::sched::{self, Reason};
 use crate::task::OpenFile;
 use crate::{clock, console, fs, percpu};
-use guest_kernel::vma::Backing;
+use guest_logic::vma::Backing;
 use pagehint_abi::disk::NAME_MAX;
 use pagehint_abi::syscall::{errno, nr, prot, FileStat};
 use pagehint_abi::PAGE_SIZE;

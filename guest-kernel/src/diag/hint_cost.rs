@@ -13,7 +13,7 @@
 //! other than the one it found it in, nor run without the counter
 //! (the figures would be meaningless): it then says so and fails.
 
-use guest_kernel::frame_table::flag;
+use guest_logic::frame_table::flag;
 use pagehint_abi::exit::guest;
 use pagehint_abi::hypercall::HintOp;
 use pagehint_abi::ports::STEP_COUNTER_PORT;

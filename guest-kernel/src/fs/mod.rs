@@ -3,13 +3,13 @@
 //! name or index. File data never passes through here: the page cache
 //! (`mm::filemap`) reads it straight into page frames.
 //!
-//! Nothing on the disk is trusted: `guest_kernel::phfs` checks the
+//! Nothing on the disk is trusted: `guest_logic::phfs` checks the
 //! superblock and every directory entry before the file system is used.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-use guest_kernel::phfs::{self, FsError};
+use guest_logic::phfs::{self, FsError};
 use pagehint_abi::disk::{DirEntry, BLOCK_SIZE, DIR_ENTRIES_PER_BLOCK};
 
 use crate::drivers::virtio_blk;

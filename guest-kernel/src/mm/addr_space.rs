@@ -6,11 +6,11 @@
 //! counts, reverse map, `WRITABLE_MAPPED`) in step with the page tables.
 //! The kernel half (PML4 slots 256..512) is shared and never edited here.
 
-use guest_kernel::frame_table::{flag, Mapping};
-use guest_kernel::paging::{
+use guest_logic::frame_table::{flag, Mapping};
+use guest_logic::paging::{
     flags, Flush, FlushBatch, MapError, Mapper, ADDR_MASK, ENTRIES, KERNEL_PML4_SLOT,
 };
-use guest_kernel::vma::{Backing, VmaError, VmaSet};
+use guest_logic::vma::{Backing, VmaError, VmaSet};
 use pagehint_abi::syscall::{prot, MMAP_BASE, STACK_TOP, USER_END};
 use pagehint_abi::PAGE_SIZE;
 
@@ -119,7 +119,7 @@ impl AddressSpace {
     }
 
     /// Its areas, in address order.
-    pub fn vmas(&self) -> impl Iterator<Item = &guest_kernel::vma::Vma> {
+    pub fn vmas(&self) -> impl Iterator<Item = &guest_logic::vma::Vma> {
         self.vmas.iter()
     }
 

@@ -9,8 +9,8 @@
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use guest_kernel::frame_table::{flag, Mapping};
-use guest_kernel::paging::Mapper;
+use guest_logic::frame_table::{flag, Mapping};
+use guest_logic::paging::Mapper;
 use pagehint_abi::hypercall::DiscardFaultInfo;
 use pagehint_abi::PAGE_SIZE;
 

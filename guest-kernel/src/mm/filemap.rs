@@ -8,8 +8,8 @@
 
 use alloc::vec::Vec;
 
-use guest_kernel::frame_table::{flag, Mapping};
-use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
+use guest_logic::frame_table::{flag, Mapping};
+use guest_logic::paging::{flags as pte_flags, Mapper, ADDR_MASK};
 use pagehint_abi::PAGE_SIZE;
 
 use super::MmState;

@@ -17,8 +17,8 @@ use crate::sync::SpinLock;
 use alloc::collections::BTreeMap;
 
 use addr_space::AddressSpace;
-use guest_kernel::frame_alloc::PfnRange;
-use guest_kernel::frame_table::FrameTable;
+use guest_logic::frame_alloc::PfnRange;
+use guest_logic::frame_table::FrameTable;
 use pagehint_abi::syscall::KernelStats;
 
 /// Everything the memory-management lock protects: frame records (page

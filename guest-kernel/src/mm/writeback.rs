@@ -23,9 +23,9 @@
 
 use alloc::vec::Vec;
 
-use guest_kernel::frame_table::{flag, Mapping};
-use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
-use guest_kernel::vma::Backing;
+use guest_logic::frame_table::{flag, Mapping};
+use guest_logic::paging::{flags as pte_flags, Mapper, ADDR_MASK};
+use guest_logic::vma::Backing;
 use pagehint_abi::hypercall::{HintOp, HintResult};
 use pagehint_abi::PAGE_SIZE;
 
@@ -310,7 +310,7 @@ impl MmState {
             return Ok(out);
         }
         let shared_file =
-            |v: &&guest_kernel::vma::Vma| matches!(v.backing, Backing::File { shared: true, .. });
+            |v: &&guest_logic::vma::Vma| matches!(v.backing, Backing::File { shared: true, .. });
         for vma in space.vmas().filter(shared_file) {
             let (from, to) = (vma.start.max(start), vma.end.min(end));
             let mut va = from;

@@ -20,8 +20,8 @@ use linked_list_allocator::Heap;
 use super::report;
 use crate::arch::boot::{kernel_end_phys, phys_to_virt, set_direct_map_slot, KERNEL_PDPT_SLOT};
 use crate::sync::SpinLock;
-use guest_kernel::frame_alloc::{FrameAllocator, PfnRange, MAX_RANGES};
-use guest_kernel::frame_table::FrameTable;
+use guest_logic::frame_alloc::{FrameAllocator, PfnRange, MAX_RANGES};
+use guest_logic::frame_table::FrameTable;
 use pagehint_abi::boot::{MemmapEntry, StartInfo, E820_RAM, MMIO_HOLE_START, START_INFO_MAGIC};
 use pagehint_abi::{GuestPhys, Pfn, PAGE_SIZE};
 

@@ -1,5 +1,5 @@
 //! The kernel's side of page hinting: the machine that the library's
-//! [`guest_kernel::hint_state`] logic runs on (this CPU's batch page, the
+//! [`guest_logic::hint_state`] logic runs on (this CPU's batch page, the
 //! `HINT_BATCH` hypercall, the frame allocator, the shared page-state
 //! table) and the entry points the rest of the kernel calls. The batching
 //! and the ordering rules live in the library, where they are tested, and
@@ -11,7 +11,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use guest_kernel::hint_state::{self, Counters, HintHost};
+use guest_logic::hint_state::{self, Counters, HintHost};
 use pagehint_abi::hypercall::{CallResult, HintBatch, HintOp, HintResult, Request};
 use pagehint_abi::page_state::PageState;
 use pagehint_abi::state_table;

@@ -11,7 +11,7 @@
 //! block set aside here (never used by anything, so the host may take
 //! it), or lies past the end of any possible RAM (2^40 and up); every
 //! address it registers lies past RAM too. Each CPU fills a batch page of
-//! its own (`guest_kernel::noise_plan`): the VMM reads a batch while the other
+//! its own (`guest_logic::noise_plan`): the VMM reads a batch while the other
 //! CPUs go on sending theirs, and an entry it read half rewritten by
 //! another CPU (the frame of one entry with the count of another) could
 //! name frames in use. It counts what it sent and how many answers were
@@ -27,13 +27,14 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use guest_kernel::noise_plan::{NoiseBlock, PAST_RAM};
+use guest_logic::noise_plan::{NoiseBlock, PAST_RAM};
 use pagehint_abi::hypercall::{op, result, HintBatch, HypercallBlock, HINT_BATCH_MAX};
 use pagehint_abi::ports::HYPERCALL_PORT;
 use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
 
 use crate::arch::cpu::{outb, outl};
-use crate::{hv, percpu};
+use crate::hv;
+use crate::percpu;
 
 /// Entries written into the batch page per batch sent.
 const FILL: usize = 16;

@@ -9,7 +9,7 @@
 
 use super::{discard, hints};
 use crate::arch::boot::phys_to_virt;
-use guest_kernel::paging::PhysMem;
+use guest_logic::paging::PhysMem;
 
 /// A zeroed frame, by physical address. Zeroing a page is about 512
 /// emulated iterations of `rep stos` (0.3 ms on the development machines),
