@@ -11,9 +11,10 @@ use pagehint_abi::hypercall::{
 };
 use pagehint_abi::{GuestPhys, Pfn, ABI_VERSION, PAGE_SIZE};
 
+use core::mem::offset_of;
 use core::sync::atomic::Ordering;
 
-use crate::arch::{apic, cpu, idt, vectors};
+use crate::arch::{apic, cpu, direct_map, idt, vectors};
 use crate::console::println;
 use crate::phys;
 use crate::phys::discard;
@@ -30,8 +31,7 @@ pub fn run(name: &str, args: &str, tsc_khz: u32) -> Option<u32> {
     match name {
         "crash-kernel" => {
             println!("guest: crash-kernel: reading a non-canonical address");
-            // SAFETY: none; this faults on purpose.
-            let v = unsafe { (0x8000_0000_0000_0000u64 as *const u64).read_volatile() };
+            let v = cpu::read_non_canonical();
             println!("guest: survived {v}");
             Some(guest::FAILURE)
         }
@@ -84,23 +84,14 @@ fn kbench(tsc_khz: u32) {
     let empty = cpu::rdtsc() - t;
     let t = cpu::rdtsc();
     for _ in 0..n {
-        // SAFETY: two frames we own, in the direct map.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                crate::arch::boot::phys_to_virt(page_a) as *const u8,
-                crate::arch::boot::phys_to_virt(page_b) as *mut u8,
-                4096,
-            )
-        };
+        // Two frames we own.
+        direct_map::copy(page_a, page_b, 4096);
         core::hint::black_box(page_b);
     }
     let copy = cpu::rdtsc() - t;
     let t = cpu::rdtsc();
     for _ in 0..n {
-        // SAFETY: as above.
-        unsafe {
-            core::ptr::write_bytes(crate::arch::boot::phys_to_virt(page_b) as *mut u8, 0, 4096)
-        };
+        direct_map::zero(page_b, 4096);
         core::hint::black_box(page_b);
     }
     let zero = cpu::rdtsc() - t;
@@ -131,7 +122,6 @@ fn bad_hints() -> u32 {
     let Some(victim) = phys::pages::alloc_zeroed_frame() else {
         return guest::BAD_MACHINE;
     };
-    let batch = crate::arch::boot::phys_to_virt(page) as *mut HintBatch;
     let wire = |r: Option<Result<CallResult, i32>>| r.map_or(i32::MIN, hv::wire);
     let send = |addr: u64, count: u64| {
         wire(hv::call(Request::HintBatch {
@@ -140,14 +130,13 @@ fn bad_hints() -> u32 {
         }))
     };
     let entry = |e: HintEntry| {
-        // SAFETY: `page` is our own frame, in the direct map.
-        unsafe {
-            (*batch).count = 1;
-            (*batch).entries[0] = e;
-        }
+        // `page` is our own frame, laid out as a `HintBatch`.
+        let first = page + offset_of!(HintBatch, entries) as u64;
+        direct_map::write::<u32>(page + offset_of!(HintBatch, count) as u64, 1);
+        direct_map::write::<HintEntry>(first, e);
         let r = send(page, 1);
-        // SAFETY: as above.
-        (r, unsafe { (*batch).entries[0].result } as i32)
+        let result = direct_map::read::<i16>(first + offset_of!(HintEntry, result) as u64);
+        (r, result as i32)
     };
     let ram_end_pfn = Pfn(1u64 << 40);
     let vpfn = GuestPhys(victim).pfn();

@@ -5,6 +5,9 @@
 //! Under another hypervisor (QEMU, say) detection fails and the kernel runs
 //! without hypercalls; nothing here may assume the VMM is present unless
 //! [`Hypervisor::detect`] said so.
+//!
+//! Handing the VMM this CPU's hypercall block is this module's job, so it
+//! holds that unsafe code, with its reason.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -70,7 +73,7 @@ pub fn hypercall(block: &mut HypercallBlock) -> Option<i32> {
         return None;
     }
     block.result = CallResult::BadBlock.into();
-    let phys = crate::arch::boot::virt_to_phys(block as *mut HypercallBlock as u64);
+    let phys = crate::arch::direct_map::virt_to_phys(block as *mut HypercallBlock as u64);
     // The block lives in the first 4 GiB (all guest RAM does), so its
     // address fits the 32-bit doorbell write.
     outl(port, phys as u32);

@@ -31,7 +31,7 @@ mod trap;
 
 use core::sync::atomic::Ordering;
 
-use arch::{apic, boot, cpu, gdt, idt, vectors};
+use arch::{apic, boot, cpu, direct_map, gdt, idt, vectors};
 use console::println;
 use guest_logic::cmdline;
 use guest_logic::elf::Elf;
@@ -55,12 +55,11 @@ fn init_cpu(index: usize) {
             format_args!("no memory for cpu {index}'s IST stacks"),
         );
     };
-    let ist = crate::arch::boot::phys_to_virt(ist);
+    let ist = crate::arch::direct_map::phys_to_virt(ist);
     let size = IST_PAGES * pagehint_abi::PAGE_SIZE;
     gdt::init(index, [ist + size, ist + 2 * size]);
     idt::load();
-    // SAFETY: the kernel PML4 maps the kernel half exactly as the boot one.
-    unsafe { cpu::write_cr3(boot::kernel_pml4_phys()) };
+    boot::load_kernel_pml4();
     percpu::init_this(index, apic::id());
     phys::hints::init_cpu();
     apic::enable(vectors::SPURIOUS_VECTOR);
@@ -74,14 +73,9 @@ fn read_cmdline(pa: u64) -> &'static str {
     if pa == 0 || pa >= pagehint_abi::boot::MMIO_HOLE_START {
         return "";
     }
-    // SAFETY: the loader placed the command line in RAM below 4 GiB, which
-    // the direct map covers; at most CMDLINE_MAX bytes are read.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            crate::arch::boot::phys_to_virt(pa) as *const u8,
-            CMDLINE_MAX,
-        )
-    };
+    // The loader placed the command line in RAM below 4 GiB, which the
+    // direct map covers; at most CMDLINE_MAX bytes are read.
+    let bytes = direct_map::bytes(pa, CMDLINE_MAX);
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
     core::str::from_utf8(&bytes[..len]).unwrap_or("")
 }
@@ -164,7 +158,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
             if hv.is_some() {
                 phys::report::init(
                     phys::allocator::max_pfn(),
-                    phys::allocator::alloc_contiguous(1).map_or(0, boot::phys_to_virt),
+                    phys::allocator::alloc_contiguous(1).unwrap_or(0),
                 );
             }
         }

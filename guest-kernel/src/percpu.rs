@@ -4,6 +4,9 @@
 //! with interrupts off; the run queue, which other CPUs push to, is behind
 //! a lock. Nothing here may be touched by another CPU except through
 //! [`PerCpu::run_queue`] and the identity fields.
+//!
+//! Reaching this CPU's slot through GS and its CPU-private cells is this
+//! module's job, so it holds that unsafe code, each block with its reason.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -65,6 +68,15 @@ pub struct PerCpu {
 }
 
 impl PerCpu {
+    /// This CPU's discard-fault info area as the VMM left it before it
+    /// injected the fault; read once, by value.
+    #[inline]
+    pub fn read_fault_info(&self) -> DiscardFaultInfo {
+        // SAFETY: the area is this CPU's, written only by the VMM (before
+        // the fault it injects on this CPU); a volatile read by value.
+        unsafe { self.fault_info.get().read_volatile() }
+    }
+
     /// Runs `f` on this CPU's discard batch with interrupts off.
     pub fn with_discard_batch<R>(&self, f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
         let irq = crate::arch::cpu::interrupts_off();

@@ -6,6 +6,10 @@
 //! preempted. A task that leaves the CPU is requeued or freed by the *next*
 //! task, after the switch (`finish_switch`), so no other CPU can pick it up
 //! while its registers are still being saved.
+//!
+//! The context switch (CR3, the stack switch, handing task ownership
+//! between CPUs) is this module's job, so it holds that unsafe code, each
+//! block with its reason.
 
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU32, Ordering};

@@ -6,8 +6,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::arch::boot::phys_to_virt;
-use crate::arch::{apic, boot, cpu};
+use crate::arch::direct_map::phys_to_virt;
+use crate::arch::{apic, boot, cpu, direct_map};
 use crate::percpu;
 use crate::phys;
 use pagehint_abi::boot::AP_TRAMPOLINE_ADDR;
@@ -30,15 +30,9 @@ pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
         return 1;
     }
     let code = boot::ap_trampoline();
-    // SAFETY: the trampoline page is reserved low memory that no allocator
-    // hands out (everything below the kernel image is excluded).
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            code.as_ptr(),
-            phys_to_virt(AP_TRAMPOLINE_ADDR) as *mut u8,
-            code.len(),
-        )
-    };
+    // The trampoline page is reserved low memory that no allocator hands
+    // out (everything below the kernel image is excluded).
+    direct_map::write_from(AP_TRAMPOLINE_ADDR, code);
     // Give each AP up to ~200 ms (TSC-timed when the frequency is known).
     let budget = if tsc_khz != 0 {
         tsc_khz as u64 * 200

@@ -4,7 +4,10 @@
 //! data, which holds the current task and the run queue, and below the
 //! scheduler, which moves tasks between them.
 //!
-//! Nothing here may choose which task runs: that is `crate::sched`.
+//! Laying out a new task's first trap frame on its kernel stack is part
+//! of the context switch, so this module holds that unsafe code, each
+//! block with its reason. Nothing here may choose which task runs: that is
+//! `crate::sched`.
 
 use alloc::boxed::Box;
 use alloc::vec;

@@ -25,7 +25,7 @@ use pagehint_abi::page_state::PageState;
 use pagehint_abi::state_table::{self as st, ARMED, BUSY, DISCARDED};
 use pagehint_abi::{GuestPhys, PAGE_SIZE};
 
-use crate::arch::cpu;
+use crate::arch::{cpu, direct_map};
 use crate::console::println;
 use crate::hv;
 use crate::phys;
@@ -41,15 +41,11 @@ fn pattern(pfn: u64, i: u64) -> u64 {
     (pfn << 20) ^ (i << 3) ^ 0x5a5a_0000_0000_0001
 }
 
-fn words(pa: u64) -> *mut u64 {
-    crate::arch::boot::phys_to_virt(pa) as *mut u64
-}
-
 fn fill(pa: u64) {
     let pfn = pa / PAGE_SIZE;
     for i in 0..PAGE_SIZE / 8 {
-        // SAFETY: `pa` is a frame this program allocated, in the direct map.
-        unsafe { words(pa).add(i as usize).write_volatile(pattern(pfn, i)) };
+        // `pa` is a frame this program allocated.
+        direct_map::write::<u64>(pa + 8 * i, pattern(pfn, i));
     }
 }
 
@@ -65,8 +61,7 @@ fn contents(pa: u64) -> Contents {
     let pfn = pa / PAGE_SIZE;
     let (mut pat, mut zero) = (true, true);
     for i in 0..PAGE_SIZE / 8 {
-        // SAFETY: as in `fill`.
-        let w = unsafe { words(pa).add(i as usize).read_volatile() };
+        let w = direct_map::read::<u64>(pa + 8 * i);
         pat &= w == pattern(pfn, i);
         zero &= w == 0;
         if !pat && !zero {
@@ -83,8 +78,7 @@ fn contents(pa: u64) -> Contents {
 /// One kernel-mode read of the frame (the access a guest must not make
 /// to a volatile or armed frame: it is the point here).
 fn kernel_touch(pa: u64) -> u64 {
-    // SAFETY: as in `fill`.
-    unsafe { words(pa).read_volatile() }
+    direct_map::read::<u64>(pa)
 }
 
 fn sleep_ms(ms: u64, khz: u64) {
@@ -204,8 +198,8 @@ pub fn run(tsc_khz: u32) -> u32 {
         CallResult::BadBlock,
     );
     if !phys::allocator::fresh_frames_are_zero() {
-        // SAFETY: the frames are ours for good, in the direct map.
-        unsafe { core::ptr::write_bytes(words(table) as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
+        // The frames are ours for good.
+        direct_map::zero(table, (pages * PAGE_SIZE) as usize);
     }
     t.call("the table", register(table, entries), CallResult::Ok);
     t.call(
@@ -218,10 +212,10 @@ pub fn run(tsc_khz: u32) -> u32 {
         return guest::FAILURE;
     }
     let entry = |pfn: u64| -> &'static AtomicU8 {
-        // SAFETY: the table's `entries` bytes are frames this program took
-        // for good, in the direct map; every frame below is RAM, so
-        // `pfn < entries`; entries are only accessed atomically.
-        unsafe { &*((crate::arch::boot::phys_to_virt(table) + pfn) as *const AtomicU8) }
+        // The table's `entries` bytes are frames this program took for
+        // good; every frame below is RAM, so `pfn < entries`; entries are
+        // only accessed atomically.
+        direct_map::atomic_u8(table + pfn)
     };
 
     let mut frames = [0u64; FRAMES];

@@ -22,12 +22,7 @@ use crate::phys::tlb;
 
 /// The discard fault (#VE). `from_user`: the access came from user mode.
 pub fn fault(from_user: bool) {
-    let info: DiscardFaultInfo = {
-        let p = percpu::this().fault_info.get();
-        // SAFETY: this CPU's info area, written by the VMM before it injected
-        // the fault; read once, by value.
-        unsafe { p.read_volatile() }
-    };
+    let info: DiscardFaultInfo = percpu::this().read_fault_info();
     if !from_user {
         // The kernel must never touch a volatile page; the VMM breaks the
         // loop by backing the page. Count it and let the access retry.

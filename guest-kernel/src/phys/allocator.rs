@@ -18,7 +18,8 @@ use core::ptr::NonNull;
 use linked_list_allocator::Heap;
 
 use super::report;
-use crate::arch::boot::{kernel_end_phys, phys_to_virt, set_direct_map_slot, KERNEL_PDPT_SLOT};
+use crate::arch::boot::{kernel_end_phys, set_direct_map_slot, KERNEL_PDPT_SLOT};
+use crate::arch::direct_map::phys_to_virt;
 use crate::sync::SpinLock;
 use guest_logic::frame_alloc::{FrameAllocator, PfnRange, MAX_RANGES};
 use guest_logic::frame_table::FrameTable;

@@ -47,7 +47,7 @@ pub fn init_cpu(advertised: bool) {
     let me = percpu::this();
     let info = me.fault_info.get() as u64;
     let r = crate::hv::call(Request::SetFaultInfo {
-        info: GuestPhys(crate::arch::boot::virt_to_phys(info)),
+        info: GuestPhys(crate::arch::direct_map::virt_to_phys(info)),
         cpu: me.index.get() as u64,
     });
     if r == Some(Ok(CallResult::Ok)) && me.index.get() == 0 {

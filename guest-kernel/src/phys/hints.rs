@@ -8,6 +8,10 @@
 //! CPU's data; a single state change in the shared table needs neither
 //! (it is one store or compare-and-swap on the frame's own entry), and
 //! must stay a few instructions: it is the hot path of a cache hit.
+//!
+//! Reaching the shared page-state table, this CPU's batch page and its
+//! hint state is this module's job, so it holds that unsafe code, each
+//! block with its reason.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
@@ -84,7 +88,7 @@ pub fn table_frames() -> core::ops::Range<u64> {
     if va == 0 {
         return 0..0;
     }
-    let first = crate::arch::boot::virt_to_phys(va) / PAGE_SIZE;
+    let first = crate::arch::direct_map::virt_to_phys(va) / PAGE_SIZE;
     first..first + TABLE_LEN.load(Ordering::Relaxed).div_ceil(PAGE_SIZE)
 }
 
@@ -113,7 +117,7 @@ pub fn share_table() -> bool {
     let Some(pa) = super::allocator::alloc_contiguous(pages) else {
         return false;
     };
-    let va = crate::arch::boot::phys_to_virt(pa);
+    let va = crate::arch::direct_map::phys_to_virt(pa);
     if !super::allocator::fresh_frames_are_zero() {
         // SAFETY: the frames are ours for good, in the direct map.
         unsafe { core::ptr::write_bytes(va as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
@@ -243,7 +247,7 @@ impl HintHost for Kernel {
     }
     fn send_batch(&mut self, count: usize) -> Option<Result<CallResult, i32>> {
         crate::hv::call(Request::HintBatch {
-            batch: GuestPhys(crate::arch::boot::virt_to_phys(self.batch)),
+            batch: GuestPhys(crate::arch::direct_map::virt_to_phys(self.batch)),
             count: count as u64,
         })
     }
@@ -303,7 +307,7 @@ pub fn init_cpu() {
     if let Some(pa) = super::allocator::alloc_contiguous(1) {
         let irq = cpu::interrupts_off();
         // SAFETY: as in `with_cpu`.
-        unsafe { (*percpu::this().hints.get()).batch = crate::arch::boot::phys_to_virt(pa) };
+        unsafe { (*percpu::this().hints.get()).batch = crate::arch::direct_map::phys_to_virt(pa) };
         if irq {
             cpu::interrupts_on();
         }
@@ -389,7 +393,7 @@ pub fn pool_alloc(zeroed: bool) -> Option<u64> {
             // SAFETY: the frame is ours now and in the direct map.
             unsafe {
                 core::ptr::write_bytes(
-                    crate::arch::boot::phys_to_virt(pa) as *mut u8,
+                    crate::arch::direct_map::phys_to_virt(pa) as *mut u8,
                     0,
                     PAGE_SIZE as usize,
                 )

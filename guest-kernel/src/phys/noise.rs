@@ -25,14 +25,16 @@
 //! guest: most likely the mixed entries above, which the longer fills made
 //! far likelier.)
 
+use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_logic::noise_plan::{NoiseBlock, PAST_RAM};
-use pagehint_abi::hypercall::{op, result, HintBatch, HypercallBlock, HINT_BATCH_MAX};
+use pagehint_abi::hypercall::{op, result, HintBatch, HintEntry, HypercallBlock, HINT_BATCH_MAX};
 use pagehint_abi::ports::HYPERCALL_PORT;
 use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
 
 use crate::arch::cpu::{outb, outl};
+use crate::arch::direct_map;
 use crate::hv;
 use crate::percpu;
 
@@ -172,23 +174,26 @@ fn send_one(block: &NoiseBlock, page: u64) {
 /// left there, which names the same frames (or nothing: zeroes are an
 /// unknown operation).
 fn fill_batch(block: &NoiseBlock, page: u64, asked: u64) {
-    let batch = crate::arch::boot::phys_to_virt(page * PAGE_SIZE) as *mut HintBatch;
+    // The page is this CPU's own batch page, set aside for the noise alone
+    // and written only here, with interrupts off (the timer interrupt), so
+    // no other writer mixes its entries.
+    let batch = page * PAGE_SIZE;
+    let entries = batch + offset_of!(HintBatch, entries) as u64;
     for i in 0..(asked as usize).min(FILL) {
         let (pfn, count) = block.target(next());
         let r = next();
-        // SAFETY: the page is this CPU's own batch page, set aside for the
-        // noise alone and written only here, with interrupts off (the
-        // timer interrupt), so no other writer mixes its entries.
-        unsafe {
-            let e = core::ptr::addr_of_mut!((*batch).entries[i]);
-            e.write_volatile(pagehint_abi::hypercall::HintEntry {
+        direct_map::write(
+            entries + (i * size_of::<HintEntry>()) as u64,
+            HintEntry {
                 pfn,
                 count,
                 op: (r % 8) as u16,
                 result: (r >> 16) as i16,
-            });
-        }
+            },
+        );
     }
-    // SAFETY: as above.
-    unsafe { core::ptr::addr_of_mut!((*batch).count).write_volatile(next() as u32 % 300) };
+    direct_map::write::<u32>(
+        batch + offset_of!(HintBatch, count) as u64,
+        next() as u32 % 300,
+    );
 }

@@ -8,7 +8,7 @@
 //! reason. Nothing here may reclaim the page cache.
 
 use super::{discard, hints};
-use crate::arch::boot::phys_to_virt;
+use crate::arch::direct_map::phys_to_virt;
 use guest_logic::paging::PhysMem;
 
 /// A zeroed frame, by physical address. Zeroing a page is about 512

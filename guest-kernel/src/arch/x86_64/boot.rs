@@ -172,28 +172,8 @@ boot_stack_top:
     options(att_syntax)
 );
 
-/// Virtual address at which all of physical memory is mapped.
-pub const PHYS_MAP: u64 = 0xffff_ff80_0000_0000;
 /// Virtual address of physical address 0 in the kernel image mapping.
 pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
-
-/// Kernel-virtual address of physical address `pa` (through the direct
-/// map).
-#[inline]
-pub const fn phys_to_virt(pa: u64) -> u64 {
-    PHYS_MAP + pa
-}
-
-/// Physical address of a kernel-virtual address in the image or the
-/// direct map.
-#[inline]
-pub fn virt_to_phys(va: u64) -> u64 {
-    if va >= KERNEL_VMA {
-        va - KERNEL_VMA
-    } else {
-        va - PHYS_MAP
-    }
-}
 
 /// PDPT slot of the kernel image mapping (-2 GiB); the direct map may use
 /// the slots below it.
@@ -211,6 +191,12 @@ extern "C" {
 pub fn kernel_pml4_phys() -> u64 {
     let va = core::ptr::addr_of!(kernel_pml4) as u64;
     va - KERNEL_VMA
+}
+
+/// Switches this CPU from the boot page tables to the kernel's own PML4.
+pub fn load_kernel_pml4() {
+    // SAFETY: the kernel PML4 maps the kernel half exactly as the boot one.
+    unsafe { super::cpu::write_cr3(kernel_pml4_phys()) };
 }
 
 /// Points direct-map PDPT slot `slot` (1 GiB of physical memory from

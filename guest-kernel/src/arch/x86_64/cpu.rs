@@ -119,6 +119,14 @@ pub fn interrupts_on() {
     unsafe { asm!("sti", options(nomem, nostack)) }
 }
 
+/// Reads a non-canonical address: a #GP on purpose (`crash-kernel`), so
+/// it never returns unless the fault is survived.
+pub fn read_non_canonical() -> u64 {
+    // SAFETY: none needed for memory: the access cannot reach memory, it
+    // faults; the kernel's #GP handler ends the machine.
+    unsafe { (0x8000_0000_0000_0000u64 as *const u64).read_volatile() }
+}
+
 /// Stops this CPU for good.
 pub fn halt_forever() -> ! {
     loop {
