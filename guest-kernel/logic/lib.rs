@@ -17,6 +17,7 @@ pub mod elf;
 pub mod frame_alloc;
 pub mod frame_table;
 pub mod hint_state;
+pub mod le;
 pub mod noise_plan;
 pub mod paging;
 pub mod phfs;

@@ -272,6 +272,19 @@ fn rest(ms: u64, khz: u64) {
     }
 }
 
+/// Rests and drains the discard list up to `tries` times, until none of
+/// `listed` is on it; whether they all left.
+fn drained(listed: &[u64], tries: u32, khz: u64) -> bool {
+    for _ in 0..tries {
+        rest(2, khz);
+        discard::drain();
+        if listed.iter().all(|&p| !discard::is_listed(p)) {
+            return true;
+        }
+    }
+    false
+}
+
 /// `discard-list-test`: frames on the discard list are not reused before
 /// every CPU passed a quiescent state, while CPU 1 is busy in kernel code
 /// with interrupts off, and then while it is busy in user mode.
@@ -318,15 +331,7 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     while trap::SPINNING.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }
-    let mut released = false;
-    for _ in 0..100 {
-        rest(2, khz);
-        discard::drain();
-        if listed.iter().all(|&p| !discard::is_listed(p)) {
-            released = true;
-            break;
-        }
-    }
+    let released = drained(&listed, 100, khz);
     let cpu1_now = percpu::get(1).quiescent.load(Ordering::Acquire);
     println!("discard-list: after cpu 1 passed a quiescent state ({cpu1_at_listing} -> {cpu1_now}): released {released}");
     ok &= released && cpu1_now > cpu1_at_listing;
@@ -345,15 +350,7 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     // least `at`, and a release proves the count moved past it.
     let at = percpu::get(1).quiescent.load(Ordering::Acquire);
     discard::list_for_test(listed.clone());
-    let mut released = false;
-    for _ in 0..200 {
-        rest(2, khz);
-        discard::drain();
-        if listed.iter().all(|&p| !discard::is_listed(p)) {
-            released = true;
-            break;
-        }
-    }
+    let released = drained(&listed, 200, khz);
     let now = percpu::get(1).quiescent.load(Ordering::Acquire);
     println!("discard-list: phase B (cpu 1 busy in user mode): released {released} after its count went {at} -> {now}");
     ok &= released && now > at;

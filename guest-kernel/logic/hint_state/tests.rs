@@ -174,6 +174,15 @@ impl HintHost for Fake {
     }
 }
 
+/// Frees `frames` through the pool and drains it (the whole pool goes
+/// back).
+fn free_all(h: &mut HintState, m: &mut Fake, frames: &[Pooled]) {
+    for f in frames {
+        h.pool_free(m, f.addr);
+    }
+    h.drain_local(m);
+}
+
 /// Takes `n` frames through the pool, checking each is stable in the
 /// fake VMM's view when handed out.
 fn alloc(h: &mut HintState, m: &mut Fake, n: usize) -> Vec<Pooled> {
@@ -236,10 +245,7 @@ fn set_unused_is_committed_before_frames_go_back_and_runs_coalesce() {
     let mut m = Fake::new(1000);
     let mut h = HintState::new();
     let got = alloc(&mut h, &mut m, 5);
-    for f in &got {
-        h.pool_free(&mut m, f.addr);
-    }
-    h.drain_local(&mut m);
+    free_all(&mut h, &mut m, &got);
     let n = m.events.len();
     assert!(matches!(&m.events[n - 1], Event::GaveBack(v) if v.len() == 5));
     // The pool hands out from the top: 163, 162, ... so no run is
@@ -269,10 +275,7 @@ fn reused_frames_are_made_stable_before_they_are_handed_out() {
     let mut m = Fake::new(POOL_BATCH as u64);
     let mut h = HintState::new();
     let first = alloc(&mut h, &mut m, POOL_BATCH);
-    for f in &first {
-        h.pool_free(&mut m, f.addr);
-    }
-    h.drain_local(&mut m);
+    free_all(&mut h, &mut m, &first);
     assert_eq!(m.unused.len(), POOL_BATCH);
     // The host drops two of them.
     let lost = [first[3].addr.pfn().0, first[10].addr.pfn().0];
@@ -378,10 +381,7 @@ fn without_hinting_nothing_is_sent_and_frames_still_flow() {
     });
     assert_eq!(answers, [(1, Ok(HintResult::Ok)), (2, Ok(HintResult::Ok))]);
     let got = alloc(&mut h, &mut m, POOL_BATCH);
-    for f in &got {
-        h.pool_free(&mut m, f.addr);
-    }
-    h.drain_local(&mut m);
+    free_all(&mut h, &mut m, &got);
     let again = alloc(&mut h, &mut m, 1);
     assert!(!again[0].known_zero, "a reused frame is not known zero");
     assert!(m.batches().is_empty());
@@ -450,10 +450,7 @@ fn with_a_shared_table_only_armed_frames_cost_an_exit() {
     let mut m = Fake::with_shared(POOL_BATCH as u64);
     let mut h = HintState::new();
     let got = alloc(&mut h, &mut m, POOL_BATCH);
-    for f in &got {
-        h.pool_free(&mut m, f.addr);
-    }
-    h.drain_local(&mut m);
+    free_all(&mut h, &mut m, &got);
     assert!(m.batches().is_empty(), "frees went through the table");
     for f in &got {
         assert_eq!(state_of(m.entry(f.addr.pfn().0)), PageState::Unused);

@@ -158,8 +158,16 @@ impl MmState {
     pub(super) fn unmap_frame(&mut self, asid: u32, va: u64) -> Option<Flush> {
         let pml4 = self.spaces.get(&asid)?.pml4;
         let (old, flush) = Mapper::new(pml4, &mut KernelPhys).unmap(va)?;
-        let pa = old & ADDR_MASK;
-        self.unmapped_pte(pa / PAGE_SIZE, old);
+        self.drop_mapping(asid, va, old);
+        Some(flush)
+    }
+
+    /// The records' side of a PTE `pte` of `asid` at `va` that is gone:
+    /// its dirty bit, its reverse-map entry, and the frame
+    /// itself if that was its last reference.
+    fn drop_mapping(&mut self, asid: u32, va: u64, pte: u64) {
+        let pa = pte & ADDR_MASK;
+        self.unmapped_pte(pa / PAGE_SIZE, pte);
         if self
             .frames
             .rmap_remove(pa / PAGE_SIZE, Mapping { asid, va })
@@ -167,7 +175,6 @@ impl MmState {
         {
             free_frame(pa);
         }
-        Some(flush)
     }
 
     /// A new empty address space; returns its id.
@@ -201,17 +208,9 @@ impl MmState {
             }
         }
         for (va, e) in leaves {
-            let pa = e & ADDR_MASK;
             // A dirty shared page stays dirty in the cache for the next
             // write-back (`exit` wrote back what it could already).
-            self.unmapped_pte(pa / PAGE_SIZE, e);
-            if self
-                .frames
-                .rmap_remove(pa / PAGE_SIZE, Mapping { asid, va })
-                == Ok(true)
-            {
-                free_frame(pa);
-            }
+            self.drop_mapping(asid, va, e);
         }
         // The frames are accounted for; now free the tables.
         Mapper::new(space.pml4, &mut KernelPhys).destroy_user_half(|_| {});

@@ -434,27 +434,11 @@ impl MmState {
     /// a writable mapping meanwhile is kept.
     /// `maps` is scratch space, kept by the caller across calls.
     fn referenced(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
-        maps.clear();
-        self.frames.mappings(pfn, maps);
         let mut used = false;
-        for &Mapping { asid, va } in maps.iter() {
-            let Some(space) = self.spaces.get(&asid) else {
-                continue;
-            };
-            let mut phys = KernelPhys;
-            let cleared = Mapper::new(space.root(), &mut phys).update(va, |pte| {
-                // Only an entry that still maps this frame is read-only
-                // cache: leave any other as it is.
-                if (pte & ADDR_MASK) / PAGE_SIZE != pfn {
-                    return pte;
-                }
-                used |= pte & pte_flags::ACCESSED != 0;
-                pte & !pte_flags::ACCESSED
-            });
-            if let Some(flush) = cleared {
-                flush.ignore();
-            }
-        }
+        self.update_ptes_of(pfn, maps, |pte| {
+            used |= pte & pte_flags::ACCESSED != 0;
+            pte & !pte_flags::ACCESSED
+        });
         used
     }
 

@@ -12,14 +12,18 @@ pub mod filemap;
 pub mod writeback;
 
 use crate::phys::allocator::{self, free_frames, MemError, MemInfo};
+use crate::phys::pages::KernelPhys;
 use crate::phys::{discard, hints, tlb};
 use crate::sync::SpinLock;
 use alloc::collections::BTreeMap;
 
 use addr_space::AddressSpace;
+use alloc::vec::Vec;
 use guest_logic::frame_alloc::PfnRange;
-use guest_logic::frame_table::FrameTable;
+use guest_logic::frame_table::{FrameTable, Mapping};
+use guest_logic::paging::{Mapper, ADDR_MASK};
 use pagehint_abi::syscall::KernelStats;
+use pagehint_abi::PAGE_SIZE;
 
 /// Everything the memory-management lock protects: frame records (page
 /// cache, LRU, reverse map), every user address space, and counters.
@@ -82,6 +86,33 @@ pub fn kernel_stats() -> KernelStats {
         discard_listed: discard::LISTED.load(Relaxed),
         discard_released: discard::RELEASED.load(Relaxed),
         ..s
+    }
+}
+
+impl MmState {
+    /// Rewrites, with `f`, every PTE that maps `pfn` and still points at it
+    /// (an entry changed to another frame meanwhile is left as it is); the
+    /// TLB flushes are left to the caller's shootdown. `maps` is scratch
+    /// space, kept by the caller across calls.
+    #[inline]
+    fn update_ptes_of(&mut self, pfn: u64, maps: &mut Vec<Mapping>, mut f: impl FnMut(u64) -> u64) {
+        maps.clear();
+        self.frames.mappings(pfn, maps);
+        for &Mapping { asid, va } in maps.iter() {
+            let Some(space) = self.spaces.get(&asid) else {
+                continue;
+            };
+            let mut phys = KernelPhys;
+            let changed = Mapper::new(space.root(), &mut phys).update(va, |pte| {
+                if (pte & ADDR_MASK) / PAGE_SIZE != pfn {
+                    return pte;
+                }
+                f(pte)
+            });
+            if let Some(flush) = changed {
+                flush.ignore();
+            }
+        }
     }
 }
 

@@ -97,26 +97,13 @@ impl MmState {
     /// the frame (`page_mkclean`). True if any mapping is writable (the
     /// caller then owes a TLB shootdown before it trusts the bits again).
     fn mkclean(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
-        maps.clear();
-        self.frames.mappings(pfn, maps);
         let (mut dirty, mut writable) = (false, false);
-        for &Mapping { asid, va } in maps.iter() {
-            let Some(space) = self.spaces.get(&asid) else {
-                continue;
-            };
-            let mut phys = KernelPhys;
-            let changed = Mapper::new(space.root(), &mut phys).update(va, |pte| {
-                if (pte & ADDR_MASK) / PAGE_SIZE != pfn {
-                    return pte;
-                }
-                dirty |= pte & pte_flags::DIRTY != 0;
-                writable |= pte & pte_flags::WRITABLE != 0;
-                pte & !pte_flags::DIRTY
-            });
-            if let Some(f) = changed {
-                f.ignore(); // the caller's shootdown pays for it
-            }
-        }
+        // The caller's shootdown pays for the flushes.
+        self.update_ptes_of(pfn, maps, |pte| {
+            dirty |= pte & pte_flags::DIRTY != 0;
+            writable |= pte & pte_flags::WRITABLE != 0;
+            pte & !pte_flags::DIRTY
+        });
         if dirty {
             self.stats.pte_dirty += 1;
             self.mark_dirty(pfn);
