@@ -4,8 +4,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::cpu;
+use crate::arch::vectors::TICK_NS;
 use crate::percpu;
-use crate::trap::TICK_NS;
 
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);

@@ -69,13 +69,10 @@ pub fn write_fmt_unlocked(args: fmt::Arguments) {
     }
 }
 
-#[macro_export]
-macro_rules! print {
-    ($($arg:tt)*) => { $crate::console::write_fmt(format_args!($($arg)*)) };
-}
-
-#[macro_export]
+/// Prints a line to the console (`crate::console::println!`).
 macro_rules! println {
-    () => { $crate::print!("\n") };
+    () => { $crate::console::write_fmt(format_args!("\n")) };
     ($($arg:tt)*) => { $crate::console::write_fmt(format_args!("{}\n", format_args!($($arg)*))) };
 }
+
+pub(crate) use println;

@@ -11,11 +11,14 @@ use pagehint_abi::hypercall::{
 };
 use pagehint_abi::{GuestPhys, Pfn, ABI_VERSION, PAGE_SIZE};
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::mem::offset_of;
+use core::sync::atomic::Ordering;
 
-use crate::arch::{apic, cpu, idt};
-use crate::mm::discard;
-use crate::{hv, mm, percpu, println, process, sched, trap};
+use crate::arch::{apic, cpu, direct_map, idt, vectors};
+use crate::console::println;
+use crate::phys;
+use crate::phys::discard;
+use crate::{hv, mm, percpu, process, sched, trap};
 
 mod hint_cost;
 mod outsider;
@@ -28,8 +31,7 @@ pub fn run(name: &str, args: &str, tsc_khz: u32) -> Option<u32> {
     match name {
         "crash-kernel" => {
             println!("guest: crash-kernel: reading a non-canonical address");
-            // SAFETY: none; this faults on purpose.
-            let v = unsafe { (0x8000_0000_0000_0000u64 as *const u64).read_volatile() };
+            let v = cpu::read_non_canonical();
             println!("guest: survived {v}");
             Some(guest::FAILURE)
         }
@@ -73,8 +75,8 @@ fn kbench(tsc_khz: u32) {
     let khz = tsc_khz.max(1) as u64;
     let us = |c: u64, n: u64| c * 1000 / khz / n.max(1);
     let n = 200u64;
-    let page_a = mm::alloc_zeroed_frame().unwrap_or(0);
-    let page_b = mm::alloc_zeroed_frame().unwrap_or(0);
+    let page_a = phys::pages::alloc_zeroed_frame().unwrap_or(0);
+    let page_b = phys::pages::alloc_zeroed_frame().unwrap_or(0);
     let t = cpu::rdtsc();
     for i in 0..n {
         core::hint::black_box(i);
@@ -82,21 +84,14 @@ fn kbench(tsc_khz: u32) {
     let empty = cpu::rdtsc() - t;
     let t = cpu::rdtsc();
     for _ in 0..n {
-        // SAFETY: two frames we own, in the direct map.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                mm::phys_to_virt(page_a) as *const u8,
-                mm::phys_to_virt(page_b) as *mut u8,
-                4096,
-            )
-        };
+        // Two frames we own.
+        direct_map::copy(page_a, page_b, 4096);
         core::hint::black_box(page_b);
     }
     let copy = cpu::rdtsc() - t;
     let t = cpu::rdtsc();
     for _ in 0..n {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_bytes(mm::phys_to_virt(page_b) as *mut u8, 0, 4096) };
+        direct_map::zero(page_b, 4096);
         core::hint::black_box(page_b);
     }
     let zero = cpu::rdtsc() - t;
@@ -117,17 +112,16 @@ fn kbench(tsc_khz: u32) {
 /// `bad-hints`: sends malformed hypercalls and checks that each is refused
 /// with the right code while the VMM keeps running.
 fn bad_hints() -> u32 {
-    if !mm::hints::enabled() {
+    if !phys::hints::enabled() {
         println!("bad-hints: hinting is off; nothing to test");
         return guest::FAILURE;
     }
-    let Some(page) = mm::alloc_zeroed_frame() else {
+    let Some(page) = phys::pages::alloc_zeroed_frame() else {
         return guest::BAD_MACHINE;
     };
-    let Some(victim) = mm::alloc_zeroed_frame() else {
+    let Some(victim) = phys::pages::alloc_zeroed_frame() else {
         return guest::BAD_MACHINE;
     };
-    let batch = mm::phys_to_virt(page) as *mut HintBatch;
     let wire = |r: Option<Result<CallResult, i32>>| r.map_or(i32::MIN, hv::wire);
     let send = |addr: u64, count: u64| {
         wire(hv::call(Request::HintBatch {
@@ -136,14 +130,13 @@ fn bad_hints() -> u32 {
         }))
     };
     let entry = |e: HintEntry| {
-        // SAFETY: `page` is our own frame, in the direct map.
-        unsafe {
-            (*batch).count = 1;
-            (*batch).entries[0] = e;
-        }
+        // `page` is our own frame, laid out as a `HintBatch`.
+        let first = page + offset_of!(HintBatch, entries) as u64;
+        direct_map::write::<u32>(page + offset_of!(HintBatch, count) as u64, 1);
+        direct_map::write::<HintEntry>(first, e);
         let r = send(page, 1);
-        // SAFETY: as above.
-        (r, unsafe { (*batch).entries[0].result } as i32)
+        let result = direct_map::read::<i16>(first + offset_of!(HintEntry, result) as u64);
+        (r, result as i32)
     };
     let ram_end_pfn = Pfn(1u64 << 40);
     let vpfn = GuestPhys(victim).pfn();
@@ -217,8 +210,8 @@ fn bad_hints() -> u32 {
             ok = false;
         }
     }
-    mm::free_frame(victim);
-    mm::free_frame(page);
+    phys::pages::free_frame(victim);
+    phys::pages::free_frame(page);
     if ok {
         println!("bad-hints: all refused as expected");
         guest::SUCCESS
@@ -237,11 +230,11 @@ fn state_table_checks(page: u64) -> impl Iterator<Item = (&'static str, i32, Cal
     let register = |table: u64| {
         hv::call(Request::SetStateTable {
             table: GuestPhys(table),
-            entries: mm::max_pfn(),
+            entries: phys::allocator::max_pfn(),
         })
         .map_or(i32::MIN, hv::wire)
     };
-    let checks: [(&'static str, i32, CallResult); 2] = if mm::hints::shared() {
+    let checks: [(&'static str, i32, CallResult); 2] = if phys::hints::shared() {
         [
             ("state table again", register(page), CallResult::BadArgument),
             (
@@ -269,21 +262,6 @@ fn state_table_checks(page: u64) -> impl Iterator<Item = (&'static str, i32, Cal
     checks.into_iter().filter(|c| !c.0.is_empty())
 }
 
-/// TSC deadline until which a CPU asked by `SPIN_VECTOR` spins.
-static SPIN_UNTIL: AtomicU64 = AtomicU64::new(0);
-/// True while that CPU spins.
-static SPINNING: AtomicBool = AtomicBool::new(false);
-
-/// The `SPIN_VECTOR` handler: busy in kernel code with interrupts off (an
-/// interrupt gate cleared IF) until the deadline.
-pub fn spin_with_interrupts_off() {
-    SPINNING.store(true, Ordering::Release);
-    while cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
-    SPINNING.store(false, Ordering::Release);
-}
-
 /// Sleeps this CPU for about `ms` with interrupts enabled (a quiescent
 /// state for the discard list).
 fn rest(ms: u64, khz: u64) {
@@ -292,6 +270,19 @@ fn rest(ms: u64, khz: u64) {
     while cpu::rdtsc() < end {
         cpu::wait_for_interrupt();
     }
+}
+
+/// Rests and drains the discard list up to `tries` times, until none of
+/// `listed` is on it; whether they all left.
+fn drained(listed: &[u64], tries: u32, khz: u64) -> bool {
+    for _ in 0..tries {
+        rest(2, khz);
+        discard::drain();
+        if listed.iter().all(|&p| !discard::is_listed(p)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// `discard-list-test`: frames on the discard list are not reused before
@@ -306,14 +297,14 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     let mut ok = true;
     let take = |n: usize| -> alloc::vec::Vec<u64> {
         (0..n)
-            .filter_map(|_| mm::alloc_frame_for_overwrite())
+            .filter_map(|_| phys::pages::alloc_frame_for_overwrite())
             .map(|pa| pa / PAGE_SIZE)
             .collect()
     };
     // Phase A: CPU 1 spins with interrupts off for 300 ms.
-    SPIN_UNTIL.store(cpu::rdtsc() + 300 * khz, Ordering::Release);
-    apic::send_ipi(percpu::get(1).apic_id.get(), trap::SPIN_VECTOR);
-    while !SPINNING.load(Ordering::Acquire) {
+    trap::SPIN_UNTIL.store(cpu::rdtsc() + 300 * khz, Ordering::Release);
+    apic::send_ipi(percpu::get(1).apic_id.get(), vectors::SPIN_VECTOR);
+    while !trap::SPINNING.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }
     let listed = take(8);
@@ -321,38 +312,32 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     discard::list_for_test(listed.clone());
     // This CPU passes quiescent states; CPU 1 cannot.
     let mut reused = 0;
-    while SPINNING.load(Ordering::Acquire)
-        && cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) - 50 * khz
+    while trap::SPINNING.load(Ordering::Acquire)
+        && cpu::rdtsc() < trap::SPIN_UNTIL.load(Ordering::Acquire) - 50 * khz
     {
         rest(5, khz);
         discard::drain();
         // Nothing listed may come back from the allocator meanwhile.
         let probe = take(32);
         reused += probe.iter().filter(|p| listed.contains(p)).count();
-        probe.iter().for_each(|&p| mm::free_frame(p * PAGE_SIZE));
+        probe
+            .iter()
+            .for_each(|&p| phys::pages::free_frame(p * PAGE_SIZE));
     }
     let still = listed.iter().filter(|&&p| discard::is_listed(p)).count();
     println!("discard-list: phase A (cpu 1 busy, interrupts off): {still}/8 still listed, {reused} reused");
     ok &= still == 8 && reused == 0;
     // CPU 1 returns to idle: a quiescent state.
-    while SPINNING.load(Ordering::Acquire) {
+    while trap::SPINNING.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }
-    let mut released = false;
-    for _ in 0..100 {
-        rest(2, khz);
-        discard::drain();
-        if listed.iter().all(|&p| !discard::is_listed(p)) {
-            released = true;
-            break;
-        }
-    }
+    let released = drained(&listed, 100, khz);
     let cpu1_now = percpu::get(1).quiescent.load(Ordering::Acquire);
     println!("discard-list: after cpu 1 passed a quiescent state ({cpu1_at_listing} -> {cpu1_now}): released {released}");
     ok &= released && cpu1_now > cpu1_at_listing;
     // Phase B: CPU 1 busy in user mode (a CPU-bound program that never
     // idles); its timer ticks from user mode are its quiescent states.
-    let Ok(elf) = guest_kernel::elf::Elf::parse(crate::USER_ELF) else {
+    let Ok(elf) = guest_logic::elf::Elf::parse(crate::process::USER_ELF) else {
         return guest::BAD_MACHINE;
     };
     match process::create(&elf, "preempt 400", 0) {
@@ -365,15 +350,7 @@ fn discard_list_test(tsc_khz: u32) -> u32 {
     // least `at`, and a release proves the count moved past it.
     let at = percpu::get(1).quiescent.load(Ordering::Acquire);
     discard::list_for_test(listed.clone());
-    let mut released = false;
-    for _ in 0..200 {
-        rest(2, khz);
-        discard::drain();
-        if listed.iter().all(|&p| !discard::is_listed(p)) {
-            released = true;
-            break;
-        }
-    }
+    let released = drained(&listed, 200, khz);
     let now = percpu::get(1).quiescent.load(Ordering::Acquire);
     println!("discard-list: phase B (cpu 1 busy in user mode): released {released} after its count went {at} -> {now}");
     ok &= released && now > at;

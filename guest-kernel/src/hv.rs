@@ -5,11 +5,13 @@
 //! Under another hypervisor (QEMU, say) detection fails and the kernel runs
 //! without hypercalls; nothing here may assume the VMM is present unless
 //! [`Hypervisor::detect`] said so.
+//!
+//! Handing the VMM this CPU's hypercall block is this module's job, so it
+//! holds that unsafe code, with its reason.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::arch::cpu::{cpuid, halt_forever, outl};
-use crate::mm;
 use pagehint_abi::cpuid::{features, is_signature, LEAF_FEATURES, LEAF_SIGNATURE};
 use pagehint_abi::hypercall::{CallResult, HypercallBlock, Request};
 use pagehint_abi::ports::EXIT_PORT;
@@ -71,7 +73,7 @@ pub fn hypercall(block: &mut HypercallBlock) -> Option<i32> {
         return None;
     }
     block.result = CallResult::BadBlock.into();
-    let phys = mm::virt_to_phys(block as *mut HypercallBlock as u64);
+    let phys = crate::arch::direct_map::virt_to_phys(block as *mut HypercallBlock as u64);
     // The block lives in the first 4 GiB (all guest RAM does), so its
     // address fits the 32-bit doorbell write.
     outl(port, phys as u32);

@@ -20,24 +20,24 @@ mod fs;
 mod hv;
 mod mm;
 mod percpu;
+mod phys;
 mod process;
 mod sched;
 mod smp;
 mod sync;
 mod syscall;
+mod task;
 mod trap;
 
 use core::sync::atomic::Ordering;
 
-use arch::{apic, boot, cpu, gdt, idt};
-use guest_kernel::cmdline;
-use guest_kernel::elf::Elf;
+use arch::{apic, boot, cpu, direct_map, gdt, idt, vectors};
+use console::println;
+use guest_logic::cmdline;
+use guest_logic::elf::Elf;
 use pagehint_abi::boot::CMDLINE_MAX;
 use pagehint_abi::cpuid::features;
 use pagehint_abi::exit::guest;
-
-/// The user programs, built by `vmm/build.rs` from the `guest-user` crate.
-pub(crate) static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
 
 /// Pages of each IST stack.
 const IST_PAGES: u64 = 2;
@@ -49,23 +49,22 @@ fn fail(status: u32, what: core::fmt::Arguments) -> ! {
 
 /// Sets up this CPU's tables, per-CPU data, LAPIC and timer.
 fn init_cpu(index: usize) {
-    let Some(ist) = mm::alloc_contiguous(IST_PAGES * 2) else {
+    let Some(ist) = phys::allocator::alloc_contiguous(IST_PAGES * 2) else {
         fail(
             guest::BAD_MACHINE,
             format_args!("no memory for cpu {index}'s IST stacks"),
         );
     };
-    let ist = mm::phys_to_virt(ist);
+    let ist = crate::arch::direct_map::phys_to_virt(ist);
     let size = IST_PAGES * pagehint_abi::PAGE_SIZE;
     gdt::init(index, [ist + size, ist + 2 * size]);
     idt::load();
-    // SAFETY: the kernel PML4 maps the kernel half exactly as the boot one.
-    unsafe { cpu::write_cr3(boot::kernel_pml4_phys()) };
+    boot::load_kernel_pml4();
     percpu::init_this(index, apic::id());
-    mm::hints::init_cpu();
-    apic::enable(trap::SPURIOUS_VECTOR);
+    phys::hints::init_cpu();
+    apic::enable(vectors::SPURIOUS_VECTOR);
     sched::init_cpu();
-    trap::start_timer();
+    vectors::start_timer();
     percpu::ONLINE.fetch_add(1, Ordering::AcqRel);
 }
 
@@ -74,10 +73,9 @@ fn read_cmdline(pa: u64) -> &'static str {
     if pa == 0 || pa >= pagehint_abi::boot::MMIO_HOLE_START {
         return "";
     }
-    // SAFETY: the loader placed the command line in RAM below 4 GiB, which
-    // the direct map covers; at most CMDLINE_MAX bytes are read.
-    let bytes =
-        unsafe { core::slice::from_raw_parts(mm::phys_to_virt(pa) as *const u8, CMDLINE_MAX) };
+    // The loader placed the command line in RAM below 4 GiB, which the
+    // direct map covers; at most CMDLINE_MAX bytes are read.
+    let bytes = direct_map::bytes(pa, CMDLINE_MAX);
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
     core::str::from_utf8(&bytes[..len]).unwrap_or("")
 }
@@ -85,7 +83,7 @@ fn read_cmdline(pa: u64) -> &'static str {
 #[no_mangle]
 extern "C" fn kmain_bsp(start_info: u32) -> ! {
     println!("guest: pagehint kernel booting");
-    let (info, ranges, nranges) = match mm::read_start_info(start_info as u64) {
+    let (info, ranges, nranges) = match phys::allocator::read_start_info(start_info as u64) {
         Ok(r) => r,
         Err(e) => fail(
             guest::BAD_MACHINE,
@@ -95,13 +93,13 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
     let hv = hv::Hypervisor::detect();
     if hv.is_some() {
         // This VMM's guest RAM is fresh anonymous memory: zeroes.
-        mm::trust_fresh_frames_are_zero();
+        phys::allocator::trust_fresh_frames_are_zero();
     }
     let mem = match mm::init(&ranges[..nranges]) {
         Ok(m) => m,
         Err(e) => fail(guest::BAD_MACHINE, format_args!("memory: {e:?}")),
     };
-    idt::build(trap::SYSCALL_VECTOR);
+    idt::build(vectors::SYSCALL_VECTOR);
     // The legacy 8259 PICs would deliver device lines (through LINT0) on
     // vectors that collide with CPU exceptions: mask them all; devices are
     // routed through the I/O APIC.
@@ -112,15 +110,15 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
     match hv {
         Some(h) => {
             if h.features & features::PAGE_HINTS != 0 {
-                mm::hints::enable();
+                phys::hints::enable();
                 if h.features & features::POTENTIALLY_VOLATILE != 0 {
-                    mm::hints::enable_potentially_volatile();
+                    phys::hints::enable_potentially_volatile();
                 }
                 if h.features & features::GUEST_AGES != 0 {
-                    mm::hints::enable_guest_ages();
+                    phys::hints::enable_guest_ages();
                 }
             }
-            mm::discard::init_cpu(h.features & features::DISCARD_FAULTS != 0);
+            phys::discard::init_cpu(h.features & features::DISCARD_FAULTS != 0);
             let r = hv::hello(0).map(hv::wire);
             println!(
                 "guest: hypervisor PageHintVMM, ABI {}, hypercall port {:#x} (hello: {:?}), TSC {} kHz",
@@ -141,11 +139,11 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
     // while only this CPU hints.
     match cmd.hints {
         cmdline::HintsOption::Shared => {
-            mm::hints::set_mode(mm::hints::Mode::Batched);
+            phys::hints::set_mode(phys::hints::Mode::Batched);
             let offered = hv.is_some_and(|h| h.features & features::SHARED_STATES != 0);
-            if offered && mm::hints::enabled() && mm::hints::share_table() {
+            if offered && phys::hints::enabled() && phys::hints::share_table() {
                 println!("guest: page states shared with the VMM (no hint exits)");
-                if mm::scribble::start(u64::from(cmd.scribble)) {
+                if phys::scribble::start(u64::from(cmd.scribble)) {
                     println!(
                         "guest: scribbling {} shared-table entries a tick (a stress test)",
                         cmd.scribble
@@ -153,27 +151,30 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
                 }
             }
         }
-        cmdline::HintsOption::Batched => mm::hints::set_mode(mm::hints::Mode::Batched),
-        cmdline::HintsOption::Unbatched => mm::hints::set_mode(mm::hints::Mode::Unbatched),
+        cmdline::HintsOption::Batched => phys::hints::set_mode(phys::hints::Mode::Batched),
+        cmdline::HintsOption::Unbatched => phys::hints::set_mode(phys::hints::Mode::Unbatched),
         cmdline::HintsOption::Fpr => {
-            mm::hints::set_mode(mm::hints::Mode::FreePageReporting);
+            phys::hints::set_mode(phys::hints::Mode::FreePageReporting);
             if hv.is_some() {
-                mm::report::init(mm::max_pfn());
+                phys::report::init(
+                    phys::allocator::max_pfn(),
+                    phys::allocator::alloc_contiguous(1).unwrap_or(0),
+                );
             }
         }
     }
-    if mm::noise::start(u64::from(cmd.hcnoise)) {
+    if phys::noise::start(u64::from(cmd.hcnoise)) {
         println!(
             "guest: sending {} garbage hypercalls every 10 ticks on every cpu (a stress test)",
             cmd.hcnoise
         );
     }
-    let wanted = smp::cpu_count();
+    let wanted = cpu::cpu_count();
     let cpus = smp::start_aps(wanted, hv.map_or(0, |h| h.tsc_khz));
     println!(
         "guest: {} MiB RAM, {} free frames, heap {} KiB, {}/{} cpus online",
         mem.total_frames / 256,
-        mm::free_frames(),
+        phys::allocator::free_frames(),
         mem.heap_bytes / 1024,
         cpus,
         wanted
@@ -188,7 +189,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         );
     }
     if let Some(dev) = cmd.virtio_mmio {
-        match drivers::virtio_blk::init(dev.base, dev.irq, trap::VIRTIO_BLK_VECTOR) {
+        match drivers::virtio_blk::init(dev.base, dev.irq, vectors::VIRTIO_BLK_VECTOR) {
             Ok(sectors) => match fs::mount() {
                 Ok(files) => println!(
                     "guest: disk {} KiB at {:#x} irq {}, {} files",
@@ -208,7 +209,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
     if let Some(status) = diag::run(cmd.program, cmd.args, hv.map_or(0, |h| h.tsc_khz)) {
         hv::exit(status);
     }
-    let elf = match Elf::parse(USER_ELF) {
+    let elf = match Elf::parse(process::USER_ELF) {
         Ok(e) => e,
         Err(e) => fail(
             guest::BAD_MACHINE,
@@ -245,7 +246,7 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
 extern "C" fn kmain_ap(index: u32) -> ! {
     init_cpu(index as usize);
     if let Some(h) = hv::Hypervisor::detect() {
-        mm::discard::init_cpu(h.features & features::DISCARD_FAULTS != 0);
+        phys::discard::init_cpu(h.features & features::DISCARD_FAULTS != 0);
     }
     println!("guest: cpu {} online (apic id {})", index, apic::id());
     if let Some(r) = hv::hello(index).map(hv::wire) {

@@ -4,6 +4,9 @@
 //! with interrupts off; the run queue, which other CPUs push to, is behind
 //! a lock. Nothing here may be touched by another CPU except through
 //! [`PerCpu::run_queue`] and the identity fields.
+//!
+//! Reaching this CPU's slot through GS and its CPU-private cells is this
+//! module's job, so it holds that unsafe code, each block with its reason.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -12,10 +15,33 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::arch::cpu::{wrmsr, MSR_GS_BASE, MSR_KERNEL_GS_BASE};
 use crate::arch::gdt::MAX_CPUS;
-use crate::mm::hints::CpuHints;
-use crate::sched::{Pending, Task, TaskPtr};
 use crate::sync::SpinLock;
+use crate::task::{Pending, Task, TaskPtr};
+use guest_logic::hint_state::HintState;
 use pagehint_abi::hypercall::DiscardFaultInfo;
+
+/// A CPU's hint state: the library's, plus the batch page it works on
+/// (`phys::hints` works on it, with interrupts off).
+pub struct CpuHints {
+    /// The batch page (kernel-virtual address; 0 until `phys::hints::init_cpu`).
+    pub batch: u64,
+    pub state: HintState,
+}
+
+impl CpuHints {
+    pub const fn new() -> Self {
+        Self {
+            batch: 0,
+            state: HintState::new(),
+        }
+    }
+}
+
+impl Default for CpuHints {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 #[repr(C)]
 pub struct PerCpu {
@@ -29,11 +55,11 @@ pub struct PerCpu {
     pub pending: Cell<Pending>,
     pub run_queue: SpinLock<VecDeque<TaskPtr>>,
     pub ticks: AtomicU64,
-    /// Latest TLB shootdown this CPU has carried out (`mm::tlb`).
+    /// Latest TLB shootdown this CPU has carried out (`phys::tlb`).
     pub tlb_ack: AtomicU64,
-    /// Page-hint batch and frame pools (`mm::hints`), this CPU's only.
+    /// Page-hint batch and frame pools (`phys::hints`), this CPU's only.
     pub hints: UnsafeCell<CpuHints>,
-    /// Where the VMM leaves the address of a discard fault (`mm::discard`).
+    /// Where the VMM leaves the address of a discard fault (`phys::discard`, `mm::discard_fault`).
     pub fault_info: UnsafeCell<DiscardFaultInfo>,
     /// Times this CPU passed a state with interrupts enabled.
     pub quiescent: AtomicU64,
@@ -42,6 +68,15 @@ pub struct PerCpu {
 }
 
 impl PerCpu {
+    /// This CPU's discard-fault info area as the VMM left it before it
+    /// injected the fault; read once, by value.
+    #[inline]
+    pub fn read_fault_info(&self) -> DiscardFaultInfo {
+        // SAFETY: the area is this CPU's, written only by the VMM (before
+        // the fault it injects on this CPU); a volatile read by value.
+        unsafe { self.fault_info.get().read_volatile() }
+    }
+
     /// Runs `f` on this CPU's discard batch with interrupts off.
     pub fn with_discard_batch<R>(&self, f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
         let irq = crate::arch::cpu::interrupts_off();

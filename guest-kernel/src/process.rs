@@ -2,17 +2,20 @@
 //! into it, a stack with the argument string on top, and a task.
 //!
 //! The image is the kernel's embedded user-program ELF; it is checked by
-//! `guest_kernel::elf` before anything is copied.
+//! `guest_logic::elf` before anything is copied.
 
 use alloc::boxed::Box;
 
-use guest_kernel::elf::{Elf, PF_W, PF_X};
-use guest_kernel::vma::Backing;
+use guest_logic::elf::{Elf, PF_W, PF_X};
+use guest_logic::vma::Backing;
 use pagehint_abi::syscall::{prot, STACK_SIZE, STACK_TOP};
 use pagehint_abi::PAGE_SIZE;
 
 use crate::mm::{self, addr_space::AsError, MmState};
-use crate::sched::Task;
+use crate::task::Task;
+
+/// The user programs, built by `vmm/build.rs` from the `guest-user` crate.
+pub(crate) static USER_ELF: &[u8] = include_bytes!(env!("GUEST_USER_ELF"));
 
 /// Builds a task that runs `elf` with `args` as instance `instance`.
 pub fn create(elf: &Elf, args: &str, instance: u32) -> Result<Box<Task>, AsError> {

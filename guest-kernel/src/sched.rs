@@ -6,52 +6,21 @@
 //! preempted. A task that leaves the CPU is requeued or freed by the *next*
 //! task, after the switch (`finish_switch`), so no other CPU can pick it up
 //! while its registers are still being saved.
+//!
+//! The context switch (CR3, the stack switch, handing task ownership
+//! between CPUs) is this module's job, so it holds that unsafe code, each
+//! block with its reason.
 
 use alloc::boxed::Box;
-use alloc::vec;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::arch::idt::TrapFrame;
-use crate::arch::{apic, boot, cpu, gdt, switch};
+use crate::arch::vectors::RESCHEDULE_VECTOR;
+use crate::arch::{apic, cpu, gdt, switch};
 use crate::mm;
 use crate::percpu;
-use crate::trap::RESCHEDULE_VECTOR;
-
-/// Kernel stack per task.
-const KSTACK_WORDS: usize = 2048;
-
-pub struct Task {
-    pub pid: u32,
-    saved_rsp: u64,
-    kstack: Vec<u64>,
-    /// The address space (`mm::MmState::spaces`), `None` for idle tasks.
-    pub asid: Option<u32>,
-    /// Its page-table root, for CR3.
-    root: u64,
-    /// Open files: index into the file system's directory and position.
-    pub files: Vec<Option<OpenFile>>,
-}
-
-/// An open file of a task.
-#[derive(Clone, Copy, Debug)]
-pub struct OpenFile {
-    pub file: u32,
-    pub pos: u64,
-}
-
-/// A task pointer that may cross CPUs (through a run queue).
-pub struct TaskPtr(*mut Task);
-// SAFETY: a task is owned by exactly one run queue or one CPU at a time.
-unsafe impl Send for TaskPtr {}
-
-/// What the next task must do for the one that just left the CPU.
-#[derive(Clone, Copy)]
-pub enum Pending {
-    None,
-    Requeue(*mut Task),
-    Reap(*mut Task),
-}
+use crate::phys;
+use crate::task::{Pending, Task, TaskPtr};
 
 /// Why the current task leaves the CPU.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -61,60 +30,9 @@ pub enum Reason {
     Exit,
 }
 
-static NEXT_PID: AtomicU32 = AtomicU32::new(1);
 static LIVE: AtomicU32 = AtomicU32::new(0);
 static STARTED: AtomicU32 = AtomicU32::new(0);
 static WORST_STATUS: AtomicU32 = AtomicU32::new(0);
-
-impl Task {
-    /// A user task that starts at `entry` with `rsp` and the three argument
-    /// registers, in `space`.
-    pub fn new_user(asid: u32, root: u64, entry: u64, rsp: u64, args: [u64; 3]) -> Box<Task> {
-        let mut t = Box::new(Task {
-            pid: NEXT_PID.fetch_add(1, Ordering::Relaxed),
-            saved_rsp: 0,
-            kstack: vec![0u64; KSTACK_WORDS],
-            asid: Some(asid),
-            root,
-            files: Vec::new(),
-        });
-        let frame_words = core::mem::size_of::<TrapFrame>() / 8;
-        let top = t.kstack.as_mut_ptr_range().end;
-        // SAFETY: the stack is KSTACK_WORDS long, far more than a trap
-        // frame plus a switch frame.
-        let frame_ptr = unsafe { top.sub(frame_words) };
-        let frame = TrapFrame {
-            rip: entry,
-            cs: gdt::USER_CODE as u64,
-            rflags: 0x202,
-            rsp,
-            ss: gdt::USER_DATA as u64,
-            rdi: args[0],
-            rsi: args[1],
-            rdx: args[2],
-            ..TrapFrame::default()
-        };
-        // SAFETY: `frame_ptr` is aligned and inside the stack.
-        unsafe { (frame_ptr as *mut TrapFrame).write(frame) };
-        t.saved_rsp = switch::initial_stack(frame_ptr);
-        t
-    }
-
-    fn idle() -> Box<Task> {
-        Box::new(Task {
-            pid: 0,
-            saved_rsp: 0,
-            kstack: Vec::new(),
-            asid: None,
-            root: boot::kernel_pml4_phys(),
-            files: Vec::new(),
-        })
-    }
-
-    fn stack_top(&self) -> u64 {
-        self.kstack.as_ptr_range().end as u64
-    }
-}
 
 /// Puts a new task on CPU `cpu`'s run queue and wakes that CPU.
 pub fn spawn(task: Box<Task>, cpu: usize) {
@@ -208,23 +126,23 @@ extern "C" fn finish_switch() {
 pub fn tick(frame: &TrapFrame) {
     let me = percpu::this();
     let ticks = me.ticks.fetch_add(1, Ordering::Relaxed);
-    if me.index.get() == 0 && ticks % mm::report::PERIOD_TICKS == mm::report::PERIOD_TICKS - 1 {
+    if me.index.get() == 0 && ticks % phys::report::PERIOD_TICKS == phys::report::PERIOD_TICKS - 1 {
         // Free page reporting's delayed work (a no-op unless it is on).
-        mm::report_free_pages();
+        phys::allocator::report_free_pages();
     }
-    mm::scribble::tick();
-    mm::noise::tick(ticks);
+    phys::scribble::tick();
+    phys::noise::tick(ticks);
     if frame.came_from_user() {
         // Hints must not wait for ever behind a busy user program, nor
         // discarded frames whose grace period is over.
         if ticks.is_multiple_of(10) {
             // Frames freed a while ago go back (and are announced unused).
-            mm::hints::drain_local();
-            if mm::hints::pending() > 0 {
-                mm::hints::commit();
+            phys::hints::drain_local();
+            if phys::hints::pending() > 0 {
+                phys::hints::commit();
             }
-            mm::discard::flush_local();
-            mm::discard::drain();
+            phys::discard::flush_local();
+            phys::discard::drain();
         }
         schedule(Reason::Preempt);
     }
@@ -237,17 +155,17 @@ pub fn exit_current(status: u32) -> ! {
         let worst = WORST_STATUS.load(Ordering::Acquire);
         // As a clean shutdown syncs: nothing written may stay in the cache.
         if mm::with(|st| st.sync_all()).is_err() {
-            crate::println!("guest: write-back before the stop failed");
+            crate::console::println!("guest: write-back before the stop failed");
         }
-        if mm::noise::SENT.load(Ordering::Relaxed) > 0 {
-            crate::println!(
+        if phys::noise::SENT.load(Ordering::Relaxed) > 0 {
+            crate::console::println!(
                 "guest: hcnoise: {} garbage hypercalls sent, {} refused, {} odd doorbell writes",
-                mm::noise::SENT.load(Ordering::Relaxed),
-                mm::noise::REFUSED.load(Ordering::Relaxed),
-                mm::noise::ODD_WRITES.load(Ordering::Relaxed)
+                phys::noise::SENT.load(Ordering::Relaxed),
+                phys::noise::REFUSED.load(Ordering::Relaxed),
+                phys::noise::ODD_WRITES.load(Ordering::Relaxed)
             );
         }
-        crate::println!(
+        crate::console::println!(
             "guest: all {} processes exited, status {}",
             STARTED.load(Ordering::Relaxed),
             worst
@@ -268,11 +186,11 @@ pub fn idle_loop() -> ! {
         }
         // Tell the host what this CPU learned before it sleeps, and let
         // discarded frames whose grace period is over go.
-        mm::hints::drain_local();
-        mm::hints::commit();
-        mm::discard::flush_local();
-        mm::discard::quiescent();
-        mm::discard::drain();
+        phys::hints::drain_local();
+        phys::hints::commit();
+        phys::discard::flush_local();
+        phys::discard::quiescent();
+        phys::discard::drain();
         // The flusher: dirty pages reach the disk while nothing else runs.
         mm::writeback::background();
         cpu::wait_for_interrupt();

@@ -6,9 +6,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::arch::{apic, boot, cpu};
-use crate::mm::{self, phys_to_virt};
+use crate::arch::direct_map::phys_to_virt;
+use crate::arch::{apic, boot, cpu, direct_map};
 use crate::percpu;
+use crate::phys;
 use pagehint_abi::boot::AP_TRAMPOLINE_ADDR;
 use pagehint_abi::PAGE_SIZE;
 
@@ -22,17 +23,6 @@ static AP_BOOT_CPU: AtomicU64 = AtomicU64::new(0);
 /// Pages of each AP's boot (later idle) stack.
 const AP_STACK_PAGES: u64 = 4;
 
-/// How many CPUs the firmware describes: CPUID.1 EBX[23:16] when HTT is
-/// set, which both this VMM and QEMU fill in; 1 otherwise.
-pub fn cpu_count() -> usize {
-    let (_, ebx, _, edx) = cpu::cpuid(1, 0);
-    if edx & (1 << 28) != 0 {
-        (((ebx >> 16) & 0xff) as usize).clamp(1, crate::arch::gdt::MAX_CPUS)
-    } else {
-        1
-    }
-}
-
 /// Starts CPUs 1..n (APIC IDs equal to indices); returns how many came up,
 /// the bootstrap CPU included.
 pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
@@ -40,15 +30,9 @@ pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
         return 1;
     }
     let code = boot::ap_trampoline();
-    // SAFETY: the trampoline page is reserved low memory that no allocator
-    // hands out (everything below the kernel image is excluded).
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            code.as_ptr(),
-            phys_to_virt(AP_TRAMPOLINE_ADDR) as *mut u8,
-            code.len(),
-        )
-    };
+    // The trampoline page is reserved low memory that no allocator hands
+    // out (everything below the kernel image is excluded).
+    direct_map::write_from(AP_TRAMPOLINE_ADDR, code);
     // Give each AP up to ~200 ms (TSC-timed when the frequency is known).
     let budget = if tsc_khz != 0 {
         tsc_khz as u64 * 200
@@ -56,8 +40,8 @@ pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
         0
     };
     for i in 1..n {
-        let Some(stack) = mm::alloc_contiguous(AP_STACK_PAGES) else {
-            crate::println!("guest: no memory for cpu {i}'s stack");
+        let Some(stack) = phys::allocator::alloc_contiguous(AP_STACK_PAGES) else {
+            crate::console::println!("guest: no memory for cpu {i}'s stack");
             return i;
         };
         AP_BOOT_STACK.store(
@@ -78,7 +62,7 @@ pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
                 spins > 200_000
             };
             if expired {
-                crate::println!("guest: cpu {i} did not come up");
+                crate::console::println!("guest: cpu {i} did not come up");
                 return i;
             }
         }

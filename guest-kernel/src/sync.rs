@@ -1,11 +1,16 @@
 //! A spin lock that also keeps interrupts off while held, so an interrupt
-//! handler on the same CPU can never spin on a lock its own CPU holds.
+//! handler on the same CPU can never spin on a lock its own CPU holds; and
+//! [`Published`], a value set once and read for ever after without a lock.
 //!
-//! It must never be held across a context switch.
+//! These primitives are this module's job, so it holds their unsafe code,
+//! each block with its reason. A lock must never be held across a context
+//! switch.
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use alloc::boxed::Box;
 
 use crate::arch::cpu;
 
@@ -94,5 +99,33 @@ impl<T> Drop for SpinGuard<'_, T> {
         if self.irq {
             cpu::interrupts_on();
         }
+    }
+}
+
+/// A value published once (leaked, never freed) and read by every CPU
+/// after, with one acquire load and no lock.
+pub struct Published<T> {
+    ptr: AtomicPtr<T>,
+}
+
+impl<T: Send + Sync> Published<T> {
+    pub const fn new() -> Self {
+        Self {
+            ptr: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
+    /// Publishes `value` (once: a later call leaks the earlier value, which
+    /// readers may still hold).
+    pub fn publish(&self, value: Box<T>) {
+        self.ptr.store(Box::into_raw(value), Ordering::Release);
+    }
+
+    /// The published value, if any.
+    #[inline]
+    pub fn get(&self) -> Option<&'static T> {
+        // SAFETY: the pointer is null or a leaked `Box` (never freed), and
+        // the release store in `publish` orders its contents before it.
+        unsafe { self.ptr.load(Ordering::Acquire).as_ref() }
     }
 }

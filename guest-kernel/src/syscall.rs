@@ -3,14 +3,19 @@
 //!
 //! Every argument comes from user mode and is checked before use; a bad one
 //! gets a negative errno, never a kernel fault. User memory is reached only
-//! through `MmState::copy_from_user`/`copy_to_user`.
+//! through `MmState::copy_from_user`/`copy_to_user`. One unsafe block, in
+//! `copy_out`: an ABI structure (plain `#[repr(C)]` integers) viewed as
+//! its bytes for the copy.
 
+use crate::arch::direct_map;
 use crate::arch::idt::TrapFrame;
 use crate::mm::addr_space::AsError;
 use crate::mm::{self, MmState};
-use crate::sched::{self, OpenFile, Reason};
+use crate::phys;
+use crate::sched::{self, Reason};
+use crate::task::OpenFile;
 use crate::{clock, console, fs, percpu};
-use guest_kernel::vma::Backing;
+use guest_logic::vma::Backing;
 use pagehint_abi::disk::NAME_MAX;
 use pagehint_abi::syscall::{errno, nr, prot, FileStat};
 use pagehint_abi::PAGE_SIZE;
@@ -179,12 +184,11 @@ fn read(fd: u64, buf: u64, len: u64) -> i64 {
                 Ok(p) => p,
                 Err(e) => return err(e),
             };
-            let src = mm::phys_to_virt(pfn * PAGE_SIZE + off) as *const u8;
-            // SAFETY: we hold a reference on the cache frame until the copy
-            // is done, and `off + n` stays inside it.
-            let r = unsafe { st.copy_ptr_to_user(asid, buf + done, src, n as usize) };
+            // We hold a reference on the cache frame until the copy is
+            // done, and `off + n` stays inside it.
+            let r = st.copy_phys_to_user(asid, buf + done, pfn * PAGE_SIZE + off, n as usize);
             if st.frames.put(pfn) {
-                mm::free_frame(pfn * PAGE_SIZE);
+                phys::pages::free_frame(pfn * PAGE_SIZE);
             }
             r.map_or_else(err, |_| 0)
         });
@@ -286,18 +290,12 @@ fn pwrite(fd: u64, buf: u64, len: u64, offset: u64) -> i64 {
                 Ok(p) => p,
                 Err(e) => return err(e),
             };
-            // SAFETY: we hold a reference on the stable cache frame, and
-            // `off + n` stays inside it.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    chunk.as_ptr(),
-                    mm::phys_to_virt(pfn * PAGE_SIZE + off) as *mut u8,
-                    n as usize,
-                )
-            };
+            // We hold a reference on the stable cache frame, and `off + n`
+            // stays inside it.
+            direct_map::write_from(pfn * PAGE_SIZE + off, &chunk[..n as usize]);
             st.mark_dirty(pfn);
             if st.frames.put(pfn) {
-                mm::free_frame(pfn * PAGE_SIZE);
+                phys::pages::free_frame(pfn * PAGE_SIZE);
             }
             0
         });

@@ -9,22 +9,12 @@
 use crate::arch::apic;
 use crate::arch::cpu;
 use crate::arch::idt::TrapFrame;
+use crate::arch::vectors::*;
 use crate::sched::{self, Reason};
 use crate::{console, hv, percpu, syscall};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use pagehint_abi::exit::guest;
 use pagehint_abi::syscall::prot;
-
-pub const TIMER_VECTOR: u8 = 0x20;
-pub const RESCHEDULE_VECTOR: u8 = 0x21;
-pub const SHOOTDOWN_VECTOR: u8 = 0x22;
-/// Asks a CPU to spin in the kernel with interrupts off (discard-list
-/// self-test).
-pub const SPIN_VECTOR: u8 = 0x23;
-/// The virtio block device's completion interrupt.
-pub const VIRTIO_BLK_VECTOR: u8 = 0x30;
-pub const SPURIOUS_VECTOR: u8 = 0xff;
-pub use pagehint_abi::hypercall::DISCARD_FAULT_VECTOR;
-pub use pagehint_abi::syscall::VECTOR as SYSCALL_VECTOR;
 
 const PAGE_FAULT: u64 = 14;
 
@@ -68,10 +58,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if frame.came_from_user() {
         // User mode runs with interrupts enabled: a quiescent state for the
         // discard list.
-        crate::mm::discard::quiescent();
+        crate::phys::discard::quiescent();
     }
     match frame.vector {
-        v if v == DISCARD_FAULT_VECTOR as u64 => crate::mm::discard::fault(frame.came_from_user()),
+        v if v == DISCARD_FAULT_VECTOR as u64 => {
+            crate::mm::discard_fault::fault(frame.came_from_user())
+        }
         v if v == SYSCALL_VECTOR as u64 && frame.came_from_user() => syscall::dispatch(frame),
         v if v < 32 => exception(frame),
         v if v == TIMER_VECTOR as u64 => {
@@ -85,12 +77,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             }
         }
         v if v == SHOOTDOWN_VECTOR as u64 => {
-            crate::mm::tlb::answer();
+            crate::phys::tlb::answer();
             apic::eoi();
         }
         v if v == SPIN_VECTOR as u64 => {
             apic::eoi();
-            crate::diag::spin_with_interrupts_off();
+            spin_with_interrupts_off();
         }
         v if v == VIRTIO_BLK_VECTOR as u64 => {
             crate::drivers::virtio_blk::interrupt();
@@ -120,7 +112,7 @@ fn exception(frame: &mut TrapFrame) {
                         return;
                     }
                 }
-                crate::println!(
+                crate::console::println!(
                     "guest: pid {} killed: {} ({}) at rip {:#x}, address {:#x}",
                     task.pid,
                     NAMES[v],
@@ -130,7 +122,7 @@ fn exception(frame: &mut TrapFrame) {
                 );
             }
         } else if let Some(task) = sched::current() {
-            crate::println!(
+            crate::console::println!(
                 "guest: pid {} killed: {} (vector {}) error {:#x} at rip {:#x}",
                 task.pid,
                 NAMES[v],
@@ -156,11 +148,17 @@ fn exception(frame: &mut TrapFrame) {
     hv::exit(guest::CPU_EXCEPTION);
 }
 
-/// Starts this CPU's timer: a tick every 10 ms assuming the 1 GHz APIC
-/// clock of KVM's in-kernel LAPIC (divided by 16).
-pub fn start_timer() {
-    apic::start_periodic_timer(TIMER_VECTOR, 625_000);
-}
+/// TSC deadline until which a CPU asked by `SPIN_VECTOR` spins.
+pub static SPIN_UNTIL: AtomicU64 = AtomicU64::new(0);
+/// True while that CPU spins.
+pub static SPINNING: AtomicBool = AtomicBool::new(false);
 
-/// Length of one tick in nanoseconds (see [`start_timer`]).
-pub const TICK_NS: u64 = 10_000_000;
+/// The `SPIN_VECTOR` handler: busy in kernel code with interrupts off (an
+/// interrupt gate cleared IF) until the deadline.
+fn spin_with_interrupts_off() {
+    SPINNING.store(true, Ordering::Release);
+    while cpu::rdtsc() < SPIN_UNTIL.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    SPINNING.store(false, Ordering::Release);
+}

@@ -13,14 +13,16 @@
 //! other than the one it found it in, nor run without the counter
 //! (the figures would be meaningless): it then says so and fails.
 
-use guest_kernel::frames::flag;
+use guest_logic::frame_table::flag;
 use pagehint_abi::exit::guest;
 use pagehint_abi::hypercall::HintOp;
 use pagehint_abi::ports::STEP_COUNTER_PORT;
 use pagehint_abi::PAGE_SIZE;
 
 use crate::arch::cpu;
-use crate::{mm, println};
+use crate::console::println;
+use crate::mm;
+use crate::phys;
 
 /// State changes per region.
 const CHANGES: usize = 16;
@@ -48,8 +50,8 @@ fn age_page(pfn: u64) {
         st.frames.set_flags(pfn, flag::VOLATILE);
         st.volatile += 1;
     });
-    mm::hints::queue(HintOp::MakeVolatile, pfn);
-    mm::hints::commit();
+    phys::hints::queue(HintOp::MakeVolatile, pfn);
+    phys::hints::commit();
 }
 
 /// The regions, with interrupts off; `None` without the counter.
@@ -57,19 +59,19 @@ fn measure(frames: &[u64; CHANGES]) -> Option<[u64; 5]> {
     let base = counted(|| {})?;
     let volatile = || {
         for &p in frames {
-            mm::hints::queue(HintOp::MakeVolatile, p);
+            phys::hints::queue(HintOp::MakeVolatile, p);
         }
-        mm::hints::commit();
+        phys::hints::commit();
     };
     // The path a cache hit on an aged page takes: one page at a time
     // through the table, else one batch for all (with its exit).
     let stable = || {
-        if mm::hints::shared() {
+        if phys::hints::shared() {
             for &p in frames {
-                core::hint::black_box(mm::hints::make_stable_shared(p));
+                core::hint::black_box(phys::hints::make_stable_shared(p));
             }
         } else {
-            mm::hints::now_many(HintOp::MakeStable, frames, |_, _| {});
+            phys::hints::now_many(HintOp::MakeStable, frames, |_, _| {});
         }
     };
     // Warm-up (first touches of the code's pages and the table's).
@@ -91,13 +93,13 @@ fn measure(frames: &[u64; CHANGES]) -> Option<[u64; 5]> {
 
 /// Runs the measurement; the program's status.
 pub fn run() -> u32 {
-    if !mm::hints::enabled() {
+    if !phys::hints::enabled() {
         println!("hint-cost: hinting is off; nothing to measure");
         return guest::FAILURE;
     }
     let mut frames = [0u64; CHANGES];
     for f in &mut frames {
-        match mm::alloc_frame_for_overwrite() {
+        match phys::pages::alloc_frame_for_overwrite() {
             Some(pa) => *f = pa / PAGE_SIZE,
             None => return guest::BAD_MACHINE,
         }
@@ -108,7 +110,7 @@ pub fn run() -> u32 {
         cpu::interrupts_on();
     }
     for &p in &frames {
-        mm::free_frame(p * PAGE_SIZE);
+        phys::pages::free_frame(p * PAGE_SIZE);
     }
     let Some([base, v, s, hit_stable, hit_aged]) = r else {
         println!("hint-cost: no instruction counter (run the VMM with --count-instructions)");
@@ -116,7 +118,7 @@ pub fn run() -> u32 {
     };
     let per = |x: u64| x.saturating_sub(base) as f64 / CHANGES as f64;
     let hits = |x: u64| x.saturating_sub(base);
-    let mode = if mm::hints::shared() {
+    let mode = if phys::hints::shared() {
         "shared"
     } else {
         "hypercalls"

@@ -25,8 +25,10 @@ use pagehint_abi::page_state::PageState;
 use pagehint_abi::state_table::{self as st, ARMED, BUSY, DISCARDED};
 use pagehint_abi::{GuestPhys, PAGE_SIZE};
 
-use crate::arch::cpu;
-use crate::{hv, mm, println};
+use crate::arch::{cpu, direct_map};
+use crate::console::println;
+use crate::hv;
+use crate::phys;
 
 /// Frames under test, in four groups of [`GROUP`].
 const FRAMES: usize = 64;
@@ -39,15 +41,11 @@ fn pattern(pfn: u64, i: u64) -> u64 {
     (pfn << 20) ^ (i << 3) ^ 0x5a5a_0000_0000_0001
 }
 
-fn words(pa: u64) -> *mut u64 {
-    mm::phys_to_virt(pa) as *mut u64
-}
-
 fn fill(pa: u64) {
     let pfn = pa / PAGE_SIZE;
     for i in 0..PAGE_SIZE / 8 {
-        // SAFETY: `pa` is a frame this program allocated, in the direct map.
-        unsafe { words(pa).add(i as usize).write_volatile(pattern(pfn, i)) };
+        // `pa` is a frame this program allocated.
+        direct_map::write::<u64>(pa + 8 * i, pattern(pfn, i));
     }
 }
 
@@ -63,8 +61,7 @@ fn contents(pa: u64) -> Contents {
     let pfn = pa / PAGE_SIZE;
     let (mut pat, mut zero) = (true, true);
     for i in 0..PAGE_SIZE / 8 {
-        // SAFETY: as in `fill`.
-        let w = unsafe { words(pa).add(i as usize).read_volatile() };
+        let w = direct_map::read::<u64>(pa + 8 * i);
         pat &= w == pattern(pfn, i);
         zero &= w == 0;
         if !pat && !zero {
@@ -81,8 +78,7 @@ fn contents(pa: u64) -> Contents {
 /// One kernel-mode read of the frame (the access a guest must not make
 /// to a volatile or armed frame: it is the point here).
 fn kernel_touch(pa: u64) -> u64 {
-    // SAFETY: as in `fill`.
-    unsafe { words(pa).read_volatile() }
+    direct_map::read::<u64>(pa)
 }
 
 fn sleep_ms(ms: u64, khz: u64) {
@@ -106,7 +102,7 @@ fn set_stable(pfns: &[u64]) -> Option<usize> {
     let mut lost = 0;
     let mut ok = true;
     for chunk in pfns.chunks(32) {
-        mm::hints::now_many(HintOp::SetStable, chunk, |_, r| match r {
+        phys::hints::now_many(HintOp::SetStable, chunk, |_, r| match r {
             Ok(HintResult::Discarded) => lost += 1,
             Ok(HintResult::Ok) => {}
             _ => ok = false,
@@ -170,11 +166,11 @@ pub fn run(tsc_khz: u32) -> u32 {
     let khz = u64::from(tsc_khz.max(1));
     let offered =
         hv::Hypervisor::detect().is_some_and(|h| h.features & features::SHARED_STATES != 0);
-    if !offered || mm::hints::shared() {
+    if !offered || phys::hints::shared() {
         println!("abi-outsider: needs the shared table offered and hints=batched");
         return guest::BAD_COMMAND_LINE;
     }
-    let entries = mm::max_pfn();
+    let entries = phys::allocator::max_pfn();
     let pages = entries.div_ceil(PAGE_SIZE);
     let mut t = Tally::default();
     // Odd tables first: each is refused and changes nothing.
@@ -193,7 +189,7 @@ pub fn run(tsc_khz: u32) -> u32 {
         register(0xa_0000, entries + 1),
         CallResult::BadArgument,
     );
-    let Some(table) = mm::alloc_contiguous(pages) else {
+    let Some(table) = phys::allocator::alloc_contiguous(pages) else {
         return guest::BAD_MACHINE;
     };
     t.call(
@@ -201,9 +197,9 @@ pub fn run(tsc_khz: u32) -> u32 {
         register(table + 8, entries),
         CallResult::BadBlock,
     );
-    if !mm::fresh_frames_are_zero() {
-        // SAFETY: the frames are ours for good, in the direct map.
-        unsafe { core::ptr::write_bytes(words(table) as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
+    if !phys::allocator::fresh_frames_are_zero() {
+        // The frames are ours for good.
+        direct_map::zero(table, (pages * PAGE_SIZE) as usize);
     }
     t.call("the table", register(table, entries), CallResult::Ok);
     t.call(
@@ -216,15 +212,15 @@ pub fn run(tsc_khz: u32) -> u32 {
         return guest::FAILURE;
     }
     let entry = |pfn: u64| -> &'static AtomicU8 {
-        // SAFETY: the table's `entries` bytes are frames this program took
-        // for good, in the direct map; every frame below is RAM, so
-        // `pfn < entries`; entries are only accessed atomically.
-        unsafe { &*((mm::phys_to_virt(table) + pfn) as *const AtomicU8) }
+        // The table's `entries` bytes are frames this program took for
+        // good; every frame below is RAM, so `pfn < entries`; entries are
+        // only accessed atomically.
+        direct_map::atomic_u8(table + pfn)
     };
 
     let mut frames = [0u64; FRAMES];
     for f in frames.iter_mut() {
-        let Some(pa) = mm::alloc_zeroed_frame() else {
+        let Some(pa) = phys::pages::alloc_zeroed_frame() else {
             return guest::BAD_MACHINE;
         };
         *f = pa;
@@ -336,14 +332,14 @@ pub fn run(tsc_khz: u32) -> u32 {
         t.contents("D", pa, taken.discarded);
     }
     for &pa in &frames {
-        mm::free_frame(pa);
+        phys::pages::free_frame(pa);
     }
     println!(
         "result: program=abi-outsider frames={FRAMES} seen_dropped={seen_dropped} dropped={} intact={} kernel_touches={} kernel_ve={} errors={}",
         t.dropped,
         t.intact,
         t.kernel_touches,
-        mm::discard::KERNEL_FAULTS.load(Ordering::Relaxed),
+        phys::discard::KERNEL_FAULTS.load(Ordering::Relaxed),
         t.errors
     );
     if t.errors == 0 {

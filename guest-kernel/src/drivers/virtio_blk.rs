@@ -10,8 +10,8 @@
 
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
-use crate::arch::{apic, cpu, ioapic};
-use crate::mm;
+use crate::arch::{apic, cpu, direct_map, ioapic};
+use crate::phys;
 use crate::sync::SpinLock;
 
 const MAGIC: u64 = 0x000;
@@ -89,23 +89,14 @@ static DEV: SpinLock<Option<Device>> = SpinLock::new(None);
 /// lock: the waiter holds it while it sleeps.
 static BASE: AtomicU64 = AtomicU64::new(0);
 
-fn reg(base: u64, off: u64) -> *mut u32 {
-    (mm::phys_to_virt(base) + off) as *mut u32
-}
-
+/// A device register: `base` is the device window from the command line,
+/// inside the uncached MMIO hole of the direct map.
 fn rd(base: u64, off: u64) -> u32 {
-    // SAFETY: `base` is the device window from the command line, inside the
-    // uncached MMIO hole of the direct map; offsets are virtio registers.
-    unsafe { reg(base, off).read_volatile() }
+    direct_map::read::<u32>(base + off)
 }
 
 fn wr(base: u64, off: u64, v: u32) {
-    // SAFETY: as for `rd`.
-    unsafe { reg(base, off).write_volatile(v) }
-}
-
-fn q16(queue: u64, off: u64) -> *mut u16 {
-    mm::phys_to_virt(queue + off) as *mut u16
+    direct_map::write::<u32>(base + off, v)
 }
 
 /// Initialises the device at `base` with interrupt line `irq`, delivered on
@@ -143,7 +134,7 @@ pub fn init(base: u64, irq: u32, vector: u8) -> Result<u64, BlkError> {
         wr(base, STATUS, S_FAILED);
         return Err(BlkError::BadDevice);
     }
-    let queue = mm::alloc_zeroed_frame().ok_or(BlkError::BadDevice)?;
+    let queue = phys::pages::alloc_zeroed_frame().ok_or(BlkError::BadDevice)?;
     wr(base, QUEUE_NUM, QSIZE as u32);
     for (off, addr) in [
         (QUEUE_DESC, DESC_OFF),
@@ -182,14 +173,12 @@ pub fn info() -> Option<(u64, bool)> {
 }
 
 fn write_desc(queue: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let p = mm::phys_to_virt(queue + DESC_OFF + 16 * i as u64) as *mut u8;
-    // SAFETY: descriptor `i` < QSIZE lies in the queue page we own.
-    unsafe {
-        (p as *mut u64).write_volatile(addr);
-        (p.add(8) as *mut u32).write_volatile(len);
-        (p.add(12) as *mut u16).write_volatile(flags);
-        (p.add(14) as *mut u16).write_volatile(next);
-    }
+    // Descriptor `i` < QSIZE lies in the queue page we own.
+    let p = queue + DESC_OFF + 16 * i as u64;
+    direct_map::write::<u64>(p, addr);
+    direct_map::write::<u32>(p + 8, len);
+    direct_map::write::<u16>(p + 12, flags);
+    direct_map::write::<u16>(p + 14, next);
 }
 
 /// Reads 4 KiB blocks starting at `block` into the frames `pages` (physical
@@ -231,14 +220,12 @@ fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
     // The device writes into the data buffers of a read only.
     let data_flags = if kind == T_IN { DESC_WRITE } else { 0 };
     let q = d.queue;
-    let header = mm::phys_to_virt(q + HEADER_OFF) as *mut u8;
-    // SAFETY: the header and status bytes live in our queue page.
-    unsafe {
-        (header as *mut u32).write_volatile(kind);
-        (header.add(4) as *mut u32).write_volatile(0);
-        (header.add(8) as *mut u64).write_volatile(sector);
-        (mm::phys_to_virt(q + STATUS_OFF) as *mut u8).write_volatile(0xff);
-    }
+    // The header and status bytes live in our queue page.
+    let header = q + HEADER_OFF;
+    direct_map::write::<u32>(header, kind);
+    direct_map::write::<u32>(header + 4, 0);
+    direct_map::write::<u64>(header + 8, sector);
+    direct_map::write::<u8>(q + STATUS_OFF, 0xff);
     write_desc(q, 0, q + HEADER_OFF, 16, DESC_NEXT, 1);
     for (i, &pa) in pages.iter().enumerate() {
         let i = i as u16 + 1;
@@ -248,18 +235,16 @@ fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
     write_desc(q, last, q + STATUS_OFF, 1, DESC_WRITE, 0);
     // Route the completion interrupt to this CPU before kicking the device.
     ioapic::route(d.irq, d.vector, apic::id());
-    // SAFETY: the avail ring lives in our queue page.
-    unsafe {
-        q16(q, AVAIL_OFF + 4 + 2 * (d.avail_idx % QSIZE) as u64).write_volatile(0);
-        fence(Ordering::SeqCst);
-        d.avail_idx = d.avail_idx.wrapping_add(1);
-        q16(q, AVAIL_OFF + 2).write_volatile(d.avail_idx);
-    }
+    // The avail ring lives in our queue page.
+    direct_map::write::<u16>(q + AVAIL_OFF + 4 + 2 * (d.avail_idx % QSIZE) as u64, 0);
+    fence(Ordering::SeqCst);
+    d.avail_idx = d.avail_idx.wrapping_add(1);
+    direct_map::write::<u16>(q + AVAIL_OFF + 2, d.avail_idx);
     fence(Ordering::SeqCst);
     wr(d.base, QUEUE_NOTIFY, 0);
     loop {
-        // SAFETY: the used ring index lives in our queue page.
-        let used = unsafe { q16(q, USED_OFF + 2).read_volatile() };
+        // The used ring index lives in our queue page.
+        let used = direct_map::read::<u16>(q + USED_OFF + 2);
         if used != d.used_seen {
             d.used_seen = used;
             break;
@@ -268,8 +253,7 @@ fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
         cpu::wait_for_interrupt();
     }
     fence(Ordering::SeqCst);
-    // SAFETY: as above.
-    let status = unsafe { (mm::phys_to_virt(q + STATUS_OFF) as *const u8).read_volatile() };
+    let status = direct_map::read::<u8>(q + STATUS_OFF);
     if status != 0 {
         return Err(BlkError::Device(status));
     }

@@ -3,17 +3,18 @@
 //! name or index. File data never passes through here: the page cache
 //! (`mm::filemap`) reads it straight into page frames.
 //!
-//! Nothing on the disk is trusted: `guest_kernel::phfs` checks the
+//! Nothing on the disk is trusted: `guest_logic::phfs` checks the
 //! superblock and every directory entry before the file system is used.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, Ordering};
 
-use guest_kernel::phfs::{self, FsError};
+use guest_logic::phfs::{self, FsError};
 use pagehint_abi::disk::{DirEntry, BLOCK_SIZE, DIR_ENTRIES_PER_BLOCK};
 
+use crate::arch::direct_map;
 use crate::drivers::virtio_blk;
-use crate::mm;
+use crate::phys;
+use crate::sync::Published;
 
 /// Why mounting failed.
 #[derive(Debug, Clone, Copy)]
@@ -29,21 +30,19 @@ struct FileSystem {
 }
 
 /// Set once by `mount`, never freed.
-static FS: AtomicPtr<FileSystem> = AtomicPtr::new(core::ptr::null_mut());
+static FS: Published<FileSystem> = Published::new();
 
 fn fs() -> Option<&'static FileSystem> {
-    // SAFETY: the pointer is null or a leaked `Box` published once.
-    unsafe { FS.load(Ordering::Acquire).as_ref() }
+    FS.get()
 }
 
 /// Reads block `block` into a scratch frame and hands it to `f`.
 fn with_block<R>(block: u64, f: impl FnOnce(&[u8; BLOCK_SIZE]) -> R) -> Result<R, MountError> {
-    let pa = mm::alloc_zeroed_frame().ok_or(MountError::NoMemory)?;
+    let pa = phys::pages::alloc_zeroed_frame().ok_or(MountError::NoMemory)?;
     let r = virtio_blk::read_pages(block, &[pa]).map_err(|_| MountError::Io);
-    // SAFETY: the frame is ours, in the direct map, and fully written by
-    // the device (or still zero).
-    let out = r.map(|_| f(unsafe { &*(mm::phys_to_virt(pa) as *const [u8; BLOCK_SIZE]) }));
-    mm::free_frame(pa);
+    // The frame is ours and fully written by the device (or still zero).
+    let out = r.map(|_| f(direct_map::array::<BLOCK_SIZE>(pa)));
+    phys::pages::free_frame(pa);
     out
 }
 
@@ -64,8 +63,7 @@ pub fn mount() -> Result<usize, MountError> {
     }
     phfs::validate(&sb, &files).map_err(MountError::Format)?;
     let count = files.len();
-    let leaked = alloc::boxed::Box::into_raw(alloc::boxed::Box::new(FileSystem { files }));
-    FS.store(leaked, Ordering::Release);
+    FS.publish(alloc::boxed::Box::new(FileSystem { files }));
     Ok(count)
 }
 

@@ -6,16 +6,18 @@
 //! counts, reverse map, `WRITABLE_MAPPED`) in step with the page tables.
 //! The kernel half (PML4 slots 256..512) is shared and never edited here.
 
-use guest_kernel::frames::{flag, Mapping};
-use guest_kernel::paging::{
+use guest_logic::frame_table::{flag, Mapping};
+use guest_logic::paging::{
     flags, Flush, FlushBatch, MapError, Mapper, ADDR_MASK, ENTRIES, KERNEL_PML4_SLOT,
 };
-use guest_kernel::vma::{Backing, VmaError, VmaSet};
+use guest_logic::vma::{Backing, VmaError, VmaSet};
 use pagehint_abi::syscall::{prot, MMAP_BASE, STACK_TOP, USER_END};
 use pagehint_abi::PAGE_SIZE;
 
-use super::{free_frame, phys_to_virt, KernelPhys, MmState};
-use crate::arch::{boot, cpu};
+use super::MmState;
+use crate::arch::{boot, cpu, direct_map};
+use crate::phys::pages::{free_frame, KernelPhys};
+use crate::phys::tlb;
 
 /// Pages mapped by one file fault (the faulting one included), as Linux's
 /// default `fault_around_bytes` of 64 KiB.
@@ -69,22 +71,6 @@ pub fn leaf_flags(p: u64) -> u64 {
     f
 }
 
-/// Pays the TLB debt of a batch on this CPU if `pml4` is loaded here.
-/// Processes are single-threaded and pinned, so an address space is live on
-/// at most this CPU; one that is not loaded has no TLB entries anywhere
-/// (every switch reloads CR3).
-pub fn flush_local(batch: FlushBatch, pml4: u64) {
-    if cpu::read_cr3() & ADDR_MASK != pml4 {
-        let _ = batch.finish();
-        return;
-    }
-    match batch.finish() {
-        Some((addrs, n)) => addrs[..n].iter().for_each(|&a| cpu::invlpg(a)),
-        // SAFETY: reloading the same CR3 only drops TLB entries.
-        None => unsafe { cpu::write_cr3(pml4) },
-    }
-}
-
 pub struct AddressSpace {
     pml4: u64,
     vmas: VmaSet,
@@ -93,18 +79,14 @@ pub struct AddressSpace {
 impl AddressSpace {
     /// An empty user half over the shared kernel half.
     pub fn new() -> Result<Self, AsError> {
-        let pml4 = super::alloc_zeroed_frame().ok_or(AsError::NoMemory)?;
-        let kernel = phys_to_virt(boot::kernel_pml4_phys()) as *const u64;
-        let new = phys_to_virt(pml4) as *mut u64;
-        // SAFETY: both are page-table frames in the direct map; only the
-        // kernel-half slots are copied.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                kernel.add(KERNEL_PML4_SLOT),
-                new.add(KERNEL_PML4_SLOT),
-                ENTRIES - KERNEL_PML4_SLOT,
-            )
-        };
+        let pml4 = crate::phys::pages::alloc_zeroed_frame().ok_or(AsError::NoMemory)?;
+        // Both are page-table frames; only the kernel-half slots are copied.
+        let half = (KERNEL_PML4_SLOT * 8) as u64;
+        direct_map::copy(
+            boot::kernel_pml4_phys() + half,
+            pml4 + half,
+            (ENTRIES - KERNEL_PML4_SLOT) * 8,
+        );
         Ok(Self {
             pml4,
             vmas: VmaSet::new(),
@@ -117,7 +99,7 @@ impl AddressSpace {
     }
 
     /// Its areas, in address order.
-    pub fn vmas(&self) -> impl Iterator<Item = &guest_kernel::vma::Vma> {
+    pub fn vmas(&self) -> impl Iterator<Item = &guest_logic::vma::Vma> {
         self.vmas.iter()
     }
 
@@ -167,7 +149,7 @@ impl MmState {
     fn first_writable(&mut self, pfn: u64) {
         if self.frames.flags(pfn) & flag::WRITABLE_MAPPED == 0 {
             self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
-            super::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
+            crate::phys::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
         }
     }
 
@@ -176,8 +158,16 @@ impl MmState {
     pub(super) fn unmap_frame(&mut self, asid: u32, va: u64) -> Option<Flush> {
         let pml4 = self.spaces.get(&asid)?.pml4;
         let (old, flush) = Mapper::new(pml4, &mut KernelPhys).unmap(va)?;
-        let pa = old & ADDR_MASK;
-        self.unmapped_pte(pa / PAGE_SIZE, old);
+        self.drop_mapping(asid, va, old);
+        Some(flush)
+    }
+
+    /// The records' side of a PTE `pte` of `asid` at `va` that is gone:
+    /// its dirty bit, its reverse-map entry, and the frame
+    /// itself if that was its last reference.
+    fn drop_mapping(&mut self, asid: u32, va: u64, pte: u64) {
+        let pa = pte & ADDR_MASK;
+        self.unmapped_pte(pa / PAGE_SIZE, pte);
         if self
             .frames
             .rmap_remove(pa / PAGE_SIZE, Mapping { asid, va })
@@ -185,7 +175,6 @@ impl MmState {
         {
             free_frame(pa);
         }
-        Some(flush)
     }
 
     /// A new empty address space; returns its id.
@@ -219,17 +208,9 @@ impl MmState {
             }
         }
         for (va, e) in leaves {
-            let pa = e & ADDR_MASK;
             // A dirty shared page stays dirty in the cache for the next
             // write-back (`exit` wrote back what it could already).
-            self.unmapped_pte(pa / PAGE_SIZE, e);
-            if self
-                .frames
-                .rmap_remove(pa / PAGE_SIZE, Mapping { asid, va })
-                == Ok(true)
-            {
-                free_frame(pa);
-            }
+            self.drop_mapping(asid, va, e);
         }
         // The frames are accounted for; now free the tables.
         Mapper::new(space.pml4, &mut KernelPhys).destroy_user_half(|_| {});
@@ -361,15 +342,8 @@ impl MmState {
     /// Maps at `page` a new anonymous frame holding a copy of `src`.
     fn copy_into_anon(&mut self, asid: u32, page: u64, src: u64, p: u64) -> Result<(), AsError> {
         let pa = self.alloc_frame(true).ok_or(AsError::NoMemory)?;
-        // SAFETY: both frames are ours (a reference is held on each) and in
-        // the direct map; one `rep movs`.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                phys_to_virt(src) as *const u8,
-                phys_to_virt(pa) as *mut u8,
-                PAGE_SIZE as usize,
-            )
-        };
+        // Both frames are ours (a reference is held on each); one `rep movs`.
+        direct_map::copy(src, pa, PAGE_SIZE as usize);
         self.stats.cow_copies += 1;
         self.frames.set_flags(pa / PAGE_SIZE, flag::ANON);
         let r = self.map_frame(asid, page, pa, leaf_flags(p));
@@ -416,10 +390,10 @@ impl MmState {
             }
             region += 1 << 21;
         }
-        flush_local(batch, pml4);
+        tlb::flush_local(batch, pml4);
         if !shared.is_empty() && self.writeback(&shared).is_err() {
             // The pages stay dirty in the cache; `fsync` reports the error.
-            crate::println!("guest: write-back at munmap failed");
+            crate::console::println!("guest: write-back at munmap failed");
         }
         Ok(())
     }
@@ -451,9 +425,9 @@ impl MmState {
             }
             va += PAGE_SIZE;
         }
-        flush_local(batch, pml4);
+        tlb::flush_local(batch, pml4);
         // The hints the transaction queued are committed once per call.
-        super::hints::commit();
+        crate::phys::hints::commit();
         Ok(())
     }
 
@@ -483,15 +457,9 @@ impl MmState {
             let pa = self.user_frame(asid, at, prot::READ)?;
             let off = at % PAGE_SIZE;
             let n = ((PAGE_SIZE - off) as usize).min(out.len() - done);
-            // SAFETY: the frame is mapped user-readable in this address
-            // space and the direct map covers it; `n` stays in the page.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    phys_to_virt(pa + off) as *const u8,
-                    out[done..].as_mut_ptr(),
-                    n,
-                )
-            };
+            // The frame is mapped user-readable in this address space;
+            // `n` stays in the page.
+            direct_map::read_into(pa + off, &mut out[done..done + n]);
             done += n;
         }
         Ok(())
@@ -499,23 +467,35 @@ impl MmState {
 
     /// Copies `data` to user memory at `va` (which must be writable).
     pub fn copy_to_user(&mut self, asid: u32, va: u64, data: &[u8]) -> Result<(), AsError> {
-        // SAFETY: `data` is a live slice of `data.len()` bytes.
-        unsafe { self.copy_ptr_to_user(asid, va, data.as_ptr(), data.len()) }
+        self.copy_to_user_with(asid, va, data.len(), |dst, done, n| {
+            direct_map::write_from(dst, &data[done..done + n])
+        })
     }
 
-    /// Copies `len` bytes at kernel address `src` to user memory at `va`
-    /// (which must be writable), in one pass: a kernel copy is emulated on
-    /// the development machines, about 1 us per 8 bytes.
-    ///
-    /// # Safety
-    /// `src..src + len` must be readable kernel memory (the direct map of a
-    /// frame the caller holds a reference to, or a live buffer).
-    pub unsafe fn copy_ptr_to_user(
+    /// Copies `len` bytes of physical memory at `src` (a frame the caller
+    /// holds a reference on) to user memory at `va` (which must be
+    /// writable).
+    pub fn copy_phys_to_user(
         &mut self,
         asid: u32,
         va: u64,
-        src: *const u8,
+        src: u64,
         len: usize,
+    ) -> Result<(), AsError> {
+        self.copy_to_user_with(asid, va, len, |dst, done, n| {
+            direct_map::copy(src + done as u64, dst, n)
+        })
+    }
+
+    /// Copies `len` bytes to user memory at `va` (which must be writable),
+    /// in one pass, one `put(destination, done, n)` per page: a kernel copy
+    /// is emulated on the development machines, about 1 us per 8 bytes.
+    fn copy_to_user_with(
+        &mut self,
+        asid: u32,
+        va: u64,
+        len: usize,
+        mut put: impl FnMut(u64, usize, usize),
     ) -> Result<(), AsError> {
         check_user_range(va, len as u64)?;
         let mut done = 0;
@@ -524,12 +504,10 @@ impl MmState {
             let pa = self.user_frame(asid, at, prot::WRITE)?;
             let off = at % PAGE_SIZE;
             let n = ((PAGE_SIZE - off) as usize).min(len - done);
-            // SAFETY: the destination frame is mapped user-writable in this
-            // address space (so it is anonymous, never a cache page) and
-            // `n` stays in it; the source is the caller's promise.
-            unsafe {
-                core::ptr::copy_nonoverlapping(src.add(done), phys_to_virt(pa + off) as *mut u8, n)
-            };
+            // The destination frame is mapped user-writable in this address
+            // space (so it is anonymous, never a cache page) and `n` stays
+            // in it.
+            put(pa + off, done, n);
             done += n;
         }
         Ok(())
@@ -538,13 +516,7 @@ impl MmState {
     /// Copies `data` into the frame at `pa` at `offset` (program loading).
     pub fn write_frame(pa: u64, offset: u64, data: &[u8]) {
         debug_assert!(offset + data.len() as u64 <= PAGE_SIZE);
-        // SAFETY: `pa` is a frame the caller owns; the copy stays inside it.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                phys_to_virt(pa + offset) as *mut u8,
-                data.len(),
-            )
-        };
+        // `pa` is a frame the caller owns; the copy stays inside it.
+        direct_map::write_from(pa + offset, data);
     }
 }

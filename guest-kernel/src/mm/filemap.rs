@@ -8,14 +8,16 @@
 
 use alloc::vec::Vec;
 
-use guest_kernel::frames::{flag, Mapping};
-use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
+use guest_logic::frame_table::{flag, Mapping};
+use guest_logic::paging::{flags as pte_flags, Mapper, ADDR_MASK};
 use pagehint_abi::PAGE_SIZE;
 
-use super::{free_frame, hints, tlb, KernelPhys, MmState};
+use super::MmState;
 use crate::drivers::virtio_blk;
 use crate::fs;
 use crate::mm::addr_space::AsError;
+use crate::phys::pages::{free_frame, KernelPhys};
+use crate::phys::{hints, tlb};
 use pagehint_abi::hypercall::{HintOp, HintResult};
 
 /// Most pages read ahead with one request.
@@ -35,9 +37,9 @@ impl MmState {
     pub fn alloc_frame(&mut self, overwrite: bool) -> Option<u64> {
         let get = || {
             if overwrite {
-                super::alloc_frame_for_overwrite()
+                crate::phys::pages::alloc_frame_for_overwrite()
             } else {
-                super::alloc_zeroed_frame()
+                crate::phys::pages::alloc_zeroed_frame()
             }
         };
         let pa = match get() {
@@ -122,7 +124,7 @@ impl MmState {
             self.age_one(pfn, &mut maps);
         }
         if let Err(e) = r {
-            crate::println!("guest: disk read of file {file} page {index} failed: {e:?}");
+            crate::console::println!("guest: disk read of file {file} page {index} failed: {e:?}");
         }
         self.age_cache();
         result
@@ -240,7 +242,7 @@ impl MmState {
         let owner = self.frames.owner(pfn);
         let no_drop = hints::shared_value(pfn).is_some_and(|v| v & (DISCARDED | ARMED | BUSY) == 0);
         let Some((file, index)) = owner.filter(|_| !no_drop) else {
-            super::discard::STALE_FAULTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            crate::phys::discard::STALE_FAULTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
             return;
         };
         let stream = self
@@ -371,7 +373,7 @@ impl MmState {
         let busy = flag::LOCKED | flag::DIRTY | flag::VOLATILE;
         // Mapped pages may be volatile only when the VMM delivers
         // discard faults: a user access cannot ask first.
-        let refs_ok = if super::discard::enabled() {
+        let refs_ok = if crate::phys::discard::enabled() {
             self.frames.refcount(pfn) == 1 + self.frames.mapcount(pfn)
         } else {
             self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
@@ -401,7 +403,7 @@ impl MmState {
         let f = self.frames.flags(pfn);
         if f & (flag::LOCKED | flag::DIRTY | flag::VOLATILE) != 0
             || !hints::potentially_volatile()
-            || !super::discard::enabled()
+            || !crate::phys::discard::enabled()
             || self.frames.refcount(pfn) != 1 + self.frames.mapcount(pfn)
         {
             return;
@@ -432,27 +434,11 @@ impl MmState {
     /// a writable mapping meanwhile is kept.
     /// `maps` is scratch space, kept by the caller across calls.
     fn referenced(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
-        maps.clear();
-        self.frames.mappings(pfn, maps);
         let mut used = false;
-        for &Mapping { asid, va } in maps.iter() {
-            let Some(space) = self.spaces.get(&asid) else {
-                continue;
-            };
-            let mut phys = KernelPhys;
-            let cleared = Mapper::new(space.root(), &mut phys).update(va, |pte| {
-                // Only an entry that still maps this frame is read-only
-                // cache: leave any other as it is.
-                if (pte & ADDR_MASK) / PAGE_SIZE != pfn {
-                    return pte;
-                }
-                used |= pte & pte_flags::ACCESSED != 0;
-                pte & !pte_flags::ACCESSED
-            });
-            if let Some(flush) = cleared {
-                flush.ignore();
-            }
-        }
+        self.update_ptes_of(pfn, maps, |pte| {
+            used |= pte & pte_flags::ACCESSED != 0;
+            pte & !pte_flags::ACCESSED
+        });
         used
     }
 

@@ -23,17 +23,19 @@
 
 use alloc::vec::Vec;
 
-use guest_kernel::frames::{flag, Mapping};
-use guest_kernel::paging::{flags as pte_flags, Mapper, ADDR_MASK};
-use guest_kernel::vma::Backing;
+use guest_logic::frame_table::{flag, Mapping};
+use guest_logic::paging::{flags as pte_flags, Mapper, ADDR_MASK};
+use guest_logic::vma::Backing;
 use pagehint_abi::hypercall::{HintOp, HintResult};
 use pagehint_abi::PAGE_SIZE;
 
 use super::addr_space::{leaf_flags, AsError};
-use super::{free_frame, hints, tlb, KernelPhys, MmState};
+use super::MmState;
 use crate::arch::cpu;
 use crate::drivers::virtio_blk;
 use crate::fs;
+use crate::phys::pages::{free_frame, KernelPhys};
+use crate::phys::{hints, tlb};
 
 /// Dirty pages above which `pwrite` writes some back itself.
 const DIRTY_LIMIT: u64 = 512;
@@ -95,26 +97,13 @@ impl MmState {
     /// the frame (`page_mkclean`). True if any mapping is writable (the
     /// caller then owes a TLB shootdown before it trusts the bits again).
     fn mkclean(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
-        maps.clear();
-        self.frames.mappings(pfn, maps);
         let (mut dirty, mut writable) = (false, false);
-        for &Mapping { asid, va } in maps.iter() {
-            let Some(space) = self.spaces.get(&asid) else {
-                continue;
-            };
-            let mut phys = KernelPhys;
-            let changed = Mapper::new(space.root(), &mut phys).update(va, |pte| {
-                if (pte & ADDR_MASK) / PAGE_SIZE != pfn {
-                    return pte;
-                }
-                dirty |= pte & pte_flags::DIRTY != 0;
-                writable |= pte & pte_flags::WRITABLE != 0;
-                pte & !pte_flags::DIRTY
-            });
-            if let Some(f) = changed {
-                f.ignore(); // the caller's shootdown pays for it
-            }
-        }
+        // The caller's shootdown pays for the flushes.
+        self.update_ptes_of(pfn, maps, |pte| {
+            dirty |= pte & pte_flags::DIRTY != 0;
+            writable |= pte & pte_flags::WRITABLE != 0;
+            pte & !pte_flags::DIRTY
+        });
         if dirty {
             self.stats.pte_dirty += 1;
             self.mark_dirty(pfn);
@@ -230,7 +219,9 @@ impl MmState {
                         self.stats.dirty_frames.saturating_sub(run.len() as u64);
                 }
                 Err(e) => {
-                    crate::println!("guest: write-back of file {file} page {first} failed: {e:?}");
+                    crate::console::println!(
+                        "guest: write-back of file {file} page {first} failed: {e:?}"
+                    );
                     result = Err(AsError::Io);
                 }
             }
@@ -306,7 +297,7 @@ impl MmState {
             return Ok(out);
         }
         let shared_file =
-            |v: &&guest_kernel::vma::Vma| matches!(v.backing, Backing::File { shared: true, .. });
+            |v: &&guest_logic::vma::Vma| matches!(v.backing, Backing::File { shared: true, .. });
         for vma in space.vmas().filter(shared_file) {
             let (from, to) = (vma.start.max(start), vma.end.min(end));
             let mut va = from;
@@ -401,10 +392,10 @@ impl MmState {
             return true;
         }
         if f & flag::VOLATILE != 0 {
-            if super::hints::check_writable_now(pfn) {
+            if crate::phys::hints::check_writable_now(pfn) {
                 return false;
             }
-            if super::hints::potentially_volatile() {
+            if crate::phys::hints::potentially_volatile() {
                 self.frames.set_flags(pfn, flag::POT_VOLATILE);
                 self.stats.potentially_volatile += 1;
             } else {
@@ -413,7 +404,7 @@ impl MmState {
                 self.volatile = self.volatile.saturating_sub(1);
             }
         } else {
-            super::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
+            crate::phys::hints::queue(pagehint_abi::hypercall::HintOp::CheckWritable, pfn);
         }
         self.frames.set_flags(pfn, flag::WRITABLE_MAPPED);
         if let Some(owner) = self.frames.owner(pfn) {

@@ -5,7 +5,7 @@
 //! out of loops. This module must never decide timer periods or vector
 //! numbers: `crate::trap` owns those.
 
-use super::boot::PHYS_MAP;
+use super::direct_map;
 use pagehint_abi::boot::LAPIC_BASE;
 
 const ID: u64 = 0x20;
@@ -19,19 +19,14 @@ const TIMER_DIVIDE: u64 = 0x3e0;
 
 const ICR_PENDING: u32 = 1 << 12;
 
-fn reg(offset: u64) -> *mut u32 {
-    (PHYS_MAP + LAPIC_BASE + offset) as *mut u32
-}
-
+/// A LAPIC register: the LAPIC page is mapped uncached in the direct map
+/// and the offsets are architectural registers.
 fn read(offset: u64) -> u32 {
-    // SAFETY: the LAPIC page is mapped uncached in the direct map and the
-    // offsets are architectural registers.
-    unsafe { reg(offset).read_volatile() }
+    direct_map::read::<u32>(LAPIC_BASE + offset)
 }
 
 fn write(offset: u64, value: u32) {
-    // SAFETY: as for `read`.
-    unsafe { reg(offset).write_volatile(value) }
+    direct_map::write::<u32>(LAPIC_BASE + offset, value)
 }
 
 /// Enables this CPU's LAPIC with `spurious` as the spurious vector.

@@ -172,8 +172,6 @@ boot_stack_top:
     options(att_syntax)
 );
 
-/// Virtual address at which all of physical memory is mapped.
-pub const PHYS_MAP: u64 = 0xffff_ff80_0000_0000;
 /// Virtual address of physical address 0 in the kernel image mapping.
 pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
 
@@ -193,6 +191,12 @@ extern "C" {
 pub fn kernel_pml4_phys() -> u64 {
     let va = core::ptr::addr_of!(kernel_pml4) as u64;
     va - KERNEL_VMA
+}
+
+/// Switches this CPU from the boot page tables to the kernel's own PML4.
+pub fn load_kernel_pml4() {
+    // SAFETY: the kernel PML4 maps the kernel half exactly as the boot one.
+    unsafe { super::cpu::write_cr3(kernel_pml4_phys()) };
 }
 
 /// Points direct-map PDPT slot `slot` (1 GiB of physical memory from

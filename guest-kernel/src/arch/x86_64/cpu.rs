@@ -119,10 +119,29 @@ pub fn interrupts_on() {
     unsafe { asm!("sti", options(nomem, nostack)) }
 }
 
+/// Reads a non-canonical address: a #GP on purpose (`crash-kernel`), so
+/// it never returns unless the fault is survived.
+pub fn read_non_canonical() -> u64 {
+    // SAFETY: none needed for memory: the access cannot reach memory, it
+    // faults; the kernel's #GP handler ends the machine.
+    unsafe { (0x8000_0000_0000_0000u64 as *const u64).read_volatile() }
+}
+
 /// Stops this CPU for good.
 pub fn halt_forever() -> ! {
     loop {
         // SAFETY: with interrupts off, `hlt` only ends on NMI or reset.
         unsafe { asm!("cli; hlt", options(nomem, nostack)) }
+    }
+}
+
+/// How many CPUs the firmware describes: CPUID.1 EBX[23:16] when HTT is
+/// set, which both this VMM and QEMU fill in; 1 otherwise.
+pub fn cpu_count() -> usize {
+    let (_, ebx, _, edx) = cpuid(1, 0);
+    if edx & (1 << 28) != 0 {
+        (((ebx >> 16) & 0xff) as usize).clamp(1, super::gdt::MAX_CPUS)
+    } else {
+        1
     }
 }

@@ -6,20 +6,18 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use super::boot::PHYS_MAP;
+use super::direct_map;
 use pagehint_abi::boot::IOAPIC_BASE;
 
 const IOREGSEL: u64 = 0x00;
 const IOWIN: u64 = 0x10;
 
+/// The I/O APIC page is mapped uncached in the direct map; the
+/// select/window pair is its architectural interface. Callers serialise
+/// (the block driver holds its lock).
 fn write(reg: u32, value: u32) {
-    // SAFETY: the I/O APIC page is mapped uncached in the direct map; the
-    // select/window pair is its architectural interface. Callers serialise
-    // (the block driver holds its lock).
-    unsafe {
-        ((PHYS_MAP + IOAPIC_BASE + IOREGSEL) as *mut u32).write_volatile(reg);
-        ((PHYS_MAP + IOAPIC_BASE + IOWIN) as *mut u32).write_volatile(value);
-    }
+    direct_map::write::<u32>(IOAPIC_BASE + IOREGSEL, reg);
+    direct_map::write::<u32>(IOAPIC_BASE + IOWIN, value);
 }
 
 /// APIC ID each line was last routed to (+1; 0 = never), to skip rewrites.

@@ -18,11 +18,13 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pagehint_abi::hypercall::{CallResult, HintBatch, HintEntry, HintOp, Request};
 use pagehint_abi::{GuestPhys, Pfn};
 
+use crate::arch::direct_map;
 use crate::sync::SpinLock;
 
 /// Frames per reported block (order 9).
@@ -40,7 +42,7 @@ struct Blocks {
     free: Vec<u16>,
     /// Reported and untouched since.
     reported: Vec<bool>,
-    /// Batch page for the reports (kernel-virtual), 0 until set.
+    /// Batch page for the reports (physical), 0 if there is none.
     page: u64,
 }
 
@@ -48,10 +50,10 @@ static BLOCKS: SpinLock<Option<Blocks>> = SpinLock::new(None);
 /// Set once reporting is on: the counters cost nothing otherwise.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Turns reporting on for `frames` frames of RAM.
-pub fn init(frames: u64) {
+/// Turns reporting on for `frames` frames of RAM, with `page` (a
+/// physical address, 0 if none could be had) as the report batch.
+pub fn init(frames: u64, page: u64) {
     let n = frames.div_ceil(BLOCK_FRAMES) as usize;
-    let page = super::alloc_contiguous(1).map_or(0, super::phys_to_virt);
     *BLOCKS.lock() = Some(Blocks {
         free: vec![0; n],
         reported: vec![false; n],
@@ -103,19 +105,25 @@ pub fn pass(for_each_free: impl FnOnce(&mut dyn FnMut(u64))) {
     if picked.is_empty() {
         return;
     }
-    // SAFETY: the report page is ours alone (allocated in `init`), in the
-    // direct map, and used only under this lock.
-    let batch = unsafe { &mut *(b.page as *mut HintBatch) };
+    // The report page is ours alone (allocated for `init`), laid out as a
+    // `HintBatch`, and used only under this lock.
+    let entries = b.page + offset_of!(HintBatch, entries) as u64;
     for (k, &i) in picked.iter().enumerate() {
-        batch.entries[k] = HintEntry::new(
-            HintOp::SetUnused,
-            Pfn(i as u64 * BLOCK_FRAMES),
-            BLOCK_FRAMES as u32,
+        direct_map::write(
+            entries + (k * size_of::<HintEntry>()) as u64,
+            HintEntry::new(
+                HintOp::SetUnused,
+                Pfn(i as u64 * BLOCK_FRAMES),
+                BLOCK_FRAMES as u32,
+            ),
         );
     }
-    batch.count = picked.len() as u32;
+    direct_map::write::<u32>(
+        b.page + offset_of!(HintBatch, count) as u64,
+        picked.len() as u32,
+    );
     let r = crate::hv::call(Request::HintBatch {
-        batch: GuestPhys(super::virt_to_phys(b.page)),
+        batch: GuestPhys(b.page),
         count: picked.len() as u64,
     });
     if r == Some(Ok(CallResult::Ok)) {

@@ -9,7 +9,8 @@
 //! memory when its frame is first used). Only the reverse-map pool and the
 //! cache index, which grow with use, are on the heap. Nothing here touches
 //! page tables or a frame's contents: the kernel does that and keeps these
-//! records in step.
+//! records in step. Carving the typed arrays out of that block is this
+//! module's one unsafe block, with its reason.
 
 use alloc::collections::BTreeMap;
 use alloc::vec;

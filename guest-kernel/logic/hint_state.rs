@@ -31,7 +31,7 @@ use pagehint_abi::{GuestPhys, Pfn};
 /// Frames per pool refill and per free batch: one exit carries this many
 /// hints (plus whatever else is queued).
 pub const POOL_BATCH: usize = 64;
-/// Most hints [`CpuHints::now_many`] sends and answers in one call.
+/// Most hints [`HintState::now_many`] sends and answers in one call.
 pub const NOW_MAX: usize = 32;
 /// Marks a pooled frame known to hold zeroes (low bit of its address).
 const ZERO: u64 = 1;
@@ -104,7 +104,7 @@ pub struct Pooled {
 }
 
 /// A CPU's queued hints and frame pools.
-pub struct CpuHints {
+pub struct HintState {
     /// Entries queued in the batch page.
     count: usize,
     /// Frames ready to hand out, stable in the VMM's view; low bit `ZERO`.
@@ -119,7 +119,7 @@ pub struct CpuHints {
     logical: usize,
 }
 
-impl CpuHints {
+impl HintState {
     pub const fn new() -> Self {
         Self {
             count: 0,
@@ -384,7 +384,7 @@ fn count_shared(c: &Counters) {
     c.shared.fetch_add(1, Ordering::Relaxed);
 }
 
-impl Default for CpuHints {
+impl Default for HintState {
     fn default() -> Self {
         Self::new()
     }

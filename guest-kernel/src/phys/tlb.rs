@@ -4,14 +4,19 @@
 //! Only the holder of the memory-management lock starts a shootdown, so
 //! there is one at a time. A CPU answers from the shootdown IPI, or from
 //! its spin loop while it waits for that lock with interrupts off; either
-//! way it reloads CR3 and acknowledges. This module must never wait for a
-//! CPU that is not online.
+//! way it reloads CR3 and acknowledges. Also pays a batch's local TLB
+//! debt ([`flush_local`]).
+//!
+//! Reloading CR3 is this module's job, so it holds the two unsafe blocks
+//! that do it, each with its reason. It must never wait for a CPU that is
+//! not online.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::arch::vectors::SHOOTDOWN_VECTOR;
 use crate::arch::{apic, cpu};
 use crate::percpu;
-use crate::trap::SHOOTDOWN_VECTOR;
+use guest_logic::paging::{FlushBatch, ADDR_MASK};
 
 /// Generation of the latest request.
 static REQUEST: AtomicU64 = AtomicU64::new(0);
@@ -41,5 +46,21 @@ pub fn shootdown_all() {
         while percpu::get(i).tlb_ack.load(Ordering::Acquire) < req {
             core::hint::spin_loop();
         }
+    }
+}
+
+/// Pays the TLB debt of a batch on this CPU if `pml4` is loaded here.
+/// Processes are single-threaded and pinned, so an address space is live on
+/// at most this CPU; one that is not loaded has no TLB entries anywhere
+/// (every switch reloads CR3).
+pub fn flush_local(batch: FlushBatch, pml4: u64) {
+    if cpu::read_cr3() & ADDR_MASK != pml4 {
+        let _ = batch.finish();
+        return;
+    }
+    match batch.finish() {
+        Some((addrs, n)) => addrs[..n].iter().for_each(|&a| cpu::invlpg(a)),
+        // SAFETY: reloading the same CR3 only drops TLB entries.
+        None => unsafe { cpu::write_cr3(pml4) },
     }
 }

@@ -6,6 +6,8 @@
 
 use alloc::vec::Vec;
 
+use crate::le::{u32_at, u64_at};
+
 use pagehint_abi::disk::{
     DirEntry, Superblock, BLOCK_SIZE, DIR_ENTRIES_PER_BLOCK, MAGIC, MAX_FILES, NAME_MAX,
 };
@@ -25,15 +27,6 @@ pub enum FsError {
     BadName {
         index: usize,
     },
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(x)
 }
 
 /// Reads block 0; `image_blocks` is the device's size in 4 KiB blocks.

@@ -11,7 +11,7 @@
 //! block set aside here (never used by anything, so the host may take
 //! it), or lies past the end of any possible RAM (2^40 and up); every
 //! address it registers lies past RAM too. Each CPU fills a batch page of
-//! its own (`guest_kernel::noise`): the VMM reads a batch while the other
+//! its own (`guest_logic::noise_plan`): the VMM reads a batch while the other
 //! CPUs go on sending theirs, and an entry it read half rewritten by
 //! another CPU (the frame of one entry with the count of another) could
 //! name frames in use. It counts what it sent and how many answers were
@@ -25,15 +25,18 @@
 //! guest: most likely the mixed entries above, which the longer fills made
 //! far likelier.)
 
+use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use guest_kernel::noise::{NoiseBlock, PAST_RAM};
-use pagehint_abi::hypercall::{op, result, HintBatch, HypercallBlock, HINT_BATCH_MAX};
+use guest_logic::noise_plan::{NoiseBlock, PAST_RAM};
+use pagehint_abi::hypercall::{op, result, HintBatch, HintEntry, HypercallBlock, HINT_BATCH_MAX};
 use pagehint_abi::ports::HYPERCALL_PORT;
 use pagehint_abi::{ABI_VERSION, PAGE_SIZE};
 
 use crate::arch::cpu::{outb, outl};
-use crate::{hv, percpu, smp};
+use crate::arch::direct_map;
+use crate::hv;
+use crate::percpu;
 
 /// Entries written into the batch page per batch sent.
 const FILL: usize = 16;
@@ -63,8 +66,8 @@ pub fn start(per_tick: u64) -> bool {
     if per_tick == 0 || !hv::present() {
         return false;
     }
-    let cpus = smp::cpu_count() as u64;
-    let Some(pa) = super::alloc_contiguous(NoiseBlock::frames(cpus)) else {
+    let cpus = crate::arch::cpu::cpu_count() as u64;
+    let Some(pa) = super::allocator::alloc_contiguous(NoiseBlock::frames(cpus)) else {
         return false;
     };
     FIRST.store(pa / PAGE_SIZE, Ordering::Relaxed);
@@ -171,23 +174,26 @@ fn send_one(block: &NoiseBlock, page: u64) {
 /// left there, which names the same frames (or nothing: zeroes are an
 /// unknown operation).
 fn fill_batch(block: &NoiseBlock, page: u64, asked: u64) {
-    let batch = super::phys_to_virt(page * PAGE_SIZE) as *mut HintBatch;
+    // The page is this CPU's own batch page, set aside for the noise alone
+    // and written only here, with interrupts off (the timer interrupt), so
+    // no other writer mixes its entries.
+    let batch = page * PAGE_SIZE;
+    let entries = batch + offset_of!(HintBatch, entries) as u64;
     for i in 0..(asked as usize).min(FILL) {
         let (pfn, count) = block.target(next());
         let r = next();
-        // SAFETY: the page is this CPU's own batch page, set aside for the
-        // noise alone and written only here, with interrupts off (the
-        // timer interrupt), so no other writer mixes its entries.
-        unsafe {
-            let e = core::ptr::addr_of_mut!((*batch).entries[i]);
-            e.write_volatile(pagehint_abi::hypercall::HintEntry {
+        direct_map::write(
+            entries + (i * size_of::<HintEntry>()) as u64,
+            HintEntry {
                 pfn,
                 count,
                 op: (r % 8) as u16,
                 result: (r >> 16) as i16,
-            });
-        }
+            },
+        );
     }
-    // SAFETY: as above.
-    unsafe { core::ptr::addr_of_mut!((*batch).count).write_volatile(next() as u32 % 300) };
+    direct_map::write::<u32>(
+        batch + offset_of!(HintBatch, count) as u64,
+        next() as u32 % 300,
+    );
 }

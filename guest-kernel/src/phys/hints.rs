@@ -1,5 +1,5 @@
 //! The kernel's side of page hinting: the machine that the library's
-//! [`guest_kernel::hinting`] logic runs on (this CPU's batch page, the
+//! [`guest_logic::hint_state`] logic runs on (this CPU's batch page, the
 //! `HINT_BATCH` hypercall, the frame allocator, the shared page-state
 //! table) and the entry points the rest of the kernel calls. The batching
 //! and the ordering rules live in the library, where they are tested, and
@@ -8,10 +8,14 @@
 //! CPU's data; a single state change in the shared table needs neither
 //! (it is one store or compare-and-swap on the frame's own entry), and
 //! must stay a few instructions: it is the hot path of a cache hit.
+//!
+//! Reaching the shared page-state table, this CPU's batch page and its
+//! hint state is this module's job, so it holds that unsafe code, each
+//! block with its reason.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use guest_kernel::hinting::{self, Counters, HintHost};
+use guest_logic::hint_state::{self, Counters, HintHost};
 use pagehint_abi::hypercall::{CallResult, HintBatch, HintOp, HintResult, Request};
 use pagehint_abi::page_state::PageState;
 use pagehint_abi::state_table;
@@ -34,7 +38,7 @@ pub enum Mode {
     /// One exit per hint.
     Unbatched,
     /// No page-state hints at all; only free 2 MiB blocks are reported,
-    /// at most every 2 s (Linux's free page reporting, `mm::report`).
+    /// at most every 2 s (Linux's free page reporting, `phys::report`).
     FreePageReporting,
 }
 
@@ -84,12 +88,12 @@ pub fn table_frames() -> core::ops::Range<u64> {
     if va == 0 {
         return 0..0;
     }
-    let first = super::virt_to_phys(va) / PAGE_SIZE;
+    let first = crate::arch::direct_map::virt_to_phys(va) / PAGE_SIZE;
     first..first + TABLE_LEN.load(Ordering::Relaxed).div_ceil(PAGE_SIZE)
 }
 
 /// Writes `value` into frame `pfn`'s entry, whatever the protocol says
-/// (`mm::scribble` only: the VMM's stress tests).
+/// (`phys::scribble` only: the VMM's stress tests).
 pub fn scribble(pfn: u64, value: u8) {
     if let Some(e) = shared_entry(pfn) {
         e.store(value, Ordering::Relaxed);
@@ -108,13 +112,13 @@ pub fn shared() -> bool {
 /// copies every state there. Call on the bootstrap CPU before the others
 /// run. False if there is no table (hints then keep to hypercalls).
 pub fn share_table() -> bool {
-    let entries = super::max_pfn();
+    let entries = super::allocator::max_pfn();
     let pages = entries.div_ceil(PAGE_SIZE);
-    let Some(pa) = super::alloc_contiguous(pages) else {
+    let Some(pa) = super::allocator::alloc_contiguous(pages) else {
         return false;
     };
-    let va = super::phys_to_virt(pa);
-    if !super::fresh_frames_are_zero() {
+    let va = crate::arch::direct_map::phys_to_virt(pa);
+    if !super::allocator::fresh_frames_are_zero() {
         // SAFETY: the frames are ours for good, in the direct map.
         unsafe { core::ptr::write_bytes(va as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
     }
@@ -124,7 +128,7 @@ pub fn share_table() -> bool {
         entries,
     });
     if r != Some(Ok(CallResult::Ok)) {
-        crate::println!("guest: the VMM refused the shared state table: {r:?}");
+        crate::console::println!("guest: the VMM refused the shared state table: {r:?}");
         return false;
     }
     TABLE_LEN.store(entries, Ordering::Relaxed);
@@ -219,28 +223,6 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// A CPU's hint state: the library's, plus the batch page it works on.
-pub struct CpuHints {
-    /// The batch page (kernel-virtual address; 0 until `init_cpu`).
-    batch: u64,
-    state: hinting::CpuHints,
-}
-
-impl CpuHints {
-    pub const fn new() -> Self {
-        Self {
-            batch: 0,
-            state: hinting::CpuHints::new(),
-        }
-    }
-}
-
-impl Default for CpuHints {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// The machine for one CPU's hints: its batch page and the kernel's
 /// hypercall and allocator.
 struct Kernel {
@@ -265,18 +247,18 @@ impl HintHost for Kernel {
     }
     fn send_batch(&mut self, count: usize) -> Option<Result<CallResult, i32>> {
         crate::hv::call(Request::HintBatch {
-            batch: GuestPhys(super::virt_to_phys(self.batch)),
+            batch: GuestPhys(crate::arch::direct_map::virt_to_phys(self.batch)),
             count: count as u64,
         })
     }
     fn take_frames(&mut self, n: usize, f: impl FnMut(usize, Pfn, bool)) -> usize {
-        super::take_frames(n, f)
+        super::allocator::take_frames(n, f)
     }
     fn give_back_frames(&mut self, frames: &[GuestPhys]) {
-        super::give_back_frames(frames)
+        super::allocator::give_back_frames(frames)
     }
     fn fresh_frames_are_zero(&self) -> bool {
-        super::fresh_frames_are_zero()
+        super::allocator::fresh_frames_are_zero()
     }
     fn counters(&self) -> &Counters {
         &COUNTERS
@@ -308,7 +290,7 @@ fn change_shared(e: &AtomicU8, op: HintOp) -> bool {
 }
 
 /// Runs `f` on this CPU's hint state and machine with interrupts off.
-fn with_cpu<R>(f: impl FnOnce(&mut hinting::CpuHints, &mut Kernel) -> R) -> R {
+fn with_cpu<R>(f: impl FnOnce(&mut hint_state::HintState, &mut Kernel) -> R) -> R {
     let irq = cpu::interrupts_off();
     // SAFETY: interrupts are off, so nothing else on this CPU can reach
     // its hint state until we are done; other CPUs never touch it.
@@ -322,10 +304,10 @@ fn with_cpu<R>(f: impl FnOnce(&mut hinting::CpuHints, &mut Kernel) -> R) -> R {
 
 /// Gives this CPU its batch page.
 pub fn init_cpu() {
-    if let Some(pa) = super::alloc_contiguous(1) {
+    if let Some(pa) = super::allocator::alloc_contiguous(1) {
         let irq = cpu::interrupts_off();
         // SAFETY: as in `with_cpu`.
-        unsafe { (*percpu::this().hints.get()).batch = super::phys_to_virt(pa) };
+        unsafe { (*percpu::this().hints.get()).batch = crate::arch::direct_map::phys_to_virt(pa) };
         if irq {
             cpu::interrupts_on();
         }
@@ -364,7 +346,7 @@ pub fn make_stable_shared(pfn: u64) -> Option<bool> {
     shared_entry(pfn).map(|e| change_shared(e, HintOp::MakeStable))
 }
 
-/// Sends up to [`hinting::NOW_MAX`] hints of one kind now and calls
+/// Sends up to [`hint_state::NOW_MAX`] hints of one kind now and calls
 /// `each(pfn, result)` for every one (`Ok` for all when hinting is off).
 pub fn now_many(op: HintOp, pfns: &[u64], mut each: impl FnMut(u64, Result<HintResult, i16>)) {
     if !enabled() {
@@ -410,7 +392,11 @@ pub fn pool_alloc(zeroed: bool) -> Option<u64> {
         if !f.known_zero {
             // SAFETY: the frame is ours now and in the direct map.
             unsafe {
-                core::ptr::write_bytes(super::phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize)
+                core::ptr::write_bytes(
+                    crate::arch::direct_map::phys_to_virt(pa) as *mut u8,
+                    0,
+                    PAGE_SIZE as usize,
+                )
             };
         } else {
             COUNTERS.zero_skips.fetch_add(1, Ordering::Relaxed);

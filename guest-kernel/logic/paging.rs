@@ -354,6 +354,12 @@ mod tests {
         fn new_root(&mut self) -> u64 {
             self.alloc_table().unwrap()
         }
+
+        /// A mapper over a new, empty root table.
+        fn mapper(&mut self) -> Mapper<'_, FakeMem> {
+            let root = self.new_root();
+            Mapper::new(root, self)
+        }
     }
 
     impl PhysMem for FakeMem {
@@ -377,8 +383,7 @@ mod tests {
     #[test]
     fn map_translate_unmap_round_trip() {
         let mut mem = FakeMem::default();
-        let root = mem.new_root();
-        let mut m = Mapper::new(root, &mut mem);
+        let mut m = mem.mapper();
         m.map(0x40_0000, 0x5000, flags::USER | flags::WRITABLE)
             .unwrap();
         let e = m.translate(0x40_0000).unwrap();
@@ -395,8 +400,7 @@ mod tests {
     #[test]
     fn update_is_a_read_modify_write() {
         let mut mem = FakeMem::default();
-        let root = mem.new_root();
-        let mut m = Mapper::new(root, &mut mem);
+        let mut m = mem.mapper();
         m.map(0x7000_0000, 0x9000, flags::USER | flags::WRITABLE)
             .unwrap();
         let f = m.update(0x7000_0000, |e| e & !flags::WRITABLE).unwrap();
@@ -408,8 +412,7 @@ mod tests {
     #[test]
     fn prot_transaction_clears_then_commits() {
         let mut mem = FakeMem::default();
-        let root = mem.new_root();
-        let mut m = Mapper::new(root, &mut mem);
+        let mut m = mem.mapper();
         m.map(0x40_0000, 0x5000, flags::USER | flags::WRITABLE)
             .unwrap();
         let txn = m.modify_prot_start(0x40_0000).unwrap();
@@ -460,8 +463,7 @@ mod tests {
     #[test]
     fn kernel_half_and_unaligned_addresses_are_refused() {
         let mut mem = FakeMem::default();
-        let root = mem.new_root();
-        let mut m = Mapper::new(root, &mut mem);
+        let mut m = mem.mapper();
         assert_eq!(
             m.map(0xffff_8000_0000_0000, 0, 0),
             Err(MapError::BadAddress)

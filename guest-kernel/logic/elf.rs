@@ -6,6 +6,7 @@
 //! embedded in the kernel, but a corrupt one must end in an error, not in a
 //! wild copy.
 
+use crate::le::{u16_at, u32_at, u64_at};
 use pagehint_abi::syscall::{USER_BASE, USER_END};
 
 /// `PT_LOAD`.
@@ -44,18 +45,6 @@ pub struct Elf<'a> {
     entry: u64,
     phoff: u64,
     phnum: u16,
-}
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(x)
 }
 
 const PHDR_SIZE: usize = 56;

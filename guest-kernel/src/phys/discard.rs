@@ -1,13 +1,6 @@
-//! Discard faults and the delayed-free discard list (seed 001).
-//!
-//! When a user access touches a volatile page the host has discarded, the
-//! VMM injects vector 20 (#VE) at that instruction and leaves the page's
-//! guest-physical address in this CPU's info area. The handler takes a
-//! reference only if the frame's count is not zero (it may have been freed
-//! and reused meanwhile, so nothing else in it is trusted), drops it from
-//! the page cache and tears it out of every address space through the
-//! reverse map; the restarted access then faults normally and reads the
-//! data again.
+//! The delayed-free discard list (seed 001), and the registration of each
+//! CPU's discard-fault info area. The fault itself, which drops the frame
+//! from the page cache and every address space, is `mm::discard_fault`.
 //!
 //! A discarded frame must not be reused while a discard fault for it may
 //! still be in flight on another CPU. So it is not freed directly: it goes
@@ -20,13 +13,10 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use guest_kernel::frames::{flag, Mapping};
-use guest_kernel::paging::Mapper;
-use pagehint_abi::hypercall::{CallResult, DiscardFaultInfo, Request};
+use pagehint_abi::hypercall::{CallResult, Request};
 use pagehint_abi::GuestPhys;
 use pagehint_abi::PAGE_SIZE;
 
-use super::{tlb, KernelPhys, MmState};
 use crate::arch::gdt::MAX_CPUS;
 use crate::percpu;
 use crate::sync::SpinLock;
@@ -57,7 +47,7 @@ pub fn init_cpu(advertised: bool) {
     let me = percpu::this();
     let info = me.fault_info.get() as u64;
     let r = crate::hv::call(Request::SetFaultInfo {
-        info: GuestPhys(super::virt_to_phys(info)),
+        info: GuestPhys(crate::arch::direct_map::virt_to_phys(info)),
         cpu: me.index.get() as u64,
     });
     if r == Some(Ok(CallResult::Ok)) && me.index.get() == 0 {
@@ -139,7 +129,7 @@ pub fn drain() -> usize {
         });
     }
     for &pfn in &ready {
-        super::free_frame(pfn * PAGE_SIZE);
+        super::hints::pool_free(pfn * PAGE_SIZE);
     }
     RELEASED.fetch_add(ready.len() as u64, Ordering::Relaxed);
     ready.len()
@@ -154,92 +144,4 @@ pub fn is_listed(pfn: u64) -> bool {
 pub fn list_for_test(frames: Vec<u64>) {
     LISTED.fetch_add(frames.len() as u64, Ordering::Relaxed);
     splice(frames);
-}
-
-/// The discard fault (#VE). `from_user`: the access came from user mode.
-pub fn fault(from_user: bool) {
-    let info: DiscardFaultInfo = {
-        let p = percpu::this().fault_info.get();
-        // SAFETY: this CPU's info area, written by the VMM before it injected
-        // the fault; read once, by value.
-        unsafe { p.read_volatile() }
-    };
-    if !from_user {
-        // The kernel must never touch a volatile page; the VMM breaks the
-        // loop by backing the page. Count it and let the access retry.
-        KERNEL_FAULTS.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    FAULTS.fetch_add(1, Ordering::Relaxed);
-    let pfn = info.gpa / PAGE_SIZE;
-    super::with(|st| st.discard_fault_run(pfn));
-}
-
-impl MmState {
-    /// Drops a discarded frame from the page cache and every address space.
-    pub(super) fn discard(&mut self, pfn: u64) {
-        self.discard_many(&[pfn]);
-    }
-
-    /// Drops discarded frames from the page cache and every address space,
-    /// paying the other CPUs' TLBs with one shootdown for all of them.
-    pub(super) fn discard_many(&mut self, pfns: &[u64]) {
-        let mut held = Vec::with_capacity(pfns.len());
-        let mut maps = Vec::new();
-        for &pfn in pfns {
-            if !self.frames.get_unless_zero(pfn) {
-                // Freed meanwhile: nothing maps it; the access will fault
-                // normally or find the frame reused and backed.
-                STALE_FAULTS.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            maps.clear();
-            self.frames.mappings(pfn, &mut maps);
-            for &Mapping { asid, va } in &maps {
-                if let Some(space) = self.spaces.get(&asid) {
-                    let mut phys = KernelPhys;
-                    if let Some((_, flush)) = Mapper::new(space.root(), &mut phys).unmap(va) {
-                        flush.ignore(); // paid by the shootdown below
-                    }
-                }
-                let _ = self.frames.rmap_remove(pfn, Mapping { asid, va });
-            }
-            held.push(pfn);
-        }
-        if held.is_empty() {
-            return;
-        }
-        tlb::shootdown_all();
-        self.stats.shootdowns += 1;
-        for pfn in held {
-            self.discarded_unmapped(pfn);
-        }
-    }
-
-    /// The rest of a discard, once no mapping and no TLB holds the frame.
-    fn discarded_unmapped(&mut self, pfn: u64) {
-        if self.frames.flags(pfn) & flag::VOLATILE != 0 {
-            self.frames
-                .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
-            self.volatile = self.volatile.saturating_sub(1);
-        }
-        if self.frames.flags(pfn) & flag::DIRTY != 0 {
-            // Cannot happen by the protocol (the host never takes a page
-            // its dirty log saw written); counted where it shows.
-            self.frames.clear_flags(pfn, flag::DIRTY);
-            self.stats.dirty_frames = self.stats.dirty_frames.saturating_sub(1);
-            self.stats.hint_errors += 1;
-        }
-        if let Some(owner) = self.frames.owner(pfn) {
-            self.wb.remove(&owner);
-        }
-        self.stats.volatile_discarded += 1;
-        self.frames.remove(pfn);
-        // Our reference is the last one now: the cache's and the mappings'
-        // are gone, and nothing else holds a cache frame across a drop of
-        // the memory lock.
-        if self.frames.put(pfn) {
-            defer_free(pfn);
-        }
-    }
 }

@@ -174,9 +174,18 @@ impl HintHost for Fake {
     }
 }
 
+/// Frees `frames` through the pool and drains it (the whole pool goes
+/// back).
+fn free_all(h: &mut HintState, m: &mut Fake, frames: &[Pooled]) {
+    for f in frames {
+        h.pool_free(m, f.addr);
+    }
+    h.drain_local(m);
+}
+
 /// Takes `n` frames through the pool, checking each is stable in the
 /// fake VMM's view when handed out.
-fn alloc(h: &mut CpuHints, m: &mut Fake, n: usize) -> Vec<Pooled> {
+fn alloc(h: &mut HintState, m: &mut Fake, n: usize) -> Vec<Pooled> {
     (0..n)
         .map(|_| {
             let f = h.pool_alloc(m).expect("a frame");
@@ -193,7 +202,7 @@ fn alloc(h: &mut CpuHints, m: &mut Fake, n: usize) -> Vec<Pooled> {
 #[test]
 fn the_pool_refills_and_frees_in_batches_of_pool_batch() {
     let mut m = Fake::new(1000);
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     let got = alloc(&mut h, &mut m, POOL_BATCH + 1);
     let took: Vec<_> = m
         .events
@@ -234,12 +243,9 @@ fn the_pool_refills_and_frees_in_batches_of_pool_batch() {
 #[test]
 fn set_unused_is_committed_before_frames_go_back_and_runs_coalesce() {
     let mut m = Fake::new(1000);
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     let got = alloc(&mut h, &mut m, 5);
-    for f in &got {
-        h.pool_free(&mut m, f.addr);
-    }
-    h.drain_local(&mut m);
+    free_all(&mut h, &mut m, &got);
     let n = m.events.len();
     assert!(matches!(&m.events[n - 1], Event::GaveBack(v) if v.len() == 5));
     // The pool hands out from the top: 163, 162, ... so no run is
@@ -252,7 +258,7 @@ fn set_unused_is_committed_before_frames_go_back_and_runs_coalesce() {
     assert_eq!(covered, 5);
     assert!(batch.iter().all(|&(op, _, _)| op == HintOp::SetUnused));
     // Ascending addresses make one entry.
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     for p in 500..508u64 {
         h.pool_free(&mut m, Pfn(p).addr());
     }
@@ -267,12 +273,9 @@ fn set_unused_is_committed_before_frames_go_back_and_runs_coalesce() {
 fn reused_frames_are_made_stable_before_they_are_handed_out() {
     // Exactly one pool's worth of frames, so the second refill reuses them.
     let mut m = Fake::new(POOL_BATCH as u64);
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     let first = alloc(&mut h, &mut m, POOL_BATCH);
-    for f in &first {
-        h.pool_free(&mut m, f.addr);
-    }
-    h.drain_local(&mut m);
+    free_all(&mut h, &mut m, &first);
     assert_eq!(m.unused.len(), POOL_BATCH);
     // The host drops two of them.
     let lost = [first[3].addr.pfn().0, first[10].addr.pfn().0];
@@ -303,7 +306,7 @@ fn reused_frames_are_made_stable_before_they_are_handed_out() {
 #[test]
 fn batches_never_exceed_the_page() {
     let mut m = Fake::new(0);
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     for p in 0..(2 * HINT_BATCH_MAX as u64 + 10) {
         h.queue_one(&mut m, HintOp::MakeVolatile, Pfn(p));
     }
@@ -324,7 +327,7 @@ fn batches_never_exceed_the_page() {
 #[test]
 fn now_many_makes_room_and_answers_each_frame() {
     let mut m = Fake::new(0);
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     for p in 0..(HINT_BATCH_MAX as u64 - 3) {
         h.queue_one(&mut m, HintOp::MakeVolatile, Pfn(p));
     }
@@ -354,7 +357,7 @@ fn now_many_makes_room_and_answers_each_frame() {
 fn unbatched_mode_sends_every_hint_alone_and_keeps_answers() {
     let mut m = Fake::new(0);
     m.unbatched = true;
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     m.dropped.insert(2);
     let mut answers = Vec::new();
     h.now_many(&mut m, HintOp::SetStable, &[1, 2, 3], |p, r| {
@@ -370,7 +373,7 @@ fn unbatched_mode_sends_every_hint_alone_and_keeps_answers() {
 fn without_hinting_nothing_is_sent_and_frames_still_flow() {
     let mut m = Fake::new(POOL_BATCH as u64);
     m.enabled = false;
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     h.queue_one(&mut m, HintOp::MakeVolatile, Pfn(1));
     let mut answers = Vec::new();
     h.now_many(&mut m, HintOp::MakeStable, &[1, 2], |p, r| {
@@ -378,17 +381,14 @@ fn without_hinting_nothing_is_sent_and_frames_still_flow() {
     });
     assert_eq!(answers, [(1, Ok(HintResult::Ok)), (2, Ok(HintResult::Ok))]);
     let got = alloc(&mut h, &mut m, POOL_BATCH);
-    for f in &got {
-        h.pool_free(&mut m, f.addr);
-    }
-    h.drain_local(&mut m);
+    free_all(&mut h, &mut m, &got);
     let again = alloc(&mut h, &mut m, 1);
     assert!(!again[0].known_zero, "a reused frame is not known zero");
     assert!(m.batches().is_empty());
     // No page yet (early boot): the same.
     let mut m = Fake::new(4);
     m.page = None;
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     h.queue_one(&mut m, HintOp::MakeVolatile, Pfn(1));
     h.commit(&mut m);
     assert_eq!(h.pending(), 0);
@@ -433,7 +433,7 @@ fn refused_batches_and_entries_are_counted() {
         }
     }
     let mut m = Refusing(Fake::new(0));
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     for p in 0..3 {
         h.queue_one(&mut m, HintOp::MakeVolatile, Pfn(p));
     }
@@ -448,12 +448,9 @@ fn refused_batches_and_entries_are_counted() {
 #[test]
 fn with_a_shared_table_only_armed_frames_cost_an_exit() {
     let mut m = Fake::with_shared(POOL_BATCH as u64);
-    let mut h = CpuHints::new();
+    let mut h = HintState::new();
     let got = alloc(&mut h, &mut m, POOL_BATCH);
-    for f in &got {
-        h.pool_free(&mut m, f.addr);
-    }
-    h.drain_local(&mut m);
+    free_all(&mut h, &mut m, &got);
     assert!(m.batches().is_empty(), "frees went through the table");
     for f in &got {
         assert_eq!(state_of(m.entry(f.addr.pfn().0)), PageState::Unused);

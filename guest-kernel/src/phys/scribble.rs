@@ -33,7 +33,7 @@ pub fn start(per_tick: u64) -> bool {
     if per_tick == 0 || !hints::shared() {
         return false;
     }
-    let Some(pa) = super::alloc_contiguous(FRAMES) else {
+    let Some(pa) = super::allocator::alloc_contiguous(FRAMES) else {
         return false;
     };
     FIRST.store(pa / PAGE_SIZE, Ordering::Relaxed);
@@ -47,7 +47,7 @@ fn next() -> u64 {
 
 /// Advances the xorshift64 state `seed` (shared by every CPU: a race only
 /// makes the garbage more random) and returns the new value. The noise
-/// (`mm::noise`) draws from it too.
+/// (`phys::noise`) draws from it too.
 pub(super) fn xorshift(seed: &AtomicU64) -> u64 {
     let mut x = seed.load(Ordering::Relaxed);
     x ^= x << 13;
