@@ -83,6 +83,13 @@ impl Add<u64> for GuestPhys {
     }
 }
 
+/// Printed as the raw address, so `{:#x}` reads as it did for a `u64`.
+impl core::fmt::LowerHex for GuestPhys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +108,12 @@ mod tests {
         assert_eq!(GuestPhys(0x1000) + 0x40, GuestPhys(0x1040));
         assert!(GuestPhys(0x1040).is_aligned(64));
         assert!(!GuestPhys(0x1044).is_aligned(64));
+    }
+
+    #[test]
+    fn an_address_prints_in_hex_as_its_raw_value() {
+        extern crate std;
+        assert_eq!(std::format!("{:#x}", GuestPhys(0x9040)), "0x9040");
+        assert_eq!(std::format!("{:x}", GuestPhys(0xab)), "ab");
     }
 }

@@ -25,13 +25,14 @@ use hypervisor::devices::serial::SerialDevice;
 use hypervisor::devices::virtio_mmio::{VirtioBlock, DEVICE_ID_BLOCK, MAGIC, VENDOR_ID, VERSION};
 use hypervisor::metrics::Metrics;
 use libfuzzer_sys::fuzz_target;
+use pagehint_abi::GuestPhys;
 use pagehint_fuzz::{plain_memory, scratch_path, Input};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM: u64 = 0x4_0000;
 /// Where the devices sit.
-const VIRTIO: u64 = 0xd000_0000;
-const PROBE: u64 = 0xd000_2000;
+const VIRTIO: GuestPhys = GuestPhys(0xd000_0000);
+const PROBE: GuestPhys = GuestPhys(0xd000_2000);
 const WINDOW: u64 = 0x1000;
 const PROBE_PORT: u16 = 0x100;
 const PROBE_PORTS: u16 = 8;
@@ -202,8 +203,8 @@ fuzz_target!(|data: &[u8]| {
             // Any MMIO address at all.
             8 => {
                 let addr = match input.u8() % 4 {
-                    0 => input.u64(),
-                    1 => PROBE + WINDOW - input.below(8),
+                    0 => GuestPhys(input.u64()),
+                    1 => PROBE + (WINDOW - input.below(8)),
                     _ => PROBE + input.below(WINDOW),
                 };
                 let _ = mmio.read(addr, &mut buf[..width]);

@@ -375,7 +375,7 @@ mod tests {
             args: [0x9040, 1, 0, 0, 0, 0, 0],
         };
         assert_eq!(call(&dev, &ram, 0x4000, b), result::OK);
-        assert_eq!(faults.slots().info(1), Some(0x9040));
+        assert_eq!(faults.slots().info(1), Some(GuestPhys(0x9040)));
         b.args[0] = 0x9044;
         assert_eq!(call(&dev, &ram, 0x4000, b), result::BAD_BLOCK);
         b.args[0] = 16 << 20;

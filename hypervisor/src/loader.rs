@@ -60,7 +60,7 @@ pub enum LoaderError {
     NoPvhNote,
     /// The PVH entry point is outside the loaded kernel's RAM.
     #[error("PVH entry point {0:#x} lies outside guest RAM")]
-    BadEntry(u64),
+    BadEntry(GuestPhys),
     /// The command line does not fit.
     #[error("guest command line is {0} bytes, the limit is {max}", max = CMDLINE_MAX - 1)]
     CmdlineTooLong(usize),
@@ -175,17 +175,17 @@ pub fn check_image(image: &[u8], ram_size: u64) -> Result<(), LoaderError> {
 }
 
 /// Copies the kernel into guest RAM and returns its PVH entry point.
-pub fn load_kernel(ram: &GuestRam, image: &[u8]) -> Result<u64, LoaderError> {
+pub fn load_kernel(ram: &GuestRam, image: &[u8]) -> Result<GuestPhys, LoaderError> {
     // The kernel must load below the MMIO hole (the guest starts with
     // paging off and its boot page tables map low memory).
     check_image(image, ram.size().min(MMIO_HOLE_START))?;
     let result =
         Elf::load(ram.mem(), None, &mut Cursor::new(image), None).map_err(LoaderError::Elf)?;
     let entry = match result.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(entry) => entry.0,
+        PvhBootCapability::PvhEntryPresent(entry) => GuestPhys(entry.0),
         _ => return Err(LoaderError::NoPvhNote),
     };
-    if entry < KERNEL_START || !ram.contains(GuestPhys(entry), 1) {
+    if entry < GuestPhys(KERNEL_START) || !ram.contains(entry, 1) {
         return Err(LoaderError::BadEntry(entry));
     }
     log::debug!(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use pagehint_abi::boot::{VIRTIO_BLK_IRQ, VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use pagehint_abi::exit::status_from_guest;
 use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT};
+use pagehint_abi::GuestPhys;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{HintMode, Kernel, VmConfig};
@@ -87,9 +88,13 @@ fn attach_disk(
         dev = dev.with_pages_on_disk(o);
     }
     vm.register_irqfd(&irq, VIRTIO_BLK_IRQ)?;
-    vm.register_ioevent(&notify, VIRTIO_BLK_MMIO_BASE + QUEUE_NOTIFY)?;
+    vm.register_ioevent(&notify, GuestPhys(VIRTIO_BLK_MMIO_BASE) + QUEUE_NOTIFY)?;
     let dev = Arc::new(Mutex::new(dev));
-    mmio.insert(VIRTIO_BLK_MMIO_BASE, VIRTIO_MMIO_SIZE, dev.clone())?;
+    mmio.insert(
+        GuestPhys(VIRTIO_BLK_MMIO_BASE),
+        VIRTIO_MMIO_SIZE,
+        dev.clone(),
+    )?;
     Ok((dev, notify))
 }
 
@@ -239,7 +244,7 @@ struct Machine {
     vcpus: Vec<Vcpu<VcpuDevices>>,
     /// The block device, waiting for its worker thread.
     disk: Option<(Arc<Mutex<VirtioBlock>>, EventFd)>,
-    entry: u64,
+    entry: GuestPhys,
     /// `--potentially-volatile`: what the reclaimer's pass over those
     /// frames needs.
     pv: Option<PvReclaim>,

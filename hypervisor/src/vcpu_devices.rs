@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use pagehint_abi::ports::HYPERCALL_PORT;
+use pagehint_abi::GuestPhys;
 
 use crate::devices::mmio::MmioBus;
 use crate::devices::pio::PioBus;
@@ -51,11 +52,11 @@ impl ExitDevices for VcpuDevices {
         }
     }
 
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+    fn mmio_read(&self, addr: GuestPhys, data: &mut [u8]) -> bool {
         self.mmio.read(addr, data)
     }
 
-    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+    fn mmio_write(&self, addr: GuestPhys, data: &[u8]) -> bool {
         self.mmio.write(addr, data)
     }
 }

@@ -19,7 +19,7 @@ use hypervisor::vstate::dirty_log::{ClearOnDisk, DirtyLog, SlotSpan};
 use hypervisor::vstate::kvm::KvmContext;
 use hypervisor::vstate::vm::Vm;
 use kvm_ioctls::VcpuExit;
-use pagehint_abi::PAGE_SIZE;
+use pagehint_abi::{GuestPhys, PAGE_SIZE};
 use vm_memory::{Bytes, GuestAddress};
 
 const GIB: u64 = 1 << 30;
@@ -63,7 +63,7 @@ fn a_guest_write_sets_its_bit_a_clear_clears_it_and_host_writes_are_not_logged()
     vm.register_ram_logged(&ram, true).unwrap();
     let log = Arc::new(vm.dirty_log(&ram).unwrap());
     let mut vcpu = vm.create_vcpu(0).unwrap();
-    setup_bsp(&vcpu, ENTRY).unwrap();
+    setup_bsp(&vcpu, GuestPhys(ENTRY)).unwrap();
     let target = TARGET / PAGE_SIZE;
     let all = 0..ram.frames();
 

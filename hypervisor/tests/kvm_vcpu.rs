@@ -31,6 +31,7 @@ use hypervisor::vstate::vm::{Vm, VmError};
 use kvm_ioctls::VcpuFd;
 use pagehint_abi::hypercall::{DiscardFaultInfo, HintOp, DISCARD_FAULT_VECTOR};
 use pagehint_abi::page_state::PageState;
+use pagehint_abi::GuestPhys;
 use pagehint_abi::PAGE_SIZE as PAGE;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -51,10 +52,10 @@ fn a_vm_takes_ram_devices_and_vcpus_and_refuses_duplicates() {
     vm.register_ram(&ram).unwrap();
     let evt = EventFd::new(EFD_NONBLOCK).unwrap();
     vm.register_irqfd(&evt, 5).unwrap();
-    vm.register_ioevent(&evt, 0xd000_0050).unwrap();
+    vm.register_ioevent(&evt, GuestPhys(0xd000_0050)).unwrap();
     assert!(
         matches!(
-            vm.register_ioevent(&evt, 0xd000_0050),
+            vm.register_ioevent(&evt, GuestPhys(0xd000_0050)),
             Err(VmError::Ioevent { .. })
         ),
         "the same ioeventfd twice"
@@ -95,7 +96,7 @@ fn machine(code: &[u8]) -> (Vm, Vec<Vcpu<VcpuDevices>>, Arc<Metrics>) {
         hypercalls: Arc::new(HypercallDevice::new(ram, metrics.clone(), table, false)),
     };
     let vcpu = Vcpu::new(0, vm.create_vcpu(0).unwrap(), devices, metrics.clone());
-    setup_bsp(vcpu.fd(), ENTRY).unwrap();
+    setup_bsp(vcpu.fd(), GuestPhys(ENTRY)).unwrap();
     (vm, vec![vcpu], metrics)
 }
 
@@ -197,7 +198,7 @@ fn a_due_fault_is_written_to_the_info_area_and_injected_once() {
     f.set_fault_info(pagehint_abi::GuestPhys(0x9000), 0)
         .unwrap();
     discarded(&f, 40);
-    f.slots().set_pending(0, 40 * PAGE);
+    f.slots().set_pending(0, GuestPhys(40 * PAGE));
     assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Injected);
     let info: DiscardFaultInfo = ram.mem().read_obj(GuestAddress(0x9000)).unwrap();
     assert_eq!((info.gpa, info.sequence), (40 * PAGE, 1));
@@ -209,7 +210,7 @@ fn a_due_fault_is_written_to_the_info_area_and_injected_once() {
     assert_eq!(m.discard_faults.injected.get(), 1);
     // Another fault while the first is still being injected waits.
     discarded(&f, 41);
-    f.slots().set_pending(0, 41 * PAGE);
+    f.slots().set_pending(0, GuestPhys(41 * PAGE));
     assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Deferred);
     assert_eq!(m.discard_faults.deferred.get(), 1);
     let info: DiscardFaultInfo = ram.mem().read_obj(GuestAddress(0x9000)).unwrap();
@@ -226,11 +227,11 @@ fn stale_faults_and_missing_info_areas_inject_nothing() {
     f.table().apply(50, HintOp::SetUnused).unwrap();
     f.table().apply(50, HintOp::SetStable).unwrap();
     f.unregister_marked(50, 1);
-    f.slots().set_pending(0, 50 * PAGE);
+    f.slots().set_pending(0, GuestPhys(50 * PAGE));
     assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Stale);
     // No SET_FAULT_INFO: the page is backed with zeroes, a violation.
     discarded(&f, 51);
-    f.slots().set_pending(0, 51 * PAGE);
+    f.slots().set_pending(0, GuestPhys(51 * PAGE));
     assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::NoInfoArea);
     assert_eq!(m.discard_faults.protocol_violations.get(), 1);
     assert!(!f.table().is_registered(51), "zero-filled and unregistered");

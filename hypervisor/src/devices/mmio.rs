@@ -11,6 +11,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use pagehint_abi::GuestPhys;
+
 use crate::devices::bus::{Bus, BusError};
 use crate::metrics::{Counter, Metrics};
 
@@ -46,16 +48,16 @@ impl MmioBus {
     /// Claims `base..base + len` for `device`.
     pub fn insert(
         &mut self,
-        base: u64,
+        base: GuestPhys,
         len: u64,
         device: SharedMmioDevice,
     ) -> Result<(), BusError> {
-        self.bus.insert(base, len, device)
+        self.bus.insert(base.as_u64(), len, device)
     }
 
     /// Handles a load from `addr`. Returns false, leaving `data` alone, if
     /// no device claims the whole access.
-    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+    pub fn read(&self, addr: GuestPhys, data: &mut [u8]) -> bool {
         let miss = &self.metrics.bus.unhandled_mmio_reads;
         self.route(addr, data.len(), miss, |device, offset| {
             device.read(offset, data)
@@ -64,7 +66,7 @@ impl MmioBus {
 
     /// Handles a store to `addr`. Returns false if no device claims the
     /// whole access (the store is then ignored).
-    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+    pub fn write(&self, addr: GuestPhys, data: &[u8]) -> bool {
         let miss = &self.metrics.bus.unhandled_mmio_writes;
         self.route(addr, data.len(), miss, |device, offset| {
             device.write(offset, data)
@@ -76,12 +78,12 @@ impl MmioBus {
     /// and returns false if no device does.
     fn route(
         &self,
-        addr: u64,
+        addr: GuestPhys,
         len: usize,
         miss: &Counter,
         access: impl FnOnce(&mut dyn MmioDevice, u64),
     ) -> bool {
-        match self.bus.find(addr, len) {
+        match self.bus.find(addr.as_u64(), len) {
             Some((mut device, offset)) => {
                 access(&mut *device, offset);
                 true
@@ -122,40 +124,42 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut bus = MmioBus::new(metrics.clone());
         let a = probe(0x10);
-        bus.insert(0xd000_0000, 0x1000, a.clone()).unwrap();
+        bus.insert(GuestPhys(0xd000_0000), 0x1000, a.clone())
+            .unwrap();
         assert_eq!(
-            bus.insert(0xd000_0800, 0x1000, probe(0)),
+            bus.insert(GuestPhys(0xd000_0800), 0x1000, probe(0)),
             Err(BusError::Overlap {
                 base: 0xd000_0800,
                 len: 0x1000
             })
         );
         assert!(matches!(
-            bus.insert(u64::MAX - 4, 8, probe(0)),
+            bus.insert(GuestPhys(u64::MAX - 4), 8, probe(0)),
             Err(BusError::BadRange { .. })
         ));
         assert!(matches!(
-            bus.insert(0x1000, 0, probe(0)),
+            bus.insert(GuestPhys(0x1000), 0, probe(0)),
             Err(BusError::BadRange { .. })
         ));
-        bus.insert(0xd000_1000, 0x1000, probe(0x80)).unwrap();
+        bus.insert(GuestPhys(0xd000_1000), 0x1000, probe(0x80))
+            .unwrap();
 
         let mut w = [0u8; 4];
-        assert!(bus.read(0xd000_0004, &mut w));
+        assert!(bus.read(GuestPhys(0xd000_0004), &mut w));
         assert_eq!(w, [0x14; 4]);
-        assert!(bus.read(0xd000_1000, &mut w));
+        assert!(bus.read(GuestPhys(0xd000_1000), &mut w));
         assert_eq!(w, [0x80; 4]);
-        assert!(bus.write(0xd000_0070, &[1, 0, 0, 0]));
+        assert!(bus.write(GuestPhys(0xd000_0070), &[1, 0, 0, 0]));
         let last = a.lock().unwrap().last.clone();
         assert_eq!(last, Some((0x70, vec![1, 0, 0, 0])));
 
         // Unclaimed, and straddling the end of the last window.
         let mut w = [0xaau8; 4];
-        assert!(!bus.read(0xc000_0000, &mut w));
+        assert!(!bus.read(GuestPhys(0xc000_0000), &mut w));
         assert_eq!(w, [0xaa; 4]);
-        assert!(!bus.read(0xd000_1ffe, &mut w));
-        assert!(!bus.write(u64::MAX, &[1, 2]));
-        assert!(bus.read(0xd000_0000, &mut []));
+        assert!(!bus.read(GuestPhys(0xd000_1ffe), &mut w));
+        assert!(!bus.write(GuestPhys(u64::MAX), &[1, 2]));
+        assert!(bus.read(GuestPhys(0xd000_0000), &mut []));
         assert_eq!(metrics.bus.unhandled_mmio_writes.get(), 1);
         assert!(metrics.bus.unhandled_mmio_reads.get() >= 2);
     }

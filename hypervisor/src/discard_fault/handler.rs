@@ -21,8 +21,9 @@ use std::time::Instant;
 
 use super::livelock::{LivelockDetector, Verdict};
 use super::uffd::{EventBuffer, Fault, GuestUffd};
-use super::{fault_kick_signal, DiscardFaultError, DiscardFaults, PAGE};
+use super::{fault_kick_signal, DiscardFaultError, DiscardFaults};
 use crate::worker::{Stop, Worker};
+use pagehint_abi::Pfn;
 
 /// What the handler did with one fault (returned for tests and counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +67,7 @@ impl DiscardFaults {
             }
             return Action::Ignored;
         };
-        let gpa = pfn * PAGE;
+        let gpa = Pfn(pfn).addr();
         let Some(index) = self.slots.index_of(fault.tid) else {
             if log::log_enabled!(log::Level::Debug) {
                 // A kernel worker here is KVM's async page fault work.
@@ -112,7 +113,7 @@ impl DiscardFaults {
     /// the guest learns of the drop when it makes the frame stable, as it
     /// would have from a discard fault.
     fn break_livelock(&self, index: u64, pfn: u64) {
-        let gpa = pfn * PAGE;
+        let gpa = Pfn(pfn).addr();
         self.slots.clear_pending_if(index, gpa);
         self.metrics.discard_faults.livelocks_broken.inc();
         self.zero_fill(pfn);

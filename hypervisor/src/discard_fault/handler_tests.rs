@@ -12,8 +12,10 @@ use vm_memory::{Bytes, GuestAddress};
 use super::*;
 use crate::discard_fault::register_fault_kick_signal;
 use crate::discard_fault::tests::hub;
+use crate::discard_fault::PAGE;
 use crate::frames::{Discarder, Method, Run};
 use crate::memory::GuestRam;
+use pagehint_abi::GuestPhys;
 
 /// Makes frame `pfn` hold 0xab, then Volatile, registered and dropped, the
 /// way the reclaimer does it.
@@ -112,7 +114,7 @@ fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable()
         f.handle_fault(&mut det, fault, Instant::now()),
         Action::Kicked(0)
     );
-    assert_eq!(f.slots().pending(0), Some(20 * PAGE));
+    assert_eq!(f.slots().pending(0), Some(GuestPhys(20 * PAGE)));
     // Unresolved: the thread is still waiting (a kicked user-space thread
     // retries the access and faults again).
     std::thread::sleep(Duration::from_millis(20));

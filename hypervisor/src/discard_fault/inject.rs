@@ -18,9 +18,10 @@ use std::sync::atomic::Ordering;
 
 use kvm_ioctls::VcpuFd;
 use pagehint_abi::hypercall::{DiscardFaultInfo, DISCARD_FAULT_VECTOR};
+use pagehint_abi::GuestPhys;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{DiscardFaultError, DiscardFaults, PAGE};
+use super::{DiscardFaultError, DiscardFaults};
 use crate::vstate::vcpu::KickHandler;
 
 /// Offset of `sequence` in the info area.
@@ -67,12 +68,19 @@ pub fn inject_exception(fd: &VcpuFd, vector: u8) -> Result<bool, DiscardFaultErr
 impl DiscardFaults {
     /// Writes a discard fault at `gpa` into the info area at `info`:
     /// the address first, then `sequence + 1`.
-    fn write_info(&self, info: u64, gpa: u64) -> Result<(), vm_memory::GuestMemoryError> {
+    fn write_info(
+        &self,
+        info: GuestPhys,
+        gpa: GuestPhys,
+    ) -> Result<(), vm_memory::GuestMemoryError> {
         let mem = self.ram.mem();
-        let seq: u64 = mem.read_obj(GuestAddress(info + SEQUENCE_OFFSET))?;
-        mem.write_obj(gpa, GuestAddress(info + GPA_OFFSET))?;
+        let seq: u64 = mem.read_obj(GuestAddress((info + SEQUENCE_OFFSET).as_u64()))?;
+        mem.write_obj(gpa.as_u64(), GuestAddress((info + GPA_OFFSET).as_u64()))?;
         std::sync::atomic::fence(Ordering::Release);
-        mem.write_obj(seq.wrapping_add(1), GuestAddress(info + SEQUENCE_OFFSET))
+        mem.write_obj(
+            seq.wrapping_add(1),
+            GuestAddress((info + SEQUENCE_OFFSET).as_u64()),
+        )
     }
 
     /// Called by vCPU `index`'s thread when `KVM_RUN` returned `EINTR`:
@@ -81,7 +89,7 @@ impl DiscardFaults {
         let Some(p) = self.slots.take_pending(index) else {
             return Ok(Delivery::Nothing);
         };
-        let pfn = p.gpa / PAGE;
+        let pfn = p.gpa.pfn().as_u64();
         if !self.table.discard_fault_due(pfn) {
             return Ok(Delivery::Stale);
         }
@@ -109,7 +117,7 @@ impl DiscardFaults {
         Ok(Delivery::Injected)
     }
 
-    fn no_info_area(&self, index: u64, gpa: u64) {
+    fn no_info_area(&self, index: u64, gpa: GuestPhys) {
         self.violation(format_args!(
             "vCPU {index} took a discard fault at {gpa:#x} without a registered info area; \
              backed with zeroes"

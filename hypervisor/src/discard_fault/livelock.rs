@@ -15,6 +15,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use pagehint_abi::GuestPhys;
+
 /// Time within which repeats count.
 pub const WINDOW: Duration = Duration::from_millis(100);
 /// Faults on one frame by one thread tolerated within [`WINDOW`].
@@ -44,7 +46,7 @@ pub enum LivelockError {
 
 #[derive(Debug, Clone, Copy)]
 struct Record {
-    gpa: u64,
+    gpa: GuestPhys,
     first: Instant,
     count: u32,
     /// Injections into the thread's vCPU when the record started.
@@ -90,9 +92,9 @@ impl LivelockDetector {
     pub fn observe(
         &mut self,
         tid: i32,
-        gpa: u64,
+        gpa: GuestPhys,
         now: Instant,
-        last_injected: Option<u64>,
+        last_injected: Option<GuestPhys>,
         injections: u64,
     ) -> Verdict {
         let fresh = Record {
@@ -153,12 +155,21 @@ mod tests {
         let t = Instant::now();
         // A CPL0 access that retries on every kick: 4th fault in 100 ms.
         for k in 0..3 {
-            assert_eq!(d.observe(7, 0x5000, t + k * MS, None, 0), Verdict::Deliver);
+            assert_eq!(
+                d.observe(7, GuestPhys(0x5000), t + k * MS, None, 0),
+                Verdict::Deliver
+            );
         }
-        assert_eq!(d.observe(7, 0x5000, t + 3 * MS, None, 0), Verdict::Livelock);
+        assert_eq!(
+            d.observe(7, GuestPhys(0x5000), t + 3 * MS, None, 0),
+            Verdict::Livelock
+        );
         d.forget(7);
         assert!(d.is_empty());
-        assert_eq!(d.observe(7, 0x5000, t + 4 * MS, None, 0), Verdict::Deliver);
+        assert_eq!(
+            d.observe(7, GuestPhys(0x5000), t + 4 * MS, None, 0),
+            Verdict::Deliver
+        );
     }
 
     #[test]
@@ -166,17 +177,32 @@ mod tests {
         let mut d = LivelockDetector::default();
         let t = Instant::now();
         for k in 0..3 {
-            assert_eq!(d.observe(1, 0x1000, t + k * MS, None, 0), Verdict::Deliver);
+            assert_eq!(
+                d.observe(1, GuestPhys(0x1000), t + k * MS, None, 0),
+                Verdict::Deliver
+            );
         }
         // Another thread on the same frame has its own record.
-        assert_eq!(d.observe(2, 0x1000, t + 3 * MS, None, 0), Verdict::Deliver);
+        assert_eq!(
+            d.observe(2, GuestPhys(0x1000), t + 3 * MS, None, 0),
+            Verdict::Deliver
+        );
         // Another frame resets the thread's record.
-        assert_eq!(d.observe(1, 0x2000, t + 4 * MS, None, 0), Verdict::Deliver);
-        assert_eq!(d.observe(1, 0x1000, t + 5 * MS, None, 0), Verdict::Deliver);
+        assert_eq!(
+            d.observe(1, GuestPhys(0x2000), t + 4 * MS, None, 0),
+            Verdict::Deliver
+        );
+        assert_eq!(
+            d.observe(1, GuestPhys(0x1000), t + 5 * MS, None, 0),
+            Verdict::Deliver
+        );
         // Repeats spread beyond the window never add up.
         for k in 1..10u32 {
             let at = t + 5 * MS + k * (WINDOW + MS);
-            assert_eq!(d.observe(1, 0x1000, at, None, 0), Verdict::Deliver);
+            assert_eq!(
+                d.observe(1, GuestPhys(0x1000), at, None, 0),
+                Verdict::Deliver
+            );
         }
         assert_eq!(d.len(), 2);
     }
@@ -207,7 +233,7 @@ mod tests {
             for (ms, last, injections, verdict) in faults {
                 let at = t + ms * MS;
                 assert_eq!(
-                    d.observe(3, 0x9000, at, last, injections),
+                    d.observe(3, GuestPhys(0x9000), at, last.map(GuestPhys), injections),
                     verdict,
                     "{ms} ms"
                 );
@@ -223,7 +249,7 @@ mod tests {
         );
         let mut d = LivelockDetector::new(MS * 10, 0).unwrap();
         let t = Instant::now();
-        assert_eq!(d.observe(1, 0, t, None, 0), Verdict::Deliver);
-        assert_eq!(d.observe(1, 0, t, None, 0), Verdict::Livelock);
+        assert_eq!(d.observe(1, GuestPhys(0), t, None, 0), Verdict::Deliver);
+        assert_eq!(d.observe(1, GuestPhys(0), t, None, 0), Verdict::Livelock);
     }
 }

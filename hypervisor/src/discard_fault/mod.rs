@@ -372,7 +372,7 @@ mod tests {
     fn info_areas_are_checked() {
         let (f, ram, m) = hub(2);
         f.set_fault_info(GuestPhys(0x9000), 1).unwrap();
-        assert_eq!(f.slots().info(1), Some(0x9000));
+        assert_eq!(f.slots().info(1), Some(GuestPhys(0x9000)));
         for (gpa, cpu) in [
             (0x9008, 0),
             (ram.size(), 0),

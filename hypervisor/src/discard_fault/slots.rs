@@ -28,7 +28,7 @@ pub enum SlotError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     /// Guest-physical address of the frame (page aligned).
-    pub gpa: u64,
+    pub gpa: GuestPhys,
     /// When the vCPU was kicked, in nanoseconds of [`VcpuSlots::now_ns`].
     pub kicked_ns: u64,
 }
@@ -56,8 +56,8 @@ impl Default for Slot {
     }
 }
 
-fn some(v: u64) -> Option<u64> {
-    (v != NONE).then_some(v)
+fn some(v: u64) -> Option<GuestPhys> {
+    (v != NONE).then_some(GuestPhys(v))
 }
 
 /// The records of every vCPU of one VM.
@@ -132,22 +132,22 @@ impl VcpuSlots {
     }
 
     /// The info area of vCPU `index`, if the guest registered one.
-    pub fn info(&self, index: u64) -> Option<u64> {
+    pub fn info(&self, index: u64) -> Option<GuestPhys> {
         self.slot(index)
             .ok()
             .and_then(|s| some(s.info_gpa.load(Ordering::Acquire)))
     }
 
     /// Publishes a discard fault at `gpa` for vCPU `index`, stamped now.
-    pub fn set_pending(&self, index: u64, gpa: u64) {
+    pub fn set_pending(&self, index: u64, gpa: GuestPhys) {
         if let Ok(s) = self.slot(index) {
             s.kicked_ns.store(self.now_ns(), Ordering::Relaxed);
-            s.pending_gpa.store(gpa, Ordering::Release);
+            s.pending_gpa.store(gpa.as_u64(), Ordering::Release);
         }
     }
 
     /// The discard fault waiting for vCPU `index`, if any (left in place).
-    pub fn pending(&self, index: u64) -> Option<u64> {
+    pub fn pending(&self, index: u64) -> Option<GuestPhys> {
         self.slot(index)
             .ok()
             .and_then(|s| some(s.pending_gpa.load(Ordering::Acquire)))
@@ -164,25 +164,28 @@ impl VcpuSlots {
     }
 
     /// Drops the pending fault of vCPU `index` if it is the one at `gpa`.
-    pub fn clear_pending_if(&self, index: u64, gpa: u64) {
+    pub fn clear_pending_if(&self, index: u64, gpa: GuestPhys) {
         if let Ok(s) = self.slot(index) {
-            let _ = s
-                .pending_gpa
-                .compare_exchange(gpa, NONE, Ordering::AcqRel, Ordering::Acquire);
+            let _ = s.pending_gpa.compare_exchange(
+                gpa.as_u64(),
+                NONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
     /// Records that a discard fault at `gpa` was injected into vCPU `index`.
-    pub fn note_injected(&self, index: u64, gpa: u64) {
+    pub fn note_injected(&self, index: u64, gpa: GuestPhys) {
         if let Ok(s) = self.slot(index) {
-            s.injected_gpa.store(gpa, Ordering::Release);
+            s.injected_gpa.store(gpa.as_u64(), Ordering::Release);
             s.injections.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// The address of the last discard fault injected into vCPU `index`
     /// and how many were injected so far.
-    pub fn last_injected(&self, index: u64) -> (Option<u64>, u64) {
+    pub fn last_injected(&self, index: u64) -> (Option<GuestPhys>, u64) {
         match self.slot(index) {
             Ok(s) => (
                 some(s.injected_gpa.load(Ordering::Acquire)),
@@ -218,18 +221,22 @@ mod tests {
     fn pending_faults_are_taken_once() {
         let s = VcpuSlots::new(2);
         assert_eq!(s.take_pending(0), None);
-        s.set_pending(1, 0x5000);
-        assert_eq!(s.pending(1), Some(0x5000));
-        s.clear_pending_if(1, 0x6000);
-        assert_eq!(s.pending(1), Some(0x5000), "another address stays");
+        s.set_pending(1, GuestPhys(0x5000));
+        assert_eq!(s.pending(1), Some(GuestPhys(0x5000)));
+        s.clear_pending_if(1, GuestPhys(0x6000));
+        assert_eq!(
+            s.pending(1),
+            Some(GuestPhys(0x5000)),
+            "another address stays"
+        );
         let p = s.take_pending(1).unwrap();
-        assert_eq!(p.gpa, 0x5000);
+        assert_eq!(p.gpa, GuestPhys(0x5000));
         assert!(p.kicked_ns <= s.now_ns());
         assert_eq!(s.take_pending(1), None);
-        s.set_pending(1, 0x7000);
-        s.clear_pending_if(1, 0x7000);
+        s.set_pending(1, GuestPhys(0x7000));
+        s.clear_pending_if(1, GuestPhys(0x7000));
         assert_eq!(s.pending(1), None);
-        s.set_pending(7, 0x1000);
+        s.set_pending(7, GuestPhys(0x1000));
         assert_eq!(s.take_pending(7), None);
     }
 
@@ -240,13 +247,13 @@ mod tests {
         s.set_info(0, GuestPhys(0x9000)).unwrap();
         assert_eq!(
             (s.info(0), s.info(1), s.info(5)),
-            (Some(0x9000), None, None)
+            (Some(GuestPhys(0x9000)), None, None)
         );
         assert_eq!(s.set_info(2, GuestPhys(0)), Err(SlotError::NoSuchVcpu(2)));
         assert_eq!(s.last_injected(1), (None, 0));
-        s.note_injected(1, 0x3000);
-        s.note_injected(1, 0x4000);
-        assert_eq!(s.last_injected(1), (Some(0x4000), 2));
+        s.note_injected(1, GuestPhys(0x3000));
+        s.note_injected(1, GuestPhys(0x4000));
+        assert_eq!(s.last_injected(1), (Some(GuestPhys(0x4000)), 2));
         assert_eq!(s.last_injected(0), (None, 0));
         assert_eq!(s.last_injected(8), (None, 0));
     }

@@ -11,6 +11,7 @@
 
 use kvm_ioctls::VcpuExit;
 use pagehint_abi::ports::STEP_COUNTER_PORT;
+use pagehint_abi::GuestPhys;
 
 use crate::metrics::{Counter, ExitMetrics};
 use crate::vstate::step_count::{StepChange, StepCounter};
@@ -31,9 +32,9 @@ pub trait ExitDevices {
     /// An `in` from `port`; fills `data`.
     fn pio_read(&self, port: u16, data: &mut [u8]);
     /// A load from `addr`; false if no device claims the whole access.
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool;
+    fn mmio_read(&self, addr: GuestPhys, data: &mut [u8]) -> bool;
     /// A store to `addr`; false if no device claims the whole access.
-    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool;
+    fn mmio_write(&self, addr: GuestPhys, data: &[u8]) -> bool;
 }
 
 /// Every way out of one exit.
@@ -110,7 +111,7 @@ pub fn handle_exit(
         }
         Ok(VcpuExit::MmioRead(addr, data)) => {
             m.mmio_read.inc();
-            if !devices.mmio_read(addr, data) {
+            if !devices.mmio_read(GuestPhys(addr), data) {
                 log::debug!("unhandled MMIO read at {addr:#x} ({} bytes)", data.len());
                 data.fill(0xff);
             }
@@ -118,7 +119,7 @@ pub fn handle_exit(
         }
         Ok(VcpuExit::MmioWrite(addr, data)) => {
             m.mmio_write.inc();
-            if !devices.mmio_write(addr, data) {
+            if !devices.mmio_write(GuestPhys(addr), data) {
                 log::debug!("unhandled MMIO write of {data:02x?} at {addr:#x}");
             }
             Step::Continue
@@ -165,13 +166,13 @@ mod tests {
             self.log.borrow_mut().push(format!("in {port:#x}"));
             data.fill(0x11);
         }
-        fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        fn mmio_read(&self, addr: GuestPhys, data: &mut [u8]) -> bool {
             data.fill(0x5a);
-            addr < 0x1000
+            addr < GuestPhys(0x1000)
         }
-        fn mmio_write(&self, addr: u64, _data: &[u8]) -> bool {
+        fn mmio_write(&self, addr: GuestPhys, _data: &[u8]) -> bool {
             self.log.borrow_mut().push(format!("store {addr:#x}"));
-            addr < 0x1000
+            addr < GuestPhys(0x1000)
         }
     }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use kvm_bindings::{CpuId, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::VcpuFd;
+use pagehint_abi::GuestPhys;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::arch::x86_64::cpuid::{setup_cpuid, CpuidError};
@@ -208,7 +209,7 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
         &self,
         supported: &CpuId,
         count: u8,
-        entry: u64,
+        entry: GuestPhys,
         features: u32,
     ) -> Result<(), VcpuError> {
         let index = self.index;

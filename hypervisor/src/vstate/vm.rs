@@ -7,6 +7,7 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuFd, VmFd};
+use pagehint_abi::GuestPhys;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestRam;
@@ -42,7 +43,7 @@ pub enum VmError {
     },
     #[error("KVM_IOEVENTFD at {addr:#x} failed: {source}")]
     Ioevent {
-        addr: u64,
+        addr: GuestPhys,
         #[source]
         source: kvm_ioctls::Error,
     },
@@ -166,9 +167,9 @@ impl Vm {
 
     /// Makes a guest store of any width to MMIO address `addr` a write to
     /// `evt`, completed inside KVM without a VM exit.
-    pub fn register_ioevent(&self, evt: &EventFd, addr: u64) -> Result<(), VmError> {
+    pub fn register_ioevent(&self, evt: &EventFd, addr: GuestPhys) -> Result<(), VmError> {
         self.fd
-            .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr.as_u64()), NoDatamatch)
             .map_err(|source| VmError::Ioevent { addr, source })
     }
 

@@ -11,6 +11,7 @@ use std::fmt;
 use kvm_bindings::{kvm_mp_state, kvm_regs, kvm_segment, kvm_sregs, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::VcpuFd;
 use pagehint_abi::boot::START_INFO_ADDR;
+use pagehint_abi::GuestPhys;
 
 /// CR0.PE: protected mode.
 pub const CR0_PE: u64 = 1 << 0;
@@ -103,9 +104,9 @@ pub fn pvh_sregs(mut s: kvm_sregs) -> kvm_sregs {
 }
 
 /// The general registers of a PVH entry.
-pub fn pvh_regs(entry: u64) -> kvm_regs {
+pub fn pvh_regs(entry: GuestPhys) -> kvm_regs {
     kvm_regs {
-        rip: entry,
+        rip: entry.as_u64(),
         rbx: START_INFO_ADDR,
         rflags: RFLAGS_RESERVED,
         ..Default::default()
@@ -113,7 +114,7 @@ pub fn pvh_regs(entry: u64) -> kvm_regs {
 }
 
 /// Puts the bootstrap processor at the PVH entry point.
-pub fn setup_bsp(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
+pub fn setup_bsp(vcpu: &VcpuFd, entry: GuestPhys) -> Result<(), RegsError> {
     let sregs = vcpu.get_sregs().map_err(RegsError::GetSregs)?;
     vcpu.set_sregs(&pvh_sregs(sregs))
         .map_err(RegsError::SetSregs)?;
@@ -230,7 +231,7 @@ mod tests {
         }
         assert_eq!((s.tr.type_, s.tr.present, s.tr.s), (0xb, 1, 0));
         assert_eq!((s.ldt.type_, s.ldt.present), (2, 1));
-        let r = pvh_regs(0x10_0000);
+        let r = pvh_regs(GuestPhys(0x10_0000));
         assert_eq!((r.rip, r.rbx, r.rflags), (0x10_0000, START_INFO_ADDR, 2));
     }
 
