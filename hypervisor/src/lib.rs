@@ -4,11 +4,14 @@
 //!
 //! The caller builds a [`VmConfig`] and calls [`run`]; the `vmm` binary does
 //! so from its command line. The rooms, from the top down: `machine` (build,
-//! run and tear down one VM), the clients of guest memory (`hypercall`,
-//! `reclaim`, `discard_fault`, `devices`), and below them `vstate`
-//! (the KVM file descriptors), `arch`, `memory`, `metrics`. `docs/design.md`
-//! draws them. Nothing here may panic on anything the guest or the user
-//! sends.
+//! run and tear down one VM; the only room that knows every other),
+//! `vcpu_devices` (what a vCPU's exits reach), the clients of guest memory
+//! (`hypercall`, `reclaim`, `discard_fault`, `devices`), and below them
+//! `vstate` (the KVM file descriptors, importing none of the rooms above),
+//! `frames`, and the ground floor: `arch`, `memory`, `worker` (the one
+//! thread handle), `metrics`, `seccomp`. No room imports one above it and
+//! none import each other in a circle; `docs/design.md` draws them.
+//! Nothing here may panic on anything the guest or the user sends.
 
 pub mod arch;
 pub mod config;
