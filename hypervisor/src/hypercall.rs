@@ -43,13 +43,13 @@ pub enum HypercallError {
     BadWidth(usize),
     /// The block address is not aligned to `BLOCK_ALIGN`.
     #[error("hypercall block {0:#x} is not {BLOCK_ALIGN}-byte aligned")]
-    Misaligned(u64),
+    Misaligned(GuestPhys),
     /// The block does not lie inside guest RAM.
     #[error("hypercall block {0:#x} is outside guest RAM")]
-    OutsideRam(u64),
+    OutsideRam(GuestPhys),
     /// Guest memory could not be accessed.
     #[error("hypercall block {0:#x} could not be accessed")]
-    Access(u64),
+    Access(GuestPhys),
 }
 
 /// The device behind `HYPERCALL_PORT`.
@@ -222,26 +222,28 @@ impl HypercallDevice {
             return Err(HypercallError::BadWidth(data.len()));
         }
         let block_at = GuestPhys(u64::from(le_value(data)));
-        let gpa = block_at.as_u64();
         if !block_at.is_aligned(BLOCK_ALIGN) {
-            return Err(HypercallError::Misaligned(gpa));
+            return Err(HypercallError::Misaligned(block_at));
         }
         let len = core::mem::size_of::<HypercallBlock>() as u64;
         if !self.ram.contains(block_at, len) {
-            return Err(HypercallError::OutsideRam(gpa));
+            return Err(HypercallError::OutsideRam(block_at));
         }
-        let addr = GuestAddress(gpa);
+        let addr = GuestAddress(block_at.as_u64());
         let mut block: HypercallBlock = self
             .ram
             .mem()
             .read_obj(addr)
-            .map_err(|_| HypercallError::Access(gpa))?;
+            .map_err(|_| HypercallError::Access(block_at))?;
         block.result = i32::from(self.dispatch(&block));
         // Only `result` is ours to write: the hint batch may share the page.
         self.ram
             .mem()
-            .write_obj(block.result, GuestAddress(gpa + RESULT_OFFSET))
-            .map_err(|_| HypercallError::Access(gpa))
+            .write_obj(
+                block.result,
+                GuestAddress((block_at + RESULT_OFFSET).as_u64()),
+            )
+            .map_err(|_| HypercallError::Access(block_at))
     }
 
     /// An `in` from the doorbell: not a thing the guest should do.
@@ -327,7 +329,7 @@ mod tests {
         assert_eq!(call(&dev, &ram, 0x4020, b), 77, "misaligned");
         assert_eq!(
             dev.handle(&0xffff_ffc0u32.to_le_bytes()),
-            Err(HypercallError::OutsideRam(0xffff_ffc0))
+            Err(HypercallError::OutsideRam(GuestPhys(0xffff_ffc0)))
         );
         let last = (16 << 20) - 64;
         assert_eq!(call(&dev, &ram, last, b), result::OK, "last block of RAM");

@@ -72,7 +72,7 @@ pub enum DiscardFaultError {
     #[error("cannot register the discard-fault kick signal handler: {0}")]
     Signal(#[source] vmm_sys_util::errno::Error),
     #[error("discard-fault info area {0:#x} is not 64-byte aligned or not inside guest RAM")]
-    BadInfoArea(u64),
+    BadInfoArea(GuestPhys),
     #[error("discard-fault info area names CPU {0}, which does not exist")]
     BadCpu(u64),
     #[error(transparent)]
@@ -269,16 +269,15 @@ impl DiscardFaults {
 
     /// `SET_FAULT_INFO`: the info area of CPU `cpu` is at `info`.
     pub fn set_fault_info(&self, info: GuestPhys, cpu: u64) -> Result<(), DiscardFaultError> {
-        let gpa = info.as_u64();
-        if !gpa.is_multiple_of(INFO_SIZE) || !self.ram.contains(info, INFO_SIZE) {
-            return Err(DiscardFaultError::BadInfoArea(gpa));
+        if !info.is_aligned(INFO_SIZE) || !self.ram.contains(info, INFO_SIZE) {
+            return Err(DiscardFaultError::BadInfoArea(info));
         }
         if cpu >= self.slots.len() as u64 {
             return Err(DiscardFaultError::BadCpu(cpu));
         }
         self.slots.set_info(cpu, info)?;
         self.metrics.discard_faults.info_areas.inc();
-        log::debug!("discard faults: CPU {cpu} info area at {gpa:#x}");
+        log::debug!("discard faults: CPU {cpu} info area at {info:#x}");
         Ok(())
     }
 

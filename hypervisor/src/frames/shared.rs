@@ -27,7 +27,7 @@ pub enum ShareError {
     /// The table is not 4 KiB aligned or not wholly inside one range the
     /// memory map calls RAM.
     #[error("state table {0:#x} is not 4 KiB aligned or not wholly inside one RAM range of the memory map")]
-    BadPlace(u64),
+    BadPlace(GuestPhys),
     /// The table does not have one entry per frame of the VMM's table.
     #[error("state table has {got} entries, the guest has {want} frames")]
     WrongLength { got: u64, want: u64 },
@@ -75,11 +75,10 @@ impl SharedEntries {
         entries: u64,
         want: u64,
     ) -> Result<Self, ShareError> {
-        let gpa = table.as_u64();
         if entries != want {
             return Err(ShareError::WrongLength { got: entries, want });
         }
-        let bad = ShareError::BadPlace(gpa);
+        let bad = ShareError::BadPlace(table);
         if !table.is_page_aligned() || entries == 0 {
             return Err(bad);
         }
@@ -88,7 +87,7 @@ impl SharedEntries {
             return Err(bad);
         }
         let map = HostMap::new(ram).ok_or(bad)?;
-        let first = gpa / PAGE_SIZE;
+        let first = table.pfn().as_u64();
         let range = map.range(Run {
             pfn: first,
             count: pages,
@@ -155,13 +154,13 @@ mod tests {
         );
         assert_eq!(
             SharedEntries::new(&ram, GuestPhys(0x10_0008), frames, frames).unwrap_err(),
-            ShareError::BadPlace(0x10_0008)
+            ShareError::BadPlace(GuestPhys(0x10_0008))
         );
         // The last page cannot hold a table of four.
         let top = GuestPhys((64 << 20) - PAGE_SIZE);
         assert_eq!(
             SharedEntries::new(&ram, top, frames, frames).unwrap_err(),
-            ShareError::BadPlace(top.as_u64())
+            ShareError::BadPlace(top)
         );
         let s = SharedEntries::new(&ram, at, frames, frames).unwrap();
         assert_eq!(s.own_frames(), 0x100..0x104);
@@ -184,7 +183,7 @@ mod tests {
         let at = GuestPhys(hole.start * PAGE_SIZE);
         assert_eq!(
             SharedEntries::new(&ram, at, frames, frames).unwrap_err(),
-            ShareError::BadPlace(at.as_u64())
+            ShareError::BadPlace(at)
         );
         // Straddling the hole's start is refused too.
         let below = GuestPhys((hole.start - 1) * PAGE_SIZE);
@@ -202,7 +201,7 @@ mod tests {
         for at in [0xa_0000, 0x9_e000, 0x9_f000, 0xf_f000, 0xc_0000] {
             assert_eq!(
                 SharedEntries::new(&ram, GuestPhys(at), frames, frames).unwrap_err(),
-                ShareError::BadPlace(at),
+                ShareError::BadPlace(GuestPhys(at)),
                 "{at:#x}"
             );
         }

@@ -36,11 +36,11 @@ const RESULT_OFFSET: u64 = offset_of!(HintEntry, result) as u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HintError {
     #[error("hint batch {0:#x} is not 4 KiB aligned")]
-    Misaligned(u64),
+    Misaligned(GuestPhys),
     #[error("hint batch {0:#x} is outside guest RAM")]
-    OutsideRam(u64),
+    OutsideRam(GuestPhys),
     #[error("hint batch {0:#x} could not be accessed")]
-    Access(u64),
+    Access(GuestPhys),
     #[error("hint batch count {0} is not in 1..={HINT_BATCH_MAX}")]
     BadCount(u64),
     #[error("hint {op:?} names frames {pfn:#x}+{count}, outside guest RAM or too many")]
@@ -121,12 +121,11 @@ impl HintContext<'_> {
     }
 
     fn batch_inner(&self, batch: GuestPhys, asked: u64) -> Result<(), HintError> {
-        let gpa = batch.as_u64();
         if !batch.is_page_aligned() {
-            return Err(HintError::Misaligned(gpa));
+            return Err(HintError::Misaligned(batch));
         }
         if !self.ram.contains(batch, size_of::<HintBatch>() as u64) {
-            return Err(HintError::OutsideRam(gpa));
+            return Err(HintError::OutsideRam(batch));
         }
         let max = HINT_BATCH_MAX as u64;
         if asked == 0 || asked > max {
@@ -135,20 +134,20 @@ impl HintContext<'_> {
         let header: u32 = self
             .ram
             .mem()
-            .read_obj(GuestAddress(gpa))
-            .map_err(|_| HintError::Access(gpa))?;
+            .read_obj(GuestAddress(batch.as_u64()))
+            .map_err(|_| HintError::Access(batch))?;
         let n = asked.min(u64::from(header));
         if n == 0 {
             return Err(HintError::BadCount(0));
         }
         for i in 0..n {
             // i < 255: the offsets stay inside the page checked above.
-            let at = gpa + ENTRIES_OFFSET + i * ENTRY_SIZE;
+            let at = (batch + ENTRIES_OFFSET + i * ENTRY_SIZE).as_u64();
             let entry: HintEntry = self
                 .ram
                 .mem()
                 .read_obj(GuestAddress(at))
-                .map_err(|_| HintError::Access(gpa))?;
+                .map_err(|_| HintError::Access(batch))?;
             let code = i16::from(match self.entry(&entry) {
                 Ok(HintOutcome::Applied) => CallResult::Ok,
                 Ok(HintOutcome::Discarded) => CallResult::Discarded,
@@ -157,7 +156,7 @@ impl HintContext<'_> {
             self.ram
                 .mem()
                 .write_obj(code, GuestAddress(at + RESULT_OFFSET))
-                .map_err(|_| HintError::Access(gpa))?;
+                .map_err(|_| HintError::Access(batch))?;
         }
         Ok(())
     }
