@@ -4,6 +4,10 @@
 //!
 //! Each either ends the machine itself or returns the exit status; none is
 //! reachable from user programs.
+//!
+//! `kbench` and `bad-hints` touch physical memory through the direct map
+//! (unsafe, each block saying why): only frames they allocate themselves
+//! and never free or share, so nothing else can name them.
 
 use pagehint_abi::exit::guest;
 use pagehint_abi::hypercall::{
@@ -75,8 +79,13 @@ fn kbench(tsc_khz: u32) {
     let khz = tsc_khz.max(1) as u64;
     let us = |c: u64, n: u64| c * 1000 / khz / n.max(1);
     let n = 200u64;
-    let page_a = phys::pages::alloc_zeroed_frame().unwrap_or(0);
-    let page_b = phys::pages::alloc_zeroed_frame().unwrap_or(0);
+    let (Some(page_a), Some(page_b)) = (
+        phys::pages::alloc_zeroed_frame(),
+        phys::pages::alloc_zeroed_frame(),
+    ) else {
+        println!("kbench: no memory for two frames");
+        return;
+    };
     let t = cpu::rdtsc();
     for i in 0..n {
         core::hint::black_box(i);
@@ -84,14 +93,17 @@ fn kbench(tsc_khz: u32) {
     let empty = cpu::rdtsc() - t;
     let t = cpu::rdtsc();
     for _ in 0..n {
-        // Two frames we own.
-        direct_map::copy(page_a, page_b, 4096);
+        // SAFETY: `page_a` and `page_b` are two distinct frames allocated
+        // above and never freed or shared, so they do not overlap and no
+        // reference points into them.
+        unsafe { direct_map::copy(page_a, page_b, 4096) };
         core::hint::black_box(page_b);
     }
     let copy = cpu::rdtsc() - t;
     let t = cpu::rdtsc();
     for _ in 0..n {
-        direct_map::zero(page_b, 4096);
+        // SAFETY: `page_b` is the frame allocated above, ours alone.
+        unsafe { direct_map::zero(page_b, 4096) };
         core::hint::black_box(page_b);
     }
     let zero = cpu::rdtsc() - t;
@@ -130,12 +142,19 @@ fn bad_hints() -> u32 {
         }))
     };
     let entry = |e: HintEntry| {
-        // `page` is our own frame, laid out as a `HintBatch`.
         let first = page + offset_of!(HintBatch, entries) as u64;
-        direct_map::write::<u32>(page + offset_of!(HintBatch, count) as u64, 1);
-        direct_map::write::<HintEntry>(first, e);
+        // SAFETY: `page` is the frame allocated above for this test alone,
+        // laid out as a `HintBatch` (page-aligned, so its fields are
+        // aligned); the count and the first entry lie inside it.
+        unsafe {
+            direct_map::write::<u32>(page + offset_of!(HintBatch, count) as u64, 1);
+            direct_map::write::<HintEntry>(first, e);
+        }
         let r = send(page, 1);
-        let result = direct_map::read::<i16>(first + offset_of!(HintEntry, result) as u64);
+        // SAFETY: as above; the VMM wrote the result during the call,
+        // which has returned.
+        let result =
+            unsafe { direct_map::read::<i16>(first + offset_of!(HintEntry, result) as u64) };
         (r, result as i32)
     };
     let ram_end_pfn = Pfn(1u64 << 40);

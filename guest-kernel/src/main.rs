@@ -5,9 +5,14 @@
 //! Kernel code is emulated (about 1 us per instruction) on the development
 //! machines, so boot does no per-frame work and the kernel stays out of the
 //! way of user programs, which run natively.
+//!
+//! Two unsafe blocks, both at boot: the command line is read in place
+//! from the low memory the loader put it in, and the free-page-reporting
+//! batch frame is handed to `phys::report` for good.
 
 #![no_std]
 #![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 extern crate alloc;
 
@@ -73,9 +78,14 @@ fn read_cmdline(pa: u64) -> &'static str {
     if pa == 0 || pa >= pagehint_abi::boot::MMIO_HOLE_START {
         return "";
     }
-    // The loader placed the command line in RAM below 4 GiB, which the
-    // direct map covers; at most CMDLINE_MAX bytes are read.
-    let bytes = direct_map::bytes(pa, CMDLINE_MAX);
+    // SAFETY: the loader placed the command line in RAM below the MMIO
+    // hole (checked), which the direct map covers; PVH loaders put it
+    // below the kernel image (this VMM at CMDLINE_ADDR), where no
+    // allocator hands out frames and nothing writes after boot, so the
+    // `'static` slice (and the `str` parsed from it, kept for the whole
+    // run) stays valid. At most CMDLINE_MAX bytes are read. Trusted, not
+    // checked: that the loader did not put it above the kernel image.
+    let bytes = unsafe { direct_map::bytes(pa, CMDLINE_MAX) };
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
     core::str::from_utf8(&bytes[..len]).unwrap_or("")
 }
@@ -156,10 +166,14 @@ extern "C" fn kmain_bsp(start_info: u32) -> ! {
         cmdline::HintsOption::Fpr => {
             phys::hints::set_mode(phys::hints::Mode::FreePageReporting);
             if hv.is_some() {
-                phys::report::init(
-                    phys::allocator::max_pfn(),
-                    phys::allocator::alloc_contiguous(1).unwrap_or(0),
-                );
+                // SAFETY: a frame fresh from the allocator (or 0: none),
+                // handed over for good: never freed or named again here.
+                unsafe {
+                    phys::report::init(
+                        phys::allocator::max_pfn(),
+                        phys::allocator::alloc_contiguous(1).unwrap_or(0),
+                    )
+                };
             }
         }
     }

@@ -3,6 +3,10 @@
 //!
 //! The image is the kernel's embedded user-program ELF; it is checked by
 //! `guest_logic::elf` before anything is copied.
+//!
+//! Filling the new program's frames is part of its job: two unsafe calls
+//! of `MmState::write_frame`, each into a frame `populate_anon` has just
+//! mapped into the address space being built, which no task runs yet.
 
 use alloc::boxed::Box;
 
@@ -64,7 +68,11 @@ fn load(st: &mut MmState, asid: u32, elf: &Elf, args: &str) -> Result<u64, AsErr
             if page_lo < page_hi {
                 let from = (page_lo - seg.vaddr) as usize;
                 let to = (page_hi - seg.vaddr) as usize;
-                MmState::write_frame(pa, page_lo - va, &data[from..to]);
+                // SAFETY: `pa` is the frame `populate_anon` just mapped at
+                // `va` in this new address space (its mapping holds the
+                // reference; no task runs here yet, and we hold the
+                // memory-management lock); the data stays inside the page.
+                unsafe { MmState::write_frame(pa, page_lo - va, &data[from..to]) };
             }
             va += PAGE_SIZE;
         }
@@ -80,7 +88,14 @@ fn load(st: &mut MmState, asid: u32, elf: &Elf, args: &str) -> Result<u64, AsErr
     let top_page = STACK_TOP - PAGE_SIZE;
     let pa = st.populate_anon(asid, top_page)?;
     let args_at = STACK_TOP - 512;
-    MmState::write_frame(pa, args_at - top_page, args.as_bytes());
+    if args.len() as u64 > STACK_TOP - args_at {
+        // A program name and arguments longer than the 512 bytes kept for
+        // them (the command line bounds the arguments, not the name).
+        return Err(AsError::BadRange);
+    }
+    // SAFETY: `pa` is the stack's top frame, just mapped as above; the
+    // arguments fit between `args_at` and the page's end (checked).
+    unsafe { MmState::write_frame(pa, args_at - top_page, args.as_bytes()) };
     // As after a call: RSP + 8 is 16-byte aligned at the entry point.
     Ok(args_at - 64 - 8)
 }

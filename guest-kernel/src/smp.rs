@@ -3,6 +3,9 @@
 //!
 //! APs start one at a time because they share the boot stack slot and CPU
 //! index handed over in `AP_BOOT_STACK`/`AP_BOOT_CPU`.
+//!
+//! Writing the trampoline page (`AP_TRAMPOLINE_ADDR`, reserved low memory)
+//! through the direct map is part of its job: its one unsafe block.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,9 +33,11 @@ pub fn start_aps(n: usize, tsc_khz: u32) -> usize {
         return 1;
     }
     let code = boot::ap_trampoline();
-    // The trampoline page is reserved low memory that no allocator hands
-    // out (everything below the kernel image is excluded).
-    direct_map::write_from(AP_TRAMPOLINE_ADDR, code);
+    // SAFETY: the trampoline page is reserved low memory that no allocator
+    // hands out (everything below the kernel image is excluded) and no
+    // Rust reference points into; no AP runs yet, so nothing executes it;
+    // `code` is in the kernel image, far from it.
+    unsafe { direct_map::write_from(AP_TRAMPOLINE_ADDR, code) };
     // Give each AP up to ~200 ms (TSC-timed when the frequency is known).
     let budget = if tsc_khz != 0 {
         tsc_khz as u64 * 200

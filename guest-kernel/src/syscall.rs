@@ -3,9 +3,11 @@
 //!
 //! Every argument comes from user mode and is checked before use; a bad one
 //! gets a negative errno, never a kernel fault. User memory is reached only
-//! through `MmState::copy_from_user`/`copy_to_user`. One unsafe block, in
-//! `copy_out`: an ABI structure (plain `#[repr(C)]` integers) viewed as
-//! its bytes for the copy.
+//! through `MmState::copy_from_user`/`copy_to_user`/`copy_phys_to_user`.
+//! Three unsafe blocks: in `copy_out`, an ABI structure (plain
+//! `#[repr(C)]` integers) viewed as its bytes for the copy; in `read` and
+//! `pwrite`, the page-cache frame of the file page being copied, on which
+//! the call holds a reference, read or written through the direct map.
 
 use crate::arch::direct_map;
 use crate::arch::idt::TrapFrame;
@@ -184,9 +186,12 @@ fn read(fd: u64, buf: u64, len: u64) -> i64 {
                 Ok(p) => p,
                 Err(e) => return err(e),
             };
-            // We hold a reference on the cache frame until the copy is
-            // done, and `off + n` stays inside it.
-            let r = st.copy_phys_to_user(asid, buf + done, pfn * PAGE_SIZE + off, n as usize);
+            // SAFETY: `get_file_page` returned the cache frame stable with
+            // a reference we hold until after the copy, and `off + n`
+            // stays inside it; nothing in Rust references a cache frame.
+            let r = unsafe {
+                st.copy_phys_to_user(asid, buf + done, pfn * PAGE_SIZE + off, n as usize)
+            };
             if st.frames.put(pfn) {
                 phys::pages::free_frame(pfn * PAGE_SIZE);
             }
@@ -290,9 +295,10 @@ fn pwrite(fd: u64, buf: u64, len: u64, offset: u64) -> i64 {
                 Ok(p) => p,
                 Err(e) => return err(e),
             };
-            // We hold a reference on the stable cache frame, and `off + n`
-            // stays inside it.
-            direct_map::write_from(pfn * PAGE_SIZE + off, &chunk[..n as usize]);
+            // SAFETY: `get_file_page` returned the cache frame stable with
+            // a reference we hold until after the copy, and `off + n`
+            // stays inside it; `chunk` is heap memory, not that frame.
+            unsafe { direct_map::write_from(pfn * PAGE_SIZE + off, &chunk[..n as usize]) };
             st.mark_dirty(pfn);
             if st.frames.put(pfn) {
                 phys::pages::free_frame(pfn * PAGE_SIZE);

@@ -15,6 +15,12 @@
 //! code after the VMM breaks the loop) and leaves the drop on the entry.
 //! One `result:` line says what was seen; the status is `FAILURE` on any
 //! error. It must never touch a frame it did not allocate.
+//!
+//! Reading and writing its frames and its state table through the direct
+//! map is its job, so it holds unsafe code: the table (frames it takes
+//! for good) and the [`FRAMES`] frames under test, which it allocates
+//! and frees itself. The helpers that take a frame's address are
+//! `unsafe fn`; each call names the frame.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -41,11 +47,18 @@ fn pattern(pfn: u64, i: u64) -> u64 {
     (pfn << 20) ^ (i << 3) ^ 0x5a5a_0000_0000_0001
 }
 
-fn fill(pa: u64) {
+/// Writes frame `pa`'s pattern into it.
+///
+/// # Safety
+///
+/// `pa` is a frame this program allocated and still holds, page-aligned,
+/// with no Rust reference into it.
+unsafe fn fill(pa: u64) {
     let pfn = pa / PAGE_SIZE;
     for i in 0..PAGE_SIZE / 8 {
-        // `pa` is a frame this program allocated.
-        direct_map::write::<u64>(pa + 8 * i, pattern(pfn, i));
+        // SAFETY: the caller's contract, see # Safety; word `i` lies
+        // inside the frame, aligned.
+        unsafe { direct_map::write::<u64>(pa + 8 * i, pattern(pfn, i)) };
     }
 }
 
@@ -57,11 +70,17 @@ enum Contents {
     Other,
 }
 
-fn contents(pa: u64) -> Contents {
+///
+/// # Safety
+///
+/// As for [`fill`].
+unsafe fn contents(pa: u64) -> Contents {
     let pfn = pa / PAGE_SIZE;
     let (mut pat, mut zero) = (true, true);
     for i in 0..PAGE_SIZE / 8 {
-        let w = direct_map::read::<u64>(pa + 8 * i);
+        // SAFETY: the caller's contract, see # Safety; word `i` lies
+        // inside the frame, aligned.
+        let w = unsafe { direct_map::read::<u64>(pa + 8 * i) };
         pat &= w == pattern(pfn, i);
         zero &= w == 0;
         if !pat && !zero {
@@ -77,8 +96,14 @@ fn contents(pa: u64) -> Contents {
 
 /// One kernel-mode read of the frame (the access a guest must not make
 /// to a volatile or armed frame: it is the point here).
-fn kernel_touch(pa: u64) -> u64 {
-    direct_map::read::<u64>(pa)
+///
+/// # Safety
+///
+/// As for [`fill`]. (A frame the host dropped reads as zeroes, or the
+/// access is paused and completed by the VMM; either way it is memory.)
+unsafe fn kernel_touch(pa: u64) -> u64 {
+    // SAFETY: the caller's contract, see # Safety.
+    unsafe { direct_map::read::<u64>(pa) }
 }
 
 fn sleep_ms(ms: u64, khz: u64) {
@@ -139,13 +164,18 @@ impl Tally {
 
     /// The frame holds what the table said: zeroes if it was dropped,
     /// its pattern if not.
-    fn contents(&mut self, what: &str, pa: u64, discarded: bool) {
+    ///
+    /// # Safety
+    ///
+    /// As for [`fill`].
+    unsafe fn contents(&mut self, what: &str, pa: u64, discarded: bool) {
         let want = if discarded {
             Contents::Zeroes
         } else {
             Contents::Pattern
         };
-        let got = contents(pa);
+        // SAFETY: the caller's contract, see # Safety.
+        let got = unsafe { contents(pa) };
         if got == want {
             if discarded {
                 self.dropped += 1;
@@ -198,8 +228,9 @@ pub fn run(tsc_khz: u32) -> u32 {
         CallResult::BadBlock,
     );
     if !phys::allocator::fresh_frames_are_zero() {
-        // The frames are ours for good.
-        direct_map::zero(table, (pages * PAGE_SIZE) as usize);
+        // SAFETY: `table` is the `pages` contiguous frames just allocated,
+        // ours for good (never freed), not yet registered with the VMM.
+        unsafe { direct_map::zero(table, (pages * PAGE_SIZE) as usize) };
     }
     t.call("the table", register(table, entries), CallResult::Ok);
     t.call(
@@ -212,10 +243,12 @@ pub fn run(tsc_khz: u32) -> u32 {
         return guest::FAILURE;
     }
     let entry = |pfn: u64| -> &'static AtomicU8 {
-        // The table's `entries` bytes are frames this program took for
-        // good; every frame below is RAM, so `pfn < entries`; entries are
-        // only accessed atomically.
-        direct_map::atomic_u8(table + pfn)
+        // SAFETY: the table's `entries` bytes are frames this program took
+        // for good (so `'static` holds) and shares with the VMM for this
+        // purpose; this closure is only called with the frame numbers of
+        // `frames` below, RAM, so `pfn < entries`; from here on, the
+        // kernel accesses the entries only atomically, through it.
+        unsafe { direct_map::atomic_u8(table + pfn) }
     };
 
     let mut frames = [0u64; FRAMES];
@@ -230,7 +263,8 @@ pub fn run(tsc_khz: u32) -> u32 {
         t.fail(format_args!("SET_STABLE of fresh frames refused"));
     }
     for &pa in &frames {
-        fill(pa);
+        // SAFETY: `pa` is one of `frames`, allocated above and held.
+        unsafe { fill(pa) };
         // Documented: leaving stable is a plain store (keeping ARMED).
         st::guest_release(entry(pa / PAGE_SIZE), PageState::Volatile);
     }
@@ -253,7 +287,8 @@ pub fn run(tsc_khz: u32) -> u32 {
         let e = entry(pa / PAGE_SIZE);
         let before = e.load(Ordering::Acquire);
         t.kernel_touches += u64::from(before & DISCARDED != 0);
-        let _ = kernel_touch(pa);
+        // SAFETY: `pa` is one of `frames`, allocated above and held.
+        let _ = unsafe { kernel_touch(pa) };
         let taken = st::guest_make_stable(e);
         if before & DISCARDED != 0 && !taken.discarded {
             t.fail(format_args!(
@@ -261,7 +296,8 @@ pub fn run(tsc_khz: u32) -> u32 {
                 e.load(Ordering::Acquire)
             ));
         }
-        t.contents("A", pa, taken.discarded);
+        // SAFETY: `pa` is one of `frames`, allocated above and held.
+        unsafe { t.contents("A", pa, taken.discarded) };
     }
     // B: stable by the CAS, then kernel reads of the (armed) frame before
     // SET_STABLE, then SET_STABLE: the drop was reported once, by the CAS.
@@ -270,7 +306,8 @@ pub fn run(tsc_khz: u32) -> u32 {
         let e = entry(pfn);
         let taken = st::guest_make_stable(e);
         t.kernel_touches += u64::from(taken.armed);
-        t.contents("B", pa, taken.discarded);
+        // SAFETY: `pa` is one of `frames`, allocated above and held.
+        unsafe { t.contents("B", pa, taken.discarded) };
         let after = e.load(Ordering::Acquire);
         if st::state_of(after) != PageState::Stable || after & (DISCARDED | BUSY) != 0 {
             t.fail(format_args!(
@@ -305,7 +342,8 @@ pub fn run(tsc_khz: u32) -> u32 {
                         "C: frame {pa:#x} was dropped, SET_STABLE said OK"
                     ));
                 }
-                t.contents("C", pa, n == 1);
+                // SAFETY: `pa` is one of `frames`, allocated above and held.
+                unsafe { t.contents("C", pa, n == 1) };
             }
             r => t.fail(format_args!("C: SET_STABLE of {pa:#x}: {r:?}")),
         }
@@ -329,7 +367,8 @@ pub fn run(tsc_khz: u32) -> u32 {
                 "D: frame {pa:#x} still armed after SET_STABLE"
             ));
         }
-        t.contents("D", pa, taken.discarded);
+        // SAFETY: `pa` is one of `frames`, allocated above and held.
+        unsafe { t.contents("D", pa, taken.discarded) };
     }
     for &pa in &frames {
         phys::pages::free_frame(pa);

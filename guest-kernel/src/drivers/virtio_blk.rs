@@ -7,6 +7,14 @@
 //! the device's interrupt (routed by the I/O APIC to the waiting CPU),
 //! with the timer tick as a fallback wake-up. Never panics on what the
 //! device reports: a bad status is an I/O error for the caller.
+//!
+//! Driving the device through memory is its job, so it holds unsafe code
+//! (each block saying why): the device's register window (`rd`/`wr`,
+//! only ever at the base `init` checked lies in the MMIO hole) and the
+//! one queue page it allocates in `init` and keeps for good (descriptors,
+//! rings, request header and status byte). The data frames of a request
+//! are the caller's; the driver only passes their addresses on, which is
+//! why [`read_pages`], whose frames the device writes, is an `unsafe fn`.
 
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -92,11 +100,19 @@ static BASE: AtomicU64 = AtomicU64::new(0);
 /// A device register: `base` is the device window from the command line,
 /// inside the uncached MMIO hole of the direct map.
 fn rd(base: u64, off: u64) -> u32 {
-    direct_map::read::<u32>(base + off)
+    // SAFETY: every `base` in this module is the one `init` checked lies
+    // in the MMIO hole (device windows, never RAM, so no Rust reference
+    // points there), or `Device::base`/`BASE`, stored from it only after
+    // that check; `off` is one of the register constants above, aligned.
+    // Trusted, not checked: that the window does not start in the last
+    // 0x108 bytes below 4 GiB, where `off` would reach past the hole (the
+    // command line is the VMM's, which names VIRTIO_BLK_MMIO_BASE).
+    unsafe { direct_map::read::<u32>(base + off) }
 }
 
 fn wr(base: u64, off: u64, v: u32) {
-    direct_map::write::<u32>(base + off, v)
+    // SAFETY: as for `rd`: an aligned register of the checked window.
+    unsafe { direct_map::write::<u32>(base + off, v) }
 }
 
 /// Initialises the device at `base` with interrupt line `irq`, delivered on
@@ -172,24 +188,40 @@ pub fn info() -> Option<(u64, bool)> {
     DEV.lock().as_ref().map(|d| (d.capacity, d.read_only))
 }
 
-fn write_desc(queue: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    // Descriptor `i` < QSIZE lies in the queue page we own.
+/// Writes descriptor `i` of the queue page at `queue`.
+///
+/// # Safety
+///
+/// `queue` is the driver's queue page (`Device::queue`), written by
+/// the caller alone (it holds the driver lock), and `i < QSIZE`, so the
+/// descriptor lies in the page's descriptor table.
+unsafe fn write_desc(queue: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
     let p = queue + DESC_OFF + 16 * i as u64;
-    direct_map::write::<u64>(p, addr);
-    direct_map::write::<u32>(p + 8, len);
-    direct_map::write::<u16>(p + 12, flags);
-    direct_map::write::<u16>(p + 14, next);
+    // SAFETY: the caller's contract, see # Safety: four aligned fields of
+    // one 16-byte descriptor inside our queue page.
+    unsafe {
+        direct_map::write::<u64>(p, addr);
+        direct_map::write::<u32>(p + 8, len);
+        direct_map::write::<u16>(p + 12, flags);
+        direct_map::write::<u16>(p + 14, next);
+    }
 }
 
 /// Reads 4 KiB blocks starting at `block` into the frames `pages` (physical
 /// addresses), in one request.
-pub fn read_pages(block: u64, pages: &[u64]) -> Result<(), BlkError> {
+///
+/// # Safety
+///
+/// The device writes each of `pages` by DMA: each is a page-aligned frame
+/// of RAM the caller owns until this returns, that no Rust reference
+/// points into and nothing else reads or writes meanwhile.
+pub unsafe fn read_pages(block: u64, pages: &[u64]) -> Result<(), BlkError> {
     request(T_IN, block, pages)
 }
 
 /// Writes the frames `pages` to 4 KiB blocks starting at `block`, in one
 /// request (`BlkError::Device(1)`, as the device would answer, on a
-/// read-only disk: nothing is sent).
+/// read-only disk: nothing is sent). Safe: the device only reads them.
 pub fn write_pages(block: u64, pages: &[u64]) -> Result<(), BlkError> {
     request(T_OUT, block, pages)
 }
@@ -203,7 +235,9 @@ pub fn flush() -> Result<(), BlkError> {
     request(T_FLUSH, 0, &[])
 }
 
-/// One request of `kind` for `pages` at `block`, waited for.
+/// One request of `kind` for `pages` at `block`, waited for. For `T_IN`
+/// the device writes `pages`: its only caller with `T_IN` is
+/// [`read_pages`], whose # Safety the frames meet.
 fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
     if pages.len() > MAX_PAGES || (pages.is_empty() && kind != T_FLUSH) {
         return Err(BlkError::TooLarge);
@@ -220,31 +254,41 @@ fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
     // The device writes into the data buffers of a read only.
     let data_flags = if kind == T_IN { DESC_WRITE } else { 0 };
     let q = d.queue;
-    // The header and status bytes live in our queue page.
     let header = q + HEADER_OFF;
-    direct_map::write::<u32>(header, kind);
-    direct_map::write::<u32>(header + 4, 0);
-    direct_map::write::<u64>(header + 8, sector);
-    direct_map::write::<u8>(q + STATUS_OFF, 0xff);
-    write_desc(q, 0, q + HEADER_OFF, 16, DESC_NEXT, 1);
-    for (i, &pa) in pages.iter().enumerate() {
-        let i = i as u16 + 1;
-        write_desc(q, i, pa, 4096, data_flags | DESC_NEXT, i + 1);
+    // SAFETY: `q` is the queue page `init` allocated and keeps for good;
+    // we hold the driver lock and no request is in flight (the last one
+    // was waited for), so the device does not read it now. The header and
+    // status byte lie in it, aligned; descriptor indices run up to
+    // `pages.len() + 1` <= MAX_PAGES + 1 < QSIZE (checked at the top).
+    unsafe {
+        direct_map::write::<u32>(header, kind);
+        direct_map::write::<u32>(header + 4, 0);
+        direct_map::write::<u64>(header + 8, sector);
+        direct_map::write::<u8>(q + STATUS_OFF, 0xff);
+        write_desc(q, 0, q + HEADER_OFF, 16, DESC_NEXT, 1);
+        for (i, &pa) in pages.iter().enumerate() {
+            let i = i as u16 + 1;
+            write_desc(q, i, pa, 4096, data_flags | DESC_NEXT, i + 1);
+        }
+        let last = pages.len() as u16 + 1;
+        write_desc(q, last, q + STATUS_OFF, 1, DESC_WRITE, 0);
     }
-    let last = pages.len() as u16 + 1;
-    write_desc(q, last, q + STATUS_OFF, 1, DESC_WRITE, 0);
     // Route the completion interrupt to this CPU before kicking the device.
     ioapic::route(d.irq, d.vector, apic::id());
-    // The avail ring lives in our queue page.
-    direct_map::write::<u16>(q + AVAIL_OFF + 4 + 2 * (d.avail_idx % QSIZE) as u64, 0);
+    // SAFETY: the avail ring of our queue page, as above (slot
+    // `avail_idx % QSIZE` lies in it); the device reads it only after the
+    // notify below.
+    unsafe { direct_map::write::<u16>(q + AVAIL_OFF + 4 + 2 * (d.avail_idx % QSIZE) as u64, 0) };
     fence(Ordering::SeqCst);
     d.avail_idx = d.avail_idx.wrapping_add(1);
-    direct_map::write::<u16>(q + AVAIL_OFF + 2, d.avail_idx);
+    // SAFETY: the avail ring's index, in our queue page, as above.
+    unsafe { direct_map::write::<u16>(q + AVAIL_OFF + 2, d.avail_idx) };
     fence(Ordering::SeqCst);
     wr(d.base, QUEUE_NOTIFY, 0);
     loop {
-        // The used ring index lives in our queue page.
-        let used = direct_map::read::<u16>(q + USED_OFF + 2);
+        // SAFETY: the used ring's index, in our queue page; the device
+        // writes it, so it is read volatile, as a plain integer.
+        let used = unsafe { direct_map::read::<u16>(q + USED_OFF + 2) };
         if used != d.used_seen {
             d.used_seen = used;
             break;
@@ -253,7 +297,9 @@ fn request(kind: u32, block: u64, pages: &[u64]) -> Result<(), BlkError> {
         cpu::wait_for_interrupt();
     }
     fence(Ordering::SeqCst);
-    let status = direct_map::read::<u8>(q + STATUS_OFF);
+    // SAFETY: the status byte in our queue page, written by the device
+    // before it advanced the used index seen above.
+    let status = unsafe { direct_map::read::<u8>(q + STATUS_OFF) };
     if status != 0 {
         return Err(BlkError::Device(status));
     }

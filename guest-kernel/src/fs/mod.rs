@@ -5,6 +5,10 @@
 //!
 //! Nothing on the disk is trusted: `guest_logic::phfs` checks the
 //! superblock and every directory entry before the file system is used.
+//!
+//! Reading a block into memory is part of its job: two unsafe blocks, in
+//! `with_block`, on a scratch frame it allocates and frees there (the
+//! device fills it, then the parser reads it in place).
 
 use alloc::vec::Vec;
 
@@ -39,9 +43,15 @@ fn fs() -> Option<&'static FileSystem> {
 /// Reads block `block` into a scratch frame and hands it to `f`.
 fn with_block<R>(block: u64, f: impl FnOnce(&[u8; BLOCK_SIZE]) -> R) -> Result<R, MountError> {
     let pa = phys::pages::alloc_zeroed_frame().ok_or(MountError::NoMemory)?;
-    let r = virtio_blk::read_pages(block, &[pa]).map_err(|_| MountError::Io);
-    // The frame is ours and fully written by the device (or still zero).
-    let out = r.map(|_| f(direct_map::array::<BLOCK_SIZE>(pa)));
+    // SAFETY: `pa` is the frame just allocated, ours alone until freed
+    // below; nothing else touches it while the device fills it.
+    let r = unsafe { virtio_blk::read_pages(block, &[pa]) }.map_err(|_| MountError::Io);
+    // SAFETY: `pa` is the scratch frame allocated above (BLOCK_SIZE is a
+    // page), ours alone; the request has completed, so the device writes
+    // it no more; `f` gets the array for any lifetime and its result
+    // cannot borrow it, so the reference is gone before the frame is
+    // freed below.
+    let out = r.map(|_| f(unsafe { direct_map::array::<BLOCK_SIZE>(pa) }));
     phys::pages::free_frame(pa);
     out
 }

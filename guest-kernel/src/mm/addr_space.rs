@@ -5,6 +5,13 @@
 //! method of [`MmState`]) and keeps the frame records (reference and map
 //! counts, reverse map, `WRITABLE_MAPPED`) in step with the page tables.
 //! The kernel half (PML4 slots 256..512) is shared and never edited here.
+//!
+//! Copying into and out of user frames is its job, so it touches physical
+//! memory through the direct map (unsafe, each block saying why): frames
+//! the page tables of an address space it holds map, frames it has just
+//! allocated, and the kernel PML4's upper half (read only). Two functions
+//! that take a physical address from their callers are `unsafe fn`:
+//! [`MmState::copy_phys_to_user`] and [`MmState::write_frame`].
 
 use guest_logic::frame_table::{flag, Mapping};
 use guest_logic::paging::{
@@ -80,13 +87,18 @@ impl AddressSpace {
     /// An empty user half over the shared kernel half.
     pub fn new() -> Result<Self, AsError> {
         let pml4 = crate::phys::pages::alloc_zeroed_frame().ok_or(AsError::NoMemory)?;
-        // Both are page-table frames; only the kernel-half slots are copied.
         let half = (KERNEL_PML4_SLOT * 8) as u64;
-        direct_map::copy(
-            boot::kernel_pml4_phys() + half,
-            pml4 + half,
-            (ENTRIES - KERNEL_PML4_SLOT) * 8,
-        );
+        // SAFETY: the source is the kernel-half slots of the boot PML4,
+        // a page-table frame the kernel only reads after boot and nothing
+        // references; the destination is the same slots of the frame just
+        // allocated, ours alone. Both stay inside their page.
+        unsafe {
+            direct_map::copy(
+                boot::kernel_pml4_phys() + half,
+                pml4 + half,
+                (ENTRIES - KERNEL_PML4_SLOT) * 8,
+            )
+        };
         Ok(Self {
             pml4,
             vmas: VmaSet::new(),
@@ -342,8 +354,10 @@ impl MmState {
     /// Maps at `page` a new anonymous frame holding a copy of `src`.
     fn copy_into_anon(&mut self, asid: u32, page: u64, src: u64, p: u64) -> Result<(), AsError> {
         let pa = self.alloc_frame(true).ok_or(AsError::NoMemory)?;
-        // Both frames are ours (a reference is held on each); one `rep movs`.
-        direct_map::copy(src, pa, PAGE_SIZE as usize);
+        // SAFETY: `src` is the stable frame `cow` holds a reference on;
+        // `pa` is the frame just allocated (a reference held, mapped
+        // nowhere yet); distinct frames do not overlap. One `rep movs`.
+        unsafe { direct_map::copy(src, pa, PAGE_SIZE as usize) };
         self.stats.cow_copies += 1;
         self.frames.set_flags(pa / PAGE_SIZE, flag::ANON);
         let r = self.map_frame(asid, page, pa, leaf_flags(p));
@@ -457,9 +471,11 @@ impl MmState {
             let pa = self.user_frame(asid, at, prot::READ)?;
             let off = at % PAGE_SIZE;
             let n = ((PAGE_SIZE - off) as usize).min(out.len() - done);
-            // The frame is mapped user-readable in this address space;
-            // `n` stays in the page.
-            direct_map::read_into(pa + off, &mut out[done..done + n]);
+            // SAFETY: `pa` is a stable frame mapped user-readable in this
+            // address space, under the memory-management lock; `off + n`
+            // stays in the page; `out` is kernel memory, never a user
+            // frame, so the two do not overlap.
+            unsafe { direct_map::read_into(pa + off, &mut out[done..done + n]) };
             done += n;
         }
         Ok(())
@@ -468,14 +484,28 @@ impl MmState {
     /// Copies `data` to user memory at `va` (which must be writable).
     pub fn copy_to_user(&mut self, asid: u32, va: u64, data: &[u8]) -> Result<(), AsError> {
         self.copy_to_user_with(asid, va, data.len(), |dst, done, n| {
-            direct_map::write_from(dst, &data[done..done + n])
+            // SAFETY: `copy_to_user_with` hands `put` an address in a
+            // stable frame mapped user-writable here, with `n` bytes left
+            // in its page; `data` is kernel memory, never a user frame.
+            unsafe { direct_map::write_from(dst, &data[done..done + n]) }
         })
     }
 
-    /// Copies `len` bytes of physical memory at `src` (a frame the caller
-    /// holds a reference on) to user memory at `va` (which must be
-    /// writable).
-    pub fn copy_phys_to_user(
+    /// Copies `len` bytes of physical memory at `src` to user memory at
+    /// `va` (which must be writable).
+    ///
+    /// # Safety
+    ///
+    /// `src..src + len` lies in one stable frame the caller holds a
+    /// reference on (so it is not freed or discarded during the copy)
+    /// and that no Rust reference points into.
+    ///
+    /// Not covered, and left as it was: if `src` is a page-cache frame
+    /// that this address space also maps shared and writable at `va`
+    /// (a `read` of a file into its own shared mapping), the two ranges
+    /// are the same frame and `copy_nonoverlapping` is given overlapping
+    /// ranges.
+    pub unsafe fn copy_phys_to_user(
         &mut self,
         asid: u32,
         va: u64,
@@ -483,7 +513,12 @@ impl MmState {
         len: usize,
     ) -> Result<(), AsError> {
         self.copy_to_user_with(asid, va, len, |dst, done, n| {
-            direct_map::copy(src + done as u64, dst, n)
+            // SAFETY: the source is the caller's, see # Safety (`done + n`
+            // stays within `len`); the destination is a stable frame
+            // mapped user-writable here, with `n` bytes left in its page;
+            // it differs from the source frame except in the case the
+            // # Safety section names as not covered.
+            unsafe { direct_map::copy(src + done as u64, dst, n) }
         })
     }
 
@@ -505,8 +540,8 @@ impl MmState {
             let off = at % PAGE_SIZE;
             let n = ((PAGE_SIZE - off) as usize).min(len - done);
             // The destination frame is mapped user-writable in this address
-            // space (so it is anonymous, never a cache page) and `n` stays
-            // in it.
+            // space (anonymous, or a cache page mapped shared and
+            // writable) and `n` stays in it.
             put(pa + off, done, n);
             done += n;
         }
@@ -514,9 +549,16 @@ impl MmState {
     }
 
     /// Copies `data` into the frame at `pa` at `offset` (program loading).
-    pub fn write_frame(pa: u64, offset: u64, data: &[u8]) {
+    ///
+    /// # Safety
+    ///
+    /// `pa` is a frame the caller owns (allocated, a reference held, not
+    /// freed during the call) that no Rust reference points into, and
+    /// `offset + data.len()` is at most a page.
+    pub unsafe fn write_frame(pa: u64, offset: u64, data: &[u8]) {
         debug_assert!(offset + data.len() as u64 <= PAGE_SIZE);
-        // `pa` is a frame the caller owns; the copy stays inside it.
-        direct_map::write_from(pa + offset, data);
+        // SAFETY: the caller's contract, see # Safety: an owned frame, and
+        // the copy stays inside it; `data` is kernel memory.
+        unsafe { direct_map::write_from(pa + offset, data) };
     }
 }

@@ -5,6 +5,9 @@
 //! Reclaim tears a frame out of every address space through the reverse
 //! map, the guest's "pte notifier" (seed 002), and pays the TLB debt on
 //! other CPUs with one shootdown per round before any frame is freed.
+//!
+//! Having the disk fill frames is part of its job: one unsafe block, the
+//! `virtio_blk::read_pages` of a miss, into frames it has just allocated.
 
 use alloc::vec::Vec;
 
@@ -89,7 +92,11 @@ impl MmState {
         for &pa in &pages {
             self.frames.set_flags(pa / PAGE_SIZE, flag::LOCKED);
         }
-        let r = virtio_blk::read_pages(entry.first_block + index, &pages);
+        // SAFETY: every one of `pages` is a frame just allocated (we hold
+        // its only reference), not yet in the cache or mapped anywhere,
+        // and marked LOCKED, so reclaim leaves it alone while the device
+        // fills it.
+        let r = unsafe { virtio_blk::read_pages(entry.first_block + index, &pages) };
         self.stats.disk_requests += 1;
         self.stats.disk_pages += pages.len() as u64;
         let mut result = Err(AsError::Io);

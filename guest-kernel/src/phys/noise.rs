@@ -17,6 +17,10 @@
 //! name frames in use. It counts what it sent and how many answers were
 //! errors; `guest: hcnoise: ...` at exit says so.
 //!
+//! Filling the batch pages is part of its job: it writes, through the
+//! direct map, only the batch page of the CPU it runs on, one of the
+//! frames [`start`] set aside for good (its two unsafe blocks).
+//!
 //! It runs in the timer interrupt, whose period is about 1 ms, in kernel
 //! code that the development machines emulate at about 1 us an
 //! instruction: a batch is filled with at most [`FILL`] entries, so that
@@ -182,18 +186,29 @@ fn fill_batch(block: &NoiseBlock, page: u64, asked: u64) {
     for i in 0..(asked as usize).min(FILL) {
         let (pfn, count) = block.target(next());
         let r = next();
-        direct_map::write(
-            entries + (i * size_of::<HintEntry>()) as u64,
-            HintEntry {
-                pfn,
-                count,
-                op: (r % 8) as u16,
-                result: (r >> 16) as i16,
-            },
-        );
+        // SAFETY: `page` comes (through `send_one`, this module's only
+        // caller) from `NoiseBlock::batch_page` for this CPU: a frame
+        // `start` took from the allocator for good, which no hint names
+        // (targets stay in the set-aside frames before it or past RAM)
+        // and no Rust reference points into. Entry `i` < FILL <
+        // HINT_BATCH_MAX lies inside it, aligned.
+        unsafe {
+            direct_map::write(
+                entries + (i * size_of::<HintEntry>()) as u64,
+                HintEntry {
+                    pfn,
+                    count,
+                    op: (r % 8) as u16,
+                    result: (r >> 16) as i16,
+                },
+            )
+        };
     }
-    direct_map::write::<u32>(
-        batch + offset_of!(HintBatch, count) as u64,
-        next() as u32 % 300,
-    );
+    // SAFETY: as above: the count field of this CPU's own batch page.
+    unsafe {
+        direct_map::write::<u32>(
+            batch + offset_of!(HintBatch, count) as u64,
+            next() as u32 % 300,
+        )
+    };
 }

@@ -15,6 +15,11 @@
 //! allocating a frame clears its block's "reported" mark. While a pass
 //! reports, it holds the allocator's lock, as Linux isolates the pages it
 //! reports.
+//!
+//! Filling its report batch page is part of its job: the page is handed
+//! over for good by [`init`] (an `unsafe fn` for that reason) and written
+//! only here, under this module's lock; the two writes are its unsafe
+//! blocks.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -52,7 +57,13 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// Turns reporting on for `frames` frames of RAM, with `page` (a
 /// physical address, 0 if none could be had) as the report batch.
-pub fn init(frames: u64, page: u64) {
+///
+/// # Safety
+///
+/// `page`, unless 0, is a page-aligned frame of RAM handed over for good:
+/// never freed, never named again by the caller, and no Rust reference
+/// points into it. Call once.
+pub unsafe fn init(frames: u64, page: u64) {
     let n = frames.div_ceil(BLOCK_FRAMES) as usize;
     *BLOCKS.lock() = Some(Blocks {
         free: vec![0; n],
@@ -105,23 +116,31 @@ pub fn pass(for_each_free: impl FnOnce(&mut dyn FnMut(u64))) {
     if picked.is_empty() {
         return;
     }
-    // The report page is ours alone (allocated for `init`), laid out as a
-    // `HintBatch`, and used only under this lock.
+    // The report page (nonzero: checked above) is laid out as a
+    // `HintBatch` and used only under this lock.
     let entries = b.page + offset_of!(HintBatch, entries) as u64;
     for (k, &i) in picked.iter().enumerate() {
-        direct_map::write(
-            entries + (k * size_of::<HintEntry>()) as u64,
-            HintEntry::new(
-                HintOp::SetUnused,
-                Pfn(i as u64 * BLOCK_FRAMES),
-                BLOCK_FRAMES as u32,
-            ),
-        );
+        // SAFETY: `b.page` is the frame `init` was handed for good (its
+        // # Safety); entry `k` < CAPACITY < HINT_BATCH_MAX lies inside
+        // it, aligned; we hold the lock, so no other writer.
+        unsafe {
+            direct_map::write(
+                entries + (k * size_of::<HintEntry>()) as u64,
+                HintEntry::new(
+                    HintOp::SetUnused,
+                    Pfn(i as u64 * BLOCK_FRAMES),
+                    BLOCK_FRAMES as u32,
+                ),
+            )
+        };
     }
-    direct_map::write::<u32>(
-        b.page + offset_of!(HintBatch, count) as u64,
-        picked.len() as u32,
-    );
+    // SAFETY: as above: the batch's count field of our own report page.
+    unsafe {
+        direct_map::write::<u32>(
+            b.page + offset_of!(HintBatch, count) as u64,
+            picked.len() as u32,
+        )
+    };
     let r = crate::hv::call(Request::HintBatch {
         batch: GuestPhys(b.page),
         count: picked.len() as u64,

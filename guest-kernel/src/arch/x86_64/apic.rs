@@ -22,11 +22,15 @@ const ICR_PENDING: u32 = 1 << 12;
 /// A LAPIC register: the LAPIC page is mapped uncached in the direct map
 /// and the offsets are architectural registers.
 fn read(offset: u64) -> u32 {
-    direct_map::read::<u32>(LAPIC_BASE + offset)
+    // SAFETY: `LAPIC_BASE` is the LAPIC's device window, not RAM, so no
+    // Rust reference points into it; every `offset` passed here is one of
+    // the register constants above, 16-byte aligned inside that page.
+    unsafe { direct_map::read::<u32>(LAPIC_BASE + offset) }
 }
 
 fn write(offset: u64, value: u32) {
-    direct_map::write::<u32>(LAPIC_BASE + offset, value)
+    // SAFETY: as for `read`: an aligned register of the LAPIC window.
+    unsafe { direct_map::write::<u32>(LAPIC_BASE + offset, value) }
 }
 
 /// Enables this CPU's LAPIC with `spurious` as the spurious vector.

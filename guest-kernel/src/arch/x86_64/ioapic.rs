@@ -16,8 +16,13 @@ const IOWIN: u64 = 0x10;
 /// select/window pair is its architectural interface. Callers serialise
 /// (the block driver holds its lock).
 fn write(reg: u32, value: u32) {
-    direct_map::write::<u32>(IOAPIC_BASE + IOREGSEL, reg);
-    direct_map::write::<u32>(IOAPIC_BASE + IOWIN, value);
+    // SAFETY: `IOAPIC_BASE` is the I/O APIC's device window, not RAM, so no
+    // Rust reference points into it; IOREGSEL and IOWIN are its two
+    // aligned 32-bit registers.
+    unsafe {
+        direct_map::write::<u32>(IOAPIC_BASE + IOREGSEL, reg);
+        direct_map::write::<u32>(IOAPIC_BASE + IOWIN, value);
+    }
 }
 
 /// APIC ID each line was last routed to (+1; 0 = never), to skip rewrites.
