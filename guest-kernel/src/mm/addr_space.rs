@@ -498,13 +498,10 @@ impl MmState {
     ///
     /// `src..src + len` lies in one stable frame the caller holds a
     /// reference on (so it is not freed or discarded during the copy)
-    /// and that no Rust reference points into.
-    ///
-    /// Not covered, and left as it was: if `src` is a page-cache frame
-    /// that this address space also maps shared and writable at `va`
-    /// (a `read` of a file into its own shared mapping), the two ranges
-    /// are the same frame and `copy_nonoverlapping` is given overlapping
-    /// ranges.
+    /// and that no Rust reference points into. The destination may be
+    /// that same frame: a `read` of a file page into this address
+    /// space's own shared, writable mapping of it; the copy is then a
+    /// `memmove`.
     pub unsafe fn copy_phys_to_user(
         &mut self,
         asid: u32,
@@ -513,12 +510,19 @@ impl MmState {
         len: usize,
     ) -> Result<(), AsError> {
         self.copy_to_user_with(asid, va, len, |dst, done, n| {
-            // SAFETY: the source is the caller's, see # Safety (`done + n`
-            // stays within `len`); the destination is a stable frame
-            // mapped user-writable here, with `n` bytes left in its page;
-            // it differs from the source frame except in the case the
-            // # Safety section names as not covered.
-            unsafe { direct_map::copy(src + done as u64, dst, n) }
+            let from = src + done as u64;
+            let overlap = from < dst + n as u64 && dst < from + n as u64;
+            if overlap {
+                // SAFETY: as below; `copy_overlapping` allows the source
+                // and the destination to be the same frame.
+                unsafe { direct_map::copy_overlapping(from, dst, n) }
+            } else {
+                // SAFETY: the source is the caller's, see # Safety
+                // (`done + n` stays within `len`); the destination is a
+                // stable frame mapped user-writable here, with `n` bytes
+                // left in its page, and the two ranges do not overlap.
+                unsafe { direct_map::copy(from, dst, n) }
+            }
         })
     }
 

@@ -105,6 +105,27 @@ pub unsafe fn copy(src: u64, dst: u64, len: usize) {
     }
 }
 
+/// Copies `len` bytes from physical `src` to physical `dst` where the
+/// two ranges may overlap (`memmove`): the copy is as if through a
+/// buffer. For the rare caller that cannot rule out overlap; [`copy`] is
+/// the one for distinct frames.
+///
+/// # Safety
+///
+/// As for [`copy`], except that the ranges may overlap.
+#[inline]
+pub unsafe fn copy_overlapping(src: u64, dst: u64, len: usize) {
+    // SAFETY: the caller's contract, see # Safety, for both ranges;
+    // `ptr::copy` allows them to overlap.
+    unsafe {
+        core::ptr::copy(
+            phys_to_virt(src) as *const u8,
+            phys_to_virt(dst) as *mut u8,
+            len,
+        )
+    }
+}
+
 /// Copies `out.len()` bytes at physical `src` into `out`.
 ///
 /// # Safety
