@@ -52,6 +52,13 @@ fn counted(doc: &serde_json::Value, point: &str, failure: &str) -> u64 {
     injected
 }
 
+/// `scan` of a run that must end `intact`.
+fn scan_intact(tag: &str, passes: u32, faults: &[&str]) -> (Run, serde_json::Value) {
+    let (r, doc) = scan(tag, passes, faults);
+    intact(&r, &doc);
+    (r, doc)
+}
+
 /// The run ended 0 and the guest verified every block it read.
 fn intact(r: &Run, doc: &serde_json::Value) {
     r.expect_status(0);
@@ -62,8 +69,7 @@ fn intact(r: &Run, doc: &serde_json::Value) {
 
 #[test]
 fn madvise_that_always_fails_drops_nothing_and_reports_nothing_dropped() {
-    let (r, doc) = scan("madvise-all", 1, &["madvise:ENOMEM:after=0"]);
-    intact(&r, &doc);
+    let (r, doc) = scan_intact("madvise-all", 1, &["madvise:ENOMEM:after=0"]);
     // Every call failed, and every failure is counted as one.
     let injected = counted(&doc, "madvise", "madvise");
     assert_eq!(get(&doc, "reclaim.madvise_calls"), injected, "{doc}");
@@ -84,8 +90,7 @@ fn madvise_that_always_fails_drops_nothing_and_reports_nothing_dropped() {
 
 #[test]
 fn madvise_that_fails_every_other_call_keeps_those_runs_and_drops_the_rest() {
-    let (r, doc) = scan("madvise-half", 1, &["madvise:EAGAIN:every=2"]);
-    intact(&r, &doc);
+    let (_, doc) = scan_intact("madvise-half", 1, &["madvise:EAGAIN:every=2"]);
     let injected = counted(&doc, "madvise", "madvise");
     let calls = get(&doc, "reclaim.madvise_calls");
     // Half the calls failed (the odd one out is the last).
@@ -101,8 +106,7 @@ fn madvise_that_fails_every_other_call_keeps_those_runs_and_drops_the_rest() {
 
 #[test]
 fn a_refused_uffd_registration_keeps_the_volatile_run_resident() {
-    let (r, doc) = scan("uffd-register", 1, &["uffd-register:ENOMEM"]);
-    intact(&r, &doc);
+    let (_, doc) = scan_intact("uffd-register", 1, &["uffd-register:ENOMEM"]);
     counted(&doc, "uffd_register", "uffd_register");
     // No volatile frame was dropped unarmed, so none is registered and
     // no discard fault was ever due.
@@ -116,8 +120,7 @@ fn a_refused_uffd_registration_keeps_the_volatile_run_resident() {
 
 #[test]
 fn a_refused_uffd_unregistration_is_counted_and_later_touches_get_zero_pages() {
-    let (r, doc) = scan("uffd-unregister", 2, &["uffd-unregister:ENOMEM"]);
-    intact(&r, &doc);
+    let (_, doc) = scan_intact("uffd-unregister", 2, &["uffd-unregister:ENOMEM"]);
     counted(&doc, "uffd_unregister", "uffd_unregister");
     // Frames the guest took back stay registered with the kernel; the
     // block worker filling them faults and gets the zero page first.
@@ -126,12 +129,11 @@ fn a_refused_uffd_unregistration_is_counted_and_later_touches_get_zero_pages() {
 
 #[test]
 fn a_zero_page_fill_that_answers_eagain_is_retried() {
-    let (r, doc) = scan(
+    let (_, doc) = scan_intact(
         "uffd-eagain",
         2,
         &["uffd-unregister:ENOMEM", "uffd-zeropage:EAGAIN:every=2"],
     );
-    intact(&r, &doc);
     counted(&doc, "uffd_zeropage", "uffd_retries");
     assert_eq!(get(&doc, "host_failures.uffd_fill"), 0, "{doc}");
     assert_eq!(get(&doc, "host_failures.uffd_fill_stops"), 0, "{doc}");
@@ -201,16 +203,14 @@ fn a_fault_handler_that_cannot_read_its_userfaultfd_stops_the_run() {
 
 #[test]
 fn pagemap_reads_that_fail_skip_their_rounds_and_drop_nothing_on_them() {
-    let (r, doc) = scan("pagemap-some", 1, &["pagemap:EIO:every=3"]);
-    intact(&r, &doc);
+    let (r, doc) = scan_intact("pagemap-some", 1, &["pagemap:EIO:every=3"]);
     // One read per measurement here (24 MiB is one 64 KiB chunk of
     // pagemap): each failure skipped one round, and reclaim went on.
     counted(&doc, "pagemap", "pagemap");
     assert!(get(&doc, "reclaim.pages_discarded") > 0, "{doc}");
     assert_eq!(r.stderr.matches("rounds are skipped").count(), 1);
 
-    let (r, doc) = scan("pagemap-all", 1, &["pagemap:EIO:after=0"]);
-    intact(&r, &doc);
+    let (_, doc) = scan_intact("pagemap-all", 1, &["pagemap:EIO:after=0"]);
     assert!(get(&doc, "host_failures.pagemap") > 0, "{doc}");
     // Never a reading, never a drop.
     assert_eq!(get(&doc, "reclaim.pages_discarded"), 0, "{doc}");
