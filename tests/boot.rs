@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{boot, results, Disk};
+use common::{boot, Disk};
 
 #[test]
 fn default_program_greets_from_every_cpu_and_exits_zero() {
@@ -139,23 +139,10 @@ fn sixteen_gib_guest_uses_ram_above_4g() {
     boots_with("16G", Some(13312));
     // The page cache and a disk work there too, every block verified.
     let disk = Disk::new("sixteen", 4, "1M");
-    let r = boot(
-        &["--mem", "16G", "--disk", &disk.image()],
-        &["copies=1", "scan-mmap", "2"],
-    );
-    r.expect_status(0);
-    assert_eq!(
-        results(&r.stdout, "scan-mmap", "errors"),
-        vec![0],
-        "{}",
-        r.stdout
-    );
-    assert_eq!(
-        results(&r.stdout, "scan-mmap", "bytes"),
-        vec![8 << 20],
-        "{}",
-        r.stdout
-    );
+    let r = disk.boot("--mem 16G", "copies=1 scan-mmap 2");
+    r.expect_status(0)
+        .expect_results("scan-mmap", "errors", &[0])
+        .expect_results("scan-mmap", "bytes", &[8 << 20]);
 }
 
 #[test]

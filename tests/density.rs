@@ -20,11 +20,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{require_kvm, vmm, vmm_path, Run};
+use common::experiment::Experiment;
+use common::process::{names_in, processes_naming, signal, spawn_logged, wait_exit, wait_until};
+use common::{read_json, require_kvm};
 use serde_json::Value;
 
 const MAX_GUESTS: u64 = 3;
@@ -34,66 +35,30 @@ const LIMIT: Duration = Duration::from_secs(1500);
 /// swap counters.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Results {
-    dir: PathBuf,
-    run: Run,
-}
-
-fn results() -> &'static Results {
-    static R: OnceLock<Results> = OnceLock::new();
+fn results() -> &'static Experiment {
+    static R: OnceLock<Experiment> = OnceLock::new();
     R.get_or_init(|| {
-        require_kvm();
         let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = std::env::temp_dir().join(format!("vmm-density-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = dir.to_str().unwrap().to_string();
-        let run = std::panic::catch_unwind(|| {
-            vmm(
-                &[
-                    "experiment",
-                    "density",
-                    "--quick",
-                    "--guests",
-                    "3",
-                    "--max-slowdown",
-                    "10",
-                    "--swap-file",
-                    "256M",
-                    "--out",
-                    &out,
-                ],
-                LIMIT,
-            )
-        })
-        .unwrap_or_else(|_| Run {
-            status: -1,
-            stdout: String::new(),
-            stderr: format!("the density experiment did not finish within {LIMIT:?}"),
-            elapsed: LIMIT,
-        });
-        Results { dir, run }
+        let args = [
+            "density",
+            "--quick",
+            "--guests",
+            "3",
+            "--max-slowdown",
+            "10",
+        ];
+        let args = [&args[..], &["--swap-file", "256M"]].concat();
+        Experiment::run("density", "the density experiment", &args, LIMIT)
     })
 }
 
 fn summary() -> Value {
-    let r = results();
-    let path = r.dir.join("density-summary.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}\n--- stdout\n{}\n--- stderr\n{}",
-            path.display(),
-            r.run.stdout,
-            r.run.stderr
-        )
-    });
-    serde_json::from_str(&text).unwrap()
+    results().json("density-summary.json")
 }
 
 /// The group run of `mode` with `n` guests, if it ran.
 fn group(mode: &str, n: u64) -> Option<Value> {
-    let text =
-        std::fs::read_to_string(results().dir.join(format!("density-{mode}-n{n}.json"))).ok()?;
-    let doc: Value = serde_json::from_str(&text).unwrap();
+    let doc = results().try_json(&format!("density-{mode}-n{n}.json"))?;
     Some(doc["run"].clone())
 }
 
@@ -238,14 +203,7 @@ fn cgroups_of(parent: &Path, pid: Option<u32>) -> Vec<String> {
         Some(p) => format!("pagehint-exp-{p}-"),
         None => "pagehint-exp-".to_string(),
     };
-    std::fs::read_dir(parent)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix) && n.contains("density"))
-                .collect()
-        })
-        .unwrap_or_default()
+    names_in(parent, |n| n.starts_with(&prefix) && n.contains("density"))
 }
 
 /// The cgroup parent the experiment said it used.
@@ -272,32 +230,20 @@ fn the_cgroups_swap_file_and_disks_are_gone_afterwards() {
     }
 }
 
-/// Processes whose command line names `needle`.
-fn processes_naming(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 #[test]
 fn a_stopped_density_run_kills_its_guests_and_removes_its_cgroups() {
     require_kvm();
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for (signal, status) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
-        let dir =
-            std::env::temp_dir().join(format!("vmm-density-stop-{}-{signal}", std::process::id()));
+    for (signal_number, status) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-density-stop-{}-{signal_number}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let out = dir.to_str().unwrap().to_string();
         let stderr = dir.with_extension("err");
-        let mut child = Command::new(vmm_path())
-            .args([
+        let mut child = spawn_logged(
+            &[
                 "experiment",
                 "density",
                 "--quick",
@@ -307,43 +253,27 @@ fn a_stopped_density_run_kills_its_guests_and_removes_its_cgroups() {
                 "hinting",
                 "--out",
                 &out,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
+            ],
+            &stderr,
+        );
         // Wait until guests run (their consoles appear), then stop it.
-        let start = Instant::now();
-        while !dir.join("density-baseline-n1-g0.log").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "no guest started"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = dir.join("density-baseline-n1-g0.log");
+        wait_until(
+            Duration::from_secs(120),
+            || log.exists(),
+            || "no guest started".into(),
+        );
         std::thread::sleep(Duration::from_secs(2));
         assert!(!processes_naming(&out).is_empty(), "no guest running");
         let pid = child.id();
-        // SAFETY: kill(2) on our own child's pid, still unreaped.
-        assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
-        let stopped = Instant::now();
-        let code = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s.code();
-            }
-            assert!(stopped.elapsed() < Duration::from_secs(30), "did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        signal(&child, signal_number);
+        let code = wait_exit(&mut child, Duration::from_secs(30), "did not stop").code();
         let err = std::fs::read_to_string(&stderr).unwrap();
         assert_eq!(code, Some(status), "{err}");
         assert!(err.contains("stopped by signal"), "{err}");
         // What finished (maybe nothing yet) is summed up, with the signal.
-        let summary: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("density-summary.json")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(summary["interrupted_by_signal"], signal, "{summary}");
+        let summary = read_json(&dir.join("density-summary.json"));
+        assert_eq!(summary["interrupted_by_signal"], signal_number, "{summary}");
         assert!(dir.join("density.txt").exists());
         assert!(cgroups_of(&parent_in(&err), Some(pid)).is_empty());
         assert!(processes_naming(&out).is_empty(), "guests left running");

@@ -9,44 +9,22 @@
 
 mod common;
 
-use common::{boot, json_u64 as get, read_stats as stats, results, Disk};
+use common::{boot, json_u64 as get, Disk};
 
 const SLACK: u64 = 6 << 20;
 
 #[test]
 fn mmap_scan_under_a_budget_takes_discard_faults_and_loses_nothing() {
     let disk = Disk::new("mmap", 5, "4M");
-    let s = disk.path("stats.json");
-    let r = boot(
-        &[
-            "--mem",
-            "32M",
-            "--vcpus",
-            "2",
-            "--disk",
-            &disk.image(),
-            "--host-budget",
-            "12M",
-            "--stats",
-            &s,
-            // Batched hints: the shared table's hit path takes back the
-            // pages ahead of a scan, so this scan meets few discard
-            // faults there (0 to 65 against about 2000, same memory
-            // given back); the copy-on-write test below takes them with
-            // the shared table.
-            "--hints",
-            "batched",
-        ],
-        &["scan-mmap", "2"],
-    );
-    r.expect_status(0);
-    assert_eq!(
-        results(&r.stdout, "scan-mmap", "errors"),
-        vec![0, 0],
-        "{}",
-        r.stdout
-    );
-    let doc = stats(&s);
+    // Batched hints: the shared table's hit path takes back the pages
+    // ahead of a scan, so this scan meets few discard faults there (0 to
+    // 65 against about 2000, same memory given back); the copy-on-write
+    // test below takes them with the shared table.
+    let flags = "--mem 32M --vcpus 2 --host-budget 12M --hints batched";
+    let r = disk.boot_stats(flags, "scan-mmap 2");
+    r.expect_status(0)
+        .expect_results("scan-mmap", "errors", &[0, 0]);
+    let doc = r.stats();
     // Seen once (1 CI run in about 10 today): 0 injected, 6,512 pages
     // dropped, the guest re-reading instead; the console says how.
     assert!(
@@ -54,9 +32,7 @@ fn mmap_scan_under_a_budget_takes_discard_faults_and_loses_nothing() {
         "{doc}\n--- stdout\n{}",
         r.stdout
     );
-    let guest_faults: u64 = results(&r.stdout, "scan-mmap", "discard_faults")
-        .iter()
-        .sum();
+    let guest_faults = r.sum("scan-mmap", "discard_faults");
     assert!(guest_faults > 0, "{}", r.stdout);
     assert_eq!(get(&doc, "discard_faults.protocol_violations"), 0, "{doc}");
     let resident = get(&doc, "memory.resident_bytes");
@@ -79,25 +55,9 @@ fn discard_list_frees_only_after_every_cpu_was_quiescent() {
 #[test]
 fn data_written_to_a_private_mapping_of_volatile_pages_survives_reclaim() {
     let disk = Disk::new("cow", 4, "2M");
-    let s = disk.path("stats.json");
-    let r = boot(
-        &[
-            "--mem",
-            "24M",
-            "--vcpus",
-            "2",
-            "--disk",
-            &disk.image(),
-            "--host-budget",
-            "8M",
-            "--stats",
-            &s,
-        ],
-        &["copies=1", "cow", "4"],
-    );
-    r.expect_status(0);
-    assert_eq!(results(&r.stdout, "cow", "errors"), vec![0], "{}", r.stdout);
-    let doc = stats(&s);
+    let r = disk.boot_stats("--mem 24M --vcpus 2 --host-budget 8M", "copies=1 cow 4");
+    r.expect_status(0).expect_results("cow", "errors", &[0]);
+    let doc = r.stats();
     assert!(get(&doc, "reclaim.pages_discarded") > 0, "{doc}");
     // With the shared table (the default): mapped pages it dropped come
     // back as discard faults, every one delivered.

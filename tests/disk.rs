@@ -7,41 +7,25 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{boot, results, vmm, Disk};
+use common::{boot, results, vmm_quick, Disk};
 
 #[test]
 fn read_scan_larger_than_memory_reclaims_and_stays_correct() {
     // 16 MiB of files, 16 MiB of guest RAM: the cache must be reclaimed.
     let img = Disk::new("read", 4, "4M");
-    let r = boot(
-        &["--mem", "16M", "--vcpus", "1", "--disk", &img.image()],
-        &["copies=1", "scan-read", "2"],
-    );
-    r.expect_status(0).expect_stdout("4 files");
-    assert_eq!(
-        results(&r.stdout, "scan-read", "errors"),
-        vec![0],
-        "{}",
-        r.stdout
-    );
-    assert_eq!(
-        results(&r.stdout, "scan-read", "bytes"),
-        vec![2 * (16 << 20)]
-    );
-    assert!(
-        results(&r.stdout, "scan-read", "reclaimed")[0] > 0,
-        "{}",
-        r.stdout
-    );
+    let r = img.boot("--mem 16M --vcpus 1", "copies=1 scan-read 2");
+    r.expect_status(0)
+        .expect_stdout("4 files")
+        .expect_results("scan-read", "errors", &[0])
+        .expect_results("scan-read", "bytes", &[2 * (16 << 20)]);
+    assert!(r.results("scan-read", "reclaimed")[0] > 0, "{}", r.stdout);
     // Read-ahead: far fewer requests than pages. Every page is read at
     // least once; the second pass may find part of the first still
     // cached (pages read start on the inactive list, so a scan larger
     // than memory does not push out everything it read: 6,150 pages of
     // 8,192 in one run).
-    let req = results(&r.stdout, "scan-read", "disk_requests")[0];
-    let pages = results(&r.stdout, "scan-read", "disk_pages")[0];
+    let req = r.results("scan-read", "disk_requests")[0];
+    let pages = r.results("scan-read", "disk_pages")[0];
     assert!(
         pages >= 4096 && req * 8 <= pages,
         "requests {req} pages {pages}"
@@ -51,71 +35,42 @@ fn read_scan_larger_than_memory_reclaims_and_stays_correct() {
 #[test]
 fn mmap_scan_on_every_cpu_reclaims_mapped_pages() {
     let img = Disk::new("mmap", 4, "4M");
-    let r = boot(
-        &["--mem", "16M", "--vcpus", "2", "--disk", &img.image()],
-        &["scan-mmap", "1"],
-    );
-    r.expect_status(0);
-    let errors = results(&r.stdout, "scan-mmap", "errors");
-    assert_eq!(errors, vec![0, 0], "{}", r.stdout);
-    assert!(results(&r.stdout, "scan-mmap", "file_faults")
-        .iter()
-        .all(|&f| f > 0));
-    let reclaimed: u64 = results(&r.stdout, "scan-mmap", "reclaimed").iter().sum();
+    let r = img.boot("--mem 16M --vcpus 2", "scan-mmap 1");
+    r.expect_status(0)
+        .expect_results("scan-mmap", "errors", &[0, 0]);
+    let faults = r.results("scan-mmap", "file_faults");
+    assert!(faults.iter().all(|&f| f > 0));
+    let reclaimed = r.sum("scan-mmap", "reclaimed");
     assert!(reclaimed > 0, "{}", r.stdout);
 }
 
 #[test]
 fn private_file_mapping_copies_on_write() {
     let img = Disk::new("cow", 2, "256K");
-    let r = boot(
-        &["--vcpus", "1", "--disk", &img.image()],
-        &["copies=1", "cow"],
-    );
-    r.expect_status(0);
-    assert_eq!(results(&r.stdout, "cow", "errors"), vec![0], "{}", r.stdout);
-    assert_eq!(
-        results(&r.stdout, "cow", "cow_copies"),
-        vec![32],
-        "{}",
-        r.stdout
-    );
-    r.expect_stdout("shared_writable_refused=true");
+    let r = img.boot("--vcpus 1", "copies=1 cow");
+    r.expect_status(0)
+        .expect_results("cow", "errors", &[0])
+        .expect_results("cow", "cow_copies", &[32])
+        .expect_stdout("shared_writable_refused=true");
 }
 
 #[test]
 fn anonymous_churn_and_mprotect_toggling_keep_data() {
     let r = boot(&["--mem", "32M"], &["churn", "3", "4"]);
-    r.expect_status(0);
-    assert_eq!(
-        results(&r.stdout, "churn", "errors"),
-        vec![0, 0],
-        "{}",
-        r.stdout
-    );
+    r.expect_status(0)
+        .expect_results("churn", "errors", &[0, 0]);
     let r = boot(&[], &["mprotect", "128", "6"]);
-    r.expect_status(0);
-    assert_eq!(
-        results(&r.stdout, "mprotect", "errors"),
-        vec![0, 0],
-        "{}",
-        r.stdout
-    );
+    r.expect_status(0)
+        .expect_results("mprotect", "errors", &[0, 0]);
 }
 
 #[test]
 fn disk_flag_errors() {
-    let r = vmm(
-        &["run", "--disk", "/nonexistent/disk.img"],
-        Duration::from_secs(30),
-    );
+    let r = vmm_quick(&["run", "--disk", "/nonexistent/disk.img"]);
     r.expect_status(pagehint_abi::exit::vmm::NO_INPUT);
     let empty = std::env::temp_dir().join(format!("vmm-empty-disk-{}", std::process::id()));
     std::fs::write(&empty, b"").unwrap();
-    let r = vmm(
-        &["run", "--disk", empty.to_str().unwrap()],
-        Duration::from_secs(30),
-    );
+    let r = vmm_quick(&["run", "--disk", empty.to_str().unwrap()]);
     std::fs::remove_file(&empty).ok();
     r.expect_status(pagehint_abi::exit::vmm::BAD_DISK);
 }

@@ -8,7 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{boot, guest_user_path, require_kvm, vmm};
+use common::process::{self, stderr_of, wait_exit, wait_until};
+use common::{boot, guest_user_path, read_json, require_kvm, vmm, vmm_quick};
 use pagehint_abi::exit::{guest, vmm as code};
 
 fn one_line_error(stderr: &str) {
@@ -20,10 +21,7 @@ fn one_line_error(stderr: &str) {
 
 #[test]
 fn missing_kernel_file() {
-    let r = vmm(
-        &["run", "--kernel", "/nonexistent/kernel.elf"],
-        Duration::from_secs(30),
-    );
+    let r = vmm_quick(&["run", "--kernel", "/nonexistent/kernel.elf"]);
     r.expect_status(code::NO_INPUT);
     one_line_error(&r.stderr);
     assert!(r.stderr.contains("/nonexistent/kernel.elf"), "{}", r.stderr);
@@ -33,10 +31,7 @@ fn missing_kernel_file() {
 fn kernel_that_is_not_an_elf() {
     let path = std::env::temp_dir().join(format!("vmm-test-not-elf-{}", std::process::id()));
     std::fs::write(&path, b"#!/bin/sh\necho this is not a kernel\n").unwrap();
-    let r = vmm(
-        &["run", "--kernel", path.to_str().unwrap()],
-        Duration::from_secs(30),
-    );
+    let r = vmm_quick(&["run", "--kernel", path.to_str().unwrap()]);
     std::fs::remove_file(&path).ok();
     r.expect_status(code::BAD_KERNEL);
     one_line_error(&r.stderr);
@@ -46,10 +41,7 @@ fn kernel_that_is_not_an_elf() {
 fn elf_without_pvh_note() {
     let user = guest_user_path();
     assert!(user.exists(), "{} missing", user.display());
-    let r = vmm(
-        &["run", "--kernel", user.to_str().unwrap()],
-        Duration::from_secs(30),
-    );
+    let r = vmm_quick(&["run", "--kernel", user.to_str().unwrap()]);
     r.expect_status(code::BAD_KERNEL);
     one_line_error(&r.stderr);
     assert!(r.stderr.contains("PVH"), "{}", r.stderr);
@@ -60,7 +52,7 @@ fn too_little_and_too_much_memory() {
     // 8 bare means 8 MiB (as QEMU's -m): too little, like 1M; 65G is
     // past the 64 GiB top of the range.
     for mem in ["1M", "8", "65G", "68719480832B"] {
-        let r = vmm(&["run", "--mem", mem], Duration::from_secs(30));
+        let r = vmm_quick(&["run", "--mem", mem]);
         r.expect_status(code::CONFIG);
         one_line_error(&r.stderr);
         assert!(
@@ -79,7 +71,7 @@ fn bad_flags_and_values() {
         &["run", "--vcpus", "zero"],
         &["frobnicate"],
     ] {
-        let r = vmm(args, Duration::from_secs(30));
+        let r = vmm_quick(args);
         r.expect_status(code::USAGE);
         assert!(r.stderr.contains("error"), "{args:?}: {}", r.stderr);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
@@ -88,7 +80,7 @@ fn bad_flags_and_values() {
 
 #[test]
 fn zero_vcpus_is_a_config_error() {
-    let r = vmm(&["run", "--vcpus", "0"], Duration::from_secs(30));
+    let r = vmm_quick(&["run", "--vcpus", "0"]);
     r.expect_status(code::CONFIG);
     one_line_error(&r.stderr);
 }
@@ -132,7 +124,6 @@ fn timeout_stops_a_guest_that_never_exits() {
 #[test]
 fn sigint_and_sigterm_stop_the_guest_join_every_thread_and_write_the_final_stats() {
     use std::process::{Command, Stdio};
-    use std::time::Instant;
     require_kvm();
     for (signal, status) in [(libc::SIGINT, code::SIGINT), (libc::SIGTERM, code::SIGTERM)] {
         let stats =
@@ -153,37 +144,24 @@ fn sigint_and_sigterm_stop_the_guest_join_every_thread_and_write_the_final_stats
             .spawn()
             .unwrap();
         // Running: the periodic stats document appears.
-        let start = Instant::now();
-        while !stats.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no stats: not running"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let running = || stats.exists();
+        wait_until(Duration::from_secs(60), running, || {
+            "no stats: not running".into()
+        });
         std::thread::sleep(Duration::from_millis(500));
         std::fs::remove_file(&stats).unwrap();
-        // SAFETY: kill(2) on our own child's pid, still unreaped.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-        let sent = Instant::now();
-        let exit = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                sent.elapsed() < Duration::from_secs(10),
-                "did not stop within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        process::signal(&child, signal);
+        let exit = wait_exit(
+            &mut child,
+            Duration::from_secs(10),
+            "did not stop within 10 s",
+        );
+        let err = stderr_of(&mut child);
         assert_eq!(exit.code(), Some(status), "{err}");
         one_line_error(&err);
         assert!(err.contains("stopped by signal"), "{err}");
         // The final document, written after every thread was joined.
-        let doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        let doc = read_json(&stats);
         assert!(doc["exits"].is_object(), "{doc}");
         let _ = std::fs::remove_file(&stats);
     }
@@ -197,7 +175,6 @@ fn a_forbidden_system_call_in_any_vmm_thread_stops_the_vmm_with_its_own_status()
     // their filters at about the same moment: still one line (CI once saw
     // two, before the handler let only the first thread write).
     let disk = common::Disk::new("seccomp", 1, "64K");
-    let stats = disk.path("s.json");
     for thread in [
         "main",
         "vcpu",
@@ -206,19 +183,8 @@ fn a_forbidden_system_call_in_any_vmm_thread_stops_the_vmm_with_its_own_status()
         "reclaim",
         "stats",
     ] {
-        let r = boot(
-            &[
-                "--disk",
-                &disk.image(),
-                "--stats",
-                &stats,
-                "--seccomp-probe",
-                thread,
-                "--vcpus",
-                "4",
-            ],
-            &["hello"],
-        );
+        let flags = format!("--seccomp-probe {thread} --vcpus 4");
+        let r = disk.boot_as("s.json", &flags, "hello");
         r.expect_status(code::SECCOMP);
         one_line_error(&r.stderr);
         r.expect_stderr(&format!("seccomp: the {thread} thread made system call"));
@@ -232,7 +198,6 @@ fn a_forbidden_system_call_in_any_vmm_thread_stops_the_vmm_with_its_own_status()
 fn a_disk_truncated_under_a_running_guest_gives_it_io_errors_not_a_crash() {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
-    use std::time::Instant;
     // The host takes the disk away from under the guest (the file is cut
     // to 64 KiB once the guest mounted it): every read past the cut fails
     // on the host side; the guest must see I/O errors and say so, and the
@@ -271,20 +236,9 @@ fn a_disk_truncated_under_a_running_guest_gives_it_io_errors_not_a_crash() {
         .unwrap()
         .set_len(64 << 10)
         .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(150),
-            "hung after the cut"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(150), "hung after the cut");
     let out = reader.join().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let err = stderr_of(&mut child);
     assert_eq!(status.code(), Some(guest::FAILURE as i32), "{out}\n{err}");
     assert!(
         !err.contains("panicked") && !err.contains("internal error"),

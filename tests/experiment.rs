@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{require_kvm, vmm, Run};
+use common::experiment::Experiment;
+use common::process::{names_in, signal, spawn_logged, wait_exit, wait_until};
+use common::{read_json, require_kvm, vmm};
 use serde_json::Value;
 
 /// The whole quick matrix: 5 workloads x (4 modes + a baseline), and the
@@ -36,57 +38,18 @@ const WORKLOADS: [&str; 4] = ["page-cache", "kv", "build", "anon-free"];
 /// workload).
 const LIMIT: Duration = Duration::from_secs(1500);
 
-struct Results {
-    dir: PathBuf,
-    run: Run,
-}
-
 /// Runs the experiment the first time it is asked for.
-fn results() -> &'static Results {
-    static R: OnceLock<Results> = OnceLock::new();
+fn results() -> &'static Experiment {
+    static R: OnceLock<Experiment> = OnceLock::new();
     R.get_or_init(|| {
-        require_kvm();
-        let dir = std::env::temp_dir().join(format!("vmm-experiment-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = dir.to_str().unwrap().to_string();
-        // A panic (the time limit) must not leave the lock empty, or every
-        // test would run the experiment again.
-        let run = std::panic::catch_unwind(|| {
-            vmm(
-                &[
-                    "experiment",
-                    "--quick",
-                    "--swap-file",
-                    "256M",
-                    "--out",
-                    &out,
-                ],
-                LIMIT,
-            )
-        })
-        .unwrap_or_else(|_| Run {
-            status: -1,
-            stdout: String::new(),
-            stderr: format!("the experiment did not finish within {LIMIT:?}"),
-            elapsed: LIMIT,
-        });
-        Results { dir, run }
+        let args = ["--quick", "--swap-file", "256M"];
+        Experiment::run("experiment", "the experiment", &args, LIMIT)
     })
 }
 
 /// A run's JSON document (`workload-mode.json`).
 fn doc(workload: &str, mode: &str) -> Value {
-    let r = results();
-    let path = r.dir.join(format!("{workload}-{mode}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}\n--- stdout\n{}\n--- stderr\n{}",
-            path.display(),
-            r.run.stdout,
-            r.run.stderr
-        )
-    });
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    results().json(&format!("{workload}-{mode}.json"))
 }
 
 fn u(v: &Value, path: &str) -> u64 {
@@ -116,9 +79,7 @@ fn the_experiment_succeeds_and_prints_its_table() {
     r.run.expect_stdout("carries over to hardware");
     r.run.expect_stdout(&format!("experiment: {RUNS} runs"));
     r.run.expect_stderr("memory cgroups in");
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(r.dir.join("summary.json")).unwrap())
-            .unwrap();
+    let summary = r.json("summary.json");
     assert_eq!(summary["runs"].as_array().map(Vec::len), Some(RUNS));
     for w in WORKLOADS {
         let svg = std::fs::read_to_string(r.dir.join(format!("{w}.svg"))).unwrap();
@@ -395,9 +356,7 @@ fn potentially_volatile_pages_let_hinting_hold_a_writer_without_swap_and_lose_no
 #[test]
 fn the_cgroups_and_the_swap_file_are_gone_afterwards() {
     let r = results();
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(r.dir.join("summary.json")).unwrap())
-            .unwrap();
+    let summary = r.json("summary.json");
     let parent = PathBuf::from(summary["cgroup_parent"].as_str().unwrap());
     // This experiment's cgroups: pagehint-exp-<its pid>-<run>.
     let d = doc("kv", "hinting");
@@ -405,12 +364,8 @@ fn the_cgroups_and_the_swap_file_are_gone_afterwards() {
     let name = cg.file_name().unwrap().to_string_lossy().into_owned();
     let mine = name.strip_suffix("kv-hinting").unwrap().to_string();
     assert!(mine.starts_with("pagehint-exp-"), "{mine}");
-    let left: Vec<String> = std::fs::read_dir(&parent)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&mine))
-        .collect();
+    assert!(parent.is_dir(), "{}", parent.display());
+    let left = names_in(&parent, |n| n.starts_with(&mine));
     assert!(
         left.is_empty(),
         "cgroups left in {}: {left:?}",
@@ -429,75 +384,55 @@ fn the_cgroups_and_the_swap_file_are_gone_afterwards() {
 
 #[test]
 fn an_interrupted_experiment_keeps_what_finished_and_says_what_did_not_run() {
-    use std::process::{Command, Stdio};
-    use std::time::Instant;
     // After the big experiment: two at once would disturb its figures.
     let _ = results();
     let dir = std::env::temp_dir().join(format!("vmm-exp-stop-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = dir.with_extension("err");
-    let mut child = Command::new(common::vmm_path())
-        .args(["experiment", "anon-free", "--quick", "--mode", "hinting"])
-        .args([
+    let out = dir.to_str().unwrap();
+    let mut child = spawn_logged(
+        &[
+            "experiment",
+            "anon-free",
+            "--quick",
+            "--mode",
+            "hinting",
             "--mode",
             "free-page-reporting",
             "--out",
-            dir.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+            out,
+        ],
+        &stderr,
+    );
     // The first run (the baseline) has written its document: stop then.
-    let finished = |d: &PathBuf| {
-        std::fs::read_dir(d).ok().is_some_and(|rd| {
-            rd.filter_map(Result::ok).any(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.ends_with(".json") && !n.ends_with(".stats.json") && n != "summary.json"
-            })
+    let finished = || {
+        !names_in(&dir, |n| {
+            n.ends_with(".json") && !n.ends_with(".stats.json") && n != "summary.json"
         })
+        .is_empty()
     };
-    let start = Instant::now();
-    while !finished(&dir) {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "no run finished: {}",
-            std::fs::read_to_string(&stderr).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(Duration::from_secs(300), finished, || {
+        let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+        format!("no run finished: {err}")
+    });
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: kill(2) on our own child's pid, still unreaped.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(stopped.elapsed() < Duration::from_secs(30), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(30), "did not stop");
     let err = std::fs::read_to_string(&stderr).unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(
         err.contains("stopped by signal 2 after 1 of 3 runs"),
         "{err}"
     );
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let summary = read_json(&dir.join("summary.json"));
     assert_eq!(summary["interrupted_by_signal"], 2, "{summary}");
     assert_eq!(summary["runs"].as_array().unwrap().len(), 1, "{summary}");
     assert_eq!(summary["not_run"].as_array().unwrap().len(), 2, "{summary}");
     let table = std::fs::read_to_string(dir.join("table.txt")).unwrap();
     assert!(table.contains("anon-free"), "{table}");
     // Its disk images and swap file are gone.
-    let left: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".img") || n.ends_with(".swap"))
-        .collect();
+    assert!(dir.is_dir(), "{}", dir.display());
+    let left = names_in(&dir, |n| n.ends_with(".img") || n.ends_with(".swap"));
     assert!(left.is_empty(), "{left:?}");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&stderr);

@@ -17,7 +17,8 @@
 
 mod common;
 
-use common::{boot, json_u64 as get, read_stats, results, Disk, Run};
+use common::guest::boot_str;
+use common::{json_u64 as get, read_stats, results, vmm_quick, Disk, Run};
 use pagehint_abi::exit::vmm as status;
 
 /// One pass (or `passes`) of `scan-read` over 4 MiB of checksummed files
@@ -26,24 +27,35 @@ use pagehint_abi::exit::vmm as status;
 /// final stats document.
 fn scan(tag: &str, passes: u32, faults: &[&str]) -> (Run, serde_json::Value) {
     let disk = Disk::new(tag, 4, "1M");
-    let stats = disk.path("stats.json");
-    let image = disk.image();
-    let mut args = vec![
-        "--mem",
-        "24M",
-        "--disk",
-        &image,
-        "--host-budget",
-        "4M",
-        "--stats",
-        &stats,
-    ];
-    for f in faults {
-        args.extend_from_slice(&["--inject-fault", f]);
-    }
-    let passes = passes.to_string();
-    let r = boot(&args, &["copies=1", "scan-read", &passes]);
-    let doc = read_stats(&stats);
+    let flags = format!("--mem 24M --host-budget 4M {}", rules(faults));
+    let r = disk.boot_stats(&flags, &format!("copies=1 scan-read {passes}"));
+    let doc = r.stats();
+    (r, doc)
+}
+
+/// `faults` as `--inject-fault` flags.
+fn rules(faults: &[&str]) -> String {
+    faults
+        .iter()
+        .map(|f| format!(" --inject-fault {f}"))
+        .collect()
+}
+
+/// The hook failed `point`'s call at least once and the stats document
+/// counts each failure as one `host_failures.<failure>`; returns how many
+/// were injected.
+fn counted(doc: &serde_json::Value, point: &str, failure: &str) -> u64 {
+    let injected = get(doc, &format!("injected_faults.{point}"));
+    assert!(injected > 0, "{doc}");
+    let failures = get(doc, &format!("host_failures.{failure}"));
+    assert_eq!(failures, injected, "{doc}");
+    injected
+}
+
+/// `scan` of a run that must end `intact`.
+fn scan_intact(tag: &str, passes: u32, faults: &[&str]) -> (Run, serde_json::Value) {
+    let (r, doc) = scan(tag, passes, faults);
+    intact(&r, &doc);
     (r, doc)
 }
 
@@ -57,12 +69,9 @@ fn intact(r: &Run, doc: &serde_json::Value) {
 
 #[test]
 fn madvise_that_always_fails_drops_nothing_and_reports_nothing_dropped() {
-    let (r, doc) = scan("madvise-all", 1, &["madvise:ENOMEM:after=0"]);
-    intact(&r, &doc);
-    let injected = get(&doc, "injected_faults.madvise");
-    assert!(injected > 0, "{doc}");
+    let (r, doc) = scan_intact("madvise-all", 1, &["madvise:ENOMEM:after=0"]);
     // Every call failed, and every failure is counted as one.
-    assert_eq!(get(&doc, "host_failures.madvise"), injected, "{doc}");
+    let injected = counted(&doc, "madvise", "madvise");
     assert_eq!(get(&doc, "reclaim.madvise_calls"), injected, "{doc}");
     assert!(get(&doc, "host_failures.madvise_kept_pages") > 0, "{doc}");
     // Not one frame reported or marked discarded, none left registered
@@ -81,12 +90,9 @@ fn madvise_that_always_fails_drops_nothing_and_reports_nothing_dropped() {
 
 #[test]
 fn madvise_that_fails_every_other_call_keeps_those_runs_and_drops_the_rest() {
-    let (r, doc) = scan("madvise-half", 1, &["madvise:EAGAIN:every=2"]);
-    intact(&r, &doc);
-    let injected = get(&doc, "injected_faults.madvise");
+    let (_, doc) = scan_intact("madvise-half", 1, &["madvise:EAGAIN:every=2"]);
+    let injected = counted(&doc, "madvise", "madvise");
     let calls = get(&doc, "reclaim.madvise_calls");
-    assert!(injected > 0, "{doc}");
-    assert_eq!(get(&doc, "host_failures.madvise"), injected, "{doc}");
     // Half the calls failed (the odd one out is the last).
     assert!(
         calls / 2 <= injected && injected <= calls.div_ceil(2),
@@ -100,11 +106,8 @@ fn madvise_that_fails_every_other_call_keeps_those_runs_and_drops_the_rest() {
 
 #[test]
 fn a_refused_uffd_registration_keeps_the_volatile_run_resident() {
-    let (r, doc) = scan("uffd-register", 1, &["uffd-register:ENOMEM"]);
-    intact(&r, &doc);
-    let injected = get(&doc, "injected_faults.uffd_register");
-    assert!(injected > 0, "{doc}");
-    assert_eq!(get(&doc, "host_failures.uffd_register"), injected, "{doc}");
+    let (_, doc) = scan_intact("uffd-register", 1, &["uffd-register:ENOMEM"]);
+    counted(&doc, "uffd_register", "uffd_register");
     // No volatile frame was dropped unarmed, so none is registered and
     // no discard fault was ever due.
     assert_eq!(
@@ -117,15 +120,8 @@ fn a_refused_uffd_registration_keeps_the_volatile_run_resident() {
 
 #[test]
 fn a_refused_uffd_unregistration_is_counted_and_later_touches_get_zero_pages() {
-    let (r, doc) = scan("uffd-unregister", 2, &["uffd-unregister:ENOMEM"]);
-    intact(&r, &doc);
-    let injected = get(&doc, "injected_faults.uffd_unregister");
-    assert!(injected > 0, "{doc}");
-    assert_eq!(
-        get(&doc, "host_failures.uffd_unregister"),
-        injected,
-        "{doc}"
-    );
+    let (_, doc) = scan_intact("uffd-unregister", 2, &["uffd-unregister:ENOMEM"]);
+    counted(&doc, "uffd_unregister", "uffd_unregister");
     // Frames the guest took back stay registered with the kernel; the
     // block worker filling them faults and gets the zero page first.
     assert!(get(&doc, "discard_faults.events") > 0, "{doc}");
@@ -133,15 +129,12 @@ fn a_refused_uffd_unregistration_is_counted_and_later_touches_get_zero_pages() {
 
 #[test]
 fn a_zero_page_fill_that_answers_eagain_is_retried() {
-    let (r, doc) = scan(
+    let (_, doc) = scan_intact(
         "uffd-eagain",
         2,
         &["uffd-unregister:ENOMEM", "uffd-zeropage:EAGAIN:every=2"],
     );
-    intact(&r, &doc);
-    let injected = get(&doc, "injected_faults.uffd_zeropage");
-    assert!(injected > 0, "{doc}");
-    assert_eq!(get(&doc, "host_failures.uffd_retries"), injected, "{doc}");
+    counted(&doc, "uffd_zeropage", "uffd_retries");
     assert_eq!(get(&doc, "host_failures.uffd_fill"), 0, "{doc}");
     assert_eq!(get(&doc, "host_failures.uffd_fill_stops"), 0, "{doc}");
 }
@@ -150,14 +143,9 @@ fn a_zero_page_fill_that_answers_eagain_is_retried() {
 /// the final stats written.
 fn stopped(r: &Run, doc: &serde_json::Value, ioctl: &str) {
     r.expect_status(status::HOST_FAILURE);
-    let lines: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("vmm: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let line = r.one_error_line();
     assert!(
-        lines[0].contains(ioctl) && lines[0].contains("the guest was stopped"),
+        line.contains(ioctl) && line.contains("the guest was stopped"),
         "{}",
         r.stderr
     );
@@ -203,14 +191,9 @@ fn a_fault_handler_that_cannot_read_its_userfaultfd_stops_the_run() {
         &["uffd-unregister:ENOMEM", "uffd-read:EIO:nth=2"],
     );
     r.expect_status(status::HOST_FAILURE);
-    let lines: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("vmm: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let line = r.one_error_line();
     assert!(
-        lines[0].contains("cannot read userfaultfd events"),
+        line.contains("cannot read userfaultfd events"),
         "{}",
         r.stderr
     );
@@ -220,18 +203,14 @@ fn a_fault_handler_that_cannot_read_its_userfaultfd_stops_the_run() {
 
 #[test]
 fn pagemap_reads_that_fail_skip_their_rounds_and_drop_nothing_on_them() {
-    let (r, doc) = scan("pagemap-some", 1, &["pagemap:EIO:every=3"]);
-    intact(&r, &doc);
-    let injected = get(&doc, "injected_faults.pagemap");
-    assert!(injected > 0, "{doc}");
+    let (r, doc) = scan_intact("pagemap-some", 1, &["pagemap:EIO:every=3"]);
     // One read per measurement here (24 MiB is one 64 KiB chunk of
     // pagemap): each failure skipped one round, and reclaim went on.
-    assert_eq!(get(&doc, "host_failures.pagemap"), injected, "{doc}");
+    counted(&doc, "pagemap", "pagemap");
     assert!(get(&doc, "reclaim.pages_discarded") > 0, "{doc}");
     assert_eq!(r.stderr.matches("rounds are skipped").count(), 1);
 
-    let (r, doc) = scan("pagemap-all", 1, &["pagemap:EIO:after=0"]);
-    intact(&r, &doc);
+    let (_, doc) = scan_intact("pagemap-all", 1, &["pagemap:EIO:after=0"]);
     assert!(get(&doc, "host_failures.pagemap") > 0, "{doc}");
     // Never a reading, never a drop.
     assert_eq!(get(&doc, "reclaim.pages_discarded"), 0, "{doc}");
@@ -242,11 +221,7 @@ fn pagemap_reads_that_fail_skip_their_rounds_and_drop_nothing_on_them() {
 fn a_disk_read_that_fails_is_an_io_error_the_guest_reports() {
     let (r, doc) = scan("disk-read", 1, &["disk-read:EIO:nth=20"]);
     r.expect_status(1).expect_stderr("disk I/O failed");
-    assert!(
-        results(&r.stdout, "scan-read", "errors")[0] > 0,
-        "{}",
-        r.stdout
-    );
+    assert!(r.results("scan-read", "errors")[0] > 0, "{}", r.stdout);
     assert_eq!(get(&doc, "injected_faults.disk_read"), 1, "{doc}");
     assert_eq!(get(&doc, "block.err_io"), 1, "{doc}");
 }
@@ -256,19 +231,11 @@ fn a_disk_read_that_fails_is_an_io_error_the_guest_reports() {
 /// the writer's run, its stats and the verifier's run.
 fn write_then_verify(tag: &str, faults: &[&str]) -> (Run, serde_json::Value, Run) {
     let disk = Disk::new(tag, 2, "1M");
-    let stats = disk.path("stats.json");
-    let image = disk.image();
-    let mut args = vec!["--mem", "24M", "--disk", &image, "--disk-rw"];
-    args.extend_from_slice(&["--stats", &stats]);
-    for f in faults {
-        args.extend_from_slice(&["--inject-fault", f]);
-    }
-    let w = boot(&args, &["copies=1", "fwrite", "2", "16", "pwrite", "7"]);
-    let doc = read_stats(&stats);
-    let v = boot(
-        &["--mem", "24M", "--disk", &image],
-        &["copies=1", "fverify", "2", "16", "pwrite", "7"],
-    );
+    let flags = format!("--mem 24M --disk-rw {}", rules(faults));
+    let w = disk.boot_stats(&flags, "copies=1 fwrite 2 16 pwrite 7");
+    let doc = w.stats();
+    let read_only = format!("--mem 24M --disk {}", disk.image());
+    let v = boot_str(&read_only, "copies=1 fverify 2 16 pwrite 7");
     (w, doc, v)
 }
 
@@ -299,23 +266,14 @@ fn a_disk_write_or_flush_that_fails_is_reported_or_retried_and_no_write_is_lost(
 #[test]
 fn stats_writes_that_fail_are_counted_logged_once_and_the_run_goes_on() {
     let disk = Disk::new("stats", 2, "1M");
-    let stats = disk.path("stats.json");
-    let r = boot(
-        &[
-            "--mem",
-            "24M",
-            "--stats",
-            &stats,
-            "--stats-interval",
-            "20",
-            "--inject-fault",
-            "stats-write:ENOSPC:every=2",
-        ],
-        &["sleep", "300"],
+    let flags = "--mem 24M --stats-interval 20 --inject-fault stats-write:ENOSPC:every=2";
+    let r = boot_str(
+        &format!("{flags} --stats {}", disk.path("stats.json")),
+        "sleep 300",
     );
     r.expect_status(0);
     // The final write is tried twice, so it lands after a failure.
-    let doc = read_stats(&stats);
+    let doc = read_stats(&disk.path("stats.json"));
     let injected = get(&doc, "injected_faults.stats_write");
     assert!(injected >= 2, "{doc}");
     assert!(
@@ -328,22 +286,11 @@ fn stats_writes_that_fail_are_counted_logged_once_and_the_run_goes_on() {
 
 #[test]
 fn bad_rules_are_refused_before_the_guest_starts() {
-    let r = common::vmm(
-        &["run", "--inject-fault", "mmap:EIO"],
-        std::time::Duration::from_secs(30),
-    );
+    let r = vmm_quick(&["run", "--inject-fault", "mmap:EIO"]);
     r.expect_status(status::USAGE)
         .expect_stderr("unknown injection point");
-    let r = common::vmm(
-        &[
-            "run",
-            "--inject-fault",
-            "pagemap:EIO",
-            "--inject-fault",
-            "pagemap:ENOMEM:nth=2",
-        ],
-        std::time::Duration::from_secs(30),
-    );
+    let twice = ["--inject-fault", "pagemap:EIO", "--inject-fault"];
+    let r = vmm_quick(&[&["run"], &twice[..], &["pagemap:ENOMEM:nth=2"]].concat());
     r.expect_status(status::CONFIG)
         .expect_stderr("two rules for point pagemap");
 }

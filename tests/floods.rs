@@ -11,7 +11,8 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{boot, json_u64 as get, read_stats as stats, require_kvm};
+use common::process::stderr_of;
+use common::{boot, hypercall_errors, json_u64 as get, read_stats as stats, require_kvm};
 use pagehint_abi::exit::vmm as code;
 
 /// The largest resident set `child` had while it ran (KiB, sampled every
@@ -51,17 +52,6 @@ fn small_pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
             std::os::fd::OwnedFd::from_raw_fd(fds[1]),
         )
     }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut err = String::new();
-    child
-        .stderr
-        .as_mut()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    err
 }
 
 #[test]
@@ -162,12 +152,7 @@ fn a_hypercall_flood_gets_bounded_logs_and_bounded_memory() {
     assert_eq!(status.code(), Some(0), "{err}");
     let doc = stats(s.to_str().unwrap());
     let _ = std::fs::remove_file(&s);
-    let refused: u64 = doc["hypercalls"]["errors"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter_map(|v| v.as_u64())
-        .sum();
+    let refused = hypercall_errors(&doc);
     assert!(refused > 1000, "only {refused} refused: {doc}");
     // Warnings are rate-limited: a few dozen lines, not one per call.
     let lines = err.lines().count() as u64;

@@ -27,19 +27,12 @@ fn qemu() -> Option<&'static str> {
 fn boot_under_qemu(accel: &str, smp: &str, append: &str) -> (i32, String) {
     let kernel = guest_kernel_path();
     assert!(kernel.exists(), "{} missing", kernel.display());
+    // A microvm with the console on stdio and the exit device the guest
+    // stops through.
+    let machine = "-machine microvm -m 64 -display none -monitor none -serial stdio -no-reboot";
     let mut child = Command::new(qemu().unwrap())
-        .args([
-            "-accel", accel, "-machine", "microvm", "-smp", smp, "-m", "64",
-        ])
-        .args([
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
+        .args(["-accel", accel, "-smp", smp])
+        .args(machine.split_whitespace())
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-kernel")
         .arg(&kernel)

@@ -10,7 +10,8 @@
 
 mod common;
 
-use common::{boot, json_u64 as get, read_stats, results, Disk};
+use common::guest::boot_str;
+use common::{json_u64 as get, Disk};
 
 /// One scan's figures.
 struct Scan {
@@ -22,29 +23,18 @@ struct Scan {
 
 /// `scan-mmap 1` on one vCPU over `disk` with `vmm_extra` and `guest_extra`.
 fn scan(disk: &Disk, name: &str, vmm_extra: &[&str], guest_extra: &[&str]) -> Scan {
-    let stats = disk.path(name);
-    let img = disk.image();
-    let mut args = vec![
-        "--mem", "64M", "--vcpus", "1", "--disk", &img, "--stats", &stats,
-    ];
-    args.extend_from_slice(vmm_extra);
-    let mut guest = vec!["copies=1"];
-    guest.extend_from_slice(guest_extra);
-    guest.extend_from_slice(&["scan-mmap", "1"]);
-    let r = boot(&args, &guest);
+    let flags = format!("--mem 64M --vcpus 1 {}", vmm_extra.join(" "));
+    let guest = format!("copies=1 {} scan-mmap 1", guest_extra.join(" "));
+    let r = disk.boot_as(name, &flags, &guest);
     r.expect_status(0);
-    let one = |key: &str| {
-        let v = results(&r.stdout, "scan-mmap", key);
-        assert_eq!(v.len(), 1, "{}", r.stdout);
-        v[0]
-    };
+    let one = |key: &str| r.one("scan-mmap", key);
     assert_eq!(one("errors"), 0, "{}", r.stdout);
     assert_eq!(one("hint_errors"), 0, "{}", r.stdout);
     Scan {
         hints: one("hints"),
         batches: one("hint_batches"),
         shared: one("shared_hints"),
-        doc: read_stats(&stats),
+        doc: r.stats(),
     }
 }
 
@@ -83,41 +73,18 @@ fn with_no_budget_shared_states_cost_no_exit_and_old_guests_still_batch() {
 #[test]
 fn under_a_budget_the_host_takes_from_the_table_despite_a_scribbling_guest() {
     let disk = Disk::new("shared-budget", 5, "4M");
-    let stats = disk.path("stats.json");
-    let r = boot(
-        &[
-            "--mem",
-            "32M",
-            "--vcpus",
-            "2",
-            "--disk",
-            &disk.image(),
-            "--host-budget",
-            "10M",
-            "--reclaim-interval",
-            "5",
-            "--stats",
-            &stats,
-        ],
-        &["scribble=32", "scan-mmap", "2"],
-    );
+    let flags = "--mem 32M --vcpus 2 --host-budget 10M --reclaim-interval 5";
+    let r = disk.boot_stats(flags, "scribble=32 scan-mmap 2");
     r.expect_status(0)
-        .expect_stdout("guest: scribbling 32 shared-table entries a tick");
-    assert_eq!(
-        results(&r.stdout, "scan-mmap", "errors"),
-        vec![0, 0],
-        "{}",
-        r.stdout
-    );
-    let doc = read_stats(&stats);
+        .expect_stdout("guest: scribbling 32 shared-table entries a tick")
+        .expect_results("scan-mmap", "errors", &[0, 0]);
+    let doc = r.stats();
     assert!(get(&doc, "reclaim.pages_discarded") > 0, "{doc}");
     // The guest learnt of the drops through its table (a make-stable that
     // found DISCARDED, or a discard fault). Whether any drop comes back as
     // a discard fault depends on timing here (the shared hit path takes
     // back the pages ahead of a scan); tests/discard.rs requires them.
-    let learnt: u64 = results(&r.stdout, "scan-mmap", "volatile_discarded")
-        .iter()
-        .sum();
+    let learnt = r.sum("scan-mmap", "volatile_discarded");
     assert!(learnt > 0, "{}", r.stdout);
     assert_eq!(
         get(&doc, "discard_faults.injected"),
@@ -126,7 +93,7 @@ fn under_a_budget_the_host_takes_from_the_table_despite_a_scribbling_guest() {
     );
     assert_eq!(get(&doc, "discard_faults.protocol_violations"), 0, "{doc}");
     // The only hint exits are SET_STABLE for frames the host armed.
-    let hints: u64 = results(&r.stdout, "scan-mmap", "shared_hints").iter().sum();
+    let hints = r.sum("scan-mmap", "shared_hints");
     let exits = get(&doc, "hypercalls.hint_batch");
     assert!(
         hints > 0 && exits * 20 < hints,
@@ -138,24 +105,13 @@ fn under_a_budget_the_host_takes_from_the_table_despite_a_scribbling_guest() {
 #[test]
 fn the_instruction_counter_measures_the_hint_path() {
     let disk = Disk::new("shared-cost", 1, "64K");
-    let r = boot(
-        &[
-            "--mem",
-            "32M",
-            "--vcpus",
-            "1",
-            "--disk",
-            &disk.image(),
-            "--count-instructions",
-        ],
-        &["hint-cost"],
-    );
+    let r = disk.boot("--mem 32M --vcpus 1 --count-instructions", "hint-cost");
     r.expect_status(0);
-    let one = |key: &str| results(&r.stdout, "hint-cost", key)[0];
+    let one = |key: &str| r.results("hint-cost", key)[0];
     assert!(one("hit_stable") > 0, "{}", r.stdout);
     assert!(one("hit_aged") > one("hit_stable"), "{}", r.stdout);
     // Without the flag the port is not served and the program says so.
-    let r = boot(&["--mem", "32M", "--vcpus", "1"], &["hint-cost"]);
+    let r = boot_str("--mem 32M --vcpus 1", "hint-cost");
     r.expect_status(1)
         .expect_stdout("no instruction counter (run the VMM with --count-instructions)");
 }

@@ -11,51 +11,29 @@
 
 mod common;
 
-use common::{boot, json_u64 as get, read_stats as stats, results, Disk, Run};
+use common::{hypercall_errors, json_u64 as get, results, Disk, Run};
 
 /// One boot of `cycle` on both vCPUs of a 32 MiB guest over a fresh
 /// 6 MiB disk (`tag` names it) under `budget`, the reclaimer every
 /// `interval` ms, with `guest` as the guest's command line: the disk
-/// (which holds the stats file), the run, the stats file's path and the
-/// console for messages.
-fn cycle_boot(
-    tag: &str,
-    budget: &str,
-    interval: &str,
-    guest: &[&str],
-) -> (Disk, Run, String, String) {
+/// (which holds the stats file), the run and the console for messages.
+fn cycle_boot(tag: &str, budget: &str, interval: &str, guest: &str) -> (Disk, Run, String) {
     let disk = Disk::new(tag, 3, "2M");
-    let s = disk.path("stats.json");
-    let r = boot(
-        &[
-            "--mem",
-            "32M",
-            "--vcpus",
-            "2",
-            "--disk",
-            &disk.image(),
-            "--host-budget",
-            budget,
-            "--reclaim-interval",
-            interval,
-            "--stats",
-            &s,
-        ],
-        guest,
-    );
+    let flags = format!("--mem 32M --vcpus 2 --host-budget {budget} --reclaim-interval {interval}");
+    let r = disk.boot_stats(&flags, guest);
     let console = format!("{}\n{}", r.stdout, r.stderr);
-    (disk, r, s, console)
+    (disk, r, console)
 }
 
 #[test]
 fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
-    let guest = ["hcnoise=1", "scribble=2", "copies=2", "cycle", "30", "10"];
-    let (_disk, r, s, console) = cycle_boot("soak", "6M", "10", &guest);
+    let guest = "hcnoise=1 scribble=2 copies=2 cycle 30 10";
+    let (_disk, r, console) = cycle_boot("soak", "6M", "10", guest);
     r.expect_status(0);
     let errors = results(&r.stdout, "cycle", "errors");
     assert_eq!(errors, vec![0, 0], "{console}");
-    let cycles = *results(&r.stdout, "cycle", "cycles").iter().max().unwrap();
-    let doc = stats(&s);
+    let cycles = *r.results("cycle", "cycles").iter().max().unwrap();
+    let doc = r.stats();
     // Every cycle is a page the host took: the guest cannot find more
     // pages gone than the host dropped.
     let discarded = get(&doc, "reclaim.pages_discarded");
@@ -71,12 +49,7 @@ fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
     let sent: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
     let refused: u64 = line.split_whitespace().nth(6).unwrap().parse().unwrap();
     assert!(sent > 0 && refused > 0, "{line}");
-    let answered: u64 = doc["hypercalls"]["errors"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter_map(|v| v.as_u64())
-        .sum();
+    let answered = hypercall_errors(&doc);
     assert!(answered >= refused, "{answered} < {refused}: {doc}");
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
@@ -95,8 +68,8 @@ fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
 /// pin the rule itself.
 #[test]
 fn heavy_noise_from_every_cpu_never_names_a_frame_in_use() {
-    let guest = ["hcnoise=200", "scribble=8", "copies=2", "cycle", "60", "20"];
-    let (_disk, r, s, console) = cycle_boot("soak-heavy-noise", "4M", "5", &guest);
+    let guest = "hcnoise=200 scribble=8 copies=2 cycle 60 20";
+    let (_disk, r, console) = cycle_boot("soak-heavy-noise", "4M", "5", guest);
     assert!(
         !r.stderr.contains("triple fault"),
         "the guest lost a frame in use: {console}"
@@ -108,7 +81,7 @@ fn heavy_noise_from_every_cpu_never_names_a_frame_in_use() {
         "{console}"
     );
     assert!(!r.stdout.contains("killed"), "{console}");
-    let doc = stats(&s);
+    let doc = r.stats();
     assert!(get(&doc, "hypercalls.hint_batch") > 0, "{doc}");
     assert!(get(&doc, "discard_faults.injected") > 0, "{doc}");
 }

@@ -20,9 +20,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
-use common::{boot, json_u64 as get, read_stats, results, Disk};
+use common::guest::{boot_str, StatsFile};
+use common::{json_u64 as get, read_stats, results, Disk};
 use serde_json::Value;
 
 const SCHEMA: &str = include_str!("../docs/stats-schema.json");
@@ -396,36 +396,13 @@ fn the_validator_refuses_an_extra_field_a_missing_one_and_a_wrong_type() {
 }
 
 /// A stats file path of this test, removed (with its `.tmp`) on drop.
-struct StatsFile(PathBuf);
-
-impl StatsFile {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "vmm-test-stats-schema-{name}-{}.json",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&p);
-        StatsFile(p)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for StatsFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        let _ = std::fs::remove_file(format!("{}.tmp", self.path()));
-    }
-}
-
 /// Boots the guest with `--stats` at `stats`, checks that `program` ran
 /// without an integrity error, and returns the final document, validated.
-fn run_validated(stats: &str, vmm_args: &[&str], guest: &[&str], program: &str) -> Value {
-    let mut args = vec!["--stats", stats, "--stats-interval", "100"];
-    args.extend_from_slice(vmm_args);
-    let r = boot(&args, guest);
+fn run_validated(stats: &str, vmm_flags: &str, guest: &str, program: &str) -> Value {
+    let r = boot_str(
+        &format!("--stats {stats} --stats-interval 100 {vmm_flags}"),
+        guest,
+    );
     r.expect_status(0);
     let errors = results(&r.stdout, program, "errors");
     assert!(
@@ -438,7 +415,7 @@ fn run_validated(stats: &str, vmm_args: &[&str], guest: &[&str], program: &str) 
         "{stats}.tmp left behind: the write is not a rename"
     );
     let doc = read_stats(stats);
-    assert_valid(&doc, &format!("vmm run {vmm_args:?} -- {guest:?}"));
+    assert_valid(&doc, &format!("vmm run {vmm_flags:?} -- {guest:?}"));
     doc
 }
 
@@ -446,21 +423,11 @@ fn run_validated(stats: &str, vmm_args: &[&str], guest: &[&str], program: &str) 
 fn a_budget_with_discard_faults_and_the_shared_table_on_a_disk_matches_the_schema() {
     let disk = Disk::new("stats-schema", 4, "1M");
     let stats = disk.path("stats.json");
-    let doc = run_validated(
-        &stats,
-        &[
-            "--mem",
-            "16M",
-            "--vcpus",
-            "2",
-            "--disk",
-            &disk.image(),
-            "--host-budget",
-            "4M",
-        ],
-        &["copies=1", "cow", "2"],
-        "cow",
+    let flags = format!(
+        "--mem 16M --vcpus 2 --disk {} --host-budget 4M",
+        disk.image()
     );
+    let doc = run_validated(&stats, &flags, "copies=1 cow 2", "cow");
     assert_eq!(get(&doc, "memory.budget_bytes"), 4 << 20, "{doc}");
     assert_eq!(get(&doc, "hypercalls.set_state_table"), 1, "{doc}");
     assert_eq!(get(&doc, "discard_faults.info_areas"), 2, "{doc}");
@@ -473,21 +440,11 @@ fn a_budget_with_discard_faults_and_the_shared_table_on_a_disk_matches_the_schem
 fn batched_hint_hypercalls_match_the_schema() {
     let disk = Disk::new("stats-schema-batched", 4, "1M");
     let stats = disk.path("stats.json");
-    let doc = run_validated(
-        &stats,
-        &[
-            "--mem",
-            "16M",
-            "--vcpus",
-            "1",
-            "--disk",
-            &disk.image(),
-            "--hints",
-            "batched",
-        ],
-        &["copies=1", "scan-mmap", "1"],
-        "scan-mmap",
+    let flags = format!(
+        "--mem 16M --vcpus 1 --disk {} --hints batched",
+        disk.image()
     );
+    let doc = run_validated(&stats, &flags, "copies=1 scan-mmap 1", "scan-mmap");
     assert_eq!(get(&doc, "hypercalls.set_state_table"), 0, "{doc}");
     for filled in ["hypercalls.hint_batch", "hypercalls.make_volatile"] {
         assert!(get(&doc, filled) > 0, "{filled}: {doc}");
@@ -497,11 +454,12 @@ fn batched_hint_hypercalls_match_the_schema() {
 
 #[test]
 fn free_page_reporting_matches_the_schema() {
-    let stats = StatsFile::new("fpr");
+    let stats = StatsFile::new("stats-schema-fpr");
+    let flags = "--mem 16M --vcpus 1 --free-page-reporting";
     let doc = run_validated(
         stats.path(),
-        &["--mem", "16M", "--vcpus", "1", "--free-page-reporting"],
-        &["copies=1", "churn-idle", "1", "4", "2500"],
+        flags,
+        "copies=1 churn-idle 1 4 2500",
         "churn-idle",
     );
     for filled in ["reclaim.reports", "reclaim.reported_pages"] {

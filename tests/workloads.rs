@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{boot, json_u64 as get, read_stats as stats, results, Disk};
+use common::{json_u64 as get, results, Disk};
 
 /// Errors 0, and some bytes in some time, for every result line of
 /// `program`.
@@ -25,57 +25,26 @@ fn check_result(stdout: &str, program: &str) {
 #[test]
 fn kv_and_build_verify_every_byte() {
     let disk = Disk::new("workloads", 40, "48K");
-    let r = boot(
-        &["--mem", "32M", "--vcpus", "1", "--disk", &disk.image()],
-        &["copies=1", "kv", "20000"],
-    );
+    let r = disk.boot("--mem 32M --vcpus 1", "copies=1 kv 20000");
     r.expect_status(0);
     check_result(&r.stdout, "kv");
-    assert_eq!(
-        results(&r.stdout, "kv", "keys"),
-        vec![40 * 12],
-        "{}",
-        r.stdout
-    );
+    r.expect_results("kv", "keys", &[40 * 12]);
     assert_eq!(results(&r.stdout, "kv", "bytes"), vec![20000 * 4096]);
 
-    let r = boot(
-        &["--mem", "32M", "--vcpus", "1", "--disk", &disk.image()],
-        &["copies=1", "build", "3", "10", "1"],
-    );
+    let r = disk.boot("--mem 32M --vcpus 1", "copies=1 build 3 10 1");
     r.expect_status(0);
     check_result(&r.stdout, "build");
-    assert_eq!(
-        results(&r.stdout, "build", "files"),
-        vec![30],
-        "{}",
-        r.stdout
-    );
+    r.expect_results("build", "files", &[30]);
     assert!(results(&r.stdout, "build", "freed_at_ms")[0] > 0);
 }
 
 #[test]
 fn kv_under_a_host_budget_reads_discarded_values_again() {
     let disk = Disk::new("kv-budget", 2, "4M");
-    let s = disk.path("stats.json");
-    let r = boot(
-        &[
-            "--mem",
-            "16M",
-            "--vcpus",
-            "1",
-            "--disk",
-            &disk.image(),
-            "--host-budget",
-            "6M",
-            "--stats",
-            &s,
-        ],
-        &["copies=1", "kv", "10000"],
-    );
+    let r = disk.boot_stats("--mem 16M --vcpus 1 --host-budget 6M", "copies=1 kv 10000");
     r.expect_status(0);
     check_result(&r.stdout, "kv");
-    let doc = stats(&s);
+    let doc = r.stats();
     assert!(get(&doc, "reclaim.pages_discarded") > 0, "{doc}");
     let learnt = results(&r.stdout, "kv", "volatile_discarded")[0]
         + results(&r.stdout, "kv", "discard_faults")[0];

@@ -11,48 +11,42 @@
 
 mod common;
 
-use common::{boot, json_u64, read_stats, results, Disk};
+use common::{boot, json_u64, one, read_stats, Disk};
 
-fn one(stdout: &str, program: &str, key: &str) -> u64 {
-    let v = results(stdout, program, key);
-    assert_eq!(v.len(), 1, "one {program} result expected in\n{stdout}");
-    v[0]
-}
-
-/// `fwrite` on `disk` read-write, then `fverify` with the same arguments on
+/// `fwrite` on `disk` read-write with the VMM flags `vmm_flags` (split at
+/// whitespace), then `fverify` with the same arguments on
 /// a fresh boot, read-only; returns the writer's stdout.
-fn write_then_verify(disk: &Disk, vmm_args: &[&str], args: &str) -> String {
+fn write_then_verify(disk: &Disk, vmm_flags: &str, args: &str) -> String {
     let image = disk.image();
     let mut a = vec!["--disk", &image, "--disk-rw", "--vcpus", "2"];
-    a.extend_from_slice(vmm_args);
-    let mut g = vec!["copies=1", "fwrite"];
-    g.extend(args.split_whitespace());
-    let w = boot(&a, &g);
+    a.extend(vmm_flags.split_whitespace());
+    let w = boot(&a, &guest_line("fwrite", args));
     w.expect_status(0);
     for key in ["errors", "read_errors", "sync_errors"] {
-        assert_eq!(one(&w.stdout, "fwrite", key), 0, "{key}\n{}", w.stdout);
+        assert_eq!(w.one("fwrite", key), 0, "{key}\n{}", w.stdout);
     }
-    assert!(
-        one(&w.stdout, "fwrite", "writeback_pages") > 0,
-        "{}",
-        w.stdout
-    );
-    let mut g = vec!["copies=1", "fverify"];
-    g.extend(args.split_whitespace());
-    let v = boot(&["--disk", &image], &g);
+    assert!(w.one("fwrite", "writeback_pages") > 0, "{}", w.stdout);
+    let v = boot(&["--disk", &image], &guest_line("fverify", args));
     v.expect_status(0);
-    assert_eq!(one(&v.stdout, "fverify", "errors"), 0, "{}", v.stdout);
-    assert!(one(&v.stdout, "fverify", "rewritten") > 0, "{}", v.stdout);
+    assert_eq!(v.one("fverify", "errors"), 0, "{}", v.stdout);
+    assert!(v.one("fverify", "rewritten") > 0, "{}", v.stdout);
     w.stdout
+}
+
+/// `copies=1 <program> <args>` as a guest command line.
+fn guest_line<'a>(program: &'a str, args: &'a str) -> Vec<&'a str> {
+    let mut g = vec!["copies=1", program];
+    g.extend(args.split_whitespace());
+    g
 }
 
 #[test]
 fn writes_reach_the_disk_through_pwrite_and_through_shared_mappings() {
     let a = Disk::new("wr-pwrite", 4, "1M");
-    let out = write_then_verify(&a, &[], "5 64 pwrite 11");
+    let out = write_then_verify(&a, "", "5 64 pwrite 11");
     assert_eq!(one(&out, "fwrite", "pte_dirty"), 0, "pwrite dirties no PTE");
     let b = Disk::new("wr-mmap", 4, "1M");
-    let out = write_then_verify(&b, &[], "5 64 mmap 12");
+    let out = write_then_verify(&b, "", "5 64 mmap 12");
     assert!(
         one(&out, "fwrite", "pte_dirty") > 0,
         "mapped writes are found through the PTE dirty bits\n{out}"
@@ -60,10 +54,10 @@ fn writes_reach_the_disk_through_pwrite_and_through_shared_mappings() {
     // The check can fail: another schedule's versions are not these.
     let r = boot(
         &["--disk", &b.image()],
-        &["copies=1", "fverify", "5", "64", "pwrite", "11"],
+        &guest_line("fverify", "5 64 pwrite 11"),
     );
     r.expect_status(1);
-    assert!(one(&r.stdout, "fverify", "errors") > 0, "{}", r.stdout);
+    assert!(r.one("fverify", "errors") > 0, "{}", r.stdout);
 }
 
 #[test]
@@ -71,7 +65,7 @@ fn unsynced_writes_reach_the_disk_by_the_background_write_back_and_the_stop() {
     // Never an fsync: an idle CPU's background passes write some pages
     // back while the writer runs, the kernel's sync at the stop the rest.
     let disk = Disk::new("wr-nosync", 2, "1M");
-    let out = write_then_verify(&disk, &[], "4 48 pwrite-nosync 31 2000");
+    let out = write_then_verify(&disk, "", "4 48 pwrite-nosync 31 2000");
     assert!(one(&out, "fwrite", "background_passes") > 0, "{out}");
 }
 
@@ -80,7 +74,7 @@ fn dirty_pages_survive_the_guests_own_reclaim() {
     // 16 MiB of files in 16 MiB of RAM: the guest's cache reclaim meets
     // dirty pages and must write them back before it frees them.
     let disk = Disk::new("wr-reclaim", 4, "4M");
-    let out = write_then_verify(&disk, &["--mem", "16M"], "3 192 mixed 5");
+    let out = write_then_verify(&disk, "--mem 16M", "3 192 mixed 5");
     assert!(one(&out, "fwrite", "reclaimed") > 0, "{out}");
 }
 
@@ -88,16 +82,10 @@ fn dirty_pages_survive_the_guests_own_reclaim() {
 fn a_read_only_disk_refuses_writes_with_clear_errors() {
     let disk = Disk::new("wr-ro", 1, "64K");
     let image = disk.image();
-    let r = boot(
-        &["--disk", &image],
-        &["copies=1", "fwrite", "1", "1", "pwrite"],
-    );
+    let r = boot(&["--disk", &image], &guest_line("fwrite", "1 1 pwrite"));
     r.expect_status(1)
         .expect_stdout("reason=pwrite-returned--30"); // EROFS
-    let r = boot(
-        &["--disk", &image],
-        &["copies=1", "fwrite", "1", "1", "mmap"],
-    );
+    let r = boot(&["--disk", &image], &guest_line("fwrite", "1 1 mmap"));
     r.expect_status(1)
         .expect_stdout("reason=mmap-shared-writable");
 }
@@ -113,19 +101,8 @@ fn the_host_takes_only_clean_potentially_volatile_pages_while_the_guest_writes_t
     // write may be lost, in the cache or on the disk.
     let disk = Disk::new("wr-pv", 2, "4M");
     let stats = disk.path("pv.json");
-    let out = write_then_verify(
-        &disk,
-        &[
-            "--mem",
-            "32M",
-            "--potentially-volatile",
-            "--host-budget",
-            "6M",
-            "--stats",
-            &stats,
-        ],
-        "2 1024 mmap 5 100",
-    );
+    let flags = format!("--mem 32M --potentially-volatile --host-budget 6M --stats {stats}");
+    let out = write_then_verify(&disk, &flags, "2 1024 mmap 5 100");
     let doc = read_stats(&stats);
     let pv = |k: &str| json_u64(&doc, &format!("potentially_volatile.{k}"));
     assert!(one(&out, "fwrite", "potentially_volatile") > 0, "{out}");
@@ -147,11 +124,8 @@ fn the_host_takes_only_clean_potentially_volatile_pages_while_the_guest_writes_t
 fn without_the_option_no_page_is_potentially_volatile() {
     let disk = Disk::new("wr-nopv", 2, "4M");
     let stats = disk.path("nopv.json");
-    let out = write_then_verify(
-        &disk,
-        &["--mem", "32M", "--host-budget", "6M", "--stats", &stats],
-        "2 256 mmap 5",
-    );
+    let flags = format!("--mem 32M --host-budget 6M --stats {stats}");
+    let out = write_then_verify(&disk, &flags, "2 256 mmap 5");
     let doc = read_stats(&stats);
     assert_eq!(one(&out, "fwrite", "potentially_volatile"), 0, "{out}");
     for k in [

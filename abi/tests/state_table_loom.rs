@@ -376,6 +376,20 @@ fn take(f: &Frame) -> u64 {
     learn(f, t)
 }
 
+/// The guest releases the frame as `state` and takes it again: what the
+/// taking told.
+fn release_take(f: &Frame, state: PageState) -> u64 {
+    guest_release(&f.entry, state);
+    take(f)
+}
+
+/// The guest takes the frame, releases it as `state` and takes it once
+/// more: what both takings told.
+fn take_release_take(f: &Frame, state: PageState) -> u64 {
+    let reported = take(f);
+    reported + release_take(f, state)
+}
+
 /// The guest maps the page writable (`CHECK_WRITABLE` with
 /// `POTENTIALLY_VOLATILE`). A page it made stable is checked as by
 /// [`take`]; one it left Potentially volatile (intact when it looked) is
@@ -547,9 +561,7 @@ fn make_stable_against_a_discard() {
 fn a_frames_life_against_two_passes() {
     against_reclaimer(Stable, 2, false, |f, _| {
         guest_release(&f.entry, Volatile);
-        let mut reported = take(f);
-        guest_release(&f.entry, Unused);
-        reported += take(f);
+        let reported = take_release_take(f, Unused);
         assert_eq!(state_of(f.entry.load()), Stable);
         reported
     });
@@ -558,12 +570,7 @@ fn a_frames_life_against_two_passes() {
 /// A failed drop (aborted claim) leaves the contents and tells nothing.
 #[test]
 fn an_aborted_claim_reports_nothing() {
-    against_reclaimer(Volatile, 2, true, |f, _| {
-        let mut reported = take(f);
-        guest_release(&f.entry, Volatile);
-        reported += take(f);
-        reported
-    });
+    against_reclaimer(Volatile, 2, true, |f, _| take_release_take(f, Volatile));
 }
 
 /// A discarded volatile frame freed without being looked at: the marks
@@ -571,10 +578,7 @@ fn an_aborted_claim_reports_nothing() {
 /// (after the reclaimer or during its pass: every interleaving).
 #[test]
 fn a_drop_survives_a_free_and_reaches_the_next_allocation() {
-    against_reclaimer(Volatile, 1, false, |f, _| {
-        guest_release(&f.entry, Unused);
-        take(f)
-    });
+    against_reclaimer(Volatile, 1, false, |f, _| release_take(f, Unused));
 }
 
 // ---- the zero fill (livelock breaker) ----
@@ -599,8 +603,7 @@ fn a_zero_fill_never_hides_a_drop() {
 #[test]
 fn a_zero_filled_frame_freed_still_reports_its_drop() {
     model(Volatile as u8, ZERO_FILL, REAL, |f, _| {
-        guest_release(&f.entry, Unused);
-        take(f)
+        release_take(f, Unused)
     });
 }
 
@@ -618,10 +621,7 @@ fn a_zero_filled_frame_freed_still_reports_its_drop() {
 /// the value read, closes it.
 fn refilled_meanwhile(steps: Steps) {
     model(Volatile as u8, ZERO_FILL, steps, |f, _| {
-        let mut reported = take(f);
-        guest_release(&f.entry, Unused);
-        reported += take(f);
-        reported
+        take_release_take(f, Unused)
     });
 }
 

@@ -19,8 +19,8 @@ use pagehint_abi::exit::guest;
 use pagehint_abi::syscall::nr;
 
 use crate::say;
-use crate::sys::{clock_ns, kstats, syscall3};
-use crate::workloads::{check_block, counters_line, dirent, mmap_anon, open, sleep_ms, Counters};
+use crate::sys::{clock_ns, syscall3};
+use crate::workloads::{check_block, dirent, mmap_anon, open, sleep_ms, Counters, Span};
 
 /// The read buffer: the kernel's largest single `read()`. Only the pages
 /// the biggest file fills are ever touched.
@@ -87,8 +87,7 @@ pub fn build(rest: &str) -> u32 {
         say!("result: program=build phases=0 files=0 bytes=0 ms=0 errors=1 reason=no-memory");
         return guest::FAILURE;
     };
-    let before = kstats();
-    let t0 = clock_ns();
+    let span = Span::start();
     let (mut files, mut file_bytes, mut errors) = (0u64, 0u64, 0u64);
     let mut next = 0u64; // the next file, cycling through the directory
     for phase in 0..phases {
@@ -115,15 +114,15 @@ pub fn build(rest: &str) -> u32 {
             say!(
                 "build: phase {}/{phases} done in {} ms, {files} files, errors {errors}",
                 phase + 1,
-                (clock_ns() - t0) / 1_000_000
+                span.ms()
             );
         }
     }
     errors += (syscall3(nr::MUNMAP, buf as u64, READ_BUF, 0) != 0) as u64;
     let freed_at_ms = clock_ns() / 1_000_000;
-    let ms = (clock_ns() - t0) / 1_000_000;
+    let ms = span.ms();
     sleep_ms(idle);
-    let k = counters_line(&before, &kstats());
+    let k = span.counters();
     let anon_bytes = phases * (mib << 20);
     say!(
         "result: program=build phases={phases} files={files} bytes={} ms={ms} errors={errors} freed_at_ms={freed_at_ms} idle_ms={idle} file_bytes={file_bytes} anon_bytes={anon_bytes} {}",

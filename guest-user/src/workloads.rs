@@ -56,41 +56,53 @@ pub(crate) fn check_block(id: u32, index: u64, size: u64, data: &[u8]) -> u64 {
     (data != &expect[..data.len()]) as u64
 }
 
+/// `KernelStats` with the cumulative counters taken as `$after - $before`
+/// and the gauges as they are in `$after`: every field named once.
+macro_rules! since {
+    ($before:expr, $after:expr; counters: $($c:ident)*; gauges: $($g:ident)*) => {
+        KernelStats {
+            $($c: $after.$c - $before.$c,)*
+            $($g: $after.$g,)*
+        }
+    };
+}
+
 /// The kernel's counters since `before` (the gauges, `free_frames`,
-/// `cached_frames` and `volatile_frames`, as they are now).
+/// `cached_frames`, `volatile_frames` and `dirty_frames`, as they are now).
 pub(crate) fn counters_line(before: &KernelStats, after: &KernelStats) -> KernelStats {
-    KernelStats {
-        page_faults: after.page_faults - before.page_faults,
-        file_faults: after.file_faults - before.file_faults,
-        cow_copies: after.cow_copies - before.cow_copies,
-        cache_hits: after.cache_hits - before.cache_hits,
-        cache_misses: after.cache_misses - before.cache_misses,
-        disk_requests: after.disk_requests - before.disk_requests,
-        disk_pages: after.disk_pages - before.disk_pages,
-        reclaimed: after.reclaimed - before.reclaimed,
-        shootdowns: after.shootdowns - before.shootdowns,
-        free_frames: after.free_frames,
-        cached_frames: after.cached_frames,
-        hints: after.hints - before.hints,
-        hint_batches: after.hint_batches - before.hint_batches,
-        hint_errors: after.hint_errors - before.hint_errors,
-        volatile_discarded: after.volatile_discarded - before.volatile_discarded,
-        zero_fill_skips: after.zero_fill_skips - before.zero_fill_skips,
-        volatile_frames: after.volatile_frames,
-        discard_faults: after.discard_faults - before.discard_faults,
-        discard_listed: after.discard_listed - before.discard_listed,
-        discard_released: after.discard_released - before.discard_released,
-        shared_hints: after.shared_hints - before.shared_hints,
-        referenced: after.referenced - before.referenced,
-        writeback_pages: after.writeback_pages - before.writeback_pages,
-        writeback_requests: after.writeback_requests - before.writeback_requests,
-        dirty_frames: after.dirty_frames,
-        potentially_volatile: after.potentially_volatile - before.potentially_volatile,
-        pv_written: after.pv_written - before.pv_written,
-        pte_dirty: after.pte_dirty - before.pte_dirty,
-        background_passes: after.background_passes - before.background_passes,
-        ages_published: after.ages_published - before.ages_published,
-        ages_young: after.ages_young - before.ages_young,
+    since!(before, after;
+        counters: page_faults file_faults cow_copies cache_hits cache_misses disk_requests
+            disk_pages reclaimed shootdowns hints hint_batches hint_errors volatile_discarded
+            zero_fill_skips discard_faults discard_listed discard_released shared_hints
+            referenced writeback_pages writeback_requests potentially_volatile pv_written
+            pte_dirty background_passes ages_published ages_young;
+        gauges: free_frames cached_frames volatile_frames dirty_frames)
+}
+
+/// Where a workload's measured part began: the kernel's counters and the
+/// clock then.
+pub(crate) struct Span {
+    before: KernelStats,
+    t0: u64,
+}
+
+impl Span {
+    pub(crate) fn start() -> Span {
+        let before = kstats();
+        Span {
+            before,
+            t0: clock_ns(),
+        }
+    }
+
+    /// Milliseconds since the start.
+    pub(crate) fn ms(&self) -> u64 {
+        (clock_ns() - self.t0) / 1_000_000
+    }
+
+    /// The kernel's counters since the start (`counters_line`).
+    pub(crate) fn counters(&self) -> KernelStats {
+        counters_line(&self.before, &kstats())
     }
 }
 
@@ -101,16 +113,19 @@ pub(crate) struct Counters(pub KernelStats);
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let k = &self.0;
-        write!(
-            f,
-            "faults={} file_faults={} cache_hits={} cache_misses={} disk_requests={} disk_pages={} reclaimed={} shootdowns={} free_frames={} cached_frames={} hints={} hint_batches={} hint_errors={} volatile_discarded={} zero_fill_skips={} volatile_frames={} discard_faults={} discard_listed={} discard_released={} shared_hints={} referenced={} writeback_pages={} writeback_requests={} dirty_frames={} potentially_volatile={} pv_written={} pte_dirty={} background_passes={} ages_published={} ages_young={}",
-            k.page_faults, k.file_faults, k.cache_hits, k.cache_misses, k.disk_requests, k.disk_pages,
-            k.reclaimed, k.shootdowns, k.free_frames, k.cached_frames, k.hints, k.hint_batches,
-            k.hint_errors, k.volatile_discarded, k.zero_fill_skips, k.volatile_frames, k.discard_faults,
-            k.discard_listed, k.discard_released, k.shared_hints, k.referenced, k.writeback_pages,
-            k.writeback_requests, k.dirty_frames, k.potentially_volatile, k.pv_written, k.pte_dirty,
-            k.background_passes, k.ages_published, k.ages_young
-        )
+        // The first key is not its field's name; every other one is.
+        write!(f, "faults={}", k.page_faults)?;
+        macro_rules! pairs {
+            ($($field:ident)*) => {
+                $(write!(f, concat!(" ", stringify!($field), "={}"), k.$field)?;)*
+            };
+        }
+        pairs!(file_faults cache_hits cache_misses disk_requests disk_pages reclaimed shootdowns
+            free_frames cached_frames hints hint_batches hint_errors volatile_discarded
+            zero_fill_skips volatile_frames discard_faults discard_listed discard_released
+            shared_hints referenced writeback_pages writeback_requests dirty_frames
+            potentially_volatile pv_written pte_dirty background_passes ages_published ages_young);
+        Ok(())
     }
 }
 
@@ -136,8 +151,7 @@ pub fn scan(passes: u64, how: Access) -> u32 {
         say!("result: program=scan errors=1 reason=no-memory");
         return guest::FAILURE;
     };
-    let before = kstats();
-    let t0 = clock_ns();
+    let span = Span::start();
     let (mut bytes, mut errors, mut files) = (0u64, 0u64, 0u64);
     for _ in 0..passes {
         let mut i = 0;
@@ -162,8 +176,8 @@ pub fn scan(passes: u64, how: Access) -> u32 {
             syscall3(nr::CLOSE, fd, 0, 0);
         }
     }
-    let ms = (clock_ns() - t0) / 1_000_000;
-    let k = counters_line(&before, &kstats());
+    let ms = span.ms();
+    let k = span.counters();
     let name = if how == Access::Read {
         "scan-read"
     } else {

@@ -196,15 +196,23 @@ fn armed() -> (GuestRam, Arc<DiscardFaults>, Arc<Metrics>, FaultHandler) {
     (ram, faults, metrics, handler)
 }
 
-#[test]
-fn a_fill_that_answers_eagain_is_retried_and_the_thread_goes_on() {
-    let _plan = install(&["uffd-zeropage:EAGAIN:nth=1"]);
+/// Frame 40 armed with `rules` installed, written by a thread that runs no
+/// vCPU until the write is done, the handler stopped: the RAM, the
+/// metrics, and the rules (held until the test ends).
+fn touched(rules: &[&str]) -> (GuestRam, Arc<Metrics>, Installed<'static>) {
+    let plan = install(rules);
     let (ram, _faults, metrics, handler) = armed();
-    // A thread that runs no vCPU touches it: answered with the zero page.
     let t = toucher(&ram, 40);
     wait_for("the write", Duration::from_secs(10), || t.is_finished());
     t.join().unwrap();
     handler.stop();
+    (ram, metrics, plan)
+}
+
+#[test]
+fn a_fill_that_answers_eagain_is_retried_and_the_thread_goes_on() {
+    // A thread that runs no vCPU touches it: answered with the zero page.
+    let (ram, metrics, _plan) = touched(&["uffd-zeropage:EAGAIN:nth=1"]);
     let f = &metrics.host_failures;
     assert_eq!((f.uffd_retries.get(), f.uffd_fill.get()), (1, 0));
     assert_eq!(f.uffd_fill_stops.get(), 0);
@@ -213,12 +221,7 @@ fn a_fill_that_answers_eagain_is_retried_and_the_thread_goes_on() {
 
 #[test]
 fn a_fill_that_fails_unregisters_the_frame_and_the_thread_gets_a_zero_page() {
-    let _plan = install(&["uffd-zeropage:ENOMEM:nth=1"]);
-    let (ram, _faults, metrics, handler) = armed();
-    let t = toucher(&ram, 40);
-    wait_for("the write", Duration::from_secs(10), || t.is_finished());
-    t.join().unwrap();
-    handler.stop();
+    let (_ram, metrics, _plan) = touched(&["uffd-zeropage:ENOMEM:nth=1"]);
     let f = &metrics.host_failures;
     assert_eq!((f.uffd_fill.get(), f.uffd_fill_stops.get()), (1, 0));
 }

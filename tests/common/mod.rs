@@ -1,17 +1,31 @@
 //! Shared helpers of the integration tests: run the real `vmm` binary on
-//! the real guest under KVM and collect what it printed.
+//! the real guest under KVM and collect what it printed. Each submodule
+//! has one job: `guest` boots the bundled guest, `disk` makes the disks it
+//! reads, `stats` reads what a run reported, `experiment` runs `vmm
+//! experiment` once for a whole test file and stops runs by signal.
 //!
-//! The tests need `/dev/kvm`; where it is missing they fail with a clear
-//! message rather than skip, so CI can never pass without running them.
+//! The helpers only run and read; they never decide what a test checks,
+//! and never skip one: where `/dev/kvm` is missing the tests fail with a
+//! clear message, so CI can never pass without running them.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+pub mod disk;
+pub mod experiment;
+pub mod guest;
+pub mod process;
+pub mod stats;
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use disk::Disk;
+pub use guest::boot;
+pub use stats::{hypercall_errors, json_u64, read_json, read_stats, results};
 
 /// What one run of the VMM produced.
 pub struct Run {
@@ -19,6 +33,8 @@ pub struct Run {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// The stats file the run was told to write, where a helper chose it.
+    pub stats_path: Option<String>,
 }
 
 impl Run {
@@ -32,27 +48,73 @@ impl Run {
         self
     }
 
-    /// Panics with the whole output unless stdout contains `text`.
-    pub fn expect_stdout(&self, text: &str) -> &Self {
+    /// Panics with the whole output unless `stream` (stdout or stderr,
+    /// named `which`) contains `text`.
+    fn expect_in(&self, which: &str, stream: &str, text: &str) -> &Self {
         assert!(
-            self.stdout.contains(text),
-            "stdout lacks {text:?}\n--- stdout\n{}\n--- stderr\n{}",
+            stream.contains(text),
+            "{which} lacks {text:?}\n--- stdout\n{}\n--- stderr\n{}",
             self.stdout,
             self.stderr
         );
         self
     }
 
+    /// Panics with the whole output unless stdout contains `text`.
+    pub fn expect_stdout(&self, text: &str) -> &Self {
+        self.expect_in("stdout", &self.stdout, text)
+    }
+
     /// Panics unless stderr contains `text`.
     pub fn expect_stderr(&self, text: &str) -> &Self {
-        assert!(
-            self.stderr.contains(text),
-            "stderr lacks {text:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout,
-            self.stderr
-        );
+        self.expect_in("stderr", &self.stderr, text)
+    }
+
+    /// The value of `key=` in every `result:` line of `program`.
+    pub fn results(&self, program: &str, key: &str) -> Vec<u64> {
+        results(&self.stdout, program, key)
+    }
+
+    /// Panics with stdout unless the `key=` values of `program` are `want`.
+    pub fn expect_results(&self, program: &str, key: &str, want: &[u64]) -> &Self {
+        assert_eq!(self.results(program, key), want, "{key}\n{}", self.stdout);
         self
     }
+
+    /// The one `key=` value of `program`; panics unless there is exactly one.
+    pub fn one(&self, program: &str, key: &str) -> u64 {
+        one(&self.stdout, program, key)
+    }
+
+    /// The sum of the `key=` values of every `program` result line.
+    pub fn sum(&self, program: &str, key: &str) -> u64 {
+        self.results(program, key).iter().sum()
+    }
+
+    /// The stats document the run wrote where a helper told it to.
+    pub fn stats(&self) -> serde_json::Value {
+        let path = self.stats_path.as_deref().expect("a run with --stats");
+        read_stats(path)
+    }
+
+    /// The `vmm: error:` lines on stderr; panics unless there is exactly one.
+    pub fn one_error_line(&self) -> &str {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("vmm: error:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", self.stderr);
+        lines[0]
+    }
+}
+
+/// The one `key=` value of `program` in `stdout`; panics unless there is
+/// exactly one result line.
+pub fn one(stdout: &str, program: &str, key: &str) -> u64 {
+    let v = results(stdout, program, key);
+    assert_eq!(v.len(), 1, "one {program} result expected in\n{stdout}");
+    v[0]
 }
 
 /// Fails the test unless KVM is usable.
@@ -110,23 +172,14 @@ pub fn vmm(args: &[&str], limit: Duration) -> Run {
         stdout: t_out.join().unwrap(),
         stderr: t_err.join().unwrap(),
         elapsed: start.elapsed(),
+        stats_path: None,
     }
 }
 
-/// Boots the bundled guest with `vmm_args` and the guest command line
-/// `guest_args`.
-pub fn boot(vmm_args: &[&str], guest_args: &[&str]) -> Run {
-    require_kvm();
-    let mut args = vec!["run"];
-    args.extend_from_slice(vmm_args);
-    if !guest_args.is_empty() {
-        args.push("--");
-        args.extend_from_slice(guest_args);
-    }
-    // A hang bound, not a speed goal: the heaviest boot (the discard test's
-    // mmap scan) takes ~45-80 s alone on the nested software KVM and has
-    // passed 120 s with other guests running on the same two cores.
-    vmm(&args, Duration::from_secs(300))
+/// `vmm` with `args` that must end (usage and configuration errors) well
+/// within 30 s.
+pub fn vmm_quick(args: &[&str]) -> Run {
+    vmm(args, Duration::from_secs(30))
 }
 
 /// The bundled guest kernel ELF (built by `vmm/build.rs`).
@@ -139,88 +192,4 @@ pub fn guest_kernel_path() -> PathBuf {
 pub fn guest_user_path() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     root.join("target/guest/x86_64-unknown-none/guest/guest-user")
-}
-
-/// A generated PHFS disk image in a fresh temporary directory (`vmm
-/// gen-files` + `vmm mkdisk`), removed on drop; other files of a test may
-/// live beside it.
-pub struct Disk {
-    dir: PathBuf,
-}
-
-impl Disk {
-    /// `count` files of `size` (a `vmm` size like "4M").
-    pub fn new(tag: &str, count: u32, size: &str) -> Disk {
-        let dir = std::env::temp_dir().join(format!("vmm-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let files = dir.join("files");
-        let img = dir.join("disk.img");
-        let count = count.to_string();
-        let (files_s, img_s) = (files.to_str().unwrap(), img.to_str().unwrap());
-        vmm(
-            &[
-                "gen-files",
-                "--dir",
-                files_s,
-                "--count",
-                &count,
-                "--size",
-                size,
-            ],
-            Duration::from_secs(60),
-        )
-        .expect_status(0);
-        vmm(
-            &["mkdisk", "--from", files_s, "--out", img_s],
-            Duration::from_secs(60),
-        )
-        .expect_status(0);
-        Disk { dir }
-    }
-
-    /// The image's path.
-    pub fn image(&self) -> String {
-        self.path("disk.img")
-    }
-
-    /// A path in the disk's directory (for stats files).
-    pub fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The value of `key=` in every `result:` line of `program`.
-pub fn results(stdout: &str, program: &str, key: &str) -> Vec<u64> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("result:") && l.contains(&format!("program={program} ")))
-        .map(|l| {
-            l.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key}= in {l}"))
-        })
-        .collect()
-}
-
-/// The stats JSON the VMM wrote to `path`.
-pub fn read_stats(path: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
-}
-
-/// The number at dot-separated `path` in a JSON document.
-pub fn json_u64(doc: &serde_json::Value, path: &str) -> u64 {
-    let mut v = doc;
-    for k in path.split('.') {
-        v = &v[k];
-    }
-    v.as_u64()
-        .unwrap_or_else(|| panic!("{path} missing in {doc}"))
 }
