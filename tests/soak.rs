@@ -58,13 +58,13 @@ fn discard_and_refault_cycles_beside_garbage_hypercalls_lose_nothing() {
 /// budget: 200 garbage hypercalls every 10 ticks on each CPU, so that the
 /// bursts of the two CPUs overlap and the VMM serves one CPU's hint batch
 /// while the other CPU fills its own. Each CPU must fill a batch page of
-/// its own (`guest_kernel::noise`): with one page for all, the VMM read
+/// its own (`guest_logic::noise_plan`): with one page for all, the VMM read
 /// entries half rewritten by the other CPU (the frame of one entry with
 /// the count of another: "names pfn 0x408+888"), and such a `SET_UNUSED`
 /// had the host drop frames in use, a page-table root among them, under
 /// a running CPU: a triple fault (`KVM_EXIT_SHUTDOWN`, status 80). That
 /// needs a torn read and then an unlucky operation, so this catches the
-/// old noise only some of the time; `guest_kernel::noise`'s unit tests
+/// old noise only some of the time; `guest_logic::noise_plan`'s unit tests
 /// pin the rule itself.
 #[test]
 fn heavy_noise_from_every_cpu_never_names_a_frame_in_use() {
