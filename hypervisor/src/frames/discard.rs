@@ -156,7 +156,7 @@ impl Discarder {
     /// short runs). Runs outside RAM are reported failed and left alone.
     pub fn discard(&mut self, runs: &[Run], method: Method) -> DiscardReport {
         let mut report = DiscardReport::default();
-        let total: u64 = runs.iter().map(|r| r.count).sum();
+        let total = runs.iter().fold(0u64, |t, r| t.saturating_add(r.count));
         let scattered = runs.len() >= SCATTERED_MIN_RUNS
             && total <= (runs.len() as u64).saturating_mul(SCATTERED_MAX_AVG_PAGES);
         let batch = match method {
