@@ -510,19 +510,12 @@ impl MmState {
         len: usize,
     ) -> Result<(), AsError> {
         self.copy_to_user_with(asid, va, len, |dst, done, n| {
-            let from = src + done as u64;
-            let overlap = from < dst + n as u64 && dst < from + n as u64;
-            if overlap {
-                // SAFETY: as below; `copy_overlapping` allows the source
-                // and the destination to be the same frame.
-                unsafe { direct_map::copy_overlapping(from, dst, n) }
-            } else {
-                // SAFETY: the source is the caller's, see # Safety
-                // (`done + n` stays within `len`); the destination is a
-                // stable frame mapped user-writable here, with `n` bytes
-                // left in its page, and the two ranges do not overlap.
-                unsafe { direct_map::copy(from, dst, n) }
-            }
+            // SAFETY: the source is the caller's, see # Safety (`done + n`
+            // stays within `len`); the destination is a stable frame
+            // mapped user-writable here, with `n` bytes left in its page,
+            // possibly the source frame itself, which `copy_overlapping`
+            // (memmove: its own one-compare direction check) allows.
+            unsafe { direct_map::copy_overlapping(src + done as u64, dst, n) }
         })
     }
 

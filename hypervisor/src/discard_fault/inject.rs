@@ -74,13 +74,11 @@ impl DiscardFaults {
         gpa: GuestPhys,
     ) -> Result<(), vm_memory::GuestMemoryError> {
         let mem = self.ram.mem();
-        let seq: u64 = mem.read_obj(GuestAddress((info + SEQUENCE_OFFSET).as_u64()))?;
+        let seq_at = GuestAddress((info + SEQUENCE_OFFSET).as_u64());
+        let seq: u64 = mem.read_obj(seq_at)?;
         mem.write_obj(gpa.as_u64(), GuestAddress((info + GPA_OFFSET).as_u64()))?;
         std::sync::atomic::fence(Ordering::Release);
-        mem.write_obj(
-            seq.wrapping_add(1),
-            GuestAddress((info + SEQUENCE_OFFSET).as_u64()),
-        )
+        mem.write_obj(seq.wrapping_add(1), seq_at)
     }
 
     /// Called by vCPU `index`'s thread when `KVM_RUN` returned `EINTR`:
