@@ -27,7 +27,7 @@ impl BudgetControl {
     /// A control holding `bytes` (or none).
     pub fn new(bytes: Option<u64>) -> std::io::Result<Self> {
         Ok(Self {
-            bytes: AtomicU64::new(bytes.unwrap_or(NONE).min(NONE)),
+            bytes: AtomicU64::new(bytes.unwrap_or(NONE)),
             changed: EventFd::new(EFD_NONBLOCK)?,
         })
     }
@@ -42,8 +42,7 @@ impl BudgetControl {
     /// (the eventfd's counter full, which a reader empties) only delays
     /// the change to the next interval.
     pub fn set(&self, bytes: Option<u64>) {
-        self.bytes
-            .store(bytes.unwrap_or(NONE).min(NONE), Ordering::Release);
+        self.bytes.store(bytes.unwrap_or(NONE), Ordering::Release);
         let _ = self.changed.write(1);
     }
 
