@@ -13,6 +13,7 @@
 //! none import each other in a circle; `docs/design.md` draws them.
 //! Nothing here may panic on anything the guest or the user sends.
 
+pub mod api;
 pub mod arch;
 pub mod config;
 pub mod devices;

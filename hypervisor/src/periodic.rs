@@ -26,62 +26,69 @@ pub trait Periodic: Send + 'static {
     fn tick(&mut self);
     /// Once, on the thread, after the stop was asked for.
     fn finish(&mut self) {}
-    /// A descriptor to wake on between ticks, and the `poll` events that
-    /// mean "wake" (asked again before every wait, so it may change).
-    fn wake_source(&self) -> Option<(RawFd, i16)> {
-        None
+    /// Up to [`WAKE_SOURCES`] descriptors to wake on between ticks, each
+    /// with the `poll` events that mean "wake" (asked again before every
+    /// wait, so they may change).
+    fn wake_sources(&self) -> [Option<(RawFd, i16)>; WAKE_SOURCES] {
+        [None; WAKE_SOURCES]
     }
-    /// The wake source polled ready (or in error): the job must consume
-    /// the event, or it is called again at once.
-    fn woken(&mut self) {}
+    /// Wake source `source` polled ready (or in error): the job must
+    /// consume the event, or it is called again at once.
+    fn woken(&mut self, _source: usize) {}
 }
 
 /// The running thread of one [`Periodic`] job.
 #[derive(Debug)]
 pub struct PeriodicThread(Worker);
 
+/// The most wake sources one job has.
+pub const WAKE_SOURCES: usize = 2;
+
 /// What one wait ended with.
 enum Waited {
     Stop,
     Tick,
-    Woken,
+    /// Wake source `n` was ready.
+    Woken(usize),
 }
 
 /// Waits until `stop` is signalled, `deadline` passes, or `wake` polls
 /// ready. A failed `poll` (only EINTR is possible with valid descriptors)
 /// counts as a tick, so a signal storm cannot stall the job.
-fn wait(stop: &EventFd, wake: Option<(RawFd, i16)>, deadline: Instant) -> Waited {
+fn wait(stop: &EventFd, wake: [Option<(RawFd, i16)>; WAKE_SOURCES], deadline: Instant) -> Waited {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Waited::Tick;
     }
+    let source = |w: Option<(RawFd, i16)>| libc::pollfd {
+        fd: w.map_or(-1, |w| w.0),
+        events: w.map_or(0, |w| w.1),
+        revents: 0,
+    };
     let mut fds = [
         libc::pollfd {
             fd: stop.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         },
-        libc::pollfd {
-            fd: wake.map_or(-1, |w| w.0),
-            events: wake.map_or(0, |w| w.1),
-            revents: 0,
-        },
+        source(wake[0]),
+        source(wake[1]),
     ];
     // Round up so a deadline less than a millisecond away is not a busy loop.
     let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-    // SAFETY: `fds` is a valid array of two pollfd for the call; a
-    // negative fd is ignored by poll.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd for the call;
+    // a negative fd is ignored by poll.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if n <= 0 {
         return Waited::Tick;
     }
     if fds[0].revents != 0 {
         return Waited::Stop;
     }
-    if fds[1].revents != 0 {
-        return Waited::Woken;
+    match fds[1..].iter().position(|f| f.revents != 0) {
+        Some(n) => Waited::Woken(n),
+        None => Waited::Tick,
     }
-    Waited::Tick
 }
 
 impl PeriodicThread {
@@ -97,9 +104,9 @@ impl PeriodicThread {
             job.start();
             let mut next = Instant::now() + interval;
             loop {
-                match wait(stop.fd(), job.wake_source(), next) {
+                match wait(stop.fd(), job.wake_sources(), next) {
                     Waited::Stop => break,
-                    Waited::Woken => job.woken(),
+                    Waited::Woken(n) => job.woken(n),
                     Waited::Tick => {
                         job.tick();
                         next = Instant::now() + interval;
@@ -175,10 +182,11 @@ mod tests {
         fn tick(&mut self) {
             self.ticks.fetch_add(1, Ordering::SeqCst);
         }
-        fn wake_source(&self) -> Option<(RawFd, i16)> {
-            Some((self.fd.as_raw_fd(), libc::POLLIN))
+        fn wake_sources(&self) -> [Option<(RawFd, i16)>; WAKE_SOURCES] {
+            [None, Some((self.fd.as_raw_fd(), libc::POLLIN))]
         }
-        fn woken(&mut self) {
+        fn woken(&mut self, source: usize) {
+            assert_eq!(source, 1, "the second source is the one set");
             self.fd.read().unwrap();
             self.woken.fetch_add(1, Ordering::SeqCst);
         }

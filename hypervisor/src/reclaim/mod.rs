@@ -24,6 +24,7 @@
 //! handle.
 
 pub mod age;
+pub mod budget;
 pub mod cgroup;
 pub mod eager;
 pub mod headroom;
@@ -44,8 +45,9 @@ use crate::frames::discard::DiscardError;
 use crate::frames::{Arming, Discarder, FrameTable, Method, PassReport};
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
-use crate::periodic::{Periodic, PeriodicThread};
+use crate::periodic::{Periodic, PeriodicThread, WAKE_SOURCES};
 use age::{Ages, VictimOrder};
+use budget::BudgetControl;
 use cgroup::CgroupMemory;
 use eager::{rounds_for, EagerUnused};
 use headroom::Headroom;
@@ -127,7 +129,8 @@ struct Worker {
     metrics: Arc<Metrics>,
     discarder: Discarder,
     residency: Option<Residency>,
-    budget_pages: Option<u64>,
+    /// The budget (`--host-budget`, moved by the API), read every round.
+    control: Option<Arc<BudgetControl>>,
     psi: Psi,
     arming: Option<Arc<dyn Arming>>,
     discard: bool,
@@ -180,11 +183,19 @@ impl Worker {
         self.metrics.memory.resident_peak_bytes.raise(bytes);
     }
 
-    /// The budget in pages this round: the fixed one, lowered to the
+    /// The budget the control holds now, in pages.
+    fn fixed_budget(&self) -> Option<u64> {
+        self.control
+            .as_ref()
+            .and_then(|c| c.get())
+            .map(|b| b / PAGE)
+    }
+
+    /// The budget in pages this round: the control's, lowered to the
     /// cgroup's headroom when there is a cgroup limit.
     fn budget(&mut self, resident: u64) -> Option<u64> {
         let Some(cg) = &self.cgroup else {
-            return self.budget_pages;
+            return self.fixed_budget();
         };
         let read = cg
             .limit()
@@ -194,12 +205,12 @@ impl Worker {
             Ok((None, _, _)) => {
                 log::warn!("reclaim: the memory cgroup has no limit any more; --cgroup-budget off");
                 self.cgroup = None;
-                return self.budget_pages;
+                return self.fixed_budget();
             }
             Err(e) => {
                 log::warn!("reclaim: {e}; --cgroup-budget off");
                 self.cgroup = None;
-                return self.budget_pages;
+                return self.fixed_budget();
             }
         };
         let reserve = self.headroom.reserve(limit, sharers);
@@ -216,7 +227,7 @@ impl Worker {
         m.cgroup_limit_bytes.set(limit);
         m.cgroup_budget_bytes.set(headroom);
         let pages = headroom / PAGE;
-        Some(self.budget_pages.map_or(pages, |b| b.min(pages)))
+        Some(self.fixed_budget().map_or(pages, |b| b.min(pages)))
     }
 
     /// Keeps the usage event at the edge of the reserve, where the guest
@@ -373,6 +384,7 @@ fn micros(d: Duration) -> u64 {
 #[derive(Debug)]
 pub struct Reclaimer {
     thread: PeriodicThread,
+    control: Arc<BudgetControl>,
 }
 
 impl Reclaimer {
@@ -408,6 +420,8 @@ impl Reclaimer {
             }
         };
         let frames = table.len();
+        let control =
+            Arc::new(BudgetControl::new(config.budget_bytes).map_err(ReclaimError::Spawn)?);
         let usage_event = config
             .cgroup
             .as_ref()
@@ -420,7 +434,7 @@ impl Reclaimer {
             metrics,
             discarder: Discarder::new(ram)?,
             residency,
-            budget_pages: config.budget_bytes.map(|b| b / PAGE),
+            control: Some(control.clone()),
             psi: Psi {
                 threshold: config.psi_threshold,
             },
@@ -442,7 +456,13 @@ impl Reclaimer {
         };
         let thread = PeriodicThread::spawn("reclaim", config.interval, worker)
             .map_err(ReclaimError::Spawn)?;
-        Ok(Self { thread })
+        Ok(Self { thread, control })
+    }
+
+    /// The budget the thread reads every round; setting it wakes the
+    /// thread for a round at once.
+    pub fn budget_control(&self) -> Arc<BudgetControl> {
+        self.control.clone()
     }
 
     /// Stops the thread and waits for it (it measures residency once more).
@@ -479,13 +499,24 @@ impl Periodic for Worker {
         self.round();
     }
 
-    fn wake_source(&self) -> Option<(RawFd, i16)> {
-        self.usage_event.as_ref().map(UsageEvent::source)
+    fn wake_sources(&self) -> [Option<(RawFd, i16)>; WAKE_SOURCES] {
+        [
+            self.usage_event.as_ref().map(UsageEvent::source),
+            self.control.as_ref().map(|c| c.source()),
+        ]
     }
 
-    /// The cgroup neared its limit: a round now rather than at the next
-    /// interval.
-    fn woken(&mut self) {
+    /// The cgroup neared its limit (source 0): a round now rather than at
+    /// the next interval. The budget was changed (source 1): a round now,
+    /// toward the new target.
+    fn woken(&mut self, source: usize) {
+        if source == 1 {
+            if let Some(c) = &self.control {
+                c.consume();
+            }
+            self.round();
+            return;
+        }
         if let Some(event) = self.usage_event.as_mut() {
             event.consume();
         }
@@ -519,6 +550,52 @@ mod tests {
             ram.mem().write_obj(1u8, GuestAddress(p * PAGE)).unwrap();
         }
         (ram, frames)
+    }
+
+    #[test]
+    fn a_budget_set_while_running_is_reached_at_once_not_at_the_interval() {
+        let (ram, frames) = resident_ram();
+        let table = Arc::new(FrameTable::new(frames as usize, false));
+        table.apply_range(0, frames / 2, HintOp::SetUnused).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        // An interval far longer than the test: only the wake can run a
+        // round before the end.
+        let config = ReclaimConfig {
+            interval: Duration::from_secs(3600),
+            budget_bytes: None,
+            psi_threshold: None,
+            discard: true,
+            cgroup: None,
+            unused_delay: None,
+            victim_order: VictimOrder::default(),
+        };
+        let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
+        let control = r.budget_control();
+        assert_eq!(control.get(), None);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            table.total_discards(),
+            0,
+            "no budget, no round: nothing dropped"
+        );
+        control.set(Some(12 << 20));
+        let t = Instant::now();
+        while table.total_discards() < 1024 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            table.total_discards(),
+            1024,
+            "16 MiB down to 12 MiB in one woken round"
+        );
+        control.set(Some(10 << 20));
+        let t = Instant::now();
+        while table.total_discards() < 1536 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        r.stop();
+        assert_eq!(table.total_discards(), 1536);
+        assert_eq!(metrics.memory.resident_bytes.get(), 10 << 20);
     }
 
     #[test]
