@@ -106,7 +106,8 @@ pub struct ExperimentArgs {
     #[arg(long, value_name = "X", value_parser = parse_slowdown)]
     pub max_slowdown: Option<f64>,
     /// Run only this mode (repeatable); default: host-swap,
-    /// free-page-reporting, hinting, hinting-batched.
+    /// free-page-reporting and hinting, and with --full or --quick also
+    /// hinting-batched (and hinting-pv for write).
     #[arg(long = "mode", value_name = "MODE")]
     pub modes: Vec<Mode>,
     /// The host memory limit of every constrained run (default: the
@@ -138,7 +139,15 @@ pub struct ExperimentArgs {
     /// Where the results go; default: results/<UTC timestamp>/.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Small sizes, for tests (a few seconds per run).
+    /// The full matrix: every default mode at the full sizes (about 25
+    /// minutes on the development machine); default: the short plan
+    /// (every workload against host swap, free page reporting and
+    /// hinting at smaller sizes, a few minutes, its figures marked
+    /// "short"). density: its default sizes either way.
+    #[arg(long, conflicts_with = "quick")]
+    pub full: bool,
+    /// Tiny sizes and the full matrix's modes, for the tests (a few
+    /// seconds per run).
     #[arg(long)]
     pub quick: bool,
 }

@@ -5,7 +5,8 @@
 //! [--free-page-reporting] [--potentially-volatile] [--cgroup-budget auto|off]
 //! [--stats FILE [--stats-interval MS]] [-- ARGS...]`, the host tools
 //! `vmm gen-files` and `vmm mkdisk`, and `vmm experiment [NAME] [--mode
-//! MODE ...] [--host-budget SIZE] [--out DIR] [--quick]`.
+//! MODE ...] [--host-budget SIZE] [--out DIR] [--full | --quick]` (the short
+//! plan unless one of those two is given).
 //!
 //! Parsing only checks syntax (numbers, sizes); whether a value can work
 //! (enough RAM, a vCPU count KVM allows) is decided by `run`, which reports
@@ -490,6 +491,19 @@ mod tests {
         for m in Mode::ALL {
             assert_eq!(Mode::from_str(m.name(), false), Ok(m));
         }
+        // The short plan unless --full or --quick, which exclude each other.
+        let plan = |e: &ExperimentArgs| lab::experiment::plan::Plan::from_flags(e.full, e.quick);
+        let d = exp(&[]).unwrap();
+        assert!(!d.full && !d.quick);
+        assert_eq!(plan(&d).name(), "short");
+        let full = exp(&["--full", "--swap-file", "512M"]).unwrap();
+        assert!(full.full && !full.quick);
+        assert_eq!(plan(&full).name(), "full");
+        assert_eq!(plan(&e).name(), "quick");
+        let both = exp(&["--full", "--quick"]).unwrap_err();
+        assert_eq!(parse_error_status(&both), USAGE);
+        assert!(both.to_string().contains("--full"), "{both}");
+        assert!(exp(&["--full=yes"]).is_err(), "a flag takes no value");
     }
 
     #[test]

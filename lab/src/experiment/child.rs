@@ -1,9 +1,11 @@
 //! One run of the matrix: a child `vmm run ...` of this same binary, placed
 //! in its memory cgroup before it starts (when it has one), its console in
 //! a log file, its stats file sampled while it runs into a resident-memory
-//! time series and its cgroup's usage into a footprint series, a progress
-//! line on stderr once a second, and at the end its exit status, final
-//! stats document and `result:` line.
+//! time series and its cgroup's usage into a footprint series, its
+//! progress on stderr (on a terminal one line rewritten once a second with
+//! its time and resident memory; elsewhere, as in a CI log, the label
+//! once as it starts), and at the end its exit status, final stats
+//! document and `result:` line.
 //!
 //! The child is killed if it outlives its own `--timeout` by a grace
 //! period, so an experiment always ends. This module must never kill any
@@ -177,9 +179,10 @@ fn create(path: &Path) -> Result<File, ChildError> {
     })
 }
 
-/// Runs `job` to its end, sampling and reporting progress on `progress`.
-pub fn run(job: &Job<'_>, progress: &mut dyn Write) -> Result<Outcome, ChildError> {
-    let (mut outs, footprint) = run_group(std::slice::from_ref(job), job.label, progress)?;
+/// Runs `job` to its end, sampling and reporting progress on `progress`
+/// (`live`: a terminal, see [`run_group`]).
+pub fn run(job: &Job<'_>, progress: &mut dyn Write, live: bool) -> Result<Outcome, ChildError> {
+    let (mut outs, footprint) = run_group(std::slice::from_ref(job), job.label, progress, live)?;
     let mut out = outs.pop().unwrap_or_default();
     out.footprint = footprint;
     Ok(out)
@@ -223,14 +226,21 @@ fn kill_all(group: &mut [Running<'_, '_>]) {
 
 /// Runs `jobs` side by side to their ends (all in the first job's cgroup,
 /// whose usage is sampled into the returned footprint series); progress
-/// on one line under `label`. A stop signal kills them all and returns
+/// on one line under `label`: rewritten every second with the time and
+/// resident memory when `live` (a terminal), else `label` alone as they
+/// start. A stop signal kills them all and returns
 /// [`ChildError::Interrupted`]; so does a child that cannot be started
 /// (after killing those that were).
 pub fn run_group(
     jobs: &[Job<'_>],
     label: &str,
     progress: &mut dyn Write,
+    live: bool,
 ) -> Result<(Vec<Outcome>, Series), ChildError> {
+    if !live {
+        let _ = writeln!(progress, "{label}");
+        let _ = progress.flush();
+    }
     let cgroup = jobs.first().and_then(|j| j.cgroup);
     let mut group: Vec<Running<'_, '_>> = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -286,7 +296,7 @@ pub fn run_group(
         if let Some(bytes) = cgroup.and_then(RunCgroup::usage) {
             push_sample(&mut footprint, (elapsed_ms(start), bytes));
         }
-        if last_progress.is_none_or(|t| t.elapsed() >= PROGRESS) {
+        if live && last_progress.is_none_or(|t| t.elapsed() >= PROGRESS) {
             let resident = group
                 .iter()
                 .filter_map(|r| r.out.series.last().map(|s| s.1))
@@ -310,12 +320,14 @@ pub fn run_group(
         r.out.result = parse_result(&String::from_utf8_lossy(&console));
         outs.push(r.out);
     }
-    let resident = outs
-        .iter()
-        .filter_map(|o| o.series.last().map(|s| s.1))
-        .reduce(u64::saturating_add);
-    let line = progress_line(label, start.elapsed(), resident);
-    let _ = writeln!(progress, "\r{line}");
+    if live {
+        let resident = outs
+            .iter()
+            .filter_map(|o| o.series.last().map(|s| s.1))
+            .reduce(u64::saturating_add);
+        let line = progress_line(label, start.elapsed(), resident);
+        let _ = writeln!(progress, "\r{line}");
+    }
     Ok((outs, footprint))
 }
 
@@ -387,7 +399,7 @@ mod tests {
             cgroup: None,
         };
         let mut progress = Vec::new();
-        let out = run(&job, &mut progress).unwrap();
+        let out = run(&job, &mut progress, true).unwrap();
         assert_eq!(out.status, Some(3));
         assert_eq!(out.result["errors"], "0");
         assert!(
@@ -396,12 +408,16 @@ mod tests {
         );
         assert!(!out.killed);
         assert!(String::from_utf8_lossy(&progress).ends_with("MiB\n"));
+        // Not a terminal: the label once, as the run starts, nothing else.
+        let mut plain = Vec::new();
+        assert_eq!(run(&job, &mut plain, false).unwrap().status, Some(3));
+        assert_eq!(String::from_utf8_lossy(&plain), "t\n");
         let missing = Job {
             exe: Path::new("/nonexistent/vmm"),
             ..job
         };
         assert!(matches!(
-            run(&missing, &mut Vec::new()),
+            run(&missing, &mut Vec::new(), false),
             Err(ChildError::Spawn { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);

@@ -17,6 +17,7 @@
 //! by, and a guest that fails is the answer for that N, not an error.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -125,7 +126,8 @@ fn group_run(
     }
     let before = SwapCounters::now();
     let title = format!("density {label} x{n}");
-    let (outs, footprint) = child::run_group(&jobs, &title, &mut std::io::stderr())?;
+    let live = std::io::stderr().is_terminal();
+    let (outs, footprint) = child::run_group(&jobs, &title, &mut std::io::stderr(), live)?;
     let swap = SwapCounters::now().since(before);
     let (swap_out, swap_in) = cg.swap_pages().unwrap_or((swap.out_pages, swap.in_pages));
     let oom_kills = cg.oom_kills().unwrap_or(0);

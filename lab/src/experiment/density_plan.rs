@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::child::Outcome;
 use super::figures::{throughput, time_average};
-use super::plan::{self, Workload};
+use super::plan::{self, Plan, Workload};
 use crate::args::{ExperimentArgs, Mode};
 
 /// The modes compared when none is asked for.
@@ -35,7 +35,9 @@ pub struct DensityPlan {
 /// The plan for `args` (`--guests`, `--limit`, `--mode`, `--max-slowdown`,
 /// `--quick`).
 pub fn density_plan(args: &ExperimentArgs) -> Result<DensityPlan, plan::PlanError> {
-    let mut params = plan::params(Workload::KeyValue, args.quick);
+    // Its own default sizes with or without --full (no short plan).
+    let size = if args.quick { Plan::Quick } else { Plan::Full };
+    let mut params = plan::params(Workload::KeyValue, size);
     // Each guest: 12 MiB of values; a hot set that fits a few MiB.
     params.files = Some((3, 4 << 20));
     if !args.quick {

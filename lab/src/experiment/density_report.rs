@@ -134,7 +134,10 @@ mod tests {
             max_guests: 3,
             limit: 24 << 20,
             max_slowdown: 2.0,
-            params: super::super::plan::params(super::super::plan::Workload::KeyValue, true),
+            params: super::super::plan::params(
+                super::super::plan::Workload::KeyValue,
+                super::super::plan::Plan::Quick,
+            ),
         };
         let t = table(&runs, &plan, &[]);
         assert!(t.contains("1.50x/1.20x"), "{t}");

@@ -2,17 +2,21 @@
 //! guest pays, against what the host does without hints, side by side in
 //! one command.
 //!
-//! It runs a matrix of workload by mode (`plan`) under one host memory
-//! limit per workload, each run a child `vmm run` of this same binary
-//! (`child`) in its own memory cgroup (`cgroup`), one after the other,
-//! with swap available (`swap`: the host's, or a temporary swap file),
-//! placed and measured by `run`; computes each run's figures (`figures`)
+//! It runs a matrix of workload by mode (`plan`: by default the short
+//! plan, a few minutes; `--full` the whole matrix at the full sizes;
+//! `--quick` the tests') under one host memory limit per workload, each
+//! run a child `vmm run` of this same binary (`child`) in its own memory
+//! cgroup (`cgroup`), one after the other, with swap available (`swap`:
+//! the host's, or a temporary swap file), placed and measured by `run`,
+//! announced by a progress line with an ETA (`progress`); computes each
+//! run's figures (`figures`)
 //! against an unconstrained baseline run of the same workload; and writes,
 //! in the results folder, one JSON per run (machine, commit, every
 //! parameter, where it ran, the result line, the final stats document, the
 //! resident-memory and footprint series), a summary JSON, the table as
-//! text and Markdown, an SVG plot per workload and the trade-off plot
-//! (`plot`), then prints the table. `vmm experiment density` is the
+//! text and Markdown under a line naming the plan, an SVG plot per
+//! workload and the trade-off plot (`plot`), then prints the table; every
+//! JSON names the plan too (`"plan"`). `vmm experiment density` is the
 //! density experiment (`density`, `density_plan`, `density_report`): N guests under one
 //! limit. SIGINT and SIGTERM stop either (`interrupt`). This module must
 //! never touch files
@@ -32,11 +36,14 @@ pub mod interrupt;
 pub mod output;
 pub mod plan;
 pub mod plot;
+pub mod progress;
 pub mod run;
 pub mod swap;
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -46,36 +53,51 @@ use child::{ChildError, Outcome};
 pub use error::ExperimentError;
 use figures::{Figures, Row};
 use output::{Machine, OutputError};
-use plan::{Choice, Pressure, RunSpec, Workload};
+use plan::{Choice, Plan, Pressure, RunSpec, Workload};
 use plot::{Line, Point};
 use run::{make_disk, run_one, Context, Done, Placement};
+
+/// The table of `rows` under the line naming `plan` (of `runs` runs), as
+/// text or (`markdown`) as a Markdown table.
+fn titled_table(plan: Plan, runs: usize, rows: &[Row], markdown: bool) -> String {
+    format!(
+        "{}\n\n{}",
+        plan.header(runs),
+        figures::table(rows, markdown)
+    )
+}
 
 /// After a stop by `signal`: the table of the runs that finished and
 /// `summary.json` with them, the signal, and the runs not done; one line
 /// on stderr says where.
 fn write_interrupted(
     dir: &Path,
+    ctx: &Context<'_>,
     rows: &[Row],
     summary: Vec<Value>,
     signal: i32,
     not_run: &[String],
 ) -> Result<(), ExperimentError> {
-    output::write_text(&dir.join("table.txt"), figures::table(rows, false))?;
-    output::write_text(&dir.join("table.md"), figures::table(rows, true))?;
     let finished = summary.len();
+    let runs = finished + not_run.len();
+    for (name, markdown) in [("table.txt", false), ("table.md", true)] {
+        let text = titled_table(ctx.plan, runs, rows, markdown);
+        output::write_text(&dir.join(name), text)?;
+    }
     output::write_json(
         &dir.join("summary.json"),
         &serde_json::json!({
             "command": std::env::args().collect::<Vec<_>>(),
+            "plan": ctx.plan.name(),
             "interrupted_by_signal": signal,
             "runs": summary,
             "not_run": not_run,
         }),
     )?;
-    // A newline first: the cut run's progress line has none yet.
+    // On a terminal a newline first: the cut run's live line has none yet.
+    let newline = if ctx.live { "\n" } else { "" };
     eprintln!(
-        "\nexperiment: stopped by signal {signal} after {finished} of {} runs; what finished is in {}",
-        finished + not_run.len(),
+        "{newline}experiment: stopped by signal {signal} after {finished} of {runs} runs; what finished is in {}",
         dir.display()
     );
     Ok(())
@@ -98,6 +120,9 @@ struct Parameters<'a> {
     stats_interval_ms: u64,
     psi: bool,
     cgroup_budget: bool,
+    /// `short`, `full` or `quick`: the plan this run belongs to.
+    plan: &'static str,
+    /// The plan is `quick` (kept beside `plan` for older readers).
     quick: bool,
     /// The child's whole command line after the executable.
     vmm_args: &'a [String],
@@ -171,12 +196,14 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
     if args.name.as_deref() == Some("density") {
         return density::run(args);
     }
+    let started = Instant::now();
+    let plan = Plan::from_flags(args.full, args.quick);
     let runs = plan::plan(&Choice {
         workload: args.name.clone(),
         modes: args.modes.clone(),
         limit: args.limit,
         budget: args.host_budget,
-        quick: args.quick,
+        plan,
     })?;
     let (dir, exe, machine, host) = run::prepare(args)?;
     let ctx = Context {
@@ -188,11 +215,13 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             cgroup: args.cgroup_budget,
             victim_order: args.victim_order.as_deref(),
         },
-        quick: args.quick,
+        plan,
         host: &host,
+        live: std::io::stderr().is_terminal(),
     };
     eprintln!(
-        "experiment: {} runs on {} (KVM: {}), memory cgroups in {} ({:?}), host swap {} MiB, results in {}",
+        "experiment: {} plan, {} runs on {} (KVM: {}), memory cgroups in {} ({:?}), host swap {} MiB, results in {}",
+        plan.name(),
         runs.len(),
         machine.hostname,
         machine.kvm,
@@ -208,6 +237,9 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
     let mut points = Vec::new();
     let mut summary = Vec::with_capacity(runs.len());
     let mut failed = 0;
+    // Runs finished, and the time they took (disks made on the way
+    // included): the progress line's ETA.
+    let (mut finished, mut spent) = (0, Duration::ZERO);
     for (index, spec) in runs.iter().enumerate() {
         let row = |figures| Row {
             workload: spec.workload.name().into(),
@@ -225,6 +257,20 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             rows.push(row(Err(why)));
             continue;
         }
+        let run_started = Instant::now();
+        let line = progress::Progress {
+            run: index + 1,
+            runs: runs.len(),
+            elapsed: started.elapsed(),
+            finished,
+            spent,
+            to_go: runs[index..]
+                .iter()
+                .filter(|r| host.cannot_run(r).is_none())
+                .count(),
+            typical: plan.typical_run(),
+        }
+        .line(&format!("{} {}", spec.workload.name(), spec.label()));
         let disk = match spec.params.files {
             // A writing run starts from the generated contents: its own
             // disk, removed after it.
@@ -246,6 +292,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         let done = match run_one(
             spec,
             &ctx,
+            &line,
             disk.as_deref(),
             baseline.get(&spec.workload).copied(),
         ) {
@@ -260,7 +307,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
                     .iter()
                     .map(|r| format!("{} {}", r.workload.name(), r.label()))
                     .collect();
-                write_interrupted(&dir, &rows, summary, signal, &not_run)?;
+                write_interrupted(&dir, &ctx, &rows, summary, signal, &not_run)?;
                 return Err(ChildError::Interrupted(signal).into());
             }
             Err(e) => return Err(e),
@@ -268,6 +315,8 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         if let (true, Some(d)) = (spec.workload.writes_disk(), &disk) {
             let _ = std::fs::remove_file(d);
         }
+        finished += 1;
+        spent += run_started.elapsed();
         let why = failure(&done.out, &done.fig);
         // A baseline that failed sets no slowdown for the others.
         if let (
@@ -343,10 +392,10 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         plot::draw_tradeoff(&path, &points, &names)?;
         plots.push(path.display().to_string());
     }
-    let text = figures::table(&rows, false);
+    let text = titled_table(plan, runs.len(), &rows, false);
     for (name, body) in [
         ("table.txt", text.clone()),
-        ("table.md", figures::table(&rows, true)),
+        ("table.md", titled_table(plan, runs.len(), &rows, true)),
     ] {
         output::write_text(&dir.join(name), body)?;
     }
@@ -355,6 +404,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         &serde_json::json!({
             "machine": machine,
             "command": std::env::args().collect::<Vec<_>>(),
+            "plan": plan.name(),
             "quick": args.quick,
             "psi": args.psi,
             "cgroup_budget": args.cgroup_budget == CgroupBudget::Auto,
@@ -374,8 +424,10 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         });
     }
     Ok(format!(
-        "experiment: {} runs, results in {}",
+        "experiment: {} runs ({} plan) in {}, results in {}",
         runs.len(),
+        plan.name(),
+        progress::clock(started.elapsed()),
         dir.display()
     ))
 }
@@ -406,7 +458,8 @@ fn write_run(
             stats_interval_ms: plan::STATS_INTERVAL_MS,
             psi: ctx.pressure.psi && spec.hints(),
             cgroup_budget: ctx.pressure.cgroup == CgroupBudget::Auto && spec.hints(),
-            quick: ctx.quick,
+            plan: ctx.plan.name(),
+            quick: ctx.plan == Plan::Quick,
             vmm_args: &done.args,
         },
         placement: &done.placement,
@@ -493,6 +546,23 @@ mod tests {
         let mut none = outcome(Some(0));
         none.oom_kills = Some(0);
         assert_eq!(failure(&none, &figs(Some(0))), None);
+    }
+
+    #[test]
+    fn the_table_says_which_plan_made_it() {
+        let rows = [Row {
+            workload: "kv".into(),
+            mode: "hinting".into(),
+            figures: Err("not run".into()),
+        }];
+        let t = titled_table(Plan::Short, 20, &rows, false);
+        assert!(t.starts_with("plan: short (20 runs"), "{t}");
+        assert!(t.contains("\n\nworkload") && t.contains("kv"), "{t}");
+        let md = titled_table(Plan::Full, 26, &rows, true);
+        assert!(
+            md.starts_with("plan: full (26 runs") && md.contains("\n\n| workload"),
+            "{md}"
+        );
     }
 
     #[test]

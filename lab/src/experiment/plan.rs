@@ -1,5 +1,6 @@
-//! What `vmm experiment` runs: the workloads, their sizes and host memory
-//! limits (default and `--quick`), the matrix of workload by mode with one
+//! What `vmm experiment` runs: the three plans (the default short one,
+//! `--full` and the tests' `--quick`), the workloads with each plan's
+//! sizes and host memory limits, the matrix of workload by mode with one
 //! unconstrained baseline per workload, and the exact `vmm run` command
 //! line of each run.
 //!
@@ -16,6 +17,77 @@ use crate::args::{CgroupBudget, Mode};
 pub enum PlanError {
     #[error("unknown workload '{0}' (known: page-cache, kv, build, anon-free, write)")]
     UnknownWorkload(String),
+}
+
+/// How much the experiment runs: which modes by default, at what sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Plan {
+    /// The default: every workload against the baseline, host swap, free
+    /// page reporting and hinting, at sizes that give every run a figure
+    /// within a few minutes in all. Its figures are not the full
+    /// matrix's, and say so.
+    Short,
+    /// `--full`: every default mode at the full sizes (the figures of
+    /// `docs/results.md`).
+    Full,
+    /// `--quick`: the full matrix's modes at the tests' tiny sizes.
+    Quick,
+}
+
+impl Plan {
+    /// The plan of the `--full` and `--quick` flags (clap keeps them
+    /// apart; were both set, the smaller plan wins).
+    pub fn from_flags(full: bool, quick: bool) -> Self {
+        match (full, quick) {
+            (_, true) => Plan::Quick,
+            (true, false) => Plan::Full,
+            (false, false) => Plan::Short,
+        }
+    }
+
+    /// The name in the results (`"plan"`) and on the table's first line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Plan::Short => "short",
+            Plan::Full => "full",
+            Plan::Quick => "quick",
+        }
+    }
+
+    /// The modes run when none is asked for (each workload also gets its
+    /// baseline).
+    pub fn default_modes(self) -> &'static [Mode] {
+        match self {
+            Plan::Short => &[Mode::HostSwap, Mode::FreePageReporting, Mode::Hinting],
+            Plan::Full | Plan::Quick => &Mode::DEFAULT,
+        }
+    }
+
+    /// What a run takes on the development machine, on average (the
+    /// progress line's estimate until the first run has finished).
+    pub fn typical_run(self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self {
+            Plan::Short => 10,
+            Plan::Full => 50,
+            Plan::Quick => 21,
+        })
+    }
+
+    /// The line above the table: which plan made these figures.
+    pub fn header(self, runs: usize) -> String {
+        match self {
+            Plan::Short => format!(
+                "plan: short ({runs} runs: fewer modes, smaller data sets and limits than the \
+full matrix; figures for a first look, not to compare with the full matrix's: \
+`vmm experiment --full` runs that)"
+            ),
+            Plan::Full => format!("plan: full ({runs} runs at the full sizes)"),
+            Plan::Quick => format!(
+                "plan: quick ({runs} runs at the tests' tiny sizes; figures for the tests, \
+not to quote)"
+            ),
+        }
+    }
 }
 
 /// A workload of the matrix.
@@ -86,19 +158,30 @@ pub struct Params {
     pub timeout_secs: u64,
 }
 
-/// The sizes of `w`, shrunk for tests with `quick`.
-pub fn params(w: Workload, quick: bool) -> Params {
+/// The sizes of `w` in `plan`.
+pub fn params(w: Workload, plan: Plan) -> Params {
     let words = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-    let (limit, files, guest, timeout_secs): (u64, _, Vec<String>, u64) = match (w, quick) {
+    let (limit, files, guest, timeout_secs): (u64, _, Vec<String>, u64) = match (w, plan) {
         // 20 MiB of files through a 32 MiB guest: the cache holds them all
         // unless the host takes them back.
-        (Workload::PageCache, false) => (
+        (Workload::PageCache, Plan::Full) => (
             16 << 20,
             Some((5, 4 << 20)),
             words(&["copies=1", "scan-mmap", "2"]),
             300,
         ),
-        (Workload::PageCache, true) => (
+        // 8 MiB of files (10.6 MiB at peak unconstrained). At an 8 MiB
+        // limit the scan's second pass swapped in so fast that the host's
+        // swap-in readahead failed its charge and OOM-killed host swap and
+        // free page reporting; at 9 MiB they held it in every trial here,
+        // still swapping hundreds of pages.
+        (Workload::PageCache, Plan::Short) => (
+            9 << 20,
+            Some((2, 4 << 20)),
+            words(&["copies=1", "scan-mmap", "2"]),
+            120,
+        ),
+        (Workload::PageCache, Plan::Quick) => (
             10 << 20,
             Some((3, 4 << 20)),
             words(&["copies=1", "scan-mmap", "2"]),
@@ -106,13 +189,20 @@ pub fn params(w: Workload, quick: bool) -> Params {
         ),
         // 20 MiB of values, Zipf (0.99) keys: a hot set fits the limit,
         // the whole set does not.
-        (Workload::KeyValue, false) => (
+        (Workload::KeyValue, Plan::Full) => (
             16 << 20,
             Some((5, 4 << 20)),
             words(&["copies=1", "kv", "200000", "99"]),
             300,
         ),
-        (Workload::KeyValue, true) => (
+        // 8 MiB of values, 20,000 lookups: the hot set fits the limit.
+        (Workload::KeyValue, Plan::Short) => (
+            8 << 20,
+            Some((2, 4 << 20)),
+            words(&["copies=1", "kv", "20000", "99"]),
+            120,
+        ),
+        (Workload::KeyValue, Plan::Quick) => (
             10 << 20,
             Some((3, 4 << 20)),
             words(&["copies=1", "kv", "20000", "99"]),
@@ -120,13 +210,21 @@ pub fn params(w: Workload, quick: bool) -> Params {
         ),
         // 400 files of 48 KiB (19 MiB), 8 phases of 50 files and 6 MiB of
         // anonymous memory, then 2 s idle.
-        (Workload::Build, false) => (
+        (Workload::Build, Plan::Full) => (
             16 << 20,
             Some((400, 48 << 10)),
             words(&["copies=1", "build", "8", "50", "6", "2000"]),
             300,
         ),
-        (Workload::Build, true) => (
+        // 90 files of 48 KiB (4.2 MiB), 3 phases of 30 files and 4 MiB of
+        // anonymous memory, then 1 s idle.
+        (Workload::Build, Plan::Short) => (
+            8 << 20,
+            Some((90, 48 << 10)),
+            words(&["copies=1", "build", "3", "30", "4", "1000"]),
+            120,
+        ),
+        (Workload::Build, Plan::Quick) => (
             10 << 20,
             Some((200, 48 << 10)),
             words(&["copies=1", "build", "4", "50", "4", "1000"]),
@@ -134,13 +232,15 @@ pub fn params(w: Workload, quick: bool) -> Params {
         ),
         // Three waves of 8 MiB, then 6 s idle: three passes of free page
         // reporting's 2 s cadence.
-        (Workload::AnonFree, false) => (
+        (Workload::AnonFree, Plan::Full) => (
             12 << 20,
             None,
             words(&["copies=1", "churn-idle", "3", "8", "6000"]),
             300,
         ),
-        (Workload::AnonFree, true) => (
+        // One wave of 6 MiB, then 4.5 s idle: two passes of free page
+        // reporting's cadence.
+        (Workload::AnonFree, Plan::Short | Plan::Quick) => (
             10 << 20,
             None,
             words(&["copies=1", "churn-idle", "1", "6", "4500"]),
@@ -149,13 +249,23 @@ pub fn params(w: Workload, quick: bool) -> Params {
         // 16 MiB of files mapped shared and writable; 3 rounds each
         // rewrite 2048 random blocks (most pages end up mapped writable),
         // msync, and read 2048 back: a buffer pool over a mapped file.
-        (Workload::Write, false) => (
+        (Workload::Write, Plan::Full) => (
             16 << 20,
             Some((4, 4 << 20)),
             words(&["copies=1", "fwrite", "3", "2048", "mmap", "1"]),
             300,
         ),
-        (Workload::Write, true) => (
+        // 6 MiB of files, 2 rounds of 768 blocks: 12.7 MiB at peak
+        // unconstrained, some MiB of it the host's cache of what the VMM
+        // wrote to the image, which the host drops without swapping (a
+        // limit above guest RAM's peak would swap nothing).
+        (Workload::Write, Plan::Short) => (
+            8 << 20,
+            Some((2, 3 << 20)),
+            words(&["copies=1", "fwrite", "2", "768", "mmap", "1"]),
+            240,
+        ),
+        (Workload::Write, Plan::Quick) => (
             10 << 20,
             Some((3, 4 << 20)),
             words(&["copies=1", "fwrite", "2", "1536", "mmap", "1"]),
@@ -222,7 +332,7 @@ pub struct Choice {
     pub modes: Vec<Mode>,
     pub limit: Option<u64>,
     pub budget: Option<u64>,
-    pub quick: bool,
+    pub plan: Plan,
 }
 
 /// The runs, in order: per workload, its baseline, then every mode.
@@ -232,7 +342,7 @@ pub fn plan(choice: &Choice) -> Result<Vec<RunSpec>, PlanError> {
         None => Workload::ALL.to_vec(),
     };
     let mut modes: Vec<Mode> = if choice.modes.is_empty() {
-        Mode::DEFAULT.to_vec()
+        choice.plan.default_modes().to_vec()
     } else {
         choice.modes.clone()
     };
@@ -240,7 +350,7 @@ pub fn plan(choice: &Choice) -> Result<Vec<RunSpec>, PlanError> {
     modes.dedup();
     let mut runs = Vec::new();
     for w in workloads {
-        let p = params(w, choice.quick);
+        let p = params(w, choice.plan);
         let limit = choice.limit.unwrap_or(p.limit);
         runs.push(RunSpec {
             workload: w,
@@ -348,12 +458,94 @@ mod tests {
             modes: modes.to_vec(),
             limit: None,
             budget: None,
-            quick: false,
+            plan: Plan::Full,
         }
     }
 
     #[test]
-    fn the_default_matrix_is_every_workload_by_the_default_modes_plus_baselines() {
+    fn the_flags_choose_the_plan_short_by_default() {
+        assert_eq!(Plan::from_flags(false, false), Plan::Short);
+        assert_eq!(Plan::from_flags(true, false), Plan::Full);
+        assert_eq!(Plan::from_flags(false, true), Plan::Quick);
+        assert_eq!(Plan::from_flags(true, true), Plan::Quick);
+        for (p, name) in [
+            (Plan::Short, "short"),
+            (Plan::Full, "full"),
+            (Plan::Quick, "quick"),
+        ] {
+            assert_eq!(p.name(), name);
+            assert!(
+                p.header(7).starts_with(&format!("plan: {name} (7 runs")),
+                "{name}"
+            );
+        }
+        assert!(
+            Plan::Short.header(20).contains("--full"),
+            "it says how to get the full matrix"
+        );
+    }
+
+    #[test]
+    fn the_short_plan_runs_every_workload_against_swap_reporting_and_hinting() {
+        let mut c = choice(None, &[]);
+        c.plan = Plan::Short;
+        let runs = plan(&c).unwrap();
+        assert_eq!(runs.len(), 5 * (1 + 3));
+        for (i, w) in Workload::ALL.into_iter().enumerate() {
+            let labels: Vec<&str> = runs[4 * i..4 * i + 4]
+                .iter()
+                .inspect(|r| assert_eq!(r.workload, w))
+                .map(RunSpec::label)
+                .collect();
+            assert_eq!(
+                labels,
+                ["baseline", "host-swap", "free-page-reporting", "hinting"],
+                "{w:?}"
+            );
+            assert!(runs[4 * i].limit.is_none());
+            let p = params(w, Plan::Short);
+            assert!(runs[4 * i + 1..4 * i + 4]
+                .iter()
+                .all(|r| r.limit == Some(p.limit)));
+            assert_eq!(runs[4 * i].params, p);
+        }
+        // Modes asked for replace the plan's, at the plan's sizes.
+        c.modes = vec![Mode::HintingBatched];
+        c.workload = Some("kv".into());
+        let runs = plan(&c).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[1].params, params(Workload::KeyValue, Plan::Short));
+        // The full and quick plans keep the whole matrix.
+        for p in [Plan::Full, Plan::Quick] {
+            let mut c = choice(None, &[]);
+            c.plan = p;
+            assert_eq!(plan(&c).unwrap().len(), 5 * (1 + 4) + 1, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_short_plan_is_smaller_than_the_full_one_and_still_limits() {
+        for w in Workload::ALL {
+            let (s, f) = (params(w, Plan::Short), params(w, Plan::Full));
+            let data = |p: &Params| p.files.map_or(0, |(n, size)| u64::from(n) * size);
+            assert!(data(&s) <= data(&f) && s.limit <= f.limit, "{w:?}");
+            assert!(s.limit < s.mem && s.timeout_secs <= f.timeout_secs, "{w:?}");
+            assert_eq!((s.mem, s.vcpus), (f.mem, f.vcpus), "{w:?}: the same guest");
+        }
+        let short: Vec<_> = Workload::ALL
+            .iter()
+            .map(|&w| params(w, Plan::Short))
+            .collect();
+        let full: Vec<_> = Workload::ALL
+            .iter()
+            .map(|&w| params(w, Plan::Full))
+            .collect();
+        assert_ne!(short, full);
+        assert!(Plan::Short.typical_run() < Plan::Full.typical_run());
+    }
+
+    #[test]
+    fn the_full_matrix_is_every_workload_by_the_default_modes_plus_baselines() {
         let runs = plan(&choice(None, &[])).unwrap();
         // Four modes and a baseline per workload; the writing one also
         // runs hinting with potentially volatile pages.
@@ -388,10 +580,10 @@ mod tests {
         );
         let mut c = choice(Some("page-cache"), &[Mode::HostSwap]);
         c.limit = Some(7 << 20);
-        c.quick = true;
+        c.plan = Plan::Quick;
         let runs = plan(&c).unwrap();
         assert_eq!(runs[1].limit, Some(7 << 20));
-        assert_eq!(runs[1].params, params(Workload::PageCache, true));
+        assert_eq!(runs[1].params, params(Workload::PageCache, Plan::Quick));
     }
 
     #[test]
@@ -444,7 +636,7 @@ mod tests {
     #[test]
     fn quick_sizes_are_smaller_and_limits_below_guest_ram() {
         for w in Workload::ALL {
-            let (d, q) = (params(w, false), params(w, true));
+            let (d, q) = (params(w, Plan::Full), params(w, Plan::Quick));
             assert!(q.timeout_secs < d.timeout_secs, "{w:?}");
             assert!(q.limit <= d.limit && d.limit < d.mem, "{w:?}");
             assert_eq!(Workload::from_name(w.name()), Ok(w));

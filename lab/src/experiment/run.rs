@@ -19,7 +19,7 @@ use super::child::{self, Job, Outcome};
 use super::error::ExperimentError;
 use super::figures::{self, Figures, SwapPages};
 use super::output::Machine;
-use super::plan::{self, Pressure, RunSpec, Workload};
+use super::plan::{self, Plan, Pressure, RunSpec, Workload};
 use super::swap::{self, SwapCounters, SwapFile};
 use crate::args::{ExperimentArgs, GenFilesArgs, MkdiskArgs, Mode};
 use crate::tools;
@@ -155,11 +155,12 @@ pub struct Done {
     pub args: Vec<String>,
 }
 
-/// Runs `spec` in its own cgroup; `baseline` is its workload's
-/// unconstrained throughput, when known.
+/// Runs `spec` in its own cgroup, its progress shown under `label`;
+/// `baseline` is its workload's unconstrained throughput, when known.
 pub fn run_one(
     spec: &RunSpec,
     ctx: &Context<'_>,
+    label: &str,
     disk: Option<&Path>,
     baseline: Option<f64>,
 ) -> Result<Done, ExperimentError> {
@@ -167,7 +168,6 @@ pub fn run_one(
     let stats = ctx.dir.join(format!("{stem}.stats.json"));
     let mut args = vec!["run".to_string()];
     args.extend(plan::run_args(spec, disk, &stats, ctx.pressure));
-    let label = format!("{} {}", spec.workload.name(), spec.label());
     if let Some(d) = disk {
         drop_host_cache(d);
     }
@@ -184,11 +184,11 @@ pub fn run_one(
         stats: &stats,
         log: &ctx.dir.join(format!("{stem}.log")),
         err_log: &ctx.dir.join(format!("{stem}.err")),
-        label: &label,
+        label,
         timeout: Duration::from_secs(spec.params.timeout_secs),
         cgroup: Some(&cg),
     };
-    let out = child::run(&job, &mut std::io::stderr())?;
+    let out = child::run(&job, &mut std::io::stderr(), ctx.live)?;
     let host_swap = SwapCounters::now().since(before);
     let (swap, swap_source): (SwapPages, _) = match cg.swap_pages() {
         Some(pages) => (pages, "cgroup"),
@@ -217,8 +217,10 @@ pub struct Context<'a> {
     pub exe: &'a Path,
     pub machine: &'a Machine,
     pub pressure: Pressure<'a>,
-    pub quick: bool,
+    pub plan: Plan,
     pub host: &'a Host,
+    /// Stderr is a terminal: each run's progress line is rewritten live.
+    pub live: bool,
 }
 
 #[cfg(test)]
@@ -241,7 +243,7 @@ mod tests {
             modes: Mode::ALL.to_vec(),
             limit: None,
             budget: None,
-            quick: true,
+            plan: Plan::Quick,
         };
         let runs = plan::plan(&choice).unwrap();
         let why: Vec<Option<String>> = runs.iter().map(|r| host.cannot_run(r)).collect();
