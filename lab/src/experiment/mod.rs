@@ -237,9 +237,9 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
     let mut points = Vec::new();
     let mut summary = Vec::with_capacity(runs.len());
     let mut failed = 0;
-    // Runs finished, and the time they took (disks made on the way
-    // included): the progress line's ETA.
-    let (mut finished, mut spent) = (0, Duration::ZERO);
+    // Runs finished, the time they took (disks made on the way included)
+    // and their estimates: the progress line's ETA.
+    let (mut finished, mut spent, mut done_estimate) = (0, Duration::ZERO, Duration::ZERO);
     for (index, spec) in runs.iter().enumerate() {
         let row = |figures| Row {
             workload: spec.workload.name().into(),
@@ -264,11 +264,12 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
             elapsed: started.elapsed(),
             finished,
             spent,
-            to_go: runs[index..]
+            done_estimate,
+            to_go_estimate: runs[index..]
                 .iter()
                 .filter(|r| host.cannot_run(r).is_none())
-                .count(),
-            typical: plan.typical_run(),
+                .map(RunSpec::typical)
+                .sum(),
         }
         .line(&format!("{} {}", spec.workload.name(), spec.label()));
         let disk = match spec.params.files {
@@ -317,6 +318,7 @@ pub fn run(args: &ExperimentArgs) -> Result<String, ExperimentError> {
         }
         finished += 1;
         spent += run_started.elapsed();
+        done_estimate += spec.typical();
         let why = failure(&done.out, &done.fig);
         // A baseline that failed sets no slowdown for the others.
         if let (

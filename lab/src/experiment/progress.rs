@@ -2,11 +2,17 @@
 //! starts: which run of how many, its workload and mode, the time since
 //! the experiment started, and an estimate of the time left (the ETA).
 //!
-//! The estimate is the mean time of the runs finished so far (disk images
-//! made on the way included) times the runs still to go, this one
-//! included; before any has finished, the plan's typical run time on the
-//! development machine stands in. Runs that cannot run on this host (a
-//! row saying why) cost nothing and count neither way.
+//! Each run has an estimate, what it took on the development machine
+//! (`plan::typical_secs`: hinting runs that read files again take two to
+//! four times what the others do, and the longest workload comes last, so
+//! a plain mean of the finished runs said 1:33 left where 2:26 was, half
+//! way through the short plan). The ETA is the estimates of the runs to
+//! go, this one included, times the pace so far: the finished runs' time
+//! (disk images made on the way included) over their estimates. With
+//! equal estimates that is the mean of the finished runs times the runs
+//! to go; before any has finished, the estimates as they are. Runs that
+//! cannot run on this host (a row saying why) cost nothing and count
+//! neither way.
 //!
 //! The line is plain text: logs of CI machines are not terminals, so it
 //! carries no cursor movement; `child` adds the run's own live line after
@@ -15,13 +21,12 @@
 
 use std::time::Duration;
 
-/// Time left for `to_go` runs when `finished` runs took `spent` in all;
-/// `typical` per run while none has finished.
-pub fn eta(spent: Duration, finished: usize, to_go: usize, typical: Duration) -> Duration {
-    let to_go = u128::try_from(to_go).unwrap_or(u128::MAX);
-    let ms = match u128::try_from(finished) {
-        Ok(0) | Err(_) => typical.as_millis().saturating_mul(to_go),
-        Ok(n) => spent.as_millis().saturating_mul(to_go) / n,
+/// Time left for runs estimated at `to_go` in all, when runs estimated at
+/// `done` took `spent` (`done` zero: none finished, the estimate stands).
+pub fn eta(spent: Duration, done: Duration, to_go: Duration) -> Duration {
+    let ms = match done.as_millis() {
+        0 => to_go.as_millis(),
+        d => to_go.as_millis().saturating_mul(spent.as_millis()) / d,
     };
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
@@ -45,25 +50,26 @@ pub struct Progress {
     pub runs: usize,
     /// Since the experiment started.
     pub elapsed: Duration,
-    /// Runs finished so far, and the time they took in all.
+    /// Runs finished so far, the time they took in all, and what they
+    /// were estimated at in all.
     pub finished: usize,
     pub spent: Duration,
-    /// Runs still to go that will run, this one included.
-    pub to_go: usize,
-    /// A run's time before any has finished.
-    pub typical: Duration,
+    pub done_estimate: Duration,
+    /// The estimates of the runs still to go that will run, this one
+    /// included.
+    pub to_go_estimate: Duration,
 }
 
 impl Progress {
     /// The progress line for the run named `name` (without a newline).
     pub fn line(&self, name: &str) -> String {
-        let left = eta(self.spent, self.finished, self.to_go, self.typical);
-        let basis = match self.finished {
-            0 => format!("estimate: {} s a run", self.typical.as_secs()),
-            n => {
-                let mean = eta(self.spent, n, 1, self.typical);
+        let left = eta(self.spent, self.done_estimate, self.to_go_estimate);
+        let basis = match (self.finished, self.done_estimate.as_millis()) {
+            (0, _) | (_, 0) => "estimates for the development machine".to_string(),
+            (n, done) => {
+                let pace = self.spent.as_millis() as f64 / done as f64;
                 let runs = if n == 1 { "run" } else { "runs" };
-                format!("mean of {n} finished {runs}: {} s", mean.as_secs())
+                format!("{n} {runs} done at {pace:.2}x the estimates")
             }
         };
         format!(
@@ -80,38 +86,37 @@ impl Progress {
 mod tests {
     use super::*;
 
-    const S: fn(u64) -> Duration = Duration::from_secs;
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
 
     #[test]
-    fn the_eta_is_the_mean_of_finished_runs_times_the_runs_to_go() {
-        // Three runs took 30 s: 10 s each; seven to go.
-        assert_eq!(eta(S(30), 3, 7, S(99)), S(70));
-        // Whole milliseconds, multiplied before the division: 10 s over 3
-        // runs, 2 to go, is 6.666 s (not twice 3.333 s).
-        assert_eq!(eta(S(10), 3, 2, S(99)), Duration::from_millis(6666));
-        assert_eq!(eta(S(10), 3, 3, S(99)), S(10));
-        // None finished: the typical run time stands in.
-        assert_eq!(eta(Duration::ZERO, 0, 20, S(11)), S(220));
+    fn the_eta_is_the_estimates_to_go_at_the_pace_so_far() {
+        // Equal estimates: the mean of the finished runs times the runs
+        // to go. Three runs of 10 s estimated at 11 s each, seven to go.
+        assert_eq!(eta(s(30), s(33), s(77)), s(70));
+        // Unequal: finished runs at twice their estimates double the rest.
+        assert_eq!(eta(s(40), s(20), s(6 + 14 + 28)), s(96));
+        // Whole milliseconds, multiplied before the division.
+        assert_eq!(eta(s(10), s(3), s(2)), Duration::from_millis(6666));
+        // None finished: the estimates stand.
+        assert_eq!(eta(Duration::ZERO, Duration::ZERO, s(190)), s(190));
         // The last run finished: nothing left.
-        assert_eq!(eta(S(200), 20, 0, S(11)), Duration::ZERO);
+        assert_eq!(eta(s(200), s(190), Duration::ZERO), Duration::ZERO);
         // No overflow, whatever the inputs.
-        assert_eq!(
-            eta(Duration::MAX, 1, usize::MAX, S(1)).as_millis(),
-            u128::from(u64::MAX)
-        );
-        assert_eq!(
-            eta(S(1), 0, usize::MAX, Duration::MAX).as_millis(),
-            u128::from(u64::MAX)
-        );
+        let most = u128::from(u64::MAX);
+        assert_eq!(eta(Duration::MAX, s(1), Duration::MAX).as_millis(), most);
+        assert_eq!(eta(s(1), Duration::ZERO, Duration::MAX).as_millis(), most);
+        assert_eq!(eta(s(1), Duration::from_nanos(1), s(1)).as_millis(), 1000);
     }
 
     #[test]
     fn clocks_are_minutes_and_seconds_or_hours_from_one() {
         assert_eq!(clock(Duration::ZERO), "0:00");
         assert_eq!(clock(Duration::from_millis(59_999)), "0:59");
-        assert_eq!(clock(S(61)), "1:01");
-        assert_eq!(clock(S(3599)), "59:59");
-        assert_eq!(clock(S(3600 + 2 * 60 + 3)), "1:02:03");
+        assert_eq!(clock(s(61)), "1:01");
+        assert_eq!(clock(s(3599)), "59:59");
+        assert_eq!(clock(s(3600 + 2 * 60 + 3)), "1:02:03");
     }
 
     #[test]
@@ -119,34 +124,37 @@ mod tests {
         let mut p = Progress {
             run: 1,
             runs: 20,
-            elapsed: S(4),
+            elapsed: s(4),
             finished: 0,
             spent: Duration::ZERO,
-            to_go: 20,
-            typical: S(11),
+            done_estimate: Duration::ZERO,
+            to_go_estimate: s(184),
         };
         assert_eq!(
             p.line("page-cache baseline"),
-            "run 1/20: page-cache baseline, elapsed 0:04, ETA 3:40 (estimate: 11 s a run)"
+            "run 1/20: page-cache baseline, elapsed 0:04, ETA 3:04 \
+             (estimates for the development machine)"
         );
         p = Progress {
             run: 3,
             finished: 2,
-            spent: S(42),
-            elapsed: S(46),
-            to_go: 18,
+            spent: s(15),
+            done_estimate: s(12),
+            elapsed: s(19),
+            to_go_estimate: s(160),
             ..p
         };
         assert_eq!(
-            p.line("kv host-swap"),
-            "run 3/20: kv host-swap, elapsed 0:46, ETA 6:18 (mean of 2 finished runs: 21 s)"
+            p.line("page-cache free-page-reporting"),
+            "run 3/20: page-cache free-page-reporting, elapsed 0:19, ETA 3:20 \
+             (2 runs done at 1.25x the estimates)"
         );
         p.finished = 1;
+        let one = p.line("x");
         assert!(
-            p.line("x").ends_with("(mean of 1 finished run: 42 s)"),
-            "{}",
-            p.line("x")
+            one.ends_with("(1 run done at 1.25x the estimates)"),
+            "{one}"
         );
-        assert!(!p.line("x").contains('\n') && !p.line("x").contains('\r'));
+        assert!(!one.contains('\n') && !one.contains('\r'));
     }
 }
