@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pagehint_abi::exit::vmm as status;
 
+use crate::api::server::ApiError;
 use crate::arch::x86_64::regs::RegDump;
 use crate::devices::blk_worker::WorkerError;
 use crate::devices::bus::BusError;
@@ -53,6 +54,8 @@ pub enum VmmError {
     Reclaim(#[from] ReclaimError),
     #[error(transparent)]
     DiscardFault(#[from] DiscardFaultError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// The guest triple-faulted.
     #[error("guest triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu}")]
     TripleFault { vcpu: u8, dump: RegDump },
@@ -76,6 +79,10 @@ pub enum VmmError {
     /// SIGINT or SIGTERM (the number) stopped the run.
     #[error("stopped by signal {0} ({name}): the guest was stopped, every thread joined and the final stats written", name = crate::signals::name(*.0))]
     Signal(i32),
+    /// The API's `PUT /actions {"action": "stop"}` stopped the run, along
+    /// the same path as SIGTERM and with its status.
+    #[error("stopped through the API (PUT /actions stop, as SIGTERM): the guest was stopped, every thread joined and the final stats written")]
+    ApiStop,
     /// The host failed an operation the guest needs to go on
     /// (`crate::fatal`).
     #[error(
@@ -101,6 +108,8 @@ impl VmmError {
             VmmError::Kvm(KvmError::SupportedCpuid(_)) => status::INTERNAL,
             VmmError::Kvm(_) => status::KVM_UNAVAILABLE,
             VmmError::Disk(e) => e.exit_status(),
+            VmmError::Api(ApiError::Spawn(_)) => status::INTERNAL,
+            VmmError::Api(_) => status::CONFIG,
             VmmError::Vm(_)
             | VmmError::Vcpu(_)
             | VmmError::Bus(_)
@@ -114,6 +123,7 @@ impl VmmError {
             VmmError::UnexpectedExit { .. } => status::UNEXPECTED_EXIT,
             VmmError::Timeout(_) => status::TIMEOUT,
             VmmError::Signal(s) => crate::signals::exit_status(*s),
+            VmmError::ApiStop => crate::signals::exit_status(libc::SIGTERM),
             VmmError::HostFailure(_) => status::HOST_FAILURE,
             VmmError::Internal(_) => status::INTERNAL,
         }

@@ -12,5 +12,8 @@
 //!
 //! Nothing here may block a vCPU or panic on what a client sends.
 
+pub mod client;
+pub mod control;
 pub mod http;
 pub mod routes;
+pub mod server;

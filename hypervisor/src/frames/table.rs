@@ -29,6 +29,7 @@ use pagehint_abi::hypercall::HintOp;
 use pagehint_abi::page_state::PageState;
 use pagehint_abi::state_table::{self as entry, state_of, ARMED, BUSY, DISCARDED, STATE_MASK};
 
+use crate::frames::census;
 use crate::frames::shared::{ShareError, SharedEntries};
 use crate::frames::transition::transition;
 use serde::Serialize;
@@ -514,18 +515,7 @@ impl FrameTable {
     /// entries (one pass over them).
     pub fn counts(&self) -> FrameCounts {
         if let Some(s) = self.shared.get() {
-            let mut c = FrameCounts::default();
-            for pfn in (0..self.len()).filter(|p| !self.hole.contains(p)) {
-                let v = s.entry(pfn).map_or(0, |e| e.load(Ordering::Relaxed));
-                match state_of(v) {
-                    PageState::Stable => c.stable += 1,
-                    PageState::Unused => c.unused += 1,
-                    PageState::Volatile => c.volatile += 1,
-                    PageState::PotentiallyVolatile => c.potentially_volatile += 1,
-                }
-                c.discarded += u64::from(v & DISCARDED != 0);
-            }
-            return c;
+            return census::count(s.entries(), &self.hole);
         }
         let get = |a: &AtomicI64| u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0);
         FrameCounts {
