@@ -198,7 +198,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_seccomp: bool,
     /// Test hook: the named thread (main, vcpu, virtio-blk, discard-faults,
-    /// reclaim, stats) makes a forbidden system call once its filter is on.
+    /// reclaim, stats, api) makes a forbidden system call once its filter is on.
     #[arg(long, hide = true, value_name = "THREAD", value_parser = parse_probe)]
     pub seccomp_probe: Option<hypervisor::seccomp::ThreadKind>,
     /// Test hook (repeatable): make a host call of the VMM fail,

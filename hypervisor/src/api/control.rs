@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::routes::VmControl;
 use crate::config::{HintMode, Kernel, VmConfig};
-use crate::frames::FrameTable;
+use crate::frames::{FrameCounts, FrameTable};
 use crate::metrics::Metrics;
 use crate::reclaim::budget::BudgetControl;
 use crate::stats::StatsSource;
@@ -35,6 +35,8 @@ pub struct MachineControl {
     /// Does the reclaimer drop anything (hinting on)? Without it a budget
     /// could never be reached.
     reclaims: bool,
+    /// Does it take Potentially volatile frames (`--potentially-volatile`)?
+    takes_pv: bool,
     stopping: AtomicBool,
 }
 
@@ -51,6 +53,7 @@ impl MachineControl {
         Self {
             config: config_json(config, vcpus),
             reclaims: config.hints.reclaims(),
+            takes_pv: config.potentially_volatile,
             stats,
             table,
             metrics,
@@ -59,10 +62,24 @@ impl MachineControl {
         }
     }
 
-    /// The budget's floor: the bytes of frames the guest holds Stable,
-    /// which the host never drops.
-    fn floor_bytes(&self, stable: u64) -> u64 {
-        stable.saturating_mul(PAGE_SIZE)
+    /// The budget's floor: what stays resident even if the reclaimer took
+    /// every frame the guest lets it take (Unused, Volatile, and
+    /// Potentially volatile where it takes those), i.e. the last measured
+    /// resident bytes less all of those frames, resident or not. A lower
+    /// bound: a budget under it can never be reached, one above it may
+    /// still not be, if some droppable frames were never resident.
+    fn floor_bytes(&self, c: &FrameCounts) -> u64 {
+        let pv = if self.takes_pv {
+            c.potentially_volatile
+        } else {
+            0
+        };
+        let droppable = c.unused.saturating_add(c.volatile).saturating_add(pv);
+        self.metrics
+            .memory
+            .resident_bytes
+            .get()
+            .saturating_sub(droppable.saturating_mul(PAGE_SIZE))
     }
 }
 
@@ -151,7 +168,7 @@ impl VmControl for MachineControl {
             },
             "resident_bytes": m.memory.resident_bytes.get(),
             "resident_peak_bytes": m.memory.resident_peak_bytes.get(),
-            "floor_bytes": self.floor_bytes(c.stable),
+            "floor_bytes": self.floor_bytes(&c),
             "discarded_total": self.table.total_discards(),
             "zero_fills": self.table.zero_fills(),
             "discard_faults": m.discard_faults.injected.get(),
@@ -176,10 +193,10 @@ impl VmControl for MachineControl {
                     "this VM's reclaimer drops nothing (hinting is off or free page reporting is on); a budget could never be reached".into(),
                 );
             }
-            let floor = self.floor_bytes(self.table.counts().stable);
+            let floor = self.floor_bytes(&self.table.counts());
             if b < floor {
                 return Err(format!(
-                    "budget {b} bytes is below the guest's floor of {floor} bytes (its Stable frames, which the host never drops)"
+                    "budget {b} bytes is below the guest's floor of {floor} bytes (resident memory less every frame the guest lets the host drop)"
                 ));
             }
         }
