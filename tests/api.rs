@@ -4,6 +4,9 @@
 //! error while the guest keeps running, `vmm ctl`, and the stop through the
 //! socket (exit 143, the final stats, the socket file removed).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -35,6 +38,19 @@ impl Place {
 impl Drop for Place {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The VMM under test, killed if the test fails before it stopped (its
+/// guest would idle for minutes).
+struct Vmm(std::process::Child);
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -132,7 +148,7 @@ fn the_api_reads_sets_the_budget_refuses_bad_requests_and_stops_the_vm() {
     let stderr = place.path("stderr");
     // 32 MiB touched then freed (Unused, still resident: --unused-delay
     // off leaves them to a budget), then a long idle.
-    let mut child = spawn_logged(
+    let mut vmm = Vmm(spawn_logged(
         &[
             "run",
             "--mem",
@@ -151,7 +167,7 @@ fn the_api_reads_sets_the_budget_refuses_bad_requests_and_stops_the_vm() {
             "600000",
         ],
         &stderr,
-    );
+    ));
     let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
     wait_until(
         Duration::from_secs(60),
@@ -242,7 +258,7 @@ fn the_api_reads_sets_the_budget_refuses_bad_requests_and_stops_the_vm() {
     let _ = std::fs::remove_file(&stats);
     let (status, out, err) = ctl(&sock, &["stop"]);
     assert_eq!(status, 0, "{out}{err}");
-    let exit = wait_exit(&mut child, Duration::from_secs(20), "no stop within 20 s");
+    let exit = wait_exit(&mut vmm.0, Duration::from_secs(20), "no stop within 20 s");
     let err = log();
     assert_eq!(exit.code(), Some(code::SIGTERM), "{err}");
     assert!(err.contains("vmm: error: stopped through the API"), "{err}");
