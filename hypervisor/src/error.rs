@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use pagehint_abi::exit::vmm as status;
 
-use crate::api::server::ApiError;
 use crate::arch::x86_64::regs::RegDump;
 use crate::devices::blk_worker::WorkerError;
 use crate::devices::bus::BusError;
@@ -54,8 +53,6 @@ pub enum VmmError {
     Reclaim(#[from] ReclaimError),
     #[error(transparent)]
     DiscardFault(#[from] DiscardFaultError),
-    #[error(transparent)]
-    Api(#[from] ApiError),
     /// The guest triple-faulted.
     #[error("guest triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu}")]
     TripleFault { vcpu: u8, dump: RegDump },
@@ -108,8 +105,6 @@ impl VmmError {
             VmmError::Kvm(KvmError::SupportedCpuid(_)) => status::INTERNAL,
             VmmError::Kvm(_) => status::KVM_UNAVAILABLE,
             VmmError::Disk(e) => e.exit_status(),
-            VmmError::Api(ApiError::Spawn(_)) => status::INTERNAL,
-            VmmError::Api(_) => status::CONFIG,
             VmmError::Vm(_)
             | VmmError::Vcpu(_)
             | VmmError::Bus(_)

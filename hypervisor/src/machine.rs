@@ -450,12 +450,14 @@ impl Machine {
                 self.metrics.clone(),
                 budget.clone(),
             );
-            let listener = api_server::bind(path)?;
-            threads.api = Some(
-                ApiServer::spawn(listener, path.clone(), Arc::new(control)).inspect_err(|_| {
-                    let _ = std::fs::remove_file(path);
-                })?,
-            );
+            // A socket the path cannot take is the user's to fix (78); a
+            // thread that cannot start is ours (70).
+            let listener = api_server::bind(path).map_err(|e| VmmError::Config(e.to_string()))?;
+            let server = ApiServer::spawn(listener, path.clone(), Arc::new(control));
+            threads.api = Some(server.map_err(|e| {
+                let _ = std::fs::remove_file(path);
+                VmmError::Internal(e.to_string())
+            })?);
             log::info!("api: listening on {}", path.display());
         }
         vcpu::register_kick_signal()?;

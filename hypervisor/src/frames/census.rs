@@ -22,7 +22,19 @@ use std::sync::atomic::AtomicU8;
 
 use pagehint_abi::state_table::DISCARDED;
 
-use crate::frames::table::FrameCounts;
+use serde::Serialize;
+
+/// A snapshot of the per-state counters (the stats' `frames` object).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FrameCounts {
+    pub stable: u64,
+    pub unused: u64,
+    pub volatile: u64,
+    pub potentially_volatile: u64,
+    /// Frames whose contents the host dropped and the guest has not yet
+    /// been told of.
+    pub discarded: u64,
+}
 
 /// One bit in every byte lane.
 const ONES: u64 = 0x0101_0101_0101_0101;

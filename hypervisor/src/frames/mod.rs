@@ -29,8 +29,9 @@ pub mod shared;
 pub mod table;
 pub mod transition;
 
+pub use census::FrameCounts;
 pub use discard::{Arming, Discarder, Method, PassReport};
 pub use host::{HostMap, HostRange};
 pub use run::{Run, RunBuilder};
 pub use shared::{ShareError, SharedEntries};
-pub use table::{FrameCounts, FrameTable, HintOutcome, StateError};
+pub use table::{FrameTable, HintOutcome, StateError};
