@@ -183,7 +183,8 @@ pub fn probe(fd: BorrowedFd<'_>) -> io::Result<()> {
 #[derive(Debug)]
 pub struct Scanner {
     vec: Vec<PageRegion>,
-    /// Ioctls made (for tests and the bench: how often the buffer filled).
+    /// Ioctls made (for tests and the bench: more than one a reading means
+    /// the buffer filled).
     calls: u64,
 }
 
@@ -217,7 +218,7 @@ impl Scanner {
     ) -> Result<(), ScanError> {
         let addr = |page: u64| page.checked_mul(PAGE).and_then(|o| base.checked_add(o));
         let (Some(start), Some(end)) = (addr(from), from.checked_add(count).and_then(addr)) else {
-            return Err(ScanError::answer(base, "range overflows"));
+            return Err(ScanError::Range { base, from, count });
         };
         map.assign_range(from, count, false);
         let mut at = start;
@@ -274,6 +275,10 @@ impl Scanner {
 /// Why a scan gave no reading.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
+    /// The pages asked for do not fit the address space (the caller
+    /// checks its ranges first, so this is never the kernel's doing).
+    #[error("pages {from}+{count} from {base:#x} overflow the address space")]
+    Range { base: u64, from: u64, count: u64 },
     /// The ioctl failed.
     #[error("PAGEMAP_SCAN from {addr:#x} failed: {source}")]
     Call {
@@ -336,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_without_the_ioctl_reads_as_unsupported() {
+    fn a_file_without_the_ioctl_reads_as_unsupported_and_bad_ranges_make_no_call() {
         let null = std::fs::File::open("/dev/null").unwrap();
         let e = probe(null.as_fd()).unwrap_err();
         assert!(is_unsupported(&e), "{e}");
@@ -345,5 +350,13 @@ mod tests {
             source: io::Error::from_raw_os_error(libc::EIO),
         };
         assert!(!e.unsupported());
+        // A range past the end of the address space is refused before any
+        // call.
+        let mut map = ResidentMap::new(4);
+        let mut scanner = Scanner::new(1);
+        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let r = scanner.refresh(pagemap.as_fd(), u64::MAX - 4095, 0, 4, &mut map, || Ok(()));
+        assert!(matches!(r, Err(ScanError::Range { .. })));
+        assert_eq!(scanner.calls(), 0);
     }
 }
