@@ -147,9 +147,9 @@ const FAULTS: &[i64] = &[
     libc::SYS_read,
 ];
 
-/// The reclaimer: pagemap, cgroup and PSI files, the cgroup usage event
-/// (an eventfd registered through `cgroup.event_control`), drops,
-/// userfaultfd registration, the dirty log.
+/// The reclaimer: pagemap (`PAGEMAP_SCAN`, or `pread`), cgroup and PSI
+/// files, the cgroup usage event (an eventfd registered through
+/// `cgroup.event_control`), drops, userfaultfd registration, the dirty log.
 const RECLAIM: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_fcntl,

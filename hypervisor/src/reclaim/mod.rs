@@ -3,9 +3,10 @@
 //! back, its policy, its residency measurement and its cgroup budget.
 //!
 //! Every interval the thread measures residency (`resident::Residency`:
-//! from `/proc/self/pagemap`, read again only when something may have
-//! changed; a round whose reading fails is skipped, counted, and the next
-//! one reads all of it); drops the resident frames that have stayed Unused
+//! from `/proc/self/pagemap`, with the `PAGEMAP_SCAN` ioctl where the
+//! kernel has it (`pagemap_scan`), else `pread`, read again only when
+//! something may have changed; a round whose reading fails is skipped,
+//! counted, and the next one reads all of it); drops the resident frames that have stayed Unused
 //! for the unused delay, whatever the budget (`eager`); then, if a budget is set
 //! and resident memory exceeds it, or host memory pressure (PSI) passes
 //! the threshold, it drops resident Unused frames, then Volatile ones,
@@ -28,6 +29,7 @@ pub mod budget;
 pub mod cgroup;
 pub mod eager;
 pub mod headroom;
+pub mod pagemap_scan;
 pub mod policy;
 pub mod pv;
 pub mod resident;
