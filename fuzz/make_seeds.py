@@ -106,3 +106,12 @@ put("mmio_registers", "bring-up", b"\x00" + bytes([4, 5, 4]) + struct.pack("<I",
     + bytes([16]) + bytes(17) + bytes([4, 6]) + bytes([4, 9, 1, 0, 0, 0, 0]))
 put("mmio_registers", "registers", b"\x01" + bytes([4, 4]) + struct.pack("<H", 0x70) + bytes([4, 0, 1, 0x1c, 1, 3])
     + bytes([1, 8, 1]) + struct.pack("<H", 0x7ff))
+
+# api_request: what a client sends on the API socket.
+put("api_request", "get-memory", b"GET /memory HTTP/1.1\r\nHost: localhost\r\n\r\n")
+put("api_request", "patch-budget",
+    b"PATCH /memory HTTP/1.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 25\r\n\r\n{\"budget_bytes\": 8388608}")
+put("api_request", "stop",
+    b"PUT /actions HTTP/1.1\r\nContent-Length: 17\r\n\r\n{\"action\":\"stop\"}")
+

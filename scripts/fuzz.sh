@@ -26,7 +26,7 @@ secs=${1:-60}
 case "$secs" in
   '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS]" >&2; exit 2 ;;
 esac
-all=(hypercall_block hint_batch state_table elf_loader disk_image virtio_chain mmio_registers)
+all=(hypercall_block hint_batch state_table elf_loader disk_image virtio_chain mmio_registers api_request)
 read -r -a targets <<< "${FUZZ_TARGETS:-${all[*]}}"
 triple=x86_64-unknown-linux-gnu
 target_dir=$PWD/fuzz/target

@@ -182,12 +182,18 @@ fn a_forbidden_system_call_in_any_vmm_thread_stops_the_vmm_with_its_own_status()
         "discard-faults",
         "reclaim",
         "stats",
+        "api",
     ] {
-        let flags = format!("--seccomp-probe {thread} --vcpus 4");
+        let sock = std::env::temp_dir().join(format!("vmm-probe-{}.sock", std::process::id()));
+        let flags = format!(
+            "--seccomp-probe {thread} --vcpus 4 --api-sock {}",
+            sock.display()
+        );
         let r = disk.boot_as("s.json", &flags, "hello");
         r.expect_status(code::SECCOMP);
         one_line_error(&r.stderr);
         r.expect_stderr(&format!("seccomp: the {thread} thread made system call"));
+        let _ = std::fs::remove_file(&sock);
     }
     // The same runs without the filters: the probe's call is harmless.
     let r = boot(&["--no-seccomp", "--seccomp-probe", "vcpu"], &["hello"]);

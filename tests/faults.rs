@@ -204,8 +204,9 @@ fn a_fault_handler_that_cannot_read_its_userfaultfd_stops_the_run() {
 #[test]
 fn pagemap_reads_that_fail_skip_their_rounds_and_drop_nothing_on_them() {
     let (r, doc) = scan_intact("pagemap-some", 1, &["pagemap:EIO:every=3"]);
-    // One read per measurement here (24 MiB is one 64 KiB chunk of
-    // pagemap): each failure skipped one round, and reclaim went on.
+    // One read per measurement here (24 MiB is one PAGEMAP_SCAN call, or
+    // one 64 KiB chunk of pagemap with pread): each failure skipped one
+    // round, and reclaim went on.
     counted(&doc, "pagemap", "pagemap");
     assert!(get(&doc, "reclaim.pages_discarded") > 0, "{doc}");
     assert_eq!(r.stderr.matches("rounds are skipped").count(), 1);

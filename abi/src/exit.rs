@@ -58,10 +58,17 @@ pub mod vmm {
     /// guest was stopped rather than left waiting for ever or handed a
     /// wrong page; every thread joined, the final stats written.
     pub const HOST_FAILURE: i32 = 85;
+    /// `vmm ctl`: nothing answers at `--api-sock` (no such socket, no VMM
+    /// listening, or no answer within the client's deadline).
+    pub const API_UNREACHABLE: i32 = 86;
+    /// `vmm ctl`: the VMM answered with an error (its `fault_message` is
+    /// the one line printed).
+    pub const API_REFUSED: i32 = 87;
     /// SIGINT stopped the run (128 + 2, as a shell reports it): the guest
     /// was stopped, every thread joined, the final stats written.
     pub const SIGINT: i32 = 130;
-    /// SIGTERM stopped the run (128 + 15), likewise.
+    /// SIGTERM stopped the run (128 + 15), likewise; also the API's
+    /// `PUT /actions {"action": "stop"}`, which takes the same path.
     pub const SIGTERM: i32 = 143;
 }
 

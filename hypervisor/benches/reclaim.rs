@@ -7,13 +7,17 @@
 //! 4th page (scattered: process_madvise batches against one madvise per
 //! page). Each figure is the median of 5 rounds; every page is touched
 //! again before each round. Prints pages/s and the ratio (goal >= 0.8),
-//! plus the cost of measuring residency through /proc/self/pagemap.
+//! plus the cost of measuring residency through /proc/self/pagemap (both
+//! ways, with every page resident).
 //!
 //! Then what one reclaimer round costs at 256 MiB, 3 GiB and 16 GiB of
-//! guest RAM (one page in 64 touched, spread over all of it): reading all of
-//! pagemap, the round when nothing changed (`Residency` finds the anonymous
-//! page count unchanged, keeps its reading and re-reads one twentieth of
-//! it), and the state scan of a
+//! guest RAM (one page in 64 touched, spread over all of it; and 256 MiB
+//! with every other page touched, the scan's worst case): reading all of
+//! pagemap both ways, the `PAGEMAP_SCAN` ioctl and `pread`, on the same
+//! pages in the same run (rounds interleaved, the two readings compared
+//! page by page), with the ratio; the round when nothing changed
+//! (`Residency` finds the anonymous page count unchanged, keeps its
+//! reading and re-reads one twentieth of it), and the state scan of a
 //! discard pass over the resident frames. Goal: a round at 16 GiB costs no
 //! more than 10 ms when nothing changed.
 
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 use hypervisor::frames::{Discarder, FrameTable, Method, Run};
 use hypervisor::memory::GuestRam;
 use hypervisor::reclaim::age::{Ages, VictimOrder};
+use hypervisor::reclaim::pagemap_scan::DEFAULT_REGIONS;
 use hypervisor::reclaim::policy::discard_pass;
 use hypervisor::reclaim::resident::{Pagemap, Residency, ResidentMap, FULL_MEASURE_EVERY};
 use pagehint_abi::hypercall::HintOp;
@@ -118,27 +123,59 @@ fn row(name: &str, ram: &GuestRam, runs: &[Run], method: Method) -> f64 {
     a / b
 }
 
-/// One row of the round-cost table: RAM of `size` bytes, one page in 64
-/// touched. Returns the median round with nothing changed, in ms.
-fn round_cost(label: &str, size: u64) -> f64 {
+/// The full measurement of `frames` frames from `base` both ways, in
+/// interleaved rounds: (PAGEMAP_SCAN median, pread median, resident pages,
+/// scan ioctls per measurement). Panics if the two disagree on any page.
+fn full_both_ways(base: u64, frames: u64) -> (Option<Duration>, Duration, u64, u64) {
+    let mut pread = Pagemap::open_pread().expect("pagemap");
+    let mut scan = Pagemap::open_scan(DEFAULT_REGIONS).ok();
+    let (mut by_pread, mut by_scan) = (ResidentMap::default(), ResidentMap::default());
+    let (mut t_pread, mut t_scan) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        if let Some(pm) = scan.as_mut() {
+            let t = Instant::now();
+            pm.measure(base, frames, &mut by_scan).expect("scan");
+            t_scan.push(t.elapsed());
+        }
+        let t = Instant::now();
+        pread.measure(base, frames, &mut by_pread).expect("pread");
+        t_pread.push(t.elapsed());
+        if scan.is_some() {
+            assert!(by_scan == by_pread, "PAGEMAP_SCAN and pread disagree");
+        }
+    }
+    let calls = scan
+        .as_ref()
+        .map_or(0, |pm| pm.scan_calls() / ROUNDS as u64);
+    let scan = scan.map(|_| median(t_scan));
+    (scan, median(t_pread), by_pread.resident(), calls)
+}
+
+/// "0.93 ms | 3.31 ms | 3.56x" for the side-by-side columns.
+fn both_ways_cells(scan: Option<Duration>, pread: Duration, calls: u64) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    match scan {
+        Some(s) => format!(
+            "{:.2} ms ({calls} ioctl{}) | {:.2} ms | {:.2}x",
+            ms(s),
+            if calls == 1 { "" } else { "s" },
+            ms(pread),
+            ms(pread) / ms(s).max(1e-6)
+        ),
+        None => format!("unavailable | {:.2} ms | -", ms(pread)),
+    }
+}
+
+/// One row of the round-cost table: RAM of `size` bytes, one page in
+/// `stride` touched. Returns the median round with nothing changed, in ms.
+fn round_cost(label: &str, size: u64, stride: usize) -> f64 {
     let ram = GuestRam::new(size).expect("guest RAM");
     let frames = ram.frames();
     let ram_frames = (0..frames).filter(|&p| ram.is_ram_frame(p));
-    touch(&ram, ram_frames.step_by(64));
+    touch(&ram, ram_frames.step_by(stride));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
 
-    let mut pm = Pagemap::open().expect("pagemap");
-    let mut map = ResidentMap::default();
-    let full = median(
-        (0..ROUNDS)
-            .map(|_| {
-                let t = Instant::now();
-                pm.measure(ram.host_base(), frames, &mut map)
-                    .expect("measure");
-                t.elapsed()
-            })
-            .collect(),
-    );
+    let (full_scan, full_pread, resident, calls) = full_both_ways(ram.host_base(), frames);
 
     let mut r = Residency::open().expect("residency");
     let first = r.measure(ram.host_base(), frames).expect("measure");
@@ -185,10 +222,11 @@ fn round_cost(label: &str, size: u64) -> f64 {
             })
             .collect(),
     );
+    assert_eq!(first.pages, resident);
     println!(
-        "| {label} | {} | {:.2} ms | {:.3} ms ({quiet_n} of {} rounds; {reads} read pagemap) | {:.2} ms | {:.3} ms |",
+        "| {label} | {} | {} | {:.3} ms ({quiet_n} of {} rounds; {reads} read pagemap) | {:.2} ms | {:.3} ms |",
         first.pages,
-        ms(full),
+        both_ways_cells(full_scan, full_pread, calls),
         ms(nothing),
         FULL_MEASURE_EVERY * 2,
         ms(scan),
@@ -198,13 +236,19 @@ fn round_cost(label: &str, size: u64) -> f64 {
 }
 
 fn main() {
-    println!("Reclaimer round cost (one page in 64 touched; medians):");
+    let reader = Pagemap::open().expect("pagemap").reader();
+    println!(
+        "Reclaimer round cost (medians of {ROUNDS}; the full reading both ways on the same pages, interleaved; rounds read with {}):",
+        reader.name()
+    );
     println!();
-    println!("| guest RAM | resident pages | full pagemap read | round, nothing changed | state scan, nothing claimable | victim order's look (host age) |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    round_cost("256 MiB", 256 << 20);
-    round_cost("3 GiB", 3 << 30);
-    let at16 = round_cost("16 GiB", 16 << 30);
+    println!("| guest RAM, touched | resident pages | full read, PAGEMAP_SCAN | full read, pread | pread / scan | round, nothing changed | state scan, nothing claimable | victim order's look (host age) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    round_cost("256 MiB, 1 in 64", 256 << 20, 64);
+    round_cost("3 GiB, 1 in 64", 3 << 30, 64);
+    let at16 = round_cost("16 GiB, 1 in 64", 16 << 30, 64);
+    // The scan's worst case: every other page resident, one region each.
+    round_cost("256 MiB, 1 in 2", 256 << 20, 2);
     println!();
     println!(
         "round at 16 GiB with nothing changed: {at16:.3} ms (goal <= 10 ms: {}); it re-reads 1/{FULL_MEASURE_EVERY} of pagemap; a round after a change reads all of it",
@@ -236,17 +280,14 @@ fn main() {
     let frames = RAM / PAGE;
     touch(&ram, 0..frames);
 
-    let mut pm = Pagemap::open().expect("pagemap");
-    let mut map = ResidentMap::default();
-    let t = Instant::now();
-    let resident = pm
-        .measure(ram.host_base(), frames, &mut map)
-        .expect("measure");
-    let dt = t.elapsed();
+    let (scan, pread, resident, calls) = full_both_ways(ram.host_base(), frames);
+    let per_page = |d: Duration| d.as_secs_f64() * 1e6 / frames as f64;
     println!(
-        "pagemap: {resident} of {frames} pages resident, measured in {:.2} ms ({:.3} us/page)",
-        dt.as_secs_f64() * 1e3,
-        dt.as_secs_f64() * 1e6 / frames as f64
+        "pagemap: {resident} of {frames} pages resident (all), measured by PAGEMAP_SCAN in {} ({calls} ioctl{}), by pread in {:.2} ms ({:.3} us/page)",
+        scan.map_or("-".into(), |d| format!("{:.3} ms ({:.4} us/page)", d.as_secs_f64() * 1e3, per_page(d))),
+        if calls == 1 { "" } else { "s" },
+        pread.as_secs_f64() * 1e3,
+        per_page(pread),
     );
 
     let contiguous: Vec<Run> = (0..frames / 128)

@@ -226,6 +226,8 @@ pub struct VmConfig {
     /// The test hook's host calls to fail (`--inject-fault`), at most one
     /// rule per point; empty: none.
     pub faults: Vec<crate::fault_inject::Rule>,
+    /// The API's Unix socket (`--api-sock`), or none.
+    pub api_sock: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -245,6 +247,7 @@ impl VmConfig {
             potentially_volatile: false,
             seccomp: crate::seccomp::Policy::default(),
             faults: Vec::new(),
+            api_sock: None,
         }
     }
 

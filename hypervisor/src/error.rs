@@ -76,6 +76,10 @@ pub enum VmmError {
     /// SIGINT or SIGTERM (the number) stopped the run.
     #[error("stopped by signal {0} ({name}): the guest was stopped, every thread joined and the final stats written", name = crate::signals::name(*.0))]
     Signal(i32),
+    /// The API's `PUT /actions {"action": "stop"}` stopped the run, along
+    /// the same path as SIGTERM and with its status.
+    #[error("stopped through the API (PUT /actions stop, as SIGTERM): the guest was stopped, every thread joined and the final stats written")]
+    ApiStop,
     /// The host failed an operation the guest needs to go on
     /// (`crate::fatal`).
     #[error(
@@ -114,6 +118,7 @@ impl VmmError {
             VmmError::UnexpectedExit { .. } => status::UNEXPECTED_EXIT,
             VmmError::Timeout(_) => status::TIMEOUT,
             VmmError::Signal(s) => crate::signals::exit_status(*s),
+            VmmError::ApiStop => crate::signals::exit_status(libc::SIGTERM),
             VmmError::HostFailure(_) => status::HOST_FAILURE,
             VmmError::Internal(_) => status::INTERNAL,
         }

@@ -52,7 +52,8 @@ pub enum Point {
     UffdWake,
     /// The handler's `read` of fault events from the userfaultfd.
     UffdRead,
-    /// A `pread` of `/proc/self/pagemap`.
+    /// A read of `/proc/self/pagemap`: a `PAGEMAP_SCAN` ioctl, or a
+    /// `pread` where the kernel lacks it.
     Pagemap,
     /// A read of the disk image.
     DiskRead,

@@ -4,7 +4,8 @@
 //!
 //! The caller builds a [`VmConfig`] and calls [`run`]; the `vmm` binary does
 //! so from its command line. The rooms, from the top down: `machine` (build,
-//! run and tear down one VM; the only room that knows every other),
+//! run and tear down one VM; the only room that knows every other), `api`
+//! (the operators' socket),
 //! `vcpu_devices` (what a vCPU's exits reach), the clients of guest memory
 //! (`hypercall`, `reclaim`, `discard_fault`, `devices`), and below them
 //! `vstate` (the KVM file descriptors, importing none of the rooms above),

@@ -22,6 +22,8 @@ use pagehint_abi::ports::{COM1_BASE, COM1_IRQ, COM1_LEN, EXIT_PORT};
 use pagehint_abi::GuestPhys;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::control::MachineControl;
+use crate::api::server::{self as api_server, ApiServer};
 use crate::config::{HintMode, Kernel, VmConfig};
 use crate::devices::blk_worker::BlockWorker;
 use crate::devices::console_out::ConsoleOut;
@@ -40,6 +42,7 @@ use crate::hypercall::HypercallDevice;
 use crate::loader;
 use crate::memory::GuestRam;
 use crate::metrics::Metrics;
+use crate::reclaim::budget::BudgetControl;
 use crate::reclaim::pv::{PvReclaim, PAUSE_TIMEOUT};
 use crate::reclaim::{self, ReclaimConfig, Reclaimer};
 use crate::stats::{StatsSource, StatsWriter};
@@ -121,6 +124,7 @@ fn reclaim_config(config: &VmConfig) -> ReclaimConfig {
         cgroup: if fpr { None } else { cgroup_budget(config) },
         interval: config.reclaim.interval,
         budget_bytes: config.reclaim.host_budget,
+        budget_may_change: config.api_sock.is_some(),
         psi_threshold: config.reclaim.psi_threshold,
         // Hinting only: without it no frame is Unused.
         unused_delay: config
@@ -185,13 +189,15 @@ fn outcome(report: VcpuReport) -> Result<i32, VmmError> {
     }
 }
 
-/// The threads of a running machine, in the order they stop: the vCPUs
-/// first (nothing runs guest code after them), then the block worker, the
+/// The threads of a running machine, in the order they stop: the API
+/// socket's first (no client changes anything while the rest stop), the
+/// vCPUs (nothing runs guest code after them), then the block worker, the
 /// discard-fault handler, the reclaimer (its last round sees the guest
 /// stopped), and the stats writer. Fields drop in declaration order, so
 /// every way out of [`run`] stops them in this order; [`Threads::stop`]
 /// does the same explicitly.
 struct Threads {
+    api: Option<ApiServer>,
     vcpus: Option<VcpuHandles>,
     block_worker: Option<BlockWorker>,
     fault_handler: Option<FaultHandler>,
@@ -213,6 +219,9 @@ impl Threads {
     }
 
     fn stop(mut self) {
+        if let Some(a) = self.api.take() {
+            a.stop();
+        }
         if let Some(v) = self.vcpus.take() {
             v.stop_or_unstick(&mut || self.release_waiters());
         }
@@ -399,9 +408,11 @@ impl Machine {
         &mut self,
         config: &VmConfig,
         stats: &StatsSource,
+        budget: &Arc<BudgetControl>,
         tx: mpsc::Sender<VcpuReport>,
     ) -> Result<Threads, VmmError> {
         let mut threads = Threads {
+            api: None,
             vcpus: None,
             block_worker: None,
             fault_handler: None,
@@ -420,6 +431,7 @@ impl Machine {
             reclaim_config(config),
             arming,
             self.pv.clone(),
+            budget.clone(),
         )?);
         if let Some(f) = &self.faults {
             threads.fault_handler = Some(FaultHandler::spawn(f.clone())?);
@@ -428,6 +440,25 @@ impl Machine {
             let writer = StatsWriter::spawn(stats.clone(), s.path.clone(), s.interval)
                 .map_err(|e| VmmError::Internal(format!("cannot spawn the stats thread: {e}")))?;
             threads.stats_writer = Some(writer);
+        }
+        if let Some(path) = &config.api_sock {
+            let control = MachineControl::new(
+                config,
+                u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX),
+                stats.clone(),
+                self.table.clone(),
+                self.metrics.clone(),
+                budget.clone(),
+            );
+            // A socket the path cannot take is the user's to fix (78); a
+            // thread that cannot start is ours (70).
+            let listener = api_server::bind(path).map_err(|e| VmmError::Config(e.to_string()))?;
+            let server = ApiServer::spawn(listener, path.clone(), Arc::new(control));
+            threads.api = Some(server.map_err(|e| {
+                let _ = std::fs::remove_file(path);
+                VmmError::Internal(e.to_string())
+            })?);
+            log::info!("api: listening on {}", path.display());
         }
         vcpu::register_kick_signal()?;
         if self.faults.is_some() {
@@ -448,11 +479,15 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
         .map_err(|e| VmmError::Config(format!("--inject-fault: {e}")))?;
     fault_inject::install(&plan);
     let mut machine = Machine::build(config, vcpu_count)?;
+    let budget = Arc::new(
+        BudgetControl::new(config.reclaim.host_budget)
+            .map_err(|e| VmmError::Internal(format!("cannot create the budget's eventfd: {e}")))?,
+    );
     let stats = StatsSource::new(
         machine.metrics.clone(),
         machine.table.clone(),
         machine.ram.size(),
-        config.reclaim.host_budget,
+        budget.clone(),
     );
     // Before any thread starts, so that all of them inherit it.
     signals::install().map_err(|e| {
@@ -460,7 +495,7 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
     })?;
     seccomp::prepare(config.seccomp).map_err(|e| VmmError::Internal(e.to_string()))?;
     let (tx, rx) = mpsc::channel();
-    let threads = machine.start(config, &stats, tx)?;
+    let threads = machine.start(config, &stats, &budget, tx)?;
     // Every other thread runs (each filtered itself first): the main
     // thread's filter goes on before it waits for the guest.
     seccomp::enter(seccomp::ThreadKind::Main).map_err(|e| VmmError::Internal(e.to_string()))?;
@@ -478,6 +513,7 @@ pub fn run(config: &VmConfig) -> Result<i32, VmmError> {
 
     match first {
         Ok(report) => outcome(report),
+        Err(Waited::Signal(_)) if signals::by_api() => Err(VmmError::ApiStop),
         Err(Waited::Signal(s)) => Err(VmmError::Signal(s)),
         Err(Waited::HostFailure(what)) => Err(VmmError::HostFailure(what)),
         Err(Waited::Timeout) => Err(VmmError::Timeout(config.timeout.unwrap_or_default())),

@@ -27,16 +27,18 @@ pub enum ThreadKind {
     DiscardFaults,
     Reclaim,
     Stats,
+    Api,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::BlockWorker,
         ThreadKind::DiscardFaults,
         ThreadKind::Reclaim,
         ThreadKind::Stats,
+        ThreadKind::Api,
     ];
 
     /// The name in messages and `--seccomp-probe`.
@@ -48,6 +50,7 @@ impl ThreadKind {
             ThreadKind::DiscardFaults => "discard-faults",
             ThreadKind::Reclaim => "reclaim",
             ThreadKind::Stats => "stats",
+            ThreadKind::Api => "api",
         }
     }
 
@@ -65,6 +68,7 @@ impl ThreadKind {
             ThreadKind::DiscardFaults => FAULTS,
             ThreadKind::Reclaim => RECLAIM,
             ThreadKind::Stats => STATS,
+            ThreadKind::Api => API,
         });
         v.sort_unstable();
         v.dedup();
@@ -143,9 +147,9 @@ const FAULTS: &[i64] = &[
     libc::SYS_read,
 ];
 
-/// The reclaimer: pagemap, cgroup and PSI files, the cgroup usage event
-/// (an eventfd registered through `cgroup.event_control`), drops,
-/// userfaultfd registration, the dirty log.
+/// The reclaimer: pagemap (`PAGEMAP_SCAN`, or `pread`), cgroup and PSI
+/// files, the cgroup usage event (an eventfd registered through
+/// `cgroup.event_control`), drops, userfaultfd registration, the dirty log.
 const RECLAIM: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_fcntl,
@@ -176,6 +180,23 @@ const STATS: &[i64] = &[
     libc::SYS_ppoll,
     libc::SYS_rename,
     libc::SYS_statx,
+];
+
+/// The API socket's thread (`--api-sock`): accepting clients on the
+/// socket the main thread bound, non-blocking reads and writes with `poll`,
+/// and removing the socket file when it stops. No `socket`, `bind` or
+/// `connect`: it can reach no one who did not come to it.
+const API: &[i64] = &[
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_ioctl,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_read,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
 ];
 
 /// The main thread once the guest runs: waiting, stopping and joining the

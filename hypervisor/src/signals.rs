@@ -7,12 +7,17 @@
 //! experiment` reads the same record through
 //! `lab::experiment::interrupt::set_source`.
 //!
+//! The API's `PUT /actions {"action": "stop"}` asks for the same stop
+//! through [`request_api_stop`]: it records SIGTERM as if the signal had
+//! come, and marks that the API asked ([`by_api`]), so that the run ends
+//! along exactly the same path, with status 143, and says who stopped it.
+//!
 //! A vCPU thread that takes the signal inside `KVM_RUN` sees `EINTR` and
 //! goes on; only the main thread acts on it. The handler must never do
 //! more than one atomic store (it runs in signal context), and nothing
 //! here may block or allocate.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 /// Longest the main thread waits before it looks at the flag again.
@@ -20,6 +25,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 
 /// The signal that asked the run to stop (0: none).
 static STOP: AtomicI32 = AtomicI32::new(0);
+
+/// Set when the API, not a signal, asked for the stop.
+static BY_API: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn record(signal: libc::c_int) {
     STOP.store(signal, Ordering::SeqCst);
@@ -51,6 +59,22 @@ pub fn requested() -> Option<i32> {
         0 => None,
         s => Some(s),
     }
+}
+
+/// Asks for the stop SIGTERM asks for, on behalf of the API. A signal
+/// that came first keeps its own record.
+pub fn request_api_stop() {
+    if STOP
+        .compare_exchange(0, libc::SIGTERM, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        BY_API.store(true, Ordering::SeqCst);
+    }
+}
+
+/// True if the recorded stop came from the API.
+pub fn by_api() -> bool {
+    BY_API.load(Ordering::SeqCst)
 }
 
 /// The exit status of a run a signal stopped: 128 + its number.

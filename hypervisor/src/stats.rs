@@ -26,6 +26,7 @@ use crate::metrics::{
     HypercallMetrics, Metrics, PotentiallyVolatileMetrics, SerialMetrics,
 };
 use crate::periodic::{Periodic, PeriodicThread};
+use crate::reclaim::budget::BudgetControl;
 
 /// Why the stats file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +84,8 @@ pub struct MemoryDoc {
     /// Last measured resident guest memory.
     pub resident_bytes: u64,
     pub resident_peak_bytes: u64,
-    /// `--host-budget`, or null.
+    /// The budget now (`--host-budget`, or what the API set last), or
+    /// null.
     pub budget_bytes: Option<u64>,
     /// The memory cgroup's limit and the budget its headroom gave at the
     /// last reclaimer round (`--cgroup-budget`), or null.
@@ -127,25 +129,36 @@ pub struct StatsSource {
     metrics: Arc<Metrics>,
     table: Arc<FrameTable>,
     guest_bytes: u64,
-    budget_bytes: Option<u64>,
+    budget: Arc<BudgetControl>,
     start: Instant,
 }
 
 impl StatsSource {
-    /// A source over the run's counters; `elapsed_ms` counts from now.
+    /// A source over the run's counters and the reclaimer's `budget`;
+    /// `elapsed_ms` counts from now.
     pub fn new(
         metrics: Arc<Metrics>,
         table: Arc<FrameTable>,
         guest_bytes: u64,
-        budget_bytes: Option<u64>,
+        budget: Arc<BudgetControl>,
     ) -> Self {
         Self {
             metrics,
             table,
             guest_bytes,
-            budget_bytes,
+            budget,
             start: Instant::now(),
         }
+    }
+
+    /// Guest RAM in bytes.
+    pub fn guest_bytes(&self) -> u64 {
+        self.guest_bytes
+    }
+
+    /// Time since the source was made (the run's start), in milliseconds.
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The document as of now.
@@ -180,7 +193,7 @@ impl StatsSource {
                 guest_bytes: self.guest_bytes,
                 resident_bytes: m.memory.resident_bytes.get(),
                 resident_peak_bytes: m.memory.resident_peak_bytes.get(),
-                budget_bytes: self.budget_bytes,
+                budget_bytes: self.budget.get(),
                 cgroup_limit_bytes: nonzero(m.memory.cgroup_limit_bytes.get()),
                 cgroup_budget_bytes: nonzero(m.memory.cgroup_budget_bytes.get()),
                 cgroup_reserve_bytes: nonzero(m.memory.cgroup_reserve_bytes.get()),
@@ -192,7 +205,7 @@ impl StatsSource {
             potentially_volatile: &m.potentially_volatile,
             host_failures: &m.host_failures,
             injected_faults: fault_inject::injected(),
-            elapsed_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            elapsed_ms: self.elapsed_ms(),
         }
     }
 
@@ -282,6 +295,10 @@ mod tests {
     use super::*;
     use pagehint_abi::hypercall::HintOp;
 
+    fn budget(bytes: Option<u64>) -> Arc<BudgetControl> {
+        Arc::new(BudgetControl::new(bytes).unwrap())
+    }
+
     #[test]
     fn the_document_has_the_names_the_tests_read() {
         let metrics = Arc::new(Metrics::default());
@@ -290,7 +307,7 @@ mod tests {
         metrics.hypercalls.hint_batch.inc();
         metrics.memory.resident_bytes.set(8192);
         metrics.memory.resident_peak_bytes.raise(12288);
-        let s = StatsSource::new(metrics, table, 65536, None);
+        let s = StatsSource::new(metrics, table, 65536, budget(None));
         let v: serde_json::Value = serde_json::from_str(&s.to_json().unwrap()).unwrap();
         assert_eq!(v["memory"]["resident_bytes"], 8192);
         assert_eq!(v["memory"]["resident_peak_bytes"], 12288);
@@ -339,7 +356,7 @@ mod tests {
             Arc::new(Metrics::default()),
             Arc::new(FrameTable::new(1, false)),
             4096,
-            Some(4096),
+            budget(Some(4096)),
         );
         s.write(&path).unwrap();
         s.write(&path).unwrap();
@@ -358,7 +375,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vmm-stats-writer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("stats.json");
-        let source = StatsSource::new(metrics.clone(), table, 65536, None);
+        let source = StatsSource::new(metrics.clone(), table, 65536, budget(None));
         let w = StatsWriter::spawn(source, path.clone(), Duration::from_millis(5)).unwrap();
         let t = Instant::now();
         while !path.exists() && t.elapsed() < Duration::from_secs(10) {

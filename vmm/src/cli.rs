@@ -47,6 +47,59 @@ pub enum Command {
     /// Run a matrix of workloads by hinting mode and report what each
     /// mode gave back to the host, how fast, and at what cost.
     Experiment(ExperimentArgs),
+    /// Talk to a running `vmm run --api-sock PATH`: read its state, set its
+    /// memory budget, stop it.
+    Ctl(CtlArgs),
+}
+
+/// Options of `vmm ctl`.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// The API socket of the running VMM (`vmm run --api-sock PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+/// What `vmm ctl` asks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlAction {
+    /// Print a resource's JSON: `memory` (the working set by page state,
+    /// the budget, the cgroup), `vm` (state, uptime, configuration) or
+    /// `stats` (the live stats document).
+    Get {
+        #[arg(value_enum, default_value_t = Resource::Memory)]
+        resource: Resource,
+    },
+    /// Set the reclaimer's budget for resident guest memory (bytes, or a
+    /// number with K, M or G), or `none` to remove it.
+    SetBudget {
+        #[arg(value_name = "SIZE|none", value_parser = parse_budget)]
+        budget: Budget,
+    },
+    /// Stop the VM as SIGTERM does (`vmm run` exits 143).
+    Stop,
+}
+
+/// A resource `vmm ctl get` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resource {
+    Memory,
+    Vm,
+    Stats,
+}
+
+/// `vmm ctl set-budget`'s value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(pub Option<u64>);
+
+/// Parses `SIZE` or `none`.
+pub fn parse_budget(s: &str) -> Result<Budget, String> {
+    if s == "none" {
+        return Ok(Budget(None));
+    }
+    parse_size(s).map(|b| Budget(Some(b)))
 }
 
 /// Options of `vmm run`.
@@ -121,6 +174,12 @@ pub struct RunArgs {
     /// PSI percentage above which --psi reclaims.
     #[arg(long, value_name = "PCT", default_value_t = 10.0, value_parser = parse_percent)]
     pub psi_threshold: f64,
+    /// Serve the operators' API (HTTP/1.1, JSON) on a Unix socket at PATH:
+    /// `GET /vm`, `/stats`, `/memory`, `PATCH /memory`, `PUT /actions`
+    /// (README "The API"). A stale socket there is replaced; the file is
+    /// removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
     /// Write the stats JSON here, every --stats-interval and at exit.
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
@@ -140,7 +199,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_seccomp: bool,
     /// Test hook: the named thread (main, vcpu, virtio-blk, discard-faults,
-    /// reclaim, stats) makes a forbidden system call once its filter is on.
+    /// reclaim, stats, api) makes a forbidden system call once its filter is on.
     #[arg(long, hide = true, value_name = "THREAD", value_parser = parse_probe)]
     pub seccomp_probe: Option<hypervisor::seccomp::ThreadKind>,
     /// Test hook (repeatable): make a host call of the VMM fail,

@@ -69,6 +69,7 @@ pub fn vm_config(args: &RunArgs) -> VmConfig {
             probe: args.seccomp_probe,
         },
         faults: args.inject_fault.clone(),
+        api_sock: args.api_sock.clone(),
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod ctl;
 
 use cli::Command;
 
@@ -59,6 +60,7 @@ fn main() {
         },
         Command::GenFiles(args) => report(lab::tools::gen_files(&args)),
         Command::Mkdisk(args) => report(lab::tools::mkdisk(&args)),
+        Command::Ctl(args) => ctl::run(&args),
         Command::Experiment(args) => match experiment_signals() {
             Err(status) => status,
             Ok(()) => match lab::experiment::run(&args) {

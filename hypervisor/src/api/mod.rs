@@ -1,16 +1,23 @@
-//! The operators' API (issue 25, work in progress): HTTP/1.1 over a Unix
+//! The operators' API (`vmm run --api-sock PATH`): HTTP/1.1 over a Unix
 //! socket, JSON bodies, in the conventions of Firecracker's and Cloud
 //! Hypervisor's APIs (`GET` reads, `PUT`/`PATCH` change, 204 on success,
-//! `{"fault_message": ...}` on an error).
+//! `{"fault_message": ...}` on an error). README "The API" lists the
+//! resources; `docs/design.md` "The API" says how it is built.
 //!
-//! `http` reads one request and writes one response; `routes` maps a
-//! request to the VMM through the `VmControl` trait. Still to build: the
-//! socket thread (one client at a time, a read deadline, its own seccomp
-//! filter), `VmControl` over the machine (the live stats, the frame
-//! table's counts, a budget the reclaimer reads every round), `vmm run
-//! --api-sock` and `vmm ctl`.
+//! - `http`: one request read from a client's bytes (on `httparse`, with
+//!   bounded head and body), one response written back;
+//! - `routes`: which request reaches which part of the VMM, over the
+//!   `VmControl` trait;
+//! - `server`: the socket's thread (one client at a time, deadlines, its
+//!   own seccomp filter);
+//! - `control`: `VmControl` over a running machine's counters, frame
+//!   table and budget;
+//! - `client`: one request from the outside (`vmm ctl`, the tests).
 //!
 //! Nothing here may block a vCPU or panic on what a client sends.
 
+pub mod client;
+pub mod control;
 pub mod http;
 pub mod routes;
+pub mod server;

@@ -28,14 +28,6 @@ pub trait VmControl {
     fn stop(&self);
 }
 
-/// The body of `PATCH /memory`: `{"budget_bytes": N}` or
-/// `{"budget_bytes": null}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemoryPatch {
-    budget_bytes: Option<u64>,
-}
-
 /// The body of `PUT /actions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,8 +41,8 @@ pub fn route(req: &Request, vm: &dyn VmControl) -> Response {
         (Method::Get, "/vm") => Response::json(vm.vm().to_string()),
         (Method::Get, "/stats") => Response::json(vm.stats().to_string()),
         (Method::Get, "/memory") => Response::json(vm.memory().to_string()),
-        (Method::Patch, "/memory") => match object::<MemoryPatch>(&req.body) {
-            Ok(p) => match vm.set_budget(p.budget_bytes) {
+        (Method::Patch, "/memory") => match budget_of(&req.body) {
+            Ok(bytes) => match vm.set_budget(bytes) {
                 Ok(()) => Response::no_content(),
                 Err(why) => Response::fault(400, &why),
             },
@@ -69,6 +61,30 @@ pub fn route(req: &Request, vm: &dyn VmControl) -> Response {
             &format!("{:?} is not allowed on {}", req.method, req.path),
         ),
         _ => Response::fault(404, &format!("no resource {:?}", short(&req.path))),
+    }
+}
+
+/// The budget a `PATCH /memory` body asks for: exactly one field,
+/// `budget_bytes` (or its short name `budget`), a whole number of bytes or
+/// null for none. `{}` is refused rather than read as "no budget".
+fn budget_of(body: &[u8]) -> Result<Option<u64>, String> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let Some(fields) = value.as_object() else {
+        return Err("expected a JSON object".into());
+    };
+    let mut it = fields.iter();
+    let (Some((name, v)), None) = (it.next(), it.next()) else {
+        return Err("expected exactly one field, budget_bytes".into());
+    };
+    if name != "budget_bytes" && name != "budget" {
+        return Err(format!("unknown field {:?} (budget_bytes)", short(name)));
+    }
+    match v {
+        serde_json::Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| "budget_bytes must be a whole number of bytes or null".into()),
     }
 }
 
@@ -159,7 +175,20 @@ mod tests {
             (low.status, low.body.as_str()),
             (400, "{\"fault_message\":\"below the floor\"}")
         );
-        for bad in ["", "{", "{\"budget\": 5}", "{\"budget_bytes\": -1}", "[1]"] {
+        let short_name = route(&req(Method::Patch, "/memory", "{\"budget\": null}"), &f);
+        assert_eq!(short_name.status, 204);
+        assert_eq!(f.budget.borrow().len(), 3);
+        for bad in [
+            "",
+            "{",
+            "{}",
+            "{\"budget_mib\": 5}",
+            "{\"budget_bytes\": -1}",
+            "{\"budget_bytes\": 1.5}",
+            "{\"budget_bytes\": \"8M\"}",
+            "{\"budget_bytes\": 8, \"x\": 1}",
+            "[1]",
+        ] {
             let r = route(&req(Method::Patch, "/memory", bad), &f);
             assert_eq!(r.status, 400, "{bad}");
             assert!(
@@ -168,7 +197,7 @@ mod tests {
                 r.body
             );
         }
-        assert_eq!(f.budget.borrow().len(), 2, "refused bodies change nothing");
+        assert_eq!(f.budget.borrow().len(), 3, "refused bodies change nothing");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   REGISTERED record), lock-free.
 //! - [`shared`]: the guest's shared page-state table, when it registered
 //!   one: the table's entries then live there.
+//! - [`census`]: the shared table's entries counted by state, a word at a
+//!   time.
 //! - [`transition`]: which hint may move a frame between which states.
 //! - [`run`]: runs of contiguous frames and their builder.
 //! - [`host`]: the one mapping from a run of frames to a host range.
@@ -19,6 +21,7 @@
 //! This core must never import a client: it knows no thread, no policy
 //! and no userfaultfd.
 
+pub mod census;
 pub mod discard;
 pub mod host;
 pub mod run;
@@ -26,8 +29,9 @@ pub mod shared;
 pub mod table;
 pub mod transition;
 
+pub use census::FrameCounts;
 pub use discard::{Arming, Discarder, Method, PassReport};
 pub use host::{HostMap, HostRange};
 pub use run::{Run, RunBuilder};
 pub use shared::{ShareError, SharedEntries};
-pub use table::{FrameCounts, FrameTable, HintOutcome, StateError};
+pub use table::{FrameTable, HintOutcome, StateError};

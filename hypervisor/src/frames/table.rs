@@ -29,9 +29,9 @@ use pagehint_abi::hypercall::HintOp;
 use pagehint_abi::page_state::PageState;
 use pagehint_abi::state_table::{self as entry, state_of, ARMED, BUSY, DISCARDED, STATE_MASK};
 
+use crate::frames::census::{self, FrameCounts};
 use crate::frames::shared::{ShareError, SharedEntries};
 use crate::frames::transition::transition;
-use serde::Serialize;
 
 /// The host's own mark (in `registered`): the frame is registered with the
 /// discard-fault userfaultfd; whoever clears it unregisters the frame.
@@ -73,18 +73,6 @@ pub enum HintOutcome {
     /// Applied to a stable state; the host had discarded at least one of
     /// the frames, which now read as zeroes.
     Discarded,
-}
-
-/// A snapshot of the per-state counters (the stats' `frames` object).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct FrameCounts {
-    pub stable: u64,
-    pub unused: u64,
-    pub volatile: u64,
-    pub potentially_volatile: u64,
-    /// Frames whose contents the host dropped and the guest has not yet
-    /// been told of.
-    pub discarded: u64,
 }
 
 /// The state of every guest frame.
@@ -514,18 +502,7 @@ impl FrameTable {
     /// entries (one pass over them).
     pub fn counts(&self) -> FrameCounts {
         if let Some(s) = self.shared.get() {
-            let mut c = FrameCounts::default();
-            for pfn in (0..self.len()).filter(|p| !self.hole.contains(p)) {
-                let v = s.entry(pfn).map_or(0, |e| e.load(Ordering::Relaxed));
-                match state_of(v) {
-                    PageState::Stable => c.stable += 1,
-                    PageState::Unused => c.unused += 1,
-                    PageState::Volatile => c.volatile += 1,
-                    PageState::PotentiallyVolatile => c.potentially_volatile += 1,
-                }
-                c.discarded += u64::from(v & DISCARDED != 0);
-            }
-            return c;
+            return census::count(s.entries(), &self.hole);
         }
         let get = |a: &AtomicI64| u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0);
         FrameCounts {

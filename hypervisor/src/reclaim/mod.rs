@@ -3,9 +3,10 @@
 //! back, its policy, its residency measurement and its cgroup budget.
 //!
 //! Every interval the thread measures residency (`resident::Residency`:
-//! from `/proc/self/pagemap`, read again only when something may have
-//! changed; a round whose reading fails is skipped, counted, and the next
-//! one reads all of it); drops the resident frames that have stayed Unused
+//! from `/proc/self/pagemap`, with the `PAGEMAP_SCAN` ioctl where the
+//! kernel has it (`pagemap_scan`), else `pread`, read again only when
+//! something may have changed; a round whose reading fails is skipped,
+//! counted, and the next one reads all of it); drops the resident frames that have stayed Unused
 //! for the unused delay, whatever the budget (`eager`); then, if a budget is set
 //! and resident memory exceeds it, or host memory pressure (PSI) passes
 //! the threshold, it drops resident Unused frames, then Volatile ones,
@@ -28,6 +29,7 @@ pub mod budget;
 pub mod cgroup;
 pub mod eager;
 pub mod headroom;
+pub mod pagemap_scan;
 pub mod policy;
 pub mod pv;
 pub mod resident;
@@ -72,6 +74,9 @@ pub struct ReclaimConfig {
     pub interval: Duration,
     /// Target for resident guest memory, in bytes.
     pub budget_bytes: Option<u64>,
+    /// The budget may be set later (the API's `PATCH /memory`): keep what
+    /// a budget round needs (the ages) from the start.
+    pub budget_may_change: bool,
     /// Reclaim when host PSI "some avg10" exceeds this percentage.
     pub psi_threshold: Option<f64>,
     /// Drop hinted frames at all (false with free page reporting, where
@@ -181,6 +186,14 @@ impl Worker {
         let bytes = pages.saturating_mul(PAGE);
         self.metrics.memory.resident_bytes.set(bytes);
         self.metrics.memory.resident_peak_bytes.raise(bytes);
+    }
+
+    /// Tells the budget's record where a round left resident memory (not
+    /// where residency cannot be measured: the figure would be stale).
+    fn note_progress(&self) {
+        if let (Some(c), Some(_)) = (&self.control, &self.residency) {
+            c.note_round(self.metrics.memory.resident_bytes.get());
+        }
     }
 
     /// The budget the control holds now, in pages.
@@ -397,13 +410,17 @@ impl Reclaimer {
         config: ReclaimConfig,
         arming: Option<Arc<dyn Arming>>,
     ) -> Result<Self, ReclaimError> {
-        Self::spawn_with_pv(ram, table, metrics, config, arming, None)
+        let control =
+            Arc::new(BudgetControl::new(config.budget_bytes).map_err(ReclaimError::Spawn)?);
+        Self::spawn_with_pv(ram, table, metrics, config, arming, None, control)
     }
 
     /// [`Reclaimer::spawn`]; with `pv` (`--potentially-volatile`) each
     /// budget or PSI round that still wants pages after the Volatile pass
     /// also takes Potentially volatile frames the dirty log proves clean
     /// (`pv`). Those are armed like Volatile ones, so they need `arming`.
+    /// The budget is `control`'s (made from `config.budget_bytes` by the
+    /// caller, who may share it: the stats and the API read it).
     pub fn spawn_with_pv(
         ram: &GuestRam,
         table: Arc<FrameTable>,
@@ -411,6 +428,7 @@ impl Reclaimer {
         config: ReclaimConfig,
         arming: Option<Arc<dyn Arming>>,
         pv: Option<PvReclaim>,
+        control: Arc<BudgetControl>,
     ) -> Result<Self, ReclaimError> {
         let residency = match Residency::open() {
             Ok(r) => Some(r),
@@ -420,8 +438,6 @@ impl Reclaimer {
             }
         };
         let frames = table.len();
-        let control =
-            Arc::new(BudgetControl::new(config.budget_bytes).map_err(ReclaimError::Spawn)?);
         let usage_event = config
             .cgroup
             .as_ref()
@@ -448,6 +464,7 @@ impl Reclaimer {
             pv,
             ages: (config.discard
                 && (config.budget_bytes.is_some()
+                    || config.budget_may_change
                     || config.cgroup.is_some()
                     || config.psi_threshold.is_some()))
             .then(|| Ages::new(frames, config.victim_order)),
@@ -497,6 +514,7 @@ impl Periodic for Worker {
 
     fn tick(&mut self) {
         self.round();
+        self.note_progress();
     }
 
     fn wake_sources(&self) -> [Option<(RawFd, i16)>; WAKE_SOURCES] {
@@ -515,6 +533,7 @@ impl Periodic for Worker {
                 c.consume();
             }
             self.round();
+            self.note_progress();
             return;
         }
         if let Some(event) = self.usage_event.as_mut() {
@@ -525,6 +544,7 @@ impl Periodic for Worker {
         if self.round() > 0 {
             self.metrics.reclaim.event_drops.inc();
         }
+        self.note_progress();
     }
 
     fn finish(&mut self) {
@@ -563,6 +583,7 @@ mod tests {
         let config = ReclaimConfig {
             interval: Duration::from_secs(3600),
             budget_bytes: None,
+            budget_may_change: false,
             psi_threshold: None,
             discard: true,
             cgroup: None,
@@ -608,6 +629,7 @@ mod tests {
         let config = ReclaimConfig {
             interval: Duration::from_millis(5),
             budget_bytes: Some(12 << 20),
+            budget_may_change: false,
             psi_threshold: None,
             discard: true,
             cgroup: None,
@@ -638,6 +660,7 @@ mod tests {
             let config = ReclaimConfig {
                 interval: Duration::from_millis(10),
                 budget_bytes: None,
+                budget_may_change: false,
                 psi_threshold: None,
                 discard: true,
                 cgroup: None,
@@ -683,6 +706,7 @@ mod tests {
         let config = ReclaimConfig {
             interval: Duration::from_millis(5),
             budget_bytes: Some(0),
+            budget_may_change: false,
             psi_threshold: None,
             discard: false,
             cgroup: None,

@@ -1,15 +1,20 @@
 //! Measures which pages of a host-virtual range are resident, from
-//! `/proc/self/pagemap` (seed 003): 8 bytes per page, bit 63 "present";
-//! a swapped page (bit 62) is not resident.
+//! `/proc/self/pagemap` (seed 003): a page is resident if present and not
+//! swapped.
 //!
-//! The file is read in large chunks with `pread` (64 KiB, 8192 pages at a
-//! time) into a [`ResidentMap`], one bit per page, which the reclaimer then
-//! uses to discard only pages that are actually resident.
+//! Two ways to read it, chosen once when [`Pagemap`] opens: the
+//! `PAGEMAP_SCAN` ioctl (Linux 6.7+, `super::pagemap_scan`), which returns
+//! only the runs of resident pages, and, where the kernel lacks it, `pread`
+//! of 8 bytes per page (bit 63 "present", bit 62 "swapped") in large
+//! chunks (64 KiB, 8192 pages at a time). Either fills a [`ResidentMap`],
+//! one bit per page, which the reclaimer then uses to discard only pages
+//! that are actually resident.
 //!
-//! Reading all of pagemap costs about 7 ms for a 16 GiB guest that touched
-//! little, more as it touches more, which a 50 ms reclaim interval cannot
-//! pay. [`Residency`] therefore reads all of it again only when something
-//! may have changed: the process's anonymous resident pages
+//! Reading all of pagemap with `pread` costs about 20 ms for a 16 GiB
+//! guest that touched one page in 64, more as it touches more; the scan
+//! a third to a half of that, still too much for every round of a 50 ms
+//! reclaim interval. [`Residency`] therefore reads all of it again only
+//! when something may have changed: the process's anonymous resident pages
 //! (`/proc/self/statm`, a counter the kernel keeps, read in microseconds)
 //! moved since the last reading, or the reclaimer discarded since. Rounds
 //! that find nothing changed re-read one twentieth of the range each, so
@@ -18,7 +23,10 @@
 //! or estimate what it can measure.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+
+use super::pagemap_scan::{self, ScanError, Scanner};
 
 /// Bit 63 of a pagemap entry: the page is present in RAM.
 pub const PM_PRESENT: u64 = 1 << 63;
@@ -46,6 +54,8 @@ pub enum ResidentError {
     Short(u64),
     #[error("range {base:#x}+{pages} pages is not page-aligned or overflows")]
     BadRange { base: u64, pages: u64 },
+    #[error("{0}")]
+    Scan(#[source] ScanError),
 }
 
 /// One bit per page of a range: set if the page was resident when measured
@@ -90,6 +100,34 @@ impl ResidentMap {
                 *w &= !bit;
                 self.resident -= 1;
             }
+        }
+    }
+
+    /// Records pages `from..from + count` (clipped to the map) as
+    /// resident or not, a word at a time.
+    pub fn assign_range(&mut self, from: u64, count: u64, resident: bool) {
+        let end = from.saturating_add(count).min(self.pages);
+        let mut i = from;
+        while i < end {
+            let lo = i % 64;
+            let n = (end - i).min(64 - lo);
+            let mask = (u64::MAX >> (64 - n)) << lo;
+            let Some(w) = usize::try_from(i / 64)
+                .ok()
+                .and_then(|k| self.words.get_mut(k))
+            else {
+                return;
+            };
+            let before = u64::from(w.count_ones());
+            if resident {
+                *w |= mask;
+            } else {
+                *w &= !mask;
+            }
+            // `resident` counts the set bits, so it never goes below what
+            // a word held.
+            self.resident = self.resident - before + u64::from(w.count_ones());
+            i += n;
         }
     }
 
@@ -286,21 +324,90 @@ impl Residency {
     }
 }
 
-/// An open `/proc/self/pagemap` and a reusable read buffer.
+/// How a [`Pagemap`] reads residency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// The `PAGEMAP_SCAN` ioctl (Linux 6.7+): only the runs of resident
+    /// pages come back (`pagemap_scan`).
+    Scan,
+    /// `pread` of 8 bytes per page, 64 KiB at a time.
+    Pread,
+}
+
+impl Reader {
+    /// The name in logs and the bench.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reader::Scan => "PAGEMAP_SCAN",
+            Reader::Pread => "pread",
+        }
+    }
+}
+
+/// An open `/proc/self/pagemap` and how it is read: `PAGEMAP_SCAN` where
+/// the kernel has it, else `pread`, decided when it opens.
 #[derive(Debug)]
 pub struct Pagemap {
     file: File,
+    /// The scan path's region buffer; `None` reads with `pread`.
+    scan: Option<Scanner>,
+    /// The `pread` buffer (allocated on first use).
     buf: Vec<u8>,
 }
 
 impl Pagemap {
-    /// Opens this process's pagemap.
+    /// Opens this process's pagemap and probes `PAGEMAP_SCAN` once: used
+    /// where it answers, else `pread` (logged once, at info).
     pub fn open() -> Result<Self, ResidentError> {
+        let mut pm = Self::open_pread()?;
+        match pagemap_scan::probe(pm.file.as_fd()) {
+            Ok(()) => {
+                log::info!("reclaim: residency read with PAGEMAP_SCAN");
+                pm.scan = Some(Scanner::new(pagemap_scan::DEFAULT_REGIONS));
+            }
+            Err(e) if pagemap_scan::is_unsupported(&e) => {
+                log::info!("reclaim: no PAGEMAP_SCAN here ({e}); residency read with pread");
+            }
+            Err(e) => {
+                log::warn!("reclaim: PAGEMAP_SCAN failed ({e}); residency read with pread");
+            }
+        }
+        Ok(pm)
+    }
+
+    /// Opens pagemap to be read with `pread` only.
+    pub fn open_pread() -> Result<Self, ResidentError> {
         let file = File::open("/proc/self/pagemap").map_err(ResidentError::Open)?;
         Ok(Self {
             file,
-            buf: vec![0; CHUNK_BYTES],
+            scan: None,
+            buf: Vec::new(),
         })
+    }
+
+    /// Opens pagemap to be read with `PAGEMAP_SCAN` only, asking for at
+    /// most `regions` regions a call (the bench and tests); fails where the
+    /// kernel does not answer it.
+    pub fn open_scan(regions: usize) -> Result<Self, ResidentError> {
+        let mut pm = Self::open_pread()?;
+        pagemap_scan::probe(pm.file.as_fd())
+            .map_err(|source| ResidentError::Scan(ScanError::Call { addr: 0, source }))?;
+        pm.scan = Some(Scanner::new(regions));
+        Ok(pm)
+    }
+
+    /// How this pagemap is read now.
+    pub fn reader(&self) -> Reader {
+        if self.scan.is_some() {
+            Reader::Scan
+        } else {
+            Reader::Pread
+        }
+    }
+
+    /// `PAGEMAP_SCAN` calls made so far (0 when reading with `pread`).
+    pub fn scan_calls(&self) -> u64 {
+        self.scan.as_ref().map_or(0, Scanner::calls)
     }
 
     /// Measures `pages` pages from host-virtual address `base` into `map`
@@ -322,12 +429,31 @@ impl Pagemap {
     /// Measures again pages `from..from + count` of the range of `map`
     /// (which starts at host-virtual address `base`), updating their bits;
     /// returns the number resident in the whole map.
+    ///
+    /// A scan the kernel refuses as unsupported (it answered the probe, so
+    /// this should not happen) turns this pagemap to `pread` for good,
+    /// logged once, and the range is read again that way; any other
+    /// failure is an error, as a failed `pread` is.
     pub fn refresh(
         &mut self,
         base: u64,
         from: u64,
         count: u64,
         map: &mut ResidentMap,
+    ) -> Result<u64, ResidentError> {
+        let injected = || crate::fault_inject::check_io(crate::fault_inject::Point::Pagemap);
+        self.refresh_with(base, from, count, map, injected)
+    }
+
+    /// [`Pagemap::refresh`], with `before_scan` run before each ioctl and
+    /// failing it as the kernel would (the fault-injection hook; tests).
+    fn refresh_with(
+        &mut self,
+        base: u64,
+        from: u64,
+        count: u64,
+        map: &mut ResidentMap,
+        before_scan: impl FnMut() -> std::io::Result<()>,
     ) -> Result<u64, ResidentError> {
         let pages = map.pages();
         let bad = ResidentError::BadRange { base, pages };
@@ -340,6 +466,32 @@ impl Pagemap {
             .and_then(|f| f.checked_mul(ENTRY as u64))
             .filter(|_| first.checked_add(pages).is_some())
             .ok_or(bad)?;
+        if let Some(scan) = self.scan.as_mut() {
+            match scan.refresh(self.file.as_fd(), base, from, count, map, before_scan) {
+                Ok(()) => return Ok(map.resident()),
+                Err(e) if e.unsupported() => {
+                    log::warn!("reclaim: {e}; residency read with pread from now on");
+                    self.scan = None;
+                }
+                Err(e) => return Err(ResidentError::Scan(e)),
+            }
+        }
+        self.pread(start, from, count, map)?;
+        Ok(map.resident())
+    }
+
+    /// The `pread` path of [`Pagemap::refresh`]: pages `from..from + count`
+    /// of `map`, whose entries start at byte `start` of pagemap.
+    fn pread(
+        &mut self,
+        start: u64,
+        from: u64,
+        count: u64,
+        map: &mut ResidentMap,
+    ) -> Result<(), ResidentError> {
+        if self.buf.len() < CHUNK_BYTES {
+            self.buf = vec![0; CHUNK_BYTES];
+        }
         let per_chunk = (CHUNK_BYTES / ENTRY) as u64;
         let mut done = 0u64;
         while done < count {
@@ -361,7 +513,7 @@ impl Pagemap {
             }
             done += n;
         }
-        Ok(map.resident())
+        Ok(())
     }
 }
 
@@ -371,207 +523,5 @@ pub const fn is_resident(entry: u64) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An anonymous private mapping of `pages` pages, unmapped on drop.
-    struct Anon {
-        ptr: *mut u8,
-        len: usize,
-    }
-
-    impl Anon {
-        fn new(pages: usize) -> Self {
-            let len = pages * PAGE as usize;
-            // SAFETY: a fresh anonymous private mapping; the kernel picks
-            // the address, nothing else refers to it.
-            let ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(ptr, libc::MAP_FAILED);
-            Self {
-                ptr: ptr.cast(),
-                len,
-            }
-        }
-
-        fn touch(&self, page: usize) {
-            // SAFETY: `page` is inside the mapping this value owns.
-            unsafe { std::ptr::write_volatile(self.ptr.add(page * PAGE as usize), 1) };
-        }
-
-        fn dontneed(&self, page: usize, n: usize) {
-            // SAFETY: the pages are inside the mapping this value owns and
-            // no reference into them is held.
-            let r = unsafe {
-                libc::madvise(
-                    self.ptr.add(page * PAGE as usize).cast(),
-                    n * PAGE as usize,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            assert_eq!(r, 0);
-        }
-    }
-
-    impl Drop for Anon {
-        fn drop(&mut self) {
-            // SAFETY: unmaps exactly the mapping created in `new`.
-            unsafe { libc::munmap(self.ptr.cast(), self.len) };
-        }
-    }
-
-    #[test]
-    fn measures_touched_and_dropped_pages() {
-        // More than one pread chunk.
-        let pages = 9000usize;
-        let a = Anon::new(pages);
-        let mut pm = Pagemap::open().unwrap();
-        let mut map = ResidentMap::default();
-        let base = a.ptr as u64;
-        assert_eq!(pm.measure(base, pages as u64, &mut map).unwrap(), 0);
-        for p in (0..pages).step_by(3) {
-            a.touch(p);
-        }
-        let touched = pages.div_ceil(3) as u64;
-        assert_eq!(pm.measure(base, pages as u64, &mut map).unwrap(), touched);
-        assert!(map.get(0) && !map.get(1) && map.get(8193) && !map.get(8194));
-        a.dontneed(0, 8200);
-        let measured = pm.measure(base, pages as u64, &mut map).unwrap();
-        assert_eq!(
-            measured,
-            (8200..pages).filter(|p| p % 3 == 0).count() as u64
-        );
-        assert!(!map.get(0) && map.get(8202));
-    }
-
-    #[test]
-    fn residency_reads_pagemap_only_when_something_changed() {
-        let pages = 4096usize;
-        let a = Anon::new(pages);
-        let base = a.ptr as u64;
-        let mut r = Residency::open().unwrap();
-        let first = r.measure(base, pages as u64).unwrap();
-        assert_eq!(
-            first,
-            Measured {
-                pages: 0,
-                read_pagemap: true
-            }
-        );
-        // Nothing touched: the reading holds (statm unchanged). Another
-        // thread of the test binary may allocate meanwhile, which only
-        // makes a round read pagemap again; so look for one quiet round
-        // within two seconds (the other tests are over by then).
-        let quiet = (0..2000).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            !r.measure(base, pages as u64).unwrap().read_pagemap
-        });
-        assert!(quiet, "statm never stood still");
-        // New pages move the counter: the next round reads and sees them.
-        for p in 0..100 {
-            a.touch(p);
-        }
-        let m = r.measure(base, pages as u64).unwrap();
-        assert_eq!(
-            m,
-            Measured {
-                pages: 100,
-                read_pagemap: true
-            }
-        );
-        assert!(r.map().get(99) && !r.map().get(100));
-        // After the caller drops pages it invalidates: read again.
-        a.dontneed(0, 50);
-        r.invalidate();
-        assert_eq!(
-            r.measure(base, pages as u64).unwrap(),
-            Measured {
-                pages: 50,
-                read_pagemap: true
-            }
-        );
-        // Pages that come and go in equal numbers leave the counter where
-        // it was; the rolling re-read still finds them within
-        // FULL_MEASURE_EVERY rounds.
-        a.dontneed(50, 50);
-        for p in 200..250 {
-            a.touch(p);
-        }
-        let last = (0..FULL_MEASURE_EVERY + 1)
-            .map(|_| r.measure(base, pages as u64).unwrap().pages)
-            .last();
-        assert_eq!(last, Some(50));
-        assert_eq!(r.map().next_set(0), Some(200));
-        assert_eq!(r.map().next_set(250), None);
-    }
-
-    #[test]
-    fn refresh_rereads_only_its_slice() {
-        let pages = 1000u64;
-        let a = Anon::new(pages as usize);
-        let base = a.ptr as u64;
-        for p in 0..pages as usize {
-            a.touch(p);
-        }
-        let mut pm = Pagemap::open().unwrap();
-        let mut map = ResidentMap::default();
-        assert_eq!(pm.measure(base, pages, &mut map).unwrap(), pages);
-        a.dontneed(0, 1000);
-        // Only pages 100..300 are read again.
-        assert_eq!(pm.refresh(base, 100, 200, &mut map).unwrap(), 800);
-        assert!(map.get(99) && !map.get(100) && !map.get(299) && map.get(300));
-        a.touch(150);
-        assert_eq!(pm.refresh(base, 150, 1, &mut map).unwrap(), 801);
-        assert!(pm.refresh(base, 999, 2, &mut map).is_err());
-    }
-
-    #[test]
-    fn statm_and_set_bit_search() {
-        assert_eq!(
-            parse_statm_anon(b"4195948 17794 344 1 0 4195418 0\n"),
-            Some(17450)
-        );
-        assert_eq!(parse_statm_anon(b"1 2"), None);
-        assert_eq!(parse_statm_anon(b"1 2 3 0"), None);
-        assert_eq!(parse_statm_anon(b"x y z"), None);
-        assert!(AnonRss::open().unwrap().pages().unwrap() > 0);
-        let mut m = ResidentMap::new(200);
-        assert_eq!(m.next_set(0), None);
-        for i in [3, 64, 130, 199] {
-            m.set(i);
-        }
-        assert_eq!(m.next_set(0), Some(3));
-        assert_eq!(m.next_set(4), Some(64));
-        assert_eq!(m.next_set(65), Some(130));
-        assert_eq!(m.next_set(131), Some(199));
-        assert_eq!(m.next_set(200), None);
-        assert_eq!(m.next_set(u64::MAX), None);
-    }
-
-    #[test]
-    fn bits_and_bad_ranges() {
-        assert!(is_resident(PM_PRESENT | 5));
-        assert!(!is_resident(PM_PRESENT | PM_SWAPPED));
-        assert!(!is_resident(PM_SWAPPED));
-        let mut m = ResidentMap::new(70);
-        m.set(69);
-        m.set(69);
-        m.set(700);
-        assert_eq!((m.resident(), m.get(69), m.get(700)), (1, true, false));
-        assert_eq!(ResidentMap::all(65).resident(), 65);
-        let mut pm = Pagemap::open().unwrap();
-        assert!(matches!(
-            pm.measure(4097, 1, &mut m),
-            Err(ResidentError::BadRange { .. })
-        ));
-        assert!(pm.measure(u64::MAX - 4095, 2, &mut m).is_err());
-    }
-}
+#[path = "resident_tests.rs"]
+mod tests;
