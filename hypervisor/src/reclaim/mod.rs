@@ -572,6 +572,21 @@ mod tests {
         (ram, frames)
     }
 
+    /// A discarding, uncapped config with no cgroup and no PSI: what the
+    /// tests below start from, changing a field or two.
+    fn config(interval_ms: u64, budget_bytes: Option<u64>) -> ReclaimConfig {
+        ReclaimConfig {
+            interval: Duration::from_millis(interval_ms),
+            budget_bytes,
+            budget_may_change: false,
+            psi_threshold: None,
+            discard: true,
+            cgroup: None,
+            unused_delay: None,
+            victim_order: VictimOrder::default(),
+        }
+    }
+
     #[test]
     fn a_budget_set_while_running_is_reached_at_once_not_at_the_interval() {
         let (ram, frames) = resident_ram();
@@ -580,16 +595,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         // An interval far longer than the test: only the wake can run a
         // round before the end.
-        let config = ReclaimConfig {
-            interval: Duration::from_secs(3600),
-            budget_bytes: None,
-            budget_may_change: false,
-            psi_threshold: None,
-            discard: true,
-            cgroup: None,
-            unused_delay: None,
-            victim_order: VictimOrder::default(),
-        };
+        let config = config(3_600_000, None);
         let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         let control = r.budget_control();
         assert_eq!(control.get(), None);
@@ -626,16 +632,7 @@ mod tests {
         // Half the frames are free.
         table.apply_range(0, frames / 2, HintOp::SetUnused).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let config = ReclaimConfig {
-            interval: Duration::from_millis(5),
-            budget_bytes: Some(12 << 20),
-            budget_may_change: false,
-            psi_threshold: None,
-            discard: true,
-            cgroup: None,
-            unused_delay: None,
-            victim_order: VictimOrder::default(),
-        };
+        let config = config(5, Some(12 << 20));
         let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         let t = Instant::now();
         while table.total_discards() < 1024 && t.elapsed() < Duration::from_secs(10) {
@@ -658,14 +655,8 @@ mod tests {
             table.apply_range(1024, 16, HintOp::MakeVolatile).unwrap();
             let metrics = Arc::new(Metrics::default());
             let config = ReclaimConfig {
-                interval: Duration::from_millis(10),
-                budget_bytes: None,
-                budget_may_change: false,
-                psi_threshold: None,
-                discard: true,
-                cgroup: None,
                 unused_delay: delay,
-                victim_order: VictimOrder::default(),
+                ..config(10, None)
             };
             let t = Instant::now();
             let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
@@ -704,14 +695,9 @@ mod tests {
         table.apply_range(0, frames, HintOp::SetUnused).unwrap();
         let metrics = Arc::new(Metrics::default());
         let config = ReclaimConfig {
-            interval: Duration::from_millis(5),
-            budget_bytes: Some(0),
-            budget_may_change: false,
-            psi_threshold: None,
             discard: false,
-            cgroup: None,
             unused_delay: Some(Duration::ZERO),
-            victim_order: VictimOrder::default(),
+            ..config(5, Some(0))
         };
         let r = Reclaimer::spawn(&ram, table.clone(), metrics.clone(), config, None).unwrap();
         std::thread::sleep(Duration::from_millis(40));
