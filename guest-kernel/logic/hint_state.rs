@@ -64,6 +64,12 @@ pub trait HintHost {
     fn shared_entry(&self, pfn: Pfn) -> Option<&AtomicU8>;
     /// Where the counters go.
     fn counters(&self) -> &Counters;
+    /// Counts one state change made in the shared table (reports add it
+    /// to `hints`): by default in [`Counters::shared`]; the kernel keeps
+    /// these per CPU instead.
+    fn count_shared(&self) {
+        self.counters().shared.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Counters of the hinting path.
@@ -78,7 +84,8 @@ pub struct Counters {
     /// Zeroing skipped because the frame was known zero.
     pub zero_skips: AtomicU64,
     /// State changes made in the shared table (no exit); not in `hints`,
-    /// which counts those sent by hypercall.
+    /// which counts those sent by hypercall. Only through the default
+    /// [`HintHost::count_shared`].
     pub shared: AtomicU64,
 }
 
@@ -295,7 +302,7 @@ impl HintState {
                 if !t.armed {
                     // An armed frame's change is counted with its
                     // SET_STABLE below.
-                    count_shared(m.counters());
+                    m.count_shared();
                     *slot = usize::MAX;
                 }
             }
@@ -349,7 +356,7 @@ impl HintState {
             for pa in &self.freed[..self.nfreed] {
                 if let Some(e) = m.shared_entry(pa.pfn()) {
                     state_table::guest_release(e, PageState::Unused);
-                    count_shared(m.counters());
+                    m.count_shared();
                 }
             }
         } else if m.enabled() && m.has_page() {
@@ -376,12 +383,6 @@ impl HintState {
             self.drain(m);
         }
     }
-}
-
-/// Counts one state change made in the shared table (in `shared` only;
-/// reports add it to `hints`).
-fn count_shared(c: &Counters) {
-    c.shared.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Default for HintState {

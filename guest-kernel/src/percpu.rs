@@ -3,7 +3,8 @@
 //! Fields that only the owning CPU touches are `Cell`s and are accessed
 //! with interrupts off; the run queue, which other CPUs push to, is behind
 //! a lock. Nothing here may be touched by another CPU except through
-//! [`PerCpu::run_queue`] and the identity fields.
+//! [`PerCpu::run_queue`] and the identity fields; the counters that only
+//! their own CPU adds to ([`count_shared_change`]) others may only read.
 //!
 //! Reaching this CPU's slot through GS and its CPU-private cells is this
 //! module's job, so it holds that unsafe code, each block with its reason.
@@ -43,6 +44,22 @@ impl Default for CpuHints {
     }
 }
 
+/// A counter on a cache line of its own: its CPU adds to it without a
+/// lock prefix and no other CPU's stores share the line; any CPU reads it.
+#[repr(C, align(64))]
+pub struct LineCounter(AtomicU64);
+
+impl LineCounter {
+    const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    /// The count as it reads now.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 #[repr(C)]
 pub struct PerCpu {
     /// Must stay the first field: `this()` reads it at GS:0.
@@ -61,6 +78,9 @@ pub struct PerCpu {
     pub hints: UnsafeCell<CpuHints>,
     /// Where the VMM leaves the address of a discard fault (`phys::discard`, `mm::discard_fault`).
     pub fault_info: UnsafeCell<DiscardFaultInfo>,
+    /// State changes this CPU made in the shared page-state table
+    /// (`phys::hints`), added to only by [`count_shared_change`].
+    pub shared_changes: LineCounter,
     /// Times this CPU passed a state with interrupts enabled.
     pub quiescent: AtomicU64,
     /// Discarded frames freed on this CPU, not yet on the global list.
@@ -111,6 +131,7 @@ const INIT: PerCpu = PerCpu {
         sequence: 0,
         _reserved: [0; 6],
     }),
+    shared_changes: LineCounter::new(),
     quiescent: AtomicU64::new(0),
     discard_batch: UnsafeCell::new(Vec::new()),
 };
@@ -144,6 +165,30 @@ pub fn this() -> &'static PerCpu {
     };
     // SAFETY: the slot is a static.
     unsafe { &*(p as *const PerCpu) }
+}
+
+/// Where [`PerCpu::shared_changes`]'s count sits from GS:0.
+const SHARED_CHANGES: usize = core::mem::offset_of!(PerCpu, shared_changes);
+
+/// Counts one state change in the shared page-state table on this CPU's
+/// own counter: one `inc` through GS, as the global counter's `lock inc`
+/// was one instruction, but with no lock and no cache line that other
+/// CPUs write. Sound wherever [`this`] is (GS holds this CPU's slot).
+#[inline(always)]
+pub fn count_shared_change() {
+    // SAFETY: in the kernel GS:0 is this CPU's slot (as for `this()`), so
+    // GS:SHARED_CHANGES is its `shared_changes` count, 8 aligned bytes
+    // that nothing else in Rust holds a `&mut` to. Only this CPU writes
+    // them, in this one instruction, which no interrupt can split (an
+    // interrupt handler that counts runs before or after it); other CPUs
+    // only load the count, and an aligned 8-byte store is seen whole.
+    unsafe {
+        core::arch::asm!(
+            "inc qword ptr gs:[{off}]",
+            off = const SHARED_CHANGES,
+            options(nostack)
+        )
+    };
 }
 
 /// CPU `index`'s data (for pushing work to it).

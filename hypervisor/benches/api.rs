@@ -1,8 +1,8 @@
-//! What `GET /memory` costs at 16 GiB of guest RAM, and what it costs the
-//! vCPUs, measured in one run (`cargo bench -p pagehint-hypervisor --bench
-//! api`, or `scripts/bench-api.sh`). Needs no KVM: the frame table and the
-//! guest's shared page-state table are the real ones, over real (lazily
-//! mapped) guest RAM; no guest runs.
+//! What `GET /memory` costs at 16 GiB of guest RAM (or `BENCH_API_GIB`
+//! GiB), and what it costs the vCPUs, measured in one run (`cargo bench -p
+//! pagehint-hypervisor --bench api`, or `scripts/bench-api.sh`). Needs no
+//! KVM: the frame table and the guest's shared page-state table are the
+//! real ones, over real (lazily mapped) guest RAM; no guest runs.
 //!
 //! 1. The count of the shared table's 4 Mi entries by state (the bulk of
 //!    the answer): the census (sixteen entries at a time) against the byte-at-a-time
@@ -34,7 +34,8 @@ use hypervisor::{Kernel, VmConfig};
 use pagehint_abi::GuestPhys;
 use vm_memory::{Bytes, GuestAddress};
 
-const RAM: u64 = 16 << 30;
+/// Guest RAM unless `BENCH_API_GIB` says otherwise.
+const DEFAULT_GIB: u64 = 16;
 /// Where the shared table sits in guest RAM (below the hole).
 const TABLE: u64 = 16 << 20;
 const SAMPLES: usize = 200;
@@ -93,7 +94,13 @@ fn store_rate(base: usize, frames: u64, for_how_long: Duration) -> f64 {
 }
 
 fn main() {
-    let ram = GuestRam::new(RAM).unwrap();
+    let gib = std::env::var("BENCH_API_GIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&g| g > 0)
+        .unwrap_or(DEFAULT_GIB);
+    let ram_bytes = gib << 30;
+    let ram = GuestRam::new(ram_bytes).unwrap();
     let frames = ram.frames();
     let hole = ram.hole_frames();
     // A mix of states, as a busy guest's table might hold.
@@ -120,10 +127,7 @@ fn main() {
         unsafe { std::slice::from_raw_parts(base as *const AtomicU8, frames as usize) }
     };
 
-    println!(
-        "GET /memory at {} GiB of guest RAM ({frames} frames)",
-        RAM >> 30
-    );
+    println!("GET /memory at {gib} GiB of guest RAM ({frames} frames)");
     let census = table.counts();
     assert_eq!(census, bytewise(entries, &hole), "the two counts agree");
     let (old50, old99) = percentiles(|| {
@@ -140,9 +144,9 @@ fn main() {
 
     let metrics = Arc::new(Metrics::default());
     let budget = Arc::new(BudgetControl::new(None).unwrap());
-    let stats = StatsSource::new(metrics.clone(), table.clone(), RAM, budget.clone());
+    let stats = StatsSource::new(metrics.clone(), table.clone(), ram_bytes, budget.clone());
     let mut config = VmConfig::new(Kernel::Image(Vec::new().into()));
-    config.mem = RAM;
+    config.mem = ram_bytes;
     let control = Arc::new(MachineControl::new(
         &config,
         2,

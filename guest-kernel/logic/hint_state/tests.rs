@@ -34,6 +34,9 @@ struct Fake {
     counters: Counters,
     /// The shared page-state table, when the guest registered one.
     shared: Option<Vec<AtomicU8>>,
+    /// Where shared-table changes are counted when the host keeps its own
+    /// count (as the kernel does, per CPU) instead of `counters.shared`.
+    own_shared_count: Option<AtomicU64>,
 }
 
 impl Fake {
@@ -53,6 +56,7 @@ impl Fake {
             events: Vec::new(),
             counters: Counters::new(),
             shared: None,
+            own_shared_count: None,
         }
     }
 
@@ -168,6 +172,12 @@ impl HintHost for Fake {
     }
     fn counters(&self) -> &Counters {
         &self.counters
+    }
+    fn count_shared(&self) {
+        match &self.own_shared_count {
+            Some(c) => c.fetch_add(1, Ordering::Relaxed),
+            None => self.counters.shared.fetch_add(1, Ordering::Relaxed),
+        };
     }
     fn shared_entry(&self, pfn: Pfn) -> Option<&AtomicU8> {
         self.shared.as_ref()?.get(pfn.0 as usize)
@@ -483,4 +493,25 @@ fn with_a_shared_table_only_armed_frames_cost_an_exit() {
         1,
         "the one hypercall hint"
     );
+}
+
+#[test]
+fn a_host_counting_shared_changes_itself_gets_every_one() {
+    // The kernel counts them per CPU: none may reach `counters.shared`.
+    let mut m = Fake::with_shared(POOL_BATCH as u64);
+    m.own_shared_count = Some(AtomicU64::new(0));
+    let mut h = HintState::new();
+    let got = alloc(&mut h, &mut m, POOL_BATCH);
+    free_all(&mut h, &mut m, &got);
+    let armed = got[5].addr.pfn().0;
+    m.shared.as_ref().unwrap()[armed as usize].fetch_or(DISCARDED | ARMED, Ordering::Relaxed);
+    alloc(&mut h, &mut m, POOL_BATCH);
+    let own = m.own_shared_count.as_ref().unwrap().load(Ordering::Relaxed);
+    assert_eq!(
+        own,
+        2 * POOL_BATCH as u64 - 1,
+        "the armed one went by hypercall"
+    );
+    assert_eq!(m.counters.shared.load(Ordering::Relaxed), 0);
+    assert_eq!(m.counters.hints.load(Ordering::Relaxed), 1);
 }

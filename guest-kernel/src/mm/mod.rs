@@ -72,15 +72,20 @@ pub fn with<R>(f: impl FnOnce(&mut MmState) -> R) -> R {
 pub fn kernel_stats() -> KernelStats {
     use core::sync::atomic::Ordering::Relaxed;
     let (s, cached, volatile) = with(|st| (st.stats, st.frames.cached(), st.volatile));
+    // Counted per CPU (CPUs never brought up count 0); summed once, so
+    // both fields agree.
+    let shared = (0..crate::arch::gdt::MAX_CPUS).fold(0u64, |sum, i| {
+        sum.wrapping_add(crate::percpu::get(i).shared_changes.get())
+    });
     KernelStats {
         free_frames: free_frames(),
         cached_frames: cached,
         // Every state change, through the table or by hypercall.
-        hints: hints::COUNTERS.hints.load(Relaxed) + hints::COUNTERS.shared.load(Relaxed),
+        hints: hints::COUNTERS.hints.load(Relaxed) + shared,
         hint_batches: hints::COUNTERS.batches.load(Relaxed),
         hint_errors: hints::COUNTERS.errors.load(Relaxed),
         zero_fill_skips: hints::COUNTERS.zero_skips.load(Relaxed),
-        shared_hints: hints::COUNTERS.shared.load(Relaxed),
+        shared_hints: shared,
         volatile_frames: volatile,
         discard_faults: discard::FAULTS.load(Relaxed),
         discard_listed: discard::LISTED.load(Relaxed),

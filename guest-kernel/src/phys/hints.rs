@@ -50,7 +50,10 @@ pub fn set_mode(mode: Mode) {
     }
 }
 
-/// Hints, batches, refusals and skipped zeroing, for `mm::stats`.
+/// Hints, batches, refusals and skipped zeroing, for `mm::stats`. The
+/// state changes made in the shared table are not here but counted per
+/// CPU (`percpu::count_shared_change`, summed by `mm::kernel_stats`):
+/// they are the hot path, on every CPU at once.
 pub static COUNTERS: Counters = Counters::new();
 
 /// The shared page-state table (kernel-virtual address; 0 while none is
@@ -191,7 +194,7 @@ pub fn publish_age(pfn: u64, used: bool) -> Option<u8> {
 /// the VMM's option, else becomes stable; a stable one stays stable.
 pub fn check_writable_now(pfn: u64) -> bool {
     if let Some(e) = shared_entry(pfn) {
-        COUNTERS.shared.fetch_add(1, Ordering::Relaxed);
+        percpu::count_shared_change();
         return state_table::guest_check_writable(e, potentially_volatile()).discarded;
     }
     let mut lost = false;
@@ -211,7 +214,7 @@ pub fn release_potentially_volatile(pfn: u64) -> bool {
     }
     match shared_entry(pfn) {
         Some(e) => {
-            COUNTERS.shared.fetch_add(1, Ordering::Relaxed);
+            percpu::count_shared_change();
             state_table::guest_release(e, PageState::PotentiallyVolatile);
             true
         }
@@ -263,17 +266,20 @@ impl HintHost for Kernel {
     fn counters(&self) -> &Counters {
         &COUNTERS
     }
+    fn count_shared(&self) {
+        percpu::count_shared_change();
+    }
     fn shared_entry(&self, pfn: Pfn) -> Option<&AtomicU8> {
         shared_entry(pfn.as_u64())
     }
 }
 
 /// One state change in the shared table: no exit. True if the host had
-/// dropped the frame (for the stable-making hints). Counted once, in
-/// `shared` (`mm::kernel_stats` adds it to `hints`).
+/// dropped the frame (for the stable-making hints). Counted once, on this
+/// CPU's count of shared changes (`mm::kernel_stats` adds them to `hints`).
 #[inline]
 fn change_shared(e: &AtomicU8, op: HintOp) -> bool {
-    COUNTERS.shared.fetch_add(1, Ordering::Relaxed);
+    percpu::count_shared_change();
     match op {
         HintOp::MakeVolatile => {
             state_table::guest_release(e, PageState::Volatile);

@@ -1,6 +1,7 @@
 //! Tests of the frame table: hints against the transition table, claims,
 //! discards reported exactly once, the registered mark, waiting on a
-//! discard in progress, and the MMIO hole.
+//! discard in progress, the MMIO hole, and the counts of a shared table
+//! against a plain count after every kind of write.
 
 use super::*;
 use std::sync::atomic::AtomicBool;
@@ -308,4 +309,85 @@ fn claimable_masks_agree_with_frame_by_frame_looks() {
     }
     assert_eq!(t.looks_claimable_mask(0, u64::MAX, Unused) & 0b1111, 0b0001);
     assert_eq!(t.looks_claimable_mask(64, 1, Volatile), 1);
+}
+
+/// The plain count of `entries` outside `hole`, one entry at a time.
+fn naive_counts(entries: &[AtomicU8], hole: &std::ops::Range<u64>) -> FrameCounts {
+    let mut c = FrameCounts::default();
+    for (pfn, e) in entries.iter().enumerate() {
+        if hole.contains(&(pfn as u64)) {
+            continue;
+        }
+        let v = e.load(Ordering::Relaxed);
+        match state_of(v) {
+            Stable => c.stable += 1,
+            Unused => c.unused += 1,
+            Volatile => c.volatile += 1,
+            PotentiallyVolatile => c.potentially_volatile += 1,
+        }
+        c.discarded += u64::from(v & DISCARDED != 0);
+    }
+    c
+}
+
+/// `counts()` of a shared table has no memory: whatever was written since
+/// the last call, by the guest (any byte, anywhere, the hole included) or
+/// by host steps, the next call equals the plain count. Randomized, with
+/// a fixed seed; bursts of 1 to 2000 writes between calls.
+#[test]
+fn shared_counts_equal_the_plain_count_after_any_writes() {
+    use crate::frames::shared::SharedEntries;
+    use crate::memory::GuestRam;
+    use pagehint_abi::GuestPhys;
+
+    // 64 MiB: 16384 frames, the table in four pages at frame 0x100.
+    let ram = GuestRam::new(64 << 20).unwrap();
+    let frames = ram.frames();
+    let hole = 5000..7003;
+    let t = FrameTable::with_hole(frames as usize, hole.clone(), false);
+    let shared = SharedEntries::new(&ram, GuestPhys(0x10_0000), frames, frames).unwrap();
+    t.share(shared).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    assert_eq!(t.counts(), naive_counts(t.entries(), &hole));
+    let ops = [
+        HintOp::SetUnused,
+        HintOp::SetStable,
+        HintOp::MakeVolatile,
+        HintOp::MakeStable,
+    ];
+    for round in 0..60 {
+        let writes = [1, 7, 64, 2000][round % 4];
+        for _ in 0..writes {
+            let pfn = rand(frames);
+            match rand(4) {
+                // A guest's store: any byte, BUSY and reserved bits too.
+                0 | 1 => t.entries()[pfn as usize].store(rand(256) as u8, Ordering::Relaxed),
+                // A hint, legal or not.
+                2 => {
+                    let _ = t.apply(pfn, ops[rand(4) as usize]);
+                }
+                // A claim and its end, dropped or aborted.
+                _ => {
+                    if t.try_claim(pfn, Unused) || t.try_claim(pfn, Volatile) {
+                        if rand(2) == 0 {
+                            t.finish_discard(pfn);
+                        } else {
+                            t.abort_discard(pfn);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            t.counts(),
+            naive_counts(t.entries(), &hole),
+            "round {round}, after {writes} writes"
+        );
+    }
 }
