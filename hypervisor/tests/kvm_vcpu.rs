@@ -208,6 +208,14 @@ fn a_due_fault_is_written_to_the_info_area_and_injected_once() {
         (1, DISCARD_FAULT_VECTOR)
     );
     assert_eq!(m.discard_faults.injected.get(), 1);
+    // The vCPU's stages are timed; the re-entry once, before KVM_RUN.
+    let st = &m.discard_faults.stages;
+    assert_eq!(st.kick_to_exit.summary().count, 1);
+    assert_eq!(st.inject.summary().count, 1);
+    f.on_reentry(0);
+    f.on_reentry(0);
+    assert_eq!(st.reenter.summary().count, 1);
+    assert_eq!(st.total.summary().count, 1);
     // Another fault while the first is still being injected waits.
     discarded(&f, 41);
     f.slots().set_pending(0, GuestPhys(41 * PAGE));

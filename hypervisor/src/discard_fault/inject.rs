@@ -10,9 +10,11 @@
 //! stable meanwhile there is nothing to report. A vCPU without an info area
 //! gets its fault backed with zeroes instead (a protocol violation, warned
 //! once). The vCPU loop reaches this through `vstate::vcpu::KickHandler`,
-//! which [`DiscardFaults`] implements here. This module must never inject
-//! anything else, and never clobber an event KVM is already delivering.
-//! It is tested against the host's KVM in `hypervisor/tests/kvm_vcpu.rs`.
+//! which [`DiscardFaults`] implements here; it also times the vCPU's
+//! stages (back from `KVM_RUN`, injected, entering `KVM_RUN` again) into
+//! `metrics::DiscardStages`. This module must never inject anything else,
+//! and never clobber an event KVM is already delivering. It is tested
+//! against the host's KVM in `hypervisor/tests/kvm_vcpu.rs`.
 
 use std::sync::atomic::Ordering;
 
@@ -21,8 +23,9 @@ use pagehint_abi::hypercall::{DiscardFaultInfo, DISCARD_FAULT_VECTOR};
 use pagehint_abi::GuestPhys;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::slots::Injected;
 use super::{DiscardFaultError, DiscardFaults};
-use crate::vstate::vcpu::KickHandler;
+use crate::vstate::vcpu::{KickHandler, Reentry};
 
 /// Offset of `sequence` in the info area.
 const SEQUENCE_OFFSET: u64 = core::mem::offset_of!(DiscardFaultInfo, sequence) as u64;
@@ -84,6 +87,7 @@ impl DiscardFaults {
     /// Called by vCPU `index`'s thread when `KVM_RUN` returned `EINTR`:
     /// delivers the discard fault waiting for it, if any.
     pub fn on_interrupt(&self, index: u64, fd: &VcpuFd) -> Result<Delivery, DiscardFaultError> {
+        let exit_ns = self.slots.now_ns();
         let Some(p) = self.slots.take_pending(index) else {
             return Ok(Delivery::Nothing);
         };
@@ -108,11 +112,33 @@ impl DiscardFaults {
             m.deferred.inc();
             return Ok(Delivery::Deferred);
         }
+        let injected_ns = self.slots.now_ns();
         self.slots.note_injected(index, p.gpa);
         m.injected.inc();
-        let ns = self.slots.now_ns().saturating_sub(p.kicked_ns);
-        m.round_trip_us.record(ns / 1000);
+        m.round_trip_us
+            .record(injected_ns.saturating_sub(p.published_ns) / 1000);
+        m.stages.kick_to_exit.record_span(p.published_ns, exit_ns);
+        m.stages.inject.record_span(exit_ns, injected_ns);
+        self.slots.await_reentry(
+            index,
+            Injected {
+                woken_ns: p.woken_ns,
+                injected_ns,
+            },
+        );
         Ok(Delivery::Injected)
+    }
+
+    /// Called by vCPU `index`'s thread just before it enters `KVM_RUN`
+    /// after an injection: times the re-entry and the whole round trip.
+    pub fn on_reentry(&self, index: u64) {
+        let Some(i) = self.slots.take_reentry(index) else {
+            return;
+        };
+        let now = self.slots.now_ns();
+        let stages = &self.metrics.discard_faults.stages;
+        stages.reenter.record_span(i.injected_ns, now);
+        stages.total.record_span(i.woken_ns, now);
     }
 
     fn no_info_area(&self, index: u64, gpa: GuestPhys) {
@@ -142,14 +168,18 @@ impl KickHandler for DiscardFaults {
         DiscardFaults::unbind(self, u64::from(index));
     }
 
-    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<(), String> {
+    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<Reentry, String> {
         match self.on_interrupt(u64::from(index), fd) {
             Ok(Delivery::Injected) => {
                 log::trace!("vcpu{index}: discard fault injected");
-                Ok(())
+                Ok(Reentry::Timed)
             }
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Reentry::Untimed),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn reentering(&self, index: u8) {
+        self.on_reentry(u64::from(index));
     }
 }

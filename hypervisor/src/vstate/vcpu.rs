@@ -14,9 +14,10 @@
 //! (the discard faults, which implement it in `crate::discard_fault`), the
 //! thread binds itself to it when the loop starts and, whenever `KVM_RUN`
 //! returns `EINTR`, lets it act (deliver a pending discard fault) before
-//! running again. This module knows no device: it must never panic on an
-//! exit the guest provoked, and must never leave a thread that ignores the
-//! stop.
+//! running again, and tells it just before that next `KVM_RUN` if it asked
+//! (to time the way back into the guest). This module knows no device: it
+//! must never panic on an exit the guest provoked, and must never leave a
+//! thread that ignores the stop.
 
 use std::cell::Cell;
 use std::fmt;
@@ -123,6 +124,16 @@ impl Drop for PublishedRun {
     }
 }
 
+/// What a [`KickHandler`] wants after acting on an interrupted run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reentry {
+    /// Nothing: run again.
+    Untimed,
+    /// Call [`KickHandler::reentering`] just before the next `KVM_RUN`
+    /// (it times the way back into the guest).
+    Timed,
+}
+
 /// What a vCPU thread does for whoever kicks it out of `KVM_RUN` with
 /// work for it (the discard faults), known to the vCPU only by this trait.
 pub trait KickHandler: Send + Sync {
@@ -132,7 +143,10 @@ pub trait KickHandler: Send + Sync {
     fn unbind(&self, index: u8);
     /// `KVM_RUN` of vCPU `index` returned `EINTR`: act on `fd` before it
     /// runs again. An error ends the vCPU as a KVM failure.
-    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<(), String>;
+    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<Reentry, String>;
+    /// On the vCPU thread, just before the `KVM_RUN` that follows an
+    /// `interrupted` that answered [`Reentry::Timed`].
+    fn reentering(&self, index: u8);
 }
 
 /// Unbinds the vCPU thread from its kick handler when the loop ends.
@@ -152,6 +166,8 @@ pub struct Vcpu<D> {
     devices: D,
     metrics: Arc<Metrics>,
     kicks: Option<Arc<dyn KickHandler>>,
+    /// The kick handler asked to hear of the next `KVM_RUN`.
+    reentry_due: bool,
     steps: StepCounter,
     gate: Option<Arc<VcpuGate>>,
 }
@@ -173,6 +189,7 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
             devices,
             metrics,
             kicks: None,
+            reentry_due: false,
             steps: StepCounter::default(),
             gate: None,
         }
@@ -257,6 +274,11 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
 
     /// Runs the guest until one exit and acts on it; `Some` ends the loop.
     fn run_once(&mut self) -> Option<StopReason> {
+        if std::mem::take(&mut self.reentry_due) {
+            if let Some(k) = &self.kicks {
+                k.reentering(self.index);
+            }
+        }
         let step = handle_exit(
             self.fd.run(),
             &self.devices,
@@ -299,7 +321,10 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
     fn after_interrupt(&mut self) -> Option<StopReason> {
         let kicks = self.kicks.as_ref()?;
         match kicks.interrupted(self.index, &self.fd) {
-            Ok(()) => None,
+            Ok(reentry) => {
+                self.reentry_due = reentry == Reentry::Timed;
+                None
+            }
             Err(what) => {
                 let dump = RegDump::capture(&self.fd);
                 Some(StopReason::KvmFailure(what, dump))
