@@ -1,9 +1,13 @@
 //! The vCPU side of a discard fault: after the handler's kick made
 //! `KVM_RUN` return `EINTR`, the vCPU thread takes its pending fault, writes
 //! the guest-physical address into the vCPU's `DiscardFaultInfo` (then bumps
-//! `sequence`), and injects vector 20 with `KVM_SET_VCPU_EVENTS`
-//! (`exception.injected`: on the development machines `exception.pending`
-//! without `KVM_CAP_EXCEPTION_PAYLOAD` is silently dropped). The faulting
+//! `sequence`), and injects vector 20 (`exception.injected`: on the
+//! development machines `exception.pending` without
+//! `KVM_CAP_EXCEPTION_PAYLOAD` is silently dropped). Where KVM syncs the
+//! vCPU's events through `kvm_run` (`Vcpu::with_synced_events`), the events
+//! KVM left there at the exit are read and the injection handed back for
+//! the next entry, with no ioctl; elsewhere `KVM_GET_VCPU_EVENTS` and
+//! `KVM_SET_VCPU_EVENTS` do the same in two ioctls. The faulting
 //! instruction restarts after the guest's handler returns.
 //!
 //! Before injecting, the frame is checked again: if the guest made it
@@ -18,7 +22,8 @@
 
 use std::sync::atomic::Ordering;
 
-use kvm_ioctls::VcpuFd;
+use kvm_bindings::{kvm_vcpu_events, KVM_SYNC_X86_EVENTS};
+use kvm_ioctls::{SyncReg, VcpuFd};
 use pagehint_abi::hypercall::{DiscardFaultInfo, DISCARD_FAULT_VECTOR};
 use pagehint_abi::GuestPhys;
 use vm_memory::{Bytes, GuestAddress};
@@ -47,22 +52,42 @@ pub enum Delivery {
     NoInfoArea,
 }
 
-/// Injects exception `vector` (no error code) into `fd`'s vCPU, unless an
-/// exception, interrupt or NMI is already being delivered. True if injected.
-pub fn inject_exception(fd: &VcpuFd, vector: u8) -> Result<bool, DiscardFaultError> {
-    let mut ev = fd.get_vcpu_events().map_err(DiscardFaultError::GetEvents)?;
+/// Sets exception `vector` (no error code) in `ev` as injected, unless an
+/// exception, interrupt or NMI is already being delivered. True if set.
+fn stage_exception(ev: &mut kvm_vcpu_events, vector: u8) -> bool {
     if ev.exception.injected != 0
         || ev.exception.pending != 0
         || ev.interrupt.injected != 0
         || ev.nmi.injected != 0
     {
-        return Ok(false);
+        return false;
     }
     ev.exception.injected = 1;
     ev.exception.pending = 0;
     ev.exception.nr = vector;
     ev.exception.has_error_code = 0;
     ev.exception.error_code = 0;
+    true
+}
+
+/// Injects exception `vector` (no error code) into `fd`'s vCPU, unless an
+/// exception, interrupt or NMI is already being delivered. True if injected.
+/// With the vCPU's events synced through `kvm_run`, the events of the last
+/// exit are changed in place and marked for the next entry (no ioctl);
+/// otherwise they are read and written with two ioctls.
+pub fn inject_exception(fd: &mut VcpuFd, vector: u8) -> Result<bool, DiscardFaultError> {
+    let synced = fd.get_kvm_run().kvm_valid_regs & u64::from(KVM_SYNC_X86_EVENTS) != 0;
+    if synced {
+        if !stage_exception(&mut fd.sync_regs_mut().events, vector) {
+            return Ok(false);
+        }
+        fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+        return Ok(true);
+    }
+    let mut ev = fd.get_vcpu_events().map_err(DiscardFaultError::GetEvents)?;
+    if !stage_exception(&mut ev, vector) {
+        return Ok(false);
+    }
     fd.set_vcpu_events(&ev)
         .map_err(DiscardFaultError::SetEvents)?;
     Ok(true)
@@ -86,7 +111,7 @@ impl DiscardFaults {
 
     /// Called by vCPU `index`'s thread when `KVM_RUN` returned `EINTR`:
     /// delivers the discard fault waiting for it, if any.
-    pub fn on_interrupt(&self, index: u64, fd: &VcpuFd) -> Result<Delivery, DiscardFaultError> {
+    pub fn on_interrupt(&self, index: u64, fd: &mut VcpuFd) -> Result<Delivery, DiscardFaultError> {
         let exit_ns = self.slots.now_ns();
         let Some(p) = self.slots.take_pending(index) else {
             return Ok(Delivery::Nothing);
@@ -168,7 +193,7 @@ impl KickHandler for DiscardFaults {
         DiscardFaults::unbind(self, u64::from(index));
     }
 
-    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<Reentry, String> {
+    fn interrupted(&self, index: u8, fd: &mut VcpuFd) -> Result<Reentry, String> {
         match self.on_interrupt(u64::from(index), fd) {
             Ok(Delivery::Injected) => {
                 log::trace!("vcpu{index}: discard fault injected");

@@ -15,9 +15,10 @@
 //! thread binds itself to it when the loop starts and, whenever `KVM_RUN`
 //! returns `EINTR`, lets it act (deliver a pending discard fault) before
 //! running again, and tells it just before that next `KVM_RUN` if it asked
-//! (to time the way back into the guest). This module knows no device: it
-//! must never panic on an exit the guest provoked, and must never leave a
-//! thread that ignores the stop.
+//! (to time the way back into the guest). The kick handler's injections can
+//! go through `kvm_run`'s synced events (`Vcpu::with_synced_events`). This
+//! module knows no device: it must never panic on an exit the guest
+//! provoked, and must never leave a thread that ignores the stop.
 
 use std::cell::Cell;
 use std::fmt;
@@ -25,7 +26,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use kvm_bindings::{CpuId, KVM_EXIT_INTERNAL_ERROR};
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{SyncReg, VcpuFd};
 use pagehint_abi::GuestPhys;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -143,7 +144,7 @@ pub trait KickHandler: Send + Sync {
     fn unbind(&self, index: u8);
     /// `KVM_RUN` of vCPU `index` returned `EINTR`: act on `fd` before it
     /// runs again. An error ends the vCPU as a KVM failure.
-    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<Reentry, String>;
+    fn interrupted(&self, index: u8, fd: &mut VcpuFd) -> Result<Reentry, String>;
     /// On the vCPU thread, just before the `KVM_RUN` that follows an
     /// `interrupted` that answered [`Reentry::Timed`].
     fn reentering(&self, index: u8);
@@ -193,6 +194,14 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
             steps: StepCounter::default(),
             gate: None,
         }
+    }
+
+    /// Asks KVM to leave the vCPU's pending events in `kvm_run` at every
+    /// exit (`KVM_SYNC_X86_EVENTS`; only where `Vm::syncs_vcpu_events`),
+    /// so that the kick handler can inject without an ioctl.
+    pub fn with_synced_events(mut self) -> Self {
+        self.fd.set_sync_valid_reg(SyncReg::VcpuEvents);
+        self
     }
 
     /// Serves the instruction counter port (`--count-instructions`).
@@ -320,7 +329,7 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
     /// pending discard fault).
     fn after_interrupt(&mut self) -> Option<StopReason> {
         let kicks = self.kicks.as_ref()?;
-        match kicks.interrupted(self.index, &self.fd) {
+        match kicks.interrupted(self.index, &mut self.fd) {
             Ok(reentry) => {
                 self.reentry_due = reentry == Reentry::Timed;
                 None
