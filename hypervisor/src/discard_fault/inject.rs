@@ -207,4 +207,8 @@ impl KickHandler for DiscardFaults {
     fn reentering(&self, index: u8) {
         self.on_reentry(u64::from(index));
     }
+
+    fn kick_signal(&self) -> Option<i32> {
+        Some(super::fault_kick_signal())
+    }
 }

@@ -15,8 +15,9 @@
 //! thread binds itself to it when the loop starts and, whenever `KVM_RUN`
 //! returns `EINTR`, lets it act (deliver a pending discard fault) before
 //! running again, and tells it just before that next `KVM_RUN` if it asked
-//! (to time the way back into the guest). The kick handler's injections can
-//! go through `kvm_run`'s synced events (`Vcpu::with_synced_events`). This
+//! (to time the way back into the guest). The kick handler's own signal is
+//! kept blocked outside `KVM_RUN` (`kick_mask`), and its injections can go
+//! through `kvm_run`'s synced events (`Vcpu::with_synced_events`). This
 //! module knows no device: it must never panic on an exit the guest
 //! provoked, and must never leave a thread that ignores the stop.
 
@@ -34,6 +35,7 @@ use crate::arch::x86_64::cpuid::{setup_cpuid, CpuidError};
 use crate::arch::x86_64::regs::{setup_ap, setup_bsp, setup_lint, RegDump, RegsError};
 use crate::metrics::Metrics;
 use crate::vstate::exit::{handle_exit, ExitDevices, Step};
+use crate::vstate::kick_mask::MaskedKick;
 use crate::vstate::pause::VcpuGate;
 use crate::vstate::step_count::{set_single_step, StepCounter};
 use crate::worker::{Stop, Worker};
@@ -148,6 +150,13 @@ pub trait KickHandler: Send + Sync {
     /// On the vCPU thread, just before the `KVM_RUN` that follows an
     /// `interrupted` that answered [`Reentry::Timed`].
     fn reentering(&self, index: u8);
+    /// The signal this handler's kicks use, if it only ever has to
+    /// interrupt `KVM_RUN`: the thread then keeps it blocked outside
+    /// `KVM_RUN` and takes it off the pending set after an interrupted run
+    /// (`vstate::kick_mask`), so that no signal frame is built for it.
+    fn kick_signal(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// Unbinds the vCPU thread from its kick handler when the loop ends.
@@ -259,6 +268,7 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
             k.bind(self.index);
             BoundThread(k, self.index)
         });
+        let masked = self.mask_kick();
         // Seated after the kick target is published, so a pause's kick
         // always reaches KVM_RUN.
         let _seat = self.gate.as_ref().map(|g| g.seat(self.index));
@@ -275,14 +285,33 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
                     return StopReason::Stopped;
                 }
             }
-            if let Some(reason) = self.run_once() {
+            if let Some(reason) = self.run_once(masked.as_ref()) {
                 return reason;
             }
         }
     }
 
+    /// Keeps the kick handler's signal blocked outside `KVM_RUN`, if it
+    /// has one; if that fails the signal keeps its (empty) handler, which
+    /// works too, only slower.
+    fn mask_kick(&self) -> Option<MaskedKick> {
+        let signo = self.kicks.as_ref()?.kick_signal()?;
+        match MaskedKick::install(&self.fd, signo) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!(
+                    "vcpu{}: cannot keep signal {signo} to KVM_RUN ({e}); it is handled instead",
+                    self.index
+                );
+                None
+            }
+        }
+    }
+
     /// Runs the guest until one exit and acts on it; `Some` ends the loop.
-    fn run_once(&mut self) -> Option<StopReason> {
+    /// `masked`: the kick signal kept to `KVM_RUN`, taken after an
+    /// interrupted run.
+    fn run_once(&mut self, masked: Option<&MaskedKick>) -> Option<StopReason> {
         if std::mem::take(&mut self.reentry_due) {
             if let Some(k) = &self.kicks {
                 k.reentering(self.index);
@@ -302,7 +331,12 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
                 }
                 return None;
             }
-            Step::Interrupted => return self.after_interrupt(),
+            Step::Interrupted => {
+                if let Some(m) = masked {
+                    m.take_pending();
+                }
+                return self.after_interrupt();
+            }
             Step::GuestExit(value) => return Some(StopReason::GuestExit(value)),
             Step::TripleFault => {
                 return Some(StopReason::TripleFault(RegDump::capture(&self.fd)));
