@@ -15,7 +15,13 @@
 //!   touched one by one, each resolved by a handler thread that polls,
 //!   reads and answers with `UFFDIO_ZEROPAGE`, as the VMM's handler would;
 //!   timed from the access to its completion, split at the handler's
-//!   wake-up, its read and its fill.
+//!   wake-up, its read and its fill. Measured twice: with the two threads
+//!   unpinned (the goal's reference; they take turns on one CPU), and
+//!   pinned to different CPUs, where every wake-up crosses CPUs as most of
+//!   the VMM's do (context only).
+//!
+//! This program only measures: it must never change the VMM's settings,
+//! and cleans up its temporary directory.
 //!
 //! Times on a host whose KVM emulates guest kernel code are distorted;
 //! the structure (which stage dominates, how many syscalls and signals a
