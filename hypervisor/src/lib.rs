@@ -10,7 +10,8 @@
 //! (`hypercall`, `reclaim`, `discard_fault`, `devices`), and below them
 //! `vstate` (the KVM file descriptors, importing none of the rooms above),
 //! `frames`, and the ground floor: `arch`, `memory`, `worker` (the one
-//! thread handle), `metrics`, `seccomp`. No room imports one above it and
+//! thread handle), `metrics` (and `latency`, its fine histograms),
+//! `seccomp`. No room imports one above it and
 //! none import each other in a circle; `docs/design.md` draws them.
 //! Nothing here may panic on anything the guest or the user sends.
 
@@ -24,6 +25,7 @@ pub mod fatal;
 pub mod fault_inject;
 pub mod frames;
 pub mod hypercall;
+pub mod latency;
 pub mod loader;
 pub mod logger;
 pub mod machine;

@@ -373,11 +373,25 @@ impl Machine {
         };
 
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        let synced_events = faults.is_some() && vm.syncs_vcpu_events();
+        if faults.is_some() {
+            log::debug!(
+                "discard faults: injected through {}",
+                if synced_events {
+                    "kvm_run's synced events"
+                } else {
+                    "KVM_GET/SET_VCPU_EVENTS"
+                }
+            );
+        }
         for index in 0..vcpu_count {
             let fd = vm.create_vcpu(index)?;
             let mut vcpu = Vcpu::new(index, fd, devices.clone(), metrics.clone());
             if let Some(f) = &faults {
                 vcpu = vcpu.with_kick_handler(f.clone());
+            }
+            if synced_events {
+                vcpu = vcpu.with_synced_events();
             }
             if config.count_instructions {
                 vcpu = vcpu.with_instruction_counter();

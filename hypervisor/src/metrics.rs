@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Serialize, Serializer};
 
+use crate::latency::FineHistogram;
+
 /// One monotonically increasing counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -191,8 +193,40 @@ pub struct DiscardFaultMetrics {
     pub uffd_registered_pages: Gauge,
     /// `SET_FAULT_INFO` registrations accepted.
     pub info_areas: Counter,
-    /// From the kick to re-entering the guest with the fault injected.
+    /// From publishing the fault (just before the kick) to its injection
+    /// on the vCPU thread.
     pub round_trip_us: Histogram,
+    /// The round trip stage by stage (`docs/stats.md`).
+    pub stages: DiscardStages,
+}
+
+/// The stages of one discard fault's round trip, each timed on its own
+/// (`crate::discard_fault`): the handler thread's, the kick's and the vCPU
+/// thread's, and the whole VMM side. One sample per injected fault, except
+/// `zero_fill` (faults answered with the zero page instead).
+#[derive(Debug, Default, Serialize)]
+pub struct DiscardStages {
+    /// Handler: `poll` returned -> the fault events read.
+    pub handler_read: FineHistogram,
+    /// Handler: events read -> the fault published to its vCPU (the
+    /// checks: vCPU, frame state, livelock).
+    pub handler_decide: FineHistogram,
+    /// Handler: the `tgkill` of the kick.
+    pub kick_send: FineHistogram,
+    /// Published -> the vCPU thread back from `KVM_RUN` (`EINTR`): the
+    /// signal's delivery, the thread's wake-up, KVM's way out.
+    pub kick_to_exit: FineHistogram,
+    /// vCPU: back from `KVM_RUN` -> #VE injected (info area written,
+    /// `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`).
+    pub inject: FineHistogram,
+    /// vCPU: injected -> entering `KVM_RUN` again.
+    pub reenter: FineHistogram,
+    /// The VMM side as a whole: `poll` returned -> entering `KVM_RUN`.
+    pub total: FineHistogram,
+    /// A fault answered with the zero page (not a discard fault): the
+    /// mark, `UFFDIO_ZEROPAGE` (which wakes the thread) and the
+    /// unregistration.
+    pub zero_fill: FineHistogram,
 }
 
 /// vCPU exits, by kind (summed over all vCPUs).

@@ -111,14 +111,16 @@ const BASE: &[i64] = &[
 ];
 
 /// vCPU threads: `KVM_RUN` and the other vCPU and VM ioctls, userfaultfd
-/// ioctls of the hint path, free page reporting's drops, and `poll` on
-/// stdout before console output is written (it must never block).
+/// ioctls of the hint path, free page reporting's drops, `poll` on stdout
+/// before console output is written (it must never block), and taking the
+/// discard-fault kick off the pending signals (`vstate::kick_mask`).
 const VCPU: &[i64] = &[
     libc::SYS_ioctl,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_process_madvise,
     libc::SYS_read,
+    libc::SYS_rt_sigtimedwait,
 ];
 
 /// The block worker: its eventfds and epoll, the image file, dirty-log

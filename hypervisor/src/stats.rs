@@ -345,6 +345,8 @@ mod tests {
             assert!(d[k].is_u64(), "discard_faults.{k}");
         }
         assert!(d["round_trip_us"]["p50_us"].is_u64());
+        assert!(d["stages"]["total"]["p50_us"].is_f64());
+        assert_eq!(d["stages"]["kick_to_exit"]["count"], 0);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use hypervisor::vstate::kvm::KvmContext;
 use hypervisor::vstate::pause::VcpuGate;
 use hypervisor::vstate::vcpu::{register_kick_signal, StopReason, Vcpu, VcpuHandles, VcpuReport};
 use hypervisor::vstate::vm::{Vm, VmError};
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{SyncReg, VcpuFd};
 use pagehint_abi::hypercall::{DiscardFaultInfo, HintOp, DISCARD_FAULT_VECTOR};
 use pagehint_abi::page_state::PageState;
 use pagehint_abi::GuestPhys;
@@ -193,13 +193,13 @@ fn discarded(f: &DiscardFaults, pfn: u64) {
 #[test]
 fn a_due_fault_is_written_to_the_info_area_and_injected_once() {
     let (f, ram, m) = hub(1);
-    let (_vm, fd) = vcpu();
-    assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Nothing);
+    let (_vm, mut fd) = vcpu();
+    assert_eq!(f.on_interrupt(0, &mut fd).unwrap(), Delivery::Nothing);
     f.set_fault_info(pagehint_abi::GuestPhys(0x9000), 0)
         .unwrap();
     discarded(&f, 40);
     f.slots().set_pending(0, GuestPhys(40 * PAGE));
-    assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Injected);
+    assert_eq!(f.on_interrupt(0, &mut fd).unwrap(), Delivery::Injected);
     let info: DiscardFaultInfo = ram.mem().read_obj(GuestAddress(0x9000)).unwrap();
     assert_eq!((info.gpa, info.sequence), (40 * PAGE, 1));
     let ev = fd.get_vcpu_events().unwrap();
@@ -208,10 +208,18 @@ fn a_due_fault_is_written_to_the_info_area_and_injected_once() {
         (1, DISCARD_FAULT_VECTOR)
     );
     assert_eq!(m.discard_faults.injected.get(), 1);
+    // The vCPU's stages are timed; the re-entry once, before KVM_RUN.
+    let st = &m.discard_faults.stages;
+    assert_eq!(st.kick_to_exit.summary().count, 1);
+    assert_eq!(st.inject.summary().count, 1);
+    f.on_reentry(0);
+    f.on_reentry(0);
+    assert_eq!(st.reenter.summary().count, 1);
+    assert_eq!(st.total.summary().count, 1);
     // Another fault while the first is still being injected waits.
     discarded(&f, 41);
     f.slots().set_pending(0, GuestPhys(41 * PAGE));
-    assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Deferred);
+    assert_eq!(f.on_interrupt(0, &mut fd).unwrap(), Delivery::Deferred);
     assert_eq!(m.discard_faults.deferred.get(), 1);
     let info: DiscardFaultInfo = ram.mem().read_obj(GuestAddress(0x9000)).unwrap();
     assert_eq!(info.sequence, 2, "the info area names the newest fault");
@@ -220,7 +228,7 @@ fn a_due_fault_is_written_to_the_info_area_and_injected_once() {
 #[test]
 fn stale_faults_and_missing_info_areas_inject_nothing() {
     let (f, _ram, m) = hub(1);
-    let (_vm, fd) = vcpu();
+    let (_vm, mut fd) = vcpu();
     // The guest freed and reallocated the frame before the vCPU got
     // the kick (SET_STABLE unregisters it on the hint path).
     discarded(&f, 50);
@@ -228,13 +236,58 @@ fn stale_faults_and_missing_info_areas_inject_nothing() {
     f.table().apply(50, HintOp::SetStable).unwrap();
     f.unregister_marked(50, 1);
     f.slots().set_pending(0, GuestPhys(50 * PAGE));
-    assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::Stale);
+    assert_eq!(f.on_interrupt(0, &mut fd).unwrap(), Delivery::Stale);
     // No SET_FAULT_INFO: the page is backed with zeroes, a violation.
     discarded(&f, 51);
     f.slots().set_pending(0, GuestPhys(51 * PAGE));
-    assert_eq!(f.on_interrupt(0, &fd).unwrap(), Delivery::NoInfoArea);
+    assert_eq!(f.on_interrupt(0, &mut fd).unwrap(), Delivery::NoInfoArea);
     assert_eq!(m.discard_faults.protocol_violations.get(), 1);
     assert!(!f.table().is_registered(51), "zero-filled and unregistered");
     assert_eq!(fd.get_vcpu_events().unwrap().exception.injected, 0);
     assert_eq!(m.discard_faults.injected.get(), 0);
+}
+
+/// `KVM_RUN` with `immediate_exit` set: KVM takes the synced registers,
+/// stores them back and returns `EINTR` without running the guest.
+fn enter_and_leave(fd: &mut VcpuFd) {
+    fd.set_kvm_immediate_exit(1);
+    let e = fd.run().err().map(|e| e.errno());
+    assert_eq!(e, Some(libc::EINTR));
+    fd.set_kvm_immediate_exit(0);
+}
+
+#[test]
+fn with_synced_events_the_injection_needs_no_ioctl_and_reaches_kvm() {
+    let (f, _ram, m) = hub(1);
+    let (vm, mut fd) = vcpu();
+    if !vm.syncs_vcpu_events() {
+        eprintln!("KVM_CAP_SYNC_REGS lacks KVM_SYNC_X86_EVENTS here: nothing to test");
+        return;
+    }
+    fd.set_sync_valid_reg(SyncReg::VcpuEvents);
+    enter_and_leave(&mut fd);
+    f.set_fault_info(GuestPhys(0x9000), 0).unwrap();
+    discarded(&f, 60);
+    f.slots().set_pending(0, GuestPhys(60 * PAGE));
+    assert_eq!(f.on_interrupt(0, &mut fd).unwrap(), Delivery::Injected);
+    // Staged in kvm_run, not yet in KVM.
+    let staged = fd.sync_regs().events.exception;
+    assert_eq!((staged.injected, staged.nr), (1, DISCARD_FAULT_VECTOR));
+    assert_ne!(fd.get_kvm_run().kvm_dirty_regs, 0);
+    assert_eq!(fd.get_vcpu_events().unwrap().exception.injected, 0);
+    // The next entry hands it to KVM, and the exit reports it back.
+    enter_and_leave(&mut fd);
+    let ev = fd.get_vcpu_events().unwrap();
+    assert_eq!(
+        (ev.exception.injected, ev.exception.nr),
+        (1, DISCARD_FAULT_VECTOR)
+    );
+    assert_eq!(fd.get_kvm_run().kvm_dirty_regs, 0, "taken by KVM");
+    assert_eq!(fd.sync_regs().events.exception.injected, 1);
+    // Another fault now waits, as without syncing.
+    discarded(&f, 61);
+    f.slots().set_pending(0, GuestPhys(61 * PAGE));
+    assert_eq!(f.on_interrupt(0, &mut fd).unwrap(), Delivery::Deferred);
+    assert_eq!(m.discard_faults.injected.get(), 1);
+    assert_eq!(m.discard_faults.deferred.get(), 1);
 }

@@ -11,9 +11,11 @@
 //! runs no vCPU) is backed with the zero page and counted, and so is a fault
 //! the livelock detector calls stuck; a zero fill never hides the drop
 //! (the frame's entry keeps or gets DISCARDED unless the guest already
-//! made it stable). The thread is a [`Worker`], stopped through its stop's
-//! eventfd. This module must never leave a fault unanswered that no discard
-//! fault will resolve, and never outlive its handle.
+//! made it stable). Every answer is timed, stage by stage, into
+//! `metrics::DiscardStages` (a few clock reads a fault). The thread is a
+//! [`Worker`], stopped through its stop's eventfd. This module must never
+//! leave a fault unanswered that no discard fault will resolve, and never
+//! outlive its handle.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -40,6 +42,14 @@ pub enum Action {
     Ignored,
 }
 
+/// When the handler thread got to a batch of faults, in nanoseconds of
+/// `VcpuSlots::now_ns`: `poll` returned, then the events were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub woken_ns: u64,
+    pub read_ns: u64,
+}
+
 /// Sends the fault kick to thread `tid` of this process.
 fn kick(tid: i32) -> std::io::Result<()> {
     // SAFETY: tgkill(2) with our own pid, a thread id of ours and a signal
@@ -54,8 +64,33 @@ fn kick(tid: i32) -> std::io::Result<()> {
 }
 
 impl DiscardFaults {
-    /// Answers one fault read from the userfaultfd.
+    /// Answers one fault read from the userfaultfd at `now`.
     pub fn handle_fault(&self, det: &mut LivelockDetector, fault: Fault, now: Instant) -> Action {
+        let at = self.slots.ns_at(now);
+        let arrival = Arrival {
+            woken_ns: at,
+            read_ns: at,
+        };
+        self.answer(det, fault, now, arrival)
+    }
+
+    /// Backs `pfn` with zeroes for a fault that is no discard fault, timed
+    /// as the `zero_fill` stage.
+    fn zero_fill_timed(&self, pfn: u64) {
+        let start = self.slots.now_ns();
+        self.zero_fill(pfn);
+        let stages = &self.metrics.discard_faults.stages;
+        stages.zero_fill.record_span(start, self.slots.now_ns());
+    }
+
+    /// Answers one fault of a batch that arrived as `arrival` says.
+    fn answer(
+        &self,
+        det: &mut LivelockDetector,
+        fault: Fault,
+        now: Instant,
+        arrival: Arrival,
+    ) -> Action {
         let m = &self.metrics.discard_faults;
         m.events.inc();
         let Some(pfn) = fault.pfn else {
@@ -80,24 +115,32 @@ impl DiscardFaults {
                 );
             }
             m.zero_fills_other_thread.inc();
-            self.zero_fill(pfn);
+            self.zero_fill_timed(pfn);
             return Action::ZeroOtherThread;
         };
         if !self.table.discard_fault_due(pfn) {
             m.zero_fills_not_volatile.inc();
-            self.zero_fill(pfn);
+            self.zero_fill_timed(pfn);
             return Action::ZeroNotVolatile;
         }
         let (last, injections) = self.slots.last_injected(index);
         match det.observe(fault.tid, gpa, now, last, injections) {
             Verdict::Deliver => {
-                self.slots.set_pending(index, gpa);
-                if let Err(e) = kick(fault.tid) {
+                let published = self.slots.publish(index, gpa, arrival.woken_ns);
+                let kicked = kick(fault.tid);
+                let sent = self.slots.now_ns();
+                if let Err(e) = kicked {
                     // The thread is gone (the VM is stopping): let it go.
                     log::debug!("discard faults: kicking thread {}: {e}", fault.tid);
                     self.slots.clear_pending_if(index, gpa);
                     self.zero_fill(pfn);
+                    return Action::Kicked(index);
                 }
+                let st = &m.stages;
+                st.handler_read
+                    .record_span(arrival.woken_ns, arrival.read_ns);
+                st.handler_decide.record_span(arrival.read_ns, published);
+                st.kick_send.record_span(published, sent);
                 Action::Kicked(index)
             }
             Verdict::Livelock => {
@@ -116,7 +159,7 @@ impl DiscardFaults {
         let gpa = Pfn(pfn).addr();
         self.slots.clear_pending_if(index, gpa);
         self.metrics.discard_faults.livelocks_broken.inc();
-        self.zero_fill(pfn);
+        self.zero_fill_timed(pfn);
         self.violation(format_args!(
             "vCPU {index} keeps faulting on discarded frame {gpa:#x} \
              (a kernel access, or a discard fault not handled); backed with zeroes, \
@@ -124,17 +167,23 @@ impl DiscardFaults {
         ));
     }
 
-    /// One batch of events: reads what is pending and answers each fault.
+    /// One batch of events, `poll` having returned at `woken`: reads what
+    /// is pending and answers each fault.
     fn serve(
         &self,
         det: &mut LivelockDetector,
         buf: &mut EventBuffer,
         faults: &mut Vec<Fault>,
+        woken: Instant,
     ) -> Result<(), DiscardFaultError> {
         self.uffd.read_faults(buf, faults)?;
         let now = Instant::now();
+        let arrival = Arrival {
+            woken_ns: self.slots.ns_at(woken),
+            read_ns: self.slots.ns_at(now),
+        };
         for &f in faults.iter() {
-            self.handle_fault(det, f, now);
+            self.answer(det, f, now, arrival);
         }
         Ok(())
     }
@@ -185,6 +234,7 @@ fn run(faults: &DiscardFaults, stop: &Stop) {
         // SAFETY: `fds` is a valid array of two pollfds that outlives the
         // call; both descriptors stay open (owned by `faults` and `stop`).
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let woken = Instant::now();
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -205,7 +255,7 @@ fn run(faults: &DiscardFaults, stop: &Stop) {
             );
             return;
         }
-        if let Err(e) = faults.serve(&mut det, &mut buf, &mut batch) {
+        if let Err(e) = faults.serve(&mut det, &mut buf, &mut batch, woken) {
             if matches!(&e, DiscardFaultError::Uffd(u) if u.errno() == Some(libc::EINTR)) {
                 continue;
             }

@@ -115,6 +115,12 @@ fn a_vcpu_fault_is_published_and_kicked_until_the_guest_makes_the_frame_stable()
         Action::Kicked(0)
     );
     assert_eq!(f.slots().pending(0), Some(GuestPhys(20 * PAGE)));
+    // The handler's stages are timed; the vCPU's wait for an injection.
+    let st = &m.discard_faults.stages;
+    for h in [&st.handler_read, &st.handler_decide, &st.kick_send] {
+        assert_eq!(h.summary().count, 1);
+    }
+    assert_eq!(st.total.summary().count + st.zero_fill.summary().count, 0);
     // Unresolved: the thread is still waiting (a kicked user-space thread
     // retries the access and faults again).
     std::thread::sleep(Duration::from_millis(20));
@@ -189,6 +195,9 @@ fn other_threads_and_frames_no_longer_volatile_get_zeroes() {
     assert_eq!(joined(h), 0);
     assert_eq!(m.discard_faults.zero_fills_not_volatile.get(), 1);
     assert!(f.table().is_discarded(31), "the zero fill keeps the drop");
+    let st = &m.discard_faults.stages;
+    assert_eq!(st.zero_fill.summary().count, 2, "both fills are timed");
+    assert_eq!(st.kick_send.summary().count, 0);
     assert_eq!(m.discard_faults.uffd_registered_pages.get(), 0);
     assert_eq!(f.slots().pending(0), None);
 }

@@ -1,28 +1,36 @@
 //! The vCPU side of a discard fault: after the handler's kick made
 //! `KVM_RUN` return `EINTR`, the vCPU thread takes its pending fault, writes
 //! the guest-physical address into the vCPU's `DiscardFaultInfo` (then bumps
-//! `sequence`), and injects vector 20 with `KVM_SET_VCPU_EVENTS`
-//! (`exception.injected`: on the development machines `exception.pending`
-//! without `KVM_CAP_EXCEPTION_PAYLOAD` is silently dropped). The faulting
+//! `sequence`), and injects vector 20 (`exception.injected`: on the
+//! development machines `exception.pending` without
+//! `KVM_CAP_EXCEPTION_PAYLOAD` is silently dropped). Where KVM syncs the
+//! vCPU's events through `kvm_run` (`Vcpu::with_synced_events`), the events
+//! KVM left there at the exit are read and the injection handed back for
+//! the next entry, with no ioctl; elsewhere `KVM_GET_VCPU_EVENTS` and
+//! `KVM_SET_VCPU_EVENTS` do the same in two ioctls. The faulting
 //! instruction restarts after the guest's handler returns.
 //!
 //! Before injecting, the frame is checked again: if the guest made it
 //! stable meanwhile there is nothing to report. A vCPU without an info area
 //! gets its fault backed with zeroes instead (a protocol violation, warned
 //! once). The vCPU loop reaches this through `vstate::vcpu::KickHandler`,
-//! which [`DiscardFaults`] implements here. This module must never inject
-//! anything else, and never clobber an event KVM is already delivering.
-//! It is tested against the host's KVM in `hypervisor/tests/kvm_vcpu.rs`.
+//! which [`DiscardFaults`] implements here; it also times the vCPU's
+//! stages (back from `KVM_RUN`, injected, entering `KVM_RUN` again) into
+//! `metrics::DiscardStages`. This module must never inject anything else,
+//! and never clobber an event KVM is already delivering. It is tested
+//! against the host's KVM in `hypervisor/tests/kvm_vcpu.rs`.
 
 use std::sync::atomic::Ordering;
 
-use kvm_ioctls::VcpuFd;
+use kvm_bindings::{kvm_vcpu_events, KVM_SYNC_X86_EVENTS};
+use kvm_ioctls::{SyncReg, VcpuFd};
 use pagehint_abi::hypercall::{DiscardFaultInfo, DISCARD_FAULT_VECTOR};
 use pagehint_abi::GuestPhys;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::slots::Injected;
 use super::{DiscardFaultError, DiscardFaults};
-use crate::vstate::vcpu::KickHandler;
+use crate::vstate::vcpu::{KickHandler, Reentry};
 
 /// Offset of `sequence` in the info area.
 const SEQUENCE_OFFSET: u64 = core::mem::offset_of!(DiscardFaultInfo, sequence) as u64;
@@ -44,22 +52,42 @@ pub enum Delivery {
     NoInfoArea,
 }
 
-/// Injects exception `vector` (no error code) into `fd`'s vCPU, unless an
-/// exception, interrupt or NMI is already being delivered. True if injected.
-pub fn inject_exception(fd: &VcpuFd, vector: u8) -> Result<bool, DiscardFaultError> {
-    let mut ev = fd.get_vcpu_events().map_err(DiscardFaultError::GetEvents)?;
+/// Sets exception `vector` (no error code) in `ev` as injected, unless an
+/// exception, interrupt or NMI is already being delivered. True if set.
+fn stage_exception(ev: &mut kvm_vcpu_events, vector: u8) -> bool {
     if ev.exception.injected != 0
         || ev.exception.pending != 0
         || ev.interrupt.injected != 0
         || ev.nmi.injected != 0
     {
-        return Ok(false);
+        return false;
     }
     ev.exception.injected = 1;
     ev.exception.pending = 0;
     ev.exception.nr = vector;
     ev.exception.has_error_code = 0;
     ev.exception.error_code = 0;
+    true
+}
+
+/// Injects exception `vector` (no error code) into `fd`'s vCPU, unless an
+/// exception, interrupt or NMI is already being delivered. True if injected.
+/// With the vCPU's events synced through `kvm_run`, the events of the last
+/// exit are changed in place and marked for the next entry (no ioctl);
+/// otherwise they are read and written with two ioctls.
+pub fn inject_exception(fd: &mut VcpuFd, vector: u8) -> Result<bool, DiscardFaultError> {
+    let synced = fd.get_kvm_run().kvm_valid_regs & u64::from(KVM_SYNC_X86_EVENTS) != 0;
+    if synced {
+        if !stage_exception(&mut fd.sync_regs_mut().events, vector) {
+            return Ok(false);
+        }
+        fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+        return Ok(true);
+    }
+    let mut ev = fd.get_vcpu_events().map_err(DiscardFaultError::GetEvents)?;
+    if !stage_exception(&mut ev, vector) {
+        return Ok(false);
+    }
     fd.set_vcpu_events(&ev)
         .map_err(DiscardFaultError::SetEvents)?;
     Ok(true)
@@ -83,7 +111,8 @@ impl DiscardFaults {
 
     /// Called by vCPU `index`'s thread when `KVM_RUN` returned `EINTR`:
     /// delivers the discard fault waiting for it, if any.
-    pub fn on_interrupt(&self, index: u64, fd: &VcpuFd) -> Result<Delivery, DiscardFaultError> {
+    pub fn on_interrupt(&self, index: u64, fd: &mut VcpuFd) -> Result<Delivery, DiscardFaultError> {
+        let exit_ns = self.slots.now_ns();
         let Some(p) = self.slots.take_pending(index) else {
             return Ok(Delivery::Nothing);
         };
@@ -108,11 +137,33 @@ impl DiscardFaults {
             m.deferred.inc();
             return Ok(Delivery::Deferred);
         }
+        let injected_ns = self.slots.now_ns();
         self.slots.note_injected(index, p.gpa);
         m.injected.inc();
-        let ns = self.slots.now_ns().saturating_sub(p.kicked_ns);
-        m.round_trip_us.record(ns / 1000);
+        m.round_trip_us
+            .record(injected_ns.saturating_sub(p.published_ns) / 1000);
+        m.stages.kick_to_exit.record_span(p.published_ns, exit_ns);
+        m.stages.inject.record_span(exit_ns, injected_ns);
+        self.slots.await_reentry(
+            index,
+            Injected {
+                woken_ns: p.woken_ns,
+                injected_ns,
+            },
+        );
         Ok(Delivery::Injected)
+    }
+
+    /// Called by vCPU `index`'s thread just before it enters `KVM_RUN`
+    /// after an injection: times the re-entry and the whole round trip.
+    pub fn on_reentry(&self, index: u64) {
+        let Some(i) = self.slots.take_reentry(index) else {
+            return;
+        };
+        let now = self.slots.now_ns();
+        let stages = &self.metrics.discard_faults.stages;
+        stages.reenter.record_span(i.injected_ns, now);
+        stages.total.record_span(i.woken_ns, now);
     }
 
     fn no_info_area(&self, index: u64, gpa: GuestPhys) {
@@ -142,14 +193,22 @@ impl KickHandler for DiscardFaults {
         DiscardFaults::unbind(self, u64::from(index));
     }
 
-    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<(), String> {
+    fn interrupted(&self, index: u8, fd: &mut VcpuFd) -> Result<Reentry, String> {
         match self.on_interrupt(u64::from(index), fd) {
             Ok(Delivery::Injected) => {
                 log::trace!("vcpu{index}: discard fault injected");
-                Ok(())
+                Ok(Reentry::Timed)
             }
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Reentry::Untimed),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn reentering(&self, index: u8) {
+        self.on_reentry(u64::from(index));
+    }
+
+    fn kick_signal(&self) -> Option<i32> {
+        Some(super::fault_kick_signal())
     }
 }

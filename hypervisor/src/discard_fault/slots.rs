@@ -1,13 +1,15 @@
 //! Per-vCPU records shared by the fault handler thread and the vCPU
 //! threads: which host thread runs the vCPU (so a userfaultfd event's thread
 //! id names a vCPU), where the guest wants its discard-fault info written,
-//! the discard fault waiting to be injected, and the last one injected.
+//! the discard fault waiting to be injected, the last one injected, and
+//! the timestamps of the fault in flight (when the handler woke for it, when
+//! it was published, when it was injected), for the stage times.
 //!
 //! Every field is an atomic; the handler publishes a pending fault and
 //! kicks, the vCPU thread takes it. This module only records: it must never
 //! touch guest memory, signal a thread, or block.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use pagehint_abi::GuestPhys;
@@ -29,8 +31,19 @@ pub enum SlotError {
 pub struct Pending {
     /// Guest-physical address of the frame (page aligned).
     pub gpa: GuestPhys,
-    /// When the vCPU was kicked, in nanoseconds of [`VcpuSlots::now_ns`].
-    pub kicked_ns: u64,
+    /// When the handler woke for it, in nanoseconds of [`VcpuSlots::now_ns`].
+    pub woken_ns: u64,
+    /// When it was published, just before the kick (same clock).
+    pub published_ns: u64,
+}
+
+/// A discard fault injected, waiting for its vCPU to enter `KVM_RUN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injected {
+    /// When the handler woke for it, in nanoseconds of [`VcpuSlots::now_ns`].
+    pub woken_ns: u64,
+    /// When the injection was done (same clock).
+    pub injected_ns: u64,
 }
 
 #[derive(Debug)]
@@ -38,9 +51,14 @@ struct Slot {
     tid: AtomicI32,
     info_gpa: AtomicU64,
     pending_gpa: AtomicU64,
-    kicked_ns: AtomicU64,
+    woken_ns: AtomicU64,
+    published_ns: AtomicU64,
     injected_gpa: AtomicU64,
     injections: AtomicU64,
+    /// The injection awaiting its re-entry (only the vCPU's thread).
+    reentry_due: AtomicBool,
+    reentry_woken_ns: AtomicU64,
+    reentry_injected_ns: AtomicU64,
 }
 
 impl Default for Slot {
@@ -49,9 +67,13 @@ impl Default for Slot {
             tid: AtomicI32::new(NO_TID),
             info_gpa: AtomicU64::new(NONE),
             pending_gpa: AtomicU64::new(NONE),
-            kicked_ns: AtomicU64::new(0),
+            woken_ns: AtomicU64::new(0),
+            published_ns: AtomicU64::new(0),
             injected_gpa: AtomicU64::new(NONE),
             injections: AtomicU64::new(0),
+            reentry_due: AtomicBool::new(false),
+            reentry_woken_ns: AtomicU64::new(0),
+            reentry_injected_ns: AtomicU64::new(0),
         }
     }
 }
@@ -95,7 +117,13 @@ impl VcpuSlots {
 
     /// Nanoseconds since the slots were made (for round-trip times).
     pub fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.ns_at(Instant::now())
+    }
+
+    /// `at` in the clock of [`VcpuSlots::now_ns`] (0 before the epoch).
+    pub fn ns_at(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Records that thread `tid` runs vCPU `index`.
@@ -140,10 +168,19 @@ impl VcpuSlots {
 
     /// Publishes a discard fault at `gpa` for vCPU `index`, stamped now.
     pub fn set_pending(&self, index: u64, gpa: GuestPhys) {
+        self.publish(index, gpa, self.now_ns());
+    }
+
+    /// Publishes a discard fault at `gpa` for vCPU `index`, which the
+    /// handler woke for at `woken_ns`; returns the publication's stamp.
+    pub fn publish(&self, index: u64, gpa: GuestPhys, woken_ns: u64) -> u64 {
+        let now = self.now_ns();
         if let Ok(s) = self.slot(index) {
-            s.kicked_ns.store(self.now_ns(), Ordering::Relaxed);
+            s.woken_ns.store(woken_ns, Ordering::Relaxed);
+            s.published_ns.store(now, Ordering::Relaxed);
             s.pending_gpa.store(gpa.as_u64(), Ordering::Release);
         }
+        now
     }
 
     /// The discard fault waiting for vCPU `index`, if any (left in place).
@@ -159,7 +196,8 @@ impl VcpuSlots {
         let gpa = some(s.pending_gpa.swap(NONE, Ordering::AcqRel))?;
         Some(Pending {
             gpa,
-            kicked_ns: s.kicked_ns.load(Ordering::Relaxed),
+            woken_ns: s.woken_ns.load(Ordering::Relaxed),
+            published_ns: s.published_ns.load(Ordering::Relaxed),
         })
     }
 
@@ -181,6 +219,30 @@ impl VcpuSlots {
             s.injected_gpa.store(gpa.as_u64(), Ordering::Release);
             s.injections.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Records, on vCPU `index`'s thread, an injection whose re-entry into
+    /// `KVM_RUN` is to be timed.
+    pub fn await_reentry(&self, index: u64, injected: Injected) {
+        if let Ok(s) = self.slot(index) {
+            s.reentry_woken_ns
+                .store(injected.woken_ns, Ordering::Relaxed);
+            s.reentry_injected_ns
+                .store(injected.injected_ns, Ordering::Relaxed);
+            s.reentry_due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes, on vCPU `index`'s thread, the injection awaiting its re-entry.
+    pub fn take_reentry(&self, index: u64) -> Option<Injected> {
+        let s = self.slot(index).ok()?;
+        if !s.reentry_due.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        Some(Injected {
+            woken_ns: s.reentry_woken_ns.load(Ordering::Relaxed),
+            injected_ns: s.reentry_injected_ns.load(Ordering::Relaxed),
+        })
     }
 
     /// The address of the last discard fault injected into vCPU `index`
@@ -231,13 +293,33 @@ mod tests {
         );
         let p = s.take_pending(1).unwrap();
         assert_eq!(p.gpa, GuestPhys(0x5000));
-        assert!(p.kicked_ns <= s.now_ns());
+        assert!(p.woken_ns <= p.published_ns && p.published_ns <= s.now_ns());
         assert_eq!(s.take_pending(1), None);
         s.set_pending(1, GuestPhys(0x7000));
         s.clear_pending_if(1, GuestPhys(0x7000));
         assert_eq!(s.pending(1), None);
         s.set_pending(7, GuestPhys(0x1000));
         assert_eq!(s.take_pending(7), None);
+        // The handler's wake-up stamp travels with the fault.
+        let at = s.publish(0, GuestPhys(0x8000), 5);
+        let p = s.take_pending(0).unwrap();
+        assert_eq!((p.woken_ns, p.published_ns), (5, at));
+        assert_eq!(s.ns_at(s.epoch), 0);
+    }
+
+    #[test]
+    fn a_reentry_is_timed_once() {
+        let s = VcpuSlots::new(1);
+        assert_eq!(s.take_reentry(0), None);
+        let i = Injected {
+            woken_ns: 3,
+            injected_ns: 9,
+        };
+        s.await_reentry(0, i);
+        s.await_reentry(4, i);
+        assert_eq!(s.take_reentry(0), Some(i));
+        assert_eq!(s.take_reentry(0), None);
+        assert_eq!(s.take_reentry(4), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod dirty_log;
 pub mod exit;
+pub mod kick_mask;
 pub mod kvm;
 pub mod pause;
 pub mod step_count;

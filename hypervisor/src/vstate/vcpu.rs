@@ -14,9 +14,12 @@
 //! (the discard faults, which implement it in `crate::discard_fault`), the
 //! thread binds itself to it when the loop starts and, whenever `KVM_RUN`
 //! returns `EINTR`, lets it act (deliver a pending discard fault) before
-//! running again. This module knows no device: it must never panic on an
-//! exit the guest provoked, and must never leave a thread that ignores the
-//! stop.
+//! running again, and tells it just before that next `KVM_RUN` if it asked
+//! (to time the way back into the guest). The kick handler's own signal is
+//! kept blocked outside `KVM_RUN` (`kick_mask`), and its injections can go
+//! through `kvm_run`'s synced events (`Vcpu::with_synced_events`). This
+//! module knows no device: it must never panic on an exit the guest
+//! provoked, and must never leave a thread that ignores the stop.
 
 use std::cell::Cell;
 use std::fmt;
@@ -24,7 +27,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use kvm_bindings::{CpuId, KVM_EXIT_INTERNAL_ERROR};
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{SyncReg, VcpuFd};
 use pagehint_abi::GuestPhys;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -32,6 +35,7 @@ use crate::arch::x86_64::cpuid::{setup_cpuid, CpuidError};
 use crate::arch::x86_64::regs::{setup_ap, setup_bsp, setup_lint, RegDump, RegsError};
 use crate::metrics::Metrics;
 use crate::vstate::exit::{handle_exit, ExitDevices, Step};
+use crate::vstate::kick_mask::MaskedKick;
 use crate::vstate::pause::VcpuGate;
 use crate::vstate::step_count::{set_single_step, StepCounter};
 use crate::worker::{Stop, Worker};
@@ -123,6 +127,16 @@ impl Drop for PublishedRun {
     }
 }
 
+/// What a [`KickHandler`] wants after acting on an interrupted run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reentry {
+    /// Nothing: run again.
+    Untimed,
+    /// Call [`KickHandler::reentering`] just before the next `KVM_RUN`
+    /// (it times the way back into the guest).
+    Timed,
+}
+
 /// What a vCPU thread does for whoever kicks it out of `KVM_RUN` with
 /// work for it (the discard faults), known to the vCPU only by this trait.
 pub trait KickHandler: Send + Sync {
@@ -132,7 +146,17 @@ pub trait KickHandler: Send + Sync {
     fn unbind(&self, index: u8);
     /// `KVM_RUN` of vCPU `index` returned `EINTR`: act on `fd` before it
     /// runs again. An error ends the vCPU as a KVM failure.
-    fn interrupted(&self, index: u8, fd: &VcpuFd) -> Result<(), String>;
+    fn interrupted(&self, index: u8, fd: &mut VcpuFd) -> Result<Reentry, String>;
+    /// On the vCPU thread, just before the `KVM_RUN` that follows an
+    /// `interrupted` that answered [`Reentry::Timed`].
+    fn reentering(&self, index: u8);
+    /// The signal this handler's kicks use, if it only ever has to
+    /// interrupt `KVM_RUN`: the thread then keeps it blocked outside
+    /// `KVM_RUN` and takes it off the pending set after an interrupted run
+    /// (`vstate::kick_mask`), so that no signal frame is built for it.
+    fn kick_signal(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// Unbinds the vCPU thread from its kick handler when the loop ends.
@@ -152,6 +176,8 @@ pub struct Vcpu<D> {
     devices: D,
     metrics: Arc<Metrics>,
     kicks: Option<Arc<dyn KickHandler>>,
+    /// The kick handler asked to hear of the next `KVM_RUN`.
+    reentry_due: bool,
     steps: StepCounter,
     gate: Option<Arc<VcpuGate>>,
 }
@@ -173,9 +199,18 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
             devices,
             metrics,
             kicks: None,
+            reentry_due: false,
             steps: StepCounter::default(),
             gate: None,
         }
+    }
+
+    /// Asks KVM to leave the vCPU's pending events in `kvm_run` at every
+    /// exit (`KVM_SYNC_X86_EVENTS`; only where `Vm::syncs_vcpu_events`),
+    /// so that the kick handler can inject without an ioctl.
+    pub fn with_synced_events(mut self) -> Self {
+        self.fd.set_sync_valid_reg(SyncReg::VcpuEvents);
+        self
     }
 
     /// Serves the instruction counter port (`--count-instructions`).
@@ -233,6 +268,7 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
             k.bind(self.index);
             BoundThread(k, self.index)
         });
+        let masked = self.mask_kick();
         // Seated after the kick target is published, so a pause's kick
         // always reaches KVM_RUN.
         let _seat = self.gate.as_ref().map(|g| g.seat(self.index));
@@ -249,14 +285,38 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
                     return StopReason::Stopped;
                 }
             }
-            if let Some(reason) = self.run_once() {
+            if let Some(reason) = self.run_once(masked.as_ref()) {
                 return reason;
             }
         }
     }
 
+    /// Keeps the kick handler's signal blocked outside `KVM_RUN`, if it
+    /// has one; if that fails the signal keeps its (empty) handler, which
+    /// works too, only slower.
+    fn mask_kick(&self) -> Option<MaskedKick> {
+        let signo = self.kicks.as_ref()?.kick_signal()?;
+        match MaskedKick::install(&self.fd, signo) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!(
+                    "vcpu{}: cannot keep signal {signo} to KVM_RUN ({e}); it is handled instead",
+                    self.index
+                );
+                None
+            }
+        }
+    }
+
     /// Runs the guest until one exit and acts on it; `Some` ends the loop.
-    fn run_once(&mut self) -> Option<StopReason> {
+    /// `masked`: the kick signal kept to `KVM_RUN`, taken after an
+    /// interrupted run.
+    fn run_once(&mut self, masked: Option<&MaskedKick>) -> Option<StopReason> {
+        if std::mem::take(&mut self.reentry_due) {
+            if let Some(k) = &self.kicks {
+                k.reentering(self.index);
+            }
+        }
         let step = handle_exit(
             self.fd.run(),
             &self.devices,
@@ -271,7 +331,12 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
                 }
                 return None;
             }
-            Step::Interrupted => return self.after_interrupt(),
+            Step::Interrupted => {
+                if let Some(m) = masked {
+                    m.take_pending();
+                }
+                return self.after_interrupt();
+            }
             Step::GuestExit(value) => return Some(StopReason::GuestExit(value)),
             Step::TripleFault => {
                 return Some(StopReason::TripleFault(RegDump::capture(&self.fd)));
@@ -298,8 +363,11 @@ impl<D: ExitDevices + Send + 'static> Vcpu<D> {
     /// pending discard fault).
     fn after_interrupt(&mut self) -> Option<StopReason> {
         let kicks = self.kicks.as_ref()?;
-        match kicks.interrupted(self.index, &self.fd) {
-            Ok(()) => None,
+        match kicks.interrupted(self.index, &mut self.fd) {
+            Ok(reentry) => {
+                self.reentry_due = reentry == Reentry::Timed;
+                None
+            }
             Err(what) => {
                 let dump = RegDump::capture(&self.fd);
                 Some(StopReason::KvmFailure(what, dump))

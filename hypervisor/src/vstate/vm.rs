@@ -6,7 +6,7 @@
 //! `hypervisor/tests/kvm_vcpu.rs`.
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, NoDatamatch, VcpuFd, VmFd};
 use pagehint_abi::GuestPhys;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -95,6 +95,15 @@ impl Vm {
             ..Default::default()
         };
         self.fd.enable_cap(&cap).map_err(VmError::DisableExits)
+    }
+
+    /// True if KVM hands a vCPU's pending events over in `kvm_run` at every
+    /// exit and takes them back at the next entry (`KVM_CAP_SYNC_REGS`
+    /// with `KVM_SYNC_X86_EVENTS`): a discard fault is then injected with
+    /// no ioctl (`crate::discard_fault::inject`).
+    pub fn syncs_vcpu_events(&self) -> bool {
+        let fields = self.fd.check_extension_int(Cap::SyncRegs);
+        u32::try_from(fields).is_ok_and(|f| f & kvm_bindings::KVM_SYNC_X86_EVENTS != 0)
     }
 
     /// Turns on manual dirty-log protection with every bit initially set
