@@ -183,6 +183,10 @@ impl<'a> FrameTable<'a> {
             *x &= !f;
         }
     }
+    /// Frame `pfn`'s flags, to change in place (`None` past the table).
+    pub fn flags_mut(&mut self, pfn: u64) -> Option<&mut u32> {
+        self.flags.get_mut(pfn as usize)
+    }
     pub fn refcount(&self, pfn: u64) -> u32 {
         self.refcount.get(pfn as usize).copied().unwrap_or(0)
     }
