@@ -359,9 +359,9 @@ impl MmState {
     /// host takes them) and not at all while nothing misses.
     fn turn_hand(&mut self, maps: &mut Vec<Mapping>) {
         let publish = hints::guest_ages();
-        let mut seen = Vec::new();
-        self.frames.rotate_inactive(AGE_HAND, &mut seen);
-        for pfn in seen {
+        let mut seen = [0u64; AGE_HAND];
+        let n = self.frames.rotate_inactive(&mut seen);
+        for &pfn in &seen[..n] {
             if self.frames.flags(pfn) & flag::VOLATILE == 0 {
                 // The use that read it in set its accessed bit: that one
                 // does not count (Linux activates a mapped page referenced
@@ -395,6 +395,11 @@ impl MmState {
     /// [`Self::age_one`]; without `second_chance` the accessed bits are
     /// not looked at (the caller has just cleared them, and the use they
     /// showed does not count), which saves a walk of the reverse map.
+    ///
+    /// Runs for every page read ahead: the page made volatile is the short
+    /// path (a few loads, the flag, the count and the table's store); the
+    /// writable mapping and the second chance are out of line, so that it
+    /// saves and restores no register it does not use.
     fn age(&mut self, pfn: u64, maps: &mut Vec<Mapping>, second_chance: bool) {
         if !hints::enabled() {
             return;
@@ -404,24 +409,35 @@ impl MmState {
             self.age_writable(pfn, maps, second_chance);
             return;
         }
-        let busy = flag::LOCKED | flag::DIRTY | flag::VOLATILE;
+        if f & (flag::LOCKED | flag::DIRTY | flag::VOLATILE) != 0 {
+            return;
+        }
+        let mapped = self.frames.mapcount(pfn);
         // Mapped pages may be volatile only when the VMM delivers
         // discard faults: a user access cannot ask first.
         let refs_ok = if crate::phys::discard::enabled() {
-            self.frames.refcount(pfn) == 1 + self.frames.mapcount(pfn)
+            self.frames.refcount(pfn) == 1 + mapped
         } else {
-            self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
+            self.frames.refcount(pfn) == 1 && mapped == 0
         };
-        if f & busy == 0 && refs_ok {
-            if second_chance && self.frames.mapcount(pfn) > 0 && self.referenced(pfn, maps) {
-                self.frames.activate(pfn);
-                self.stats.referenced += 1;
-                return;
-            }
-            self.frames.set_flags(pfn, flag::VOLATILE);
-            self.volatile += 1;
-            hints::queue(HintOp::MakeVolatile, pfn);
+        if !refs_ok || (second_chance && mapped > 0 && self.second_chance(pfn, maps)) {
+            return;
         }
+        self.frames.set_flags(pfn, flag::VOLATILE);
+        self.volatile += 1;
+        hints::queue(HintOp::MakeVolatile, pfn);
+    }
+
+    /// A mapped page the ageing looks at: back to the active list if a
+    /// mapping used it since the last look (true), else nothing.
+    #[inline(never)]
+    fn second_chance(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
+        if !self.referenced(pfn, maps) {
+            return false;
+        }
+        self.frames.activate(pfn);
+        self.stats.referenced += 1;
+        true
     }
 
     /// A clean cache page mapped writable that fell off the active list
@@ -433,6 +449,7 @@ impl MmState {
     /// dirty log shows no write since the page was last read or written
     /// back, so a write that races with this check costs a write-back,
     /// never data.
+    #[inline(never)]
     fn age_writable(&mut self, pfn: u64, maps: &mut Vec<Mapping>, second_chance: bool) {
         let f = self.frames.flags(pfn);
         if f & (flag::LOCKED | flag::DIRTY | flag::VOLATILE) != 0
