@@ -37,8 +37,9 @@ pub mod features {
     pub const POTENTIALLY_VOLATILE: u32 = 1 << 4;
     /// The host orders its victims by the age a guest publishes in bits
     /// 2..=4 of a shared-table entry (`state_table::AGE_MASK`), highest
-    /// first. Only ever with [`SHARED_STATES`]; a guest that publishes
-    /// nothing loses nothing.
+    /// first. Only ever with [`SHARED_STATES`], and only from a host that
+    /// may take volatile frames (one with a budget, say); a guest that
+    /// publishes nothing loses nothing.
     pub const GUEST_AGES: u32 = 1 << 5;
 }
 

@@ -162,6 +162,28 @@ pub fn guest_make_stable(c: &impl EntryCell) -> Taken {
     swap_reporting(c, cur, |cur| PageState::Stable as u8 | (cur & ARMED))
 }
 
+/// Guest: [`guest_make_stable`] as one compare-and-swap from the value
+/// read, the hot path of a cache hit on a page the guest made volatile:
+/// `None`, with nothing written, if the host holds the entry BUSY or
+/// changed it between the load and the swap (then call
+/// [`guest_make_stable`], which waits and tries again). No branch before
+/// the swap: a BUSY entry fails it, since the value it expects has BUSY
+/// clear. An entry that is Stable already (the host demoted a written
+/// Potentially volatile frame) gets back the value it held, ARMED being
+/// all a Stable entry carries; a DISCARDED bit someone wrote into one is
+/// cleared and reported, which costs the guest a read, never data.
+#[inline]
+pub fn guest_try_make_stable(c: &impl EntryCell) -> Option<Taken> {
+    let cur = c.load() & !BUSY;
+    // What the swap replaced (`cur`): read from its answer, the register
+    // the compare-and-swap instruction leaves it in.
+    let was = c.cas(cur, PageState::Stable as u8 | (cur & ARMED)).ok()?;
+    Some(Taken {
+        discarded: was & DISCARDED != 0,
+        armed: was & ARMED != 0,
+    })
+}
+
 /// Compare-and-swaps the entry from `cur` (BUSY clear) to `next(cur)`,
 /// waiting out BUSY and trying again from whatever it found; what the
 /// value it replaced said.
@@ -502,6 +524,68 @@ mod tests {
                 armed: true
             }
         );
+    }
+
+    #[test]
+    fn the_one_swap_make_stable_does_what_the_waiting_one_does_and_leaves_busy_entries_alone() {
+        for v in 0..=255u8 {
+            let c = AtomicU8::new(v);
+            let fast = guest_try_make_stable(&c);
+            if v & BUSY != 0 {
+                assert_eq!(fast, None, "{v:#x}");
+                assert_eq!(c.load(Ordering::Relaxed), v, "{v:#x}: the host's");
+                continue;
+            }
+            let fast = fast.expect("nobody changed the entry");
+            let slow = AtomicU8::new(v);
+            let want = guest_make_stable(&slow);
+            if state_of(v) != Stable || v & !ARMED == 0 {
+                assert_eq!(fast, want, "{v:#x}");
+                assert_eq!(c.load(Ordering::Relaxed), slow.load(Ordering::Relaxed));
+            } else {
+                // Bits no protocol step leaves on a Stable entry.
+                assert_eq!(c.load(Ordering::Relaxed), v & ARMED, "{v:#x}");
+                assert_eq!(fast.discarded, v & DISCARDED != 0, "{v:#x}");
+            }
+        }
+    }
+
+    /// An entry whose loads return what it held before someone changed it.
+    struct Changed {
+        now: AtomicU8,
+        seen: u8,
+    }
+
+    impl EntryCell for Changed {
+        fn load(&self) -> u8 {
+            self.seen
+        }
+        fn store(&self, v: u8) {
+            self.now.store(v, Ordering::Relaxed)
+        }
+        fn cas(&self, current: u8, new: u8) -> Result<u8, u8> {
+            EntryCell::cas(&self.now, current, new)
+        }
+        fn fetch_or(&self, bits: u8) -> u8 {
+            EntryCell::fetch_or(&self.now, bits)
+        }
+        fn fetch_and(&self, bits: u8) -> u8 {
+            EntryCell::fetch_and(&self.now, bits)
+        }
+        fn relax(&self) {}
+    }
+
+    #[test]
+    fn the_one_swap_make_stable_gives_up_on_an_entry_changed_under_it() {
+        let v = Volatile as u8;
+        for now in [v | BUSY, v | DISCARDED, v | ARMED, v | 3 << AGE_SHIFT] {
+            let c = Changed {
+                now: AtomicU8::new(now),
+                seen: v,
+            };
+            assert_eq!(guest_try_make_stable(&c), None, "{now:#x}");
+            assert_eq!(c.now.load(Ordering::Relaxed), now, "nothing written");
+        }
     }
 
     #[test]

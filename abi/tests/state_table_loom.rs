@@ -4,7 +4,8 @@
 //! against the host's.
 //!
 //! Steps modelled (all of them `state_table`'s own code):
-//! - guest: `guest_release` (to Unused or Volatile), `guest_make_stable`,
+//! - guest: `guest_release` (to Unused or Volatile), `guest_make_stable`
+//!   (and the cache hit's one-swap `guest_try_make_stable` before it),
 //!   `guest_check_writable` (with `POTENTIALLY_VOLATILE`), and writes to a
 //!   page mapped writable, which set the frame's bit in KVM's dirty log (a
 //!   write to a dropped page is a discard fault: made stable, read again,
@@ -68,9 +69,10 @@ use loom::sync::{Arc, Mutex};
 use loom::thread;
 use pagehint_abi::page_state::PageState::{self, PotentiallyVolatile, Stable, Unused, Volatile};
 use pagehint_abi::state_table::{
-    after_host_hint, claimable, guest_check_writable, guest_make_stable, guest_release, host_abort,
-    host_arm, host_demote_written, host_finish, host_set_stable, host_try_claim, host_zero_filled,
-    state_of, EntryCell, Taken, ARMED, BUSY, DISCARDED, STATE_MASK,
+    after_host_hint, claimable, guest_check_writable, guest_make_stable, guest_release,
+    guest_try_make_stable, host_abort, host_arm, host_demote_written, host_finish, host_set_stable,
+    host_try_claim, host_zero_filled, state_of, EntryCell, Taken, ARMED, BUSY, DISCARDED,
+    STATE_MASK,
 };
 
 /// One frame's entry, on loom's atomics.
@@ -553,6 +555,59 @@ fn against_reclaimer(
 #[test]
 fn make_stable_against_a_discard() {
     against_reclaimer(Volatile, 1, false, |f, _| take(f));
+}
+
+/// The bundled guest's cache hit on a page its ageing made volatile: one
+/// swap from the value read, the waiting loop only if that swap failed.
+fn aged_hit(f: &Frame, make_stable: fn(&Cell) -> Taken) -> u64 {
+    guest_release(&f.entry, Volatile);
+    learn(f, make_stable(&f.entry))
+}
+
+fn one_swap_then_waiting(c: &Cell) -> Taken {
+    guest_try_make_stable(c).unwrap_or_else(|| guest_make_stable(c))
+}
+
+/// Two hits against two passes: the second hit's load may find the
+/// host's claim (the model's first load of a thread sees no store of
+/// another, so one hit would only meet claims made after its load).
+#[test]
+fn cache_hits_against_discards() {
+    against_reclaimer(Stable, 2, false, |f, _| {
+        aged_hit(f, one_swap_then_waiting) + aged_hit(f, one_swap_then_waiting)
+    });
+}
+
+/// The same against an aborted claim, then a hit against a zero fill.
+#[test]
+fn cache_hits_against_an_aborted_claim_and_a_zero_fill() {
+    against_reclaimer(Stable, 2, true, |f, _| {
+        aged_hit(f, one_swap_then_waiting) + aged_hit(f, one_swap_then_waiting)
+    });
+    model(Volatile as u8, ZERO_FILL, REAL, |f, _| {
+        learn(f, one_swap_then_waiting(&f.entry))
+    });
+}
+
+/// The one swap without the BUSY bit masked off the value it expects.
+fn one_swap_from_a_busy_entry(c: &Cell) -> Taken {
+    let cur = c.load();
+    match c.cas(cur, Stable as u8 | (cur & ARMED)) {
+        Ok(_) => Taken {
+            discarded: cur & DISCARDED != 0,
+            armed: cur & ARMED != 0,
+        },
+        Err(_) => guest_make_stable(c),
+    }
+}
+
+/// It takes the frame back from under a discard in progress.
+#[test]
+#[should_panic(expected = "lost BUSY while holding it")]
+fn mutation_a_cache_hit_that_swaps_a_busy_entry() {
+    against_reclaimer(Stable, 2, false, |f, _| {
+        aged_hit(f, one_swap_from_a_busy_entry) + aged_hit(f, one_swap_from_a_busy_entry)
+    });
 }
 
 /// The page's whole life on the guest side (volatile, used, freed,

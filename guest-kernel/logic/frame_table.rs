@@ -183,6 +183,10 @@ impl<'a> FrameTable<'a> {
             *x &= !f;
         }
     }
+    /// Frame `pfn`'s flags, to change in place (`None` past the table).
+    pub fn flags_mut(&mut self, pfn: u64) -> Option<&mut u32> {
+        self.flags.get_mut(pfn as usize)
+    }
     pub fn refcount(&self, pfn: u64) -> u32 {
         self.refcount.get(pfn as usize).copied().unwrap_or(0)
     }
@@ -284,20 +288,45 @@ impl<'a> FrameTable<'a> {
         self.move_to_front(pfn, INACTIVE);
     }
 
-    /// The ageing hand: moves up to `n` frames from the tail of the
-    /// inactive list to its head and returns them in `out`, so that each
-    /// call looks at the frames the last one did not.
-    pub fn rotate_inactive(&mut self, n: usize, out: &mut Vec<u64>) {
-        let n = n.min(usize::try_from(self.lists[INACTIVE].len).unwrap_or(usize::MAX));
-        for _ in 0..n {
-            let pfn = self.lists[INACTIVE].tail;
-            if pfn == NIL {
-                break;
+    /// The ageing hand: moves up to `out.len()` frames from the tail of
+    /// the inactive list to its head and puts them, tail first, at the
+    /// start of `out`, so that each call looks at the frames the last one
+    /// did not; how many. They keep their order (as if moved one at a
+    /// time, the tail first), so they move as one block: a walk to the
+    /// block's far end and four links, not an unlink and a push per frame.
+    /// A slice the caller keeps on its stack, not a `Vec`: the hand turns
+    /// on every cache miss, and a heap allocation costs more than the turn.
+    pub fn rotate_inactive(&mut self, out: &mut [u64]) -> usize {
+        let List { head, tail, len } = self.lists[INACTIVE];
+        let n = out.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+        // `first`: the block's frame nearest the head.
+        let mut first = tail;
+        for (k, slot) in out[..n].iter_mut().enumerate() {
+            if k > 0 {
+                first = decode(self.lru_prev[first as usize]);
             }
-            self.lru_remove(pfn);
-            self.lru_push_front(pfn, INACTIVE);
-            out.push(pfn as u64);
+            if first == NIL {
+                // Shorter than its length says: leave it as it is.
+                return k;
+            }
+            *slot = first as u64;
         }
+        if n == 0 || n as u64 == len {
+            // The whole list: in the same order.
+            return n;
+        }
+        let before = decode(self.lru_prev[first as usize]);
+        if before == NIL {
+            return n;
+        }
+        self.lru_next[before as usize] = encode(NIL);
+        self.lru_prev[first as usize] = encode(NIL);
+        self.lru_next[tail as usize] = encode(head);
+        self.lru_prev[head as usize] = encode(tail);
+        let l = &mut self.lists[INACTIVE];
+        l.head = first;
+        l.tail = before;
+        n
     }
 
     /// Frames on the active list.
@@ -566,20 +595,37 @@ mod tests {
         }
         let mut out = Vec::new();
         t.deactivate_excess(1, &mut out); // inactive, head first: 4 3 2 1
-        let mut seen = Vec::new();
-        t.rotate_inactive(3, &mut seen);
-        assert_eq!(seen, vec![1, 2, 3]);
-        seen.clear();
-        t.rotate_inactive(3, &mut seen);
+        let mut seen = [0u64; 3];
+        assert_eq!(t.rotate_inactive(&mut seen), 3);
+        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!(t.rotate_inactive(&mut seen), 3);
+        assert_eq!(seen, [4, 1, 2], "the next look starts where the last ended");
+        let mut many = [0u64; 99];
         assert_eq!(
-            seen,
-            vec![4, 1, 2],
-            "the next look starts where the last ended"
+            t.rotate_inactive(&mut many),
+            4,
+            "never more than the list holds"
         );
-        seen.clear();
-        t.rotate_inactive(99, &mut seen);
-        assert_eq!(seen.len(), 4, "never more than the list holds");
-        assert_eq!((t.active(), t.cached()), (1, 5));
+        assert_eq!(many[..4], [3, 4, 1, 2]);
+        // The links agree both ways after the moves: from the tail (the
+        // victims), from the head (a frame taken out of the middle, then
+        // the rest rotated one at a time).
+        let mut v = Vec::new();
+        t.lru_victims(10, &mut v);
+        assert_eq!(v, vec![3, 4, 1, 2, 5]);
+        t.remove(4);
+        let mut one = [0u64; 1];
+        let order: Vec<u64> = (0..4)
+            .map(|_| {
+                assert_eq!(t.rotate_inactive(&mut one), 1);
+                one[0]
+            })
+            .collect();
+        assert_eq!(order, vec![3, 1, 2, 3]);
+        v.clear();
+        t.lru_victims(10, &mut v);
+        assert_eq!(v, vec![1, 2, 3, 5]);
+        assert_eq!((t.active(), t.cached()), (1, 4));
     }
 
     #[test]

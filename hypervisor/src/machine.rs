@@ -257,6 +257,8 @@ struct Machine {
     /// `--potentially-volatile`: what the reclaimer's pass over those
     /// frames needs.
     pv: Option<PvReclaim>,
+    /// The reclaimer's configuration (the cgroup found once).
+    reclaim: ReclaimConfig,
 }
 
 impl Machine {
@@ -350,8 +352,12 @@ impl Machine {
         if pv {
             features |= pagehint_abi::cpuid::features::POTENTIALLY_VOLATILE;
         }
+        // Ages only for a reclaimer that reads them (one that may take
+        // Volatile frames): elsewhere they cost the guest and serve nobody.
+        let reclaim = reclaim_config(config);
         if config.hints.shared_states()
             && config.reclaim.victim_order == crate::reclaim::age::VictimOrder::GuestAge
+            && reclaim.takes_volatile()
         {
             features |= pagehint_abi::cpuid::features::GUEST_AGES;
         }
@@ -413,6 +419,7 @@ impl Machine {
             disk,
             entry,
             pv: pv_reclaim,
+            reclaim,
         })
     }
 
@@ -442,7 +449,7 @@ impl Machine {
             &self.ram,
             self.table.clone(),
             self.metrics.clone(),
-            reclaim_config(config),
+            self.reclaim.clone(),
             arming,
             self.pv.clone(),
             budget.clone(),

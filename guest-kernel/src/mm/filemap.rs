@@ -59,11 +59,12 @@ impl MmState {
     /// The cached frame number of page `index` of `file`, read from disk
     /// (with read-ahead) on a miss. The caller gets one reference.
     pub fn get_file_page(&mut self, file: u32, index: u64) -> Result<u64, AsError> {
-        if let Some(pfn) = self.frames.lookup(file, index) {
-            if self.frames.flags(pfn) & flag::VOLATILE != 0 {
-                self.make_stable_hit(file, index, pfn);
-            }
-            if let Some(pfn) = self.frames.peek(file, index) {
+        // One look-up: `activate` puts the page at the front of the active
+        // list, and a page the host had dropped has left the cache.
+        if let Some(pfn) = self.frames.peek(file, index) {
+            if self.frames.flags(pfn) & flag::VOLATILE == 0
+                || self.make_stable_hit(file, index, pfn)
+            {
                 self.stats.cache_hits += 1;
                 self.frames.activate(pfn);
                 self.frames.get(pfn);
@@ -144,19 +145,44 @@ impl MmState {
     /// wants them next, and taking them back now keeps the host from
     /// dropping them under it. Else [`Self::make_stable_ahead`], which
     /// always does both, in one exit. A page the host dropped leaves the
-    /// cache (and is read again).
-    #[inline]
-    fn make_stable_hit(&mut self, file: u32, index: u64, pfn: u64) {
-        match hints::make_stable_shared(pfn) {
-            Some(lost) => {
-                self.stable_again(pfn, lost);
-                if self.ahead_credit > 0 {
-                    self.ahead_credit -= 1;
-                    self.make_stable_after(file, index);
-                }
-            }
-            None => self.make_stable_ahead(file, index),
+    /// cache (and is read again). Whether `pfn` is still the cached page.
+    ///
+    /// Inlined into the hit path, which pays for the entry's bounds, the
+    /// swap and its count, the frame's flags, the count of volatile frames
+    /// and the credit; a drop, the credit spent and the hypercalls are out
+    /// of line.
+    #[inline(always)]
+    fn make_stable_hit(&mut self, file: u32, index: u64, pfn: u64) -> bool {
+        // Found before the swap, which the compiler may not move loads
+        // across: the caller's bounds check of `pfn` serves for both.
+        let flags = self.frames.flags_mut(pfn);
+        let Some(lost) = hints::make_stable_shared(pfn) else {
+            return self.make_stable_ahead(file, index, pfn);
+        };
+        if lost {
+            return self.dropped_on_hit(file, index, pfn);
         }
+        if let Some(f) = flags {
+            *f &= !(flag::VOLATILE | flag::POT_VOLATILE);
+        }
+        // Cannot wrap: every frame flagged VOLATILE was counted, and each
+        // is uncounted only as its flag is cleared.
+        self.volatile -= 1;
+        if self.ahead_credit != 0 {
+            self.make_stable_after(file, index);
+        }
+        true
+    }
+
+    /// [`Self::make_stable_hit`] on a page the host had dropped: it leaves
+    /// the cache, the credit is renewed and the pages after it are taken
+    /// back. Always false (`pfn` is no longer the cached page).
+    #[cold]
+    #[inline(never)]
+    fn dropped_on_hit(&mut self, file: u32, index: u64, pfn: u64) -> bool {
+        self.stable_again(pfn, true);
+        self.make_stable_after(file, index);
+        false
     }
 
     /// The guest's side of a page made stable through the shared table.
@@ -171,10 +197,12 @@ impl MmState {
         }
     }
 
-    /// Up to `READAHEAD - 1` volatile pages after `index`, made stable
-    /// through the shared table (stops at the first that is not).
+    /// Spends one hit of the credit: up to `READAHEAD - 1` volatile pages
+    /// after `index`, made stable through the shared table (stops at the
+    /// first that is not).
     #[inline(never)]
     fn make_stable_after(&mut self, file: u32, index: u64) {
+        self.ahead_credit = self.ahead_credit.saturating_sub(1);
         for i in index + 1..index + READAHEAD {
             let Some(p) = self.frames.peek(file, i) else {
                 return;
@@ -188,37 +216,39 @@ impl MmState {
     }
 
     /// Before the kernel or a new mapping uses volatile cached page `index`
-    /// of `file`: makes it and up to 15 volatile pages after it stable with
-    /// one exit (a scan will want them next), and drops from the cache
-    /// those the host discarded meanwhile (they are read again).
+    /// of `file` (frame `pfn`): makes it and up to 15 volatile pages after
+    /// it stable with one exit (a scan will want them next), and drops from
+    /// the cache those the host discarded meanwhile (they are read again).
+    /// Whether `pfn` is still the cached page.
     // Kept out of line: the shared table's hit path above stays short.
     #[inline(never)]
-    fn make_stable_ahead(&mut self, file: u32, index: u64) {
+    fn make_stable_ahead(&mut self, file: u32, index: u64, pfn: u64) -> bool {
         let mut run: Vec<u64> = Vec::new();
         for i in index..index + READAHEAD {
             match self.frames.peek(file, i) {
                 Some(p) if self.frames.flags(p) & flag::VOLATILE != 0 => run.push(p),
-                _ if i == index => return,
+                _ if i == index => return self.frames.peek(file, index) == Some(pfn),
                 _ => break,
             }
         }
         let mut lost: Vec<u64> = Vec::new();
-        hints::now_many(HintOp::MakeStable, &run, |pfn, r| {
+        hints::now_many(HintOp::MakeStable, &run, |p, r| {
             if r == Ok(HintResult::Discarded) {
-                lost.push(pfn);
+                lost.push(p);
             }
         });
-        for &pfn in &run {
+        for &p in &run {
             self.frames
-                .clear_flags(pfn, flag::VOLATILE | flag::POT_VOLATILE);
+                .clear_flags(p, flag::VOLATILE | flag::POT_VOLATILE);
             self.volatile = self.volatile.saturating_sub(1);
         }
         // Lost ones leave the cache and every mapping; a discard fault for
         // one may still be in flight on another CPU, so they go through
         // the discard list.
-        for pfn in lost {
-            self.discard(pfn);
+        for p in lost {
+            self.discard(p);
         }
+        self.frames.peek(file, index) == Some(pfn)
     }
 
     /// A discard fault on frame `pfn`: drops it and, when the faults walk
@@ -288,10 +318,7 @@ impl MmState {
             return true;
         }
         match self.frames.owner(pfn) {
-            Some((file, index)) => {
-                self.make_stable_hit(file, index, pfn);
-                self.frames.peek(file, index) == Some(pfn)
-            }
+            Some((file, index)) => self.make_stable_hit(file, index, pfn),
             None => true,
         }
     }
@@ -332,9 +359,9 @@ impl MmState {
     /// host takes them) and not at all while nothing misses.
     fn turn_hand(&mut self, maps: &mut Vec<Mapping>) {
         let publish = hints::guest_ages();
-        let mut seen = Vec::new();
-        self.frames.rotate_inactive(AGE_HAND, &mut seen);
-        for pfn in seen {
+        let mut seen = [0u64; AGE_HAND];
+        let n = self.frames.rotate_inactive(&mut seen);
+        for &pfn in &seen[..n] {
             if self.frames.flags(pfn) & flag::VOLATILE == 0 {
                 // The use that read it in set its accessed bit: that one
                 // does not count (Linux activates a mapped page referenced
@@ -368,6 +395,11 @@ impl MmState {
     /// [`Self::age_one`]; without `second_chance` the accessed bits are
     /// not looked at (the caller has just cleared them, and the use they
     /// showed does not count), which saves a walk of the reverse map.
+    ///
+    /// Runs for every page read ahead: the page made volatile is the short
+    /// path (a few loads, the flag, the count and the table's store); the
+    /// writable mapping and the second chance are out of line, so that it
+    /// saves and restores no register it does not use.
     fn age(&mut self, pfn: u64, maps: &mut Vec<Mapping>, second_chance: bool) {
         if !hints::enabled() {
             return;
@@ -377,24 +409,35 @@ impl MmState {
             self.age_writable(pfn, maps, second_chance);
             return;
         }
-        let busy = flag::LOCKED | flag::DIRTY | flag::VOLATILE;
+        if f & (flag::LOCKED | flag::DIRTY | flag::VOLATILE) != 0 {
+            return;
+        }
+        let mapped = self.frames.mapcount(pfn);
         // Mapped pages may be volatile only when the VMM delivers
         // discard faults: a user access cannot ask first.
         let refs_ok = if crate::phys::discard::enabled() {
-            self.frames.refcount(pfn) == 1 + self.frames.mapcount(pfn)
+            self.frames.refcount(pfn) == 1 + mapped
         } else {
-            self.frames.refcount(pfn) == 1 && self.frames.mapcount(pfn) == 0
+            self.frames.refcount(pfn) == 1 && mapped == 0
         };
-        if f & busy == 0 && refs_ok {
-            if second_chance && self.frames.mapcount(pfn) > 0 && self.referenced(pfn, maps) {
-                self.frames.activate(pfn);
-                self.stats.referenced += 1;
-                return;
-            }
-            self.frames.set_flags(pfn, flag::VOLATILE);
-            self.volatile += 1;
-            hints::queue(HintOp::MakeVolatile, pfn);
+        if !refs_ok || (second_chance && mapped > 0 && self.second_chance(pfn, maps)) {
+            return;
         }
+        self.frames.set_flags(pfn, flag::VOLATILE);
+        self.volatile += 1;
+        hints::queue(HintOp::MakeVolatile, pfn);
+    }
+
+    /// A mapped page the ageing looks at: back to the active list if a
+    /// mapping used it since the last look (true), else nothing.
+    #[inline(never)]
+    fn second_chance(&mut self, pfn: u64, maps: &mut Vec<Mapping>) -> bool {
+        if !self.referenced(pfn, maps) {
+            return false;
+        }
+        self.frames.activate(pfn);
+        self.stats.referenced += 1;
+        true
     }
 
     /// A clean cache page mapped writable that fell off the active list
@@ -406,6 +449,7 @@ impl MmState {
     /// dirty log shows no write since the page was last read or written
     /// back, so a write that races with this check costs a write-back,
     /// never data.
+    #[inline(never)]
     fn age_writable(&mut self, pfn: u64, maps: &mut Vec<Mapping>, second_chance: bool) {
         let f = self.frames.flags(pfn);
         if f & (flag::LOCKED | flag::DIRTY | flag::VOLATILE) != 0

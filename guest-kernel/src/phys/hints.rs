@@ -64,14 +64,16 @@ static TABLE_LEN: AtomicU64 = AtomicU64::new(0);
 /// Frame `pfn`'s entry in the shared table, once one is registered.
 #[inline]
 fn shared_entry(pfn: u64) -> Option<&'static AtomicU8> {
-    let base = TABLE.load(Ordering::Relaxed);
-    if base == 0 || pfn >= TABLE_LEN.load(Ordering::Relaxed) {
+    let base = TABLE.load(Ordering::Relaxed) as *const AtomicU8;
+    if base.is_null() || pfn >= TABLE_LEN.load(Ordering::Relaxed) {
         return None;
     }
     // SAFETY: `base` is the table's `TABLE_LEN` bytes, frames the kernel
-    // took for good in `share_table` and mapped in the direct map; each
-    // entry is only ever accessed atomically (the VMM does the same).
-    Some(unsafe { &*((base + pfn) as *const AtomicU8) })
+    // took for good in `share_table` and mapped in the direct map, and
+    // `pfn` is below `TABLE_LEN`; each entry is only ever accessed
+    // atomically (the VMM does the same). (An offset from the pointer,
+    // not an integer sum, so the compiler knows the entry is not null.)
+    Some(unsafe { &*base.add(pfn as usize) })
 }
 
 /// Whether the host dropped frame `pfn` (its shared entry says
@@ -290,9 +292,23 @@ fn change_shared(e: &AtomicU8, op: HintOp) -> bool {
             false
         }
         HintOp::MakeStable | HintOp::CheckWritable | HintOp::SetStable => {
-            state_table::guest_make_stable(e).discarded
+            // One compare-and-swap, all a cache hit on an aged page pays;
+            // the loop that waits only if the host holds the entry or
+            // changed it meanwhile.
+            match state_table::guest_try_make_stable(e) {
+                Some(t) => t.discarded,
+                None => make_stable_waiting(e),
+            }
         }
     }
+}
+
+/// [`state_table::guest_make_stable`], out of line: the host is dropping
+/// the frame now, or changed its entry under a swap.
+#[cold]
+#[inline(never)]
+fn make_stable_waiting(e: &AtomicU8) -> bool {
+    state_table::guest_make_stable(e).discarded
 }
 
 /// Runs `f` on this CPU's hint state and machine with interrupts off.

@@ -92,6 +92,21 @@ pub struct ReclaimConfig {
     pub victim_order: VictimOrder,
 }
 
+impl ReclaimConfig {
+    /// Whether a round may ever take Volatile frames (a budget, now or
+    /// later through the API, a cgroup's headroom, PSI), and so keeps
+    /// their ages. Without one nobody reads the ages a guest publishes:
+    /// the VMM offers CPUID `GUEST_AGES` only when this holds, and a guest
+    /// is spared the accessed-bit walks behind them.
+    pub fn takes_volatile(&self) -> bool {
+        self.discard
+            && (self.budget_bytes.is_some()
+                || self.budget_may_change
+                || self.cgroup.is_some()
+                || self.psi_threshold.is_some())
+    }
+}
+
 /// Reads host memory pressure; warns once and gives up if it cannot.
 #[derive(Debug)]
 struct Psi {
@@ -462,12 +477,9 @@ impl Reclaimer {
                 .filter(|_| config.discard)
                 .map(|d| EagerUnused::new(frames, rounds_for(d, config.interval))),
             pv,
-            ages: (config.discard
-                && (config.budget_bytes.is_some()
-                    || config.budget_may_change
-                    || config.cgroup.is_some()
-                    || config.psi_threshold.is_some()))
-            .then(|| Ages::new(frames, config.victim_order)),
+            ages: config
+                .takes_volatile()
+                .then(|| Ages::new(frames, config.victim_order)),
             headroom: Headroom::default(),
             usage_event,
         };
@@ -584,6 +596,42 @@ mod tests {
             cgroup: None,
             unused_delay: None,
             victim_order: VictimOrder::default(),
+        }
+    }
+
+    #[test]
+    fn only_a_reclaimer_that_may_take_volatile_frames_wants_ages() {
+        let none = ReclaimConfig {
+            interval: Duration::from_millis(50),
+            budget_bytes: None,
+            budget_may_change: false,
+            psi_threshold: None,
+            discard: true,
+            cgroup: None,
+            unused_delay: Some(Duration::from_millis(50)),
+            victim_order: VictimOrder::default(),
+        };
+        assert!(!none.takes_volatile(), "the eager policy takes Unused only");
+        for c in [
+            ReclaimConfig {
+                budget_bytes: Some(12 << 20),
+                ..none.clone()
+            },
+            ReclaimConfig {
+                budget_may_change: true,
+                ..none.clone()
+            },
+            ReclaimConfig {
+                psi_threshold: Some(10.0),
+                ..none.clone()
+            },
+        ] {
+            assert!(c.takes_volatile(), "{c:?}");
+            let measuring = ReclaimConfig {
+                discard: false,
+                ..c
+            };
+            assert!(!measuring.takes_volatile(), "free page reporting");
         }
     }
 
